@@ -1,0 +1,3 @@
+from opsdsl.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""The command line: thin wrappers over the modules, with errors handled in one place.
+
+Exit codes: 0 success, 1 findings or a refused input, 2 usage error, 3 internal error.
+Heavy modules are imported inside the commands that need them, to keep start-up fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from opsdsl import __version__
+from opsdsl.errors import OpsdslError
+
+INTERNAL_ERROR = 3
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="opsdsl", message="%(prog)s %(version)s")
+def cli() -> None:
+    """opsdsl: lint, compile and run incident-response packs."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "github"]), default="text", show_default=True, help="Output format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to FILE (atomically) instead of stdout.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Configuration file (default: nearest .opsdsl.toml or pyproject.toml [tool.opsdsl]).")
+@click.option("--fail-on", type=click.Choice(["error", "warning"]), help="Lowest severity that makes the exit code 1 (default from config: warning).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Worker processes (default: one per CPU).")
+def lint(paths: tuple[Path, ...], fmt: str, output: Path | None, config_path: Path | None, fail_on: str | None, jobs: int | None) -> None:
+    """Check packs: YAML, schema, references, expressions and review rules.
+
+    Exit 0 when clean, 1 when there are findings, 2 on a usage error.
+    """
+    from opsdsl.config import find_config, load_config
+    from opsdsl.errors import Severity
+    from opsdsl.lint import lint_paths
+    from opsdsl.report import render
+
+    config = load_config(config_path or find_config(Path.cwd()))
+    result = lint_paths(list(paths), config, jobs=jobs)
+    text = render(result, fmt)
+    if output is not None:
+        write_atomic(output, text)
+        if fmt != "text":
+            from opsdsl.report import summary
+
+            click.echo(summary(result), err=True)
+    else:
+        click.echo(text, nl=False)
+    threshold = Severity(fail_on) if fail_on else config.fail_on
+    sys.exit(1 if result.failed(threshold) else 0)
+
+
+@cli.command()
+@click.option("--kind", type=click.Choice(["pack"]), default="pack", show_default=True, help="Which schema.")
+def schema(kind: str) -> None:
+    """Print the JSON Schema (draft 2020-12) of packs, for editors and other tools."""
+    from opsdsl.resources import read_text
+
+    click.echo(read_text("schemas/pack.schema.json"), nl=False)
+
+
+@cli.command()
+@click.argument("code", required=False)
+def rules(code: str | None) -> None:
+    """List the lint rules, or show one rule's summary."""
+    from opsdsl.rules import RULES
+
+    if code:
+        found = RULES.get(code.upper())
+        if found is None:
+            raise click.UsageError(f"unknown rule {code!r}")
+        click.echo(f"{found.code} {found.name} ({found.severity.value})\n{found.summary}\nDocs: {found.doc_path}")
+        return
+    for item in RULES.values():
+        click.echo(f"{item.code}  {item.severity.value:<7}  {item.name:<28} {item.summary}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every error into a message and an exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="opsdsl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        code = 130
+    except OpsdslError as exc:
+        click.echo(f"opsdsl: error: {exc.message}", err=True)
+        for diagnostic in exc.diagnostics:
+            click.echo(diagnostic.render(), err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - the one place that catches everything
+        click.echo(f"opsdsl: internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("This is a bug in opsdsl; set OPSDSL_DEBUG=1 for the traceback and please report it.", err=True)
+        if os.environ.get("OPSDSL_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        code = INTERNAL_ERROR
+    sys.exit(code or 0)

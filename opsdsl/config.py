@@ -1,0 +1,93 @@
+"""Lint configuration from `.opsdsl.toml` or `[tool.opsdsl]` in pyproject.toml.
+
+    [tool.opsdsl]
+    ignore = ["OPS042"]                 # never report these codes
+    severity = { OPS047 = "error" }     # change a rule's severity
+    exclude = ["packs/legacy/**"]       # globs skipped when searching folders
+    fail-on = "warning"                 # exit 1 on any finding ("error": only on errors)
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsdsl.errors import ConfigError, Severity
+from opsdsl.rules import RULES
+
+_KEYS = {"ignore", "severity", "exclude", "fail-on"}
+
+
+@dataclass(frozen=True)
+class Config:
+    ignore: frozenset[str] = frozenset()
+    severity: dict[str, Severity] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    fail_on: Severity = Severity.WARNING
+    origin: str | None = None
+
+
+def find_config(start: Path) -> Path | None:
+    """The nearest `.opsdsl.toml`, or pyproject.toml with `[tool.opsdsl]`, at or above `start`."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        candidate = folder / ".opsdsl.toml"
+        if candidate.is_file():
+            return candidate
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                if "opsdsl" in tomllib.loads(pyproject.read_text("utf-8")).get("tool", {}):
+                    return pyproject
+            except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+                continue
+    return None
+
+
+def load_config(path: Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        document = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    table = document.get("tool", {}).get("opsdsl", {}) if path.name == "pyproject.toml" else document
+    return parse_config(table, str(path))
+
+
+def parse_config(table: dict, origin: str) -> Config:
+    unknown = set(table) - _KEYS
+    if unknown:
+        raise ConfigError(f"{origin}: unknown configuration key(s): {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_KEYS))})")
+
+    def codes(values: object, key: str) -> list[str]:
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"{origin}: `{key}` must be a list of strings")
+        for value in values:
+            if key != "exclude" and value not in RULES:
+                raise ConfigError(f"{origin}: `{key}` names unknown rule `{value}`")
+        return values
+
+    severity: dict[str, Severity] = {}
+    raw_severity = table.get("severity", {})
+    if not isinstance(raw_severity, dict):
+        raise ConfigError(f"{origin}: `severity` must be a table of CODE = \"error\" | \"warning\"")
+    for code, level in raw_severity.items():
+        if code not in RULES:
+            raise ConfigError(f"{origin}: `severity` names unknown rule `{code}`")
+        if level not in ("error", "warning"):
+            raise ConfigError(f"{origin}: severity of {code} must be \"error\" or \"warning\"")
+        severity[code] = Severity(level)
+    fail_on = table.get("fail-on", "warning")
+    if fail_on not in ("error", "warning"):
+        raise ConfigError(f'{origin}: `fail-on` must be "error" or "warning"')
+    return Config(
+        ignore=frozenset(codes(table.get("ignore", []), "ignore")),
+        severity=severity,
+        exclude=tuple(codes(table.get("exclude", []), "exclude")),
+        fail_on=Severity(fail_on),
+        origin=origin,
+    )

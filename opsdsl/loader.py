@@ -1,0 +1,382 @@
+"""Source stage: read pack files and turn YAML into plain values with a position for every node.
+
+PyYAML's C parser composes the node tree; we convert it ourselves so that every value and
+every mapping key keeps its `Span`, duplicate keys and non-string keys become diagnostics,
+and aliases cannot expand into a bomb. Scalars resolve by YAML 1.2's core schema: only
+`true`/`false` are booleans, so `on:` and `NO` stay strings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opsdsl.errors import Diagnostic, Severity, Span
+
+MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_ALIAS_NODES = 10_000
+PACK_SUFFIXES = (".yaml", ".yml")
+TEST_SUFFIXES = (".test.yaml", ".test.yml")
+
+Path_ = tuple[str | int, ...]
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
+_MAP, _SEQ = _TAG + "map", _TAG + "seq"
+
+
+class _CoreSchemaLoader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):
+    """Resolves plain scalars by the YAML 1.2 core schema instead of YAML 1.1."""
+
+
+_CoreSchemaLoader.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in (
+    (_BOOL, r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    (_NULL, r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    (_INT, r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    (
+        _FLOAT,
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+0123456789.",
+    ),
+):
+    _CoreSchemaLoader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file's text, kept so diagnostics can quote the offending line."""
+
+    path: str
+    text: str
+
+    def line(self, number: int) -> str | None:
+        lines = self._lines()
+        return lines[number - 1] if 0 < number <= len(lines) else None
+
+    def _lines(self) -> list[str]:
+        cached = self.__dict__.get("_split")
+        if cached is None:
+            cached = self.text.splitlines()
+            object.__setattr__(self, "_split", cached)
+        return cached
+
+
+@dataclass
+class Document:
+    """A loaded YAML document: plain values plus where each came from."""
+
+    source: Source
+    data: Any
+    spans: dict[Path_, Span] = field(default_factory=dict)
+    key_spans: dict[Path_, Span] = field(default_factory=dict)
+    styles: dict[Path_, str] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return self.source.path
+
+    def span(self, path: Path_) -> Span:
+        """The span of the value at `path`, or of its nearest located ancestor."""
+        while path not in self.spans and path:
+            path = path[:-1]
+        return self.spans.get(path) or Span(self.source.path, 1, 1)
+
+    def key_span(self, path: Path_) -> Span:
+        """The span of the mapping key that holds `path` (the value's span if it has none)."""
+        return self.key_spans.get(path) or self.span(path)
+
+    def expression_span(self, path: Path_, offset: int, end: int | None = None) -> Span:
+        """The position of character `offset` of the string scalar at `path`."""
+        base = self.span(path)
+        value = _get(self.data, path)
+        style = self.styles.get(path)
+        if not isinstance(value, str) or base.file != self.source.path:
+            return base
+        if "\n" not in value and style in (None, "'", '"') and base.line == base.end_line:
+            col = base.col + (1 if style else 0) + offset
+            width = (end - offset) if end is not None and end > offset else 1
+            return Span(base.file, base.line, col, base.line, col + width)
+        before = value[:offset]
+        line_delta = before.count("\n") + (1 if style in ("|", ">") else 0)
+        line_text = value.split("\n")[before.count("\n")] if value else ""
+        within = offset - (before.rfind("\n") + 1)
+        source_line = self.source.line(base.line + line_delta) or ""
+        start = source_line.find(line_text) if line_text else -1
+        col = (start + 1 + within) if start >= 0 else base.col
+        return base.shifted(line_delta, col)
+
+
+def _get(data: Any, path: Path_) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _span(source: str, node: yaml.Node) -> Span:
+    start, end = node.start_mark, node.end_mark
+    return Span(source, start.line + 1, start.column + 1, end.line + 1, end.column + 1)
+
+
+class _Converter:
+    """Turns a composed node tree into values, spans and diagnostics."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.diagnostics: list[Diagnostic] = []
+        self.spans: dict[Path_, Span] = {}
+        self.key_spans: dict[Path_, Span] = {}
+        self.styles: dict[Path_, str] = {}
+        self.seen: set[int] = set()
+        self.alias_nodes = 0
+        self.over_limit = False
+
+    def error(self, code: str, message: str, span: Span, hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(code, Severity.ERROR, message, span, hint))
+
+    def convert(self, node: yaml.Node, path: Path_, depth: int, via_alias: bool) -> Any:
+        if self.over_limit:
+            return None
+        if depth > MAX_DEPTH:
+            self.over_limit = True
+            self.error(
+                "OPS005",
+                f"nesting deeper than {MAX_DEPTH} levels",
+                _span(self.source, node),
+                "flatten the document; recursive aliases are not allowed",
+            )
+            return None
+        if id(node) in self.seen:
+            via_alias = True
+        elif not isinstance(node, yaml.ScalarNode):
+            self.seen.add(id(node))
+        if via_alias:
+            self.alias_nodes += 1
+            if self.alias_nodes > MAX_ALIAS_NODES:
+                self.over_limit = True
+                self.error(
+                    "OPS005",
+                    f"aliases expand to more than {MAX_ALIAS_NODES} nodes",
+                    _span(self.source, node),
+                    "this looks like an alias bomb; write the values out instead",
+                )
+                return None
+        span = _span(self.source, node)
+        self.spans[path] = span
+        if isinstance(node, yaml.ScalarNode):
+            value = self.scalar(node, span)
+            if node.style and isinstance(value, str):
+                self.styles[path] = node.style
+            return value
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ:
+                self.unsupported_tag(node, span)
+            return [
+                self.convert(item, (*path, i), depth + 1, via_alias)
+                for i, item in enumerate(node.value)
+            ]
+        if node.tag != _MAP:
+            self.unsupported_tag(node, span)
+        return self.mapping(node, path, depth, via_alias)
+
+    def mapping(self, node: yaml.MappingNode, path: Path_, depth: int, via_alias: bool) -> dict:
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key_span = _span(self.source, key_node)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
+                shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a collection"
+                self.error(
+                    "OPS004",
+                    f"mapping key `{shown}` is not a string",
+                    key_span,
+                    'quote the key, e.g. "1": ...' if isinstance(key_node, yaml.ScalarNode) else None,
+                )
+                continue
+            key = key_node.value
+            if key == "<<" and not key_node.style:
+                self.error(
+                    "OPS006",
+                    "YAML merge keys (`<<`) are not supported",
+                    key_span,
+                    "write the keys out, or alias the whole value",
+                )
+                continue
+            child = (*path, key)
+            if key in out:
+                first = self.key_spans[child]
+                self.error(
+                    "OPS003",
+                    f"duplicate key `{key}` (first defined at line {first.line})",
+                    key_span,
+                    "YAML would silently keep only the last one; remove or rename one",
+                )
+                continue
+            self.key_spans[child] = key_span
+            out[key] = self.convert(value_node, child, depth + 1, via_alias)
+        return out
+
+    def scalar(self, node: yaml.ScalarNode, span: Span) -> Any:
+        tag, text = node.tag, node.value
+        if tag == _STR:
+            return text
+        try:
+            if tag == _INT:
+                return int(text, 0) if text[:2] in ("0x", "0o") else int(text)
+            if tag == _FLOAT:
+                return float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))
+            if tag == _BOOL:
+                return text.lower() == "true"
+            if tag == _NULL:
+                return None
+        except ValueError:
+            self.error("OPS002", f"`{text}` is not a valid {tag[len(_TAG):]}", span)
+            return text
+        self.unsupported_tag(node, span)
+        return text
+
+    def unsupported_tag(self, node: yaml.Node, span: Span) -> None:
+        self.error(
+            "OPS006",
+            f"unsupported YAML tag `{node.tag}`",
+            span,
+            "packs use plain YAML values only: strings, numbers, booleans, null, lists, maps",
+        )
+
+
+def load_text(text: str, path: str) -> tuple[Document | None, list[Diagnostic]]:
+    """Parse one YAML document; a document with diagnostics may still be partially usable."""
+    source = Source(path, text)
+    try:
+        node = _CoreSchemaLoader(text).get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        return None, [_yaml_error(exc, path)]
+    except yaml.YAMLError as exc:
+        return None, [Diagnostic("OPS002", Severity.ERROR, str(exc), Span(path, 1, 1))]
+    if node is None:
+        return None, [
+            Diagnostic(
+                "OPS001",
+                Severity.ERROR,
+                "file is empty",
+                Span(path, 1, 1),
+                "a pack starts with `apiVersion: opsdsl/v1`, `kind: Pack` and `metadata:`",
+            )
+        ]
+    converter = _Converter(path)
+    data = converter.convert(node, (), 0, False)
+    document = Document(source, data, converter.spans, converter.key_spans, converter.styles)
+    return document, converter.diagnostics
+
+
+_YAML_HINTS = (
+    ("cannot start any token", "YAML does not allow tabs for indentation, nor `@` or a backtick to start a value; use spaces, or quote the value"),
+    ("found undefined alias", "define the anchor (`&name`) before using the alias (`*name`)"),
+    ("expected a single document", "put one pack per file"),
+    ("mapping values are not allowed here", "a `key: value` needs a space after the colon, or quote the value"),
+    ("could not find expected ':'", "a key is missing its `:` or a quote is not closed"),
+)
+
+
+def _yaml_error(exc: yaml.MarkedYAMLError, path: str) -> Diagnostic:
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    message = exc.problem or "invalid YAML"
+    if exc.context:
+        message = f"{message} ({exc.context})"
+    hint = next((h for needle, h in _YAML_HINTS if needle in str(exc)), None)
+    return Diagnostic("OPS002", Severity.ERROR, message, Span(path, line, col, line, col + 1), hint)
+
+
+def read_source(path: Path) -> tuple[str | None, list[Diagnostic]]:
+    """Read a pack file as UTF-8 text, refusing binary, oversized and unreadable files."""
+    shown = display_path(path)
+    here = Span(shown, 1, 1)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return None, [
+                Diagnostic(
+                    "OPS001",
+                    Severity.ERROR,
+                    f"file is {size / 1048576:.1f} MiB; packs are limited to "
+                    f"{MAX_FILE_BYTES // 1048576} MiB",
+                    here,
+                    "split it into several packs",
+                )
+            ]
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, [Diagnostic("OPS001", Severity.ERROR, f"cannot read file: {exc.strerror}", here)]
+    if b"\x00" in raw[:8192]:
+        return None, [
+            Diagnostic("OPS001", Severity.ERROR, "not a text file (it contains NUL bytes)", here)
+        ]
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return None, [
+            Diagnostic(
+                "OPS001",
+                Severity.ERROR,
+                f"not valid UTF-8 (byte {exc.start})",
+                Span(shown, line, 1),
+                "save the file as UTF-8",
+            )
+        ]
+    return text, []
+
+
+def load_file(path: Path) -> tuple[Document | None, list[Diagnostic]]:
+    text, diagnostics = read_source(path)
+    if text is None:
+        return None, diagnostics
+    return load_text(text, display_path(path))
+
+
+def display_path(path: Path) -> str:
+    """Paths are shown relative to the working directory when below it, with `/`."""
+    try:
+        return Path(os.path.relpath(path)).as_posix() if path.is_absolute() else path.as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def is_pack_file(path: Path) -> bool:
+    name = path.name
+    return name.endswith(PACK_SUFFIXES) and not name.endswith(TEST_SUFFIXES)
+
+
+def discover(paths: Iterable[Path], exclude: Iterable[str] = ()) -> list[Path]:
+    """Pack files named by `paths`: files as given, folders searched recursively.
+
+    In folders, `*.yaml`/`*.yml` files are packs except `*.test.yaml` (pack tests),
+    hidden files and folders, and paths matching an `exclude` glob.
+    """
+    patterns = tuple(exclude)
+    found: set[Path] = set()
+    for path in paths:
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                for name in files:
+                    candidate = Path(root, name)
+                    if name.startswith(".") or not is_pack_file(candidate):
+                        continue
+                    if any(candidate.match(p) for p in patterns):
+                        continue
+                    found.add(candidate)
+        else:
+            found.add(path)
+    return sorted(found, key=lambda p: p.as_posix())
