@@ -1,0 +1,439 @@
+"""The fast path, and `compile_expr`, which pairs it with the exact evaluator.
+
+The node tree becomes a Python function built as `ast` nodes (user text only ever lands in
+`ast.Constant`s, never in source code) and compiled once. It uses Python's own operators
+where they agree with CEL on every value they accept, and small helpers where they do not
+(`True == 1` is true in Python, `[1] < [2]` is allowed, `a + b` mixes int and double).
+Whenever the fast path raises anything - a CEL error, a type it does not handle, `&&`
+reached with a non-bool - the call is re-evaluated by the exact evaluator, so errors and
+error absorption are always the exact ones. The fast path never returns a value the exact
+evaluator would not: the differential property test holds it to that.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import functions, values
+from .evaluator import build_exact
+from .functions import Builtin, resolve
+from .nodes import (
+    Binary,
+    Call,
+    Conditional,
+    Expression,
+    Has,
+    Ident,
+    Index,
+    ListLit,
+    Literal,
+    MapLit,
+    Node,
+    Select,
+    Unary,
+)
+from .parser import parse
+
+Compiled = Callable[[Mapping[str, Any]], Any]
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile_cached(expr: Expression) -> Compiled:
+    exact = build_exact(expr)
+    namespace: dict[str, Any] = {**_HELPERS, "_exact": exact}
+    body = _Emitter(namespace).emit(expr.root)[0]
+    code = compile(_function(body), f"<opsdsl expression {expr.text[:60]!r}>", "exec")
+    exec(code, namespace)  # defines `evaluate` from the ast above; no user text is code
+    evaluate = namespace["evaluate"]
+    evaluate.__doc__ = expr.text
+    return evaluate
+
+
+def compile_expr(expr: Expression | str) -> Compiled:
+    """A callable evaluating `expr` against an activation (root name -> value); it raises
+    opsdsl.errors.EvalError for CEL errors. Memoised per expression."""
+    return _compile_cached(parse(expr) if isinstance(expr, str) else expr)
+
+
+def _function(body: ast.expr) -> ast.Module:
+    """`def evaluate(a): try: return <body> / except Exception: return _exact(a)`."""
+    fallback = ast.Return(_call("_exact", _load("a")), **_AT)
+    handler = ast.ExceptHandler(_load("Exception"), None, [fallback], **_AT)
+    function = ast.FunctionDef(
+        name="evaluate",
+        args=ast.arguments([], [ast.arg("a", **_AT)], None, [], [], None, []),
+        body=[ast.Try([ast.Return(body, **_AT)], [handler], [], [], **_AT)],
+        decorator_list=[],
+        returns=None,
+        **_AT,
+    )
+    return ast.Module([function], [])
+
+
+# -- helpers the generated code calls: quick checks, then the exact operation ------------
+
+
+class _NotBool(Exception):
+    """A logical operand was not a bool: let the exact evaluator decide."""
+
+
+def _bool(value: Any) -> bool:
+    if value is True or value is False:
+        return value
+    raise _NotBool
+
+
+def _equal(a: Any, b: Any) -> bool:
+    kind = type(a)
+    if kind is type(b) and (kind is str or kind is int or kind is float or kind is bool):
+        return a == b
+    return values.equal(a, b)
+
+
+def _not_equal(a: Any, b: Any) -> bool:
+    return not _equal(a, b)
+
+
+def _less(a: Any, b: Any) -> bool:
+    ka, kb = type(a), type(b)
+    if (ka is int or ka is float) and (kb is int or kb is float) or (ka is kb is str):
+        return a < b
+    return values.less(a, b)
+
+
+def _less_equal(a: Any, b: Any) -> bool:
+    ka, kb = type(a), type(b)
+    if (ka is int or ka is float) and (kb is int or kb is float) or (ka is kb is str):
+        return a <= b
+    return values.less_equal(a, b)
+
+
+def _greater(a: Any, b: Any) -> bool:
+    ka, kb = type(a), type(b)
+    if (ka is int or ka is float) and (kb is int or kb is float) or (ka is kb is str):
+        return a > b
+    return values.greater(a, b)
+
+
+def _greater_equal(a: Any, b: Any) -> bool:
+    ka, kb = type(a), type(b)
+    if (ka is int or ka is float) and (kb is int or kb is float) or (ka is kb is str):
+        return a >= b
+    return values.greater_equal(a, b)
+
+
+def _add(a: Any, b: Any) -> Any:
+    kind = type(a)
+    if kind is type(b):
+        if kind is float or kind is str:
+            return a + b
+        if kind is int:
+            result = a + b
+            if values.INT_MIN <= result <= values.INT_MAX:
+                return result
+    return values.add(a, b)
+
+
+def _subtract(a: Any, b: Any) -> Any:
+    kind = type(a)
+    if kind is type(b):
+        if kind is float:
+            return a - b
+        if kind is int:
+            result = a - b
+            if values.INT_MIN <= result <= values.INT_MAX:
+                return result
+    return values.subtract(a, b)
+
+
+def _multiply(a: Any, b: Any) -> Any:
+    kind = type(a)
+    if kind is type(b):
+        if kind is float:
+            return a * b
+        if kind is int:
+            result = a * b
+            if values.INT_MIN <= result <= values.INT_MAX:
+                return result
+    return values.multiply(a, b)
+
+
+def _contained_in(element: Any, container: Any) -> bool:
+    kind = type(container)
+    if type(element) is str and (kind is dict or kind is list):
+        return element in container  # a str equals only a str, in Python as in CEL
+    return values.contained_in(element, container)
+
+
+def _index(container: Any, key: Any) -> Any:
+    kind = type(container)
+    if kind is list and type(key) is int and key >= 0:
+        return container[key]
+    if kind is dict and type(key) is str:
+        return container[key]
+    return values.index(container, key)
+
+
+def _has(container: Any, name: str) -> bool:
+    if type(container) is dict:
+        return name in container
+    return values.has_field(container, name)
+
+
+def _size(value: Any) -> int:
+    kind = type(value)
+    if kind is str or kind is list or kind is dict:
+        return len(value)
+    return functions.size(value)
+
+
+def _starts_with(text: Any, prefix: Any) -> bool:
+    if type(text) is str and type(prefix) is str:
+        return text.startswith(prefix)
+    return functions.starts_with(text, prefix)
+
+
+def _ends_with(text: Any, suffix: Any) -> bool:
+    if type(text) is str and type(suffix) is str:
+        return text.endswith(suffix)
+    return functions.ends_with(text, suffix)
+
+
+def _contains(text: Any, part: Any) -> bool:
+    if type(text) is str and type(part) is str:
+        return part in text
+    return functions.contains(text, part)
+
+
+class _Unresolved(Exception):
+    """A call to no known function: the exact evaluator reports it."""
+
+
+def _unresolved() -> Any:
+    raise _Unresolved
+
+
+_BINARY_HELPERS = {
+    "==": "_equal",
+    "!=": "_not_equal",
+    "<": "_less",
+    "<=": "_less_equal",
+    ">": "_greater",
+    ">=": "_greater_equal",
+    "in": "_contained_in",
+    "+": "_add",
+    "-": "_subtract",
+    "*": "_multiply",
+    "/": "_divide",
+    "%": "_modulo",
+}
+_FAST_BUILTINS = {
+    "size": "_size",
+    "startsWith": "_starts_with",
+    "endsWith": "_ends_with",
+    "contains": "_contains",
+}
+_HELPERS: dict[str, Any] = {
+    "_bool": _bool,
+    "_equal": _equal,
+    "_not_equal": _not_equal,
+    "_less": _less,
+    "_less_equal": _less_equal,
+    "_greater": _greater,
+    "_greater_equal": _greater_equal,
+    "_contained_in": _contained_in,
+    "_add": _add,
+    "_subtract": _subtract,
+    "_multiply": _multiply,
+    "_divide": values.divide,
+    "_modulo": values.modulo,
+    "_negate": values.negate,
+    "_not": values.logical_not,
+    "_index": _index,
+    "_has": _has,
+    "_make_map": values.make_map,
+    "_size": _size,
+    "_starts_with": _starts_with,
+    "_ends_with": _ends_with,
+    "_contains": _contains,
+    "_unresolved": _unresolved,
+}
+
+_NATIVE_COMPARE = {
+    "==": ast.Eq,
+    "!=": ast.NotEq,
+    "<": ast.Lt,
+    "<=": ast.LtE,
+    ">": ast.Gt,
+    ">=": ast.GtE,
+}
+_NUMBER = ("int", "double")
+_BOOL_RESULT = frozenset(("==", "!=", "<", "<=", ">", ">=", "in", "&&", "||"))
+
+
+# Generated code has no source text; every node sits at line 1 (cheaper than
+# ast.fix_missing_locations, which dominated compile time).
+_AT = {"lineno": 1, "col_offset": 0, "end_lineno": 1, "end_col_offset": 0}
+
+
+def _load(name: str) -> ast.Name:
+    return ast.Name(name, ast.Load(), **_AT)
+
+
+def _call(helper: str, *args: ast.expr) -> ast.Call:
+    return ast.Call(_load(helper), list(args), [], **_AT)
+
+
+def _constant(value: Any) -> ast.Constant:
+    return ast.Constant(value, **_AT)
+
+
+def _subscript(container: ast.expr, key: ast.expr) -> ast.Subscript:
+    return ast.Subscript(container, key, ast.Load(), **_AT)
+
+
+def _compare(left: ast.expr, op: ast.cmpop, right: ast.expr) -> ast.Compare:
+    return ast.Compare(left, [op], [right], **_AT)
+
+
+def _list(items: list[ast.expr]) -> ast.List:
+    return ast.List(items, ast.Load(), **_AT)
+
+
+class _Emitter:
+    """Turns nodes into Python expressions. `emit` returns the expression and, where it is
+    certain, the CEL kind of its value when evaluation succeeds (else None)."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self.namespace = namespace
+
+    def emit(self, node: Node) -> tuple[ast.expr, str | None]:
+        return getattr(self, f"_emit_{type(node).__name__}")(node)
+
+    def _emit_Literal(self, node: Literal) -> tuple[ast.expr, str | None]:
+        kind = "double" if node.kind == "duration" else node.kind
+        return _constant(node.value), kind
+
+    def _emit_Ident(self, node: Ident) -> tuple[ast.expr, str | None]:
+        return _subscript(_load("a"), _constant(node.name)), None
+
+    def _emit_Select(self, node: Select) -> tuple[ast.expr, str | None]:
+        # dict[str] is CEL's select on a map; on anything else Python raises
+        operand, _ = self.emit(node.operand)
+        return _subscript(operand, _constant(node.field)), None
+
+    def _emit_Index(self, node: Index) -> tuple[ast.expr, str | None]:
+        operand, _ = self.emit(node.operand)
+        key, key_kind = self.emit(node.index)
+        if key_kind == "string":  # a str key: only a dict accepts it, as in CEL
+            return _subscript(operand, key), None
+        return _call("_index", operand, key), None
+
+    def _emit_Has(self, node: Has) -> tuple[ast.expr, str | None]:
+        operand, _ = self.emit(node.operand)
+        return _call("_has", operand, _constant(node.field)), "bool"
+
+    def _emit_Unary(self, node: Unary) -> tuple[ast.expr, str | None]:
+        operand, kind = self.emit(node.operand)
+        if node.op == "!":
+            if kind == "bool":
+                return ast.UnaryOp(ast.Not(), operand, **_AT), "bool"
+            return _call("_not", operand), "bool"
+        if kind == "double":
+            return ast.UnaryOp(ast.USub(), operand, **_AT), "double"
+        return _call("_negate", operand), kind if kind in _NUMBER else None
+
+    def _emit_Binary(self, node: Binary) -> tuple[ast.expr, str | None]:
+        left, left_kind = self.emit(node.left)
+        right, right_kind = self.emit(node.right)
+        op = node.op
+        if op in ("&&", "||"):
+            operands = [
+                side if kind == "bool" else _call("_bool", side)
+                for side, kind in ((left, left_kind), (right, right_kind))
+            ]
+            return ast.BoolOp(ast.And() if op == "&&" else ast.Or(), operands, **_AT), "bool"
+        if op in ("==", "!=") and _native_equality(left_kind, right_kind):
+            if "null" in (left_kind, right_kind):
+                compare = ast.Is() if op == "==" else ast.IsNot()
+            else:
+                compare = _NATIVE_COMPARE[op]()
+            return _compare(left, compare, right), "bool"
+        if op in _NATIVE_COMPARE and op not in ("==", "!=") and _native_order(left_kind, right_kind):
+            return _compare(left, _NATIVE_COMPARE[op](), right), "bool"
+        if op == "in" and isinstance(node.right, ListLit) and _all_strings(node.right):
+            members = frozenset(item.value for item in node.right.items)
+            return _compare(left, ast.In(), _constant(members)), "bool"
+        if op in ("+", "-", "*") and left_kind == right_kind == "double":
+            python_op = {"+": ast.Add, "-": ast.Sub, "*": ast.Mult}[op]()
+            return ast.BinOp(left, python_op, right, **_AT), "double"
+        if op == "+" and left_kind == right_kind == "string":
+            return ast.BinOp(left, ast.Add(), right, **_AT), "string"
+        result = "bool" if op in _BOOL_RESULT else _arithmetic_kind(left_kind, right_kind)
+        return _call(_BINARY_HELPERS[op], left, right), result
+
+    def _emit_Conditional(self, node: Conditional) -> tuple[ast.expr, str | None]:
+        condition, condition_kind = self.emit(node.condition)
+        then, then_kind = self.emit(node.then)
+        otherwise, otherwise_kind = self.emit(node.otherwise)
+        if condition_kind != "bool":
+            condition = _call("_bool", condition)
+        kind = then_kind if then_kind == otherwise_kind else None
+        return ast.IfExp(condition, then, otherwise, **_AT), kind
+
+    def _emit_ListLit(self, node: ListLit) -> tuple[ast.expr, str | None]:
+        return _list([self.emit(item)[0] for item in node.items]), "list"
+
+    def _emit_MapLit(self, node: MapLit) -> tuple[ast.expr, str | None]:
+        keys = [key for key, _ in node.entries]
+        plain = all(isinstance(key, Literal) and key.kind == "string" for key in keys)
+        if plain and len({key.value for key in keys}) == len(keys):
+            return ast.Dict(
+                [self.emit(key)[0] for key in keys],
+                [self.emit(value)[0] for _, value in node.entries],
+                **_AT,
+            ), "map"
+        pairs = [
+            ast.Tuple([self.emit(key)[0], self.emit(value)[0]], ast.Load(), **_AT)
+            for key, value in node.entries
+        ]
+        return _call("_make_map", _list(pairs)), "map"
+
+    def _emit_Call(self, node: Call) -> tuple[ast.expr, str | None]:
+        resolved = resolve(node.function, node.target is not None, len(node.args))
+        if not isinstance(resolved, Builtin):
+            return _call("_unresolved"), None
+        args = [self.emit(arg)[0] for arg in node.args]
+        if node.target is not None:
+            args.insert(0, self.emit(node.target)[0])
+        helper = _FAST_BUILTINS.get(resolved.name)
+        if helper is None:
+            helper = f"_builtin_{resolved.name}"
+            self.namespace[helper] = resolved.impl
+        (result,) = resolved.result if len(resolved.result) == 1 else (None,)
+        return _call(helper, *args), result
+
+
+def _native_equality(left: str | None, right: str | None) -> bool:
+    """Python's `==` is CEL's when one side is surely a string or null (a str or None
+    equals only its own kind in both), or both sides are surely numbers or both bools."""
+    if "string" in (left, right) or "null" in (left, right):
+        return True
+    return (left in _NUMBER and right in _NUMBER) or left == right == "bool"
+
+
+def _native_order(left: str | None, right: str | None) -> bool:
+    return (left in _NUMBER and right in _NUMBER) or left == right == "string"
+
+
+def _arithmetic_kind(left: str | None, right: str | None) -> str | None:
+    if left == right and left in ("int", "double"):
+        return left
+    return None
+
+
+def _all_strings(node: ListLit) -> bool:
+    return all(isinstance(item, Literal) and item.kind == "string" for item in node.items)

@@ -1,0 +1,243 @@
+"""The expression tree, and `Expression`: one parsed expression with its text.
+
+Nodes are frozen. `offset` and `end` locate a node in the expression text (0-based,
+end exclusive); they take no part in equality, so two parses of equivalent text compare
+equal whatever the spacing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Node:
+    offset: int = field(compare=False, repr=False, kw_only=True, default=0)
+    end: int = field(compare=False, repr=False, kw_only=True, default=0)
+
+    def children(self) -> tuple[Node, ...]:
+        return ()
+
+
+@dataclass(frozen=True)
+class Literal(Node):
+    """A constant. `kind` is int, double, string, bool, null or duration (a double of
+    seconds); it keeps `1`, `1.0` and `true` apart, which Python's `==` would not."""
+
+    kind: str
+    value: Any
+    raw: str | None = field(compare=False, repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class Ident(Node):
+    """A root name: `event`, `params`, `steps`."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Select(Node):
+    """`operand.field`; `field_offset` locates the field name."""
+
+    operand: Node
+    field: str
+    field_offset: int = field(compare=False, repr=False, default=0)
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.operand,)
+
+
+@dataclass(frozen=True)
+class Index(Node):
+    """`operand[index]`."""
+
+    operand: Node
+    index: Node
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.operand, self.index)
+
+
+@dataclass(frozen=True)
+class Call(Node):
+    """`function(args)`, or `target.function(args)` when `target` is set (a method)."""
+
+    function: str
+    args: tuple[Node, ...]
+    target: Node | None = None
+    name_offset: int = field(compare=False, repr=False, default=0)
+
+    def children(self) -> tuple[Node, ...]:
+        return self.args if self.target is None else (self.target, *self.args)
+
+
+@dataclass(frozen=True)
+class Has(Node):
+    """The `has(operand.field)` macro: is the field present? Never a missing-key error."""
+
+    operand: Node
+    field: str
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.operand,)
+
+
+@dataclass(frozen=True)
+class Unary(Node):
+    """`!operand` or `-operand`."""
+
+    op: str
+    operand: Node
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.operand,)
+
+
+@dataclass(frozen=True)
+class Binary(Node):
+    """`left op right` for `||`, `&&`, comparisons, `in` and arithmetic."""
+
+    op: str
+    left: Node
+    right: Node
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.left, self.right)
+
+
+@dataclass(frozen=True)
+class Conditional(Node):
+    """`condition ? then : otherwise`."""
+
+    condition: Node
+    then: Node
+    otherwise: Node
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.condition, self.then, self.otherwise)
+
+
+@dataclass(frozen=True)
+class ListLit(Node):
+    items: tuple[Node, ...]
+
+    def children(self) -> tuple[Node, ...]:
+        return self.items
+
+
+@dataclass(frozen=True)
+class MapLit(Node):
+    entries: tuple[tuple[Node, Node], ...]
+
+    def children(self) -> tuple[Node, ...]:
+        return tuple(part for entry in self.entries for part in entry)
+
+
+def walk(root: Node) -> Iterator[Node]:
+    """Every node of the tree, parents before children, left to right; no recursion."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(node.children()))
+
+
+def depth(root: Node) -> tuple[int, Node]:
+    """The depth of the tree and its deepest node; no recursion."""
+    deepest, deepest_node = 0, root
+    stack = [(root, 1)]
+    while stack:
+        node, level = stack.pop()
+        if level > deepest:
+            deepest, deepest_node = level, node
+        stack.extend((child, level + 1) for child in node.children())
+    return deepest, deepest_node
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A maximal member chain from a root name: `steps.inspect.outputs` is
+    `Reference("steps", ("inspect", "outputs"))`. Constant string indexes count as
+    fields (`steps["inspect"]`); any other index ends the chain."""
+
+    root: str
+    path: tuple[str, ...]
+    offset: int
+    end: int
+
+    @property
+    def dotted(self) -> str:
+        return ".".join((self.root, *self.path))
+
+
+def _chain(node: Node) -> tuple[str, tuple[str, ...]] | None:
+    """The root and path of a pure member chain, or None if `node` is not one."""
+    path: list[str] = []
+    while True:
+        if isinstance(node, Ident):
+            return node.name, tuple(reversed(path))
+        if isinstance(node, Select):
+            path.append(node.field)
+            node = node.operand
+        elif (
+            isinstance(node, Index)
+            and isinstance(node.index, Literal)
+            and node.index.kind == "string"
+        ):
+            path.append(node.index.value)
+            node = node.operand
+        else:
+            return None
+
+
+@dataclass(frozen=True, eq=False)
+class Expression:
+    """One parsed expression. Equal (and hashed) by its text, which determines the tree."""
+
+    text: str
+    root: Node
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Expression) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"Expression({self.text!r})"
+
+    def references(self) -> tuple[Reference, ...]:
+        """Every maximal member chain that starts at a root name, in text order."""
+        return self._references
+
+    def functions(self) -> tuple[tuple[str, int, int], ...]:
+        """`(name, arity, offset)` of every call, `has()` included; a method's arity
+        does not count its receiver."""
+        return self._functions
+
+    @functools.cached_property
+    def _references(self) -> tuple[Reference, ...]:
+        found: list[Reference] = []
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            chain = _chain(node)
+            if chain is not None:
+                found.append(Reference(chain[0], chain[1], node.offset, node.end))
+                continue  # maximal: the chain's own parts are not references of their own
+            stack.extend(node.children())
+        return tuple(sorted(found, key=lambda ref: (ref.offset, ref.end)))
+
+    @functools.cached_property
+    def _functions(self) -> tuple[tuple[str, int, int], ...]:
+        found = []
+        for node in walk(self.root):
+            if isinstance(node, Call):
+                found.append((node.function, len(node.args), node.name_offset))
+            elif isinstance(node, Has):
+                found.append(("has", 1, node.offset))
+        return tuple(sorted(found, key=lambda entry: entry[2]))
