@@ -29,6 +29,14 @@ class Unit:
 
     document: Document
     model: AnyPack
+    _parsed: tuple[list[ParsedSite], list[Diagnostic]] | None = field(default=None, repr=False)
+
+    @property
+    def parsed_sites(self) -> tuple[list[ParsedSite], list[Diagnostic]]:
+        """Every expression site, parsed once for all the rules that read expressions."""
+        if self._parsed is None:
+            self._parsed = parse_sites(self)
+        return self._parsed
 
     def at(self, code: str, path: Path_, message: str, hint: str | None = None, *, key: bool = False) -> Diagnostic:
         span = self.document.key_span(path) if key else self.document.span(path)
@@ -229,15 +237,23 @@ def parse_sites(unit: Unit) -> tuple[list[ParsedSite], list[Diagnostic]]:
 
 def check_expressions(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     """Parse every expression; check names, functions, arity, types and step order."""
-    parsed, syntax = parse_sites(unit)
+    parsed, syntax = unit.parsed_sites
     yield from syntax
     pack = unit.model
     preds_cache: dict[tuple[str, bool], dict[str, tuple[str, ...]]] = {}
+    roots_cache: dict[tuple[str, str | None], dict[str, RootSpec]] = {}
+    problems_cache: dict[tuple[str, str, str | None], list] = {}
     for item in parsed:
         site = item.site
-        roots = roots_for(site, pack)
+        scope_key = (site.context, site.playbook)
+        roots = roots_cache.get(scope_key)
+        if roots is None:
+            roots = roots_cache[scope_key] = roots_for(site, pack)
         for expression, base in item.expressions:
-            for problem in check(expression, roots):
+            problems = problems_cache.get((expression.text, *scope_key))
+            if problems is None:
+                problems = problems_cache[(expression.text, *scope_key)] = check(expression, roots)
+            for problem in problems:
                 span = unit.document.expression_span(site.path, base + problem.offset, base + problem.end)
                 yield unit.at_span(problem.code, span, problem.message, problem.hint)
             if site.context == STEP:
@@ -249,6 +265,9 @@ def _check_step_order(unit: Unit, site: Site, expression, base: int, cache: dict
     playbook = unit.model.playbooks[site.playbook]
     main_ids = {s.id for s in playbook.steps}
     section = playbook.finally_ if site.in_finally else playbook.steps
+    refs = [r for r in expression.references() if r.root == "steps" and r.path]
+    if not refs:
+        return
     key = (site.playbook, site.in_finally)
     if key not in cache:
         cache[key] = predecessors(section)
@@ -257,9 +276,7 @@ def _check_step_order(unit: Unit, site: Site, expression, base: int, cache: dict
         allowed |= main_ids
     if site.compensation:
         allowed.add(site.step)
-    for ref in expression.references():
-        if ref.root != "steps" or not ref.path:
-            continue
+    for ref in refs:
         target = ref.path[0]
         if target in allowed or target not in {s.id for s in (*playbook.steps, *playbook.finally_)}:
             continue
@@ -664,15 +681,11 @@ def check_unused(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
         if name not in called:
             yield unit.at("OPS046", ("playbooks", name), f"playbook `{name}` is not run by any hook or `playbook.call`", "hooks start playbooks when a trigger fires; `opsdsl run --playbook` can still run it by hand", key=True)
     read: set[str] = set()
-    for site in iter_sites(pack):
-        try:
-            if site.template:
-                expressions = [e for e, _ in parse_template(site.text).expressions]
-            else:
-                expressions = [parse(site.text)]
-        except ExprSyntaxError:
-            return  # reported elsewhere; unused-param needs every expression
-        for expression in expressions:
+    parsed, syntax = unit.parsed_sites
+    if syntax:
+        return  # reported elsewhere; unused-param needs every expression
+    for item in parsed:
+        for expression, _ in item.expressions:
             read.update(r.path[0] for r in expression.references() if r.root == "params" and r.path)
             if any(r.root == "params" and not r.path for r in expression.references()):
                 return  # `params` used whole: every param may be read

@@ -137,6 +137,9 @@ def _lint_many(files: list[Path], policies: tuple, config: Config, jobs: int | N
         return _lint_chunk((files, policies, config))
     import multiprocessing
 
+    from opsdsl.pipeline import warm_up
+
+    warm_up()  # workers forked after this inherit the imported modules and built parsers
     context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
     chunks = [files[i::jobs] for i in range(jobs)]
     with context.Pool(jobs) as pool:

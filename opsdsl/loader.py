@@ -51,6 +51,26 @@ for _tag, _pattern, _first in (
     _CoreSchemaLoader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
 
 
+_PLAIN_SPECIAL = frozenset("~nNtTfF-+.0123456789")
+
+
+def _resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+    """PyYAML's resolver, minus the generality: most plain scalars start with a letter
+    that cannot begin a bool, null or number, and resolve to str at once."""
+    if kind is yaml.ScalarNode:
+        if implicit[0] and (not value or value[0] in _PLAIN_SPECIAL):
+            for tag, regexp in self.yaml_implicit_resolvers.get(value[0] if value else "", ()):
+                if regexp.match(value):
+                    return tag
+        return _STR
+    return _SEQ if kind is yaml.SequenceNode else _MAP
+
+
+_CoreSchemaLoader.resolve = _resolve
+_CoreSchemaLoader.descend_resolver = lambda self, parent, index: None
+_CoreSchemaLoader.ascend_resolver = lambda self: None
+
+
 @dataclass(frozen=True)
 class Source:
     """A file's text, kept so diagnostics can quote the offending line."""
@@ -72,35 +92,59 @@ class Source:
 
 @dataclass
 class Document:
-    """A loaded YAML document: plain values plus where each came from."""
+    """A loaded YAML document: plain values, and the node tree they came from.
+
+    Positions are looked up in the node tree only when a diagnostic needs one, so a clean
+    pack pays nothing for them.
+    """
 
     source: Source
     data: Any
-    spans: dict[Path_, Span] = field(default_factory=dict)
-    key_spans: dict[Path_, Span] = field(default_factory=dict)
-    styles: dict[Path_, str] = field(default_factory=dict)
+    root: yaml.Node | None = field(default=None, repr=False)
 
     @property
     def path(self) -> str:
         return self.source.path
 
+    def _nodes(self, path: Path_) -> tuple[yaml.Node | None, yaml.Node | None, int]:
+        """The value node at `path` (or its nearest ancestor), its key node, and how many
+        parts of `path` were found."""
+        node, key_node, found = self.root, None, 0
+        for part in path:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:  # the first occurrence: the one the data kept
+                    if isinstance(k, yaml.ScalarNode) and k.tag == _STR and k.value == part:
+                        child, key_node = v, k
+                        break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+                child, key_node = node.value[part], None
+            if child is None:
+                break
+            node, found = child, found + 1
+        return node, key_node, found
+
     def span(self, path: Path_) -> Span:
         """The span of the value at `path`, or of its nearest located ancestor."""
-        while path not in self.spans and path:
-            path = path[:-1]
-        return self.spans.get(path) or Span(self.source.path, 1, 1)
+        node, _, _ = self._nodes(path)
+        return _span(self.source.path, node) if node is not None else Span(self.source.path, 1, 1)
 
     def key_span(self, path: Path_) -> Span:
         """The span of the mapping key that holds `path` (the value's span if it has none)."""
-        return self.key_spans.get(path) or self.span(path)
+        node, key_node, found = self._nodes(path)
+        if key_node is not None and found == len(path):
+            return _span(self.source.path, key_node)
+        return _span(self.source.path, node) if node is not None else Span(self.source.path, 1, 1)
 
     def expression_span(self, path: Path_, offset: int, end: int | None = None) -> Span:
         """The position of character `offset` of the string scalar at `path`."""
-        base = self.span(path)
-        value = _get(self.data, path)
-        style = self.styles.get(path)
-        if not isinstance(value, str) or base.file != self.source.path:
+        node, _, found = self._nodes(path)
+        if node is None:
+            return Span(self.source.path, 1, 1)
+        base = _span(self.source.path, node)
+        if found != len(path) or not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
             return base
+        value, style = node.value, node.style or None
         if "\n" not in value and style in (None, "'", '"') and base.line == base.end_line:
             col = base.col + (1 if style else 0) + offset
             width = (end - offset) if end is not None and end > offset else 1
@@ -115,121 +159,78 @@ class Document:
         return base.shifted(line_delta, col)
 
 
-def _get(data: Any, path: Path_) -> Any:
-    for part in path:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
-
-
 def _span(source: str, node: yaml.Node) -> Span:
     start, end = node.start_mark, node.end_mark
     return Span(source, start.line + 1, start.column + 1, end.line + 1, end.column + 1)
 
 
 class _Converter:
-    """Turns a composed node tree into values, spans and diagnostics."""
+    """Turns a composed node tree into values and diagnostics."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.diagnostics: list[Diagnostic] = []
-        self.spans: dict[Path_, Span] = {}
-        self.key_spans: dict[Path_, Span] = {}
-        self.styles: dict[Path_, str] = {}
         self.seen: set[int] = set()
         self.alias_nodes = 0
         self.over_limit = False
 
-    def error(self, code: str, message: str, span: Span, hint: str | None = None) -> None:
-        self.diagnostics.append(Diagnostic(code, Severity.ERROR, message, span, hint))
+    def error(self, code: str, message: str, node: yaml.Node, hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(code, Severity.ERROR, message, _span(self.source, node), hint))
 
-    def convert(self, node: yaml.Node, path: Path_, depth: int, via_alias: bool) -> Any:
+    def convert(self, node: yaml.Node, depth: int, via_alias: bool) -> Any:
+        if type(node) is yaml.ScalarNode:
+            if via_alias:
+                self.count_alias(node)
+            if node.tag == _STR:
+                return node.value
+            return self.scalar(node)
         if self.over_limit:
             return None
         if depth > MAX_DEPTH:
             self.over_limit = True
-            self.error(
-                "OPS005",
-                f"nesting deeper than {MAX_DEPTH} levels",
-                _span(self.source, node),
-                "flatten the document; recursive aliases are not allowed",
-            )
+            self.error("OPS005", f"nesting deeper than {MAX_DEPTH} levels", node, "flatten the document; recursive aliases are not allowed")
             return None
         if id(node) in self.seen:
             via_alias = True
-        elif not isinstance(node, yaml.ScalarNode):
+        else:
             self.seen.add(id(node))
         if via_alias:
-            self.alias_nodes += 1
-            if self.alias_nodes > MAX_ALIAS_NODES:
-                self.over_limit = True
-                self.error(
-                    "OPS005",
-                    f"aliases expand to more than {MAX_ALIAS_NODES} nodes",
-                    _span(self.source, node),
-                    "this looks like an alias bomb; write the values out instead",
-                )
-                return None
-        span = _span(self.source, node)
-        self.spans[path] = span
-        if isinstance(node, yaml.ScalarNode):
-            value = self.scalar(node, span)
-            if node.style and isinstance(value, str):
-                self.styles[path] = node.style
-            return value
-        if isinstance(node, yaml.SequenceNode):
+            self.count_alias(node)
+        if type(node) is yaml.SequenceNode:
             if node.tag != _SEQ:
-                self.unsupported_tag(node, span)
-            return [
-                self.convert(item, (*path, i), depth + 1, via_alias)
-                for i, item in enumerate(node.value)
-            ]
+                self.unsupported_tag(node)
+            return [self.convert(item, depth + 1, via_alias) for item in node.value]
         if node.tag != _MAP:
-            self.unsupported_tag(node, span)
-        return self.mapping(node, path, depth, via_alias)
+            self.unsupported_tag(node)
+        return self.mapping(node, depth, via_alias)
 
-    def mapping(self, node: yaml.MappingNode, path: Path_, depth: int, via_alias: bool) -> dict:
+    def count_alias(self, node: yaml.Node) -> None:
+        self.alias_nodes += 1
+        if self.alias_nodes > MAX_ALIAS_NODES and not self.over_limit:
+            self.over_limit = True
+            self.error("OPS005", f"aliases expand to more than {MAX_ALIAS_NODES} nodes", node, "this looks like an alias bomb; write the values out instead")
+
+    def mapping(self, node: yaml.MappingNode, depth: int, via_alias: bool) -> dict:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key_span = _span(self.source, key_node)
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
-                shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a collection"
-                self.error(
-                    "OPS004",
-                    f"mapping key `{shown}` is not a string",
-                    key_span,
-                    'quote the key, e.g. "1": ...' if isinstance(key_node, yaml.ScalarNode) else None,
-                )
+            if type(key_node) is not yaml.ScalarNode or key_node.tag != _STR:
+                scalar = isinstance(key_node, yaml.ScalarNode)
+                shown = key_node.value if scalar else "a collection"
+                self.error("OPS004", f"mapping key `{shown}` is not a string", key_node, 'quote the key, e.g. "1": ...' if scalar else None)
                 continue
             key = key_node.value
             if key == "<<" and not key_node.style:
-                self.error(
-                    "OPS006",
-                    "YAML merge keys (`<<`) are not supported",
-                    key_span,
-                    "write the keys out, or alias the whole value",
-                )
+                self.error("OPS006", "YAML merge keys (`<<`) are not supported", key_node, "write the keys out, or alias the whole value")
                 continue
-            child = (*path, key)
             if key in out:
-                first = self.key_spans[child]
-                self.error(
-                    "OPS003",
-                    f"duplicate key `{key}` (first defined at line {first.line})",
-                    key_span,
-                    "YAML would silently keep only the last one; remove or rename one",
-                )
+                first = next(k for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.value == key)
+                self.error("OPS003", f"duplicate key `{key}` (first defined at line {first.start_mark.line + 1})", key_node, "YAML would silently keep only the last one; remove or rename one")
                 continue
-            self.key_spans[child] = key_span
-            out[key] = self.convert(value_node, child, depth + 1, via_alias)
+            out[key] = self.convert(value_node, depth + 1, via_alias)
         return out
 
-    def scalar(self, node: yaml.ScalarNode, span: Span) -> Any:
+    def scalar(self, node: yaml.ScalarNode) -> Any:
         tag, text = node.tag, node.value
-        if tag == _STR:
-            return text
         try:
             if tag == _INT:
                 return int(text, 0) if text[:2] in ("0x", "0o") else int(text)
@@ -240,18 +241,13 @@ class _Converter:
             if tag == _NULL:
                 return None
         except ValueError:
-            self.error("OPS002", f"`{text}` is not a valid {tag[len(_TAG):]}", span)
+            self.error("OPS002", f"`{text}` is not a valid {tag[len(_TAG):]}", node)
             return text
-        self.unsupported_tag(node, span)
+        self.unsupported_tag(node)
         return text
 
-    def unsupported_tag(self, node: yaml.Node, span: Span) -> None:
-        self.error(
-            "OPS006",
-            f"unsupported YAML tag `{node.tag}`",
-            span,
-            "packs use plain YAML values only: strings, numbers, booleans, null, lists, maps",
-        )
+    def unsupported_tag(self, node: yaml.Node) -> None:
+        self.error("OPS006", f"unsupported YAML tag `{node.tag}`", node, "packs use plain YAML values only: strings, numbers, booleans, null, lists, maps")
 
 
 def load_text(text: str, path: str) -> tuple[Document | None, list[Diagnostic]]:
@@ -274,8 +270,8 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Diagnostic]]:
             )
         ]
     converter = _Converter(path)
-    data = converter.convert(node, (), 0, False)
-    document = Document(source, data, converter.spans, converter.key_spans, converter.styles)
+    data = converter.convert(node, 0, False)
+    document = Document(source, data, node)
     return document, converter.diagnostics
 
 

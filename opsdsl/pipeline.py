@@ -61,6 +61,17 @@ def analyse_file(path: Path, policies: tuple = (), stop_after: Stage = "check") 
     return result
 
 
+def warm_up() -> None:
+    """Import the stages and build the schema validator and expression parser now."""
+    from opsdsl.expr import parse
+    from opsdsl.schema import pack_validator
+
+    import opsdsl.checks  # noqa: F401
+
+    pack_validator()
+    parse("warm_up == 1")
+
+
 def no_packs(path: Path, shown: str) -> Diagnostic:
     return Diagnostic(
         "OPS007",

@@ -217,6 +217,21 @@ class _Compiler:
         max_props = schema.get("maxProperties")
         if props or extra is not True or names_check or required or min_props or max_props:
 
+            if extra is True and names_check is None and not min_props and not max_props:
+                # Open objects (the `if` conditions): look up the few named properties only.
+                def open_check(v, p, e):
+                    if type(v) is not dict:
+                        return
+                    for key in required:
+                        if key not in v:
+                            e.append(Problem("OPS012", p, f"missing required key `{key}` in {noun}"))
+                    for key, sub in props.items():
+                        if key in v:
+                            sub(v[key], (*p, key), e)
+
+                checks.append(open_check)
+                return checks
+
             def check(v, p, e):
                 if type(v) is not dict:
                     return
@@ -279,7 +294,11 @@ class _Compiler:
             strings = [o for o in options if isinstance(o, str)]
             listed = ", ".join(f"`{o}`" for o in strings) if len(strings) == len(options) else json.dumps(options)
 
+            fast = frozenset(strings) if len(strings) == len(options) else None
+
             def enum(v, p, e):
+                if fast is not None and type(v) is str and v in fast:
+                    return
                 if not any(_json_equal(v, o) for o in options):
                     hint = did_you_mean(v, strings) if isinstance(v, str) else None
                     e.append(Problem("OPS013", p, f"`{_shown(v)}` is not allowed{_where(p)}: expected one of {listed}", hint))
@@ -289,6 +308,8 @@ class _Compiler:
             const = schema["const"]
 
             def const_check(v, p, e):
+                if type(v) is str and v == const:
+                    return
                 if not _json_equal(v, const):
                     e.append(Problem("OPS013", p, f"`{_shown(v)}` is not allowed{_where(p)}: expected `{_shown(const)}`"))
 
