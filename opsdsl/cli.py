@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except BrokenPipeError:
         code = 0
-    except Exception as exc:  # noqa: BLE001 - the one place that catches everything
+    except Exception as exc:
         click.echo(f"opsdsl: internal error: {type(exc).__name__}: {exc}", err=True)
         click.echo("This is a bug in opsdsl; set OPSDSL_DEBUG=1 for the traceback and please report it.", err=True)
         if os.environ.get("OPSDSL_DEBUG"):

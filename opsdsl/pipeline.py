@@ -63,10 +63,9 @@ def analyse_file(path: Path, policies: tuple = (), stop_after: Stage = "check") 
 
 def warm_up() -> None:
     """Import the stages and build the schema validator and expression parser now."""
+    import opsdsl.checks  # noqa: F401
     from opsdsl.expr import parse
     from opsdsl.schema import pack_validator
-
-    import opsdsl.checks  # noqa: F401
 
     pack_validator()
     parse("warm_up == 1")

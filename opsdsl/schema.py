@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from opsdsl.resources import read_text
@@ -117,7 +117,7 @@ def _json_equal(a: Any, b: Any) -> bool:
     if type_name(a) != type_name(b):
         return False
     if isinstance(a, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=False))
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
     return a == b
@@ -419,12 +419,12 @@ class _Compiler:
         return check
 
 
-@lru_cache(maxsize=None)
+@cache
 def pack_schema_text() -> str:
     return read_text("schemas/pack.schema.json")
 
 
-@lru_cache(maxsize=None)
+@cache
 def pack_validator() -> Check:
     schema = json.loads(pack_schema_text())
     return _Compiler(schema).compile(schema, "pack")

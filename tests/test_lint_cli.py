@@ -166,8 +166,8 @@ def test_version_is_fast_path(in_tmp: Path):
 def test_lint_does_not_import_heavy_modules_it_does_not_need(clean_pack: Path):
     code = (
         "import sys; from opsdsl.cli import main\n"
-        "try:\n    main(['lint', %r])\nexcept SystemExit:\n    pass\n"
+        f"try:\n    main(['lint', {str(clean_pack)!r}])\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('networkx', 'cryptography', 'jsonschema') if m in sys.modules))"
-    ) % str(clean_pack)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "[]"

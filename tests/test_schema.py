@@ -7,10 +7,10 @@ import json
 
 import jsonschema
 import pytest
+from conftest import MINIMAL_PACK
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import MINIMAL_PACK
 from opsdsl.loader import load_text
 from opsdsl.resources import read_text
 from opsdsl.schema import compile_schema, validate_pack
@@ -26,7 +26,7 @@ def test_schema_is_valid_draft_2020_12_with_descriptions_everywhere():
     def walk(node, where):
         if isinstance(node, dict):
             for name, prop in node.get("properties", {}).items():
-                assert "description" in prop or "$ref" in prop and "description" in SCHEMA["$defs"][prop["$ref"].split("/")[-1]], f"{where}.{name}"
+                assert "description" in prop or ("$ref" in prop and "description" in SCHEMA["$defs"][prop["$ref"].split("/")[-1]]), f"{where}.{name}"
             for key, value in node.items():
                 if key != "if":  # conditions select a branch; editors do not show them
                     walk(value, f"{where}.{key}")
