@@ -98,6 +98,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every error into a message and an exit code."""
+    # opsdsl uses no pydantic plugins; without this, building the first model scans the
+    # metadata of every installed distribution for them, on every command.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         code = cli.main(args=argv, prog_name="opsdsl", standalone_mode=False)
     except click.exceptions.Exit as exc:
