@@ -19,7 +19,7 @@ from opsdsl.loader import discover, display_path
 from opsdsl.pipeline import analyse_file, no_packs
 from opsdsl.rules import rule
 
-_SUPPRESS = re.compile(r"#\s*opsdsl:\s*ignore(-file)?\[\s*([A-Z0-9, ]+?)\s*\]")
+_SUPPRESS = re.compile(r"#\s*opsdsl:\s*ignore(-file)?\[\s*([A-Za-z0-9, ]+?)\s*\]")
 _POLICY_PACK = re.compile(rb"^kind:\s*['\"]?PolicyPack\b", re.MULTILINE)
 PARALLEL_MIN_FILES = 16
 
@@ -53,7 +53,7 @@ def suppressions(text: str) -> tuple[set[str], dict[int, set[str]]]:
         return whole, per_line
     for number, line in enumerate(text.splitlines(), start=1):
         for match in _SUPPRESS.finditer(line):
-            codes = {c.strip() for c in match.group(2).split(",") if c.strip()}
+            codes = {c.strip().upper() for c in match.group(2).split(",") if c.strip()}
             if match.group(1):
                 whole |= codes
                 continue
@@ -83,8 +83,11 @@ def lint_one(path: Path, policies: tuple, config: Config) -> tuple[FileReport, t
     analysis = analyse_file(path, policies)
     text = analysis.document.source.text if analysis.document else None
     if text is None and analysis.diagnostics:
+        from opsdsl.loader import MAX_FILE_BYTES
+
         try:
-            text = path.read_text("utf-8")
+            if path.stat().st_size <= MAX_FILE_BYTES:
+                text = path.read_text("utf-8")
         except (OSError, UnicodeDecodeError):
             text = None
     diagnostics = finish(analysis.diagnostics, text, config)

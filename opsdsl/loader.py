@@ -188,7 +188,12 @@ class _Converter:
             return None
         if depth > MAX_DEPTH:
             self.over_limit = True
-            self.error("OPS005", f"nesting deeper than {MAX_DEPTH} levels", node, "flatten the document; recursive aliases are not allowed")
+            self.error(
+                "OPS005",
+                f"nesting deeper than {MAX_DEPTH} levels",
+                node,
+                "flatten the document; recursive aliases are not allowed",
+            )
             return None
         if id(node) in self.seen:
             via_alias = True
@@ -208,23 +213,42 @@ class _Converter:
         self.alias_nodes += 1
         if self.alias_nodes > MAX_ALIAS_NODES and not self.over_limit:
             self.over_limit = True
-            self.error("OPS005", f"aliases expand to more than {MAX_ALIAS_NODES} nodes", node, "this looks like an alias bomb; write the values out instead")
+            self.error(
+                "OPS005",
+                f"aliases expand to more than {MAX_ALIAS_NODES} nodes",
+                node,
+                "this looks like an alias bomb; write the values out instead",
+            )
 
     def mapping(self, node: yaml.MappingNode, depth: int, via_alias: bool) -> dict:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if type(key_node) is not yaml.ScalarNode or key_node.tag != _STR:
                 scalar = isinstance(key_node, yaml.ScalarNode)
-                shown = key_node.value if scalar else "a collection"
-                self.error("OPS004", f"mapping key `{shown}` is not a string", key_node, 'quote the key, e.g. "1": ...' if scalar else None)
+                message = (
+                    f"mapping key `{key_node.value}` is not a string"
+                    if scalar
+                    else "a list or mapping cannot be a mapping key"
+                )
+                self.error("OPS004", message, key_node, 'quote the key, e.g. "1": ...' if scalar else None)
                 continue
             key = key_node.value
             if key == "<<" and not key_node.style:
-                self.error("OPS006", "YAML merge keys (`<<`) are not supported", key_node, "write the keys out, or alias the whole value")
+                self.error(
+                    "OPS006",
+                    "YAML merge keys (`<<`) are not supported",
+                    key_node,
+                    "write the keys out, or alias the whole value",
+                )
                 continue
             if key in out:
                 first = next(k for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.value == key)
-                self.error("OPS003", f"duplicate key `{key}` (first defined at line {first.start_mark.line + 1})", key_node, "YAML would silently keep only the last one; remove or rename one")
+                self.error(
+                    "OPS003",
+                    f"duplicate key `{key}` (first defined at line {first.start_mark.line + 1})",
+                    key_node,
+                    "YAML would silently keep only the last one; remove or rename one",
+                )
                 continue
             out[key] = self.convert(value_node, depth + 1, via_alias)
         return out
@@ -241,13 +265,18 @@ class _Converter:
             if tag == _NULL:
                 return None
         except ValueError:
-            self.error("OPS002", f"`{text}` is not a valid {tag[len(_TAG):]}", node)
+            self.error("OPS002", f"`{text}` is not a valid {tag[len(_TAG) :]}", node)
             return text
         self.unsupported_tag(node)
         return text
 
     def unsupported_tag(self, node: yaml.Node) -> None:
-        self.error("OPS006", f"unsupported YAML tag `{node.tag}`", node, "packs use plain YAML values only: strings, numbers, booleans, null, lists, maps")
+        self.error(
+            "OPS006",
+            f"unsupported YAML tag `{node.tag}`",
+            node,
+            "packs use plain YAML values only: strings, numbers, booleans, null, lists, maps",
+        )
 
 
 def load_text(text: str, path: str) -> tuple[Document | None, list[Diagnostic]]:
@@ -256,7 +285,7 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Diagnostic]]:
     try:
         node = _CoreSchemaLoader(text).get_single_node()
     except yaml.MarkedYAMLError as exc:
-        return None, [_yaml_error(exc, path)]
+        return None, [_yaml_error(exc, path, text)]
     except yaml.YAMLError as exc:
         return None, [Diagnostic("OPS002", Severity.ERROR, str(exc), Span(path, 1, 1))]
     if node is None:
@@ -276,16 +305,21 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Diagnostic]]:
 
 
 _YAML_HINTS = (
-    ("cannot start any token", "YAML does not allow tabs for indentation, nor `@` or a backtick to start a value; use spaces, or quote the value"),
+    (
+        "cannot start any token",
+        "YAML does not allow tabs for indentation, nor `@` or a backtick to start a value; use spaces, or quote the value",
+    ),
     ("found undefined alias", "define the anchor (`&name`) before using the alias (`*name`)"),
     ("expected a single document", "put one pack per file"),
-    ("mapping values are not allowed here", "a `key: value` needs a space after the colon, or quote the value"),
+    ("mapping values are not allowed", "a value containing `: ` must be quoted, or the indentation is off"),
     ("could not find expected ':'", "a key is missing its `:` or a quote is not closed"),
 )
 
 
-def _yaml_error(exc: yaml.MarkedYAMLError, path: str) -> Diagnostic:
+def _yaml_error(exc: yaml.MarkedYAMLError, path: str, text: str) -> Diagnostic:
     mark = exc.problem_mark or exc.context_mark
+    if mark is not None and exc.context_mark is not None and mark.line >= len(text.splitlines()):
+        mark = exc.context_mark  # the problem is the end of the file: point at what was left open
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     message = exc.problem or "invalid YAML"
     if exc.context:
@@ -305,8 +339,7 @@ def read_source(path: Path) -> tuple[str | None, list[Diagnostic]]:
                 Diagnostic(
                     "OPS001",
                     Severity.ERROR,
-                    f"file is {size / 1048576:.1f} MiB; packs are limited to "
-                    f"{MAX_FILE_BYTES // 1048576} MiB",
+                    f"file is {size / 1048576:.1f} MiB; packs are limited to {MAX_FILE_BYTES // 1048576} MiB",
                     here,
                     "split it into several packs",
                 )
@@ -315,9 +348,7 @@ def read_source(path: Path) -> tuple[str | None, list[Diagnostic]]:
     except OSError as exc:
         return None, [Diagnostic("OPS001", Severity.ERROR, f"cannot read file: {exc.strerror}", here)]
     if b"\x00" in raw[:8192]:
-        return None, [
-            Diagnostic("OPS001", Severity.ERROR, "not a text file (it contains NUL bytes)", here)
-        ]
+        return None, [Diagnostic("OPS001", Severity.ERROR, "not a text file (it contains NUL bytes)", here)]
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -354,6 +385,46 @@ def is_pack_file(path: Path) -> bool:
     return name.endswith(PACK_SUFFIXES) and not name.endswith(TEST_SUFFIXES)
 
 
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob as a regex over `/`-separated paths: `*` stays within a folder, `**` spans folders."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def is_excluded(path: Path, patterns: Iterable[str], folder: Path | None = None) -> bool:
+    """Whether `path` matches an exclude glob, taken relative to the working directory or
+    to the folder being searched; a glob without `/` matches the file name anywhere."""
+    shown = [display_path(path)]
+    if folder is not None:
+        shown.append(path.relative_to(folder).as_posix())
+    for pattern in patterns:
+        pattern = pattern.rstrip("/")
+        if "/" not in pattern:
+            if _glob_regex(pattern).match(path.name):
+                return True
+            continue
+        whole, below = _glob_regex(pattern), _glob_regex(pattern + "/**")
+        if any(whole.match(s) or below.match(s) for s in shown):
+            return True
+    return False
+
+
 def discover(paths: Iterable[Path], exclude: Iterable[str] = ()) -> list[Path]:
     """Pack files named by `paths`: files as given, folders searched recursively.
 
@@ -370,7 +441,7 @@ def discover(paths: Iterable[Path], exclude: Iterable[str] = ()) -> list[Path]:
                     candidate = Path(root, name)
                     if name.startswith(".") or not is_pack_file(candidate):
                         continue
-                    if any(candidate.match(p) for p in patterns):
+                    if patterns and is_excluded(candidate, patterns, path):
                         continue
                     found.add(candidate)
         else:

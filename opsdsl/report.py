@@ -73,7 +73,7 @@ def to_sarif(result: LintResult) -> str:
             "name": "".join(w.capitalize() for w in RULES[code].name.split("-")),
             "shortDescription": {"text": RULES[code].summary},
             "fullDescription": {"text": RULES[code].summary},
-            "help": {"text": f"See {RULES[code].doc_path} in the opsdsl documentation.", "markdown": f"See [{RULES[code].doc_path}]({RULES[code].doc_path})."},
+            "help": {"text": f"{RULES[code].summary} See {RULES[code].doc_path} in the opsdsl documentation."},
             "defaultConfiguration": {"level": RULES[code].severity.value},
             "properties": {"tags": ["opsdsl"]},
         }
@@ -82,7 +82,11 @@ def to_sarif(result: LintResult) -> str:
     results = []
     for d in result.diagnostics:
         region = {"startLine": d.span.line, "startColumn": d.span.col}
-        if d.span.end_line >= d.span.line and d.span.end_col and (d.span.end_line, d.span.end_col) > (d.span.line, d.span.col):
+        if (
+            d.span.end_line >= d.span.line
+            and d.span.end_col
+            and (d.span.end_line, d.span.end_col) > (d.span.line, d.span.col)
+        ):
             region["endLine"] = d.span.end_line
             region["endColumn"] = d.span.end_col
         if d.source_line is not None:
@@ -94,7 +98,14 @@ def to_sarif(result: LintResult) -> str:
                 "ruleIndex": index[d.code],
                 "level": d.severity.value,
                 "message": {"text": text},
-                "locations": [{"physicalLocation": {"artifactLocation": {"uri": d.span.file, "uriBaseId": "%SRCROOT%"}, "region": region}}],
+                "locations": [
+                    {
+                        "physicalLocation": {
+                            "artifactLocation": {"uri": d.span.file, "uriBaseId": "%SRCROOT%"},
+                            "region": region,
+                        }
+                    }
+                ],
                 "partialFingerprints": {"opsdslRule/v1": f"{d.code}:{d.span.file}:{d.message}"},
             }
         )
@@ -103,7 +114,15 @@ def to_sarif(result: LintResult) -> str:
         "version": "2.1.0",
         "runs": [
             {
-                "tool": {"driver": {"name": "opsdsl", "version": __version__, "semanticVersion": __version__, "informationUri": "https://pypi.org/project/opsdsl/", "rules": rules}},
+                "tool": {
+                    "driver": {
+                        "name": "opsdsl",
+                        "version": __version__,
+                        "semanticVersion": __version__,
+                        "informationUri": "https://pypi.org/project/opsdsl/",
+                        "rules": rules,
+                    }
+                },
                 "originalUriBaseIds": {"%SRCROOT%": {"description": {"text": "The directory opsdsl lint ran in."}}},
                 "columnKind": "unicodeCodePoints",
                 "results": results,

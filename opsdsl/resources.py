@@ -6,7 +6,6 @@ them as `opsdsl/_data/...`. `read_text` finds them in either place.
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 _CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +13,8 @@ _CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
 
 def read_text(relpath: str) -> str:
     """The text of a data file, e.g. `read_text("grammar/expr.lark")`."""
+    import importlib.resources  # here, not at import: it pulls in zipfile and more
+
     try:
         packaged = importlib.resources.files("opsdsl").joinpath("_data", *relpath.split("/"))
         if packaged.is_file():

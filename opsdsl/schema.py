@@ -37,14 +37,48 @@ class Problem:
 Check = Callable[[Any, Path_, list], None]
 
 _ANNOTATIONS = frozenset(
-    {"description", "title", "$schema", "$id", "$comment", "default", "examples", "$defs",
-     "markdownDescription", "deprecated"}
+    {
+        "description",
+        "title",
+        "$schema",
+        "$id",
+        "$comment",
+        "default",
+        "examples",
+        "$defs",
+        "markdownDescription",
+        "deprecated",
+    }
 )
 _SUPPORTED = _ANNOTATIONS | {
-    "$ref", "type", "properties", "required", "additionalProperties", "propertyNames",
-    "items", "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "enum",
-    "const", "pattern", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum",
-    "exclusiveMaximum", "allOf", "anyOf", "oneOf", "not", "if", "then", "else",
+    "$ref",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "propertyNames",
+    "items",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "enum",
+    "const",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
 }
 _NOUNS = {
     "compensation": "`compensate`",
@@ -54,8 +88,13 @@ _NOUNS = {
     "name": "name",
 }
 _ARTICLE = {
-    "string": "a string", "number": "a number", "integer": "an integer", "boolean": "a boolean",
-    "null": "null", "array": "a list", "object": "a mapping",
+    "string": "a string",
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "a boolean",
+    "null": "null",
+    "array": "a list",
+    "object": "a mapping",
 }
 
 
@@ -156,7 +195,7 @@ class _Compiler:
             noun = _noun(name)
             desc = desc or self.root["$defs"][name].get("description")
         if "type" in schema:
-            checks.append(self.type_check(schema["type"]))
+            checks.append(self.type_check(schema["type"], noun))
         typed = schema.get("type")
         for build in (self.object_checks, self.array_checks, self.scalar_checks):
             checks.extend(build(schema, noun, desc))
@@ -178,25 +217,27 @@ class _Compiler:
             return checks[0]
         return lambda v, p, e: [c(v, p, e) for c in checks] and None
 
-    def type_check(self, expected: str | list[str]) -> Check:
+    def type_check(self, expected: str | list[str], noun: str) -> Check:
         names = [expected] if isinstance(expected, str) else list(expected)
         wanted = " or ".join(_ARTICLE[n] for n in names)
         if names == ["object"]:
-            return lambda v, p, e: None if type(v) is dict else self.type_error(v, p, e, wanted, names)
+            return lambda v, p, e: None if type(v) is dict else self.type_error(v, p, e, wanted, names, noun)
         if names == ["string"]:
-            return lambda v, p, e: None if type(v) is str else self.type_error(v, p, e, wanted, names)
+            return lambda v, p, e: None if type(v) is str else self.type_error(v, p, e, wanted, names, noun)
 
         def check(v, p, e):
             if not any(_is_type(v, n) for n in names):
-                self.type_error(v, p, e, wanted, names)
+                self.type_error(v, p, e, wanted, names, noun)
 
         return check
 
     @staticmethod
-    def type_error(value: Any, path: Path_, errors: list, wanted: str, names: list[str]) -> None:
+    def type_error(value: Any, path: Path_, errors: list, wanted: str, names: list[str], noun: str) -> None:
         got = type_name(value)
         hint = None
-        if "string" in names and got in ("integer", "number", "boolean"):
+        if noun == "duration" and got in ("integer", "number"):
+            hint = f"a duration needs a unit, e.g. `{_shown(value)}s` for seconds"
+        elif "string" in names and got in ("integer", "number", "boolean"):
             hint = f'quote it: "{_shown(value)}"' if got != "boolean" else 'quote it, e.g. "true"'
         elif got == "null":
             hint = "the key is there but has no value"
@@ -216,7 +257,6 @@ class _Compiler:
         min_props = schema.get("minProperties")
         max_props = schema.get("maxProperties")
         if props or extra is not True or names_check or required or min_props or max_props:
-
             if extra is True and names_check is None and not min_props and not max_props:
                 # Open objects (the `if` conditions): look up the few named properties only.
                 def open_check(v, p, e):
@@ -245,16 +285,31 @@ class _Compiler:
                         names_check(key, child, e)
                         for i in range(before, len(e)):
                             problem = e[i]
-                            e[i] = Problem(problem.code, child, f"invalid name `{key}` in {noun}s", problem.hint, at="key")
+                            e[i] = Problem(
+                                problem.code, child, f"invalid name `{key}`{_where(p)}", problem.hint, at="key"
+                            )
                     sub = props.get(key)
                     if sub is not None:
                         sub(item, child, e)
                     elif extra_check is not None:
                         extra_check(item, child, e)
                     elif extra is False:
-                        e.append(Problem("OPS011", child, f"unknown key `{key}` in {noun}", did_you_mean(key, known) or (f"allowed keys: {', '.join(known)}" if len(known) <= 12 else None), at="key"))
+                        e.append(
+                            Problem(
+                                "OPS011",
+                                child,
+                                f"unknown key `{key}` in {noun}",
+                                did_you_mean(key, known)
+                                or (f"allowed keys: {', '.join(known)}" if len(known) <= 12 else None),
+                                at="key",
+                            )
+                        )
                 if min_props is not None and len(v) < min_props:
-                    e.append(Problem("OPS013", p, f"{noun} needs at least {min_props} entr{'y' if min_props == 1 else 'ies'}"))
+                    e.append(
+                        Problem(
+                            "OPS013", p, f"{noun} needs at least {min_props} entr{'y' if min_props == 1 else 'ies'}"
+                        )
+                    )
                 if max_props is not None and len(v) > max_props:
                     e.append(Problem("OPS013", p, f"{noun} has more than {max_props} entries"))
 
@@ -273,7 +328,11 @@ class _Compiler:
             if type(v) is not list:
                 return
             if low is not None and len(v) < low:
-                e.append(Problem("OPS013", p, f"expected at least {low} item{'s' if low != 1 else ''}{_where(p)}, got {len(v)}"))
+                e.append(
+                    Problem(
+                        "OPS013", p, f"expected at least {low} item{'s' if low != 1 else ''}{_where(p)}, got {len(v)}"
+                    )
+                )
             if high is not None and len(v) > high:
                 e.append(Problem("OPS013", p, f"expected at most {high} items{_where(p)}, got {len(v)}"))
             if items is not None:
@@ -301,7 +360,9 @@ class _Compiler:
                     return
                 if not any(_json_equal(v, o) for o in options):
                     hint = did_you_mean(v, strings) if isinstance(v, str) else None
-                    e.append(Problem("OPS013", p, f"`{_shown(v)}` is not allowed{_where(p)}: expected one of {listed}", hint))
+                    e.append(
+                        Problem("OPS013", p, f"`{_shown(v)}` is not allowed{_where(p)}: expected one of {listed}", hint)
+                    )
 
             checks.append(enum)
         if "const" in schema:
@@ -311,17 +372,28 @@ class _Compiler:
                 if type(v) is str and v == const:
                     return
                 if not _json_equal(v, const):
-                    e.append(Problem("OPS013", p, f"`{_shown(v)}` is not allowed{_where(p)}: expected `{_shown(const)}`"))
+                    e.append(
+                        Problem("OPS013", p, f"`{_shown(v)}` is not allowed{_where(p)}: expected `{_shown(const)}`")
+                    )
 
             checks.append(const_check)
         if "pattern" in schema:
             regex = re.compile(schema["pattern"])
-            what = f"a valid {noun}" if noun in _NOUNS.values() or noun in ("duration",) else f"a valid value{_where(())}"
+            what = (
+                f"a valid {noun}" if noun in _NOUNS.values() or noun in ("duration",) else f"a valid value{_where(())}"
+            )
 
             def pattern(v, p, e):
                 if type(v) is str and not regex.search(v):
                     label = what if what != "a valid value" else "valid"
-                    e.append(Problem("OPS013", p, f"`{_shown(v)}` is not {label}{_where(p) if label == 'valid' else ''}", desc or f"it must match `{regex.pattern}`"))
+                    e.append(
+                        Problem(
+                            "OPS013",
+                            p,
+                            f"`{_shown(v)}` is not {label}{_where(p) if label == 'valid' else ''}",
+                            desc or f"it must match `{regex.pattern}`",
+                        )
+                    )
 
             checks.append(pattern)
         low_len, high_len = schema.get("minLength"), schema.get("maxLength")
@@ -331,7 +403,15 @@ class _Compiler:
                 if type(v) is not str:
                     return
                 if low_len is not None and len(v) < low_len:
-                    e.append(Problem("OPS013", p, f"value{_where(p)} must not be empty" if low_len == 1 else f"value{_where(p)} is shorter than {low_len} characters"))
+                    e.append(
+                        Problem(
+                            "OPS013",
+                            p,
+                            f"value{_where(p)} must not be empty"
+                            if low_len == 1
+                            else f"value{_where(p)} is shorter than {low_len} characters",
+                        )
+                    )
                 if high_len is not None and len(v) > high_len:
                     e.append(Problem("OPS013", p, f"value{_where(p)} is longer than {high_len} characters"))
 

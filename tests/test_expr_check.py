@@ -94,7 +94,10 @@ def test_unknown_field_deeper_and_through_index_and_has():
     assert only("steps.inspct.status").message == "unknown field `inspct` of steps"
     assert only("steps.inspect.stauts").message == "unknown field `stauts` of steps.inspect"
     assert only('params["slo"]').hint == "did you mean `slo_p95_ms`?"  # a prefix counts
-    assert only("has(params.slo)").code == "OPS021"
+    text = "has(params.slo)"
+    problem = only(text)
+    assert problem.code == "OPS021"
+    assert text[problem.offset : problem.end] == "slo"
 
 
 def test_open_maps_and_dyn_accept_any_field():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -312,3 +313,22 @@ def test_grammar_cache_is_written_and_reused(tmp_path):
         result = _run(code, XDG_CACHE_HOME=str(tmp_path))
         assert result.returncode == 0, result.stderr
     assert list((tmp_path / "opsdsl").glob("expr-*.lark-cache"))
+
+
+def test_grammar_is_read_from_an_installed_package(tmp_path):
+    # the wheel layout: no grammar/ beside the package, the data under opsdsl/_data/
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "opsdsl", site / "opsdsl", ignore=shutil.ignore_patterns("__pycache__"))
+    data = site / "opsdsl" / "_data" / "grammar"
+    data.mkdir(parents=True)
+    shutil.copy(REPO / "grammar" / "expr.lark", data / "expr.lark")
+    result = subprocess.run(
+        [sys.executable, "-c", "from opsdsl.expr import parse; print(parse('a in [1]').root.op)"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "in"

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator
 
 from opsdsl.checks.context import Scope, Unit, ancestors, iter_steps, predecessors
+from opsdsl.checks.semantic import call_graph
 from opsdsl.errors import Diagnostic, EvalError
 from opsdsl.expr import ExprSyntaxError, compile_expr, parse, parse_template
 from opsdsl.model import NETWORK_ACTIONS, Pack, Policy, Step
@@ -148,8 +149,17 @@ def check_hook_cooldowns(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
             )
 
 
-_SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "ash", "fish", "busybox", "pwsh", "powershell", "cmd"})
-_INTERPRETERS = {"python": "-c", "python3": "-c", "perl": "-e", "ruby": "-e", "node": "-e", "php": "-r"}
+# Programs that run a script given as an argument, and the flags that introduce it.
+_SCRIPT_FLAGS = {
+    **dict.fromkeys(("sh", "bash", "zsh", "dash", "ksh", "ash", "fish", "busybox"), ("-c",)),
+    "cmd": ("/c", "/C", "/k", "/K"),
+    "pwsh": ("-c", "-Command", "-command", "-EncodedCommand"),
+    "powershell": ("-c", "-Command", "-command", "-EncodedCommand"),
+    **dict.fromkeys(("python", "python3"), ("-c",)),
+    **dict.fromkeys(("perl", "ruby", "node"), ("-e",)),
+    "php": ("-r",),
+}
+_POSIX_SHELLS = frozenset(("sh", "bash", "zsh", "dash", "ksh", "ash", "fish", "busybox"))
 _TAINTED_ROOTS = frozenset({"event", "inputs", "steps"})
 
 
@@ -171,23 +181,26 @@ def _argv_findings(argv: list) -> Iterator[tuple[int, str]]:
     if roots:
         yield 0, f"the program name is filled from {', '.join(sorted(roots))} data"
         return
-    program = argv[0].rsplit("/", 1)[-1]
-    flag = (
-        "-c"
-        if program in _SHELLS
-        else _INTERPRETERS.get(re.sub(r"[0-9.]+$", "", program) if program not in _INTERPRETERS else program)
-    )
-    if program == "env" and len(argv) > 1:
-        yield from ((i + 1, m) for i, m in _argv_findings(argv[1:]))
+    program = re.sub(r"(\.exe)?$", "", argv[0].replace("\\", "/").rsplit("/", 1)[-1].lower(), count=1)
+    if program in ("env", "sudo", "nice", "nohup", "timeout", "xargs"):
+        # Wrappers: skip their options and VAR=value settings, then check the real program.
+        rest = 1
+        while rest < len(argv) and (
+            argv[rest].startswith("-") or "=" in argv[rest] or (program == "timeout" and argv[rest][:1].isdigit())
+        ):
+            rest += 1
+        yield from ((i + rest, m) for i, m in _argv_findings(argv[rest:]))
         return
-    if flag is None:
+    flags = _SCRIPT_FLAGS.get(program) or _SCRIPT_FLAGS.get(re.sub(r"[0-9.]+$", "", program))
+    if flags is None:
         return
     for i, arg in enumerate(argv[1:], start=1):
-        if arg == flag or (program in _SHELLS and arg.startswith("-") and "c" in arg[1:] and not arg.startswith("--")):
-            if i + 1 < len(argv):
-                roots = _tainted(argv[i + 1])
-                if roots:
-                    yield i + 1, f"{', '.join(sorted(roots))} data is interpolated into a `{program} {flag}` script"
+        combined = program in _POSIX_SHELLS and arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:]
+        if arg in flags or combined:
+            script = " ".join(a for a in argv[i + 1 :])
+            roots = _tainted(script)
+            if roots and i + 1 < len(argv):
+                yield i + 1, f"{', '.join(sorted(roots))} data is interpolated into a `{program} {arg}` script"
             return
 
 
@@ -212,7 +225,8 @@ def check_shell_injection(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
 
 
 _SECRET_KEY = re.compile(
-    r"(?i)(pass(word|wd)?|secret|token|api[_-]?key|apikey|auth(orization)?|routing[_-]?key|private[_-]?key|credentials?|access[_-]?key)$"
+    r"(?i)(^|[_.-])(pass(word|wd)?|secret|token|api[_-]?key|apikey|auth(orization)?|routing[_-]?key|private[_-]?key"
+    r"|credentials?|access[_-]?key)$"
 )
 _SECRET_VALUE = re.compile(
     r"(AKIA[0-9A-Z]{16}|xox[abposr]-[0-9A-Za-z-]{10,}|gh[pousr]_[0-9A-Za-z]{30,}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
@@ -243,6 +257,10 @@ def check_plaintext_secrets(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     for name, param in pack.params.items():
         if param.secret and isinstance(param.default, str) and param.default:
             yield unit.at("OPS044", ("params", name, "default"), f"secret param `{name}` has a literal default", hint)
+        elif isinstance(param.default, str) and _SECRET_VALUE.search(param.default):
+            yield unit.at(
+                "OPS044", ("params", name, "default"), f"the default of param `{name}` looks like a credential", hint
+            )
     for path, _, _, step, _ in iter_steps(pack):
         sections = [((*path, "with"), step.with_)]
         if step.compensate:
@@ -266,10 +284,14 @@ def check_unused(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
                 "add a hook that uses it, or remove it",
                 key=True,
             )
-    called = {h.run for h in pack.hooks.values()}
-    for _, _, _, step, _ in iter_steps(pack):
-        if step.action == "playbook.call" and isinstance(step.with_.get("playbook"), str):
-            called.add(step.with_["playbook"])
+    calls = call_graph(pack)
+    called: set[str] = set()
+    pending = [h.run for h in pack.hooks.values()]
+    while pending:
+        name = pending.pop()
+        if name not in called:
+            called.add(name)
+            pending.extend(calls.get(name, ()))
     for name in pack.playbooks:
         if name not in called:
             yield unit.at(

@@ -79,7 +79,16 @@ def _check_step_order(unit: Unit, site: Site, expression, base: int, cache: dict
 def check_duplicate_ids(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
     seen_policies: dict[str, int] = {}
+    organisation = {p.id for p in scope.policies}
     for i, policy in enumerate(pack.policies):
+        if isinstance(pack, Pack) and policy.id in organisation:
+            yield unit.at(
+                "OPS030",
+                ("policies", i, "id"),
+                f"policy id `{policy.id}` is already used by an organisation policy pack",
+                "policy ids must be unique so every decision names one policy",
+            )
+            continue
         if policy.id in seen_policies:
             yield unit.at(
                 "OPS030",
@@ -127,7 +136,7 @@ def check_references(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
                 f"hook `{name}` runs unknown playbook `{hook.run}`",
                 did_you_mean(hook.run, sorted(pack.playbooks)),
             )
-    for path, name, playbook, step, in_finally in iter_steps(pack):
+    for path, _, playbook, step, in_finally in iter_steps(pack):
         section = playbook.finally_ if in_finally else playbook.steps
         ids = [s.id for s in section]
         for j, need in enumerate(step.needs or ()):
@@ -159,8 +168,32 @@ def check_references(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
                     f"`playbook.call` names unknown playbook `{target}`",
                     did_you_mean(target, sorted(pack.playbooks)),
                 )
-            elif target == name:
-                yield unit.at("OPS034", (*path, "with", "playbook"), f"playbook `{name}` calls itself")
+
+    cycle = find_cycle(call_graph(pack), list(pack.playbooks))
+    if cycle:
+        callee = cycle[1] if len(cycle) > 1 else cycle[0]
+        path = next(
+            p
+            for p, pb, _, s, _ in iter_steps(pack)
+            if pb == cycle[0] and s.action == "playbook.call" and s.with_.get("playbook") == callee
+        )
+        chain = " calls ".join(f"`{c}`" for c in (*cycle, cycle[0]))
+        yield unit.at(
+            "OPS034",
+            (*path, "with", "playbook"),
+            f"playbooks call each other in a cycle: {chain}",
+            "a playbook may not call itself, directly or through others",
+        )
+
+
+def call_graph(pack: Pack) -> dict[str, tuple[str, ...]]:
+    """Each playbook's `playbook.call` targets (within the pack)."""
+    graph: dict[str, list[str]] = {name: [] for name in pack.playbooks}
+    for _, name, _, step, _ in iter_steps(pack):
+        target = step.with_.get("playbook") if step.action == "playbook.call" else None
+        if isinstance(target, str) and target in pack.playbooks and target not in graph[name]:
+            graph[name].append(target)
+    return {name: tuple(targets) for name, targets in graph.items()}
 
 
 def check_cycles(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
@@ -227,6 +260,8 @@ def check_durations(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
         yield from bounded(("playbooks", name, "timeout"), playbook.timeout, "playbook timeout")
     for path, _, _, step, _ in iter_steps(pack):
         yield from bounded((*path, "timeout"), step.timeout, "timeout")
+        if step.compensate is not None:
+            yield from bounded((*path, "compensate", "timeout"), step.compensate.timeout, "timeout")
         for retry, at in (
             (step.retry, (*path, "retry")),
             (step.compensate.retry if step.compensate else None, (*path, "compensate", "retry")),
@@ -254,7 +289,7 @@ def check_defaults(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     for name, param in pack.params.items():
         path = ("params", name)
         if "default" in param.model_fields_set and not value_matches(param.default, param.type):
-            yield unit.at("OPS037", (*path, "default"), f"default of param `{name}` is not a {param.type}")
+            yield unit.at("OPS037", (*path, "default"), f"default of param `{name}` is not {_article(param.type)}")
         elif param.enum is not None and "default" in param.model_fields_set and param.default not in param.enum:
             yield unit.at("OPS037", (*path, "default"), f"default of param `{name}` is not one of its `enum` values")
     for pb_name, playbook in pack.playbooks.items():
@@ -263,7 +298,7 @@ def check_defaults(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
                 yield unit.at(
                     "OPS037",
                     ("playbooks", pb_name, "inputs", name, "default"),
-                    f"default of input `{name}` is not a {spec.type}",
+                    f"default of input `{name}` is not {_article(spec.type)}",
                 )
 
 
@@ -290,3 +325,7 @@ def value_matches(value: object, kind: str) -> bool:
             return False
         return True
     return False
+
+
+def _article(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"

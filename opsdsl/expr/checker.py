@@ -13,7 +13,6 @@ be at run time, so an empty intersection is a certain error and never a false po
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import product
@@ -73,7 +72,9 @@ class RootSpec:
 
     def __post_init__(self) -> None:
         if self.type not in _TYPE_KINDS:
-            raise ValueError(f"unknown RootSpec type {self.type!r}; use one of {sorted(_TYPE_KINDS)}")
+            raise ValueError(
+                f"unknown RootSpec type {self.type!r}; use one of {sorted(_TYPE_KINDS)}"
+            )
 
     @property
     def kinds(self) -> Kinds:
@@ -105,6 +106,11 @@ class _Typed(NamedTuple):
 
 
 _UNKNOWN = _Typed(ANY)
+_PYTHONISMS = {
+    "True": "booleans are written `true` and `false`",
+    "False": "booleans are written `true` and `false`",
+    "None": "null is written `null`",
+}
 
 _ARITHMETIC: dict[str, dict[tuple[str, str], str]] = {
     "+": {
@@ -142,7 +148,11 @@ def describe(kinds: Kinds) -> str:
 
 
 def _did_you_mean(word: str, candidates: list[str] | tuple[str, ...], what: str) -> str | None:
+    import difflib  # only when there is something to suggest
+
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    if not close:  # `slo` for `slo_p95_ms`: a prefix is a good guess too
+        close = sorted(name for name in candidates if name.startswith(word) and len(word) >= 3)
     if close:
         return f"did you mean `{close[0]}`?"
     if candidates:
@@ -171,7 +181,9 @@ class _Checker:
     def _infer_Ident(self, node: Ident) -> _Typed:
         spec = self.roots.get(node.name)
         if spec is None:
-            hint = _did_you_mean(node.name, list(self.roots), "names here")
+            hint = _PYTHONISMS.get(node.name) or _did_you_mean(
+                node.name, list(self.roots), "names here"
+            )
             return self.report("OPS021", f"unknown name `{node.name}`", node, hint)
         return _Typed(spec.kinds, spec, node.name)
 
@@ -217,7 +229,8 @@ class _Checker:
         operand = self.infer(node.operand)
         if "map" not in operand.kinds:
             return self.mismatch(f"has() needs a map, not {describe(operand.kinds)}", node)
-        self._field(operand, node.field, node.offset, node.end)  # reports unknown fields
+        field_end = node.field_offset + len(node.field)
+        self._field(operand, node.field, node.field_offset, field_end)  # reports unknown ones
         return _Typed(BOOL)
 
     def _infer_Unary(self, node: Unary) -> _Typed:
@@ -244,8 +257,7 @@ class _Checker:
         if op in ("<", "<=", ">", ">="):
             if not any(pair in _ORDERED for pair in product(left.kinds, right.kinds)):
                 return self.mismatch(
-                    f"cannot order {describe(left.kinds)} and {describe(right.kinds)} "
-                    f"with `{op}`",
+                    f"cannot order {describe(left.kinds)} and {describe(right.kinds)} with `{op}`",
                     node,
                     _mix_hint(left.kinds, right.kinds),
                 )
@@ -269,7 +281,9 @@ class _Checker:
     def _equality(self, node: Binary, left: _Typed, right: _Typed) -> _Typed:
         if "null" in left.kinds or "null" in right.kinds:
             return _Typed(BOOL)  # `x == null` is the way to test for an unset value
-        families = [{_EQUALITY_FAMILY.get(kind, kind) for kind in side.kinds} for side in (left, right)]
+        families = [
+            {_EQUALITY_FAMILY.get(kind, kind) for kind in side.kinds} for side in (left, right)
+        ]
         if not families[0] & families[1]:
             outcome = "false" if node.op == "==" else "true"
             return self.mismatch(
@@ -338,7 +352,9 @@ class _Checker:
             return self._arity(node, name, builtin.arity(method), len(args))
         operands = ([receiver] if receiver is not None else []) + args
         operand_nodes = ([node.target] if node.target is not None else []) + list(node.args)
-        for typed, operand_node, allowed in zip(operands, operand_nodes, builtin.params, strict=True):
+        for typed, operand_node, allowed in zip(
+            operands, operand_nodes, builtin.params, strict=True
+        ):
             if typed is not None and not typed.kinds & allowed:
                 return self.mismatch(
                     f"{name}() needs {describe(allowed)}, not {describe(typed.kinds)}",

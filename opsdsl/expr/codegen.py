@@ -45,7 +45,10 @@ def _compile_cached(expr: Expression) -> Compiled:
     exact = build_exact(expr)
     namespace: dict[str, Any] = {**_HELPERS, "_exact": exact}
     body = _Emitter(namespace).emit(expr.root)[0]
-    code = compile(_function(body), f"<opsdsl expression {expr.text[:60]!r}>", "exec")
+    try:
+        code = compile(_function(body), f"<opsdsl expression {expr.text[:60]!r}>", "exec")
+    except (SyntaxError, RecursionError, MemoryError):  # e.g. a warning turned into an error
+        return exact
     exec(code, namespace)  # defines `evaluate` from the ast above; no user text is code
     evaluate = namespace["evaluate"]
     evaluate.__doc__ = expr.text
@@ -69,6 +72,7 @@ def _function(body: ast.expr) -> ast.Module:
         decorator_list=[],
         returns=None,
         **_AT,
+        **_TYPE_PARAMS,
     )
     return ast.Module([function], [])
 
@@ -99,28 +103,28 @@ def _not_equal(a: Any, b: Any) -> bool:
 
 def _less(a: Any, b: Any) -> bool:
     ka, kb = type(a), type(b)
-    if (ka is int or ka is float) and (kb is int or kb is float) or (ka is kb is str):
+    if ((ka is int or ka is float) and (kb is int or kb is float)) or (ka is kb is str):
         return a < b
     return values.less(a, b)
 
 
 def _less_equal(a: Any, b: Any) -> bool:
     ka, kb = type(a), type(b)
-    if (ka is int or ka is float) and (kb is int or kb is float) or (ka is kb is str):
+    if ((ka is int or ka is float) and (kb is int or kb is float)) or (ka is kb is str):
         return a <= b
     return values.less_equal(a, b)
 
 
 def _greater(a: Any, b: Any) -> bool:
     ka, kb = type(a), type(b)
-    if (ka is int or ka is float) and (kb is int or kb is float) or (ka is kb is str):
+    if ((ka is int or ka is float) and (kb is int or kb is float)) or (ka is kb is str):
         return a > b
     return values.greater(a, b)
 
 
 def _greater_equal(a: Any, b: Any) -> bool:
     ka, kb = type(a), type(b)
-    if (ka is int or ka is float) and (kb is int or kb is float) or (ka is kb is str):
+    if ((ka is int or ka is float) and (kb is int or kb is float)) or (ka is kb is str):
         return a >= b
     return values.greater_equal(a, b)
 
@@ -254,6 +258,7 @@ _HELPERS: dict[str, Any] = {
     "_not": values.logical_not,
     "_index": _index,
     "_has": _has,
+    "_select": values.select,
     "_make_map": values.make_map,
     "_size": _size,
     "_starts_with": _starts_with,
@@ -277,6 +282,8 @@ _BOOL_RESULT = frozenset(("==", "!=", "<", "<=", ">", ">=", "in", "&&", "||"))
 # Generated code has no source text; every node sits at line 1 (cheaper than
 # ast.fix_missing_locations, which dominated compile time).
 _AT = {"lineno": 1, "col_offset": 0, "end_lineno": 1, "end_col_offset": 0}
+# Python 3.12 added FunctionDef.type_params, required there.
+_TYPE_PARAMS = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}
 
 
 def _load(name: str) -> ast.Name:
@@ -323,13 +330,15 @@ class _Emitter:
     def _emit_Select(self, node: Select) -> tuple[ast.expr, str | None]:
         # dict[str] is CEL's select on a map; on anything else Python raises
         operand, _ = self.emit(node.operand)
+        if _is_literal(operand):  # `1.a`: Python would warn at compile time; CEL fails later
+            return _call("_select", operand, _constant(node.field)), None
         return _subscript(operand, _constant(node.field)), None
 
     def _emit_Index(self, node: Index) -> tuple[ast.expr, str | None]:
         operand, _ = self.emit(node.operand)
         key, key_kind = self.emit(node.index)
-        if key_kind == "string":  # a str key: only a dict accepts it, as in CEL
-            return _subscript(operand, key), None
+        if key_kind == "string" and not _is_literal(operand):
+            return _subscript(operand, key), None  # a str key: only a dict accepts it, as in CEL
         return _call("_index", operand, key), None
 
     def _emit_Has(self, node: Has) -> tuple[ast.expr, str | None]:
@@ -357,12 +366,15 @@ class _Emitter:
             ]
             return ast.BoolOp(ast.And() if op == "&&" else ast.Or(), operands, **_AT), "bool"
         if op in ("==", "!=") and _native_equality(left_kind, right_kind):
-            if "null" in (left_kind, right_kind):
-                compare = ast.Is() if op == "==" else ast.IsNot()
-            else:
-                compare = _NATIVE_COMPARE[op]()
-            return _compare(left, compare, right), "bool"
-        if op in _NATIVE_COMPARE and op not in ("==", "!=") and _native_order(left_kind, right_kind):
+            if "null" not in (left_kind, right_kind):
+                return _compare(left, _NATIVE_COMPARE[op](), right), "bool"
+            if not any(_is_literal(side) and not _is_none(side) for side in (left, right)):
+                return _compare(left, ast.Is() if op == "==" else ast.IsNot(), right), "bool"
+        if (
+            op in _NATIVE_COMPARE
+            and op not in ("==", "!=")
+            and _native_order(left_kind, right_kind)
+        ):
             return _compare(left, _NATIVE_COMPARE[op](), right), "bool"
         if op == "in" and isinstance(node.right, ListLit) and _all_strings(node.right):
             members = frozenset(item.value for item in node.right.items)
@@ -423,6 +435,19 @@ def _native_equality(left: str | None, right: str | None) -> bool:
     if "string" in (left, right) or "null" in (left, right):
         return True
     return (left in _NUMBER and right in _NUMBER) or left == right == "bool"
+
+
+def _is_none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
+
+
+def _is_literal(node: ast.expr) -> bool:
+    """Whether Python's compiler would look at this operand's value or kind: constants
+    (after its constant folding, so anything that reads no data) and list displays. It warns
+    about `1["a"]`, `[1]["a"]` or `1 is None`, which CEL reports only when evaluated."""
+    if isinstance(node, ast.List):
+        return True
+    return not any(isinstance(child, ast.Name) for child in ast.walk(node))
 
 
 def _native_order(left: str | None, right: str | None) -> bool:

@@ -11,7 +11,6 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from opsdsl.errors import EvalError
@@ -74,7 +73,7 @@ def contains(text: Any, part: Any) -> bool:
 def _regex(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
-    except re.error as error:
+    except (re.error, OverflowError, RecursionError) as error:
         raise EvalError(f"invalid regular expression {pattern!r}: {error}") from None
 
 
@@ -117,15 +116,15 @@ def to_double(value: Any) -> float:
 
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h|d)")
-_UNIT_SECONDS = {
-    "ns": Fraction(1, 10**9),
-    "us": Fraction(1, 10**6),
-    "µs": Fraction(1, 10**6),
-    "ms": Fraction(1, 1000),
-    "s": Fraction(1),
-    "m": Fraction(60),
-    "h": Fraction(3600),
-    "d": Fraction(86400),
+_UNIT_NANOSECONDS = {
+    "ns": 1,
+    "us": 10**3,
+    "µs": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+    "d": 86400 * 10**9,
 }
 
 
@@ -136,14 +135,16 @@ def parse_duration(text: str) -> float | None:
         sign, body = (-1 if body[0] == "-" else 1), body[1:]
     if body == "0":
         return 0.0
+    from fractions import Fraction  # exact sums: 0.1s + 0.2s is 0.3s
+
     total, position = Fraction(0), 0
     while position < len(body):
         part = _DURATION_PART.match(body, position)
         if part is None:
             return None
-        total += Fraction(part.group(1)) * _UNIT_SECONDS[part.group(2)]
+        total += Fraction(part.group(1)) * _UNIT_NANOSECONDS[part.group(2)]
         position = part.end()
-    return float(sign * total) if body else None
+    return float(sign * total / 10**9) if body else None
 
 
 def duration(value: Any) -> float:

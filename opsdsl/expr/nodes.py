@@ -81,6 +81,7 @@ class Has(Node):
 
     operand: Node
     field: str
+    field_offset: int = field(compare=False, repr=False, default=0)
 
     def children(self) -> tuple[Node, ...]:
         return (self.operand,)
@@ -177,6 +178,8 @@ class Reference:
 def _chain(node: Node) -> tuple[str, tuple[str, ...]] | None:
     """The root and path of a pure member chain, or None if `node` is not one."""
     path: list[str] = []
+    if isinstance(node, Has):
+        node = node.operand
     while True:
         if isinstance(node, Ident):
             return node.name, tuple(reversed(path))
@@ -226,6 +229,11 @@ class Expression:
         while stack:
             node = stack.pop()
             chain = _chain(node)
+            if chain is not None and isinstance(node, Has):  # the tested field belongs too
+                root, path = chain
+                end = node.field_offset + len(node.field)
+                found.append(Reference(root, (*path, node.field), node.operand.offset, end))
+                continue
             if chain is not None:
                 found.append(Reference(chain[0], chain[1], node.offset, node.end))
                 continue  # maximal: the chain's own parts are not references of their own

@@ -7,7 +7,6 @@ on disk, so `import opsdsl.expr` and a cold start stay cheap. `parse` memoises b
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -109,7 +108,8 @@ def _parse_memoised(text: str) -> Expression:
                 "split it into simpler expressions",
                 text,
             )
-    if "9223372036854775808" in text or "0x8" in text.lower():
+    if "9223372036854775808" in text or "0x" in text.lower():  # leading zeros: 0x08...
+        # 2**63 is legal only as the operand of a unary minus, which has folded it away
         for node in walk(root):
             if isinstance(node, Literal) and node.kind == "int" and node.value == _INT_LIMIT:
                 raise ExprSyntaxError(
@@ -141,6 +141,8 @@ def _lark_parser() -> Any:
 
 def _cache_file(grammar: str) -> str | bool:
     """A per-user file for Lark's analysed grammar, or False where none can be written."""
+    import hashlib
+
     import lark
 
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -172,9 +174,7 @@ class _NodeBuilder:
 
     def conditional(self, children: list) -> Node:
         condition, _, then, _, otherwise = children
-        return Conditional(
-            condition, then, otherwise, offset=condition.offset, end=otherwise.end
-        )
+        return Conditional(condition, then, otherwise, offset=condition.offset, end=otherwise.end)
 
     def binary(self, children: list) -> Node:
         left, op, right = children
@@ -195,9 +195,7 @@ class _NodeBuilder:
 
     def select(self, children: list) -> Node:
         operand, _, name = children
-        return Select(
-            operand, str(name), name.start_pos, offset=operand.offset, end=name.end_pos
-        )
+        return Select(operand, str(name), name.start_pos, offset=operand.offset, end=name.end_pos)
 
     def method_call(self, children: list) -> Node:
         operand, _, name, _, *rest = children
@@ -231,7 +229,7 @@ class _NodeBuilder:
                     target.offset,
                     "write has(a.b) to test whether `a` has the field `b`",
                 )
-            return Has(target.operand, target.field, offset=offset, end=end)
+            return Has(target.operand, target.field, target.field_offset, offset=offset, end=end)
         return Call(str(name), args, None, offset, offset=offset, end=end)
 
     def paren(self, children: list) -> Node:
@@ -307,7 +305,9 @@ _SIMPLE_ESCAPES = {
     "?": "?",
 }
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
-_ESCAPE_HINT = r"valid escapes: \n \t \r \\ \" \' \xHH \uHHHH \UHHHHHHHH, or use a raw string r'...'"
+_ESCAPE_HINT = (
+    r"valid escapes: \n \t \r \\ \" \' \xHH \uHHHH \UHHHHHHHH, or use a raw string r'...'"
+)
 
 
 def decode_string(token: str, offset: int) -> str:
@@ -342,7 +342,7 @@ def decode_string(token: str, offset: int) -> str:
                 raise _SyntaxProblem(f"invalid code point \\{code}{digits}", where)
             out.append(chr(point))
             position += 2 + len(digits)
-        elif code in "0123" and code and _is_octal(body[position + 1 : position + 4]):
+        elif code and code in "0123" and _is_octal(body[position + 1 : position + 4]):
             out.append(chr(int(body[position + 1 : position + 4], 8)))
             position += 4
         else:
@@ -360,8 +360,11 @@ def _is_octal(text: str) -> bool:
 
 # -- friendly syntax errors -----------------------------------------------------------------
 
-_OPERANDS = frozenset("IDENT INT HEX FLOAT DURATION STRING TRUE FALSE NULL".split())
-_OPERATORS = frozenset("OR AND EQ NE LT LE GT GE IN PLUS STAR SLASH PERCENT QMARK DOT".split())
+_OPERANDS = frozenset(
+    ["IDENT", "INT", "HEX", "FLOAT", "DURATION", "STRING", "TRUE", "FALSE", "NULL"]
+)
+_BINARY_OPERATORS = ("OR", "AND", "EQ", "NE", "LT", "LE", "GT", "GE", "IN", "PLUS", "STAR")
+_OPERATORS = frozenset((*_BINARY_OPERATORS, "SLASH", "PERCENT", "QMARK", "DOT"))
 _PUNCTUATION = {"RPAR": "`)`", "RSQB": "`]`", "RBRACE": "`}`", "_COMMA": "`,`", "COLON": "`:`"}
 _TOKEN_KINDS = {
     "IDENT": "name",
@@ -432,7 +435,7 @@ def _syntax_error(error: Any, text: str) -> ExprSyntaxError:
     hint = hint or _example_hint(error)
     if hint is None and token.type in _OPERANDS and len(accepts & _OPERATORS) >= 3:
         if token.type == "IDENT" and offset and text[offset - 1].isdigit():
-            hint = "duration units are ms, s, m, h and d, as in `90s` or `1h30m`"
+            hint = "durations are whole numbers with units ms, s, m, h, d: `90s`, `1h30m`"
         else:
             hint = "missing an operator between two operands?"
     expected = _expected_words(accepts)

@@ -1,8 +1,8 @@
 """`${{ expr }}` templates: strings with embedded expressions.
 
 `$${{` writes a literal `${{`. A template that is exactly one `${{ e }}` renders to e's
-raw value (a list param can fill an argv); any other renders to a string, each value
-converted as CEL's `string()` does.
+raw value (a list param can fill an argv); any other renders to a string, scalars converted
+as CEL's `string()` does, null as `null`, lists and maps as JSON (docs/language.md, 11).
 """
 
 from __future__ import annotations
@@ -51,16 +51,32 @@ class Template:
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
-                continue
-            expr = part[0]
-            value = _evaluate(expr, activation)
-            if values.kind(value) in ("null", "list", "map"):
-                raise EvalError(
-                    f"`${{{{ {expr.text} }}}}` is a {values.kind(value)}, which has no string "
-                    "form to put in text; make it the whole value, or pick a field"
-                )
-            out.append(values.to_string(value))
+            else:
+                out.append(interpolated_text(_evaluate(part[0], activation)))
         return "".join(out)
+
+
+def interpolated_text(value: Any) -> str:
+    """How a value reads inside text: scalars as CEL's `string()` gives them (`250`,
+    `0.005`, `true`), null as `null`, lists and maps as compact JSON."""
+    kind = values.kind(value)
+    if kind == "null":
+        return "null"
+    if kind in ("list", "map"):
+        import json
+
+        return json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
+    return values.to_string(value)
+
+
+def _plain(value: Any) -> Any:
+    """`value` with tuples and other Mappings as lists and dicts, for json.dumps."""
+    kind = values.kind(value)
+    if kind == "list":
+        return [_plain(item) for item in value]
+    if kind == "map":
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def _evaluate(expr: Expression, activation: Mapping[str, Any]) -> Any:
@@ -110,9 +126,7 @@ def _embedded(text: str, opening: int) -> tuple[Expression, int, int]:
     start = opening + len(OPEN)
     close = _closing(text, start)
     if close < 0:
-        raise ExprSyntaxError(
-            "unterminated `${{`", opening, "close the expression with `}}`", text
-        )
+        raise ExprSyntaxError("unterminated `${{`", opening, "close the expression with `}}`", text)
     inner = text[start:close]
     offset = start + (len(inner) - len(inner.lstrip()))
     if not inner.strip():

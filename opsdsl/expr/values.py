@@ -8,7 +8,6 @@ returns the CEL result or raises `EvalError`; both evaluators share these functi
 from __future__ import annotations
 
 import math
-from decimal import Decimal
 from collections.abc import Mapping
 from typing import Any
 
@@ -323,6 +322,8 @@ def format_double(value: float) -> str:
     sign = "-" if math.copysign(1.0, value) < 0 else ""
     if value == 0:
         return sign + "0"
+    from decimal import Decimal  # not at import: keep `import opsdsl.expr` cheap
+
     _, digit_tuple, last = Decimal(repr(abs(value))).normalize().as_tuple()
     digits = "".join(map(str, digit_tuple))
     exponent = last + len(digits) - 1  # of the first digit
