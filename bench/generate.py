@@ -81,12 +81,8 @@ class FlowMap(dict):
     """A mapping written in flow style (`{a: 1}`)."""
 
 
-PackDumper.add_representer(
-    Flow, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True)
-)
-PackDumper.add_representer(
-    FlowMap, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True)
-)
+PackDumper.add_representer(Flow, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+PackDumper.add_representer(FlowMap, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))
 
 
 def load_yaml(text: str | bytes) -> Any:
@@ -298,9 +294,7 @@ def _triggers(rng: random.Random, svc: str, params: dict) -> dict:
         },
         "error_spike": {
             "on": "metric",
-            "when": (
-                f'event.name == "{rng.choice(METRICS)}" && event.value >= params.error_threshold'
-            ),
+            "when": (f'event.name == "{rng.choice(METRICS)}" && event.value >= params.error_threshold'),
             "threshold": {"count": rng.choice([10, 25, 50]), "within": rng.choice(["5m", "10m"])},
         },
     }
@@ -340,9 +334,7 @@ def _ancestors(deps_of: dict[str, list[str]], sid: str) -> set[str]:
 class _StepFactory:
     """Builds one playbook's steps; keeps ids unique and `when:` refs on ancestors only."""
 
-    def __init__(
-        self, rng: random.Random, svc: str, sub_playbook: str | None, severity: str = "SEV-2"
-    ) -> None:
+    def __init__(self, rng: random.Random, svc: str, sub_playbook: str | None, severity: str = "SEV-2") -> None:
         self.rng = rng
         self.severity = severity
         self.svc = svc
@@ -390,10 +382,7 @@ class _StepFactory:
             else:
                 choices.append(f"!{ref}")
             b = rng.choice(https)
-            choices.append(
-                f"has(steps.{b}.outputs.json.leader) && steps.{b}.outputs.json.leader != "
-                f"inputs.cluster"
-            )
+            choices.append(f"has(steps.{b}.outputs.json.leader) && steps.{b}.outputs.json.leader != inputs.cluster")
         if approvals:
             a = rng.choice(approvals)
             choices.append(f"steps.{a}.outputs.{self.approval_fields[a]} > 0")
@@ -413,9 +402,7 @@ class _StepFactory:
             self._choice = (resource, method, verb)
             if first:
                 return "inspect"
-            return {"GET": f"get_{resource}", "DELETE": f"delete_{resource}"}.get(
-                method, f"{verb}_{resource}"
-            )
+            return {"GET": f"get_{resource}", "DELETE": f"delete_{resource}"}.get(method, f"{verb}_{resource}")
         if action == "shell":
             tool = rng.choice(sorted(TOOLS))
             base, template, undo = rng.choice(TOOLS[tool])
@@ -532,9 +519,7 @@ class _StepFactory:
             with_["url"] = "${{ secrets.SLACK_WEBHOOK }}"
         else:
             with_["url"] = "https://events.internal.example/hooks/opsdsl"
-        with_["message"] = (
-            f"[${{{{ inputs.service }}}}/${{{{ inputs.cluster }}}}] {_sentence(rng, 5, 10)}"
-        )
+        with_["message"] = f"[${{{{ inputs.service }}}}/${{{{ inputs.cluster }}}}] {_sentence(rng, 5, 10)}"
         if rng.random() < 0.4:
             with_["fields"] = {"team": rng.choice(TEAMS), "runbook": f"RB-{rng.randint(100, 999)}"}
         return {"id": sid, "action": "notify", "with": with_, "timeout": "10s"}
@@ -560,9 +545,7 @@ class _StepFactory:
         kubectl = ["kubectl", "get", "pods", "--namespace", "${{ params.namespace }}", "-o", "wide"]
         with_["commands"] = [Flow(kubectl)]
         if rng.random() < 0.5:
-            with_["commands"].append(
-                Flow(["sqlxctl", "stats", "dump", "--context", "${{ inputs.cluster }}"])
-            )
+            with_["commands"].append(Flow(["sqlxctl", "stats", "dump", "--context", "${{ inputs.cluster }}"]))
         if rng.random() < 0.4:
             with_["files"] = [f"/var/log/{self.svc}/current.log"]
         return {"id": sid, "action": "evidence.collect", "with": with_, "timeout": "2m"}
@@ -617,9 +600,7 @@ class _StepFactory:
             names = [n for n, _ in self.ACTION_WEIGHTS]
             weights = [w for _, w in self.ACTION_WEIGHTS]
             action = rng.choices(names, weights)[0]
-            if action == "playbook.call" and (
-                not self.sub_playbook or not allow_call or self.calls
-            ):
+            if action == "playbook.call" and (not self.sub_playbook or not allow_call or self.calls):
                 action = "http.request"
         sid = self._id(self._plan(action, first))
 
@@ -680,10 +661,7 @@ class _StepFactory:
             "action": "report.rca",
             "with": {
                 "title": f"{_camel(self.svc)} incident on ${{{{ inputs.cluster }}}}",
-                "summary": (
-                    "Triggered by ${{ event.labels.alertname }} on ${{ inputs.cluster }}; "
-                    + _sentence(rng)
-                ),
+                "summary": ("Triggered by ${{ event.labels.alertname }} on ${{ inputs.cluster }}; " + _sentence(rng)),
                 "include": Flow(["timeline", "steps", "policy_decisions", "evidence"]),
             },
         }
@@ -700,9 +678,7 @@ class _StepFactory:
         return [rca, done]
 
 
-def _playbook(
-    rng: random.Random, svc: str, n_steps: int, severity: str, sub: str | None
-) -> tuple[dict, list[str]]:
+def _playbook(rng: random.Random, svc: str, n_steps: int, severity: str, sub: str | None) -> tuple[dict, list[str]]:
     factory = _StepFactory(rng, svc, sub, severity)
     call_at = rng.randint(1, n_steps - 1) if sub and n_steps > 1 else -1
     steps = [factory.step(first=(i == 0), call=(i == call_at)) for i in range(n_steps)]
@@ -732,10 +708,7 @@ def _policies(rng: random.Random) -> list[dict]:
         },
         {
             "id": "two-person-prod",
-            "when": (
-                'has(event.labels.cluster) && event.labels.cluster.startsWith("prod-") && '
-                'step.risk != "low"'
-            ),
+            "when": ('has(event.labels.cluster) && event.labels.cluster.startsWith("prod-") && step.risk != "low"'),
             "effect": "require_approval",
             "message": "production changes need two people",
             "approvals": 2,
@@ -951,9 +924,7 @@ def check_expressions_with_cel(pack: dict) -> list[str]:
     return problems
 
 
-def self_check(
-    packs: int = 40, steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED, out=sys.stdout
-) -> bool:
+def self_check(packs: int = 40, steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED, out=sys.stdout) -> bool:
     """Generate `packs` packs and check them: schema, round trip, references, CEL, determinism."""
     import jsonschema
 

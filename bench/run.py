@@ -299,9 +299,7 @@ class Ctx:
         self.reps: int = args.reps or (2 if args.quick else 5)
         self.reps_short: int = args.reps_short or (5 if args.quick else 20)
         self.slow_cap: int = 1 if args.quick else 3
-        self.tmp = (
-            Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="opsdsl-bench-"))
-        )
+        self.tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="opsdsl-bench-"))
         self.notes: list[str] = []
         self.current = ""  # the bench being run (names its rows)
 
@@ -531,18 +529,14 @@ EXPRESSIONS: list[tuple[str, Callable[[dict], bool]]] = [
     ),
     (
         'has(event.labels.cluster) && event.labels.cluster.startsWith("prod-")',
-        lambda a: (
-            "cluster" in a["event"]["labels"]
-            and a["event"]["labels"]["cluster"].startswith("prod-")
-        ),
+        lambda a: "cluster" in a["event"]["labels"] and a["event"]["labels"]["cluster"].startswith("prod-"),
     ),
     (
         "size(event.alerts) > 2 || event.value * 2 >= 500",
         lambda a: len(a["event"]["alerts"]) > 2 or a["event"]["value"] * 2 >= 500,
     ),
     (
-        'event.labels.severity in ["critical", "page"] && !(event.labels.service in '
-        "params.excluded_services)",
+        'event.labels.severity in ["critical", "page"] && !(event.labels.service in params.excluded_services)',
         lambda a: (
             a["event"]["labels"]["severity"] in ("critical", "page")
             and a["event"]["labels"]["service"] not in a["params"]["excluded_services"]
@@ -842,9 +836,7 @@ def self_check(ctx: Ctx) -> int:
     except Unavailable as exc:
         print(f"self-check: opsdsl lint n/a ({exc})")
     except Failed as exc:
-        print(
-            f"self-check: note: opsdsl lint on generated packs: {exc.reason}\n{exc.output[-3000:]}"
-        )
+        print(f"self-check: note: opsdsl lint on generated packs: {exc.reason}\n{exc.output[-3000:]}")
     print(f"self-check: {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 
@@ -870,9 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run opsdsl as the console script or `python -m opsdsl` (auto: script if found)",
     )
     ap.add_argument("--workdir", help="generate workloads here (kept) instead of a temp dir")
-    ap.add_argument(
-        "--strict", action="store_true", help="exit 1 when a row misses its target, too"
-    )
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a row misses its target, too")
     args = ap.parse_args(argv)
 
     if args.list:

@@ -26,12 +26,40 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "github"]), default="text", show_default=True, help="Output format.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to FILE (atomically) instead of stdout.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Configuration file (default: nearest .opsdsl.toml or pyproject.toml [tool.opsdsl]).")
-@click.option("--fail-on", type=click.Choice(["error", "warning"]), help="Lowest severity that makes the exit code 1 (default from config: warning).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "sarif", "github"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report to FILE (atomically) instead of stdout.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Configuration file (default: nearest .opsdsl.toml or pyproject.toml [tool.opsdsl]).",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["error", "warning"]),
+    help="Lowest severity that makes the exit code 1 (default from config: warning).",
+)
 @click.option("-j", "--jobs", type=click.IntRange(min=1), help="Worker processes (default: one per CPU).")
-def lint(paths: tuple[Path, ...], fmt: str, output: Path | None, config_path: Path | None, fail_on: str | None, jobs: int | None) -> None:
+def lint(
+    paths: tuple[Path, ...],
+    fmt: str,
+    output: Path | None,
+    config_path: Path | None,
+    fail_on: str | None,
+    jobs: int | None,
+) -> None:
     """Check packs: YAML, schema, references, expressions and review rules.
 
     Exit 0 when clean, 1 when there are findings, 2 on a usage error.

@@ -1,10 +1,10 @@
 """Lint configuration from `.opsdsl.toml` or `[tool.opsdsl]` in pyproject.toml.
 
-    [tool.opsdsl]
-    ignore = ["OPS042"]                 # never report these codes
-    severity = { OPS047 = "error" }     # change a rule's severity
-    exclude = ["packs/legacy/**"]       # globs skipped when searching folders
-    fail-on = "warning"                 # exit 1 on any finding ("error": only on errors)
+[tool.opsdsl]
+ignore = ["OPS042"]                 # never report these codes
+severity = { OPS047 = "error" }     # change a rule's severity
+exclude = ["packs/legacy/**"]       # globs skipped when searching folders
+fail-on = "warning"                 # exit 1 on any finding ("error": only on errors)
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def load_config(path: Path | None) -> Config:
 def parse_config(table: dict, origin: str) -> Config:
     unknown = set(table) - _KEYS
     if unknown:
-        raise ConfigError(f"{origin}: unknown configuration key(s): {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_KEYS))})")
+        raise ConfigError(
+            f"{origin}: unknown configuration key(s): {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_KEYS))})"
+        )
 
     def codes(values: object, key: str) -> list[str]:
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
@@ -74,12 +76,12 @@ def parse_config(table: dict, origin: str) -> Config:
     severity: dict[str, Severity] = {}
     raw_severity = table.get("severity", {})
     if not isinstance(raw_severity, dict):
-        raise ConfigError(f"{origin}: `severity` must be a table of CODE = \"error\" | \"warning\"")
+        raise ConfigError(f'{origin}: `severity` must be a table of CODE = "error" | "warning"')
     for code, level in raw_severity.items():
         if code not in RULES:
             raise ConfigError(f"{origin}: `severity` names unknown rule `{code}`")
         if level not in ("error", "warning"):
-            raise ConfigError(f"{origin}: severity of {code} must be \"error\" or \"warning\"")
+            raise ConfigError(f'{origin}: severity of {code} must be "error" or "warning"')
         severity[code] = Severity(level)
     fail_on = table.get("fail-on", "warning")
     if fail_on not in ("error", "warning"):

@@ -45,7 +45,9 @@ def analyse_file(path: Path, policies: tuple = (), stop_after: Stage = "check") 
     problems = validate_pack(document.data)
     for problem in problems:
         span = document.key_span(problem.path) if problem.at == "key" else document.span(problem.path)
-        result.diagnostics.append(Diagnostic(problem.code, rule(problem.code).severity, problem.message, span, problem.hint))
+        result.diagnostics.append(
+            Diagnostic(problem.code, rule(problem.code).severity, problem.message, span, problem.hint)
+        )
     if problems or stop_after == "schema":
         return result
 

@@ -57,9 +57,21 @@ RULES: dict[str, Rule] = {
         # review rules
         Rule("OPS040", "risky-step-unguarded", W, "A `risk: high` step has neither an approval nor a `compensate`."),
         Rule("OPS041", "network-without-timeout", W, "A network action has no `timeout:`."),
-        Rule("OPS042", "hook-without-cooldown", W, "A hook has no `cooldown:`, so a flapping alert starts run after run."),
-        Rule("OPS043", "shell-injection", E, "Event or step data is interpolated into a program name or a `sh -c` script."),
-        Rule("OPS044", "plaintext-secret", E, "A secret is written in the pack instead of referenced as `${{ secrets.NAME }}`."),
+        Rule(
+            "OPS042", "hook-without-cooldown", W, "A hook has no `cooldown:`, so a flapping alert starts run after run."
+        ),
+        Rule(
+            "OPS043",
+            "shell-injection",
+            E,
+            "Event or step data is interpolated into a program name or a `sh -c` script.",
+        ),
+        Rule(
+            "OPS044",
+            "plaintext-secret",
+            E,
+            "A secret is written in the pack instead of referenced as `${{ secrets.NAME }}`.",
+        ),
         Rule("OPS045", "unused-trigger", W, "A trigger no hook uses."),
         Rule("OPS046", "unused-playbook", W, "A playbook no hook or `playbook.call` runs."),
         Rule("OPS047", "unused-param", W, "A parameter no expression reads."),

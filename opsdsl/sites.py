@@ -68,7 +68,9 @@ def _step_sites(path: Path_, step: Step, playbook: str, in_finally: bool) -> Ite
         yield from _templates((*path, "compensate", "with"), step.compensate.with_, common, True, ())
 
 
-def _templates(path: Path_, value: Any, common: dict, compensation: bool, skip: tuple, inner: Path_ = ()) -> Iterator[Site]:
+def _templates(
+    path: Path_, value: Any, common: dict, compensation: bool, skip: tuple, inner: Path_ = ()
+) -> Iterator[Site]:
     if isinstance(value, str):
         if "${{" in value:
             yield Site(path, value, STEP, template=True, compensation=compensation, with_path=inner, **common)

@@ -50,9 +50,7 @@ def both(text, activation=ACTIVATION):
 def assert_value(text, expected, activation=ACTIVATION):
     for kind, value in both(text, activation):
         assert kind == "value", f"{text}: {value}"
-        assert value == expected or (
-            isinstance(expected, float) and math.isnan(expected) and math.isnan(value)
-        ), text
+        assert value == expected or (isinstance(expected, float) and math.isnan(expected) and math.isnan(value)), text
         assert type(value) is type(expected), f"{text}: {value!r} is not a {type(expected)}"
 
 

@@ -139,8 +139,7 @@ def same(a, b):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return list(a) == list(b) and all(
-            type(key) is type(other) and same(a[key], b[other])
-            for key, other in zip(a, b, strict=True)
+            type(key) is type(other) and same(a[key], b[other]) for key, other in zip(a, b, strict=True)
         )
     return a == b
 

@@ -32,9 +32,7 @@ def test_render_concatenates_with_string_conversion():
         "GET ${{ params.url }}/v1/latency?cluster=${{ inputs.cluster }}&n=${{ params.n }}"
         "&r=${{ params.ratio }}&t=${{ 5m }}&ok=${{ params.n > 2 }}"
     )
-    assert template.render(ACTIVATION) == (
-        "GET http://127.0.0.1:8080/v1/latency?cluster=eu-1&n=3&r=1.5&t=300&ok=true"
-    )
+    assert template.render(ACTIVATION) == ("GET http://127.0.0.1:8080/v1/latency?cluster=eu-1&n=3&r=1.5&t=300&ok=true")
 
 
 def test_a_lone_expression_renders_its_raw_value():
@@ -48,9 +46,7 @@ def test_a_lone_expression_renders_its_raw_value():
 
 
 def test_null_lists_and_maps_in_text():
-    template = parse_template(
-        "a=${{ params.argv }} n=${{ inputs.nothing }} m=${{ inputs.labels }} x=${{ [1.5, 'é'] }}"
-    )
+    template = parse_template("a=${{ params.argv }} n=${{ inputs.nothing }} m=${{ inputs.labels }} x=${{ [1.5, 'é'] }}")
     assert template.render(ACTIVATION) == 'a=["a","b"] n=null m={"k":"v"} x=[1.5,"é"]'
 
 

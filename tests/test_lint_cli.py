@@ -20,9 +20,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lint"
 
 def run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real console entry point, in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "opsdsl", *args], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "opsdsl", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture

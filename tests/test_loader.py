@@ -126,5 +126,7 @@ def test_exclude_globs_recurse_with_double_star(tmp_path: Path):
     for name in ["packs/a.yaml", "packs/legacy/b.yaml", "packs/legacy/2023/c.yaml", "packs/x/old.yaml"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x: 1\n")
-    found = [p.relative_to(tmp_path).as_posix() for p in discover([tmp_path / "packs"], exclude=["legacy/**", "old.yaml"])]
+    found = [
+        p.relative_to(tmp_path).as_posix() for p in discover([tmp_path / "packs"], exclude=["legacy/**", "old.yaml"])
+    ]
     assert found == ["packs/a.yaml"]

@@ -59,7 +59,12 @@ def test_every_seed_playbook_is_expressed(pack: str, playbook: str):
 
 
 def test_the_five_automation_hooks_of_section_9():
-    hooks = {name: (file, hook) for file, pack in models().items() if isinstance(pack, Pack) for name, hook in pack.hooks.items()}
+    hooks = {
+        name: (file, hook)
+        for file, pack in models().items()
+        if isinstance(pack, Pack)
+        for name, hook in pack.hooks.items()
+    }
     for name in ["onLatencyBreach", "onDriverErrorSpike", "onPolicyRollback", "onTelemetryDrop", "onMigrationFail"]:
         assert name in hooks, name
         assert hooks[name][1].cooldown is not None

@@ -23,7 +23,9 @@ from opsdsl.schema import validate_pack
 ROOT = Path(__file__).resolve().parent.parent
 PACKS = sorted((ROOT / "packs").glob("*.yaml"))
 TEXTS = [p.read_text(encoding="utf-8") for p in PACKS]
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 def analyse_text(text: str) -> list[Diagnostic]:
@@ -92,12 +94,50 @@ EXPRESSION_CHARS = st.text(
     max_size=40,
 )
 EXPRESSION_PIECES = st.lists(
-    st.sampled_from([
-        "event", "params", "steps", "inputs", "run", "now", "secrets", "step", "playbook",
-        ".labels", ".value", ".outputs", ".json", "[0]", '["k"]', " && ", " || ", " == ", " < ",
-        " in ", "!", "-", "(", ")", "has(", "size(", ".startsWith(", "5m", "1.5", "42", '"s"',
-        "true", "null", "[1, 2]", '{"a": 1}', " ? ", " : ", ",", "}}", "${{",
-    ]),
+    st.sampled_from(
+        [
+            "event",
+            "params",
+            "steps",
+            "inputs",
+            "run",
+            "now",
+            "secrets",
+            "step",
+            "playbook",
+            ".labels",
+            ".value",
+            ".outputs",
+            ".json",
+            "[0]",
+            '["k"]',
+            " && ",
+            " || ",
+            " == ",
+            " < ",
+            " in ",
+            "!",
+            "-",
+            "(",
+            ")",
+            "has(",
+            "size(",
+            ".startsWith(",
+            "5m",
+            "1.5",
+            "42",
+            '"s"',
+            "true",
+            "null",
+            "[1, 2]",
+            '{"a": 1}',
+            " ? ",
+            " : ",
+            ",",
+            "}}",
+            "${{",
+        ]
+    ),
     max_size=12,
 ).map("".join)
 
@@ -130,8 +170,16 @@ def test_random_expressions_give_only_diagnostics(expression: str, where: str):
 
 
 VALUES = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=False), st.text(max_size=8),
-              st.sampled_from(["5m", "0s", "shell", "high", "SEV-1", "${{ event.x }}", "${{ steps.a.outputs }}", "http.request"])),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 10**6),
+        st.floats(allow_nan=False),
+        st.text(max_size=8),
+        st.sampled_from(
+            ["5m", "0s", "shell", "high", "SEV-1", "${{ event.x }}", "${{ steps.a.outputs }}", "http.request"]
+        ),
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
     max_leaves=8,
 )

@@ -26,7 +26,9 @@ def test_schema_is_valid_draft_2020_12_with_descriptions_everywhere():
     def walk(node, where):
         if isinstance(node, dict):
             for name, prop in node.get("properties", {}).items():
-                assert "description" in prop or ("$ref" in prop and "description" in SCHEMA["$defs"][prop["$ref"].split("/")[-1]]), f"{where}.{name}"
+                assert "description" in prop or (
+                    "$ref" in prop and "description" in SCHEMA["$defs"][prop["$ref"].split("/")[-1]]
+                ), f"{where}.{name}"
             for key, value in node.items():
                 if key != "if":  # conditions select a branch; editors do not show them
                     walk(value, f"{where}.{key}")
@@ -90,14 +92,49 @@ def test_unsupported_keywords_are_refused():
 BASE = load_text(MINIMAL_PACK, "m.yaml")[0].data
 BASE["policies"] = [{"id": "p1", "when": "true", "effect": "deny", "message": "m"}]
 BASE["playbooks"]["respond"]["steps"].append(
-    {"id": "n", "action": "notify", "with": {"kind": "pagerduty", "routing_key": "${{ secrets.k }}", "message": "x"}, "retry": {"attempts": 2}}
+    {
+        "id": "n",
+        "action": "notify",
+        "with": {"kind": "pagerduty", "routing_key": "${{ secrets.k }}", "message": "x"},
+        "retry": {"attempts": 2},
+    }
 )
 
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 200), st.floats(allow_nan=False, allow_infinity=False, width=32),
-    st.sampled_from(["", "x", "5m", "0s", "SEV-2", "GET", "shell", "wait", "pagerduty", "opsdsl/v1", "Pack", "PolicyPack", "1.0.0", "a b", "high"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 200),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.sampled_from(
+        [
+            "",
+            "x",
+            "5m",
+            "0s",
+            "SEV-2",
+            "GET",
+            "shell",
+            "wait",
+            "pagerduty",
+            "opsdsl/v1",
+            "Pack",
+            "PolicyPack",
+            "1.0.0",
+            "a b",
+            "high",
+        ]
+    ),
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["id", "action", "with", "x", "url", "argv", "duration", "count"]), inner, max_size=3)), max_leaves=6)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(["id", "action", "with", "x", "url", "argv", "duration", "count"]), inner, max_size=3
+        ),
+    ),
+    max_leaves=6,
+)
 
 
 def all_paths(node, prefix=()):
@@ -128,7 +165,9 @@ def mutated(draw):
             elif action == "delete":
                 del parent[path[-1]]
             elif isinstance(parent, dict):
-                parent[draw(st.sampled_from(["timeout", "bogus", "needs", "risk", "with", "when", "for"]))] = draw(VALUES)
+                parent[draw(st.sampled_from(["timeout", "bogus", "needs", "risk", "with", "when", "for"]))] = draw(
+                    VALUES
+                )
         except (KeyError, IndexError, TypeError):
             continue
     return doc

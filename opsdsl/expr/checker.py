@@ -72,9 +72,7 @@ class RootSpec:
 
     def __post_init__(self) -> None:
         if self.type not in _TYPE_KINDS:
-            raise ValueError(
-                f"unknown RootSpec type {self.type!r}; use one of {sorted(_TYPE_KINDS)}"
-            )
+            raise ValueError(f"unknown RootSpec type {self.type!r}; use one of {sorted(_TYPE_KINDS)}")
 
     @property
     def kinds(self) -> Kinds:
@@ -181,9 +179,7 @@ class _Checker:
     def _infer_Ident(self, node: Ident) -> _Typed:
         spec = self.roots.get(node.name)
         if spec is None:
-            hint = _PYTHONISMS.get(node.name) or _did_you_mean(
-                node.name, list(self.roots), "names here"
-            )
+            hint = _PYTHONISMS.get(node.name) or _did_you_mean(node.name, list(self.roots), "names here")
             return self.report("OPS021", f"unknown name `{node.name}`", node, hint)
         return _Typed(spec.kinds, spec, node.name)
 
@@ -206,9 +202,7 @@ class _Checker:
     def _infer_Select(self, node: Select) -> _Typed:
         operand = self.infer(node.operand)
         if "map" not in operand.kinds:
-            return self.mismatch(
-                f"cannot select field `{node.field}` of {describe(operand.kinds)}", node
-            )
+            return self.mismatch(f"cannot select field `{node.field}` of {describe(operand.kinds)}", node)
         return self._field(operand, node.field, node.field_offset, node.end)
 
     def _infer_Index(self, node: Index) -> _Typed:
@@ -217,9 +211,7 @@ class _Checker:
         if not operand.kinds & {"list", "map"}:
             return self.mismatch(f"cannot index into {describe(operand.kinds)}", node)
         if operand.kinds == {"list"} and "int" not in key.kinds:
-            return self.mismatch(
-                f"a list index must be an int, not {describe(key.kinds)}", node.index
-            )
+            return self.mismatch(f"a list index must be an int, not {describe(key.kinds)}", node.index)
         if isinstance(node.index, Literal) and node.index.kind == "string":
             key_node = node.index
             return self._field(operand, key_node.value, key_node.offset, key_node.end)
@@ -264,9 +256,7 @@ class _Checker:
             return _Typed(BOOL)
         if op == "in":
             if not right.kinds & {"list", "map"}:
-                return self.mismatch(
-                    f"`in` needs a list or map on its right, not {describe(right.kinds)}", node
-                )
+                return self.mismatch(f"`in` needs a list or map on its right, not {describe(right.kinds)}", node)
             return _Typed(BOOL)
         table = _ARITHMETIC[op]
         results = {table[pair] for pair in product(left.kinds, right.kinds) if pair in table}
@@ -281,17 +271,13 @@ class _Checker:
     def _equality(self, node: Binary, left: _Typed, right: _Typed) -> _Typed:
         if "null" in left.kinds or "null" in right.kinds:
             return _Typed(BOOL)  # `x == null` is the way to test for an unset value
-        families = [
-            {_EQUALITY_FAMILY.get(kind, kind) for kind in side.kinds} for side in (left, right)
-        ]
+        families = [{_EQUALITY_FAMILY.get(kind, kind) for kind in side.kinds} for side in (left, right)]
         if not families[0] & families[1]:
             outcome = "false" if node.op == "==" else "true"
             return self.mismatch(
-                f"`{node.op}` between {describe(left.kinds)} and {describe(right.kinds)} "
-                f"is always {outcome}",
+                f"`{node.op}` between {describe(left.kinds)} and {describe(right.kinds)} is always {outcome}",
                 node,
-                "values of different types are never equal; convert one side, "
-                "e.g. string(x) or int(x)",
+                "values of different types are never equal; convert one side, e.g. string(x) or int(x)",
             )
         return _Typed(BOOL)
 
@@ -341,20 +327,14 @@ class _Checker:
             kind = "method" if method else "function"
             return self.report("OPS022", f"unknown {kind} `{name}`", where, hint)
         if method and not builtin.is_method:
-            return self.report(
-                "OPS022", f"`{name}` is a function, not a method", where, f"write {name}(x)"
-            )
+            return self.report("OPS022", f"`{name}` is a function, not a method", where, f"write {name}(x)")
         if not method and not builtin.is_global:
-            return self.report(
-                "OPS022", f"`{name}` is a method, not a function", where, f"write x.{name}(...)"
-            )
+            return self.report("OPS022", f"`{name}` is a method, not a function", where, f"write x.{name}(...)")
         if len(args) != builtin.arity(method):
             return self._arity(node, name, builtin.arity(method), len(args))
         operands = ([receiver] if receiver is not None else []) + args
         operand_nodes = ([node.target] if node.target is not None else []) + list(node.args)
-        for typed, operand_node, allowed in zip(
-            operands, operand_nodes, builtin.params, strict=True
-        ):
+        for typed, operand_node, allowed in zip(operands, operand_nodes, builtin.params, strict=True):
             if typed is not None and not typed.kinds & allowed:
                 return self.mismatch(
                     f"{name}() needs {describe(allowed)}, not {describe(typed.kinds)}",

@@ -370,11 +370,7 @@ class _Emitter:
                 return _compare(left, _NATIVE_COMPARE[op](), right), "bool"
             if not any(_is_literal(side) and not _is_none(side) for side in (left, right)):
                 return _compare(left, ast.Is() if op == "==" else ast.IsNot(), right), "bool"
-        if (
-            op in _NATIVE_COMPARE
-            and op not in ("==", "!=")
-            and _native_order(left_kind, right_kind)
-        ):
+        if op in _NATIVE_COMPARE and op not in ("==", "!=") and _native_order(left_kind, right_kind):
             return _compare(left, _NATIVE_COMPARE[op](), right), "bool"
         if op == "in" and isinstance(node.right, ListLit) and _all_strings(node.right):
             members = frozenset(item.value for item in node.right.items)
@@ -408,10 +404,7 @@ class _Emitter:
                 [self.emit(value)[0] for _, value in node.entries],
                 **_AT,
             ), "map"
-        pairs = [
-            ast.Tuple([self.emit(key)[0], self.emit(value)[0]], ast.Load(), **_AT)
-            for key, value in node.entries
-        ]
+        pairs = [ast.Tuple([self.emit(key)[0], self.emit(value)[0]], ast.Load(), **_AT) for key, value in node.entries]
         return _call("_make_map", _list(pairs)), "map"
 
     def _emit_Call(self, node: Call) -> tuple[ast.expr, str | None]:

@@ -164,9 +164,7 @@ def _list(node: ListLit) -> Evaluate:
 
 def _map(node: MapLit) -> Evaluate:
     entries = tuple((_build(key), _build(value)) for key, value in node.entries)
-    return lambda activation: values.make_map(
-        [(key(activation), value(activation)) for key, value in entries]
-    )
+    return lambda activation: values.make_map([(key(activation), value(activation)) for key, value in entries])
 
 
 def _call(node: Call) -> Evaluate:

@@ -186,11 +186,7 @@ def _chain(node: Node) -> tuple[str, tuple[str, ...]] | None:
         if isinstance(node, Select):
             path.append(node.field)
             node = node.operand
-        elif (
-            isinstance(node, Index)
-            and isinstance(node.index, Literal)
-            and node.index.kind == "string"
-        ):
+        elif isinstance(node, Index) and isinstance(node.index, Literal) and node.index.kind == "string":
             path.append(node.index.value)
             node = node.operand
         else:

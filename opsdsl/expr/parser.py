@@ -42,9 +42,7 @@ class ExprSyntaxError(ExpressionError):
     """An expression that does not parse. `offset` is a 0-based character offset into
     `text`; `hint` says what was expected, in words."""
 
-    def __init__(
-        self, message: str, offset: int = 0, hint: str | None = None, text: str | None = None
-    ) -> None:
+    def __init__(self, message: str, offset: int = 0, hint: str | None = None, text: str | None = None) -> None:
         super().__init__(message)
         self.offset = offset
         self.hint = hint
@@ -88,9 +86,7 @@ def _parse_memoised(text: str) -> Expression:
             text,
         )
     if not text.strip():
-        raise ExprSyntaxError(
-            "empty expression", 0, "write an expression, e.g. `event.value > 5`", text
-        )
+        raise ExprSyntaxError("empty expression", 0, "write an expression, e.g. `event.value > 5`", text)
     from lark.exceptions import UnexpectedInput
 
     try:
@@ -112,9 +108,7 @@ def _parse_memoised(text: str) -> Expression:
         # 2**63 is legal only as the operand of a unary minus, which has folded it away
         for node in walk(root):
             if isinstance(node, Literal) and node.kind == "int" and node.value == _INT_LIMIT:
-                raise ExprSyntaxError(
-                    "integer literal out of range", node.offset, _INT_RANGE_HINT, text
-                )
+                raise ExprSyntaxError("integer literal out of range", node.offset, _INT_RANGE_HINT, text)
     return Expression(text, root)
 
 
@@ -182,12 +176,7 @@ class _NodeBuilder:
 
     def unary(self, children: list) -> Node:
         op, operand = children
-        if (
-            op == "-"
-            and isinstance(operand, Literal)
-            and operand.kind == "int"
-            and operand.value >= 0
-        ):
+        if op == "-" and isinstance(operand, Literal) and operand.kind == "int" and operand.value >= 0:
             # `-9223372036854775808` is a literal, as in CEL: fold the sign into it
             raw = f"-{operand.raw}" if operand.raw is not None else None
             return Literal("int", -operand.value, raw, offset=op.start_pos, end=operand.end)
@@ -305,9 +294,7 @@ _SIMPLE_ESCAPES = {
     "?": "?",
 }
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
-_ESCAPE_HINT = (
-    r"valid escapes: \n \t \r \\ \" \' \xHH \uHHHH \UHHHHHHHH, or use a raw string r'...'"
-)
+_ESCAPE_HINT = r"valid escapes: \n \t \r \\ \" \' \xHH \uHHHH \UHHHHHHHH, or use a raw string r'...'"
 
 
 def decode_string(token: str, offset: int) -> str:
@@ -360,9 +347,7 @@ def _is_octal(text: str) -> bool:
 
 # -- friendly syntax errors -----------------------------------------------------------------
 
-_OPERANDS = frozenset(
-    ["IDENT", "INT", "HEX", "FLOAT", "DURATION", "STRING", "TRUE", "FALSE", "NULL"]
-)
+_OPERANDS = frozenset(["IDENT", "INT", "HEX", "FLOAT", "DURATION", "STRING", "TRUE", "FALSE", "NULL"])
 _BINARY_OPERATORS = ("OR", "AND", "EQ", "NE", "LT", "LE", "GT", "GE", "IN", "PLUS", "STAR")
 _OPERATORS = frozenset((*_BINARY_OPERATORS, "SLASH", "PERCENT", "QMARK", "DOT"))
 _PUNCTUATION = {"RPAR": "`)`", "RSQB": "`]`", "RBRACE": "`}`", "_COMMA": "`,`", "COLON": "`:`"}
@@ -414,8 +399,7 @@ def _syntax_error(error: Any, text: str) -> ExprSyntaxError:
             return ExprSyntaxError(
                 "unterminated string",
                 offset,
-                "close the string with the same quote on the same line "
-                "(triple quotes allow line breaks)",
+                "close the string with the same quote on the same line (triple quotes allow line breaks)",
                 text,
             )
         hint = _CHARACTER_HINTS.get(char) or _expected_words(error.allowed or ())

@@ -83,9 +83,7 @@ def unparse(node: Node) -> str:
     if isinstance(node, ListLit):
         return "[" + ", ".join(unparse(item) for item in node.items) + "]"
     if isinstance(node, MapLit):
-        entries = (
-            f"{_at_least(key, _CONDITIONAL + 1)}: {unparse(value)}" for key, value in node.entries
-        )
+        entries = (f"{_at_least(key, _CONDITIONAL + 1)}: {unparse(value)}" for key, value in node.entries)
         return "{" + ", ".join(entries) + "}"
     raise TypeError(f"not an expression node: {node!r}")
 

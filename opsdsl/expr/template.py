@@ -130,9 +130,7 @@ def _embedded(text: str, opening: int) -> tuple[Expression, int, int]:
     inner = text[start:close]
     offset = start + (len(inner) - len(inner.lstrip()))
     if not inner.strip():
-        raise ExprSyntaxError(
-            "empty `${{ }}`", opening, "put an expression inside, e.g. ${{ params.url }}", text
-        )
+        raise ExprSyntaxError("empty `${{ }}`", opening, "put an expression inside, e.g. ${{ params.url }}", text)
     try:
         expr = parse(inner.strip())
     except ExprSyntaxError as error:
