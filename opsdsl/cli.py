@@ -14,6 +14,7 @@ import click
 
 from opsdsl import __version__
 from opsdsl.errors import OpsdslError
+from opsdsl.files import write_atomic
 
 INTERNAL_ERROR = 3
 
@@ -84,6 +85,85 @@ def lint(
     sys.exit(1 if result.failed(threshold) else 0)
 
 
+@cli.command("compile")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build"), show_default=True, help="Folder for the signed plans and the build manifest.")
+@click.option("--key", "key_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Private key to sign with (repeatable).")
+@click.option("--passphrase-env", metavar="VAR", help="Environment variable holding the private keys' passphrase.")
+@click.option("--emit", type=click.Choice(["model", "plan"]), help="Print one stage's output as JSON instead of writing plans.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Worker processes (default: one per CPU).")
+def compile_command(paths: tuple[Path, ...], out_dir: Path, key_files: tuple[Path, ...], passphrase_env: str | None, emit: str | None, jobs: int | None) -> None:
+    """Check packs and compile each into a signed plan (a DSSE envelope) in OUT.
+
+    A second compile of an unchanged tree reuses the plans already there.
+    """
+    if emit:
+        from opsdsl.emit import emit_stage
+
+        click.echo(emit_stage(list(paths), emit), nl=False)
+        return
+    from opsdsl.build import compile_paths
+    from opsdsl.signing import load_private_key
+
+    passphrase = _passphrase(passphrase_env)
+    keys = [load_private_key(path, passphrase) for path in key_files]
+    result = compile_paths(list(paths), out_dir, keys, jobs=jobs)
+    for diagnostic in result.diagnostics:
+        click.echo(diagnostic.render() + "\n", err=True)
+    counts: dict[str, int] = {}
+    for pack in sorted(result.packs, key=lambda p: p.source):
+        counts[pack.status] = counts.get(pack.status, 0) + 1
+        if pack.status == "failed" or pack.entry is None:
+            continue
+        signers = len(pack.entry.get("keyids", ()))
+        signed = f"signed by {signers} key{'s' if signers != 1 else ''}" if signers else "UNSIGNED"
+        what = {"compiled": "compiled", "unchanged": "unchanged, kept", "reused": "unchanged, reused"}[pack.status]
+        click.echo(f"{what:<16} {pack.name} → {out_dir / pack.plan_file} ({pack.entry['payloadDigest'][:19]}…, {signed})")
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    click.echo(f"{sum(counts.values())} pack file{'s' if sum(counts.values()) != 1 else ''}: {summary}")
+    if not keys and not result.failed:
+        click.echo("warning: plans are unsigned; `opsdsl run` refuses them until signed (--key, or `opsdsl sign`)", err=True)
+    sys.exit(1 if result.failed else 0)
+
+
+@cli.command()
+@click.argument("pack_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--playbook", help="Draw only this playbook (default: all).")
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True)
+@click.option("--policy-pack", "policy_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Organisation policy pack whose approval policies to show (repeatable).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
+def graph(pack_file: Path, playbook: str | None, fmt: str, policy_files: tuple[Path, ...], output: Path | None) -> None:
+    """Draw a pack's playbook DAG: risk, approval gates and compensations visible."""
+    from opsdsl.drawing import draw
+    from opsdsl.errors import OpsdslError
+    from opsdsl.pipeline import analyse_file
+
+    policies: list = []
+    for path in policy_files:
+        analysis = analyse_file(path)
+        if not analysis.ok or analysis.model is None or analysis.model.kind != "PolicyPack":
+            raise OpsdslError(f"{path} is not a valid policy pack; run `opsdsl lint {path}`", tuple(analysis.diagnostics))
+        policies.extend(analysis.model.policies)
+    analysis = analyse_file(pack_file, tuple(policies))
+    if not analysis.ok or analysis.model is None:
+        raise OpsdslError(f"{pack_file} has errors; run `opsdsl lint {pack_file}`", tuple(d for d in analysis.diagnostics if d.severity.value == "error"))
+    if analysis.model.kind != "Pack":
+        raise click.UsageError(f"{pack_file} is a policy pack; it has no playbooks to draw")
+    text = draw(analysis.model, playbook, fmt, (*analysis.model.policies, *policies))
+    if output is not None:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
+def _passphrase(variable: str | None) -> bytes | None:
+    name = variable or "OPSDSL_KEY_PASSPHRASE"
+    value = os.environ.get(name)
+    if variable and value is None:
+        raise click.UsageError(f"environment variable {variable} is not set")
+    return value.encode() if value is not None else None
+
+
 @cli.command()
 @click.option("--kind", type=click.Choice(["pack"]), default="pack", show_default=True, help="Which schema.")
 def schema(kind: str) -> None:
@@ -107,21 +187,6 @@ def rules(code: str | None) -> None:
         return
     for item in RULES.values():
         click.echo(f"{item.code}  {item.severity.value:<7}  {item.name:<28} {item.summary}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from opsdsl.durations import parse_duration
 
@@ -43,16 +43,27 @@ class Metadata(Frozen):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class Param(Frozen):
-    type: ValueType
+class _Defaulted(Frozen):
+    """A value with an optional `default:`; `required` says whether one was written, so
+    `default: null` and no default differ in the model (and its digest) as they do in
+    meaning."""
+
     default: Any = None
+    required: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mark_required(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "required" not in data:
+            return {**data, "required": "default" not in data}
+        return data
+
+
+class Param(_Defaulted):
+    type: ValueType
     description: str | None = None
     secret: bool = False
     enum: tuple[Any, ...] | None = None
-
-    @property
-    def required(self) -> bool:
-        return "default" not in self.model_fields_set
 
 
 class Threshold(Frozen):
@@ -109,10 +120,9 @@ class Step(Frozen):
     idempotent: bool | None = None
 
 
-class Input(Frozen):
+class Input(_Defaulted):
     type: ValueType
     from_: str | None = Field(default=None, alias="from")
-    default: Any = None
     description: str | None = None
 
 

@@ -55,7 +55,7 @@ def check_conditions(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
             )
 
 
-def _approval_policy_covers(policy: Policy, pack: Pack, playbook_name: str, step: Step) -> bool:
+def approval_policy_covers(policy: Policy, pack: Pack, playbook_name: str, step: Step) -> bool:
     """Whether an approval policy could apply to `step` (unknown data counts as could)."""
     if policy.effect != "require_approval":
         return False
@@ -101,7 +101,7 @@ def check_risky_steps(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
         earlier = ancestors(predecessors(section), step.id)
         if any(by_id[a].action == "approval" for a in earlier if a in by_id):
             continue
-        if any(_approval_policy_covers(p, pack, name, step) for p in policies):
+        if any(approval_policy_covers(p, pack, name, step) for p in policies):
             continue
         yield unit.at(
             "OPS040",

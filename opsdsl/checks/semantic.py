@@ -288,13 +288,13 @@ def check_defaults(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
         return
     for name, param in pack.params.items():
         path = ("params", name)
-        if "default" in param.model_fields_set and not value_matches(param.default, param.type):
+        if not param.required and not value_matches(param.default, param.type):
             yield unit.at("OPS037", (*path, "default"), f"default of param `{name}` is not {_article(param.type)}")
-        elif param.enum is not None and "default" in param.model_fields_set and param.default not in param.enum:
+        elif param.enum is not None and not param.required and param.default not in param.enum:
             yield unit.at("OPS037", (*path, "default"), f"default of param `{name}` is not one of its `enum` values")
     for pb_name, playbook in pack.playbooks.items():
         for name, spec in playbook.inputs.items():
-            if "default" in spec.model_fields_set and not value_matches(spec.default, spec.type):
+            if not spec.required and not value_matches(spec.default, spec.type):
                 yield unit.at(
                     "OPS037",
                     ("playbooks", pb_name, "inputs", name, "default"),

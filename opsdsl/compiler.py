@@ -1,0 +1,161 @@
+"""Compile stage: a checked pack becomes a plan, canonical JSON a runtime can trust.
+
+A plan holds the pack's identity and model digest, the compiler version, params,
+triggers, hooks, every policy in scope, and per playbook the DAG's nodes and edges with
+every action's settings resolved (defaults filled in). Durations in a plan are integer
+milliseconds. The same model and scope give byte-identical plans on any machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opsdsl import __version__
+from opsdsl.canonical import canonical_json, sha256_digest
+from opsdsl.model import Compensation, Pack, Playbook, PolicyPack, Retry, Step
+
+PLAN_API_VERSION = "opsdsl/v1"
+
+# What an action does when a step leaves a setting out. `idempotent` decides whether a
+# step interrupted mid-flight is re-run on resume (see docs/plan.md).
+ACTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "shell": {"timeout": 600_000, "idempotent": False},
+    "http.request": {"timeout": 30_000, "idempotent": True},  # carries Idempotency-Key
+    "wait": {"timeout": None, "idempotent": True},
+    "approval": {"timeout": 86_400_000, "idempotent": True},
+    "notify": {"timeout": 30_000, "idempotent": False},
+    "assert": {"timeout": 10_000, "idempotent": True},
+    "evidence.collect": {"timeout": 300_000, "idempotent": True},
+    "playbook.call": {"timeout": None, "idempotent": True},
+    "report.rca": {"timeout": 60_000, "idempotent": True},
+}
+PLUGIN_DEFAULTS: dict[str, Any] = {"timeout": None, "idempotent": False}
+NO_RETRY = {"attempts": 1, "backoff": "fixed", "initial": 0, "max": 0, "jitter": False}
+
+
+@dataclass(frozen=True)
+class ScopeEntry:
+    """A policy pack in scope: its identity, digest and policies."""
+
+    name: str
+    version: str
+    digest: str
+    pack: PolicyPack
+
+
+def model_digest(model: Pack | PolicyPack) -> str:
+    """sha256 of the canonical JSON of the checked model: formatting-independent."""
+    return sha256_digest(canonical_json(model_dump_full(model)))
+
+
+def model_dump_full(model: Pack | PolicyPack) -> dict:
+    return model.model_dump(mode="json", by_alias=True)
+
+
+def scope_digest(scope: Sequence[ScopeEntry]) -> str:
+    return sha256_digest(canonical_json([[s.name, s.digest] for s in sorted(scope, key=lambda s: s.name)]))
+
+
+def _defaults(action: str) -> dict[str, Any]:
+    return ACTION_DEFAULTS.get(action, PLUGIN_DEFAULTS)
+
+
+def _retry(retry: Retry | None) -> dict[str, Any]:
+    return dict(NO_RETRY) if retry is None else retry.model_dump(mode="json")
+
+
+def _idempotent(action: str, with_: dict, declared: bool | None) -> bool:
+    if declared is not None:
+        return declared
+    if action == "notify" and with_.get("kind") == "pagerduty":
+        return True  # PagerDuty deduplicates by dedup_key (the run id by default)
+    return bool(_defaults(action)["idempotent"])
+
+
+def _compensation_node(step: Step, comp: Compensation) -> dict[str, Any]:
+    from opsdsl.graph import compensation_id
+
+    return {
+        "id": compensation_id(step.id),
+        "section": "compensation",
+        "for": step.id,
+        "action": comp.action,
+        "with": comp.with_,
+        "timeout": comp.timeout if comp.timeout is not None else _defaults(comp.action)["timeout"],
+        "retry": _retry(comp.retry),
+        "idempotent": _idempotent(comp.action, comp.with_, None),
+    }
+
+
+def _step_node(step: Step, section: str, index: int) -> dict[str, Any]:
+    from opsdsl.graph import compensation_id
+
+    return {
+        "id": step.id,
+        "section": section,
+        "index": index,
+        "name": step.name or step.id,
+        "action": step.action,
+        "with": step.with_,
+        "when": step.when,
+        "timeout": step.timeout if step.timeout is not None else _defaults(step.action)["timeout"],
+        "retry": _retry(step.retry),
+        "risk": step.risk,
+        "idempotent": _idempotent(step.action, step.with_, step.idempotent),
+        "continue_on_error": step.continue_on_error,
+        "compensation": compensation_id(step.id) if step.compensate is not None else None,
+    }
+
+
+def compile_playbook(playbook: Playbook) -> dict[str, Any]:
+    from opsdsl.graph import FINALLY, MAIN, PlaybookGraph
+
+    graph = PlaybookGraph(playbook)
+    graph.validate()
+    nodes = [_step_node(s, MAIN, i) for i, s in enumerate(playbook.steps)]
+    nodes += [_step_node(s, FINALLY, i) for i, s in enumerate(playbook.finally_)]
+    nodes += [_compensation_node(s, s.compensate) for s in (*playbook.steps, *playbook.finally_) if s.compensate]
+    nodes.sort(key=lambda n: n["id"])
+    dumped = playbook.model_dump(mode="json", by_alias=True)
+    return {
+        "severity": playbook.severity,
+        "description": playbook.description,
+        "timeout": playbook.timeout,
+        "inputs": dumped["inputs"],
+        "nodes": nodes,
+        **graph.serialize(),
+    }
+
+
+def build_plan(pack: Pack, scope: Sequence[ScopeEntry]) -> dict[str, Any]:
+    """The plan of a checked pack, with the organisation policies of `scope`."""
+    digest = model_digest(pack)
+    dumped = model_dump_full(pack)
+    policies = [{**p, "origin": pack.metadata.name} for p in dumped["policies"]]
+    ordered_scope = sorted(scope, key=lambda s: s.name)
+    for entry in ordered_scope:
+        policies += [{**p.model_dump(mode="json"), "origin": entry.name} for p in entry.pack.policies]
+    return {
+        "apiVersion": PLAN_API_VERSION,
+        "kind": "Plan",
+        "compiler": {"name": "opsdsl", "version": __version__},
+        "pack": {
+            "name": pack.metadata.name,
+            "version": pack.metadata.version,
+            "owner": pack.metadata.owner,
+            "digest": digest,
+        },
+        "params": dumped["params"],
+        "triggers": dumped["triggers"],
+        "hooks": dumped["hooks"],
+        "policies": policies,
+        "policyPacks": [{"name": s.name, "version": s.version, "digest": s.digest} for s in ordered_scope],
+        "playbooks": {name: compile_playbook(pb) for name, pb in sorted(pack.playbooks.items())},
+    }
+
+
+def plan_bytes(plan: dict[str, Any]) -> bytes:
+    """The signed form of a plan: its RFC 8785 canonical JSON."""
+    return canonical_json(plan)
