@@ -156,6 +156,47 @@ def graph(pack_file: Path, playbook: str | None, fmt: str, policy_files: tuple[P
         click.echo(text, nl=False)
 
 
+@cli.command("lock")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--lock", "lock_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("opsdsl.lock"), show_default=True, help="The lock file.")
+@click.option("--restore", metavar="NAME", help="Write the locked revision of policy pack NAME back to its source file (a rollback).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --restore: write here instead of the recorded source path.")
+def lock_command(paths: tuple[Path, ...], lock_file: Path, restore: str | None, output: Path | None) -> None:
+    """Pin each pack's name, version and digest in opsdsl.lock."""
+    from opsdsl import lockfile
+
+    if restore:
+        text, source = lockfile.restore_policy_pack(lockfile.read_lock(lock_file), restore)
+        target = output or Path(source)
+        write_atomic(target, text)
+        click.echo(f"restored policy pack `{restore}` from {lock_file} to {target}")
+        return
+    if not paths:
+        raise click.UsageError("name the packs to lock, e.g. `opsdsl lock packs/`")
+    current = lockfile.analyse_current(list(paths))
+    write_atomic(lock_file, lockfile.lock_text(lockfile.lock_document(current)))
+    click.echo(f"locked {len(current)} pack{'s' if len(current) != 1 else ''} in {lock_file}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--lock", "lock_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("opsdsl.lock"), show_default=True, help="The lock file.")
+@click.option("--build", "build_dir", type=click.Path(file_okay=False, path_type=Path), help="Also check the plans in this folder (default: build/ if it exists).")
+@click.option("--no-build", is_flag=True, help="Do not check plans.")
+def drift(paths: tuple[Path, ...], lock_file: Path, build_dir: Path | None, no_build: bool) -> None:
+    """List packs that changed since the lock, and plans that no longer match their source.
+
+    Exit 0 when nothing drifted, 1 when something did.
+    """
+    from opsdsl import lockfile
+
+    if build_dir is None and not no_build and Path("build").is_dir():
+        build_dir = Path("build")
+    findings = lockfile.drift(lockfile.analyse_current(list(paths)), lockfile.read_lock(lock_file), None if no_build else build_dir)
+    click.echo(lockfile.render(findings), nl=False)
+    sys.exit(1 if findings else 0)
+
+
 def _passphrase(variable: str | None) -> bytes | None:
     name = variable or "OPSDSL_KEY_PASSPHRASE"
     value = os.environ.get(name)
