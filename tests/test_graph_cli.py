@@ -35,11 +35,6 @@ def test_mermaid_marks_risk_gates_and_compensation():
     assert "report_outcome ==>|finally| rca" in out
     high = next(line for line in out.splitlines() if line.strip().startswith("class ") and line.endswith(" high"))
     assert "scale_pool" in high.split()[1].split(",")
-        c
-        for line in out.splitlines()
-        if line.strip().startswith("class ") and line.strip().endswith(" high")
-        for c in line.split()[1].split(",")
-    ]
 
 
 def test_without_the_org_policies_the_gate_is_not_drawn():
