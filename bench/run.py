@@ -47,7 +47,7 @@ if str(REPO) not in sys.path:
 import generate  # noqa: E402  (bench/generate.py, importable beside this file)
 
 SCHEMA = REPO / "schemas" / "pack.schema.json"
-TIME, RATE = "time", "rate"
+TIME, RATE, MEMORY = "time", "rate", "memory"
 
 
 # ============================================================================================
@@ -91,6 +91,8 @@ class Row:
     def _value(self, v: float | None, note: str) -> str:
         if v is None:
             return note or "n/a"
+        if self.kind == MEMORY:
+            return f"{v / 2**20:.0f} MiB"
         return fmt_seconds(v) if self.kind == TIME else fmt_rate(v, self.unit)
 
     def cells(self) -> list[str]:
@@ -689,6 +691,157 @@ def bench_expr_vs_cel(ctx: Ctx) -> Row:
     )
 
 
+# --- compile, sign, verify ---------------------------------------------------------------
+
+
+def _signing_key(ctx: Ctx) -> Path:
+    key = ctx.tmp / "bench.key"
+    if not key.exists():
+        from opsdsl.signing import generate_key, write_private_key
+
+        write_private_key(key, generate_key(), None)
+    return key
+
+
+def bench_compile500_vs_lint(ctx: Ctx) -> Row:
+    """Wall time of a clean `opsdsl compile DIR --key K` (check, plan, sign, write) vs `opsdsl lint DIR`."""
+    out = ctx.tmp / "build-clean"
+    return ctx.compare(
+        Row(f"compile+sign {ctx.args.packs} packs vs lint", TIME, "<=", 1.3),
+        opsdsl=lambda: ctx.opsdsl(
+            "compile", str(ctx.packs_dir), "-o", str(out), "--key", str(_signing_key(ctx)), "--rebuild"
+        ),
+        baseline=lambda: ctx.opsdsl("lint", str(ctx.packs_dir), ok_codes=(0, 1)),
+    )
+
+
+def bench_recompile500_vs_lint(ctx: Ctx) -> Row:
+    """An incremental `opsdsl compile` of the unchanged tree (every plan reused) vs `opsdsl lint DIR`."""
+    out = ctx.tmp / "build-incremental"
+    return ctx.compare(
+        Row(f"re-compile {ctx.args.packs} unchanged packs vs lint", TIME, "<=", 0.5),
+        opsdsl=lambda: ctx.opsdsl("compile", str(ctx.packs_dir), "-o", str(out), "--key", str(_signing_key(ctx))),
+        baseline=lambda: ctx.opsdsl("lint", str(ctx.packs_dir), ok_codes=(0, 1)),
+    )
+
+
+def _peak_rss(argv: list[str]) -> float:
+    """Peak resident memory (bytes) of a command and the worker processes it waits for."""
+    code = (
+        "import resource, subprocess, sys; "
+        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode; "
+        "print(r, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    rc, kib = done.stdout.split()
+    if int(rc) not in (0, 1):
+        raise Failed(f"exit {rc}: {' '.join(argv[:3])}")
+    return float(kib) * 1024
+
+
+@dataclass
+class Memory:
+    """Peak RSS of a process (bytes), sampled like a time."""
+
+    argv: list[str]
+    kind: str = MEMORY
+    samples_cap: int | None = 1
+
+    def describe(self) -> str:
+        return "peak RSS of " + " ".join(shorten_path(a) for a in self.argv[:6])
+
+    def prepare(self) -> None:
+        return None
+
+    def sample(self) -> float:
+        return _peak_rss(self.argv)
+
+
+def bench_compile500_memory(ctx: Ctx) -> Row:
+    """Peak memory (largest process) of a clean 500-pack compile vs the same tree's lint."""
+    out = ctx.tmp / "build-memory"
+    key = str(_signing_key(ctx))
+    return ctx.compare(
+        Row(f"peak memory: compile {ctx.args.packs} packs vs lint", MEMORY, "<=", 2.0),
+        opsdsl=lambda: Memory(
+            [*ctx.opsdsl_argv, "compile", str(ctx.packs_dir), "-o", str(out), "--key", key, "--rebuild"]
+        ),
+        baseline=lambda: Memory([*ctx.opsdsl_argv, "lint", str(ctx.packs_dir)]),
+        reps=1,
+    )
+
+
+class VerifySuite:
+    """10,000 signed plans in memory, verified in one process."""
+
+    def __init__(self, ctx: Ctx, count: int = 10_000) -> None:
+        try:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            from opsdsl.compiler import build_plan, plan_bytes
+            from opsdsl.loader import load_file
+            from opsdsl.model import build_model
+            from opsdsl.signing import envelope_bytes, keyid, pae, sign_envelope
+        except ImportError as exc:
+            raise Unavailable(f"opsdsl.signing: {exc}") from exc
+        files = ctx.pack_files[:100]
+        payloads = [plan_bytes(build_plan(build_model(load_file(Path(f))[0].data), [])) for f in files]
+        keys = [Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i in range(count // len(payloads) + 1)]
+        self.trusted = {keyid(k.public_key()): k.public_key() for k in keys}
+        self.envelopes = []
+        self.raw = []
+        for i in range(count):
+            key, payload = keys[i // len(payloads)], payloads[i % len(payloads)]
+            self.envelopes.append(envelope_bytes(sign_envelope(payload, [key])))
+            self.raw.append(
+                (
+                    key.public_key(),
+                    key.sign(pae("application/vnd.opsdsl.plan+json", payload)),
+                    pae("application/vnd.opsdsl.plan+json", payload),
+                )
+            )
+        self.count = count
+        self.avg_payload = sum(len(p) for p in payloads) / len(payloads)
+
+    def opsdsl(self) -> Rate:
+        from opsdsl.signing import verify_envelope
+
+        trusted, envelopes = self.trusted, self.envelopes
+
+        def loop(rounds: int) -> None:
+            for _ in range(rounds):
+                for data in envelopes:
+                    verify_envelope(data, trusted, 1)
+
+        return Rate(
+            loop,
+            self.count,
+            f"opsdsl.signing.verify_envelope over {self.count} envelopes (~{self.avg_payload / 1024:.0f} KiB payloads)",
+            min_seconds=1.0,
+        )
+
+    def raw_verify(self) -> Rate:
+        raw = self.raw
+
+        def loop(rounds: int) -> None:
+            for _ in range(rounds):
+                for public, sig, signed in raw:
+                    public.verify(sig, signed)
+
+        return Rate(loop, self.count, "cryptography Ed25519PublicKey.verify on the same PAE bytes", min_seconds=1.0)
+
+
+def bench_verify10k_vs_raw(ctx: Ctx) -> Row:
+    """Envelopes verified per second (parse, decode, PAE, key lookup, verify) vs raw Ed25519 verifies."""
+    suite = VerifySuite(ctx)
+    return ctx.compare(
+        Row("verify 10,000 signed plans vs raw Ed25519 verify", RATE, ">=", 0.8, unit="plans/s"),
+        opsdsl=suite.opsdsl,
+        baseline=suite.raw_verify,
+        reps=3,
+    )
+
+
 BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_lint500_vs_cjs,
     bench_lint500_vs_pyyaml,
@@ -697,6 +850,10 @@ BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_lint1_vs_cjs,
     bench_expr_vs_lambda,
     bench_expr_vs_cel,
+    bench_compile500_vs_lint,
+    bench_recompile500_vs_lint,
+    bench_compile500_memory,
+    bench_verify10k_vs_raw,
 )
 
 

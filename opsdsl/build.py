@@ -110,7 +110,9 @@ def _reusable(previous: dict | None, source_digest: str, scope: str, out_dir: Pa
     return sha256_digest(payload) == previous.get("payloadDigest") and keyids <= _signed_by(envelope)
 
 
-def compile_file(path: Path, policies: tuple, scope: list, scope_dig: str, out_dir: Path, previous: dict | None) -> PackResult:
+def compile_file(
+    path: Path, policies: tuple, scope: list, scope_dig: str, out_dir: Path, previous: dict | None
+) -> PackResult:
     """Check, compile, sign and write one pack (or reuse its prior output)."""
     from opsdsl.signing import keyid
 
@@ -143,7 +145,7 @@ def compile_file(path: Path, policies: tuple, scope: list, scope_dig: str, out_d
         "payloadDigest": sha256_digest(payload),
         "spans": _step_spans(analysis),
     }
-    existing = _existing_envelope(target)
+    existing = _existing_envelope(target) if previous is not None else None
     if existing is not None and _payload_of(existing) == payload:
         envelope = existing
         for key in _SIGNING_KEYS:
@@ -178,7 +180,9 @@ def _compile_chunk(args: tuple) -> list[PackResult]:
     return [compile_file(p, policies, scope, scope_dig, out_dir, by_source.get(display_path(p))) for p in paths]
 
 
-def compile_paths(paths: Sequence[Path], out_dir: Path, keys: Sequence = (), jobs: int | None = None) -> BuildResult:
+def compile_paths(
+    paths: Sequence[Path], out_dir: Path, keys: Sequence = (), jobs: int | None = None, rebuild: bool = False
+) -> BuildResult:
     """Compile every pack under `paths` into `out_dir`, with the policy packs among them in scope."""
     global _SIGNING_KEYS
     missing = [p for p in paths if not p.exists()]
@@ -190,7 +194,7 @@ def compile_paths(paths: Sequence[Path], out_dir: Path, keys: Sequence = (), job
         if path.is_dir() and not any(_under(f, path) for f in files):
             results.append(PackResult(display_path(path), "failed", diagnostics=[no_packs(path, display_path(path))]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = load_manifest(out_dir)
+    manifest = {} if rebuild else load_manifest(out_dir)
 
     from opsdsl.compiler import ScopeEntry, model_digest, scope_digest
 
@@ -206,7 +210,16 @@ def compile_paths(paths: Sequence[Path], out_dir: Path, keys: Sequence = (), job
         model = analysis.model
         digest = model_digest(model)
         scope.append(ScopeEntry(model.metadata.name, model.metadata.version, digest, model))
-        policy_entries.append({"name": model.metadata.name, "version": model.metadata.version, "kind": model.kind, "source": display_path(path), "sourceDigest": _file_digest(path), "modelDigest": digest})
+        policy_entries.append(
+            {
+                "name": model.metadata.name,
+                "version": model.metadata.version,
+                "kind": model.kind,
+                "source": display_path(path),
+                "sourceDigest": _file_digest(path),
+                "modelDigest": digest,
+            }
+        )
     scope_dig = scope_digest(scope)
     policies = tuple(p for s in sorted(scope, key=lambda s: s.name) for p in s.pack.policies)
     rest = [f for f in files if f not in set(policy_files)]
@@ -254,7 +267,13 @@ def _duplicate_names(results: list[PackResult]) -> list[PackResult]:
             from opsdsl.rules import rule
 
             message = f"pack name `{r.name}` is already used by {seen[r.name]}; plans are written by pack name"
-            out.append(PackResult(r.source, "failed", diagnostics=[Diagnostic("OPS030", rule("OPS030").severity, message, Span(r.source, 1, 1))]))
+            out.append(
+                PackResult(
+                    r.source,
+                    "failed",
+                    diagnostics=[Diagnostic("OPS030", rule("OPS030").severity, message, Span(r.source, 1, 1))],
+                )
+            )
         else:
             seen[r.name] = r.source
     return out

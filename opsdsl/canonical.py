@@ -47,7 +47,9 @@ def _fast_path_exact(value: Any) -> bool:
 def canonical_json(value: Any) -> bytes:
     """RFC 8785 canonical bytes of a JSON value."""
     if _fast_path_exact(value):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+            "utf-8"
+        )
     import rfc8785
 
     return rfc8785.dumps(value)

@@ -87,12 +87,37 @@ def lint(
 
 @cli.command("compile")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build"), show_default=True, help="Folder for the signed plans and the build manifest.")
-@click.option("--key", "key_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Private key to sign with (repeatable).")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("build"),
+    show_default=True,
+    help="Folder for the signed plans and the build manifest.",
+)
+@click.option(
+    "--key",
+    "key_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Private key to sign with (repeatable).",
+)
 @click.option("--passphrase-env", metavar="VAR", help="Environment variable holding the private keys' passphrase.")
-@click.option("--emit", type=click.Choice(["model", "plan"]), help="Print one stage's output as JSON instead of writing plans.")
+@click.option(
+    "--emit", type=click.Choice(["model", "plan"]), help="Print one stage's output as JSON instead of writing plans."
+)
+@click.option("--rebuild", is_flag=True, help="Compile every pack again, ignoring the prior output.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), help="Worker processes (default: one per CPU).")
-def compile_command(paths: tuple[Path, ...], out_dir: Path, key_files: tuple[Path, ...], passphrase_env: str | None, emit: str | None, jobs: int | None) -> None:
+def compile_command(
+    paths: tuple[Path, ...],
+    out_dir: Path,
+    key_files: tuple[Path, ...],
+    passphrase_env: str | None,
+    emit: str | None,
+    rebuild: bool,
+    jobs: int | None,
+) -> None:
     """Check packs and compile each into a signed plan (a DSSE envelope) in OUT.
 
     A second compile of an unchanged tree reuses the plans already there.
@@ -107,7 +132,7 @@ def compile_command(paths: tuple[Path, ...], out_dir: Path, key_files: tuple[Pat
 
     passphrase = _passphrase(passphrase_env)
     keys = [load_private_key(path, passphrase) for path in key_files]
-    result = compile_paths(list(paths), out_dir, keys, jobs=jobs)
+    result = compile_paths(list(paths), out_dir, keys, jobs=jobs, rebuild=rebuild)
     for diagnostic in result.diagnostics:
         click.echo(diagnostic.render() + "\n", err=True)
     counts: dict[str, int] = {}
@@ -118,11 +143,22 @@ def compile_command(paths: tuple[Path, ...], out_dir: Path, key_files: tuple[Pat
         signers = len(pack.entry.get("keyids", ()))
         signed = f"signed by {signers} key{'s' if signers != 1 else ''}" if signers else "UNSIGNED"
         what = {"compiled": "compiled", "unchanged": "unchanged, kept", "reused": "unchanged, reused"}[pack.status]
-        click.echo(f"{what:<16} {pack.name} → {out_dir / pack.plan_file} ({pack.entry['payloadDigest'][:19]}…, {signed})")
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        click.echo(
+            f"{what:<16} {pack.name} → {out_dir / pack.plan_file} ({pack.entry['payloadDigest'][:19]}…, {signed})"
+        )
+    for policy_pack in result.policy_packs:
+        counts["policy pack in scope"] = counts.get("policy pack in scope", 0) + 1
+        click.echo(
+            f"{'in scope':<16} {policy_pack['name']} {policy_pack['version']} ({policy_pack['modelDigest'][:19]}…, policy pack)"
+        )
+    summary = ", ".join(
+        f"{n} {status}{'s' if status.startswith('policy') and n != 1 else ''}" for status, n in sorted(counts.items())
+    )
     click.echo(f"{sum(counts.values())} pack file{'s' if sum(counts.values()) != 1 else ''}: {summary}")
     if not keys and not result.failed:
-        click.echo("warning: plans are unsigned; `opsdsl run` refuses them until signed (--key, or `opsdsl sign`)", err=True)
+        click.echo(
+            "warning: plans are unsigned; `opsdsl run` refuses them until signed (--key, or `opsdsl sign`)", err=True
+        )
     sys.exit(1 if result.failed else 0)
 
 
@@ -130,8 +166,16 @@ def compile_command(paths: tuple[Path, ...], out_dir: Path, key_files: tuple[Pat
 @click.argument("pack_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--playbook", help="Draw only this playbook (default: all).")
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True)
-@click.option("--policy-pack", "policy_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Organisation policy pack whose approval policies to show (repeatable).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
+@click.option(
+    "--policy-pack",
+    "policy_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Organisation policy pack whose approval policies to show (repeatable).",
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout."
+)
 def graph(pack_file: Path, playbook: str | None, fmt: str, policy_files: tuple[Path, ...], output: Path | None) -> None:
     """Draw a pack's playbook DAG: risk, approval gates and compensations visible."""
     from opsdsl.drawing import draw
@@ -142,11 +186,16 @@ def graph(pack_file: Path, playbook: str | None, fmt: str, policy_files: tuple[P
     for path in policy_files:
         analysis = analyse_file(path)
         if not analysis.ok or analysis.model is None or analysis.model.kind != "PolicyPack":
-            raise OpsdslError(f"{path} is not a valid policy pack; run `opsdsl lint {path}`", tuple(analysis.diagnostics))
+            raise OpsdslError(
+                f"{path} is not a valid policy pack; run `opsdsl lint {path}`", tuple(analysis.diagnostics)
+            )
         policies.extend(analysis.model.policies)
     analysis = analyse_file(pack_file, tuple(policies))
     if not analysis.ok or analysis.model is None:
-        raise OpsdslError(f"{pack_file} has errors; run `opsdsl lint {pack_file}`", tuple(d for d in analysis.diagnostics if d.severity.value == "error"))
+        raise OpsdslError(
+            f"{pack_file} has errors; run `opsdsl lint {pack_file}`",
+            tuple(d for d in analysis.diagnostics if d.severity.value == "error"),
+        )
     if analysis.model.kind != "Pack":
         raise click.UsageError(f"{pack_file} is a policy pack; it has no playbooks to draw")
     text = draw(analysis.model, playbook, fmt, (*analysis.model.policies, *policies))
@@ -158,9 +207,25 @@ def graph(pack_file: Path, playbook: str | None, fmt: str, policy_files: tuple[P
 
 @cli.command("lock")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--lock", "lock_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("opsdsl.lock"), show_default=True, help="The lock file.")
-@click.option("--restore", metavar="NAME", help="Write the locked revision of policy pack NAME back to its source file (a rollback).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --restore: write here instead of the recorded source path.")
+@click.option(
+    "--lock",
+    "lock_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("opsdsl.lock"),
+    show_default=True,
+    help="The lock file.",
+)
+@click.option(
+    "--restore",
+    metavar="NAME",
+    help="Write the locked revision of policy pack NAME back to its source file (a rollback).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --restore: write here instead of the recorded source path.",
+)
 def lock_command(paths: tuple[Path, ...], lock_file: Path, restore: str | None, output: Path | None) -> None:
     """Pin each pack's name, version and digest in opsdsl.lock."""
     from opsdsl import lockfile
@@ -180,8 +245,20 @@ def lock_command(paths: tuple[Path, ...], lock_file: Path, restore: str | None, 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--lock", "lock_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("opsdsl.lock"), show_default=True, help="The lock file.")
-@click.option("--build", "build_dir", type=click.Path(file_okay=False, path_type=Path), help="Also check the plans in this folder (default: build/ if it exists).")
+@click.option(
+    "--lock",
+    "lock_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("opsdsl.lock"),
+    show_default=True,
+    help="The lock file.",
+)
+@click.option(
+    "--build",
+    "build_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also check the plans in this folder (default: build/ if it exists).",
+)
 @click.option("--no-build", is_flag=True, help="Do not check plans.")
 def drift(paths: tuple[Path, ...], lock_file: Path, build_dir: Path | None, no_build: bool) -> None:
     """List packs that changed since the lock, and plans that no longer match their source.
@@ -192,7 +269,9 @@ def drift(paths: tuple[Path, ...], lock_file: Path, build_dir: Path | None, no_b
 
     if build_dir is None and not no_build and Path("build").is_dir():
         build_dir = Path("build")
-    findings = lockfile.drift(lockfile.analyse_current(list(paths)), lockfile.read_lock(lock_file), None if no_build else build_dir)
+    findings = lockfile.drift(
+        lockfile.analyse_current(list(paths)), lockfile.read_lock(lock_file), None if no_build else build_dir
+    )
     click.echo(lockfile.render(findings), nl=False)
     sys.exit(1 if findings else 0)
 
@@ -228,6 +307,16 @@ def rules(code: str | None) -> None:
         return
     for item in RULES.values():
         click.echo(f"{item.code}  {item.severity.value:<7}  {item.name:<28} {item.summary}")
+
+
+def _register_signing_commands() -> None:
+    from opsdsl.cli_signing import keygen, sign, verify
+
+    for command in (keygen, sign, verify):
+        cli.add_command(command)
+
+
+_register_signing_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

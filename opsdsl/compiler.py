@@ -131,8 +131,8 @@ def compile_playbook(playbook: Playbook) -> dict[str, Any]:
 
 def build_plan(pack: Pack, scope: Sequence[ScopeEntry]) -> dict[str, Any]:
     """The plan of a checked pack, with the organisation policies of `scope`."""
-    digest = model_digest(pack)
     dumped = model_dump_full(pack)
+    digest = sha256_digest(canonical_json(dumped))
     policies = [{**p, "origin": pack.metadata.name} for p in dumped["policies"]]
     ordered_scope = sorted(scope, key=lambda s: s.name)
     for entry in ordered_scope:

@@ -36,10 +36,23 @@ def _looks(pack: Pack, playbook_name: str, policies: tuple[Policy, ...]) -> tupl
         for step in steps:
             gated = any(approval_policy_covers(p, pack, playbook_name, step) for p in policies)
             kind = "approval" if step.action == "approval" else "gated" if gated else "step"
-            detail = step.action + (f" · risk {step.risk}" if step.risk != "low" else "") + (" · needs approval" if gated else "")
+            detail = (
+                step.action
+                + (f" · risk {step.risk}" if step.risk != "low" else "")
+                + (" · needs approval" if gated else "")
+            )
             looks.append(NodeLook(step.id, step.name or step.id, detail, kind, step.risk, section))
             if step.compensate is not None:
-                looks.append(NodeLook(compensation_id(step.id), f"undo {step.id}", step.compensate.action, "compensation", "low", "compensation"))
+                looks.append(
+                    NodeLook(
+                        compensation_id(step.id),
+                        f"undo {step.id}",
+                        step.compensate.action,
+                        "compensation",
+                        "low",
+                        "compensation",
+                    )
+                )
     return looks, graph
 
 
@@ -57,7 +70,9 @@ def to_mermaid(pack: Pack, playbook_name: str, policies: tuple[Policy, ...] = ()
     shapes = {"step": ('["', '"]'), "approval": ('{"', '"}'), "gated": ('{{"', '"}}'), "compensation": ('(["', '"])')}
     for look in looks:
         left, right = shapes[look.kind]
-        lines.append(f"    {_mermaid_id(look.id)}{left}{_mermaid_text(look.title)}<br/><small>{_mermaid_text(look.detail)}</small>{right}")
+        lines.append(
+            f"    {_mermaid_id(look.id)}{left}{_mermaid_text(look.title)}<br/><small>{_mermaid_text(look.detail)}</small>{right}"
+        )
     for edge in graph.edges():
         a, b = _mermaid_id(edge.source), _mermaid_id(edge.target)
         arrow = {"needs": "-->", "sequence": "-->", "finally": "==>|finally|", "compensates": "-.->|undo|"}[edge.kind]
@@ -84,7 +99,12 @@ def _dot_string(text: str) -> str:
 def to_dot(pack: Pack, playbook_name: str, policies: tuple[Policy, ...] = ()) -> str:
     looks, graph = _looks(pack, playbook_name, policies)
     name = _dot_string(f"{pack.metadata.name}/{playbook_name}")
-    lines = [f"digraph {name} {{", "    rankdir=TB;", '    node [shape=box, style="rounded", fontname="Helvetica"];', '    edge [fontname="Helvetica", fontsize=10];']
+    lines = [
+        f"digraph {name} {{",
+        "    rankdir=TB;",
+        '    node [shape=box, style="rounded", fontname="Helvetica"];',
+        '    edge [fontname="Helvetica", fontsize=10];',
+    ]
     for look in looks:
         attrs = {"label": f"{look.title}\n{look.detail}"}
         if look.kind == "approval":
@@ -98,7 +118,12 @@ def to_dot(pack: Pack, playbook_name: str, policies: tuple[Policy, ...] = ()) ->
         rendered = ", ".join(f"{key}={_dot_string(value)}" for key, value in attrs.items())
         lines.append(f"    {_dot_string(look.id)} [{rendered}];")
     for edge in graph.edges():
-        style = {"needs": "", "sequence": "", "finally": ' [style=bold, label="finally"]', "compensates": ' [style=dashed, label="undo"]'}[edge.kind]
+        style = {
+            "needs": "",
+            "sequence": "",
+            "finally": ' [style=bold, label="finally"]',
+            "compensates": ' [style=dashed, label="undo"]',
+        }[edge.kind]
         lines.append(f"    {_dot_string(edge.source)} -> {_dot_string(edge.target)}{style};")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -107,8 +132,17 @@ def to_dot(pack: Pack, playbook_name: str, policies: tuple[Policy, ...] = ()) ->
 def to_svg(pack: Pack, playbook_name: str, policies: tuple[Policy, ...] = ()) -> str:
     dot = shutil.which("dot")
     if dot is None:
-        raise UsageError("`--format svg` needs Graphviz's `dot` program; install Graphviz (e.g. apt-get install graphviz) or use --format dot")
-    done = subprocess.run([dot, "-Tsvg"], input=to_dot(pack, playbook_name, policies), capture_output=True, text=True, timeout=60, check=False)
+        raise UsageError(
+            "`--format svg` needs Graphviz's `dot` program; install Graphviz (e.g. apt-get install graphviz) or use --format dot"
+        )
+    done = subprocess.run(
+        [dot, "-Tsvg"],
+        input=to_dot(pack, playbook_name, policies),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if done.returncode != 0:
         raise UsageError(f"Graphviz failed: {done.stderr.strip()}")
     return done.stdout

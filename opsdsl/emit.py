@@ -20,7 +20,9 @@ def emit_stage(paths: list[Path], stage: str) -> str:
     if failed:
         raise OpsdslError("packs have errors; run `opsdsl lint` for details", tuple(failed))
     models = [a.model for a in analyses if a.model is not None]
-    scope = [ScopeEntry(m.metadata.name, m.metadata.version, model_digest(m), m) for m in models if isinstance(m, PolicyPack)]
+    scope = [
+        ScopeEntry(m.metadata.name, m.metadata.version, model_digest(m), m) for m in models if isinstance(m, PolicyPack)
+    ]
     out = []
     for model in models:
         if stage == "model":

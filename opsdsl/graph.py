@@ -16,7 +16,6 @@ import networkx as nx
 from opsdsl.model import Playbook, Step
 
 MAIN, FINALLY = "steps", "finally"
-EXECUTION_EDGES = ("needs", "sequence", "finally")
 
 
 def compensation_id(step_id: str) -> str:
@@ -40,6 +39,7 @@ class PlaybookGraph:
     def __init__(self, playbook: Playbook) -> None:
         self.playbook = playbook
         self.graph = nx.DiGraph()
+        self.execution = nx.DiGraph()  # steps and the edges that order them, no compensations
         self.index: dict[str, tuple[str, int]] = {}
         for section, steps in ((MAIN, playbook.steps), (FINALLY, playbook.finally_)):
             self._add_section(section, steps)
@@ -49,60 +49,71 @@ class PlaybookGraph:
         for i, step in enumerate(steps):
             self.index[step.id] = (section, i)
             self.graph.add_node(step.id, section=section)
+            self.execution.add_node(step.id)
         for i, step in enumerate(steps):
             if step.needs is not None:
                 for need in step.needs:
-                    self.graph.add_edge(need, step.id, kind="needs")
+                    self._order(need, step.id, "needs")
             elif i:
-                self.graph.add_edge(steps[i - 1].id, step.id, kind="sequence")
+                self._order(steps[i - 1].id, step.id, "sequence")
             if step.compensate is not None:
                 comp = compensation_id(step.id)
                 self.graph.add_node(comp, section="compensation")
                 self.graph.add_edge(step.id, comp, kind="compensates")
 
+    def _order(self, before: str, after: str, kind: str) -> None:
+        self.graph.add_edge(before, after, kind=kind)
+        self.execution.add_edge(before, after)
+
     def _link_finally(self) -> None:
         main = [s.id for s in self.playbook.steps]
-        sinks = [s for s in main if not any(self.graph.edges[s, t]["kind"] in ("needs", "sequence") for t in self.graph.successors(s))]
+        sinks = [
+            s
+            for s in main
+            if not any(self.graph.edges[s, t]["kind"] in ("needs", "sequence") for t in self.graph.successors(s))
+        ]
         for entry in self.entries(FINALLY):
             for sink in sinks:
-                self.graph.add_edge(sink, entry, kind="finally")
-
-    def execution_graph(self) -> nx.DiGraph:
-        """Steps and the edges that order them (compensations left out)."""
-        view = nx.subgraph_view(self.graph, filter_node=lambda n: n in self.index, filter_edge=lambda a, b: self.graph.edges[a, b]["kind"] in EXECUTION_EDGES)
-        return view
+                self._order(sink, entry, "finally")
 
     def entries(self, section: str = MAIN) -> list[str]:
         """Steps of `section` that wait for no step of the same section, in document order."""
         steps = self.playbook.steps if section == MAIN else self.playbook.finally_
         out = []
         for step in steps:
-            preds = [p for p in self.graph.predecessors(step.id) if self.graph.edges[p, step.id]["kind"] in ("needs", "sequence")]
+            preds = [
+                p
+                for p in self.graph.predecessors(step.id)
+                if self.graph.edges[p, step.id]["kind"] in ("needs", "sequence")
+            ]
             if not preds:
                 out.append(step.id)
         return out
 
     def validate(self) -> None:
-        """1. acyclic; 2. every step reachable from an entry step."""
-        execution = self.execution_graph()
-        if not nx.is_directed_acyclic_graph(execution):
-            cycle = nx.find_cycle(execution)
+        """1. acyclic; 2. every step reachable from an entry step.
+
+        In a DAG every node is reachable from a node without predecessors, so (2) holds
+        when the only such nodes are the main section's entry steps.
+        """
+        if not nx.is_directed_acyclic_graph(self.execution):
+            cycle = nx.find_cycle(self.execution)
             raise GraphError("dependency cycle: " + " → ".join([a for a, _ in cycle] + [cycle[0][0]]))
-        reached: set[str] = set()
-        for entry in self.entries(MAIN):
-            reached.add(entry)
-            reached |= nx.descendants(execution, entry)
-        unreached = [s for s in self.index if s not in reached]
+        entries = set(self.entries(MAIN))
+        unreached = sorted(n for n, degree in self.execution.in_degree() if degree == 0 and n not in entries)
         if unreached:
-            raise GraphError("steps not reachable from an entry step: " + ", ".join(sorted(unreached)))
+            raise GraphError("steps not reachable from an entry step: " + ", ".join(unreached))
 
     def order(self) -> list[str]:
         """A topological order of the steps; ties go to document order (main before finally)."""
         rank = {sid: (0 if section == MAIN else 1, i) for sid, (section, i) in self.index.items()}
-        return list(nx.lexicographical_topological_sort(self.execution_graph(), key=lambda n: rank[n]))
+        return list(nx.lexicographical_topological_sort(self.execution, key=lambda n: rank[n]))
 
     def edges(self) -> list[Edge]:
-        return sorted((Edge(a, b, data["kind"]) for a, b, data in self.graph.edges(data=True)), key=lambda e: (e.source, e.target, e.kind))
+        return sorted(
+            (Edge(a, b, data["kind"]) for a, b, data in self.graph.edges(data=True)),
+            key=lambda e: (e.source, e.target, e.kind),
+        )
 
     def serialize(self) -> dict:
         return {

@@ -60,9 +60,18 @@ def analyse_current(paths: Sequence[Path]) -> list[Current]:
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(str(p) for p in missing)}")
     analyses = [analyse_file(p) for p in discover(paths)]
-    policies = tuple(p for a in analyses if a.model is not None and a.model.kind == "PolicyPack" for p in a.model.policies)
-    analyses = [analyse_file(a.path, policies) if a.model is not None and a.model.kind == "Pack" else a for a in analyses]
-    errors = tuple(d.with_source_line(a.document.source.line(d.span.line) if a.document else None) for a in analyses for d in a.diagnostics if d.severity is Severity.ERROR)
+    policies = tuple(
+        p for a in analyses if a.model is not None and a.model.kind == "PolicyPack" for p in a.model.policies
+    )
+    analyses = [
+        analyse_file(a.path, policies) if a.model is not None and a.model.kind == "Pack" else a for a in analyses
+    ]
+    errors = tuple(
+        d.with_source_line(a.document.source.line(d.span.line) if a.document else None)
+        for a in analyses
+        for d in a.diagnostics
+        if d.severity is Severity.ERROR
+    )
     if errors:
         raise OpsdslError("packs have errors; fix them first (`opsdsl lint`)", errors)
     if not analyses:
@@ -70,7 +79,17 @@ def analyse_current(paths: Sequence[Path]) -> list[Current]:
     out = []
     for a in analyses:
         m = a.model
-        out.append(Current(m.metadata.name, m.kind, m.metadata.version, display_path(a.path), sha256_digest(a.path.read_bytes()), model_digest(m), m))
+        out.append(
+            Current(
+                m.metadata.name,
+                m.kind,
+                m.metadata.version,
+                display_path(a.path),
+                sha256_digest(a.path.read_bytes()),
+                model_digest(m),
+                m,
+            )
+        )
     names = [c.name for c in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -81,7 +100,13 @@ def analyse_current(paths: Sequence[Path]) -> list[Current]:
 def lock_document(current: Sequence[Current]) -> dict[str, Any]:
     packs = {}
     for c in current:
-        entry = {"kind": c.kind, "version": c.version, "source": c.source, "sourceDigest": c.source_digest, "modelDigest": c.model_digest}
+        entry = {
+            "kind": c.kind,
+            "version": c.version,
+            "source": c.source,
+            "sourceDigest": c.source_digest,
+            "modelDigest": c.model_digest,
+        }
         if c.kind == "PolicyPack":
             entry["model"] = c.model.model_dump(mode="json", by_alias=True, exclude_none=True)
         packs[c.name] = entry
@@ -99,7 +124,11 @@ def read_lock(path: Path) -> dict[str, Any]:
         raise LockError(f"{path}: no lock file; create one with `opsdsl lock PATH...`") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise LockError(f"{path}: not a readable lock file: {exc}") from None
-    if not isinstance(document, dict) or document.get("lockVersion") != LOCK_VERSION or not isinstance(document.get("packs"), dict):
+    if (
+        not isinstance(document, dict)
+        or document.get("lockVersion") != LOCK_VERSION
+        or not isinstance(document.get("packs"), dict)
+    ):
         raise LockError(f"{path}: not an opsdsl lock file (lockVersion {LOCK_VERSION} expected)")
     return document
 
@@ -110,7 +139,9 @@ def drift(current: Sequence[Current], lock: dict[str, Any], build_dir: Path | No
     locked: dict[str, dict] = lock["packs"]
     now = {c.name: c for c in current}
     for name in sorted(set(locked) - set(now)):
-        findings.append(Finding("missing", name, f"`{name}` is locked ({locked[name].get('source')}) but no longer among the packs"))
+        findings.append(
+            Finding("missing", name, f"`{name}` is locked ({locked[name].get('source')}) but no longer among the packs")
+        )
     for name in sorted(set(now) - set(locked)):
         findings.append(Finding("new", name, f"`{name}` ({now[name].source}) is not in the lock; run `opsdsl lock`"))
     for name in sorted(set(now) & set(locked)):
@@ -118,9 +149,21 @@ def drift(current: Sequence[Current], lock: dict[str, Any], build_dir: Path | No
         if c.model_digest == entry.get("modelDigest"):
             continue
         if c.version == entry.get("version"):
-            findings.append(Finding("unversioned-change", name, f"`{name}` {c.version} changed since it was locked, without a version bump"))
+            findings.append(
+                Finding(
+                    "unversioned-change",
+                    name,
+                    f"`{name}` {c.version} changed since it was locked, without a version bump",
+                )
+            )
         else:
-            findings.append(Finding("changed", name, f"`{name}` changed since it was locked ({entry.get('version')} → {c.version}); run `opsdsl lock` to accept it"))
+            findings.append(
+                Finding(
+                    "changed",
+                    name,
+                    f"`{name}` changed since it was locked ({entry.get('version')} → {c.version}); run `opsdsl lock` to accept it",
+                )
+            )
     if build_dir is not None:
         findings.extend(plan_drift(current, build_dir))
     return findings
@@ -140,17 +183,29 @@ def plan_drift(current: Sequence[Current], build_dir: Path) -> list[Finding]:
         try:
             plan = json.loads(base64.b64decode(parse_envelope(path.read_bytes())["payload"]))
         except FileNotFoundError:
-            findings.append(Finding("no-plan", c.name, f"`{c.name}` has no plan in {display_path(build_dir)}; run `opsdsl compile`"))
+            findings.append(
+                Finding("no-plan", c.name, f"`{c.name}` has no plan in {display_path(build_dir)}; run `opsdsl compile`")
+            )
             continue
         except Exception as exc:  # any unreadable plan is drift, and says why
             findings.append(Finding("stale-plan", c.name, f"{display_path(path)} cannot be read ({exc}); rebuild it"))
             continue
         if plan.get("pack", {}).get("digest") != c.model_digest:
-            findings.append(Finding("stale-plan", c.name, f"{display_path(path)} was built from a different version of {c.source}; rebuild it"))
+            findings.append(
+                Finding(
+                    "stale-plan",
+                    c.name,
+                    f"{display_path(path)} was built from a different version of {c.source}; rebuild it",
+                )
+            )
             continue
         planned_scope = {p.get("name"): p.get("digest") for p in plan.get("policyPacks", ())}
         if planned_scope != scope:
-            findings.append(Finding("stale-plan", c.name, f"{display_path(path)} was built with other policy packs in scope; rebuild it"))
+            findings.append(
+                Finding(
+                    "stale-plan", c.name, f"{display_path(path)} was built with other policy packs in scope; rebuild it"
+                )
+            )
     return findings
 
 
@@ -162,9 +217,13 @@ def restore_policy_pack(lock: dict[str, Any], name: str) -> tuple[str, str]:
     if entry is None:
         raise LockError(f"`{name}` is not in the lock")
     if entry.get("kind") != "PolicyPack" or "model" not in entry:
-        raise LockError(f"`{name}` is a {entry.get('kind')}; only policy packs can be restored from the lock (packs are restored from version control)")
+        raise LockError(
+            f"`{name}` is a {entry.get('kind')}; only policy packs can be restored from the lock (packs are restored from version control)"
+        )
     model = entry["model"]
-    text = f"# Restored from opsdsl.lock: {name} {entry['version']} ({entry['modelDigest']}).\n" + yaml.safe_dump(model, sort_keys=False, allow_unicode=True, width=100)
+    text = f"# Restored from opsdsl.lock: {name} {entry['version']} ({entry['modelDigest']}).\n" + yaml.safe_dump(
+        model, sort_keys=False, allow_unicode=True, width=100
+    )
     return text, entry.get("source", f"{name}.yaml")
 
 

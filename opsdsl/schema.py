@@ -368,8 +368,14 @@ class _Compiler:
         if "const" in schema:
             const = schema["const"]
 
+            const_is_str = type(const) is str
+
             def const_check(v, p, e):
-                if type(v) is str and v == const:
+                if type(v) is str and const_is_str:
+                    if v != const:
+                        e.append(
+                            Problem("OPS013", p, f"`{_shown(v)}` is not allowed{_where(p)}: expected `{_shown(const)}`")
+                        )
                     return
                 if not _json_equal(v, const):
                     e.append(
