@@ -41,7 +41,9 @@ def test_no_drift_then_an_edit_without_version_bump(tree: Path):
     path.write_text(path.read_text().replace("default: 250", "default: 300", 1))
     result = opsdsl("drift", "packs/", "--no-build", cwd=tree)
     assert result.returncode == 1
-    assert result.stdout == "unversioned-change  `sqlx-sev2` 4.0.0 changed since it was locked, without a version bump\n"
+    assert (
+        result.stdout == "unversioned-change  `sqlx-sev2` 4.0.0 changed since it was locked, without a version bump\n"
+    )
 
 
 def test_reformatting_is_not_drift(tree: Path):
@@ -53,7 +55,11 @@ def test_reformatting_is_not_drift(tree: Path):
 def test_version_bump_new_and_missing_packs(tree: Path):
     (tree / "packs" / "sev4.yaml").unlink()
     path = tree / "packs" / "sev1.yaml"
-    path.write_text(path.read_text().replace("version: 4.0.0", "version: 4.1.0", 1).replace("name: sqlx-sev1", "name: sqlx-sev1b", 1))
+    path.write_text(
+        path.read_text()
+        .replace("version: 4.0.0", "version: 4.1.0", 1)
+        .replace("name: sqlx-sev1", "name: sqlx-sev1b", 1)
+    )
     result = opsdsl("drift", "packs/", "--no-build", cwd=tree)
     assert result.returncode == 1
     kinds = [line.split()[0] for line in result.stdout.splitlines()]
