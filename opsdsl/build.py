@@ -127,11 +127,10 @@ def compile_file(
         return PackResult(shown, "failed", diagnostics=_with_lines(errors, analysis))
     if analysis.model.kind != "Pack":
         return PackResult(shown, "failed")  # policy packs are compiled into every plan instead
-    from opsdsl.compiler import build_plan, plan_bytes
+    from opsdsl.compiler import compile_pack
     from opsdsl.signing import add_signature, envelope_bytes, sign_envelope
 
-    plan = build_plan(analysis.model, scope)
-    payload = plan_bytes(plan)
+    plan, payload = compile_pack(analysis.model, scope)
     target = plan_path(out_dir, analysis.model.metadata.name)
     entry = {
         "name": analysis.model.metadata.name,

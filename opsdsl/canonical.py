@@ -44,9 +44,18 @@ def _fast_path_exact(value: Any) -> bool:
     return True
 
 
-def canonical_json(value: Any) -> bytes:
-    """RFC 8785 canonical bytes of a JSON value."""
-    if _fast_path_exact(value):
+def is_fast_path_exact(value: Any) -> bool:
+    """Whether `canonical_json` can take its fast path for `value` (see the module doc)."""
+    return _fast_path_exact(value)
+
+
+def canonical_json(value: Any, *, known_exact: bool = False) -> bytes:
+    """RFC 8785 canonical bytes of a JSON value.
+
+    `known_exact` skips the check for values built only from parts that passed
+    `is_fast_path_exact` plus ASCII keys and safe integers (the compiler's plans).
+    """
+    if known_exact or _fast_path_exact(value):
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
             "utf-8"
         )

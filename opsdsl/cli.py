@@ -281,7 +281,7 @@ def _passphrase(variable: str | None) -> bytes | None:
     value = os.environ.get(name)
     if variable and value is None:
         raise click.UsageError(f"environment variable {variable} is not set")
-    return value.encode() if value is not None else None
+    return value.encode() if value else None  # empty means unset, as for `opsdsl sign`
 
 
 @cli.command()

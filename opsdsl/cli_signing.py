@@ -103,8 +103,9 @@ def verify(
         trusted, names = {}, {}
         for path in key_paths:
             public_key = load_public_key(path)
-            trusted[keyid(public_key)] = public_key
-            names.setdefault(keyid(public_key), str(path))
+            kid = keyid(public_key)
+            trusted[kid] = public_key
+            names.setdefault(kid, str(path))
         required = threshold or 1
         if required > len(trusted):
             raise UsageError(f"--threshold {required} is more than the {len(trusted)} distinct key(s) given")

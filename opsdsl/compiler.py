@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opsdsl import __version__
-from opsdsl.canonical import canonical_json, sha256_digest
+from opsdsl.canonical import canonical_json, is_fast_path_exact, sha256_digest
 from opsdsl.model import Compensation, Pack, Playbook, PolicyPack, Retry, Step
 
 PLAN_API_VERSION = "opsdsl/v1"
@@ -109,7 +109,7 @@ def _step_node(step: Step, section: str, index: int) -> dict[str, Any]:
     }
 
 
-def compile_playbook(playbook: Playbook) -> dict[str, Any]:
+def compile_playbook(playbook: Playbook, dumped: dict[str, Any] | None = None) -> dict[str, Any]:
     from opsdsl.graph import FINALLY, MAIN, PlaybookGraph
 
     graph = PlaybookGraph(playbook)
@@ -118,7 +118,7 @@ def compile_playbook(playbook: Playbook) -> dict[str, Any]:
     nodes += [_step_node(s, FINALLY, i) for i, s in enumerate(playbook.finally_)]
     nodes += [_compensation_node(s, s.compensate) for s in (*playbook.steps, *playbook.finally_) if s.compensate]
     nodes.sort(key=lambda n: n["id"])
-    dumped = playbook.model_dump(mode="json", by_alias=True)
+    dumped = dumped if dumped is not None else playbook.model_dump(mode="json", by_alias=True)
     return {
         "severity": playbook.severity,
         "description": playbook.description,
@@ -131,13 +131,26 @@ def compile_playbook(playbook: Playbook) -> dict[str, Any]:
 
 def build_plan(pack: Pack, scope: Sequence[ScopeEntry]) -> dict[str, Any]:
     """The plan of a checked pack, with the organisation policies of `scope`."""
+    return _build(pack, scope)[0]
+
+
+def compile_pack(pack: Pack, scope: Sequence[ScopeEntry]) -> tuple[dict[str, Any], bytes]:
+    """The plan of a checked pack and its canonical bytes (what gets signed)."""
+    plan, exact = _build(pack, scope)
+    # Everything in the plan comes from model dumps checked in _build, ASCII keys and
+    # safe integers, so the fast canonical form is exact whenever theirs was.
+    return plan, canonical_json(plan, known_exact=exact)
+
+
+def _build(pack: Pack, scope: Sequence[ScopeEntry]) -> tuple[dict[str, Any], bool]:
     dumped = model_dump_full(pack)
-    digest = sha256_digest(canonical_json(dumped))
+    exact = is_fast_path_exact(dumped) and all(is_fast_path_exact(s.pack.model_dump(mode="json")) for s in scope)
+    digest = sha256_digest(canonical_json(dumped, known_exact=exact))
     policies = [{**p, "origin": pack.metadata.name} for p in dumped["policies"]]
     ordered_scope = sorted(scope, key=lambda s: s.name)
     for entry in ordered_scope:
         policies += [{**p.model_dump(mode="json"), "origin": entry.name} for p in entry.pack.policies]
-    return {
+    plan = {
         "apiVersion": PLAN_API_VERSION,
         "kind": "Plan",
         "compiler": {"name": "opsdsl", "version": __version__},
@@ -152,8 +165,11 @@ def build_plan(pack: Pack, scope: Sequence[ScopeEntry]) -> dict[str, Any]:
         "hooks": dumped["hooks"],
         "policies": policies,
         "policyPacks": [{"name": s.name, "version": s.version, "digest": s.digest} for s in ordered_scope],
-        "playbooks": {name: compile_playbook(pb) for name, pb in sorted(pack.playbooks.items())},
+        "playbooks": {
+            name: compile_playbook(pb, dumped["playbooks"][name]) for name, pb in sorted(pack.playbooks.items())
+        },
     }
+    return plan, exact
 
 
 def plan_bytes(plan: dict[str, Any]) -> bytes:

@@ -146,3 +146,14 @@ def test_plans_are_identical_from_another_directory(tmp_path: Path):
     ]
     b = sorted(plan_bytes(build_plan(m, scope)) for m in models if m.kind == "Pack")
     assert sorted(a) == b
+
+
+def test_compile_pack_bytes_equal_the_reference_canonical_form():
+    import rfc8785
+
+    from opsdsl.compiler import compile_pack
+
+    packs, scope = pack_models()
+    for pack in packs:
+        plan, data = compile_pack(pack, scope)
+        assert data == rfc8785.dumps(plan)
