@@ -444,8 +444,12 @@ class _Compiler:
 
     def combinators(self, schema: dict, noun: str) -> list[Check]:
         checks: list[Check] = []
-        for sub in schema.get("allOf", ()):
-            checks.append(self.compile(sub, noun))
+        dispatch = _discriminator(schema.get("allOf", ()))
+        if dispatch is not None:
+            checks.append(self.dispatch(*dispatch, noun))
+        else:
+            for sub in schema.get("allOf", ()):
+                checks.append(self.compile(sub, noun))
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 checks.append(self.alternatives(schema[key], noun, exactly_one=key == "oneOf"))
@@ -466,19 +470,45 @@ class _Compiler:
 
             checks.append(negation)
         if "if" in schema:
-            condition = self.compile(schema["if"], noun)
+            condition = self.predicate(schema["if"], noun)
             then = self.compile(schema["then"], noun) if "then" in schema else None
             otherwise = self.compile(schema["else"], noun) if "else" in schema else None
 
             def conditional(v, p, e):
-                probe: list = []
-                condition(v, p, probe)
-                branch = then if not probe else otherwise
+                branch = then if condition(v, p) else otherwise
                 if branch is not None:
                     branch(v, p, e)
 
             checks.append(conditional)
         return checks
+
+    def predicate(self, schema: dict, noun: str) -> Callable[[Any, Path_], bool]:
+        """Whether a value matches `schema`, without building messages (for `if`)."""
+        test = _const_property(schema)
+        if test is not None:
+            name, const = test
+            return lambda v, p: type(v) is dict and name in v and _json_equal(v[name], const)
+        check = self.compile(schema, noun)
+
+        def matches(v, p):
+            probe: list = []
+            check(v, p, probe)
+            return not probe
+
+        return matches
+
+    def dispatch(self, name: str, branches: dict[str, Any], noun: str) -> Check:
+        """`allOf` of `if {name: const C} then S` entries: look the branch up instead."""
+        compiled = {const: self.compile(then, noun) for const, then in branches.items()}
+
+        def check(v, p, e):
+            if type(v) is dict:
+                value = v.get(name)
+                branch = compiled.get(value) if type(value) is str else None
+                if branch is not None:
+                    branch(v, p, e)
+
+        return check
 
     def alternatives(self, options: list, noun: str, exactly_one: bool) -> Check:
         compiled = [self.compile(o, noun) for o in options]
@@ -503,6 +533,38 @@ class _Compiler:
                 e.extend(min(results, key=len))
 
         return check
+
+
+def _const_property(schema: Any) -> tuple[str, Any] | None:
+    """`(name, C)` for a schema that says exactly "property `name` is present and is C"."""
+    if not isinstance(schema, dict) or set(schema) != {"properties", "required"}:
+        return None
+    props = schema["properties"]
+    if len(props) != 1 or schema["required"] != list(props):
+        return None
+    ((name, inner),) = props.items()
+    return (name, inner["const"]) if isinstance(inner, dict) and set(inner) == {"const"} else None
+
+
+def _discriminator(entries: Any) -> tuple[str, dict[str, Any]] | None:
+    """An `allOf` whose every entry is `if {name: const C} then S` on one property name."""
+    if not entries:
+        return None
+    name, branches = None, {}
+    for entry in entries:
+        if not isinstance(entry, dict) or set(entry) != {"if", "then"}:
+            return None
+        test = _const_property(entry["if"])
+        if (
+            test is None
+            or not isinstance(test[1], str)
+            or (name is not None and test[0] != name)
+            or test[1] in branches
+        ):
+            return None
+        name = test[0]
+        branches[test[1]] = entry["then"]
+    return name, branches
 
 
 @cache
