@@ -1,18 +1,20 @@
 """`opsdsl compile`: check packs, build their plans, sign them, and write them with a
 build manifest, reusing prior output where nothing that goes into a plan changed.
 
+A build is all or nothing: packs are planned first (in worker processes for big trees),
+and only when every pack and every policy pack in scope is free of errors, and pack
+names are unique, are plans signed and written, then the manifest, last.
+
 The manifest (`manifest.json` in the output folder) records, per pack, the source
 file's sha256, the model digest, the digest of its policy scope, the plan payload's
 digest, the signers' key ids and each step's source position. A pack whose source,
 scope and compiler version are unchanged, and whose plan file still holds the recorded
-payload signed by the requested keys, is not even parsed again.
+payload with valid signatures by the requested keys, is not even parsed again.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +22,13 @@ from typing import Any
 
 from opsdsl import __version__
 from opsdsl.canonical import sha256_digest
-from opsdsl.errors import Diagnostic, Severity, UsageError
+from opsdsl.errors import Diagnostic, Severity, Span
 from opsdsl.loader import discover, display_path
-from opsdsl.pipeline import analyse_file, no_packs
+from opsdsl.pipeline import analyse_file, empty_folders, looks_like_policy_pack, map_files, missing_paths
+from opsdsl.rules import rule
 
 MANIFEST = "manifest.json"
 PLAN_SUFFIX = ".plan.dsse.json"
-_POLICY_PACK = re.compile(rb"^kind:\s*['\"]?PolicyPack\b", re.MULTILINE)
-PARALLEL_MIN_FILES = 16
-
-# Signing keys for this build; set before worker processes fork, so they inherit them.
-_SIGNING_KEYS: tuple = ()
 
 
 @dataclass
@@ -38,11 +36,12 @@ class PackResult:
     """What happened to one pack file."""
 
     source: str
-    status: str  # "compiled" | "unchanged" | "reused" | "failed"
+    status: str  # "planned" → "compiled" | "unchanged"; "reused"; "policy-pack"; "failed"
     name: str | None = None
     plan_file: str | None = None
     entry: dict[str, Any] | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    payload: bytes | None = None
 
 
 @dataclass
@@ -71,8 +70,14 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     return manifest if isinstance(manifest, dict) and manifest.get("compiler") == __version__ else {}
 
 
-def _file_digest(path: Path) -> str:
-    return sha256_digest(path.read_bytes())
+def _error(source: str, code: str, message: str, span: Span | None = None, hint: str | None = None) -> PackResult:
+    diagnostic = Diagnostic(code, rule(code).severity, message, span or Span(source, 1, 1), hint)
+    return PackResult(source, "failed", diagnostics=[diagnostic])
+
+
+def _with_lines(diagnostics: list[Diagnostic], analysis) -> list[Diagnostic]:
+    source = analysis.document.source if analysis.document else None
+    return [d.with_source_line(source.line(d.span.line) if source else None) for d in diagnostics]
 
 
 def _step_spans(analysis) -> dict[str, dict[str, str]]:
@@ -85,200 +90,208 @@ def _step_spans(analysis) -> dict[str, dict[str, str]]:
     return spans
 
 
-def _signed_by(envelope: dict) -> set[str]:
-    return {s.get("keyid") for s in envelope.get("signatures", ())}
-
-
-def _existing_envelope(path: Path) -> dict | None:
+def _read_envelope(path: Path) -> dict | None:
     from opsdsl.signing import parse_envelope
 
     try:
         return parse_envelope(path.read_bytes())
-    except Exception:
+    except Exception:  # a missing or damaged plan file is simply rebuilt
         return None
 
 
-def _reusable(previous: dict | None, source_digest: str, scope: str, out_dir: Path, keyids: set[str]) -> bool:
+def _reusable(previous: dict | None, source_digest: str, scope: str, out_dir: Path, public_keys: dict) -> bool:
+    """The prior plan still holds what this source would compile to, validly signed."""
     if not previous or previous.get("sourceDigest") != source_digest or previous.get("scopeDigest") != scope:
         return False
-    envelope = _existing_envelope(out_dir / previous["plan"])
+    envelope = _read_envelope(out_dir / previous.get("plan", ""))
     if envelope is None:
         return False
-    import base64
+    from opsdsl.signing import SignatureError, decode_base64, verify_envelope
 
-    payload = base64.b64decode(envelope["payload"])
-    return sha256_digest(payload) == previous.get("payloadDigest") and keyids <= _signed_by(envelope)
+    if sha256_digest(decode_base64(envelope["payload"])) != previous.get("payloadDigest"):
+        return False
+    if public_keys:
+        try:
+            verify_envelope(envelope, public_keys, len(public_keys))
+        except SignatureError:
+            return False
+    return True
 
 
-def compile_file(
-    path: Path, policies: tuple, scope: list, scope_dig: str, out_dir: Path, previous: dict | None
-) -> PackResult:
-    """Check, compile, sign and write one pack (or reuse its prior output)."""
-    from opsdsl.signing import keyid
-
+def plan_file(path: Path, scope: list, scope_dig: str, out_dir: Path, previous: dict | None, public_keys: dict) -> PackResult:
+    """Check and plan one pack (or find its prior plan reusable). Writes nothing."""
     shown = display_path(path)
-    source_digest = _file_digest(path)
-    keyids = {keyid(k.public_key()) for k in _SIGNING_KEYS}
-    if _reusable(previous, source_digest, scope_dig, out_dir, keyids):
+    try:
+        source_digest = sha256_digest(path.read_bytes())
+    except OSError:
+        source_digest = None  # analyse_file reports why (OPS001)
+    if source_digest and _reusable(previous, source_digest, scope_dig, out_dir, public_keys):
         return PackResult(shown, "reused", previous["name"], previous["plan"], previous)
+    policies = tuple(p for s in scope for p in s.pack.policies)
     analysis = analyse_file(path, policies)
     errors = [d for d in analysis.diagnostics if d.severity is Severity.ERROR]
     if errors or analysis.model is None:
         return PackResult(shown, "failed", diagnostics=_with_lines(errors, analysis))
-    if analysis.model.kind != "Pack":
-        return PackResult(shown, "failed")  # policy packs are compiled into every plan instead
-    from opsdsl.compiler import compile_pack
-    from opsdsl.signing import add_signature, envelope_bytes, sign_envelope
+    model = analysis.model
+    if model.kind != "Pack":
+        return PackResult(shown, "policy-pack", model.metadata.name)
+    from opsdsl.compiler import CompileError, compile_pack
 
-    plan, payload = compile_pack(analysis.model, scope)
-    target = plan_path(out_dir, analysis.model.metadata.name)
+    try:
+        plan, payload = compile_pack(model, scope)
+    except CompileError as exc:
+        return _error(shown, "OPS034", str(exc), analysis.document.span(("playbooks",)))
     entry = {
-        "name": analysis.model.metadata.name,
-        "version": analysis.model.metadata.version,
+        "name": model.metadata.name,
+        "version": model.metadata.version,
         "kind": "Pack",
         "source": shown,
         "sourceDigest": source_digest,
         "modelDigest": plan["pack"]["digest"],
         "scopeDigest": scope_dig,
-        "plan": target.name,
+        "plan": plan_path(out_dir, model.metadata.name).name,
         "payloadDigest": sha256_digest(payload),
         "spans": _step_spans(analysis),
     }
-    existing = _existing_envelope(target) if previous is not None else None
-    if existing is not None and _payload_of(existing) == payload:
-        envelope = existing
-        for key in _SIGNING_KEYS:
-            if keyid(key.public_key()) not in _signed_by(envelope):
-                envelope = add_signature(envelope, key)
-        status = "unchanged" if envelope is existing else "compiled"
-    else:
-        envelope = sign_envelope(payload, list(_SIGNING_KEYS))
-        status = "compiled"
-    if envelope is not existing:
-        from opsdsl.files import write_atomic_bytes
-
-        write_atomic_bytes(target, envelope_bytes(envelope))
-    entry["keyids"] = sorted(_signed_by(envelope))
-    return PackResult(shown, status, entry["name"], target.name, entry)
+    return PackResult(shown, "planned", model.metadata.name, entry["plan"], entry, payload=payload)
 
 
-def _payload_of(envelope: dict) -> bytes:
-    import base64
+def _plan_chunk(args: tuple) -> list[PackResult]:
+    paths, scope, scope_dig, out_dir, manifest, public_bytes = args
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    return base64.b64decode(envelope["payload"])
+    from opsdsl.signing import keyid
 
-
-def _with_lines(diagnostics: list[Diagnostic], analysis) -> list[Diagnostic]:
-    source = analysis.document.source if analysis.document else None
-    return [d.with_source_line(source.line(d.span.line) if source else None) for d in diagnostics]
-
-
-def _compile_chunk(args: tuple) -> list[PackResult]:
-    paths, policies, scope, scope_dig, out_dir, manifest = args
-    by_source = {e.get("source"): e for e in manifest.get("packs", {}).values()}
-    return [compile_file(p, policies, scope, scope_dig, out_dir, by_source.get(display_path(p))) for p in paths]
+    public_keys = {}
+    for raw in public_bytes:
+        key = Ed25519PublicKey.from_public_bytes(raw)
+        public_keys[keyid(key)] = key
+    by_source = {e.get("source"): e for e in manifest.get("packs", {}).values() if isinstance(e, dict)}
+    return [plan_file(p, scope, scope_dig, out_dir, by_source.get(display_path(p)), public_keys) for p in paths]
 
 
-def compile_paths(
-    paths: Sequence[Path], out_dir: Path, keys: Sequence = (), jobs: int | None = None, rebuild: bool = False
-) -> BuildResult:
-    """Compile every pack under `paths` into `out_dir`, with the policy packs among them in scope."""
-    global _SIGNING_KEYS
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise UsageError(f"no such file or folder: {', '.join(str(p) for p in missing)}")
-    files = discover(paths)
-    results: list[PackResult] = []
-    for path in paths:
-        if path.is_dir() and not any(_under(f, path) for f in files):
-            results.append(PackResult(display_path(path), "failed", diagnostics=[no_packs(path, display_path(path))]))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {} if rebuild else load_manifest(out_dir)
+def _policy_scope(files: list[Path]) -> tuple[list, list[dict], list[PackResult], list[Path]]:
+    """Analyse the files that look like policy packs: the real ones form the scope."""
+    from opsdsl.compiler import ScopeEntry, model_digest
 
-    from opsdsl.compiler import ScopeEntry, model_digest, scope_digest
-
-    policy_files = [f for f in files if _looks_like_policy_pack(f)]
-    scope: list[ScopeEntry] = []
-    policy_entries = []
-    for path in policy_files:
+    scope, entries, failures, packs = [], [], [], []
+    for path in files:
         analysis = analyse_file(path)
         errors = [d for d in analysis.diagnostics if d.severity is Severity.ERROR]
         if errors or analysis.model is None:
-            results.append(PackResult(display_path(path), "failed", diagnostics=_with_lines(errors, analysis)))
+            failures.append(PackResult(display_path(path), "failed", diagnostics=_with_lines(errors, analysis)))
             continue
         model = analysis.model
+        if model.kind != "PolicyPack":
+            packs.append(path)
+            continue
         digest = model_digest(model)
         scope.append(ScopeEntry(model.metadata.name, model.metadata.version, digest, model))
-        policy_entries.append(
-            {
-                "name": model.metadata.name,
-                "version": model.metadata.version,
-                "kind": model.kind,
-                "source": display_path(path),
-                "sourceDigest": _file_digest(path),
-                "modelDigest": digest,
-            }
-        )
-    scope_dig = scope_digest(scope)
-    policies = tuple(p for s in sorted(scope, key=lambda s: s.name) for p in s.pack.policies)
-    rest = [f for f in files if f not in set(policy_files)]
-
-    _SIGNING_KEYS = tuple(keys)
-    try:
-        results.extend(_compile_many(rest, policies, scope, scope_dig, out_dir, manifest, jobs))
-    finally:
-        _SIGNING_KEYS = ()
-    results.extend(_duplicate_names(results))
-    result = BuildResult(results, policy_entries)
-    if not result.failed:
-        write_manifest(out_dir, result)
-    return result
+        entries.append({"name": model.metadata.name, "version": model.metadata.version, "kind": model.kind, "source": display_path(path), "sourceDigest": sha256_digest(path.read_bytes()), "modelDigest": digest, "nameSpan": analysis.document.span(("metadata", "name"))})
+    return scope, entries, failures, packs
 
 
-def _compile_many(files: list[Path], policies, scope, scope_dig, out_dir, manifest, jobs) -> list[PackResult]:
-    jobs = jobs or os.cpu_count() or 1
-    if jobs <= 1 or len(files) < PARALLEL_MIN_FILES:
-        return _compile_chunk((files, policies, scope, scope_dig, out_dir, manifest))
-    import multiprocessing
-
-    from opsdsl.pipeline import warm_up
-
-    warm_up()
-    import opsdsl.compiler
-    import opsdsl.graph
-    import opsdsl.signing  # noqa: F401
-
-    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-    chunks = [files[i::jobs] for i in range(jobs)]
-    with context.Pool(jobs) as pool:
-        parts = pool.map(_compile_chunk, [(c, policies, scope, scope_dig, out_dir, manifest) for c in chunks])
-    return sorted((r for part in parts for r in part), key=lambda r: r.source)
+def _scope_problems(entries: list[dict], scope: list) -> list[PackResult]:
+    """Policy packs must have unique names, and their policies unique ids."""
+    problems = []
+    seen: dict[str, str] = {}
+    for entry in sorted(entries, key=lambda e: e["source"]):
+        if entry["name"] in seen:
+            problems.append(_error(entry["source"], "OPS030", f"policy pack name `{entry['name']}` is already used by {seen[entry['name']]}", entry["nameSpan"]))
+        seen.setdefault(entry["name"], entry["source"])
+    ids: dict[str, str] = {}
+    for item in scope:
+        for policy in item.pack.policies:
+            if policy.id in ids and ids[policy.id] != item.name:
+                problems.append(_error(next(e["source"] for e in entries if e["name"] == item.name), "OPS030", f"policy id `{policy.id}` is used by policy packs `{ids[policy.id]}` and `{item.name}`"))
+            ids.setdefault(policy.id, item.name)
+    return problems
 
 
 def _duplicate_names(results: list[PackResult]) -> list[PackResult]:
     seen: dict[str, str] = {}
     out = []
     for r in sorted(results, key=lambda r: r.source):
-        if r.name is None:
+        if r.name is None or r.status not in ("planned", "reused"):
             continue
         if r.name in seen:
-            from opsdsl.errors import Span
-            from opsdsl.rules import rule
-
-            message = f"pack name `{r.name}` is already used by {seen[r.name]}; plans are written by pack name"
-            out.append(
-                PackResult(
-                    r.source,
-                    "failed",
-                    diagnostics=[Diagnostic("OPS030", rule("OPS030").severity, message, Span(r.source, 1, 1))],
-                )
-            )
+            out.append(_error(r.source, "OPS030", f"pack name `{r.name}` is already used by {seen[r.name]}", hint="plans are written by pack name, so names must be unique"))
         else:
             seen[r.name] = r.source
     return out
 
 
-def write_manifest(out_dir: Path, result: BuildResult) -> None:
+def compile_paths(paths: Sequence[Path], out_dir: Path, keys: Sequence = (), jobs: int | None = None, rebuild: bool = False, exclude: Sequence[str] = ()) -> BuildResult:
+    """Compile every pack under `paths` into `out_dir`, with the policy packs among them in scope."""
+    from opsdsl.compiler import scope_digest
+
+    missing_paths(paths)
+    files = discover(paths, exclude)
+    results = [PackResult(d.span.file, "failed", diagnostics=[d]) for d in empty_folders(paths, files)]
+    manifest = {} if rebuild else load_manifest(out_dir)
+    public_bytes = tuple(k.public_key().public_bytes_raw() for k in keys)
+
+    # 1. The policy scope: files that look like policy packs, confirmed by their model.
+    hinted = [f for f in files if looks_like_policy_pack(f)]
+    scope, policy_entries, failures, hinted_packs = _policy_scope(hinted)
+    results += failures
+    rest = [f for f in files if f not in set(hinted) or f in set(hinted_packs)]
+
+    # 2. Plan every pack. A file that turns out to be a policy pack after all widens the
+    #    scope, and the packs are planned again with it.
+    while True:
+        scope.sort(key=lambda s: (s.name, s.digest))
+        scope_dig = scope_digest(scope)
+        planned = map_files(_plan_chunk, rest, (scope, scope_dig, out_dir, manifest, public_bytes), jobs)
+        late = [Path(r.source) for r in planned if r.status == "policy-pack"]
+        if not late:
+            break
+        more, entries, late_failures, _ = _policy_scope([p for p in rest if display_path(p) in {str(x) for x in late}])
+        scope += more
+        policy_entries += entries
+        results += late_failures
+        rest = [p for p in rest if display_path(p) not in {str(x) for x in late}]
+    results += planned
+    results += _scope_problems(policy_entries, scope)
+    results += _duplicate_names(results)
+    for entry in policy_entries:
+        entry.pop("nameSpan", None)
+    result = BuildResult(results, policy_entries)
+    if result.failed:
+        return result  # all or nothing: no plan is written from a failed build
+
+    # 3. Sign and write, keeping signatures already on an identical payload.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for pack in results:
+        if pack.status == "planned":
+            pack.status = _sign_and_write(out_dir / pack.plan_file, pack.payload, keys)
+        if pack.entry is not None and pack.status in ("compiled", "unchanged", "reused"):
+            envelope = _read_envelope(out_dir / pack.plan_file)
+            pack.entry["keyids"] = sorted({s.get("keyid") for s in envelope["signatures"]}) if envelope else []
+    write_manifest(out_dir, result, manifest)
+    return result
+
+
+def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> str:
+    from opsdsl.files import write_atomic_bytes
+    from opsdsl.signing import add_signature, decode_base64, envelope_bytes, sign_envelope
+
+    existing = _read_envelope(target)
+    envelope = existing if existing is not None and decode_base64(existing["payload"]) == payload else sign_envelope(payload, [])
+    for key in keys:
+        envelope = add_signature(envelope, key)  # deterministic: a valid signature comes out identical
+    data = envelope_bytes(envelope)
+    try:
+        if target.read_bytes() == data:
+            return "unchanged"
+    except OSError:
+        pass
+    write_atomic_bytes(target, data)
+    return "compiled"
+
+
+def write_manifest(out_dir: Path, result: BuildResult, previous: dict[str, Any]) -> None:
+    """Write the manifest last, and remove plans of packs that are no longer built here."""
     from opsdsl.files import write_atomic
 
     packs = {r.name: r.entry for r in result.packs if r.entry is not None and r.name is not None}
@@ -288,19 +301,8 @@ def write_manifest(out_dir: Path, result: BuildResult) -> None:
         "policyPacks": sorted(result.policy_packs, key=lambda e: e["name"]),
     }
     write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-def _under(file: Path, folder: Path) -> bool:
-    try:
-        file.relative_to(folder)
-    except ValueError:
-        return False
-    return True
-
-
-def _looks_like_policy_pack(path: Path) -> bool:
-    try:
-        with path.open("rb") as handle:
-            return bool(_POLICY_PACK.search(handle.read(65536)))
-    except OSError:
-        return False
+    current = {e["plan"] for e in packs.values()}
+    for name, entry in previous.get("packs", {}).items():
+        stale = entry.get("plan") if isinstance(entry, dict) else None
+        if isinstance(stale, str) and stale not in current and stale == Path(stale).name and stale.endswith(PLAN_SUFFIX) and name not in packs:
+            (out_dir / stale).unlink(missing_ok=True)

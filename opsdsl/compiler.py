@@ -14,15 +14,17 @@ from typing import Any
 
 from opsdsl import __version__
 from opsdsl.canonical import canonical_json, is_fast_path_exact, sha256_digest
+from opsdsl.errors import CompileError
 from opsdsl.model import Compensation, Pack, Playbook, PolicyPack, Retry, Step
 
 PLAN_API_VERSION = "opsdsl/v1"
+__all__ = ["ACTION_DEFAULTS", "CompileError", "ScopeEntry", "build_plan", "compile_pack", "model_digest", "plan_bytes", "scope_digest"]
 
 # What an action does when a step leaves a setting out. `idempotent` decides whether a
-# step interrupted mid-flight is re-run on resume (see docs/plan.md).
+# step interrupted mid-flight is re-run on resume (see docs/compile.md).
 ACTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "shell": {"timeout": 600_000, "idempotent": False},
-    "http.request": {"timeout": 30_000, "idempotent": True},  # carries Idempotency-Key
+    "http.request": {"timeout": 30_000, "idempotent": True},  # GET, HEAD, PUT, DELETE; see _idempotent
     "wait": {"timeout": None, "idempotent": True},
     "approval": {"timeout": 86_400_000, "idempotent": True},
     "notify": {"timeout": 30_000, "idempotent": False},
@@ -71,6 +73,10 @@ def _idempotent(action: str, with_: dict, declared: bool | None) -> bool:
         return declared
     if action == "notify" and with_.get("kind") == "pagerduty":
         return True  # PagerDuty deduplicates by dedup_key (the run id by default)
+    if action == "http.request":
+        # A POST or PATCH carries Idempotency-Key, but only a server that honours it makes
+        # a repeat harmless; the method's own semantics are the safe default.
+        return str(with_.get("method", "GET")).upper() in ("GET", "HEAD", "PUT", "DELETE")
     return bool(_defaults(action)["idempotent"])
 
 

@@ -109,6 +109,10 @@ class SemanticError(OpsdslError):
     """The model is well-formed but inconsistent: bad references, cycles."""
 
 
+class CompileError(OpsdslError):
+    """A checked pack cannot be turned into a plan (its step graph is not a DAG)."""
+
+
 class ConfigError(OpsdslError):
     """The `[tool.opsdsl]` / `.opsdsl.toml` configuration is invalid."""
 

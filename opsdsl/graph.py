@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from opsdsl.errors import CompileError
 from opsdsl.model import Playbook, Step
 
 MAIN, FINALLY = "steps", "finally"
@@ -22,7 +23,7 @@ def compensation_id(step_id: str) -> str:
     return f"{step_id}.compensate"
 
 
-class GraphError(ValueError):
+class GraphError(CompileError):
     """The playbook's graph is not a DAG every step of which can be reached."""
 
 

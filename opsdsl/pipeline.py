@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from opsdsl.errors import Diagnostic, Severity, Span
+from opsdsl.errors import Diagnostic, Severity, Span, UsageError
 from opsdsl.loader import Document, load_file
 from opsdsl.rules import rule
 
@@ -81,3 +84,58 @@ def no_packs(path: Path, shown: str) -> Diagnostic:
         Span(shown, 1, 1),
         "packs are *.yaml / *.yml files (pack tests, *.test.yaml, are not packs)",
     )
+
+
+# Many files: what lint and compile share.
+
+_POLICY_PACK_HINT = re.compile(rb"^(?:kind:\s*['\"]?PolicyPack|policypack)\b", re.MULTILINE)
+PARALLEL_MIN_FILES = 16
+
+
+def looks_like_policy_pack(path: Path) -> bool:
+    """A cheap first guess (YAML `kind: PolicyPack` or a `.ops` `policypack` block);
+    callers confirm it from the model, which decides."""
+    try:
+        with path.open("rb") as handle:
+            return bool(_POLICY_PACK_HINT.search(handle.read(65536)))
+    except OSError:
+        return False
+
+
+def under(file: Path, folder: Path) -> bool:
+    try:
+        file.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def missing_paths(paths: Sequence[Path]) -> None:
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(str(p) for p in missing)}")
+
+
+def empty_folders(paths: Sequence[Path], files: Sequence[Path]) -> list[Diagnostic]:
+    """OPS007 for each folder given that holds no pack."""
+    from opsdsl.loader import display_path
+
+    return [no_packs(p, display_path(p)) for p in paths if p.is_dir() and not any(under(f, p) for f in files)]
+
+
+def map_files(work: Callable[[tuple], list], files: Sequence[Path], shared: tuple, jobs: int | None) -> list:
+    """`work((chunk, *shared))` over `files`, in worker processes for big trees (forked
+    after `warm_up`, so they inherit imported modules); results in `files` order."""
+    jobs = min(jobs or os.cpu_count() or 1, max(1, len(files)))
+    if jobs <= 1 or len(files) < PARALLEL_MIN_FILES:
+        return work((list(files), *shared))
+    import multiprocessing
+
+    warm_up()
+    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    chunks = [list(files[i::jobs]) for i in range(jobs)]
+    with context.Pool(jobs) as pool:
+        parts = pool.map(work, [(chunk, *shared) for chunk in chunks])
+    order = {f: i for i, f in enumerate(files)}
+    pairs = [(path, result) for chunk, part in zip(chunks, parts, strict=True) for path, result in zip(chunk, part, strict=True)]
+    return [result for _, result in sorted(pairs, key=lambda pr: order[pr[0]])]
