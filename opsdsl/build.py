@@ -118,7 +118,9 @@ def _reusable(previous: dict | None, source_digest: str, scope: str, out_dir: Pa
     return True
 
 
-def plan_file(path: Path, scope: list, scope_dig: str, out_dir: Path, previous: dict | None, public_keys: dict) -> PackResult:
+def plan_file(
+    path: Path, scope: list, scope_dig: str, out_dir: Path, previous: dict | None, public_keys: dict
+) -> PackResult:
     """Check and plan one pack (or find its prior plan reusable). Writes nothing."""
     shown = display_path(path)
     try:
@@ -187,7 +189,17 @@ def _policy_scope(files: list[Path]) -> tuple[list, list[dict], list[PackResult]
             continue
         digest = model_digest(model)
         scope.append(ScopeEntry(model.metadata.name, model.metadata.version, digest, model))
-        entries.append({"name": model.metadata.name, "version": model.metadata.version, "kind": model.kind, "source": display_path(path), "sourceDigest": sha256_digest(path.read_bytes()), "modelDigest": digest, "nameSpan": analysis.document.span(("metadata", "name"))})
+        entries.append(
+            {
+                "name": model.metadata.name,
+                "version": model.metadata.version,
+                "kind": model.kind,
+                "source": display_path(path),
+                "sourceDigest": sha256_digest(path.read_bytes()),
+                "modelDigest": digest,
+                "nameSpan": analysis.document.span(("metadata", "name")),
+            }
+        )
     return scope, entries, failures, packs
 
 
@@ -197,13 +209,26 @@ def _scope_problems(entries: list[dict], scope: list) -> list[PackResult]:
     seen: dict[str, str] = {}
     for entry in sorted(entries, key=lambda e: e["source"]):
         if entry["name"] in seen:
-            problems.append(_error(entry["source"], "OPS030", f"policy pack name `{entry['name']}` is already used by {seen[entry['name']]}", entry["nameSpan"]))
+            problems.append(
+                _error(
+                    entry["source"],
+                    "OPS030",
+                    f"policy pack name `{entry['name']}` is already used by {seen[entry['name']]}",
+                    entry["nameSpan"],
+                )
+            )
         seen.setdefault(entry["name"], entry["source"])
     ids: dict[str, str] = {}
     for item in scope:
         for policy in item.pack.policies:
             if policy.id in ids and ids[policy.id] != item.name:
-                problems.append(_error(next(e["source"] for e in entries if e["name"] == item.name), "OPS030", f"policy id `{policy.id}` is used by policy packs `{ids[policy.id]}` and `{item.name}`"))
+                problems.append(
+                    _error(
+                        next(e["source"] for e in entries if e["name"] == item.name),
+                        "OPS030",
+                        f"policy id `{policy.id}` is used by policy packs `{ids[policy.id]}` and `{item.name}`",
+                    )
+                )
             ids.setdefault(policy.id, item.name)
     return problems
 
@@ -215,13 +240,27 @@ def _duplicate_names(results: list[PackResult]) -> list[PackResult]:
         if r.name is None or r.status not in ("planned", "reused"):
             continue
         if r.name in seen:
-            out.append(_error(r.source, "OPS030", f"pack name `{r.name}` is already used by {seen[r.name]}", hint="plans are written by pack name, so names must be unique"))
+            out.append(
+                _error(
+                    r.source,
+                    "OPS030",
+                    f"pack name `{r.name}` is already used by {seen[r.name]}",
+                    hint="plans are written by pack name, so names must be unique",
+                )
+            )
         else:
             seen[r.name] = r.source
     return out
 
 
-def compile_paths(paths: Sequence[Path], out_dir: Path, keys: Sequence = (), jobs: int | None = None, rebuild: bool = False, exclude: Sequence[str] = ()) -> BuildResult:
+def compile_paths(
+    paths: Sequence[Path],
+    out_dir: Path,
+    keys: Sequence = (),
+    jobs: int | None = None,
+    rebuild: bool = False,
+    exclude: Sequence[str] = (),
+) -> BuildResult:
     """Compile every pack under `paths` into `out_dir`, with the policy packs among them in scope."""
     from opsdsl.compiler import scope_digest
 
@@ -277,7 +316,11 @@ def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> str:
     from opsdsl.signing import add_signature, decode_base64, envelope_bytes, sign_envelope
 
     existing = _read_envelope(target)
-    envelope = existing if existing is not None and decode_base64(existing["payload"]) == payload else sign_envelope(payload, [])
+    envelope = (
+        existing
+        if existing is not None and decode_base64(existing["payload"]) == payload
+        else sign_envelope(payload, [])
+    )
     for key in keys:
         envelope = add_signature(envelope, key)  # deterministic: a valid signature comes out identical
     data = envelope_bytes(envelope)
@@ -304,5 +347,11 @@ def write_manifest(out_dir: Path, result: BuildResult, previous: dict[str, Any])
     current = {e["plan"] for e in packs.values()}
     for name, entry in previous.get("packs", {}).items():
         stale = entry.get("plan") if isinstance(entry, dict) else None
-        if isinstance(stale, str) and stale not in current and stale == Path(stale).name and stale.endswith(PLAN_SUFFIX) and name not in packs:
+        if (
+            isinstance(stale, str)
+            and stale not in current
+            and stale == Path(stale).name
+            and stale.endswith(PLAN_SUFFIX)
+            and name not in packs
+        ):
             (out_dir / stale).unlink(missing_ok=True)

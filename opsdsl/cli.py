@@ -128,38 +128,44 @@ def compile_command(
         click.echo(emit_stage(list(paths), emit), nl=False)
         return
     from opsdsl.build import compile_paths
+    from opsdsl.cli_signing import _passphrase
+    from opsdsl.config import find_config, load_config
     from opsdsl.signing import load_private_key
 
     passphrase = _passphrase(passphrase_env)
     keys = [load_private_key(path, passphrase) for path in key_files]
-    result = compile_paths(list(paths), out_dir, keys, jobs=jobs, rebuild=rebuild)
+    config = load_config(find_config(Path.cwd()))
+    result = compile_paths(list(paths), out_dir, keys, jobs=jobs, rebuild=rebuild, exclude=config.exclude)
     for diagnostic in result.diagnostics:
         click.echo(diagnostic.render() + "\n", err=True)
+    if result.failed:
+        click.echo("build failed: no plan was written", err=True)
+        sys.exit(1)
+    words = {"compiled": "compiled", "unchanged": "unchanged, kept", "reused": "unchanged, reused"}
     counts: dict[str, int] = {}
     for pack in sorted(result.packs, key=lambda p: p.source):
-        counts[pack.status] = counts.get(pack.status, 0) + 1
-        if pack.status == "failed" or pack.entry is None:
+        if pack.entry is None or pack.status not in words:
             continue
+        counts[pack.status] = counts.get(pack.status, 0) + 1
         signers = len(pack.entry.get("keyids", ()))
         signed = f"signed by {signers} key{'s' if signers != 1 else ''}" if signers else "UNSIGNED"
-        what = {"compiled": "compiled", "unchanged": "unchanged, kept", "reused": "unchanged, reused"}[pack.status]
         click.echo(
-            f"{what:<16} {pack.name} → {out_dir / pack.plan_file} ({pack.entry['payloadDigest'][:19]}…, {signed})"
+            f"{words[pack.status]:<16} {pack.name} → {out_dir / pack.plan_file} ({pack.entry['payloadDigest'][:19]}…, {signed})"
         )
     for policy_pack in result.policy_packs:
-        counts["policy pack in scope"] = counts.get("policy pack in scope", 0) + 1
         click.echo(
             f"{'in scope':<16} {policy_pack['name']} {policy_pack['version']} ({policy_pack['modelDigest'][:19]}…, policy pack)"
         )
-    summary = ", ".join(
-        f"{n} {status}{'s' if status.startswith('policy') and n != 1 else ''}" for status, n in sorted(counts.items())
-    )
-    click.echo(f"{sum(counts.values())} pack file{'s' if sum(counts.values()) != 1 else ''}: {summary}")
-    if not keys and not result.failed:
+    parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+    if result.policy_packs:
+        n = len(result.policy_packs)
+        parts.append(f"{n} policy pack{'s' if n != 1 else ''} in scope")
+    total = sum(counts.values()) + len(result.policy_packs)
+    click.echo(f"{total} pack{'s' if total != 1 else ''}: {', '.join(parts)}")
+    if not keys:
         click.echo(
             "warning: plans are unsigned; `opsdsl run` refuses them until signed (--key, or `opsdsl sign`)", err=True
         )
-    sys.exit(1 if result.failed else 0)
 
 
 @cli.command()
@@ -276,14 +282,6 @@ def drift(paths: tuple[Path, ...], lock_file: Path, build_dir: Path | None, no_b
     sys.exit(1 if findings else 0)
 
 
-def _passphrase(variable: str | None) -> bytes | None:
-    name = variable or "OPSDSL_KEY_PASSPHRASE"
-    value = os.environ.get(name)
-    if variable and value is None:
-        raise click.UsageError(f"environment variable {variable} is not set")
-    return value.encode() if value else None  # empty means unset, as for `opsdsl sign`
-
-
 @cli.command()
 @click.option("--kind", type=click.Choice(["pack"]), default="pack", show_default=True, help="Which schema.")
 def schema(kind: str) -> None:
@@ -316,7 +314,14 @@ def _register_signing_commands() -> None:
         cli.add_command(command)
 
 
+def _register_fmt_command() -> None:
+    from opsdsl.cli_fmt import fmt
+
+    cli.add_command(fmt)
+
+
 _register_signing_commands()
+_register_fmt_command()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,7 +55,7 @@ def sign(envelope: Path, key_path: Path, passphrase_env: str | None) -> None:
     """
     import hashlib
 
-    from opsdsl.cli import write_atomic
+    from opsdsl.files import write_atomic
     from opsdsl.signing import add_signature, decode_base64, envelope_bytes, keyid, load_private_key, parse_envelope
 
     key = load_private_key(key_path, _passphrase(passphrase_env))

@@ -18,7 +18,16 @@ from opsdsl.errors import CompileError
 from opsdsl.model import Compensation, Pack, Playbook, PolicyPack, Retry, Step
 
 PLAN_API_VERSION = "opsdsl/v1"
-__all__ = ["ACTION_DEFAULTS", "CompileError", "ScopeEntry", "build_plan", "compile_pack", "model_digest", "plan_bytes", "scope_digest"]
+__all__ = [
+    "ACTION_DEFAULTS",
+    "CompileError",
+    "ScopeEntry",
+    "build_plan",
+    "compile_pack",
+    "model_digest",
+    "plan_bytes",
+    "scope_digest",
+]
 
 # What an action does when a step leaves a setting out. `idempotent` decides whether a
 # step interrupted mid-flight is re-run on resume (see docs/compile.md).

@@ -137,5 +137,9 @@ def map_files(work: Callable[[tuple], list], files: Sequence[Path], shared: tupl
     with context.Pool(jobs) as pool:
         parts = pool.map(work, [(chunk, *shared) for chunk in chunks])
     order = {f: i for i, f in enumerate(files)}
-    pairs = [(path, result) for chunk, part in zip(chunks, parts, strict=True) for path, result in zip(chunk, part, strict=True)]
+    pairs = [
+        (path, result)
+        for chunk, part in zip(chunks, parts, strict=True)
+        for path, result in zip(chunk, part, strict=True)
+    ]
     return [result for _, result in sorted(pairs, key=lambda pr: order[pr[0]])]

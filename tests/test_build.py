@@ -148,3 +148,71 @@ def test_drift_finds_stale_plans(tree: Path):
     result = opsdsl("drift", "packs/", cwd=tree)
     assert result.returncode == 1
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["changed", "stale-plan"]
+
+
+def test_a_broken_policy_pack_stops_the_whole_build(tree: Path):
+    org = tree / "packs" / "org-policies.yaml"
+    org.write_text(org.read_text().replace("effect: require_approval", "effect: requires_approval", 1))
+    result = opsdsl("compile", "packs/", "-o", "build", "--key", "keys/ci.key", cwd=tree)
+    assert result.returncode == 1
+    assert "build failed: no plan was written" in result.stderr
+    assert not (tree / "build").exists() or not list((tree / "build").glob("*.plan.dsse.json"))
+
+
+def test_the_model_decides_what_is_a_policy_pack(tree: Path):
+    org = tree / "packs" / "org-policies.yaml"
+    org.write_text(org.read_text().replace("kind: PolicyPack", "kind:\n  PolicyPack", 1))  # the quick guess misses it
+    sev4 = tree / "packs" / "sev4.yaml"
+    sev4.write_text(sev4.read_text().replace("description: >-\n", "description: >-\n    kind: PolicyPack\n", 1))
+    compile_tree(tree)
+    for name in PLANS:
+        plan = json.loads(base64.b64decode(envelope(tree, name)["payload"]))
+        assert [p["name"] for p in plan["policyPacks"]] == ["sqlx-org-policies"], name
+
+
+def test_duplicate_pack_names_write_nothing(tree: Path):
+    shutil.copy(tree / "packs" / "sev2.yaml", tree / "packs" / "sev2-copy.yaml")
+    result = opsdsl("compile", "packs/", "-o", "build", "--key", "keys/ci.key", cwd=tree)
+    assert result.returncode == 1
+    assert "pack name `sqlx-sev2` is already used by packs/sev2-copy.yaml" in result.stderr
+    assert not list((tree / "build").glob("*.plan.dsse.json")) if (tree / "build").exists() else True
+
+
+def test_a_damaged_signature_is_not_reused(tree: Path):
+    compile_tree(tree)
+    path = tree / "build" / "sqlx-sev2.plan.dsse.json"
+    document = json.loads(path.read_text())
+    sig = document["signatures"][0]["sig"]
+    document["signatures"][0]["sig"] = ("A" if sig[0] != "A" else "B") + sig[1:]
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    result = compile_tree(tree)
+    assert statuses(result.stdout)["sqlx-sev2"] == "compiled"
+    assert opsdsl("verify", "build/sqlx-sev2.plan.dsse.json", "--key", "keys/ci.key.pub", cwd=tree).returncode == 0
+
+
+def test_a_second_persons_signature_survives_a_rebuild(tree: Path):
+    compile_tree(tree)
+    assert opsdsl("sign", "build/sqlx-sev1.plan.dsse.json", "--key", "keys/sre.key", cwd=tree).returncode == 0
+    compile_tree(tree, "--rebuild")
+    assert len(envelope(tree, "sqlx-sev1")["signatures"]) == 2
+
+
+def test_plans_of_removed_packs_are_pruned(tree: Path):
+    compile_tree(tree)
+    (tree / "packs" / "sev4.yaml").unlink()
+    compile_tree(tree)
+    assert not (tree / "build" / "sqlx-sev4.plan.dsse.json").exists()
+    assert "sqlx-sev4" not in json.loads((tree / "build" / "manifest.json").read_text())["packs"]
+
+
+def test_parallel_and_serial_builds_agree(tree: Path):
+    for i in range(16):
+        text = (tree / "packs" / "sev4.yaml").read_text().replace("name: sqlx-sev4", f"name: sqlx-extra-{i:02}", 1)
+        (tree / "packs" / f"extra-{i:02}.yaml").write_text(text)
+    serial = opsdsl("compile", "packs/", "-o", "serial", "--key", "keys/ci.key", "-j", "1", cwd=tree)
+    parallel = opsdsl("compile", "packs/", "-o", "parallel", "--key", "keys/ci.key", "-j", "2", cwd=tree)
+    assert serial.returncode == parallel.returncode == 0, parallel.stderr
+    files = sorted(p.name for p in (tree / "serial").glob("*.plan.dsse.json"))
+    assert len(files) == 20
+    for name in files:
+        assert (tree / "serial" / name).read_bytes() == (tree / "parallel" / name).read_bytes()

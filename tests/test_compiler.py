@@ -119,7 +119,7 @@ def test_nodes_carry_resolved_settings():
         "retry": {"attempts": 1, "backoff": "fixed", "initial": 0, "max": 0, "jitter": False},
         "idempotent": False,
     }
-    assert nodes["d"]["timeout"] == 30_000 and nodes["d"]["idempotent"] is True
+    assert nodes["d"]["timeout"] == 30_000 and nodes["d"]["idempotent"] is False  # a POST
     assert nodes["note"]["section"] == "finally" and nodes["note"]["idempotent"] is False
 
 
