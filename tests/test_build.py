@@ -163,7 +163,10 @@ def test_the_model_decides_what_is_a_policy_pack(tree: Path):
     org = tree / "packs" / "org-policies.yaml"
     org.write_text(org.read_text().replace("kind: PolicyPack", "kind:\n  PolicyPack", 1))  # the quick guess misses it
     sev4 = tree / "packs" / "sev4.yaml"
-    sev4.write_text(sev4.read_text().replace("description: >-\n", "description: >-\n    kind: PolicyPack\n", 1))
+    text = sev4.read_text()
+    assert "  description: SEV-4 responses" in text
+    sev4.write_text(text.replace("  description: SEV-4 responses", '  description: "SEV-4\n\nkind: PolicyPack\n  responses', 1).replace("dashboards.\n", 'dashboards."\n', 1))
+    assert "\nkind: PolicyPack" in sev4.read_text()
     compile_tree(tree)
     for name in PLANS:
         plan = json.loads(base64.b64decode(envelope(tree, name)["payload"]))
