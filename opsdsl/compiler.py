@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opsdsl import __version__
+from opsdsl.actions import ACTION_DEFAULTS, resolved_idempotent, resolved_timeout
 from opsdsl.canonical import canonical_json, is_fast_path_exact, sha256_digest
 from opsdsl.errors import CompileError
 from opsdsl.model import Compensation, Pack, Playbook, PolicyPack, Retry, Step
@@ -29,20 +30,6 @@ __all__ = [
     "scope_digest",
 ]
 
-# What an action does when a step leaves a setting out. `idempotent` decides whether a
-# step interrupted mid-flight is re-run on resume (see docs/compile.md).
-ACTION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "shell": {"timeout": 600_000, "idempotent": False},
-    "http.request": {"timeout": 30_000, "idempotent": True},  # GET, HEAD, PUT, DELETE; see _idempotent
-    "wait": {"timeout": None, "idempotent": True},
-    "approval": {"timeout": 86_400_000, "idempotent": True},
-    "notify": {"timeout": 30_000, "idempotent": False},
-    "assert": {"timeout": 10_000, "idempotent": True},
-    "evidence.collect": {"timeout": 300_000, "idempotent": True},
-    "playbook.call": {"timeout": None, "idempotent": True},
-    "report.rca": {"timeout": 60_000, "idempotent": True},
-}
-PLUGIN_DEFAULTS: dict[str, Any] = {"timeout": None, "idempotent": False}
 NO_RETRY = {"attempts": 1, "backoff": "fixed", "initial": 0, "max": 0, "jitter": False}
 
 
@@ -69,24 +56,8 @@ def scope_digest(scope: Sequence[ScopeEntry]) -> str:
     return sha256_digest(canonical_json([[s.name, s.digest] for s in sorted(scope, key=lambda s: s.name)]))
 
 
-def _defaults(action: str) -> dict[str, Any]:
-    return ACTION_DEFAULTS.get(action, PLUGIN_DEFAULTS)
-
-
 def _retry(retry: Retry | None) -> dict[str, Any]:
     return dict(NO_RETRY) if retry is None else retry.model_dump(mode="json")
-
-
-def _idempotent(action: str, with_: dict, declared: bool | None) -> bool:
-    if declared is not None:
-        return declared
-    if action == "notify" and with_.get("kind") == "pagerduty":
-        return True  # PagerDuty deduplicates by dedup_key (the run id by default)
-    if action == "http.request":
-        # A POST or PATCH carries Idempotency-Key, but only a server that honours it makes
-        # a repeat harmless; the method's own semantics are the safe default.
-        return str(with_.get("method", "GET")).upper() in ("GET", "HEAD", "PUT", "DELETE")
-    return bool(_defaults(action)["idempotent"])
 
 
 def _compensation_node(step: Step, comp: Compensation) -> dict[str, Any]:
@@ -98,9 +69,9 @@ def _compensation_node(step: Step, comp: Compensation) -> dict[str, Any]:
         "for": step.id,
         "action": comp.action,
         "with": comp.with_,
-        "timeout": comp.timeout if comp.timeout is not None else _defaults(comp.action)["timeout"],
+        "timeout": resolved_timeout(comp.action, comp.timeout),
         "retry": _retry(comp.retry),
-        "idempotent": _idempotent(comp.action, comp.with_, None),
+        "idempotent": resolved_idempotent(comp.action, comp.with_, None),
     }
 
 
@@ -115,10 +86,10 @@ def _step_node(step: Step, section: str, index: int) -> dict[str, Any]:
         "action": step.action,
         "with": step.with_,
         "when": step.when,
-        "timeout": step.timeout if step.timeout is not None else _defaults(step.action)["timeout"],
+        "timeout": resolved_timeout(step.action, step.timeout),
         "retry": _retry(step.retry),
         "risk": step.risk,
-        "idempotent": _idempotent(step.action, step.with_, step.idempotent),
+        "idempotent": resolved_idempotent(step.action, step.with_, step.idempotent),
         "continue_on_error": step.continue_on_error,
         "compensation": compensation_id(step.id) if step.compensate is not None else None,
     }

@@ -22,8 +22,10 @@ from opsdsl.errors import Diagnostic, Severity, Span
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_ALIAS_NODES = 10_000
-PACK_SUFFIXES = (".yaml", ".yml")
-TEST_SUFFIXES = (".test.yaml", ".test.yml")
+MAX_SAFE_INT = 2**53 - 1  # RFC 8785 / I-JSON: larger integers do not survive JSON
+PACK_SUFFIXES = (".yaml", ".yml", ".ops")
+TEST_SUFFIXES = (".test.yaml", ".test.yml", ".test.ops")
+OPS_SUFFIX = ".ops"  # the textual form, read by opsdsl.ops
 
 Path_ = tuple[str | int, ...]
 
@@ -257,9 +259,25 @@ class _Converter:
         tag, text = node.tag, node.value
         try:
             if tag == _INT:
-                return int(text, 0) if text[:2] in ("0x", "0o") else int(text)
+                value = int(text, 0) if text[:2] in ("0x", "0o") else int(text)
+                if abs(value) > MAX_SAFE_INT:
+                    self.error(
+                        "OPS006",
+                        f"integer `{text}` is too large for JSON (beyond ±2^53)",
+                        node,
+                        "quote it if it is an identifier, or use a smaller number",
+                    )
+                return value
             if tag == _FLOAT:
-                return float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))
+                value = float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))
+                if value != value or value in (float("inf"), float("-inf")):
+                    self.error(
+                        "OPS006",
+                        f"`{text}` is not a finite number; plans are JSON and cannot hold it",
+                        node,
+                        "quote it if you meant the text",
+                    )
+                return value
             if tag == _BOOL:
                 return text.lower() == "true"
             if tag == _NULL:
@@ -369,6 +387,10 @@ def load_file(path: Path) -> tuple[Document | None, list[Diagnostic]]:
     text, diagnostics = read_source(path)
     if text is None:
         return None, diagnostics
+    if path.name.endswith(OPS_SUFFIX):
+        from opsdsl.ops import load_text as load_ops_text  # imported only when an .ops file is read
+
+        return load_ops_text(text, display_path(path))
     return load_text(text, display_path(path))
 
 
@@ -428,7 +450,8 @@ def is_excluded(path: Path, patterns: Iterable[str], folder: Path | None = None)
 def discover(paths: Iterable[Path], exclude: Iterable[str] = ()) -> list[Path]:
     """Pack files named by `paths`: files as given, folders searched recursively.
 
-    In folders, `*.yaml`/`*.yml` files are packs except `*.test.yaml` (pack tests),
+    In folders, `*.yaml`/`*.yml`/`*.ops` files are packs except `*.test.yaml` and
+    `*.test.ops` (pack tests),
     hidden files and folders, and paths matching an `exclude` glob.
     """
     patterns = tuple(exclude)

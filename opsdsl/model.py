@@ -17,19 +17,6 @@ Millis = Annotated[int, BeforeValidator(lambda v: parse_duration(v) if isinstanc
 ValueType = Literal["string", "number", "integer", "boolean", "list", "map", "duration"]
 Severity = Literal["SEV-1", "SEV-2", "SEV-3", "SEV-4"]
 
-BUILTIN_ACTIONS = (
-    "shell",
-    "http.request",
-    "wait",
-    "approval",
-    "notify",
-    "assert",
-    "evidence.collect",
-    "playbook.call",
-    "report.rca",
-)
-NETWORK_ACTIONS = frozenset({"http.request", "notify"})
-
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)

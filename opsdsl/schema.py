@@ -384,7 +384,7 @@ class _Compiler:
 
             checks.append(const_check)
         if "pattern" in schema:
-            regex = re.compile(schema["pattern"])
+            regex = re.compile(_anchor_end(schema["pattern"]))
             what = (
                 f"a valid {noun}" if noun in _NOUNS.values() or noun in ("duration",) else f"a valid value{_where(())}"
             )
@@ -533,6 +533,14 @@ class _Compiler:
                 e.extend(min(results, key=len))
 
         return check
+
+
+def _anchor_end(pattern: str) -> str:
+    """ECMA-262's `$` (JSON Schema's regex dialect) matches only at the very end; Python's
+    also matches before a final newline, which would let `name: "x\\n"` through."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        return pattern[:-1] + r"\Z"
+    return pattern
 
 
 def _const_property(schema: Any) -> tuple[str, Any] | None:

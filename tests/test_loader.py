@@ -130,3 +130,11 @@ def test_exclude_globs_recurse_with_double_star(tmp_path: Path):
         p.relative_to(tmp_path).as_posix() for p in discover([tmp_path / "packs"], exclude=["legacy/**", "old.yaml"])
     ]
     assert found == ["packs/a.yaml"]
+
+
+def test_numbers_json_cannot_carry_are_refused():
+    for text in ("a: 123456789012345678901234567890\n", "a: .inf\n", "a: -.Inf\n", "a: .nan\n"):
+        _, diags = load_text(text, "f.yaml")
+        assert codes(diags) == ["OPS006"], text
+    _, diags = load_text("a: 9007199254740991\nb: 1.5e300\n", "f.yaml")
+    assert diags == []

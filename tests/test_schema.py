@@ -178,3 +178,8 @@ def mutated(draw):
 def test_validator_agrees_with_jsonschema(document):
     ours = validate_pack(document)
     assert (ours == []) == REFERENCE.is_valid(document), (ours, [e.message for e in REFERENCE.iter_errors(document)])
+
+
+def test_anchored_patterns_refuse_a_trailing_newline(minimal_pack):
+    found = problems_of(minimal_pack.replace("name: minimal,", 'name: "minimal\\n",'))
+    assert [(p.code, p.path) for p in found] == [("OPS013", ("metadata", "name"))]

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from opsdsl.actions import BUILTIN_ACTIONS
 from opsdsl.errors import Diagnostic, Span
 from opsdsl.expr import ExprSyntaxError, RootSpec, parse, parse_template
 from opsdsl.loader import Document
-from opsdsl.model import BUILTIN_ACTIONS, AnyPack, Pack, Playbook, Policy, PolicyPack, Step
+from opsdsl.model import AnyPack, Pack, Playbook, Policy, PolicyPack, Step
 from opsdsl.rules import rule
 from opsdsl.sites import HOOK, INPUT, POLICY, TRIGGER, Site, iter_sites
 

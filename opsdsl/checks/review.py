@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from opsdsl.actions import NETWORK_ACTIONS, policy_step_view
 from opsdsl.checks.context import Scope, Unit, ancestors, iter_steps, predecessors
 from opsdsl.checks.semantic import call_graph
 from opsdsl.errors import Diagnostic, EvalError
 from opsdsl.expr import ExprSyntaxError, compile_expr, parse, parse_template
-from opsdsl.model import NETWORK_ACTIONS, Pack, Policy, Step
+from opsdsl.model import Pack, Policy, Step
 
 Path_ = tuple[str | int, ...]
 
@@ -61,16 +62,16 @@ def approval_policy_covers(policy: Policy, pack: Pack, playbook_name: str, step:
         return False
     playbook = pack.playbooks[playbook_name]
     activation = {
-        "step": {
-            "id": step.id,
-            "name": step.name or step.id,
-            "action": step.action,
-            "risk": step.risk,
-            "with": step.with_,
-            "timeout": (step.timeout or 0) / 1000,
-            "compensation": step.compensate is not None,
-            "idempotent": bool(step.idempotent),
-        },
+        "step": policy_step_view(
+            step.id,
+            step.name,
+            step.action,
+            step.risk,
+            step.with_,
+            step.timeout,
+            step.idempotent,
+            step.compensate is not None,
+        ),
         "playbook": {"name": playbook_name, "severity": playbook.severity, "pack": pack.metadata.name},
         "params": {k: p.default for k, p in pack.params.items()},
     }

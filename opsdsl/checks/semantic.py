@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from opsdsl.actions import BUILTIN_ACTIONS
 from opsdsl.checks.context import Scope, Unit, ancestors, find_cycle, iter_steps, predecessors, roots_for
 from opsdsl.durations import format_duration
 from opsdsl.errors import Diagnostic
 from opsdsl.expr import RootSpec, check
-from opsdsl.model import BUILTIN_ACTIONS, Pack
+from opsdsl.model import Pack
 from opsdsl.schema import did_you_mean
 from opsdsl.sites import STEP, Site
 
