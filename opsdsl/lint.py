@@ -7,21 +7,18 @@ rule needs their policies. Output is sorted, so it is byte-identical from run to
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from opsdsl.config import Config
-from opsdsl.errors import Diagnostic, Severity, Span, UsageError
+from opsdsl.errors import Diagnostic, Severity, Span
 from opsdsl.loader import discover, display_path
-from opsdsl.pipeline import analyse_file, no_packs
+from opsdsl.pipeline import analyse_file, empty_folders, looks_like_policy_pack, map_files, missing_paths
 from opsdsl.rules import rule
 
 _SUPPRESS = re.compile(r"#\s*opsdsl:\s*ignore(-file)?\[\s*([A-Za-z0-9, ]+?)\s*\]")
-_POLICY_PACK = re.compile(rb"^kind:\s*['\"]?PolicyPack\b", re.MULTILINE)
-PARALLEL_MIN_FILES = 16
 
 
 @dataclass(frozen=True)
@@ -30,6 +27,7 @@ class FileReport:
     diagnostics: tuple[Diagnostic, ...]
     pack_name: str | None = None
     name_span: Span | None = None
+    kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,55 +97,48 @@ def lint_one(path: Path, policies: tuple, config: Config) -> tuple[FileReport, t
         name_span = analysis.document.span(("metadata", "name"))
         if model.kind == "PolicyPack":
             own_policies = tuple(model.policies)
-    report = FileReport(display_path(path), tuple(diagnostics), name, name_span)
+    report = FileReport(display_path(path), tuple(diagnostics), name, name_span, model.kind if model is not None else None)
     return report, own_policies
 
 
-def _lint_chunk(args: tuple) -> list[FileReport]:
+def _lint_chunk(args: tuple) -> list[tuple[FileReport, tuple]]:
     paths, policies, config = args
-    return [lint_one(p, policies, config)[0] for p in paths]
+    return [lint_one(p, policies, config) for p in paths]
 
 
 def lint_paths(paths: Sequence[Path], config: Config, jobs: int | None = None) -> LintResult:
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise UsageError(f"no such file or folder: {', '.join(str(p) for p in missing)}")
+    missing_paths(paths)
     files = discover(paths, config.exclude)
-    reports: list[FileReport] = []
-    for path in paths:
-        if path.is_dir() and not any(_under(f, path) for f in files):
-            shown = display_path(path)
-            reports.append(FileReport(shown, tuple(finish([no_packs(path, shown)], None, config))))
+    reports = [FileReport(d.span.file, tuple(finish([d], None, config))) for d in empty_folders(paths, files)]
 
-    policy_files = [f for f in files if _looks_like_policy_pack(f)]
+    # Policy packs first: every other pack's risky-step rule needs their policies. The
+    # quick guess picks the candidates; the model decides, and a policy pack the guess
+    # missed widens the scope, so the packs are linted again with it (rare).
     policies: list = []
-    for path in policy_files:
+    packs: list[Path] = []
+    for path in (f for f in files if looks_like_policy_pack(f)):
         report, own = lint_one(path, (), config)
-        reports.append(report)
-        policies.extend(own)
-    rest = [f for f in files if f not in set(policy_files)]
-    reports.extend(_lint_many(rest, tuple(policies), config, jobs))
+        if own or report.kind == "PolicyPack":
+            reports.append(report)
+            policies.extend(own)
+        else:
+            packs.append(path)
+    packs += [f for f in files if f not in set(packs) and not looks_like_policy_pack(f)]
+    while True:
+        linted = map_files(_lint_chunk, packs, (tuple(policies), config), jobs)
+        late = [(path, report, own) for path, (report, own) in zip(packs, linted, strict=True) if report.kind == "PolicyPack"]
+        if not late:
+            break
+        for _path, report, own in late:
+            reports.append(report)
+            policies.extend(own)
+        packs = [p for p in packs if p not in {path for path, _, _ in late}]
+    reports += [report for report, _ in linted]
 
     diagnostics = [d for r in reports for d in r.diagnostics]
     diagnostics.extend(duplicate_pack_names(reports, config))
     diagnostics.sort(key=Diagnostic.sort_key)
     return LintResult(len(files), tuple(diagnostics))
-
-
-def _lint_many(files: list[Path], policies: tuple, config: Config, jobs: int | None) -> list[FileReport]:
-    jobs = jobs or os.cpu_count() or 1
-    if jobs <= 1 or len(files) < PARALLEL_MIN_FILES:
-        return _lint_chunk((files, policies, config))
-    import multiprocessing
-
-    from opsdsl.pipeline import warm_up
-
-    warm_up()  # workers forked after this inherit the imported modules and built parsers
-    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-    chunks = [files[i::jobs] for i in range(jobs)]
-    with context.Pool(jobs) as pool:
-        results = pool.map(_lint_chunk, [(c, policies, config) for c in chunks])
-    return [r for chunk in results for r in chunk]
 
 
 def duplicate_pack_names(reports: list[FileReport], config: Config) -> list[Diagnostic]:
@@ -175,17 +166,3 @@ def duplicate_pack_names(reports: list[FileReport], config: Config) -> list[Diag
     return out
 
 
-def _under(file: Path, folder: Path) -> bool:
-    try:
-        file.relative_to(folder)
-    except ValueError:
-        return False
-    return True
-
-
-def _looks_like_policy_pack(path: Path) -> bool:
-    try:
-        with path.open("rb") as handle:
-            return bool(_POLICY_PACK.search(handle.read(65536)))
-    except OSError:
-        return False

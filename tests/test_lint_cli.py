@@ -169,3 +169,14 @@ def test_lint_does_not_import_heavy_modules_it_does_not_need(clean_pack: Path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_policy_pack_the_quick_guess_misses_is_still_in_scope(tmp_path: Path):
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "packs", tmp_path / "packs")
+    org = tmp_path / "packs" / "org-policies.yaml"
+    org.write_text(org.read_text().replace("kind: PolicyPack", "kind:\n  PolicyPack", 1))
+    result = run(["lint", "packs/"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout  # no OPS040: the org approval policy still applies
