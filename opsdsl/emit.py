@@ -13,10 +13,12 @@ def emit_stage(paths: list[Path], stage: str) -> str:
     """The model or the plan of each pack under `paths`, as JSON (one document per pack)."""
     from opsdsl.compiler import ScopeEntry, build_plan, model_digest, model_dump_full
     from opsdsl.model import PolicyPack
-    from opsdsl.pipeline import analyse_file
+    from opsdsl.pipeline import analyse_file, empty_folders, missing_paths
 
-    analyses = [analyse_file(p) for p in discover(paths)]
-    failed = [d for a in analyses for d in a.diagnostics if not a.ok]
+    missing_paths(paths)
+    files = discover(paths)
+    analyses = [analyse_file(p) for p in files]
+    failed = [d for a in analyses for d in a.diagnostics if not a.ok] + empty_folders(paths, files)
     if failed:
         raise OpsdslError("packs have errors; run `opsdsl lint` for details", tuple(failed))
     models = [a.model for a in analyses if a.model is not None]

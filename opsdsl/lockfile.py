@@ -130,6 +130,10 @@ def read_lock(path: Path) -> dict[str, Any]:
         or not isinstance(document.get("packs"), dict)
     ):
         raise LockError(f"{path}: not an opsdsl lock file (lockVersion {LOCK_VERSION} expected)")
+    fields = ("kind", "version", "source", "sourceDigest", "modelDigest")
+    for name, entry in document["packs"].items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in fields):
+            raise LockError(f"{path}: the entry for `{name}` is damaged (it needs {', '.join(fields)})")
     return document
 
 
@@ -190,6 +194,16 @@ def plan_drift(current: Sequence[Current], build_dir: Path) -> list[Finding]:
         except Exception as exc:  # any unreadable plan is drift, and says why
             findings.append(Finding("stale-plan", c.name, f"{display_path(path)} cannot be read ({exc}); rebuild it"))
             continue
+        built_by = plan.get("compiler", {}).get("version")
+        if built_by != __version__:
+            findings.append(
+                Finding(
+                    "stale-plan",
+                    c.name,
+                    f"{display_path(path)} was built by opsdsl {built_by}, not {__version__}; rebuild it",
+                )
+            )
+            continue
         if plan.get("pack", {}).get("digest") != c.model_digest:
             findings.append(
                 Finding(
@@ -204,6 +218,19 @@ def plan_drift(current: Sequence[Current], build_dir: Path) -> list[Finding]:
             findings.append(
                 Finding(
                     "stale-plan", c.name, f"{display_path(path)} was built with other policy packs in scope; rebuild it"
+                )
+            )
+    from opsdsl.build import PLAN_SUFFIX
+
+    names = {c.name for c in current}
+    for orphan in sorted(build_dir.glob(f"*{PLAN_SUFFIX}")):
+        name = orphan.name[: -len(PLAN_SUFFIX)]
+        if name not in names:
+            findings.append(
+                Finding(
+                    "orphan-plan",
+                    name,
+                    f"{display_path(orphan)} is the plan of a pack no longer among the packs; delete it",
                 )
             )
     return findings
@@ -221,10 +248,24 @@ def restore_policy_pack(lock: dict[str, Any], name: str) -> tuple[str, str]:
             f"`{name}` is a {entry.get('kind')}; only policy packs can be restored from the lock (packs are restored from version control)"
         )
     model = entry["model"]
+    from opsdsl.compiler import model_digest
+    from opsdsl.model import PolicyPack
+
+    try:
+        restored = PolicyPack.model_validate(model)
+    except ValueError:
+        raise LockError(f"the lock's copy of `{name}` is not a valid policy pack; the lock file was edited") from None
+    if model_digest(restored) != entry["modelDigest"]:
+        raise LockError(
+            f"the lock's copy of `{name}` does not match its digest {entry['modelDigest']}; the lock file was edited"
+        )
+    source = Path(entry["source"])
+    if source.is_absolute() or ".." in source.parts:
+        raise LockError(f"the lock records `{name}` at {source}, outside the working directory; pass -o FILE")
     text = f"# Restored from opsdsl.lock: {name} {entry['version']} ({entry['modelDigest']}).\n" + yaml.safe_dump(
         model, sort_keys=False, allow_unicode=True, width=100
     )
-    return text, entry.get("source", f"{name}.yaml")
+    return text, str(source)
 
 
 def render(findings: Sequence[Finding]) -> str:

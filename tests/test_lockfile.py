@@ -88,3 +88,28 @@ def test_missing_lock_is_a_clear_error(tmp_path: Path):
     result = opsdsl("drift", "packs/", cwd=tmp_path)
     assert result.returncode == 1
     assert "no lock file; create one with `opsdsl lock PATH...`" in result.stderr
+
+
+def test_restore_refuses_a_tampered_lock(tree: Path):
+    lock = json.loads((tree / "opsdsl.lock").read_text())
+    lock["packs"]["sqlx-org-policies"]["model"]["policies"][0]["effect"] = "allow"
+    (tree / "opsdsl.lock").write_text(json.dumps(lock))
+    result = opsdsl("lock", "--restore", "sqlx-org-policies", cwd=tree)
+    assert result.returncode == 1 and "does not match its digest" in result.stderr
+
+
+def test_restore_refuses_to_write_outside_the_working_directory(tree: Path):
+    lock = json.loads((tree / "opsdsl.lock").read_text())
+    lock["packs"]["sqlx-org-policies"]["source"] = "../escape.yaml"
+    (tree / "opsdsl.lock").write_text(json.dumps(lock))
+    result = opsdsl("lock", "--restore", "sqlx-org-policies", cwd=tree)
+    assert result.returncode == 1 and "outside the working directory" in result.stderr
+    assert not (tree.parent / "escape.yaml").exists()
+
+
+def test_a_damaged_lock_entry_is_a_clear_error(tree: Path):
+    lock = json.loads((tree / "opsdsl.lock").read_text())
+    lock["packs"]["sqlx-sev1"] = "garbage"
+    (tree / "opsdsl.lock").write_text(json.dumps(lock))
+    result = opsdsl("drift", "packs/", "--no-build", cwd=tree)
+    assert result.returncode == 1 and "the entry for `sqlx-sev1` is damaged" in result.stderr
