@@ -97,7 +97,9 @@ def lint_one(path: Path, policies: tuple, config: Config) -> tuple[FileReport, t
         name_span = analysis.document.span(("metadata", "name"))
         if model.kind == "PolicyPack":
             own_policies = tuple(model.policies)
-    report = FileReport(display_path(path), tuple(diagnostics), name, name_span, model.kind if model is not None else None)
+    report = FileReport(
+        display_path(path), tuple(diagnostics), name, name_span, model.kind if model is not None else None
+    )
     return report, own_policies
 
 
@@ -115,18 +117,22 @@ def lint_paths(paths: Sequence[Path], config: Config, jobs: int | None = None) -
     # quick guess picks the candidates; the model decides, and a policy pack the guess
     # missed widens the scope, so the packs are linted again with it (rare).
     policies: list = []
-    packs: list[Path] = []
-    for path in (f for f in files if looks_like_policy_pack(f)):
+    hinted = {f for f in files if looks_like_policy_pack(f)}
+    packs = [f for f in files if f not in hinted]
+    for path in sorted(hinted):
         report, own = lint_one(path, (), config)
-        if own or report.kind == "PolicyPack":
+        if report.kind == "PolicyPack":
             reports.append(report)
             policies.extend(own)
         else:
             packs.append(path)
-    packs += [f for f in files if f not in set(packs) and not looks_like_policy_pack(f)]
     while True:
         linted = map_files(_lint_chunk, packs, (tuple(policies), config), jobs)
-        late = [(path, report, own) for path, (report, own) in zip(packs, linted, strict=True) if report.kind == "PolicyPack"]
+        late = [
+            (path, report, own)
+            for path, (report, own) in zip(packs, linted, strict=True)
+            if report.kind == "PolicyPack"
+        ]
         if not late:
             break
         for _path, report, own in late:
@@ -164,5 +170,3 @@ def duplicate_pack_names(reports: list[FileReport], config: Config) -> list[Diag
         else:
             first[report.pack_name] = report
     return out
-
-

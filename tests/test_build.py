@@ -165,7 +165,11 @@ def test_the_model_decides_what_is_a_policy_pack(tree: Path):
     sev4 = tree / "packs" / "sev4.yaml"
     text = sev4.read_text()
     assert "  description: SEV-4 responses" in text
-    sev4.write_text(text.replace("  description: SEV-4 responses", '  description: "SEV-4\n\nkind: PolicyPack\n  responses', 1).replace("dashboards.\n", 'dashboards."\n', 1))
+    sev4.write_text(
+        text.replace(
+            "  description: SEV-4 responses", '  description: "SEV-4\n\nkind: PolicyPack\n  responses', 1
+        ).replace("dashboards.\n", 'dashboards."\n', 1)
+    )
     assert "\nkind: PolicyPack" in sev4.read_text()
     compile_tree(tree)
     for name in PLANS:
