@@ -842,6 +842,51 @@ def bench_verify10k_vs_raw(ctx: Ctx) -> Row:
     )
 
 
+def bench_ops500_vs_pyyaml(ctx: Ctx) -> Row:
+    """Parsing .ops packs (to data with positions) vs loading the same packs' YAML with CSafeLoader."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", None)
+    try:
+        from opsdsl.ops import load_text
+        from opsdsl.ops.convert import yaml_to_ops
+    except ImportError as exc:
+        raise Unavailable(f"opsdsl.ops: {exc}") from exc
+    folder = ctx.tmp / f"ops-{ctx.args.packs}x{ctx.args.steps}-s{ctx.args.seed}"
+    if not folder.exists():  # converted once, outside the timing
+        folder.mkdir(parents=True)
+        for path in ctx.pack_files:
+            source = Path(path)
+            (folder / (source.stem + ".ops")).write_text(yaml_to_ops(source.read_text(), source.name))
+    ops_files = sorted(folder.glob("*.ops"))
+    yaml_files = ctx.pack_files
+
+    def parse_ops(rounds: int) -> None:
+        for _ in range(rounds):
+            for path in ops_files:
+                document, diagnostics = load_text(path.read_text(encoding="utf-8"), path.name)
+                if document is None:
+                    raise Failed(f"{path.name}: {diagnostics[0].message}")
+
+    def parse_yaml(rounds: int) -> None:
+        for _ in range(rounds):
+            for path in yaml_files:
+                with open(path, "rb") as f:
+                    yaml.load(f, Loader=loader)
+
+    def baseline() -> Rate:
+        if loader is None:
+            raise Unavailable("PyYAML built without libyaml")
+        return Rate(parse_yaml, len(yaml_files), f"yaml.load(CSafeLoader) over {len(yaml_files)} files", 1.0)
+
+    return ctx.compare(
+        Row(f"parse {ctx.args.packs} .ops packs vs PyYAML CLoader", RATE, ">=", 0.5, unit="files/s"),
+        opsdsl=lambda: Rate(parse_ops, len(ops_files), f"opsdsl.ops.load_text over {len(ops_files)} files", 1.0),
+        baseline=baseline,
+        reps=3,
+    )
+
+
 BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_lint500_vs_cjs,
     bench_lint500_vs_pyyaml,
@@ -854,6 +899,7 @@ BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_recompile500_vs_lint,
     bench_compile500_memory,
     bench_verify10k_vs_raw,
+    bench_ops500_vs_pyyaml,
 )
 
 
