@@ -82,7 +82,7 @@ def no_packs(path: Path, shown: str) -> Diagnostic:
         rule("OPS007").severity,
         "no pack files here",
         Span(shown, 1, 1),
-        "packs are *.yaml / *.yml files (pack tests, *.test.yaml, are not packs)",
+        "packs are *.yaml, *.yml and *.ops files (pack tests, *.test.yaml, are not packs)",
     )
 
 
