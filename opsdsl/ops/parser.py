@@ -23,7 +23,6 @@ from opsdsl.resources import read_text
 MAX_DEPTH = 64
 MAX_ERRORS = 20
 MAX_RECOVERIES = 200
-DEBUG = False
 
 # Statement keywords and `}`: where the parser resynchronises after an error.
 SYNC = frozenset(
@@ -166,8 +165,6 @@ class _Recovery:
     def on_error(self, error: Any) -> bool:
         from lark.exceptions import UnexpectedToken
 
-        if DEBUG:
-            print("on_error", type(error).__name__, getattr(error, "token", None), error.line)
         self.calls += 1
         if self.calls > MAX_RECOVERIES or len(self.diagnostics) >= MAX_ERRORS:
             self.stopped = True
