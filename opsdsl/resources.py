@@ -28,3 +28,24 @@ def read_text(relpath: str) -> str:
         raise FileNotFoundError(
             f"opsdsl data file {relpath!r} is missing: looked in the package's _data/ and {path}"
         ) from None
+
+
+def lark_cache_file(name: str, grammar: str) -> str | bool:
+    """A per-user file for Lark's analysed grammar (`$XDG_CACHE_HOME/opsdsl` or
+    `~/.cache/opsdsl`), named by Lark's version and the grammar's text; False where no
+    cache can be written, which only costs start-up time."""
+    import hashlib
+    import os
+
+    import lark
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = Path(base) / "opsdsl"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    if not os.access(directory, os.W_OK):
+        return False
+    digest = hashlib.sha256(f"{lark.__version__}\0{grammar}".encode()).hexdigest()[:16]
+    return str(directory / f"{name}-{digest}.lark-cache")

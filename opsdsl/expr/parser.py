@@ -7,12 +7,10 @@ on disk, so `import opsdsl.expr` and a cold start stay cheap. `parse` memoises b
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
 from typing import Any
 
 from opsdsl.errors import ExpressionError
-from opsdsl.resources import read_text
+from opsdsl.resources import lark_cache_file, read_text
 
 from .functions import parse_duration
 from .nodes import (
@@ -129,26 +127,8 @@ def _lark_parser() -> Any:
         lexer="contextual",
         transformer=_NodeBuilder(),
         maybe_placeholders=False,
-        cache=_cache_file(grammar),
+        cache=lark_cache_file("expr", grammar),
     )
-
-
-def _cache_file(grammar: str) -> str | bool:
-    """A per-user file for Lark's analysed grammar, or False where none can be written."""
-    import hashlib
-
-    import lark
-
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    directory = Path(base) / "opsdsl"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    if not os.access(directory, os.W_OK):
-        return False
-    digest = hashlib.sha256(f"{lark.__version__}\0{grammar}".encode()).hexdigest()[:16]
-    return str(directory / f"expr-{digest}.lark-cache")
 
 
 class _SyntaxProblem(Exception):

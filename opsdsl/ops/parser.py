@@ -10,15 +10,12 @@ one run reports several independent mistakes.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from opsdsl.errors import Diagnostic, Severity, Span
-from opsdsl.resources import read_text
+from opsdsl.resources import lark_cache_file, read_text
 
 MAX_DEPTH = 64
 MAX_ERRORS = 20
@@ -357,7 +354,7 @@ def _lark_parser() -> tuple[Any, list]:
         maybe_placeholders=False,
         import_paths=[_import_from_data],
         lexer_callbacks={"COMMENT": comments.append},
-        cache=_cache_file(grammar + "\0" + expr_grammar),
+        cache=lark_cache_file("pack", grammar + "\0" + expr_grammar),
     )
     return parser, comments
 
@@ -365,18 +362,3 @@ def _lark_parser() -> tuple[Any, list]:
 def _import_from_data(base_path: str, grammar_path: str) -> tuple[str, str]:
     """Lark import loader: `%import .expr...` reads grammar/expr.lark wherever it ships."""
     return f"grammar/{grammar_path}", read_text(f"grammar/{grammar_path}")
-
-
-def _cache_file(grammar: str) -> str | bool:
-    import lark
-
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    directory = Path(base) / "opsdsl"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    if not os.access(directory, os.W_OK):
-        return False
-    digest = hashlib.sha256(f"{lark.__version__}\0{grammar}".encode()).hexdigest()[:16]
-    return str(directory / f"pack-{digest}.lark-cache")
