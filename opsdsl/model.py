@@ -158,8 +158,3 @@ def build_model(data: dict) -> AnyPack:
     if data.get("kind") == "PolicyPack":
         return PolicyPack.model_validate(data)
     return Pack.model_validate(data)
-
-
-def model_dump(model: AnyPack) -> dict:
-    """The model as plain JSON values, with the YAML spelling of keys."""
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
