@@ -1,0 +1,15 @@
+"""The runtime: run signed plans step by step with a policy gate, durable state and a ledger.
+
+Stages inside the runtime, one module each:
+
+- `entries`   the ledger entry kinds: one stream that is persisted, shown live and read
+              back by incident records and reports
+- `actions/`  the actions (shell, http.request, notify, evidence.collect, plugins) behind
+              the `Action` interface in `actions/base.py`
+- `executor`  the seam between the scheduler and the actions (in-process today)
+- `secrets`   where secret values come from, and their redaction
+- `gate`      the policy gate before every step
+- `store`     runs, steps and approvals in the state database (SQLite, WAL)
+- `scheduler` the DAG: ready steps concurrently, retries, compensation, finally, pauses
+- `view`      the live display (rich on a terminal, JSON lines otherwise)
+"""

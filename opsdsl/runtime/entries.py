@@ -1,0 +1,90 @@
+"""Ledger entry kinds: the one stream of facts a run produces.
+
+Each entry is `{seq, ts, run, kind, data}`: `seq` the ledger position, `ts` seconds since
+the epoch (float), `run` the run id (None for entries about no run), `kind` one of the
+names below and `data` a JSON object with the listed fields. The scheduler appends them
+(persisted, hash-chained) and the live view shows them; incident records, RCA reports and
+`opsdsl report` are computed from them alone. Secret values never appear: everything is
+redacted before it is appended.
+
+Step ids are plan node ids; a compensation is "STEP.compensate".
+"""
+
+from __future__ import annotations
+
+# A run is created: what runs, why, with what.
+# data: run, incident_id, pack, pack_version, pack_digest, plan_digest, playbook, severity,
+#       params, inputs, event, detected_at (ts of the event, else of creation), dry_run,
+#       trigger (or null), hook (or null), escalate (or null), parent_run, parent_step
+RUN_CREATED = "run.created"
+# The plan was verified before the run: data: keyids (list), trust ("dev-key" | trust file path)
+PLAN_VERIFIED = "plan.verified"
+# data: reason ("start" | "resume" | "approval"), by (or null)
+RUN_STARTED = "run.started"
+# The run stopped to wait for people: data: waiting (list of {step, reason})
+RUN_PAUSED = "run.paused"
+# Ctrl-C / SIGTERM: data: running (step ids that were cancelled)
+RUN_INTERRUPTED = "run.interrupted"
+# data: status ("succeeded" | "failed" | "refused"), error (or null),
+#       failed_steps (list), compensated (list), human (bool: a person approved, denied or
+#       decided something in this run), escalate (or null)
+RUN_FINISHED = "run.finished"
+
+# `when` was false: data: step, when (the expression)
+STEP_SKIPPED = "step.skipped"
+# The policy gate's verdict before a step (or compensation) runs:
+# data: step, action, decision ("allow" | "deny" | "require_approval"),
+#       policies: [{id, effect, message, origin}]  (every policy that applied),
+#       approvals (how many distinct approvers are needed; 0 unless require_approval),
+#       errors: [{id, error}] (policies whose `when` failed: they count as applying)
+POLICY_DECISION = "policy.decision"
+# Written before the side effect (write-ahead): data: step, attempt, action, with (rendered,
+# redacted), idempotency_key, timeout (seconds or null)
+STEP_INTENT = "step.intent"
+# One attempt failed and another will follow: data: step, attempt, error, retry_in (seconds)
+ATTEMPT_FAILED = "attempt.failed"
+# data: step, attempts, outputs (redacted)
+STEP_SUCCEEDED = "step.succeeded"
+# data: step, attempts, error, outputs (redacted; what the action reported with the failure),
+#       denied_by (policy id or null), continue_on_error (bool)
+STEP_FAILED = "step.failed"
+# A step caught mid-flight by a crash, not idempotent: a person must decide.
+# data: step, attempt
+STEP_IN_DOUBT = "step.in_doubt"
+
+# data: step, reason ("action" | "policy"), message, approvers (list), min_approvals,
+#       policies (ids), inputs (the structured answers asked for, or {})
+APPROVAL_REQUESTED = "approval.requested"
+# data: step, by, decision ("approve" | "deny"), answers (map), comment (or null)
+APPROVAL_RECORDED = "approval.recorded"
+# data: step, outcome ("approve" | "deny")
+APPROVAL_TIMED_OUT = "approval.timed_out"
+# A person acknowledged the incident: data: by
+RUN_ACKNOWLEDGED = "run.acknowledged"
+# A person resolved a step left in doubt: data: step, by, decision ("retry" | "succeeded" | "failed")
+STEP_DECIDED = "step.decided"
+
+# Evidence written into the incident folder: data: step, name, files: [{path, sha256, size}]
+EVIDENCE_ADDED = "evidence.added"
+
+RUN_KINDS = (
+    RUN_CREATED,
+    PLAN_VERIFIED,
+    RUN_STARTED,
+    RUN_PAUSED,
+    RUN_INTERRUPTED,
+    RUN_FINISHED,
+    STEP_SKIPPED,
+    POLICY_DECISION,
+    STEP_INTENT,
+    ATTEMPT_FAILED,
+    STEP_SUCCEEDED,
+    STEP_FAILED,
+    STEP_IN_DOUBT,
+    APPROVAL_REQUESTED,
+    APPROVAL_RECORDED,
+    APPROVAL_TIMED_OUT,
+    RUN_ACKNOWLEDGED,
+    STEP_DECIDED,
+    EVIDENCE_ADDED,
+)
