@@ -318,6 +318,10 @@ def _register_fmt_command() -> None:
     from opsdsl.cli_fmt import fmt
 
     cli.add_command(fmt)
+    from opsdsl.cli_run import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
 
 
 _register_signing_commands()

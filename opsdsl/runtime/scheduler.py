@@ -1,0 +1,762 @@
+"""Drive one run of a playbook through its DAG, durably.
+
+For each ready step: evaluate `when` → render `with:` → policy gate → write the intent →
+run the action (timeout, retries with backoff) → record the result. Ready steps run
+concurrently. A failure stops new steps, lets running ones finish, compensates the
+completed steps in reverse order of completion, then runs `finally`. Approvals and steps
+left in doubt by a crash pause the run; `resume` picks it up from the database.
+
+Every state change is one SQLite transaction that also appends its ledger entries, so the
+state tables and the ledger never disagree, and an intent is on disk before its side effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opsdsl.actions import policy_step_view
+from opsdsl.errors import EvalError
+from opsdsl.runtime import entries as E
+from opsdsl.runtime import store as S
+from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
+from opsdsl.runtime.gate import ALLOW, DENY, REQUIRE_APPROVAL, Gate
+from opsdsl.runtime.secrets import SecretError, Secrets, SecretsView
+
+# Actions the scheduler carries out itself: they touch run state, not the outside world.
+SCHEDULER_ACTIONS = frozenset({"wait", "approval", "assert", "playbook.call", "report.rca"})
+# No side effect at all: the decision, intent and result go to disk in one transaction.
+PURE_ACTIONS = frozenset({"assert", "report.rca"})
+
+PHASE_STEPS, PHASE_COMPENSATING, PHASE_FINALLY, PHASE_DONE = "steps", "compensating", "finally", "done"
+FINISHED_OK = (S.SUCCEEDED, S.SKIPPED)
+TIMEOUT_VOTER = "timeout"  # the approvals row an expired approval step gets
+
+
+@dataclass
+class Outcome:
+    """How a drive ended: the run status and the steps people must act on."""
+
+    status: str  # succeeded | failed | paused | interrupted
+    pending: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+class Paused(Exception):
+    """Internal: a step is waiting for people."""
+
+
+@dataclass
+class RunEnv:
+    """Everything a run needs besides its own rows: shared by a run and its sub-runs."""
+
+    store: S.Store
+    executor: Any  # executor.Executor
+    secrets: Secrets
+    signer: Any  # Ed25519PrivateKey: checkpoints and incident records
+    incidents_root: Path
+    view: Any = None  # view.View
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    start_child: Callable[..., Awaitable[Outcome]] | None = None  # playbook.call (set by runner)
+    jitter: Callable[[], float] = random.random
+
+
+class Scheduler:
+    def __init__(self, env: RunEnv, run: S.RunRow, plan: dict[str, Any]) -> None:
+        self.env = env
+        self.store = env.store
+        self.run = run
+        self.plan = plan
+        self.playbook = plan["playbooks"][run.playbook]
+        self.nodes: dict[str, dict[str, Any]] = {n["id"]: n for n in self.playbook["nodes"]}
+        self.preds: dict[str, list[str]] = {sid: [] for sid in self.nodes}
+        for edge in self.playbook["edges"]:
+            if edge["kind"] in ("needs", "sequence"):
+                self.preds[edge["to"]].append(edge["from"])
+        self.gate = Gate(plan["policies"], lambda action: action in SCHEDULER_ACTIONS or env.executor.knows(action))
+        self.redactor = env.secrets.redactor
+        self.steps: dict[str, S.StepRow] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.incident_folder = Path(run.incident_dir)
+        self._completed = 0
+        self._rendered: dict[str, dict[str, Any]] = {}
+
+    # ---- entry points ----------------------------------------------------------------
+
+    async def drive(self, reason: str = "start", by: str | None = None) -> Outcome:
+        """Run (or continue) the run until it finishes, pauses or is interrupted."""
+        self.steps = self.store.steps(self.run.id)
+        self._completed = max((s.completed or 0 for s in self.steps.values()), default=0)
+        for sid, row in self.steps.items():
+            if row.status in S.FINAL_STEP_STATUSES:
+                self.results[sid] = self._result(row)
+        recovered = self._recover_in_flight()
+        self._commit(
+            [(E.RUN_STARTED, {"reason": reason, "by": by, **recovered})],
+            run_fields={"status": S.RUNNING, "owner_pid": _pid()},
+        )
+        try:
+            outcome = await self._drive_phases()
+        except asyncio.CancelledError:
+            running = sorted(sid for sid, row in self.steps.items() if row.status == S.STARTED)
+            self._commit([(E.RUN_INTERRUPTED, {"running": running})], run_fields={"status": S.INTERRUPTED})
+            self._write_incident()
+            return Outcome(S.INTERRUPTED, running, "interrupted; continue with `opsdsl resume`")
+        return outcome
+
+    async def _drive_phases(self) -> Outcome:
+        deadline = self._deadline()
+        if self.run.phase == PHASE_STEPS:
+            try:
+                await self._run_section("steps", deadline)
+            except Paused:
+                return self._pause()
+            if self._failing():
+                self._set_phase(PHASE_COMPENSATING)
+            else:
+                self._set_phase(PHASE_FINALLY)
+        if self.run.phase == PHASE_COMPENSATING:
+            try:
+                await self._compensate()
+            except Paused:
+                return self._pause()
+            self._set_phase(PHASE_FINALLY)
+        if self.run.phase == PHASE_FINALLY:
+            try:
+                await self._run_section("finally", None)
+            except Paused:
+                return self._pause()
+            self._set_phase(PHASE_DONE)
+        return self._finish()
+
+    # ---- sections ----------------------------------------------------------------------
+
+    async def _run_section(self, section: str, deadline: float | None) -> None:
+        """Run the DAG of one section until nothing more can start."""
+        members = [sid for sid, node in self.nodes.items() if node["section"] == section]
+        running: dict[asyncio.Task, str] = {}
+        paused = False
+        try:
+            while True:
+                if not (section == "steps" and self._failing()):
+                    for sid in members:
+                        if sid not in running.values() and self._ready(sid, section):
+                            task = asyncio.create_task(self._run_step(sid), name=sid)
+                            running[task] = sid
+                if not running:
+                    break
+                timeout = None if deadline is None else max(0.0, deadline - self.env.clock())
+                done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done:  # the playbook's timeout
+                    await self._time_out(running)
+                    return
+                for task in done:
+                    del running[task]
+                    if task.exception() is not None:
+                        if isinstance(task.exception(), Paused):
+                            paused = True
+                            continue
+                        raise task.exception()
+        except asyncio.CancelledError:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
+        if paused or any(self.steps[sid].status in (S.AWAITING_APPROVAL, S.IN_DOUBT) for sid in members):
+            raise Paused()
+
+    def _ready(self, sid: str, section: str) -> bool:
+        row = self.steps[sid]
+        if row.status not in (S.PENDING, S.AWAITING_APPROVAL):
+            return False
+        if row.status == S.AWAITING_APPROVAL and not self._approval_settled(sid):
+            return False
+        for pred in self.preds[sid]:
+            status = self.steps[pred].status
+            if section == "finally":
+                if status not in S.FINAL_STEP_STATUSES:
+                    return False
+            elif not (status in FINISHED_OK or (status == S.FAILED and self.nodes[pred]["continue_on_error"])):
+                return False
+        return True
+
+    def _failing(self) -> bool:
+        return any(
+            row.status == S.FAILED
+            and self.nodes[sid]["section"] == "steps"
+            and not self.nodes[sid]["continue_on_error"]
+            for sid, row in self.steps.items()
+        )
+
+    async def _time_out(self, running: dict[asyncio.Task, str]) -> None:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        message = "the playbook's timeout passed; the step was cancelled"
+        for sid in running.values():
+            row = self.steps[sid]
+            row.status, row.error, row.finished_at = S.FAILED, message, self.env.clock()
+            self._commit(
+                [(E.STEP_FAILED, self._failed_data(sid, message, {}))],
+                steps=[row],
+            )
+            self.results[sid] = self._result(row)
+
+    async def _compensate(self) -> None:
+        """Undo the completed steps, newest first; a failing compensation does not stop the rest."""
+        done = [
+            (row.completed or 0, sid)
+            for sid, row in self.steps.items()
+            if row.status == S.SUCCEEDED and self.nodes[sid]["section"] == "steps" and self.nodes[sid]["compensation"]
+        ]
+        paused = False
+        for _, sid in sorted(done, reverse=True):
+            comp = self.nodes[sid]["compensation"]
+            if self.steps[comp].status in S.FINAL_STEP_STATUSES:
+                continue
+            if self.steps[comp].status == S.AWAITING_APPROVAL and not self._approval_settled(comp):
+                paused = True
+                continue
+            if self.steps[comp].status == S.IN_DOUBT:
+                paused = True
+                continue
+            try:
+                await self._run_step(comp)
+            except Paused:
+                paused = True
+        if paused:
+            raise Paused()
+
+    # ---- one step ----------------------------------------------------------------------
+
+    async def _run_step(self, sid: str) -> None:
+        node = self.nodes[sid]
+        row = self.steps[sid]
+        gated = row.status == S.AWAITING_APPROVAL
+        if gated:
+            verdict = self._approval_verdict(sid)
+            if verdict == "deny":
+                return self._fail(sid, self._denial_message(sid), {}, decision=None)
+            if node["action"] == "approval":
+                return self._approve_action_step(sid)
+            rendered = self._render(sid)  # cannot fail now: it rendered before the gate
+            decision_entry: list = []
+        else:
+            if node.get("when"):
+                try:
+                    go = self._evaluate(node["when"], self._activation(sid))
+                except EvalError as error:
+                    return self._fail(sid, f"`when` could not be evaluated: {error.message}", {}, decision=None)
+                if go is not True:
+                    row.status, row.finished_at = S.SKIPPED, self.env.clock()
+                    self._commit([(E.STEP_SKIPPED, {"step": sid, "when": node["when"]})], steps=[row])
+                    self.results[sid] = self._result(row)
+                    return
+            try:
+                rendered = self._render(sid)
+            except (EvalError, SecretError) as error:
+                return self._fail(sid, f"`with:` could not be rendered: {error.message}", {}, decision=None)
+            decision = self.gate.judge(self._policy_activation(sid, rendered))
+            decision_entry = [(E.POLICY_DECISION, {"step": sid, "action": node["action"], **decision.to_dict()})]
+            if decision.decision == DENY:
+                return self._fail(sid, decision.reason, {}, decision=decision_entry, denied_by=decision.deciding_policy)
+            needed = decision.approvals if decision.decision == REQUIRE_APPROVAL else 0
+            if node["action"] == "approval":
+                needed = max(needed, int(rendered.get("min_approvals", 1)))
+            if needed:
+                return self._request_approval(sid, rendered, decision, needed, decision_entry)
+            assert decision.decision == ALLOW
+        await self._execute(sid, rendered, decision_entry)
+
+    async def _execute(self, sid: str, rendered: dict[str, Any], decision_entry: list) -> None:
+        node = self.nodes[sid]
+        action = node["action"]
+        row = self.steps[sid]
+        now = self.env.clock()
+        if action in PURE_ACTIONS:
+            row.attempts += 1
+            row.started_at = now
+            intent = self._intent(sid, rendered, row.attempts)
+            try:
+                outputs = self._pure(sid, rendered)
+            except ActionFailed as failure:
+                return self._fail(sid, failure.message, failure.outputs, decision=[*decision_entry, intent])
+            return self._succeed(sid, outputs, before=[*decision_entry, intent])
+        if action == "wait":
+            if row.wake_at is None:
+                row.wake_at = now + _duration_seconds(rendered.get("duration", "0s"))
+            row.status, row.started_at, row.attempts = S.STARTED, row.started_at or now, row.attempts + 1
+            self._commit([*decision_entry, self._intent(sid, rendered, row.attempts)], steps=[row])
+            await self.env.sleep(max(0.0, row.wake_at - self.env.clock()))
+            return self._succeed(sid, {})
+        if action == "playbook.call":
+            row.status, row.started_at, row.attempts = S.STARTED, now, row.attempts + 1
+            self._commit([*decision_entry, self._intent(sid, rendered, row.attempts)], steps=[row])
+            assert self.env.start_child is not None
+            child = await self.env.start_child(self, sid, rendered)
+            if child.status == S.SUCCEEDED:
+                return self._succeed(sid, {"status": child.status})
+            if child.status == "paused":
+                raise Paused()
+            return self._fail(sid, f"the called playbook {child.status}: {child.error or ''}".strip(), {}, None)
+
+        # An action with effects outside: intent on disk first, then attempts.
+        retry = node["retry"]
+        timeout = node["timeout"] / 1000 if node["timeout"] is not None else None
+        first = True
+        while True:
+            row.attempts += 1
+            row.status, row.started_at = S.STARTED, row.started_at or self.env.clock()
+            self._commit([*(decision_entry if first else []), self._intent(sid, rendered, row.attempts)], steps=[row])
+            first = False
+            request = ActionRequest(
+                run_id=self.run.id,
+                step_id=sid,
+                action=action,
+                inputs=rendered,
+                attempt=row.attempts,
+                idempotency_key=f"{self.run.id}:{sid}",
+                timeout=timeout,
+                severity=self.run.severity,
+                playbook=self.run.playbook,
+                pack=self.run.pack,
+            )
+            try:
+                if timeout is None:
+                    outputs = await self.env.executor.execute(request, self._context())
+                else:
+                    outputs = await asyncio.wait_for(self.env.executor.execute(request, self._context()), timeout)
+            except TimeoutError:
+                failure = ActionFailed(f"timed out after {_seconds(timeout)}")
+            except ActionFailed as error:
+                failure = error
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # an action's own bug must not take the run down
+                failure = ActionFailed(f"action `{action}` crashed: {type(error).__name__}: {error}", retryable=False)
+            else:
+                outputs = self.redactor.data(outputs or {})
+                extra = []
+                if action == "evidence.collect" and outputs.get("files"):
+                    extra.append(
+                        (E.EVIDENCE_ADDED, {"step": sid, "name": rendered.get("name"), "files": outputs["files"]})
+                    )
+                return self._succeed(sid, outputs, after=extra)
+            message = self.redactor.text(failure.message)
+            if not failure.retryable or row.attempts >= retry["attempts"]:
+                return self._fail(sid, message, self.redactor.data(failure.outputs), decision=None)
+            delay = self._backoff(retry, row.attempts)
+            self._commit(
+                [(E.ATTEMPT_FAILED, {"step": sid, "attempt": row.attempts, "error": message, "retry_in": delay})],
+                steps=[row],
+            )
+            await self.env.sleep(delay)
+
+    def _pure(self, sid: str, rendered: dict[str, Any]) -> dict[str, Any]:
+        node = self.nodes[sid]
+        if node["action"] == "assert":
+            that = node["with"]["that"]
+            try:
+                holds = self._evaluate(that, self._activation(sid))
+            except EvalError as error:
+                raise ActionFailed(f"`{that}` could not be evaluated: {error.message}") from None
+            if holds is not True:
+                raise ActionFailed(rendered.get("message") or f"assertion failed: {that}")
+            return {}
+        # report.rca: the report is written with the incident record; this sets its contents.
+        return {
+            "title": rendered.get("title"),
+            "summary": rendered.get("summary"),
+            "include": rendered.get("include"),
+            "path": str(self.incident_folder / "rca.md"),
+        }
+
+    # ---- approvals ---------------------------------------------------------------------
+
+    def _request_approval(self, sid, rendered, decision, needed, decision_entry) -> None:
+        node = self.nodes[sid]
+        row = self.steps[sid]
+        by_action = node["action"] == "approval"
+        row.status, row.started_at = S.AWAITING_APPROVAL, self.env.clock()
+        row.approvals_needed = needed
+        row.approval_reason = "action" if by_action else "policy"
+        row.approvers = list(rendered.get("approvers") or []) if by_action else []
+        message = rendered.get("message") if by_action else decision.reason
+        data = {
+            "step": sid,
+            "reason": row.approval_reason,
+            "message": message,
+            "approvers": row.approvers,
+            "min_approvals": needed,
+            "policies": [p["id"] for p in decision.policies if p["effect"] == REQUIRE_APPROVAL],
+            "inputs": rendered.get("inputs") or {} if by_action else {},
+        }
+        self._commit([*decision_entry, (E.APPROVAL_REQUESTED, data)], steps=[row])
+        raise Paused()
+
+    def _approval_verdict(self, sid: str) -> str | None:
+        """approve | deny | None (not yet): counts distinct approvers; a timeout decides too."""
+        row = self.steps[sid]
+        votes = self.store.approvals(self.run.id, sid)
+        for vote in votes:
+            if vote["by"] == TIMEOUT_VOTER:
+                return vote["decision"]
+        if any(v["decision"] == "deny" for v in votes):
+            return "deny"
+        if len({v["by"] for v in votes if v["decision"] == "approve"}) >= max(1, row.approvals_needed):
+            return "approve"
+        node = self.nodes[sid]
+        timeout = node["timeout"] if node["action"] == "approval" else None
+        if timeout is not None and row.started_at is not None and self.env.clock() >= row.started_at + timeout / 1000:
+            outcome = self._rendered_cache(sid).get("on_timeout", "deny")
+            vote = (sid, TIMEOUT_VOTER, outcome, {}, None, self.env.clock())
+            self._commit([(E.APPROVAL_TIMED_OUT, {"step": sid, "outcome": outcome})], approvals=[vote])
+            return outcome
+        return None
+
+    def _approval_settled(self, sid: str) -> bool:
+        return self._approval_verdict(sid) is not None
+
+    def _denial_message(self, sid: str) -> str:
+        votes = [v for v in self.store.approvals(self.run.id, sid) if v["decision"] == "deny"]
+        if votes and votes[0]["by"] == TIMEOUT_VOTER:
+            return "the approval timed out (on_timeout: deny)"
+        who = ", ".join(v["by"] for v in votes)
+        return f"denied by {who}" if who else "denied"
+
+    def _approve_action_step(self, sid: str) -> None:
+        rendered = self._rendered_cache(sid)
+        declared = rendered.get("inputs") or {}
+        answers = {name: spec.get("default") for name, spec in declared.items() if isinstance(spec, dict)}
+        approved_by: list[str] = []
+        for vote in self.store.approvals(self.run.id, sid):
+            if vote["decision"] == "approve":
+                answers.update(vote["answers"])
+                if vote["by"] != TIMEOUT_VOTER:
+                    approved_by.append(vote["by"])
+        self.steps[sid].attempts = max(1, self.steps[sid].attempts)
+        self._succeed(sid, self.redactor.data({**answers, "approved_by": approved_by}))
+
+    # ---- results -----------------------------------------------------------------------
+
+    def _succeed(self, sid: str, outputs: dict[str, Any], before: list = (), after: list = ()) -> None:
+        row = self.steps[sid]
+        self._completed += 1
+        row.status, row.outputs, row.error = S.SUCCEEDED, outputs, None
+        row.finished_at, row.completed = self.env.clock(), self._completed
+        row.attempts = max(row.attempts, 1)
+        self._commit(
+            [*before, (E.STEP_SUCCEEDED, {"step": sid, "attempts": row.attempts, "outputs": outputs}), *after],
+            steps=[row],
+        )
+        self.results[sid] = self._result(row)
+
+    def _fail(
+        self, sid: str, message: str, outputs: dict[str, Any], decision: list | None, denied_by: str | None = None
+    ) -> None:
+        row = self.steps[sid]
+        row.status, row.error, row.outputs, row.finished_at = S.FAILED, message, outputs, self.env.clock()
+        self._commit(
+            [*(decision or []), (E.STEP_FAILED, self._failed_data(sid, message, outputs, denied_by))],
+            steps=[row],
+        )
+        self.results[sid] = self._result(row)
+
+    def _failed_data(self, sid: str, message: str, outputs: dict, denied_by: str | None = None) -> dict[str, Any]:
+        node = self.nodes[sid]
+        return {
+            "step": sid,
+            "attempts": self.steps[sid].attempts,
+            "error": message,
+            "outputs": outputs,
+            "denied_by": denied_by,
+            "continue_on_error": bool(node.get("continue_on_error")),
+        }
+
+    @staticmethod
+    def _result(row: S.StepRow) -> dict[str, Any]:
+        return {
+            "outputs": row.outputs or {},
+            "status": row.status,
+            "error": row.error,
+            "attempts": row.attempts,
+        }
+
+    # ---- pause / finish ----------------------------------------------------------------
+
+    def _pause(self) -> Outcome:
+        pending = sorted(sid for sid, r in self.steps.items() if r.status in (S.AWAITING_APPROVAL, S.IN_DOUBT))
+        waiting = [
+            {"step": sid, "reason": "approval" if self.steps[sid].status == S.AWAITING_APPROVAL else "in_doubt"}
+            for sid in pending
+        ]
+        self._commit([(E.RUN_PAUSED, {"waiting": waiting})], run_fields={"status": S.PAUSED})
+        self._checkpoint()
+        self._write_incident()
+        return Outcome("paused", pending)
+
+    def _finish(self) -> Outcome:
+        failed = sorted(
+            sid
+            for sid, r in self.steps.items()
+            if r.status == S.FAILED and not self.nodes[sid].get("continue_on_error")
+        )
+        compensated = sorted(
+            self.nodes[sid]["for"]
+            for sid, r in self.steps.items()
+            if self.nodes[sid]["section"] == "compensation" and r.status == S.SUCCEEDED
+        )
+        status = S.FAILED if failed else S.SUCCEEDED
+        error = None
+        if failed:
+            first = min(failed, key=lambda s: self.steps[s].finished_at or 0)
+            error = f"step `{first}` failed: {self.steps[first].error}"
+        human = self._human_involved()
+        data = {
+            "status": status,
+            "error": error,
+            "failed_steps": failed,
+            "compensated": compensated,
+            "human": human,
+            "escalate": self.run.escalate if status == S.FAILED else None,
+        }
+        self._commit(
+            [(E.RUN_FINISHED, data)],
+            run_fields={"status": status, "finished_at": self.env.clock(), "error": error, "owner_pid": None},
+        )
+        self._checkpoint()
+        self._write_incident()
+        return Outcome(status, [], error)
+
+    def _human_involved(self) -> bool:
+        """Whether a person approved, denied, decided or acknowledged anything in this run."""
+        conn = self.store.conn
+        voted = conn.execute(
+            "SELECT 1 FROM approvals WHERE run_id = ? AND by != ? LIMIT 1", (self.run.id, TIMEOUT_VOTER)
+        )
+        if voted.fetchone() is not None:
+            return True
+        decided = conn.execute(
+            "SELECT 1 FROM ledger WHERE run = ? AND kind IN (?, ?) LIMIT 1",
+            (self.run.id, E.STEP_DECIDED, E.RUN_ACKNOWLEDGED),
+        )
+        return decided.fetchone() is not None
+
+    def _checkpoint(self) -> None:
+        with self.store.transaction():
+            self.store.ledger.checkpoint(self.env.signer)
+
+    def _write_incident(self) -> None:
+        from opsdsl.incident import write_incident
+
+        entries = [e.to_dict() for e in self.store.ledger.entries(run=self.run.id)]
+        checkpoint = self.store.ledger.latest_checkpoint()
+        rca = None
+        for sid, node in self.nodes.items():
+            if node["action"] == "report.rca" and self.steps[sid].status == S.SUCCEEDED:
+                rca = {k: v for k, v in (self.steps[sid].outputs or {}).items() if k != "path" and v is not None}
+        write_incident(
+            self.env.incidents_root,
+            entries,
+            checkpoint=checkpoint.to_dict() if checkpoint else None,
+            signer=self.env.signer,
+            rca=rca,
+        )
+
+    # ---- crash recovery ----------------------------------------------------------------
+
+    def _recover_in_flight(self) -> dict[str, list[str]]:
+        """Steps caught mid-flight: re-run the idempotent ones, put the others in doubt."""
+        rerun, doubt = [], []
+        for sid, row in self.steps.items():
+            if row.status != S.STARTED:
+                continue
+            if self.nodes[sid]["idempotent"] or self.nodes[sid]["action"] in ("wait", "playbook.call"):
+                row.status = S.PENDING
+                rerun.append(sid)
+            else:
+                row.status = S.IN_DOUBT
+                doubt.append(sid)
+        if rerun or doubt:
+            changed = [self.steps[s] for s in rerun + doubt]
+            self._commit(
+                [(E.STEP_IN_DOUBT, {"step": s, "attempt": self.steps[s].attempts}) for s in doubt], steps=changed
+            )
+        return {"rerun": sorted(rerun), "in_doubt": sorted(doubt)}
+
+    # ---- expressions -------------------------------------------------------------------
+
+    def _activation(self, sid: str) -> dict[str, Any]:
+        return {
+            "params": self.run.params,
+            "inputs": self.run.inputs,
+            "steps": self.results,
+            "event": self.run.event,
+            "run": self._run_view(),
+            "secrets": SecretsView(self.env.secrets),
+            "now": self.env.clock(),
+        }
+
+    def _policy_activation(self, sid: str, rendered: dict[str, Any]) -> dict[str, Any]:
+        node = self.nodes[sid]
+        owner = self.nodes[node["for"]] if node["section"] == "compensation" else node
+        step = policy_step_view(
+            sid,
+            owner.get("name") if node is owner else f"{owner.get('name') or owner['id']} (compensation)",
+            node["action"],
+            owner.get("risk", "low"),
+            self.redactor.data(rendered),
+            node["timeout"],
+            node["idempotent"],
+            bool(node.get("compensation")),
+        )
+        return {
+            "run": self._run_view(),
+            "playbook": {"name": self.run.playbook, "severity": self.run.severity, "pack": self.run.pack},
+            "step": step,
+            "event": self.run.event,
+            "params": self.run.params,
+            "now": self.env.clock(),
+        }
+
+    def _run_view(self) -> dict[str, Any]:
+        return {
+            "id": self.run.id,
+            "incident_id": self.run.incident_id,
+            "pack": self.run.pack,
+            "playbook": self.run.playbook,
+            "severity": self.run.severity,
+            "status": self.run.status,
+            "started_at": self.run.created_at,
+            "dry_run": False,
+        }
+
+    @staticmethod
+    def _evaluate(text: str, activation: dict[str, Any]) -> Any:
+        from opsdsl.expr import compile_expr, parse
+
+        return compile_expr(parse(text))(activation)
+
+    def _render(self, sid: str) -> dict[str, Any]:
+        node = self.nodes[sid]
+        activation = self._activation(sid)
+        with_ = node.get("with") or {}
+        if node["action"] == "assert":
+            # `that` is an expression, evaluated by the action; only `message` is a template.
+            rendered = dict(with_)
+            if isinstance(with_.get("message"), str):
+                rendered["message"] = _render_value(with_["message"], activation)
+        else:
+            rendered = _render_value(with_, activation)
+        self._rendered[sid] = rendered
+        return rendered
+
+    def _rendered_cache(self, sid: str) -> dict[str, Any]:
+        if sid not in self._rendered:
+            try:
+                self._render(sid)
+            except (EvalError, SecretError):
+                return dict(self.nodes[sid].get("with") or {})
+        return self._rendered[sid]
+
+    def _intent(self, sid: str, rendered: dict[str, Any], attempt: int) -> tuple[str, dict[str, Any]]:
+        node = self.nodes[sid]
+        return (
+            E.STEP_INTENT,
+            {
+                "step": sid,
+                "attempt": attempt,
+                "action": node["action"],
+                "with": self.redactor.data(rendered),
+                "idempotency_key": f"{self.run.id}:{sid}",
+                "timeout": node["timeout"] / 1000 if node["timeout"] is not None else None,
+            },
+        )
+
+    def _context(self) -> ActionContext:
+        return ActionContext(
+            evidence_dir=self.incident_folder / "evidence",
+            redact=self.redactor.text,
+            redact_bytes=self.redactor.bytes,
+        )
+
+    def _backoff(self, retry: dict[str, Any], attempt: int) -> float:
+        initial, cap = retry["initial"] / 1000, retry["max"] / 1000
+        wait = initial if retry["backoff"] == "fixed" else min(cap, initial * 2 ** (attempt - 1))
+        if retry.get("jitter"):
+            wait *= 0.5 + self.env.jitter()
+        return round(wait, 3)
+
+    def _deadline(self) -> float | None:
+        timeout = self.playbook.get("timeout")
+        return self.run.created_at + timeout / 1000 if timeout else None
+
+    # ---- persistence -------------------------------------------------------------------
+
+    def _set_phase(self, phase: str) -> None:
+        self.run.phase = phase
+        self._commit([], run_fields={"phase": phase})
+
+    def _commit(
+        self,
+        new_entries: list[tuple[str, dict[str, Any]]],
+        steps: list[S.StepRow] = (),
+        run_fields: dict[str, Any] | None = None,
+        approvals: list[tuple] = (),
+    ) -> None:
+        """One transaction: ledger entries, step rows, run fields, votes; then show the entries."""
+        now = self.env.clock()
+        appended = []
+        with self.store.transaction():
+            for vote in approvals:
+                self.store.add_approval(self.run.id, *vote)
+            for kind, data in new_entries:
+                appended.append(self.store.ledger.append(kind, self.run.id, data, ts=now))
+            for row in steps:
+                self.store.save_step(self.run.id, row)
+            fields = {"updated_at": now, **(run_fields or {})}
+            self.store.update_run(self.run.id, **fields)
+        for name, value in fields.items():
+            if hasattr(self.run, name):
+                setattr(self.run, name, value)
+        if self.env.view is not None:
+            for entry in appended:
+                self.env.view.entry(entry.to_dict())
+
+
+def _render_value(value: Any, activation: dict[str, Any]) -> Any:
+    from opsdsl.expr import parse_template
+
+    if isinstance(value, str):
+        if "${{" not in value:
+            return value
+        return parse_template(value).render(activation)
+    if isinstance(value, dict):
+        return {k: _render_value(v, activation) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_value(v, activation) for v in value]
+    return value
+
+
+def _duration_seconds(value: Any) -> float:
+    from opsdsl.durations import parse_duration
+
+    if isinstance(value, (int, float)):
+        return float(value)
+    return parse_duration(value) / 1000
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

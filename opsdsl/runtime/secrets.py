@@ -1,0 +1,170 @@
+"""Secret values: where they come from, and keeping them out of everything we write.
+
+A pack reads a secret as `${{ secrets.NAME }}`. Its value is looked up, in order, from
+an explicit `--secret NAME=env:VAR` / `--secret NAME=file:PATH` reference, the
+environment variable `OPSDSL_SECRET_NAME` (upper-cased), and the file
+`STATE_DIR/secrets/NAME`. Values of params declared `secret: true` are secrets too.
+
+Every value that reaches the ledger, the state database, logs, evidence or the RCA passes
+through `Redactor`, which replaces each known secret value with `***`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from opsdsl.errors import UsageError
+
+MASK = "***"
+ENV_PREFIX = "OPSDSL_SECRET_"
+
+
+class SecretError(Exception):
+    """A secret a step needs has no value; the step fails with this message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def parse_references(specs: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """`NAME=env:VAR` / `NAME=file:PATH` command-line references, by name."""
+    references: dict[str, tuple[str, str]] = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        kind, colon, where = source.partition(":")
+        if not sep or not name or not colon or kind not in ("env", "file") or not where:
+            raise UsageError(f"--secret {spec!r}: write NAME=env:VARIABLE or NAME=file:PATH")
+        references[name] = (kind, where)
+    return references
+
+
+class Secrets(Mapping[str, str]):
+    """Secret values by name, resolved lazily from references, the environment and files."""
+
+    def __init__(self, state_dir: Path, references: Mapping[str, tuple[str, str]] | None = None) -> None:
+        self._folder = state_dir / "secrets"
+        self._references = dict(references or {})
+        self._values: dict[str, str] = {}
+        self.redactor = Redactor()
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self._values:
+            value = self._resolve(name)
+            if value is None:
+                raise KeyError(name)
+            self._values[name] = value
+            self.redactor.add(value)
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        try:
+            self[name]
+        except KeyError:
+            return False
+        return True
+
+    def require(self, name: str) -> str:
+        try:
+            return self[name]
+        except KeyError:
+            raise SecretError(
+                f"secret `{name}` has no value: set {ENV_PREFIX}{name.upper()}, write it to "
+                f"{self._folder / name}, or pass --secret {name}=env:VARIABLE"
+            ) from None
+
+    def _resolve(self, name: str) -> str | None:
+        reference = self._references.get(name)
+        if reference is not None:
+            kind, where = reference
+            if kind == "env":
+                return os.environ.get(where)
+            return _read_secret_file(Path(where))
+        value = os.environ.get(ENV_PREFIX + name.upper())
+        if value is not None:
+            return value
+        if "/" in name or name.startswith("."):
+            return None
+        return _read_secret_file(self._folder / name)
+
+
+def _read_secret_file(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except OSError as error:
+        raise SecretError(f"cannot read secret file {path}: {error.strerror}") from None
+
+
+class SecretsView(Mapping[str, str]):
+    """`secrets` as expressions see it: reading a missing one fails the step clearly."""
+
+    def __init__(self, secrets: Secrets) -> None:
+        self._secrets = secrets
+
+    def __getitem__(self, name: str) -> str:
+        return self._secrets.require(name)
+
+    def __iter__(self):
+        return iter(self._secrets)
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._secrets
+
+
+class Redactor:
+    """Replaces known secret values with `***` in strings, bytes and JSON-like data."""
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self._values: list[str] = []
+        for value in values:
+            self.add(value)
+
+    def add(self, value: str) -> None:
+        if not value or value in self._values:
+            return
+        self._values.append(value)
+        self._values.sort(key=len, reverse=True)  # longest first: a secret containing another
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def text(self, text: str) -> str:
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, MASK)
+        return text
+
+    def bytes(self, data: bytes) -> bytes:
+        for value in self._values:
+            encoded = value.encode("utf-8")
+            if encoded in data:
+                data = data.replace(encoded, MASK.encode())
+        return data
+
+    def data(self, value: Any) -> Any:
+        """A copy of JSON-like `value` with secrets masked in every string (keys too)."""
+        if not self._values:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {self.text(str(k)): self.data(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.data(item) for item in value]
+        return value

@@ -1,0 +1,298 @@
+"""Durable run state in the state database (one SQLite file, WAL, synchronous=FULL).
+
+Tables beside the ledger's: `runs`, `steps` (one row per plan node of a run) and
+`approvals`. The ledger is the audit trail; these tables are the scheduler's working
+state, so that `opsdsl resume` can continue a run after a crash. Both are written in the
+same transactions, so they never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opsdsl.errors import OpsdslError
+
+DB_NAME = "state.db"
+
+# Run statuses. A run is live while running, paused or interrupted.
+RUNNING, PAUSED, INTERRUPTED = "running", "paused", "interrupted"
+SUCCEEDED, FAILED, REFUSED = "succeeded", "failed", "refused"
+FINAL_RUN_STATUSES = (SUCCEEDED, FAILED, REFUSED)
+
+# Step statuses. "Finished" for `needs` means succeeded, skipped, or failed with continue_on_error.
+PENDING, STARTED = "pending", "running"
+AWAITING_APPROVAL, IN_DOUBT, SKIPPED = "awaiting_approval", "in_doubt", "skipped"
+FINAL_STEP_STATUSES = (SUCCEEDED, FAILED, SKIPPED)
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    incident_id TEXT NOT NULL,
+    pack TEXT NOT NULL,
+    playbook TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    status TEXT NOT NULL,
+    phase TEXT NOT NULL DEFAULT 'steps',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    envelope BLOB NOT NULL,
+    plan_digest TEXT NOT NULL,
+    trust TEXT NOT NULL,
+    params TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    event TEXT NOT NULL,
+    hook TEXT,
+    trig TEXT,
+    escalate TEXT,
+    parent_run TEXT,
+    parent_step TEXT,
+    incident_dir TEXT NOT NULL,
+    error TEXT,
+    owner_pid INTEGER
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    outputs TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    started_at REAL,
+    finished_at REAL,
+    completed INTEGER,
+    wake_at REAL,
+    approvals_needed INTEGER NOT NULL DEFAULT 0,
+    approval_reason TEXT,
+    approvers TEXT,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    by TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    answers TEXT NOT NULL,
+    comment TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (run_id, step_id, by)
+);
+"""
+
+
+class StateError(OpsdslError):
+    """The state directory or database cannot be used (exit 2), or a run is not found."""
+
+    exit_code = 2
+
+
+def state_dir(option: str | os.PathLike | None) -> Path:
+    """`--state-dir`, else $OPSDSL_HOME, else ./.opsdsl."""
+    return Path(option or os.environ.get("OPSDSL_HOME") or ".opsdsl")
+
+
+@dataclass
+class RunRow:
+    id: str
+    incident_id: str
+    pack: str
+    playbook: str
+    severity: str
+    status: str
+    phase: str
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    envelope: bytes
+    plan_digest: str
+    trust: str
+    params: dict[str, Any]
+    inputs: dict[str, Any]
+    event: dict[str, Any]
+    hook: str | None
+    trig: str | None
+    escalate: str | None
+    parent_run: str | None
+    parent_step: str | None
+    incident_dir: str
+    error: str | None
+    owner_pid: int | None
+
+
+@dataclass
+class StepRow:
+    step_id: str
+    status: str
+    attempts: int = 0
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    completed: int | None = None
+    wake_at: float | None = None
+    approvals_needed: int = 0
+    approval_reason: str | None = None
+    approvers: list[str] | None = None
+
+
+_JSON_RUN_FIELDS = ("params", "inputs", "event")
+
+
+class Store:
+    """The state database of one state directory."""
+
+    def __init__(self, root: Path) -> None:
+        from opsdsl.ledger import Ledger, open_database
+
+        self.root = root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self.conn: sqlite3.Connection = open_database(root / DB_NAME)
+            self.conn.executescript(_DDL)
+        except (OSError, sqlite3.DatabaseError) as error:
+            raise StateError(f"cannot open the state database in {root}: {error}") from None
+        self.ledger = Ledger(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT: other processes (approve, serve) wait, nobody interleaves."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # runs ---------------------------------------------------------------------------------
+
+    def insert_run(self, run: RunRow) -> None:
+        values = dict(run.__dict__)
+        for name in _JSON_RUN_FIELDS:
+            values[name] = json.dumps(values[name], sort_keys=True)
+        columns = ", ".join(values)
+        marks = ", ".join(f":{name}" for name in values)
+        self.conn.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", values)
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        assignments = ", ".join(f"{name} = :{name}" for name in fields)
+        self.conn.execute(f"UPDATE runs SET {assignments} WHERE id = :_id", {**fields, "_id": run_id})
+
+    def run(self, run_id: str) -> RunRow:
+        row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise StateError(f"no run `{run_id}` in {self.root} (see `opsdsl runs`)")
+        return _run_row(self.conn, row)
+
+    def runs(self, status: str | None = None, limit: int | None = None) -> list[RunRow]:
+        query = "SELECT * FROM runs"
+        args: list[Any] = []
+        if status:
+            query += " WHERE status = ?"
+            args.append(status)
+        query += " ORDER BY created_at DESC, id DESC"
+        if limit:
+            query += f" LIMIT {int(limit)}"
+        return [_run_row(self.conn, row) for row in self.conn.execute(query, args)]
+
+    def children(self, run_id: str) -> list[RunRow]:
+        rows = self.conn.execute("SELECT * FROM runs WHERE parent_run = ? ORDER BY created_at", (run_id,))
+        return [_run_row(self.conn, row) for row in rows]
+
+    # steps --------------------------------------------------------------------------------
+
+    def insert_steps(self, run_id: str, step_ids: list[str]) -> None:
+        self.conn.executemany(
+            "INSERT INTO steps (run_id, step_id, status) VALUES (?, ?, ?)",
+            [(run_id, step_id, PENDING) for step_id in step_ids],
+        )
+
+    def save_step(self, run_id: str, step: StepRow) -> None:
+        self.conn.execute(
+            "UPDATE steps SET status = ?, attempts = ?, outputs = ?, error = ?, started_at = ?, finished_at = ?,"
+            " completed = ?, wake_at = ?, approvals_needed = ?, approval_reason = ?, approvers = ?"
+            " WHERE run_id = ? AND step_id = ?",
+            (
+                step.status,
+                step.attempts,
+                json.dumps(step.outputs or {}, sort_keys=True),
+                step.error,
+                step.started_at,
+                step.finished_at,
+                step.completed,
+                step.wake_at,
+                step.approvals_needed,
+                step.approval_reason,
+                json.dumps(step.approvers) if step.approvers is not None else None,
+                run_id,
+                step.step_id,
+            ),
+        )
+
+    def steps(self, run_id: str) -> dict[str, StepRow]:
+        rows = self.conn.execute(
+            "SELECT step_id, status, attempts, outputs, error, started_at, finished_at, completed, wake_at,"
+            " approvals_needed, approval_reason, approvers FROM steps WHERE run_id = ?",
+            (run_id,),
+        )
+        out = {}
+        for row in rows:
+            out[row[0]] = StepRow(
+                row[0],
+                row[1],
+                row[2],
+                json.loads(row[3]),
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                row[9],
+                row[10],
+                json.loads(row[11]) if row[11] is not None else None,
+            )
+        return out
+
+    def pending_approvals(self, run_id: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT step_id FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY step_id",
+            (run_id, AWAITING_APPROVAL, IN_DOUBT),
+        )
+        return [row[0] for row in rows]
+
+    # approvals ----------------------------------------------------------------------------
+
+    def add_approval(
+        self, run_id: str, step_id: str, by: str, decision: str, answers: dict, comment: str | None, at: float
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO approvals (run_id, step_id, by, decision, answers, comment, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, step_id, by, decision, json.dumps(answers, sort_keys=True), comment, at),
+        )
+
+    def approvals(self, run_id: str, step_id: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT by, decision, answers, comment, at FROM approvals WHERE run_id = ? AND step_id = ? ORDER BY at",
+            (run_id, step_id),
+        )
+        return [{"by": r[0], "decision": r[1], "answers": json.loads(r[2]), "comment": r[3], "at": r[4]} for r in rows]
+
+
+def _run_row(conn: sqlite3.Connection, row: tuple) -> RunRow:
+    names = [d[0] for d in conn.execute("SELECT * FROM runs LIMIT 0").description]
+    values = dict(zip(names, row, strict=True))
+    for name in _JSON_RUN_FIELDS:
+        values[name] = json.loads(values[name])
+    return RunRow(**values)
