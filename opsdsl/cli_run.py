@@ -140,9 +140,12 @@ def run(
             playbook_plan = verified.payload["playbooks"][selection.playbook]
             run_inputs = runner.resolve_inputs(playbook_plan, selection.playbook, event or {}, values, given_inputs)
             row = runtime.create_run(verified, selection, values, run_inputs, event or {}, secrets)
-            outcome = runner.run_until_done(lambda row=row: runtime.drive(row, secrets))
-            code = runner.exit_code(outcome)
-            view.end(outcome.status, _summary(runtime, row, outcome, code))
+            outcome, code = None, 3
+            try:
+                outcome = runner.run_until_done(lambda row=row: runtime.drive(row, secrets))
+                code = runner.exit_code(outcome)
+            finally:
+                _end_view(view, row, outcome, code)
             worst = max(worst, code, key=_severity_of_exit)
     finally:
         runtime.close()
@@ -153,14 +156,18 @@ def _severity_of_exit(code: int) -> int:
     return {0: 0, 4: 1, 1: 2, 130: 3, 5: 4}.get(code, 2)
 
 
-def _summary(runtime, row, outcome, code: int) -> dict[str, Any]:
-    return {
-        "run": row.id,
-        "incident_folder": row.incident_dir,
-        "exit_code": code,
-        "pending_approvals": outcome.pending,
-        "error": outcome.error,
-    }
+def _end_view(view, row, outcome, code: int) -> None:
+    """Close the live view, also when the run crashed (so the terminal is given back)."""
+    view.end(
+        outcome.status if outcome else "failed",
+        {
+            "run": row.id,
+            "incident_folder": row.incident_dir,
+            "exit_code": code,
+            "pending_approvals": outcome.pending if outcome else [],
+            "error": outcome.error if outcome else "internal error",
+        },
+    )
 
 
 @click.command()
@@ -196,9 +203,14 @@ def resume(
         plan = json.loads(runner._payload_of(row.envelope))
         row.params = runner.restore_params(plan, row.params, _pairs(params, "--param"), secrets)
         view.begin(runner._run_summary(row), runner._ordered_nodes(plan["playbooks"][row.playbook]))
-        outcome = runner.run_until_done(lambda: runtime.drive(row, secrets, "resume", by))
-        code = runner.exit_code(outcome)
-        view.end(outcome.status, _summary(runtime, row, outcome, code))
+        for entry in runtime.store.ledger.entries(run=row.id):  # the story so far
+            view.entry(entry.to_dict())
+        outcome, code = None, 3
+        try:
+            outcome = runner.run_until_done(lambda: runtime.drive(row, secrets, "resume", by))
+            code = runner.exit_code(outcome)
+        finally:
+            _end_view(view, row, outcome, code)
     finally:
         runtime.close()
     ctx.exit(code)

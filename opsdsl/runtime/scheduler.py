@@ -76,9 +76,17 @@ class Scheduler:
         self.playbook = plan["playbooks"][run.playbook]
         self.nodes: dict[str, dict[str, Any]] = {n["id"]: n for n in self.playbook["nodes"]}
         self.preds: dict[str, list[str]] = {sid: [] for sid in self.nodes}
+        self.dependents: dict[str, list[str]] = {sid: [] for sid in self.nodes}
         for edge in self.playbook["edges"]:
             if edge["kind"] in ("needs", "sequence"):
                 self.preds[edge["to"]].append(edge["from"])
+                self.dependents[edge["from"]].append(edge["to"])
+        self.order = [
+            *self.playbook["order"],
+            *(sid for sid in sorted(self.nodes) if sid not in self.playbook["order"]),
+        ]
+        self.position = {sid: index for index, sid in enumerate(self.order)}
+        self._failed_main = False
         self.gate = Gate(plan["policies"], lambda action: action in SCHEDULER_ACTIONS or env.executor.knows(action))
         self.redactor = env.secrets.redactor
         self.steps: dict[str, S.StepRow] = {}
@@ -96,6 +104,8 @@ class Scheduler:
         for sid, row in self.steps.items():
             if row.status in S.FINAL_STEP_STATUSES:
                 self.results[sid] = self._result(row)
+            if row.status == S.FAILED:
+                self._note_failure(sid)
         recovered = self._recover_in_flight()
         self._commit(
             [(E.RUN_STARTED, {"reason": reason, "by": by, **recovered})],
@@ -138,17 +148,23 @@ class Scheduler:
     # ---- sections ----------------------------------------------------------------------
 
     async def _run_section(self, section: str, deadline: float | None) -> None:
-        """Run the DAG of one section until nothing more can start."""
-        members = [sid for sid, node in self.nodes.items() if node["section"] == section]
+        """Run the DAG of one section until nothing more can start.
+
+        Only the dependents of a step that just finished are examined again, so a long
+        playbook costs O(steps + edges), not O(steps²).
+        """
+        members = [sid for sid in self.order if self.nodes[sid]["section"] == section]
+        candidates = set(members)
         running: dict[asyncio.Task, str] = {}
         paused = False
         try:
             while True:
-                if not (section == "steps" and self._failing()):
-                    for sid in members:
-                        if sid not in running.values() and self._ready(sid, section):
+                if candidates and not (section == "steps" and self._failing()):
+                    for sid in sorted(candidates, key=self.position.__getitem__):
+                        if self._ready(sid, section):
                             task = asyncio.create_task(self._run_step(sid), name=sid)
                             running[task] = sid
+                    candidates.clear()
                 if not running:
                     break
                 timeout = None if deadline is None else max(0.0, deadline - self.env.clock())
@@ -157,7 +173,8 @@ class Scheduler:
                     await self._time_out(running)
                     return
                 for task in done:
-                    del running[task]
+                    sid = running.pop(task)
+                    candidates.update(self.dependents[sid])
                     if task.exception() is not None:
                         if isinstance(task.exception(), Paused):
                             paused = True
@@ -187,12 +204,8 @@ class Scheduler:
         return True
 
     def _failing(self) -> bool:
-        return any(
-            row.status == S.FAILED
-            and self.nodes[sid]["section"] == "steps"
-            and not self.nodes[sid]["continue_on_error"]
-            for sid, row in self.steps.items()
-        )
+        """Whether a main step failed for good (not continue_on_error): no new steps start."""
+        return self._failed_main
 
     async def _time_out(self, running: dict[asyncio.Task, str]) -> None:
         for task in running:
@@ -202,6 +215,7 @@ class Scheduler:
         for sid in running.values():
             row = self.steps[sid]
             row.status, row.error, row.finished_at = S.FAILED, message, self.env.clock()
+            self._note_failure(sid)
             self._commit(
                 [(E.STEP_FAILED, self._failed_data(sid, message, {}))],
                 steps=[row],
@@ -353,7 +367,12 @@ class Scheduler:
                 return self._fail(sid, message, self.redactor.data(failure.outputs), decision=None)
             delay = self._backoff(retry, row.attempts)
             self._commit(
-                [(E.ATTEMPT_FAILED, {"step": sid, "attempt": row.attempts, "error": message, "retry_in": delay})],
+                [
+                    (
+                        E.ATTEMPT_FAILED,
+                        {"step": sid, "attempt": row.attempts, "error": message, "retry_in": _number(delay)},
+                    )
+                ],
                 steps=[row],
             )
             await self.env.sleep(delay)
@@ -462,11 +481,17 @@ class Scheduler:
     ) -> None:
         row = self.steps[sid]
         row.status, row.error, row.outputs, row.finished_at = S.FAILED, message, outputs, self.env.clock()
+        self._note_failure(sid)
         self._commit(
             [*(decision or []), (E.STEP_FAILED, self._failed_data(sid, message, outputs, denied_by))],
             steps=[row],
         )
         self.results[sid] = self._result(row)
+
+    def _note_failure(self, sid: str) -> None:
+        node = self.nodes[sid]
+        if node["section"] == "steps" and not node.get("continue_on_error"):
+            self._failed_main = True
 
     def _failed_data(self, sid: str, message: str, outputs: dict, denied_by: str | None = None) -> dict[str, Any]:
         node = self.nodes[sid]
@@ -675,7 +700,7 @@ class Scheduler:
                 "action": node["action"],
                 "with": self.redactor.data(rendered),
                 "idempotency_key": f"{self.run.id}:{sid}",
-                "timeout": node["timeout"] / 1000 if node["timeout"] is not None else None,
+                "timeout": _number(node["timeout"] / 1000) if node["timeout"] is not None else None,
             },
         )
 
@@ -720,11 +745,11 @@ class Scheduler:
                 appended.append(self.store.ledger.append(kind, self.run.id, data, ts=now))
             for row in steps:
                 self.store.save_step(self.run.id, row)
-            fields = {"updated_at": now, **(run_fields or {})}
-            self.store.update_run(self.run.id, **fields)
+            fields = {"updated_at": now, **run_fields} if run_fields else {}
+            if fields:
+                self.store.update_run(self.run.id, **fields)
         for name, value in fields.items():
-            if hasattr(self.run, name):
-                setattr(self.run, name, value)
+            setattr(self.run, name, value)
         if self.env.view is not None:
             for entry in appended:
                 self.env.view.entry(entry.to_dict())
@@ -750,6 +775,11 @@ def _duration_seconds(value: Any) -> float:
     if isinstance(value, (int, float)):
         return float(value)
     return parse_duration(value) / 1000
+
+
+def _number(value: float) -> int | float:
+    """Whole numbers as ints: they canonicalise on the fast path, and read better."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _seconds(value: float) -> str:
