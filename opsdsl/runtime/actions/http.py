@@ -1,0 +1,170 @@
+"""`http.request`: one HTTP request, and `send`, the request every networked action makes.
+
+Requests carry `Idempotency-Key: RUN_ID:STEP_ID`, the same on every attempt, so a server
+that honours it applies a retried POST once. Time limits are the scheduler's: it cancels
+the attempt, and httpx closes the connection mid-flight.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from opsdsl.runtime.actions import builtin_schema, check_inputs, redact_failure, redact_outputs
+from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
+
+BODY_LIMIT = 1024 * 1024
+RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})  # timeout, too early, too many requests
+_NO_JSON = object()
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A response read up to a limit: status, lower-case headers, and the body's first bytes."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    truncated: bool
+    encoding: str = "utf-8"
+
+    def text(self) -> str:
+        return self.body.decode(self.encoding, errors="replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON; None when it is empty, cut short or not JSON."""
+        if self.truncated or not self.body.strip():
+            return None
+        try:
+            return jsonlib.loads(self.body)
+        except ValueError:
+            return None
+
+
+async def send(
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    json: Any = _NO_JSON,
+    content: str | bytes | None = None,
+    idempotency_key: str | None = None,
+    verify: bool = True,
+    timeout: float | None = None,
+    limit: int = BODY_LIMIT,
+    follow_redirects: bool = False,
+) -> HttpResponse:
+    """Send one request and read at most `limit` bytes of the response body.
+
+    Raises ActionFailed for a URL that is not http(s) (not retryable) and for a failed
+    connection (retryable, except a certificate that does not verify). Any status is a
+    response; `check_status` decides whether it is the expected one.
+    """
+    try:
+        target = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ActionFailed(f"invalid URL {url!r}: {exc}", retryable=False) from None
+    if target.scheme not in ("http", "https") or not target.host:
+        raise ActionFailed(f"refusing URL {url!r}: only http:// and https:// URLs are allowed", retryable=False)
+    request_headers = dict(headers or {})
+    if idempotency_key is not None and not any(name.lower() == "idempotency-key" for name in request_headers):
+        request_headers["Idempotency-Key"] = idempotency_key
+    body: dict[str, Any] = {"json": json} if json is not _NO_JSON else {"content": content}
+    try:
+        async with (
+            httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=follow_redirects) as client,
+            client.stream(method, target, headers=request_headers, **body) as response,
+        ):
+            kept = bytearray()
+            truncated = False
+            async for chunk in response.aiter_bytes():
+                room = limit - len(kept)
+                if len(chunk) > room:
+                    kept += chunk[:room]
+                    truncated = True
+                    break
+                kept += chunk
+            return HttpResponse(
+                status=response.status_code,
+                headers={name.lower(): value for name, value in response.headers.items()},
+                body=bytes(kept),
+                truncated=truncated,
+                encoding=response.charset_encoding or "utf-8",
+            )
+    except httpx.HTTPError as exc:
+        raise ActionFailed(f"{method} {url} failed: {_describe(exc)}", retryable=not _certificate_refused(exc)) from exc
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    detail = str(exc) or type(exc).__name__
+    return f"timed out ({detail})" if isinstance(exc, httpx.TimeoutException) else detail
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """A certificate that does not verify will not verify on the next attempt either."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
+def status_expected(status: int, expect: list[int] | None) -> bool:
+    return status in expect if expect else 200 <= status < 300
+
+
+def check_status(what: str, response: HttpResponse, expect: list[int] | None, outputs: dict[str, Any]) -> None:
+    """Fail (with `outputs`) unless the status is expected; a client error other than
+    408/425/429 will not change on a retry."""
+    if status_expected(response.status, expect):
+        return
+    wanted = " or ".join(map(str, expect)) if expect else "2xx"
+    client_error = 400 <= response.status < 500 and response.status not in RETRYABLE_CLIENT_ERRORS
+    raise ActionFailed(
+        f"{what} returned {response.status} (expected {wanted})", outputs=outputs, retryable=not client_error
+    )
+
+
+class HttpRequestAction:
+    """One HTTP request; the response's status, headers and body become the outputs."""
+
+    name = "http.request"
+
+    async def run(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
+        try:
+            return await self._run(request, context)
+        except ActionFailed as failure:
+            raise redact_failure(failure, context.redact) from failure
+
+    async def _run(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
+        inputs = request.inputs
+        check_inputs(self.name, builtin_schema(self.name), inputs, context.redact)
+        method = inputs.get("method", "GET")
+        response = await send(
+            method,
+            inputs["url"],
+            headers=inputs.get("headers"),
+            json=inputs.get("json", _NO_JSON),
+            content=inputs.get("body"),
+            idempotency_key=request.idempotency_key,
+            verify=inputs.get("verify_tls", True),
+            timeout=request.timeout,
+        )
+        outputs = redact_outputs(
+            {
+                "status": response.status,
+                "json": response.json(),
+                "headers": response.headers,
+                "body": response.text(),
+                "truncated": response.truncated,
+            },
+            context.redact,
+        )
+        check_status(f"{method} {inputs['url']}", response, inputs.get("expect_status"), outputs)
+        return outputs
