@@ -364,7 +364,13 @@ class Scheduler:
                 return self._succeed(sid, outputs, after=extra)
             message = self.redactor.text(failure.message)
             if not failure.retryable or row.attempts >= retry["attempts"]:
-                return self._fail(sid, message, self.redactor.data(failure.outputs), decision=None)
+                outputs = self.redactor.data(failure.outputs)
+                kept = []  # evidence collected before the failure is still evidence
+                if action == "evidence.collect" and outputs.get("files"):
+                    kept.append(
+                        (E.EVIDENCE_ADDED, {"step": sid, "name": rendered.get("name"), "files": outputs["files"]})
+                    )
+                return self._fail(sid, message, outputs, decision=kept)
             delay = self._backoff(retry, row.attempts)
             self._commit(
                 [
