@@ -373,14 +373,14 @@ class Runtime:
     def close(self) -> None:
         self.store.close()
 
-    def env(self, secrets: Secrets) -> RunEnv:
+    def env(self, secrets: Secrets, child: bool = False) -> RunEnv:
         return RunEnv(
             store=self.store,
             executor=self.executor,
             secrets=secrets,
             signer=self.signer,
             incidents_root=self.incidents_root,
-            view=self.view,
+            view=None if child else self.view,
             start_child=self._start_child,
         )
 
@@ -461,7 +461,7 @@ class Runtime:
                 self.store.ledger.append(E.RUN_CREATED, run_id, created, ts=now),
                 self.store.ledger.append(E.PLAN_VERIFIED, run_id, {"keyids": plan.keyids, "trust": plan.trust}, ts=now),
             ]
-        if self.view is not None:
+        if self.view is not None and parent is None:
             self.view.begin(_run_summary(run), _ordered_nodes(playbook))
             for entry in appended:
                 self.view.entry(entry.to_dict())
@@ -485,8 +485,13 @@ class Runtime:
             if child.status in S.FINAL_RUN_STATUSES:
                 return Outcome(child.status, [], child.error)
             child.params = parent.run.params
-            return await Scheduler(self.env(secrets), child, json.loads(_payload_of(child.envelope))).drive("resume")
-        plan = VerifiedPlan(parent.run.envelope, parent.plan, parent.run.plan_digest, [], parent.run.trust)
+            plan_payload = json.loads(_payload_of(child.envelope))
+            return await Scheduler(self.env(secrets, child=True), child, plan_payload).drive("resume")
+        verified = next((e.data for e in self.store.ledger.entries(run=parent.run.id) if e.kind == E.PLAN_VERIFIED), {})
+        plan = VerifiedPlan(
+            parent.run.envelope, parent.plan, parent.run.plan_digest, verified.get("keyids", []), parent.run.trust
+        )
+
         name = rendered["playbook"]
         given = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (rendered.get("inputs") or {}).items()}
         inputs = _typed_inputs(parent.plan["playbooks"][name], name, rendered.get("inputs") or {}, given)
@@ -500,7 +505,7 @@ class Runtime:
             parent=(parent.run.id, step),
             incident_id=f"{parent.run.incident_id}.{step}",
         )
-        return await Scheduler(self.env(secrets), child, parent.plan).drive()
+        return await Scheduler(self.env(secrets, child=True), child, parent.plan).drive()
 
     @contextlib.contextmanager
     def _lock(self, run_id: str) -> Iterator[None]:
