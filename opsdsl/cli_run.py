@@ -369,18 +369,18 @@ def incident() -> None:
 
 
 @incident.command("export")
-@click.argument("incident_id")
+@click.argument("incident")
 @click.option("-o", "--out", required=True, type=_FILE, help="The archive to write (.tar.gz).")
 @click.option("--incidents-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: STATE_DIR/incidents.")
 @_state_option
-def incident_export(incident_id: str, out: Path, incidents_dir: Path | None, state_dir: Path | None) -> None:
-    """Write incident INCIDENT_ID's folder (record, RCA, evidence, manifest) to a .tar.gz."""
+def incident_export(incident: str, out: Path, incidents_dir: Path | None, state_dir: Path | None) -> None:
+    """Write an incident (its id, or its folder) to a .tar.gz: record, RCA, evidence, manifest."""
     from opsdsl.incident import export_incident
     from opsdsl.runtime.audit import find_incident
 
-    folder = find_incident(state_dir, incidents_dir, incident_id)
+    folder = Path(incident) if Path(incident).is_dir() else find_incident(state_dir, incidents_dir, incident)
     export_incident(folder, out)
-    click.echo(f"{out}: incident {incident_id}")
+    click.echo(f"{out}: incident {folder.name}")
 
 
 @incident.command("verify")
@@ -405,8 +405,11 @@ def incident_verify(
     from opsdsl.runtime.audit import trusted_keys
 
     report = verify_archive(archive, trusted_keys(state_dir, list(keys), trust, environment))
-    click.echo(report.render())
-    ctx.exit(0 if report.ok else 1)
+    report.raise_for_problems()  # exit 1, every problem listed
+    click.echo(
+        f"{archive}: incident {report.incident_id} verified: {len(report.files)} files, "
+        f"signed by {', '.join(report.signers)}"
+    )
 
 
 @click.command()
