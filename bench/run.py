@@ -887,6 +887,139 @@ def bench_ops500_vs_pyyaml(ctx: Ctx) -> Row:
     )
 
 
+# --- the audit ledger -------------------------------------------------------------------
+
+LEDGER_ENTRIES = 100_000
+
+
+def _intent_like(rng: random.Random, i: int) -> tuple[str, str, dict]:
+    """A step.intent-like entry (run, kind, data) whose canonical JSON is 200-400 bytes."""
+    run = f"run-{i // 40:05d}-{rng.randrange(16**6):06x}"
+    step = f"{rng.choice(['inspect', 'drain', 'restart', 'scale', 'notify'])}_{rng.randrange(30)}"
+    data = {
+        "step": step,
+        "attempt": 1 + (rng.random() < 0.1),
+        "action": rng.choice(["http.post", "k8s.rollout_restart", "shell.run", "slack.post"]),
+        "with": {
+            "url": f"http://kernel.internal:8080/api/v1/clusters/{rng.choice(generate.CLUSTERS)}/{step}",
+            "reason": "p95 latency above SLO " * rng.randint(1, 6),
+            "drain": rng.random() < 0.5,
+        },
+        "idempotency_key": f"{run}:{step}:1",
+        "timeout": rng.choice([30, 60, None]),
+    }
+    return run, "step.intent", data
+
+
+def _ledger_db(ctx: Ctx) -> tuple[Path, dict]:
+    """A state database with LEDGER_ENTRIES entries and a checkpoint at the end, built once."""
+    try:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from opsdsl.ledger import Ledger, open_database
+        from opsdsl.signing import keyid
+    except ImportError as exc:
+        raise Unavailable(f"opsdsl.ledger: {exc}") from exc
+    key = Ed25519PrivateKey.from_private_bytes(bytes([42]) * 32)
+    trusted = {keyid(key.public_key()): key.public_key()}
+    path = ctx.tmp / f"ledger-{LEDGER_ENTRIES}.db"
+    if not path.exists():
+        t0 = time.perf_counter()
+        rng = random.Random(ctx.args.seed)
+        conn = open_database(path)
+        ledger = Ledger(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        for i in range(LEDGER_ENTRIES):
+            run, kind, data = _intent_like(rng, i)
+            ledger.append(kind, run, data, ts=1_716_000_000 + i * 0.731)
+        conn.execute("COMMIT")
+        ledger.checkpoint(key)
+        size = conn.execute("SELECT avg(length(data)), min(length(data)), max(length(data)) FROM ledger").fetchone()
+        conn.close()
+        ctx.log(f"built a {LEDGER_ENTRIES}-entry ledger in {time.perf_counter() - t0:.1f} s")
+        ctx.notes.append(
+            f"ledger_verify: {LEDGER_ENTRIES} step.intent-like entries, data {size[1]}–{size[2]} bytes "
+            f"(avg {size[0]:.0f}), one checkpoint at the end, {path.stat().st_size / 2**20:.0f} MiB file"
+        )
+    return path, trusted
+
+
+def bench_ledger_verify(ctx: Ctx) -> Row:
+    """`verify_path` over a 100,000-entry ledger vs the floor: SELECT the rows and sha256 the same bytes."""
+    import hashlib
+    import sqlite3
+
+    path, trusted = _ledger_db(ctx)
+
+    def opsdsl() -> Rate:
+        from opsdsl.ledger import verify_path
+
+        def loop(rounds: int) -> None:
+            for _ in range(rounds):
+                report = verify_path(path, trusted)
+                if not report.ok or report.entries != LEDGER_ENTRIES:
+                    raise Failed(f"ledger does not verify: {report.render()}")
+
+        return Rate(loop, LEDGER_ENTRIES, f"opsdsl.ledger.verify_path over {LEDGER_ENTRIES} entries", 1.0)
+
+    def floor() -> Rate:
+        from opsdsl.ledger import ENTRY_DOMAIN
+
+        def loop(rounds: int) -> None:
+            # The same rows, read the fastest way (text as bytes), the same preimage, one sha256 each.
+            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+            conn.text_factory = bytes
+            sha256, join = hashlib.sha256, b"".join
+            query = "SELECT seq, ts, run, kind, data, prev, hash FROM ledger ORDER BY seq"
+            for _ in range(rounds):
+                for seq, ts, run, kind, data, prev, _hash in conn.execute(query):
+                    parts = (ENTRY_DOMAIN, prev, seq.to_bytes(8, "big"), repr(ts).encode())
+                    sha256(join((*parts, b"\0", run or b"", b"\0", kind, b"\0", data))).digest()
+            conn.close()
+
+        return Rate(loop, LEDGER_ENTRIES, "SELECT the same columns + hashlib.sha256 of the same bytes", 1.0)
+
+    return ctx.compare(
+        Row(f"ledger verify {LEDGER_ENTRIES:,} entries vs SELECT + sha256", RATE, ">=", 0.3, unit="entries/s"),
+        opsdsl=opsdsl,
+        baseline=floor,
+        reps=3 if ctx.quick else 5,
+    )
+
+
+def bare_insert_rate(path: str | os.PathLike, n: int) -> float:
+    """Single-row INSERT + COMMIT transactions per second into a fresh table of `path`.
+
+    The floor under any durable step: the state database's pragmas (WAL, synchronous=FULL,
+    explicit BEGIN IMMEDIATE ... COMMIT) and a ledger-sized row (~300 bytes of text and two
+    32-byte blobs), with nothing else: no hashing, no JSON, no reading the head.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS bare_insert"
+            " (seq INTEGER PRIMARY KEY, ts REAL, run TEXT, kind TEXT, data TEXT, prev BLOB, hash BLOB)"
+        )
+        data = json.dumps({"step": "restart", "with": {"reason": "p95 latency above SLO " * 12}})
+        blob = bytes(32)
+        t0 = time.perf_counter()
+        for i in range(n):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO bare_insert (ts, run, kind, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), f"run-{i}", "step.intent", data, blob, blob),
+            )
+            conn.execute("COMMIT")
+        return n / (time.perf_counter() - t0)
+    finally:
+        conn.close()
+
+
 BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_lint500_vs_cjs,
     bench_lint500_vs_pyyaml,
@@ -900,6 +1033,7 @@ BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_compile500_memory,
     bench_verify10k_vs_raw,
     bench_ops500_vs_pyyaml,
+    bench_ledger_verify,
 )
 
 

@@ -61,6 +61,8 @@ class Selection:
     trigger: str | None = None
     hook: str | None = None
     escalate: str | None = None
+    dedupe_key: str | None = None
+    event_id: int | None = None
 
 
 @dataclass
@@ -107,7 +109,7 @@ def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> 
             if p != pack and p.suffix in (".yaml", ".yml", ".ops") and looks_like_policy_pack(p)
         ]
     key = dev_key(state)
-    out = state / "plans"
+    out = state / "plans" / pack.stem  # one build folder per pack: builds of other packs never prune it
     result = compile_paths([pack, *policies], out, keys=[key])
     if result.failed:
         raise CompileError(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
@@ -432,6 +434,8 @@ class Runtime:
             incident_dir=str(folder),
             error=None,
             owner_pid=os.getpid(),
+            dedupe_key=selection.dedupe_key,
+            event_id=selection.event_id,
         )
         detected = _event_time(event) or now
         created = {
@@ -451,6 +455,8 @@ class Runtime:
             "trigger": selection.trigger,
             "hook": selection.hook,
             "escalate": selection.escalate,
+            "dedupe_key": selection.dedupe_key,
+            "event_id": selection.event_id,
             "parent_run": run.parent_run,
             "parent_step": run.parent_step,
         }

@@ -56,9 +56,12 @@ CREATE TABLE IF NOT EXISTS runs (
     parent_step TEXT,
     incident_dir TEXT NOT NULL,
     error TEXT,
-    owner_pid INTEGER
+    owner_pid INTEGER,
+    dedupe_key TEXT,
+    event_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE INDEX IF NOT EXISTS runs_hook ON runs(hook, dedupe_key, created_at);
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id),
     step_id TEXT NOT NULL,
@@ -84,6 +87,21 @@ CREATE TABLE IF NOT EXISTS approvals (
     comment TEXT,
     at REAL NOT NULL,
     PRIMARY KEY (run_id, step_id, by)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'accepted',
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS events_status ON events(status, id);
+CREATE TABLE IF NOT EXISTS trigger_state (
+    pack TEXT NOT NULL,
+    trig TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (pack, trig)
 );
 """
 
@@ -125,6 +143,8 @@ class RunRow:
     incident_dir: str
     error: str | None
     owner_pid: int | None
+    dedupe_key: str | None = None
+    event_id: int | None = None
 
 
 @dataclass
@@ -150,14 +170,14 @@ class Store:
     """The state database of one state directory."""
 
     def __init__(self, root: Path) -> None:
-        from opsdsl.ledger import Ledger, open_database
+        from opsdsl.ledger import Ledger, LedgerError, open_database
 
         self.root = root
         try:
             root.mkdir(parents=True, exist_ok=True)
             self.conn: sqlite3.Connection = open_database(root / DB_NAME)
             self.conn.executescript(_DDL)
-        except (OSError, sqlite3.DatabaseError) as error:
+        except (OSError, sqlite3.DatabaseError, LedgerError) as error:
             raise StateError(f"cannot open the state database in {root}: {error}") from None
         self.ledger = Ledger(self.conn)
 
@@ -205,6 +225,50 @@ class Store:
         if limit:
             query += f" LIMIT {int(limit)}"
         return [_run_row(self.conn, row) for row in self.conn.execute(query, args)]
+
+    def live_runs(self, hook: str, dedupe_key: str | None = None) -> int:
+        """Runs a hook started that are not finished (running, paused or interrupted)."""
+        query = "SELECT COUNT(*) FROM runs WHERE hook = ? AND status NOT IN (?, ?, ?)"
+        args: list[Any] = [hook, *FINAL_RUN_STATUSES]
+        if dedupe_key is not None:
+            query += " AND dedupe_key = ?"
+            args.append(dedupe_key)
+        return self.conn.execute(query, args).fetchone()[0]
+
+    def last_run_started(self, hook: str, dedupe_key: str | None = None) -> float | None:
+        query = "SELECT MAX(created_at) FROM runs WHERE hook = ?"
+        args: list[Any] = [hook]
+        if dedupe_key is not None:
+            query += " AND dedupe_key = ?"
+            args.append(dedupe_key)
+        return self.conn.execute(query, args).fetchone()[0]
+
+    # events -------------------------------------------------------------------------------
+
+    def add_events(self, bodies: list[str], source: str, received_at: float) -> list[int]:
+        """Persist accepted events (the caller commits); their ids, in order."""
+        ids = []
+        for body in bodies:
+            cursor = self.conn.execute(
+                "INSERT INTO events (received_at, source, body) VALUES (?, ?, ?)", (received_at, source, body)
+            )
+            ids.append(cursor.lastrowid)
+        return ids
+
+    def pending_events(self) -> list[tuple[int, float, str]]:
+        rows = self.conn.execute("SELECT id, received_at, body FROM events WHERE status = 'accepted' ORDER BY id")
+        return list(rows)
+
+    def finish_event(self, event_id: int, note: str) -> None:
+        self.conn.execute("UPDATE events SET status = 'done', note = ? WHERE id = ?", (note, event_id))
+
+    def trigger_states(self) -> dict[tuple[str, str], str]:
+        return {(r[0], r[1]): r[2] for r in self.conn.execute("SELECT pack, trig, state FROM trigger_state")}
+
+    def save_trigger_state(self, pack: str, trigger: str, state: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO trigger_state (pack, trig, state) VALUES (?, ?, ?)", (pack, trigger, state)
+        )
 
     def children(self, run_id: str) -> list[RunRow]:
         rows = self.conn.execute("SELECT * FROM runs WHERE parent_run = ? ORDER BY created_at", (run_id,))
