@@ -1020,6 +1020,71 @@ def bare_insert_rate(path: str | os.PathLike, n: int) -> float:
         conn.close()
 
 
+RUN_STEPS = 1000
+
+
+def bench_run_steps(ctx: Ctx) -> Row:
+    """A 1,000-step chain of no-op `assert` steps through the full runtime path (render, policy
+    gate with the org policies in scope, hash-chained ledger, step state, incident record at
+    the end) vs the floor: bare single-row INSERT + COMMIT transactions, same pragmas, same file system."""
+    import asyncio
+    import sqlite3
+
+    try:
+        from opsdsl.runtime import runner
+        from opsdsl.runtime.secrets import Secrets
+    except ImportError as exc:
+        raise Unavailable(f"opsdsl.runtime: {exc}") from exc
+    folder = ctx.tmp / "run-steps"
+    folder.mkdir(exist_ok=True)
+    pack = folder / "chain.yaml"
+    steps = "\n".join(f"      - {{id: s{i}, action: assert, with: {{that: 'true'}}}}" for i in range(RUN_STEPS))
+    pack.write_text(
+        "apiVersion: opsdsl/v1\nkind: Pack\nmetadata: {name: chain, version: 1.0.0, owner: bench}\n"
+        f"playbooks:\n  chain:\n    severity: SEV-4\n    steps:\n{steps}\n"
+    )
+    shutil.copy(REPO / "packs" / "org-policies.yaml", folder / "org-policies.yaml")
+    state = folder / "state"
+    plan = runner.plan_from_pack(pack, None, state)
+    if not plan.payload["policies"]:
+        raise Failed("the org policies were not in scope")
+
+    def opsdsl() -> Rate:
+        runtime = runner.Runtime(state)
+        secrets = Secrets(state)
+
+        def loop(rounds: int) -> None:
+            for _ in range(rounds):
+                run = runtime.create_run(plan, runner.Selection("chain"), {}, {}, {}, secrets)
+                outcome = asyncio.run(runtime.drive(run, secrets))
+                if outcome.status != "succeeded":
+                    raise Failed(f"run {run.id} {outcome.status}: {outcome.error}")
+
+        return Rate(loop, RUN_STEPS, f"opsdsl runtime: {RUN_STEPS}-step assert chain, gate + ledger + state", 1.0)
+
+    def floor() -> Rate:
+        conn = sqlite3.connect(folder / "floor.db", isolation_level=None, timeout=10)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (seq INTEGER PRIMARY KEY, ts REAL, kind TEXT, data TEXT)")
+        data = json.dumps({"step": "s1", "outputs": {}, "attempts": 1})
+
+        def loop(rounds: int) -> None:
+            for _ in range(rounds * RUN_STEPS):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO t (ts, kind, data) VALUES (?, ?, ?)", (time.time(), "step.succeeded", data))
+                conn.execute("COMMIT")
+
+        return Rate(loop, RUN_STEPS, "bare INSERT + COMMIT, WAL, synchronous=FULL", 1.0)
+
+    return ctx.compare(
+        Row(f"runtime {RUN_STEPS}-step playbook vs bare SQLite commits", RATE, ">=", 0.5, unit="steps/s"),
+        opsdsl=opsdsl,
+        baseline=floor,
+        reps=3 if ctx.quick else 5,
+    )
+
+
 BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_lint500_vs_cjs,
     bench_lint500_vs_pyyaml,
@@ -1034,6 +1099,7 @@ BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_verify10k_vs_raw,
     bench_ops500_vs_pyyaml,
     bench_ledger_verify,
+    bench_run_steps,
 )
 
 

@@ -18,8 +18,13 @@ from typing import Any
 _MAX_SAFE_INT = 2**53 - 1
 
 
-def _fast_path_exact(value: Any) -> bool:
-    """Whether `json.dumps(sort_keys=True)` gives RFC 8785 bytes for `value`."""
+_NO, _YES, _AFTER_INTEGRAL = 0, 1, 2
+
+
+def _fast_path(value: Any) -> int:
+    """Whether `json.dumps(sort_keys=True)` gives RFC 8785 bytes for `value`: _YES, _NO, or
+    _AFTER_INTEGRAL (yes, once integral floats such as 3.0 are written as the integer 3)."""
+    verdict = _YES
     stack = [value]
     while stack:
         item = stack.pop()
@@ -29,13 +34,13 @@ def _fast_path_exact(value: Any) -> bool:
         if kind is int:
             if -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
                 continue
-            return False
+            return _NO
         if kind is dict:
             for key in item:
                 # Sorting by code point equals UTF-16 order unless a key holds characters
                 # above U+D7FF (surrogates sort below U+E000..U+FFFF in UTF-16).
                 if type(key) is not str or (not key.isascii() and max(key) > "\ud7ff"):
-                    return False
+                    return _NO
             stack.extend(item.values())
             continue
         if kind is list or kind is tuple:
@@ -44,13 +49,33 @@ def _fast_path_exact(value: Any) -> bool:
         if kind is float:
             # Python's repr and ECMAScript's Number-to-string both give the shortest digits
             # that round-trip; they also agree on the notation (fixed, no exponent) for
-            # non-integral values in [1e-4, 1e16). Integral floats print as `10.0` here
-            # but `10` there, and other magnitudes differ in exponent style.
-            if 1e-4 <= abs(item) < 1e16 and not item.is_integer():
+            # non-integral values in [1e-4, 1e16). Integral floats print as `10.0` here but
+            # `10` there: safe ones are written as ints. Other magnitudes differ in exponent style.
+            if item.is_integer():
+                if abs(item) <= _MAX_SAFE_INT:
+                    verdict = _AFTER_INTEGRAL
+                    continue
+                return _NO
+            if 1e-4 <= abs(item) < 1e16:
                 continue
-            return False
-        return False  # other types
-    return True
+            return _NO
+        return _NO  # other types
+    return verdict
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    kind = type(value)
+    if kind is float:
+        return int(value) if value.is_integer() else value
+    if kind is dict:
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
+
+
+def _fast_path_exact(value: Any) -> bool:
+    return _fast_path(value) == _YES
 
 
 def is_fast_path_exact(value: Any) -> bool:
@@ -64,7 +89,10 @@ def canonical_json(value: Any, *, known_exact: bool = False) -> bytes:
     `known_exact` skips the check for values built only from parts that passed
     `is_fast_path_exact` plus ASCII keys and safe integers (the compiler's plans).
     """
-    if known_exact or _fast_path_exact(value):
+    verdict = _YES if known_exact else _fast_path(value)
+    if verdict == _AFTER_INTEGRAL:
+        value, verdict = _integral_floats_as_ints(value), _YES
+    if verdict == _YES:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
             "utf-8"
         )

@@ -281,6 +281,23 @@ class Ledger:
         The head is read inside the same transaction rather than remembered, so two
         processes sharing the file, or a caller's ROLLBACK, can never fork the chain.
         """
+        return self._append(kind, run, data, ts, None)
+
+    def append_many(
+        self, items: Sequence[tuple[str, str | None, Mapping[str, Any]]], ts: float | None = None
+    ) -> list[Entry]:
+        """Append several entries in order, reading the head once; inside the caller's transaction."""
+        entries: list[Entry] = []
+        head = None
+        for kind, run, data in items:
+            entry = self._append(kind, run, data, ts, head)
+            head = (entry.seq, entry.hash)
+            entries.append(entry)
+        return entries
+
+    def _append(
+        self, kind: str, run: str | None, data: Mapping[str, Any], ts: float | None, head: tuple[int, bytes] | None
+    ) -> Entry:
         conn = self._conn
         if not conn.in_transaction:
             raise RuntimeError("Ledger.append must run inside the caller's transaction (BEGIN IMMEDIATE ... COMMIT)")
@@ -291,7 +308,7 @@ class Ledger:
         data = dict(data)
         ts = time.time() if ts is None else float(ts)
         text = canonical_json(data).decode("utf-8")
-        seq, prev = self._read_head()
+        seq, prev = self._read_head() if head is None else head  # `head`: what this transaction just appended
         seq += 1
         digest = entry_hash(prev, seq, ts, run, kind, text)
         conn.execute(

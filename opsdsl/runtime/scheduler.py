@@ -159,12 +159,22 @@ class Scheduler:
         paused = False
         try:
             while True:
-                if candidates and not (section == "steps" and self._failing()):
-                    for sid in sorted(candidates, key=self.position.__getitem__):
-                        if self._ready(sid, section):
-                            task = asyncio.create_task(self._run_step(sid), name=sid)
-                            running[task] = sid
-                    candidates.clear()
+                while candidates and not (section == "steps" and self._failing()):
+                    batch = sorted(candidates, key=self.position.__getitem__)
+                    candidates = set()
+                    for sid in batch:
+                        if not self._ready(sid, section):
+                            continue
+                        if self.nodes[sid]["action"] in PURE_ACTIONS and self.steps[sid].status == S.PENDING:
+                            # It never waits on anything: run it now rather than as a task.
+                            try:
+                                await self._run_step(sid)
+                            except Paused:
+                                paused = True
+                            candidates.update(self.dependents[sid])
+                            continue
+                        task = asyncio.create_task(self._run_step(sid), name=sid)
+                        running[task] = sid
                 if not running:
                     break
                 timeout = None if deadline is None else max(0.0, deadline - self.env.clock())
@@ -294,14 +304,14 @@ class Scheduler:
         row = self.steps[sid]
         now = self.env.clock()
         if action in PURE_ACTIONS:
+            # No side effect, so no intent to write ahead: decision and result, one transaction.
             row.attempts += 1
             row.started_at = now
-            intent = self._intent(sid, rendered, row.attempts)
             try:
                 outputs = self._pure(sid, rendered)
             except ActionFailed as failure:
-                return self._fail(sid, failure.message, failure.outputs, decision=[*decision_entry, intent])
-            return self._succeed(sid, outputs, before=[*decision_entry, intent])
+                return self._fail(sid, failure.message, failure.outputs, decision=decision_entry)
+            return self._succeed(sid, outputs, before=decision_entry)
         if action == "wait":
             if row.wake_at is None:
                 row.wake_at = now + _duration_seconds(rendered.get("duration", "0s"))
@@ -747,8 +757,9 @@ class Scheduler:
         with self.store.transaction():
             for vote in approvals:
                 self.store.add_approval(self.run.id, *vote)
-            for kind, data in new_entries:
-                appended.append(self.store.ledger.append(kind, self.run.id, data, ts=now))
+            if new_entries:
+                run_id = self.run.id
+                appended = self.store.ledger.append_many([(kind, run_id, data) for kind, data in new_entries], ts=now)
             for row in steps:
                 self.store.save_step(self.run.id, row)
             fields = {"updated_at": now, **run_fields} if run_fields else {}
