@@ -318,9 +318,9 @@ def _register_fmt_command() -> None:
     from opsdsl.cli_fmt import fmt
 
     cli.add_command(fmt)
-    from opsdsl.cli_run import COMMANDS
+    from opsdsl import cli_events, cli_run
 
-    for command in COMMANDS:
+    for command in (*cli_run.COMMANDS, *cli_events.COMMANDS):
         cli.add_command(command)
 
 

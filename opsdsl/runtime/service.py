@@ -1,0 +1,399 @@
+"""Events in, runs out: the engine behind `opsdsl fire`, `opsdsl watch` and `opsdsl serve`.
+
+1. `accept` persists events in the state database (one transaction) before anyone is
+   told they were accepted, so a crash loses none; `start` replays those not yet handled.
+2. A worker takes events in order: the trigger engine decides which triggers fire; each
+   hook on a fired trigger checks its cooldown, dedupe key and concurrency cap (from the
+   runs table, so the checks hold across restarts); a firing that passes starts a durable
+   run like `opsdsl run` does. Suppressed firings go to the ledger with the reason.
+3. Runs execute concurrently (up to `max_runs`); a failed run of a hook with `escalate:`
+   is escalated (ledger entry, and a POST to the escalation URL when one is configured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from opsdsl.errors import EvalError
+from opsdsl.runtime import runner
+from opsdsl.runtime.secrets import Secrets
+from opsdsl.runtime.triggers import TriggerEngine
+
+TRIGGER_FIRED = "trigger.fired"  # data: pack, trigger, hook, reason, event_id, run, dedupe_key
+HOOK_SUPPRESSED = "hook.suppressed"  # data: pack, trigger, hook, reason, event_id, dedupe_key
+RUN_ESCALATED = "run.escalated"  # data: to, incident_id, error, delivered (bool), detail
+EVENT_ERROR = "event.error"  # data: event_id, pack, trigger or hook, error
+
+
+@dataclass
+class Metrics:
+    """Counters and a latency histogram, rendered in the Prometheus text format."""
+
+    counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+    buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+    histograms: dict[str, list[float]] = field(default_factory=dict)  # name → counts per bucket + [sum, count]
+
+    HELP: ClassVar[dict[str, str]] = {
+        "opsdsl_events_received_total": "Events accepted and persisted, by source.",
+        "opsdsl_events_rejected_total": "Requests refused, by HTTP status.",
+        "opsdsl_triggers_fired_total": "Triggers fired, by pack and trigger.",
+        "opsdsl_hooks_suppressed_total": "Hook firings that started no run, by reason.",
+        "opsdsl_runs_started_total": "Runs started by hooks.",
+        "opsdsl_runs_finished_total": "Runs finished, by status.",
+        "opsdsl_policy_denials_total": "Steps denied by the policy gate.",
+        "opsdsl_step_duration_seconds": "Time from a step's intent to its result.",
+        "opsdsl_intake_seconds": "Time to accept a request (parse, persist, enqueue).",
+        "opsdsl_queue_depth": "Events accepted and waiting for the worker.",
+    }
+
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        self.counters[key] = self.counters.get(key, 0) + amount
+
+    def set(self, name: str, value: float) -> None:
+        self.counters[(name, ())] = value
+
+    def observe(self, name: str, seconds: float) -> None:
+        counts = self.histograms.setdefault(name, [0.0] * (len(self.buckets) + 2))
+        for index, bound in enumerate(self.buckets):
+            if seconds <= bound:
+                counts[index] += 1
+        counts[-2] += seconds
+        counts[-1] += 1
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.counters.get((name, tuple(sorted(labels.items()))), 0)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        names = sorted({name for name, _ in self.counters} | set(self.histograms))
+        for name in names:
+            kind = "histogram" if name in self.histograms else ("gauge" if name == "opsdsl_queue_depth" else "counter")
+            lines.append(f"# HELP {name} {self.HELP.get(name, name)}")
+            lines.append(f"# TYPE {name} {kind}")
+            if kind == "histogram":
+                counts = self.histograms[name]
+                for index, bound in enumerate(self.buckets):
+                    lines.append(f'{name}_bucket{{le="{bound:g}"}} {counts[index]:g}')
+                lines.append(f'{name}_bucket{{le="+Inf"}} {counts[-1]:g}')
+                lines.append(f"{name}_sum {counts[-2]:.6f}")
+                lines.append(f"{name}_count {counts[-1]:g}")
+                continue
+            for (metric, labels), value in sorted(self.counters.items()):
+                if metric == name:
+                    text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                    lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class QueueFull(Exception):
+    """The bounded queue is full: tell the sender to retry later (HTTP 429)."""
+
+
+class _ViewTap:
+    """Feeds step latencies and policy denials from ledger entries into the metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.started: dict[tuple[str, str], float] = {}
+
+    def begin(self, run: dict, nodes: list[dict]) -> None:
+        pass
+
+    def end(self, status: str, summary: dict) -> None:
+        pass
+
+    def entry(self, entry: dict) -> None:
+        kind, data = entry["kind"], entry["data"]
+        if kind == "step.intent":
+            self.started.setdefault((entry["run"], data["step"]), entry["ts"])
+        elif kind in ("step.succeeded", "step.failed"):
+            began = self.started.pop((entry["run"], data["step"]), None)
+            if began is not None:
+                self.metrics.observe("opsdsl_step_duration_seconds", max(0.0, entry["ts"] - began))
+            if kind == "step.failed" and data.get("denied_by"):
+                self.metrics.inc("opsdsl_policy_denials_total", policy=str(data["denied_by"]))
+
+
+class Service:
+    """Triggers and hooks of a set of packs over one state directory."""
+
+    def __init__(
+        self,
+        state: Path,
+        plans: Sequence[runner.VerifiedPlan],
+        *,
+        params: Sequence[dict[str, Any]] | None = None,
+        secrets: Secrets | None = None,
+        max_runs: int = 64,
+        queue_size: int = 10_000,
+        escalation_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+        view: Any = None,
+    ) -> None:
+        self.metrics = Metrics()
+        self.runtime = runner.Runtime(state, view=view or _ViewTap(self.metrics))
+        self.store = self.runtime.store
+        self.plans = list(plans)
+        self.secrets = secrets or Secrets(state)
+        self.params = (
+            list(params)
+            if params is not None
+            else [runner.resolve_params(p.payload, {}, self.secrets) for p in self.plans]
+        )
+        self.engine = TriggerEngine([p.payload for p in self.plans], self.params)
+        self.engine.restore(self.store.trigger_states())
+        self.clock = clock
+        self.queue: asyncio.Queue[tuple[int, float, dict]] | None = None
+        self.queue_size = queue_size
+        self.runs: set[asyncio.Task] = set()
+        self.run_slots = asyncio.Semaphore(max_runs)
+        self.escalation_url = escalation_url
+        self._worker: asyncio.Task | None = None
+        self._dedupe = {}
+        from opsdsl.expr import compile_expr, parse
+
+        for index, plan in enumerate(self.plans):
+            for name, hook in (plan.payload.get("hooks") or {}).items():
+                if hook.get("dedupe"):
+                    self._dedupe[(index, name)] = compile_expr(parse(hook["dedupe"]))
+
+    # ---- intake ------------------------------------------------------------------------
+
+    def accept(self, events: Sequence[dict], source: str) -> list[int]:
+        """Persist events (durable before this returns) and queue them for the worker.
+
+        Raises QueueFull, before persisting anything, when the queue cannot take them all.
+        """
+        if self.queue is not None and self.queue.qsize() + len(events) > self.queue_size:
+            raise QueueFull()
+        now = self.clock()
+        bodies = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in events]
+        with self.store.transaction():
+            ids = self.store.add_events(bodies, source, now)
+        self.metrics.inc("opsdsl_events_received_total", len(ids), source=source)
+        if self.queue is not None:
+            for event_id, event in zip(ids, events, strict=True):
+                self.queue.put_nowait((event_id, now, dict(event)))
+            self.metrics.set("opsdsl_queue_depth", self.queue.qsize())
+        return ids
+
+    def queue_full(self, extra: int = 1) -> bool:
+        return self.queue is not None and self.queue.qsize() + extra > self.queue_size
+
+    async def start(self) -> int:
+        """Start the worker, after queueing the events a previous process accepted but never handled."""
+        self.queue = asyncio.Queue()
+        pending = self.store.pending_events()
+        for event_id, received, body in pending:
+            self.queue.put_nowait((event_id, received, json.loads(body)))
+        self._worker = asyncio.create_task(self._work(), name="opsdsl-worker")
+        return len(pending)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Handle every queued event, then wait for the runs they started (up to `timeout`)."""
+        if self.queue is not None:
+            await self.queue.join()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        if self.runs:
+            _, pending = await asyncio.wait(self.runs, timeout=timeout)
+            for task in pending:  # interrupted runs stay resumable (`opsdsl resume`)
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    # ---- the worker --------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        assert self.queue is not None
+        while True:
+            event_id, received, event = await self.queue.get()
+            try:
+                await self.handle(event_id, received, event)
+            finally:
+                self.queue.task_done()
+                self.metrics.set("opsdsl_queue_depth", self.queue.qsize())
+
+    async def handle(self, event_id: int, received: float, event: dict) -> list[str]:
+        """Evaluate one event; start the runs it calls for. Returns the run ids started."""
+        evaluation = self.engine.observe(event, received)
+        notes: list[tuple[str, dict]] = []
+        started: list[tuple[runner.VerifiedPlan, runner.Selection, dict]] = []
+        for plan_index, trigger, message in evaluation.errors:
+            pack = self.plans[plan_index].payload["pack"]["name"]
+            notes.append((EVENT_ERROR, {"event_id": event_id, "pack": pack, "trigger": trigger, "error": message}))
+        for firing in evaluation.firings:
+            plan = self.plans[firing.plan]
+            pack = plan.payload["pack"]["name"]
+            self.metrics.inc("opsdsl_triggers_fired_total", pack=pack, trigger=firing.trigger)
+            for hook_name, hook in sorted((plan.payload.get("hooks") or {}).items()):
+                if hook["trigger"] != firing.trigger:
+                    continue
+                base = {"pack": pack, "trigger": firing.trigger, "hook": hook_name, "event_id": event_id}
+                key, reason = self._admit(firing.plan, hook_name, hook, event, received)
+                base["dedupe_key"] = key
+                if reason is not None:
+                    self.metrics.inc("opsdsl_hooks_suppressed_total", hook=hook_name, reason=reason.split(":")[0])
+                    notes.append((HOOK_SUPPRESSED, {**base, "reason": reason}))
+                    continue
+                selection = runner.Selection(
+                    hook["run"], firing.trigger, hook_name, hook.get("escalate"), key, event_id
+                )
+                started.append((plan, selection, {**base, "reason": firing.reason}))
+        run_ids = []
+        with self.store.transaction():
+            for kind, data in notes:
+                self.store.ledger.append(kind, None, data, ts=self.clock())
+            for (pack, trig), text in self.engine.take_dirty().items():
+                self.store.save_trigger_state(pack, trig, text)
+            summary = f"{len(evaluation.firings)} firing(s), {len(started)} run(s)"
+            self.store.finish_event(event_id, summary)
+        for plan, selection, data in started:
+            run_id = self._start_run(plan, selection, event, data)
+            if run_id:
+                run_ids.append(run_id)
+        return run_ids
+
+    def _admit(self, plan: int, name: str, hook: dict, event: dict, now: float) -> tuple[str | None, str | None]:
+        """(dedupe key, reason to suppress or None): cooldown, then dedupe key, then the cap."""
+        key = None
+        predicate = self._dedupe.get((plan, name))
+        if predicate is not None:
+            try:
+                value = predicate({"event": event, "params": self.params[plan]})
+            except EvalError as error:
+                return None, f"dedupe-error: {error.message}"
+            key = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        cooldown = hook.get("cooldown")
+        if cooldown:
+            last = self.store.last_run_started(name, key)
+            if last is not None and now - last < cooldown / 1000:
+                return key, f"cooldown: a run started {now - last:.0f}s ago"
+        if key is not None and self.store.live_runs(name, key):
+            return key, f"dedupe: a run for key {key!r} is still live"
+        cap = hook.get("max_concurrent")
+        if cap and self.store.live_runs(name) >= cap:
+            return key, f"max_concurrent: {cap} runs live"
+        return key, None
+
+    def _start_run(self, plan: runner.VerifiedPlan, selection: runner.Selection, event: dict, data: dict) -> str | None:
+        from opsdsl.errors import OpsdslError
+
+        index = self.plans.index(plan)
+        book = plan.payload["playbooks"][selection.playbook]
+        try:
+            inputs = runner.resolve_inputs(book, selection.playbook, event, self.params[index], {})
+        except OpsdslError as error:
+            with self.store.transaction():
+                self.store.ledger.append(
+                    HOOK_SUPPRESSED, None, {**data, "reason": f"inputs: {error.message}"}, ts=self.clock()
+                )
+            self.metrics.inc("opsdsl_hooks_suppressed_total", hook=selection.hook or "", reason="inputs")
+            return None
+        run = self.runtime.create_run(plan, selection, self.params[index], inputs, event, self.secrets)
+        with self.store.transaction():
+            self.store.ledger.append(TRIGGER_FIRED, run.id, {**data, "run": run.id}, ts=self.clock())
+        self.metrics.inc("opsdsl_runs_started_total", hook=selection.hook or "")
+        task = asyncio.create_task(self._drive(run, selection), name=run.id)
+        self.runs.add(task)
+        task.add_done_callback(self.runs.discard)
+        return run.id
+
+    async def _drive(self, run, selection: runner.Selection) -> None:
+        async with self.run_slots:
+            outcome = await self.runtime.drive(run, self.secrets)
+        self.metrics.inc("opsdsl_runs_finished_total", status=outcome.status)
+        if outcome.status == "failed" and selection.escalate:
+            await self._escalate(run, selection, outcome)
+
+    async def _escalate(self, run, selection: runner.Selection, outcome) -> None:
+        delivered, detail = False, "no escalation URL configured; recorded only"
+        if self.escalation_url:
+            import httpx
+
+            payload = {
+                "escalate": selection.escalate,
+                "run": run.id,
+                "incident_id": run.incident_id,
+                "pack": run.pack,
+                "playbook": run.playbook,
+                "severity": run.severity,
+                "error": outcome.error,
+            }
+            try:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    response = await client.post(self.escalation_url, json=payload)
+                delivered = response.is_success
+                detail = f"HTTP {response.status_code}"
+            except httpx.HTTPError as error:
+                detail = f"{type(error).__name__}: {error}"
+        with self.store.transaction():
+            self.store.ledger.append(
+                RUN_ESCALATED,
+                run.id,
+                {
+                    "to": selection.escalate,
+                    "incident_id": run.incident_id,
+                    "error": outcome.error,
+                    "delivered": delivered,
+                    "detail": detail,
+                },
+                ts=self.clock(),
+            )
+
+
+def events_from_payload(payload: Any) -> list[dict]:
+    """The events in a request body or a file: an Alertmanager webhook (version 4) gives one
+    alert event per alert; a JSON list gives its objects; an object is one event."""
+    if isinstance(payload, dict) and isinstance(payload.get("alerts"), list) and "version" in payload:
+        common = {k: payload.get(k) for k in ("receiver", "groupKey", "externalURL") if k in payload}
+        events = []
+        for alert in payload["alerts"]:
+            if not isinstance(alert, dict):
+                raise ValueError("an Alertmanager alert is a JSON object")
+            events.append({"kind": "alert", **common, **alert})
+        return events
+    if isinstance(payload, list):
+        if not all(isinstance(item, dict) for item in payload):
+            raise ValueError("a list of events holds JSON objects only")
+        return list(payload)
+    if isinstance(payload, dict):
+        return [payload]
+    raise ValueError(f"an event is a JSON object, not {type(payload).__name__}")
+
+
+def load_plans(
+    packs: Sequence[Path],
+    plans: Sequence[Path],
+    policies: Sequence[Path] | None,
+    trust: Path | None,
+    environment: str,
+    state: Path,
+) -> list[runner.VerifiedPlan]:
+    """Every pack compiled and signed with the dev key, and every signed plan verified."""
+    loaded = [runner.plan_from_pack(pack, policies, state) for pack in packs]
+    loaded += [runner.plan_from_file(plan, trust, environment, state) for plan in plans]
+    names = [p.payload["pack"]["name"] for p in loaded]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        from opsdsl.errors import UsageError
+
+        raise UsageError(f"pack {duplicates[0]} is given twice")
+    return loaded
