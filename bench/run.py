@@ -1085,6 +1085,99 @@ def bench_run_steps(ctx: Ctx) -> Row:
     )
 
 
+TRIGGER_PACKS, TRIGGER_EVENTS = 100, 5000
+
+
+def bench_triggers(ctx: Ctx) -> Row:
+    """Trigger evaluation of 100 packs (3 triggers each: a plain condition, a count window, a
+    `for:` duration) over a stream of metric events, in process, vs a hand-written Python
+    predicate doing the same checks with the same window bookkeeping (the floor)."""
+    from collections import deque
+
+    try:
+        from opsdsl.runtime.triggers import TriggerEngine
+    except ImportError as exc:
+        raise Unavailable(f"opsdsl.runtime.triggers: {exc}") from exc
+    plans, params = [], []
+    for i in range(TRIGGER_PACKS):
+        name = f"sqlx_metric_{i % 20}"
+        plans.append(
+            {
+                "pack": {"name": f"pack{i}"},
+                "triggers": {
+                    "breach": {"on": "metric", "when": f'event.name == "{name}" && event.value > params.limit'},
+                    "spike": {
+                        "on": "metric",
+                        "when": f'event.name == "{name}" && event.labels.cluster in ["eu1", "eu2"]',
+                        "threshold": {"count": 50, "within": 300_000},
+                    },
+                    "slow": {"on": "metric", "when": f'event.name == "{name}" && event.value > 250', "for": 300_000},
+                },
+            }
+        )
+        params.append({"limit": 100 + i})
+    rng = random.Random(ctx.args.seed)
+    events = [
+        {
+            "kind": "metric",
+            "name": f"sqlx_metric_{rng.randrange(25)}",
+            "value": rng.uniform(0, 400),
+            "labels": {"cluster": rng.choice(["eu1", "eu2", "us1"])},
+        }
+        for _ in range(TRIGGER_EVENTS)
+    ]
+
+    def opsdsl() -> Rate:
+        def loop(rounds: int) -> None:
+            for _ in range(rounds):
+                engine = TriggerEngine(plans, params)
+                for n, event in enumerate(events):
+                    engine.observe(event, n * 0.1)
+
+        return Rate(loop, TRIGGER_EVENTS, f"TriggerEngine.observe, {TRIGGER_PACKS} packs x 3 triggers")
+
+    def floor() -> Rate:
+        names = [f"sqlx_metric_{i % 20}" for i in range(TRIGGER_PACKS)]
+        limits = [100 + i for i in range(TRIGGER_PACKS)]
+
+        def loop(rounds: int) -> None:
+            for _ in range(rounds):
+                windows = [deque() for _ in names]
+                since: list[dict] = [{} for _ in names]
+                fired: list[set] = [set() for _ in names]
+                for n, event in enumerate(events):
+                    now = n * 0.1
+                    if event.get("kind") != "metric":
+                        continue
+                    series = f"{event['name']}|{event['labels']}"
+                    for i, name in enumerate(names):
+                        hit = event["name"] == name
+                        _ = hit and event["value"] > limits[i]
+                        if hit and event["labels"]["cluster"] in ("eu1", "eu2"):
+                            window = windows[i]
+                            window.append(now)
+                            while window and window[0] <= now - 300:
+                                window.popleft()
+                            if len(window) >= 50:
+                                window.clear()
+                        if hit and event["value"] > 250:
+                            start = since[i].setdefault(series, now)
+                            if now - start >= 300 and series not in fired[i]:
+                                fired[i].add(series)
+                        else:
+                            since[i].pop(series, None)
+                            fired[i].discard(series)
+
+        return Rate(loop, TRIGGER_EVENTS, "hand-written Python predicates and windows")
+
+    return ctx.compare(
+        Row(f"trigger evaluation, {TRIGGER_PACKS} packs, vs hand-written Python", RATE, ">=", 0.25, unit="events/s"),
+        opsdsl=opsdsl,
+        baseline=floor,
+        reps=3 if ctx.quick else 5,
+    )
+
+
 BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_lint500_vs_cjs,
     bench_lint500_vs_pyyaml,
@@ -1100,6 +1193,7 @@ BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_ops500_vs_pyyaml,
     bench_ledger_verify,
     bench_run_steps,
+    bench_triggers,
 )
 
 

@@ -113,3 +113,36 @@ def test_threshold_matches_a_hand_count(gaps):
         if expected:
             kept = []
         assert bool(fired(engine, metric(1), now)) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", None]),
+            st.integers(0, 400),
+            st.sampled_from(["eu1", "eu2"]),
+            st.floats(min_value=0, max_value=100, allow_nan=False),
+        ),
+        max_size=40,
+    )
+)
+def test_the_name_index_changes_no_outcome(stream):
+    """Skipping triggers that require another `event.name` gives the same firings and errors."""
+    specs = {
+        "a_high": {"on": "metric", "when": 'event.name == "a" && event.value > 200'},
+        "b_count": {"on": "metric", "when": '"b" == event.name', "threshold": {"count": 2, "within": 60_000}},
+        "a_for": {"on": "metric", "when": 'event.name == "a" && event.labels.cluster == "eu1"', "for": 30_000},
+        "any_low": {"on": "metric", "when": "event.value < 100"},
+    }
+    indexed, full = TriggerEngine([plan(**specs)]), TriggerEngine([plan(**specs)])
+    full._named = lambda kind, name: full._by_kind[kind]
+    now = 0.0
+    for name, value, cluster, gap in stream:
+        now += gap
+        event = {"kind": "metric", "value": value, "labels": {"cluster": cluster}}
+        if name is not None:
+            event["name"] = name
+        one, two = indexed.observe(event, now), full.observe(event, now)
+        assert one.firings == two.firings
+        assert one.errors == two.errors

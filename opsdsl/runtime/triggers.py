@@ -91,6 +91,7 @@ class _Trigger:
     count: int | None
     within: float | None  # seconds
     hold: float | None  # `for`, seconds
+    event_name: str | None = None  # `event.name == "X"` is a conjunct of `when`: only events named X match
     window: deque = field(default_factory=deque)  # (time, series)
     since: dict[str, float] = field(default_factory=dict)  # series → when the condition started holding
     fired: set[str] = field(default_factory=set)  # series whose current episode already fired
@@ -108,17 +109,20 @@ class TriggerEngine:
         for index, plan in enumerate(self.plans):
             for name, spec in sorted((plan.get("triggers") or {}).items()):
                 threshold = spec.get("threshold") or {}
+                expression = parse(spec["when"]) if spec.get("when") else None
                 trigger = _Trigger(
                     plan=index,
                     pack=(plan.get("pack") or {}).get("name", str(index)),
                     name=name,
-                    predicate=compile_expr(parse(spec["when"])) if spec.get("when") else None,
+                    predicate=compile_expr(expression) if expression is not None else None,
                     count=threshold.get("count"),
                     within=threshold["within"] / 1000 if threshold.get("within") else None,
                     hold=spec["for"] / 1000 if spec.get("for") else None,
+                    event_name=_required_name(expression.root) if expression is not None else None,
                 )
                 self._by_kind[spec["on"]].append(trigger)
         self.dirty: set[tuple[str, str]] = set()  # (pack, trigger) whose state changed since `take_dirty`
+        self._by_name: dict[tuple[str, str], list[_Trigger]] = {}
 
     # ---- persistence: window state survives restarts (kept in the state database) ------
 
@@ -154,6 +158,9 @@ class TriggerEngine:
         triggers = self._by_kind.get(kind, ())
         if not triggers:
             return result
+        name = event.get("name")
+        if type(name) is str and not (kind == "alert" and event.get("status") == "resolved"):
+            triggers = self._named(kind, name)
         series = series_key(event, kind)
         if kind == "alert" and event.get("status") == "resolved":
             result.resolved = True
@@ -179,6 +186,17 @@ class TriggerEngine:
             if reason is not None:
                 result.firings.append(Firing(trigger.plan, trigger.name, series, reason))
         return result
+
+    def _named(self, kind: str, name: str) -> list[_Trigger]:
+        """The triggers an event named `name` can match: a trigger whose `when` requires another
+        name evaluates to false for it (CEL's `false && x` is false), and a `for:` series is
+        per name, so skipping it changes nothing."""
+        found = self._by_name.get((kind, name))
+        if found is None:
+            found = [t for t in self._by_kind[kind] if t.event_name is None or t.event_name == name]
+            if len(self._by_name) < 10_000:
+                self._by_name[(kind, name)] = found
+        return found
 
     def _step(self, trigger: _Trigger, series: str, matched: bool, now: float) -> str | None:
         """Advance one trigger's state by one event; the firing reason, or None."""
@@ -217,6 +235,26 @@ class TriggerEngine:
         trigger.fired.discard(series)
         if trigger.window:
             trigger.window = deque(item for item in trigger.window if item[1] != series)
+
+
+def _required_name(node: Any) -> str | None:
+    """X when the expression is a conjunction with `event.name == "X"` (either way round) in it."""
+    from opsdsl.expr.nodes import Binary, Ident, Literal, Select
+
+    if isinstance(node, Binary) and node.op == "&&":
+        return _required_name(node.left) or _required_name(node.right)
+    if isinstance(node, Binary) and node.op == "==":
+        for side, other in ((node.left, node.right), (node.right, node.left)):
+            if (
+                isinstance(side, Select)
+                and side.field == "name"
+                and isinstance(side.operand, Ident)
+                and side.operand.name == "event"
+                and isinstance(other, Literal)
+                and other.kind == "string"
+            ):
+                return other.value
+    return None
 
 
 def _dump(trigger: _Trigger) -> str:
