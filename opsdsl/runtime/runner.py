@@ -362,29 +362,54 @@ def select_playbooks(
 class Runtime:
     """One state directory: its database, dev key, incidents folder and executor."""
 
-    def __init__(self, state: Path, incidents_dir: Path | None = None, executor: Any = None, view: Any = None) -> None:
+    def __init__(
+        self,
+        state: Path,
+        incidents_dir: Path | None = None,
+        executor: Any = None,
+        view: Any = None,
+        *,
+        clock: Any = None,
+        sleep: Any = None,
+        durable: bool = True,
+        write_incidents: bool = True,
+        jitter: Any = None,
+    ) -> None:
+        """`clock`, `sleep`, `jitter`, `durable=False` and `write_incidents=False` are for
+        rehearsals (`opsdsl test`): a virtual clock, no fsync, no incident folders."""
         from opsdsl.runtime.executor import InProcessExecutor
 
         self.state = state
-        self.store = S.Store(state)
+        self.store = S.Store(state, durable=durable)
         self.signer = dev_key(state)
         self.incidents_root = incidents_dir or (state / "incidents")
         self.executor = executor or InProcessExecutor()
         self.view = view
+        self.clock = clock or time.time
+        self.sleep = sleep
+        self.jitter = jitter
+        self.write_incidents = write_incidents
 
     def close(self) -> None:
         self.store.close()
 
     def env(self, secrets: Secrets, child: bool = False) -> RunEnv:
-        return RunEnv(
+        env = RunEnv(
             store=self.store,
             executor=self.executor,
             secrets=secrets,
             signer=self.signer,
             incidents_root=self.incidents_root,
             view=None if child else self.view,
+            clock=self.clock,
             start_child=self._start_child,
+            write_incidents=self.write_incidents,
         )
+        if self.sleep is not None:
+            env.sleep = self.sleep
+        if self.jitter is not None:
+            env.jitter = self.jitter
+        return env
 
     # creating -----------------------------------------------------------------------------
 
@@ -401,7 +426,7 @@ class Runtime:
     ) -> S.RunRow:
         payload = plan.payload
         playbook = payload["playbooks"][selection.playbook]
-        now = time.time()
+        now = self.clock()
         stamp = datetime.fromtimestamp(now, UTC)
         suffix = _random.token_hex(3)
         run_id = f"{stamp:%Y%m%d-%H%M%S}-{suffix}"
@@ -565,7 +590,7 @@ class Runtime:
                     raise UsageError(f"--input {name}: step {step} asks for {', '.join(declared) or 'no inputs'}")
                 typed[name] = coerce(text, declared[name].get("type", "string"), f"--input {name}")
         decision = "deny" if deny else "approve"
-        now = time.time()
+        now = self.clock()
         with self.store.transaction():
             self.store.add_approval(run.id, step, by, decision, typed, comment, now)
             self.store.ledger.append(
@@ -580,7 +605,7 @@ class Runtime:
     def decide(self, run_id: str, step: str, by: str, outcome: str) -> None:
         """Settle a step left in doubt by a crash: retry it, or record it as succeeded or failed."""
         run, row = self._waiting_step(run_id, step, S.IN_DOUBT, "decision")
-        now = time.time()
+        now = self.clock()
         if outcome == "retry":
             row.status = S.PENDING
         elif outcome == "succeeded":
@@ -595,7 +620,7 @@ class Runtime:
     def acknowledge(self, run_id: str, by: str) -> None:
         run = self.store.run(run_id)
         with self.store.transaction():
-            self.store.ledger.append(E.RUN_ACKNOWLEDGED, run.id, {"by": by}, ts=time.time())
+            self.store.ledger.append(E.RUN_ACKNOWLEDGED, run.id, {"by": by}, ts=self.clock())
 
     def _waiting_step(self, run_id: str, step: str, status: str, what: str) -> tuple[S.RunRow, S.StepRow]:
         run = self.store.run(run_id)

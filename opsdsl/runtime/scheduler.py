@@ -65,6 +65,7 @@ class RunEnv:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     start_child: Callable[..., Awaitable[Outcome]] | None = None  # playbook.call (set by runner)
     jitter: Callable[[], float] = random.random
+    write_incidents: bool = True  # False in rehearsals: no incident folder, no checkpoint
 
 
 class Scheduler:
@@ -590,10 +591,14 @@ class Scheduler:
         return decided.fetchone() is not None
 
     def _checkpoint(self) -> None:
+        if not self.env.write_incidents:
+            return
         with self.store.transaction():
             self.store.ledger.checkpoint(self.env.signer)
 
     def _write_incident(self) -> None:
+        if not self.env.write_incidents:
+            return
         from opsdsl.incident import write_incident
 
         entries = [e.to_dict() for e in self.store.ledger.entries(run=self.run.id)]

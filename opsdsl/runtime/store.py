@@ -169,7 +169,9 @@ _JSON_RUN_FIELDS = ("params", "inputs", "event")
 class Store:
     """The state database of one state directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, durable: bool = True) -> None:
+        """`durable=False` (rehearsals in `opsdsl test`) skips fsync: fast, and fine for a
+        throwaway state directory, never for a real one."""
         from opsdsl.ledger import Ledger, LedgerError, open_database
 
         self.root = root
@@ -177,6 +179,8 @@ class Store:
             root.mkdir(parents=True, exist_ok=True)
             self.conn: sqlite3.Connection = open_database(root / DB_NAME)
             self.conn.executescript(_DDL)
+            if not durable:
+                self.conn.execute("PRAGMA synchronous=OFF")
         except (OSError, sqlite3.DatabaseError, LedgerError) as error:
             raise StateError(f"cannot open the state database in {root}: {error}") from None
         self.ledger = Ledger(self.conn)
