@@ -11,5 +11,10 @@ Stages inside the runtime, one module each:
 - `gate`      the policy gate before every step
 - `store`     runs, steps and approvals in the state database (SQLite, WAL)
 - `scheduler` the DAG: ready steps concurrently, retries, compensation, finally, pauses
+- `triggers`  which events fire which triggers (count windows, `for:`, resolved alerts)
+- `service`   events in, runs out: intake, hooks (cooldown, dedupe, caps), escalation
+- `dryrun`    what a run would do, without doing anything
+- `audit`     ledger verification, incident lookup and the report over a state directory
+- `board`     the step-state model the live view draws
 - `view`      the live display (rich on a terminal, JSON lines otherwise)
 """
