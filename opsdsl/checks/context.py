@@ -57,9 +57,9 @@ class Scope:
 
 
 def _plugin_actions() -> frozenset[str]:
-    from importlib.metadata import entry_points
+    from opsdsl.plugins import plugin_names
 
-    return frozenset(ep.name for ep in entry_points(group="opsdsl.actions"))
+    return plugin_names()
 
 
 Rule = Callable[[Unit, Scope], Iterable[Diagnostic]]

@@ -18,12 +18,12 @@ import functools
 import importlib
 import inspect
 import json
-import re
 from collections.abc import Callable, Mapping
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from typing import Any
 
 from opsdsl.actions import BUILTIN_ACTIONS
+from opsdsl.plugins import PLUGIN_GROUP, _discover_plugins, _origin, reset_plugin_cache
 from opsdsl.runtime.actions.base import Action, ActionContext, ActionFailed, ActionRequest
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "reset_plugin_cache",
 ]
 
-PLUGIN_GROUP = "opsdsl.actions"
 
 # Built-in actions the executor runs, and the class behind each (imported on first use).
 _EXECUTOR_CLASSES: dict[str, tuple[str, str]] = {
@@ -55,9 +54,6 @@ _EXECUTOR_CLASSES: dict[str, tuple[str, str]] = {
     "evidence.collect": ("opsdsl.runtime.actions.evidence", "EvidenceCollectAction"),
 }
 EXECUTOR_ACTIONS: tuple[str, ...] = tuple(_EXECUTOR_CLASSES)
-
-# The same shape the pack schema's `actionName` allows, but with at least one dot.
-_PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
 class UnknownAction(Exception):
@@ -102,41 +98,6 @@ def plugin_actions() -> dict[str, EntryPoint]:
 def plugin_problems() -> dict[str, str]:
     """Entry points in the plugin group that were refused, by name, with the reason."""
     return dict(_discover_plugins()[1])
-
-
-def reset_plugin_cache() -> None:
-    """Forget discovered plugins, so the next lookup sees newly installed ones."""
-    importlib.invalidate_caches()
-    _discover_plugins.cache_clear()
-
-
-@functools.cache
-def _discover_plugins() -> tuple[dict[str, EntryPoint], dict[str, str]]:
-    accepted: dict[str, EntryPoint] = {}
-    problems: dict[str, str] = {}
-    for entry in entry_points(group=PLUGIN_GROUP):
-        name, origin = entry.name, _origin(entry)
-        if name in BUILTIN_ACTIONS:
-            problems[name] = f"plugin {origin} declares {name!r}, the name of a built-in action; it is refused"
-        elif not _PLUGIN_NAME.match(name):
-            problems[name] = (
-                f"plugin {origin} declares {name!r}; plugin actions must be named `namespace.name` "
-                "(lower-case letters, digits and `_`, at least one dot); it is refused"
-            )
-        elif name in accepted and accepted[name].value != entry.value:
-            problems[name] = (
-                f"plugin action {name!r} is declared twice ({_origin(accepted.pop(name))} and {origin}); "
-                "uninstall one of them"
-            )
-        elif name not in problems:
-            accepted[name] = entry
-    return accepted, problems
-
-
-def _origin(entry: EntryPoint) -> str:
-    dist = entry.dist
-    where = f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
-    return f"{entry.value!r} ({where})"
 
 
 def _load_plugin(name: str, entry: EntryPoint) -> PluginAction:
