@@ -270,7 +270,10 @@ class Scheduler:
                 return self._fail(sid, self._denial_message(sid), {}, decision=None)
             if node["action"] == "approval":
                 return self._approve_action_step(sid)
-            rendered = self._render(sid)  # cannot fail now: it rendered before the gate
+            try:  # rendered before the gate too, but a resumed run may lack a secret now
+                rendered = self._render(sid)
+            except (EvalError, SecretError) as error:
+                return self._fail(sid, f"`with:` could not be rendered: {error.message}", {}, decision=None)
             decision_entry: list = []
         else:
             if node.get("when"):
