@@ -2,8 +2,9 @@
 
 Thin wrappers over `opsdsl.runtime`, `opsdsl.ledger`, `opsdsl.incident` and
 `opsdsl.reporting`. Exit codes of `run` and `resume`: 0 succeeded, 1 failed (after
-compensation), 4 paused for an approval or a decision, 5 refused (signature, trust,
-policy, missing input), 130 interrupted (resumable).
+compensation or a policy denial), 4 paused for an approval or a decision, 5 refused
+(a pack with errors, a bad signature, an untrusted plan, a missing param or input),
+130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def _read_event(source: str | None) -> dict[str, Any] | None:
 def _view(log_format: str):
     from opsdsl.runtime.view import make_view
 
-    return make_view(log_format, sys.stderr if log_format in ("auto", "rich") else sys.stdout)
+    if log_format == "auto":  # a person watching gets the live table; a pipe gets JSON lines on stdout
+        log_format = "rich" if sys.stderr.isatty() else "json"
+    return make_view(log_format, sys.stderr if log_format == "rich" else sys.stdout)
 
 
 @click.command()
@@ -147,6 +150,8 @@ def run(
             finally:
                 _end_view(view, row, outcome, code)
             worst = max(worst, code, key=_severity_of_exit)
+            if code == runner.EXIT_INTERRUPTED:
+                break  # Ctrl-C stops the whole command, not just this playbook
     finally:
         runtime.close()
     ctx.exit(worst)
@@ -165,6 +170,7 @@ def _end_view(view, row, outcome, code: int) -> None:
             "incident_folder": row.incident_dir,
             "exit_code": code,
             "pending_approvals": outcome.pending if outcome else [],
+            "in_doubt": outcome.in_doubt if outcome else [],
             "error": outcome.error if outcome else "internal error",
         },
     )
@@ -197,7 +203,7 @@ def resume(
     state = resolve_state(state_dir)
     secrets = Secrets(state, parse_references(secret_refs))
     view = _view(log_format)
-    runtime = runner.Runtime(state, view=view)
+    runtime = runner.Runtime(state, view=view, create=False)
     try:
         row = runtime.resumable(run_id)
         plan = json.loads(runner._payload_of(row.envelope))
@@ -231,7 +237,7 @@ def approve(
     from opsdsl.runtime import runner
     from opsdsl.runtime.store import state_dir as resolve_state
 
-    runtime = runner.Runtime(resolve_state(state_dir))
+    runtime = runner.Runtime(resolve_state(state_dir), create=False)
     try:
         result = runtime.approve(run_id, step, by, deny, _pairs(answers, "--input"), comment)
     finally:
@@ -257,7 +263,7 @@ def decide(run_id: str, step: str, outcome: str, by: str, state_dir: Path | None
     from opsdsl.runtime import runner
     from opsdsl.runtime.store import state_dir as resolve_state
 
-    runtime = runner.Runtime(resolve_state(state_dir))
+    runtime = runner.Runtime(resolve_state(state_dir), create=False)
     try:
         runtime.decide(run_id, step, by, outcome)
     finally:
@@ -274,7 +280,7 @@ def ack(run_id: str, by: str, state_dir: Path | None) -> None:
     from opsdsl.runtime import runner
     from opsdsl.runtime.store import state_dir as resolve_state
 
-    runtime = runner.Runtime(resolve_state(state_dir))
+    runtime = runner.Runtime(resolve_state(state_dir), create=False)
     try:
         runtime.acknowledge(run_id, by)
     finally:
@@ -284,7 +290,11 @@ def ack(run_id: str, by: str, state_dir: Path | None) -> None:
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--status", help="Only runs with this status.")
+@click.option(
+    "--status",
+    type=click.Choice(["running", "paused", "interrupted", "succeeded", "failed", "refused"]),
+    help="Only runs with this status.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many, newest first.")
 @_state_option
 def runs(fmt: str, status: str | None, limit: int | None, state_dir: Path | None) -> None:
@@ -292,7 +302,7 @@ def runs(fmt: str, status: str | None, limit: int | None, state_dir: Path | None
     from opsdsl.runtime.store import Store
     from opsdsl.runtime.store import state_dir as resolve_state
 
-    store = Store(resolve_state(state_dir))
+    store = Store(resolve_state(state_dir), create=False)
     try:
         rows = [
             {

@@ -220,7 +220,7 @@ def test_crash_recovery_reruns_idempotent_steps_and_doubts_the_others(tmp_path):
     executor.requests.clear()
     secrets = Secrets(runtime.state)
     outcome = asyncio.run(runtime.drive(runtime.store.run(run.id), secrets, "resume"))
-    assert outcome.status == "paused" and outcome.pending == ["post"]
+    assert outcome.status == "paused" and outcome.in_doubt == ["post"] and outcome.pending == []
     assert [r.step_id for r in executor.requests] == ["put"]  # idempotent: re-run, same key
     runtime.decide(run.id, "post", "carol", "succeeded")
     assert asyncio.run(runtime.drive(runtime.store.run(run.id), secrets, "resume")).status == "succeeded"

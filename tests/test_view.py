@@ -215,7 +215,7 @@ def test_text_has_one_line_per_significant_entry(utc: None) -> None:
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d ▶ checkout / respond / SEV-2 / run r-20240501-0001 \(incident INC-42, 4 steps\)", lines[0]
     )
-    assert lines[1:-2] == [
+    assert lines[1:-3] == [
         "12:00:02 ✓ plan verified (trust dev-key, keys k1)",
         "12:00:03 ▶ run started",
         "12:00:05 ▶ check_latency http.request started",
@@ -227,8 +227,9 @@ def test_text_has_one_line_per_significant_entry(utc: None) -> None:
         "12:00:11 ⏸ drain_node awaiting approval (1 of alice, bob): Drain during the freeze?",
         "12:00:12 ⏸ run paused, waiting for drain_node (approval)",
     ]  # fmt: skip
-    assert lines[-2].endswith("⏸ run r-20240501-0001 paused · incident folder incidents/INC-42 · 1 approval pending")
-    assert lines[-1].endswith("→ to continue: opsdsl approve r-20240501-0001 drain_node --by NAME")
+    assert lines[-3].endswith("⏸ run r-20240501-0001 paused · incident folder incidents/INC-42 · 1 approval pending")
+    assert lines[-2].endswith("→ to continue: opsdsl approve r-20240501-0001 drain_node --by NAME")
+    assert lines[-1].endswith("→ then: opsdsl resume r-20240501-0001")
 
 
 def test_text_reports_failures_compensation_and_the_outcome(utc: None) -> None:

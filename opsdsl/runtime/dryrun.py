@@ -60,7 +60,7 @@ def dry_run(
     lines = [f"dry run of {plan['pack']['name']} {plan['pack'].get('version', '')}: nothing is executed or written"]
     if not selections:
         lines.append("no trigger of the pack matches the event; nothing would run")
-        return "\n".join(lines)
+        return secrets.redactor.text("\n".join(lines))  # secret params never show
     executor = InProcessExecutor()
     gate = Gate(plan["policies"], lambda action: action in SCHEDULER_ACTIONS or executor.knows(action))
     for selection in selections:
@@ -154,7 +154,7 @@ def dry_run(
             lines.append("  if a step fails, completed steps are undone in reverse order:")
             for node in compensations:
                 lines.append(f"      {node['for']} → {node['id']} [{node['action']}]")
-    return "\n".join(lines)
+    return secrets.redactor.text("\n".join(lines))  # secret params never show
 
 
 def _evaluate(text: str, activation: dict[str, Any]) -> Any:

@@ -97,7 +97,6 @@ def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> 
     """Compile and sign `pack` with the dev key; policy packs beside it are in scope unless
     `policies` names them explicitly."""
     from opsdsl.build import compile_paths
-    from opsdsl.errors import CompileError
     from opsdsl.pipeline import looks_like_policy_pack
 
     if not pack.is_file():
@@ -112,7 +111,7 @@ def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> 
     out = state / "plans" / pack.stem  # one build folder per pack: builds of other packs never prune it
     result = compile_paths([pack, *policies], out, keys=[key])
     if result.failed:
-        raise CompileError(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
+        raise RunRefused(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
     entry = next(p for p in result.packs if p.plan_file and p.status in ("compiled", "unchanged", "reused"))
     envelope = (out / entry.plan_file).read_bytes()
     return _verify(envelope, {_keyid(key): key.public_key()}, 1, "dev-key")
@@ -149,7 +148,6 @@ def plan_for_dry_run(
     import tempfile
 
     from opsdsl.build import compile_paths
-    from opsdsl.errors import CompileError
     from opsdsl.pipeline import looks_like_policy_pack
 
     if plan_file is not None:
@@ -166,7 +164,7 @@ def plan_for_dry_run(
     with tempfile.TemporaryDirectory(prefix="opsdsl-dry-run-") as scratch:
         result = compile_paths([pack, *policies], Path(scratch))
         if result.failed:
-            raise CompileError(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
+            raise RunRefused(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
         entry = next(p for p in result.packs if p.plan_file and p.status in ("compiled", "unchanged", "reused"))
         return json.loads(_payload_of((Path(scratch) / entry.plan_file).read_bytes()))
 
@@ -239,7 +237,8 @@ def coerce(text: str, kind: str, what: str) -> Any:
             return value
     except ValueError:
         pass
-    raise UsageError(f"{what}: {text!r} is not a {kind}" + (" (write JSON)" if kind in ("list", "map") else ""))
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise UsageError(f"{what}: {text!r} is not {article} {kind}" + (" (write JSON)" if kind in ("list", "map") else ""))
 
 
 def _declared_value(value: Any, kind: str) -> Any:
@@ -305,22 +304,6 @@ def resolve_inputs(
     return values
 
 
-def event_kind(event: Mapping[str, Any]) -> str:
-    """The `on:` kind an event belongs to: its `kind` field, else inferred from its shape."""
-    kind = event.get("kind")
-    if kind in ("alert", "metric", "log", "event"):
-        return kind
-    if "labels" in event and (
-        "startsAt" in event or "fingerprint" in event or event.get("status") in ("firing", "resolved")
-    ):
-        return "alert"
-    if "name" in event and isinstance(event.get("value"), (int, float)) and not isinstance(event.get("value"), bool):
-        return "metric"
-    if "message" in event:
-        return "log"
-    return "event"
-
-
 def select_playbooks(
     plan: dict[str, Any], event: dict[str, Any] | None, playbook: str | None, params: dict[str, Any]
 ) -> list[Selection]:
@@ -338,6 +321,8 @@ def select_playbooks(
                 f"the pack has {len(playbooks)} playbooks; choose one with --playbook ({', '.join(playbooks)})"
             )
         return [Selection(next(iter(playbooks)))]
+    from opsdsl.runtime.triggers import event_kind
+
     kind = event_kind(event)
     activation = {"event": event, "params": params, "now": time.time()}
     chosen: list[Selection] = []
@@ -374,14 +359,15 @@ class Runtime:
         durable: bool = True,
         write_incidents: bool = True,
         jitter: Any = None,
+        create: bool = True,
     ) -> None:
         """`clock`, `sleep`, `jitter`, `durable=False` and `write_incidents=False` are for
         rehearsals (`opsdsl test`): a virtual clock, no fsync, no incident folders."""
         from opsdsl.runtime.executor import InProcessExecutor
 
         self.state = state
-        self.store = S.Store(state, durable=durable)
-        self.signer = dev_key(state)
+        self.store = S.Store(state, durable=durable, create=create)
+        self._signer = None
         self.incidents_root = incidents_dir or (state / "incidents")
         self.executor = executor or InProcessExecutor()
         self.view = view
@@ -389,6 +375,13 @@ class Runtime:
         self.sleep = sleep
         self.jitter = jitter
         self.write_incidents = write_incidents
+
+    @property
+    def signer(self):
+        """The dev key, made on first use: commands that sign nothing never create one."""
+        if self._signer is None:
+            self._signer = dev_key(self.state)
+        return self._signer
 
     def close(self) -> None:
         self.store.close()
@@ -556,8 +549,10 @@ class Runtime:
         run = self.store.run(run_id)
         if run.status in S.FINAL_RUN_STATUSES:
             raise UsageError(f"run {run_id} already {run.status}; there is nothing to resume")
-        if run.parent_run:
-            raise UsageError(f"run {run_id} is a sub-run of {run.parent_run}; resume that run")
+        while run.parent_run:  # a sub-run continues through the run that called it
+            run = self.store.run(run.parent_run)
+        if run.status in S.FINAL_RUN_STATUSES:
+            raise UsageError(f"run {run.id} already {run.status}; there is nothing to resume")
         return run
 
     # people -------------------------------------------------------------------------------
@@ -572,7 +567,7 @@ class Runtime:
         comment: str | None = None,
     ) -> dict[str, Any]:
         """Record one person's approval (or denial) of a step waiting for it."""
-        run, row = self._waiting_step(run_id, step, S.AWAITING_APPROVAL, "approval")
+        run, row = self._waiting_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
         if not by.strip():
             raise UsageError("--by must name the person approving")
         if row.approvers and by not in row.approvers:
@@ -604,7 +599,7 @@ class Runtime:
 
     def decide(self, run_id: str, step: str, by: str, outcome: str) -> None:
         """Settle a step left in doubt by a crash: retry it, or record it as succeeded or failed."""
-        run, row = self._waiting_step(run_id, step, S.IN_DOUBT, "decision")
+        run, row = self._waiting_step(run_id, step, S.IN_DOUBT, "a decision")
         now = self.clock()
         if outcome == "retry":
             row.status = S.PENDING
@@ -631,7 +626,7 @@ class Runtime:
         if row.status != status:
             waiting = self.store.pending_approvals(run.id)
             hint = f"; waiting: {', '.join(waiting)}" if waiting else ""
-            raise UsageError(f"step {step} of run {run_id} is {row.status}, not waiting for a {what}{hint}")
+            raise UsageError(f"step {step} of run {run_id} is {row.status}, not waiting for {what}{hint}")
         return run, row
 
 

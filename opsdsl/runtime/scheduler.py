@@ -35,6 +35,7 @@ PURE_ACTIONS = frozenset({"assert", "report.rca"})
 
 PHASE_STEPS, PHASE_COMPENSATING, PHASE_FINALLY, PHASE_DONE = "steps", "compensating", "finally", "done"
 FINISHED_OK = (S.SUCCEEDED, S.SKIPPED)
+TIMED_OUT = "the playbook's timeout passed"
 TIMEOUT_VOTER = "timeout"  # the approvals row an expired approval step gets
 
 
@@ -43,8 +44,9 @@ class Outcome:
     """How a drive ended: the run status and the steps people must act on."""
 
     status: str  # succeeded | failed | paused | interrupted
-    pending: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # steps awaiting approval
     error: str | None = None
+    in_doubt: list[str] = field(default_factory=list)  # steps a crash left undecided: `opsdsl decide`
 
 
 class Paused(Exception):
@@ -107,6 +109,8 @@ class Scheduler:
                 self.results[sid] = self._result(row)
             if row.status == S.FAILED:
                 self._note_failure(sid)
+        if self.run.error == TIMED_OUT:
+            self._failed_main = True
         recovered = self._recover_in_flight()
         self._commit(
             [(E.RUN_STARTED, {"reason": reason, "by": by, **recovered})],
@@ -118,7 +122,7 @@ class Scheduler:
             running = sorted(sid for sid, row in self.steps.items() if row.status == S.STARTED)
             self._commit([(E.RUN_INTERRUPTED, {"running": running})], run_fields={"status": S.INTERRUPTED})
             self._write_incident()
-            return Outcome(S.INTERRUPTED, running, "interrupted; continue with `opsdsl resume`")
+            return Outcome(S.INTERRUPTED, [], f"interrupted; continue with `opsdsl resume {self.run.id}`")
         return outcome
 
     async def _drive_phases(self) -> Outcome:
@@ -160,6 +164,9 @@ class Scheduler:
         paused = False
         try:
             while True:
+                if deadline is not None and self.env.clock() >= deadline and not self._failing():
+                    await self._time_out(running)  # e.g. a run resumed after its deadline
+                    return
                 while candidates and not (section == "steps" and self._failing()):
                     batch = sorted(candidates, key=self.position.__getitem__)
                     candidates = set()
@@ -223,6 +230,8 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         message = "the playbook's timeout passed; the step was cancelled"
+        self._failed_main = True  # no new steps; compensation, then finally
+        self._commit([], run_fields={"error": TIMED_OUT})
         for sid in running.values():
             row = self.steps[sid]
             row.status, row.error, row.finished_at = S.FAILED, message, self.env.clock()
@@ -308,14 +317,15 @@ class Scheduler:
         row = self.steps[sid]
         now = self.env.clock()
         if action in PURE_ACTIONS:
-            # No side effect, so no intent to write ahead: decision and result, one transaction.
+            # No side effect to write ahead of: decision, intent and result in one transaction.
             row.attempts += 1
             row.started_at = now
+            intent = self._intent(sid, rendered, row.attempts)
             try:
                 outputs = self._pure(sid, rendered)
             except ActionFailed as failure:
-                return self._fail(sid, failure.message, failure.outputs, decision=decision_entry)
-            return self._succeed(sid, outputs, before=decision_entry)
+                return self._fail(sid, failure.message, failure.outputs, decision=[*decision_entry, intent])
+            return self._succeed(sid, outputs, before=[*decision_entry, intent])
         if action == "wait":
             if row.wake_at is None:
                 row.wake_at = now + _duration_seconds(rendered.get("duration", "0s"))
@@ -544,7 +554,9 @@ class Scheduler:
         self._commit([(E.RUN_PAUSED, {"waiting": waiting})], run_fields={"status": S.PAUSED})
         self._checkpoint()
         self._write_incident()
-        return Outcome("paused", pending)
+        approvals = [sid for sid in pending if self.steps[sid].status == S.AWAITING_APPROVAL]
+        doubt = [sid for sid in pending if self.steps[sid].status == S.IN_DOUBT]
+        return Outcome("paused", approvals, None, doubt)
 
     def _finish(self) -> Outcome:
         failed = sorted(
@@ -557,9 +569,10 @@ class Scheduler:
             for sid, r in self.steps.items()
             if self.nodes[sid]["section"] == "compensation" and r.status == S.SUCCEEDED
         )
-        status = S.FAILED if failed else S.SUCCEEDED
-        error = None
-        if failed:
+        timed_out = self.run.error == TIMED_OUT
+        status = S.FAILED if failed or timed_out else S.SUCCEEDED
+        error = TIMED_OUT if timed_out else None
+        if failed and not timed_out:
             first = min(failed, key=lambda s: self.steps[s].finished_at or 0)
             error = f"step `{first}` failed: {self.steps[first].error}"
         human = self._human_involved()
@@ -611,7 +624,7 @@ class Scheduler:
             if node["action"] == "report.rca" and self.steps[sid].status == S.SUCCEEDED:
                 rca = {k: v for k, v in (self.steps[sid].outputs or {}).items() if k != "path" and v is not None}
         write_incident(
-            self.env.incidents_root,
+            self.incident_folder.parents[1],  # the run's own incidents root, even on resume
             entries,
             checkpoint=checkpoint.to_dict() if checkpoint else None,
             signer=self.env.signer,
@@ -739,7 +752,7 @@ class Scheduler:
         initial, cap = retry["initial"] / 1000, retry["max"] / 1000
         wait = initial if retry["backoff"] == "fixed" else min(cap, initial * 2 ** (attempt - 1))
         if retry.get("jitter"):
-            wait *= 0.5 + self.env.jitter()
+            wait = min(wait * (0.5 + self.env.jitter()), max(cap, initial))
         return round(wait, 3)
 
     def _deadline(self) -> float | None:

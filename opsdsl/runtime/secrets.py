@@ -124,7 +124,9 @@ class SecretsView(Mapping[str, str]):
         return len(self._secrets)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._secrets
+        # Every name "exists": reading a missing one raises SecretError, whose message says
+        # where to put the value, rather than the evaluator's bare "no such key".
+        return isinstance(name, str)
 
 
 class Redactor:

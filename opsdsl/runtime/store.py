@@ -169,16 +169,25 @@ _JSON_RUN_FIELDS = ("params", "inputs", "event")
 class Store:
     """The state database of one state directory."""
 
-    def __init__(self, root: Path, durable: bool = True) -> None:
+    def __init__(self, root: Path, durable: bool = True, create: bool = True) -> None:
         """`durable=False` (rehearsals in `opsdsl test`) skips fsync: fast, and fine for a
-        throwaway state directory, never for a real one."""
+        throwaway state directory, never for a real one. `create=False` (commands that only
+        read or steer existing runs) refuses a state directory that does not exist yet, so a
+        mistyped `--state-dir` is an error rather than a new empty state."""
         from opsdsl.ledger import Ledger, LedgerError, open_database
 
         self.root = root
+        database = root / DB_NAME
+        if not create and not database.is_file():
+            raise StateError(f"no opsdsl state in {root} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME")
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            self.conn: sqlite3.Connection = open_database(root / DB_NAME)
+            new = not database.exists()
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.conn: sqlite3.Connection = open_database(database)
+            if new:
+                os.chmod(database, 0o600)  # runs, params and events are nobody else's business
             self.conn.executescript(_DDL)
+            _add_missing_columns(self.conn)
             if not durable:
                 self.conn.execute("PRAGMA synchronous=OFF")
         except (OSError, sqlite3.DatabaseError, LedgerError) as error:
@@ -356,6 +365,18 @@ class Store:
             (run_id, step_id),
         )
         return [{"by": r[0], "decision": r[1], "answers": json.loads(r[2]), "comment": r[3], "at": r[4]} for r in rows]
+
+
+# Columns added after the first release of a table: (table, column, declaration).
+_LATER_COLUMNS = (("runs", "dedupe_key", "TEXT"), ("runs", "event_id", "INTEGER"))
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring an older state database up to date (CREATE TABLE IF NOT EXISTS adds no columns)."""
+    for table, column, declaration in _LATER_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def _run_row(conn: sqlite3.Connection, row: tuple) -> RunRow:

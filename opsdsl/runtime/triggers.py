@@ -32,14 +32,19 @@ KINDS = ("alert", "metric", "log", "event")
 def event_kind(event: Mapping[str, Any]) -> str:
     """The `on:` kind an event belongs to: its `kind` field, else inferred from its shape.
 
-    alert: Alertmanager's alert objects (labels plus startsAt, fingerprint or a firing /
-    resolved status); metric: a `name` and a numeric `value`; log: a `message`; else event.
+    alert: Alertmanager's alert objects (labels with an `alertname`, or labels plus startsAt,
+    fingerprint or a firing / resolved status); metric: a `name` and a numeric `value`;
+    log: a `message`; else event.
     """
     kind = event.get("kind")
     if kind in KINDS:
         return kind
-    if isinstance(event.get("labels"), Mapping) and (
-        "startsAt" in event or "fingerprint" in event or event.get("status") in ("firing", "resolved")
+    labels = event.get("labels")
+    if isinstance(labels, Mapping) and (
+        "alertname" in labels
+        or "startsAt" in event
+        or "fingerprint" in event
+        or event.get("status") in ("firing", "resolved")
     ):
         return "alert"
     value = event.get("value")

@@ -137,9 +137,16 @@ def summary_lines(run_id: str, status: str, summary: dict[str, Any]) -> list[str
         line += f": {shorten(summary['error'], 200)}"
     if summary.get("incident_folder"):
         line += f" · incident folder {summary['incident_folder']}"
+    doubt = list(summary.get("in_doubt") or [])
     if pending:
         line += f" · {_count(len(pending), 'approval')} pending"
-    return [line, *(f"to continue: {approve_command(run_id, step)}" for step in pending)]
+    if doubt:
+        line += f" · {_count(len(doubt), 'step')} in doubt after a crash"
+    lines = [line, *(f"to continue: {approve_command(run_id, step)}" for step in pending)]
+    lines += [f"to continue: opsdsl decide {run_id} {step} --as retry|succeeded|failed --by NAME" for step in doubt]
+    if pending or doubt:
+        lines.append(f"then: opsdsl resume {run_id}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------
