@@ -693,8 +693,12 @@ def _checkpoints_in(document: object, *, unwrap: bool) -> tuple[Checkpoint, ...]
             raise LedgerError(f"the envelope's payload is not JSON: {exc}") from None
         return _checkpoints_in(inner, unwrap=False)
     found: tuple[Checkpoint, ...] = ()
-    if "checkpoint" in document:
+    if "checkpoint" in document and document["checkpoint"] is not None:
         found += (Checkpoint.from_dict(document["checkpoint"]),)
     if type(document.get("checkpoints")) is list:
         found += tuple(Checkpoint.from_dict(item) for item in document["checkpoints"])
+    # A signed incident record (record.json): {"record": {..., "ledger": {"checkpoint": ...}}}.
+    record = document.get("record")
+    if unwrap and type(record) is dict and type(record.get("ledger")) is dict:
+        found += _checkpoints_in(record["ledger"], unwrap=False)
     return found

@@ -225,3 +225,18 @@ def test_crash_recovery_reruns_idempotent_steps_and_doubts_the_others(tmp_path):
     runtime.decide(run.id, "post", "carol", "succeeded")
     assert asyncio.run(runtime.drive(runtime.store.run(run.id), secrets, "resume")).status == "succeeded"
     assert [r.step_id for r in executor.requests] == ["put"]  # the POST was not repeated
+
+
+def test_a_failing_run_abandons_steps_still_waiting_for_approval(tmp_path):
+    executor = Scripted({"breaks": [ActionFailed("boom", retryable=False)]})
+    body = """
+    playbooks:
+      p:
+        severity: SEV-3
+        steps:
+          - {id: ask, needs: [], action: approval, with: {message: go?}, timeout: 1h}
+          - {id: breaks, needs: [], action: http.request, with: {url: "http://x/b", method: PUT}, timeout: 5s}
+    """
+    runtime, run, outcome = start(tmp_path, body, executor)
+    assert outcome.status == "failed" and outcome.pending == []
+    assert runtime.store.steps(run.id)["ask"].status == "skipped"

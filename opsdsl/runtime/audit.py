@@ -51,11 +51,22 @@ def verify_state(state: Path | None, checkpoint_files: list[Path], keys: list[Pa
         external += read_checkpoints(path)
     if include_incidents:
         for record in incident_records(root / "incidents"):
-            try:
-                external += read_checkpoints(record)
-            except Exception:  # a record without a checkpoint (dry run) vouches for nothing
-                continue
-    return verify_path(root / DB_NAME, trusted_keys(state, keys), external)
+            external += read_checkpoints(record)  # a record that cannot be read is a finding, not noise
+    has_checkpoints = bool(external) or _stored_checkpoints(root / DB_NAME)
+    trusted = trusted_keys(state, keys) if (keys or has_checkpoints) else {}
+    return verify_path(root / DB_NAME, trusted, external)
+
+
+def _stored_checkpoints(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone() is not None
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
 
 
 def find_incident(state: Path | None, incidents_dir: Path | None, incident_id: str) -> Path:

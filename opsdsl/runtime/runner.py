@@ -84,13 +84,16 @@ def dev_key(state: Path):
     from opsdsl.signing import generate_key, load_private_key, write_private_key, write_public_key
 
     path = state / DEV_KEY
+    public = path.with_suffix(".pub")
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = generate_key()
         write_private_key(path, key, None)
-        write_public_key(path.with_suffix(".pub"), key.public_key())
-        return key
-    return load_private_key(path)
+    else:
+        key = load_private_key(path)
+    if not public.exists():  # also heals a crash between writing the two halves
+        write_public_key(public, key.public_key())
+    return key
 
 
 def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> VerifiedPlan:

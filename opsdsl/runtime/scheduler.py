@@ -97,6 +97,7 @@ class Scheduler:
         self.incident_folder = Path(run.incident_dir)
         self._completed = 0
         self._rendered: dict[str, dict[str, Any]] = {}
+        self._later_fields: dict[str, Any] = {}
 
     # ---- entry points ----------------------------------------------------------------
 
@@ -120,7 +121,9 @@ class Scheduler:
             outcome = await self._drive_phases()
         except asyncio.CancelledError:
             running = sorted(sid for sid, row in self.steps.items() if row.status == S.STARTED)
-            self._commit([(E.RUN_INTERRUPTED, {"running": running})], run_fields={"status": S.INTERRUPTED})
+            self._commit(
+                [(E.RUN_INTERRUPTED, {"running": running})], run_fields={"status": S.INTERRUPTED}, checkpoint=True
+            )
             self._write_incident()
             return Outcome(S.INTERRUPTED, [], f"interrupted; continue with `opsdsl resume {self.run.id}`")
         return outcome
@@ -203,6 +206,20 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             raise
+        if section == "steps" and self._failing():
+            # The run is failing: a step still waiting for approval will never run. (A step in
+            # doubt still needs a person: compensation must know whether it happened.)
+            abandoned = [self.steps[sid] for sid in members if self.steps[sid].status == S.AWAITING_APPROVAL]
+            for row in abandoned:
+                row.status, row.finished_at = S.SKIPPED, self.env.clock()
+                self.results[row.step_id] = self._result(row)
+            if abandoned:
+                reason = "the run failed before the step was approved"
+                self._commit(
+                    [(E.STEP_SKIPPED, {"step": r.step_id, "when": None, "reason": reason}) for r in abandoned],
+                    steps=abandoned,
+                )
+            paused = False
         if paused or any(self.steps[sid].status in (S.AWAITING_APPROVAL, S.IN_DOUBT) for sid in members):
             raise Paused()
 
@@ -249,23 +266,16 @@ class Scheduler:
             for sid, row in self.steps.items()
             if row.status == S.SUCCEEDED and self.nodes[sid]["section"] == "steps" and self.nodes[sid]["compensation"]
         ]
-        paused = False
         for _, sid in sorted(done, reverse=True):
             comp = self.nodes[sid]["compensation"]
             if self.steps[comp].status in S.FINAL_STEP_STATUSES:
                 continue
+            # Strictly newest first: an undo waiting for people holds back the older ones.
             if self.steps[comp].status == S.AWAITING_APPROVAL and not self._approval_settled(comp):
-                paused = True
-                continue
+                raise Paused()
             if self.steps[comp].status == S.IN_DOUBT:
-                paused = True
-                continue
-            try:
-                await self._run_step(comp)
-            except Paused:
-                paused = True
-        if paused:
-            raise Paused()
+                raise Paused()
+            await self._run_step(comp)
 
     # ---- one step ----------------------------------------------------------------------
 
@@ -324,7 +334,8 @@ class Scheduler:
             try:
                 outputs = self._pure(sid, rendered)
             except ActionFailed as failure:
-                return self._fail(sid, failure.message, failure.outputs, decision=[*decision_entry, intent])
+                message, details = self.redactor.text(failure.message), self.redactor.data(failure.outputs)
+                return self._fail(sid, message, details, decision=[*decision_entry, intent])
             return self._succeed(sid, outputs, before=[*decision_entry, intent])
         if action == "wait":
             if row.wake_at is None:
@@ -551,8 +562,7 @@ class Scheduler:
             {"step": sid, "reason": "approval" if self.steps[sid].status == S.AWAITING_APPROVAL else "in_doubt"}
             for sid in pending
         ]
-        self._commit([(E.RUN_PAUSED, {"waiting": waiting})], run_fields={"status": S.PAUSED})
-        self._checkpoint()
+        self._commit([(E.RUN_PAUSED, {"waiting": waiting})], run_fields={"status": S.PAUSED}, checkpoint=True)
         self._write_incident()
         approvals = [sid for sid in pending if self.steps[sid].status == S.AWAITING_APPROVAL]
         doubt = [sid for sid in pending if self.steps[sid].status == S.IN_DOUBT]
@@ -587,8 +597,8 @@ class Scheduler:
         self._commit(
             [(E.RUN_FINISHED, data)],
             run_fields={"status": status, "finished_at": self.env.clock(), "error": error, "owner_pid": None},
+            checkpoint=True,
         )
-        self._checkpoint()
         self._write_incident()
         return Outcome(status, [], error)
 
@@ -605,12 +615,6 @@ class Scheduler:
             (self.run.id, E.STEP_DECIDED, E.RUN_ACKNOWLEDGED),
         )
         return decided.fetchone() is not None
-
-    def _checkpoint(self) -> None:
-        if not self.env.write_incidents:
-            return
-        with self.store.transaction():
-            self.store.ledger.checkpoint(self.env.signer)
 
     def _write_incident(self) -> None:
         if not self.env.write_incidents:
@@ -762,8 +766,10 @@ class Scheduler:
     # ---- persistence -------------------------------------------------------------------
 
     def _set_phase(self, phase: str) -> None:
+        """Record the phase with the next commit: it needs no transaction of its own, since a
+        resumed run derives the same phase from its steps (a failed step: compensating)."""
         self.run.phase = phase
-        self._commit([], run_fields={"phase": phase})
+        self._later_fields["phase"] = phase
 
     def _commit(
         self,
@@ -771,10 +777,15 @@ class Scheduler:
         steps: list[S.StepRow] = (),
         run_fields: dict[str, Any] | None = None,
         approvals: list[tuple] = (),
+        checkpoint: bool = False,
     ) -> None:
-        """One transaction: ledger entries, step rows, run fields, votes; then show the entries."""
+        """One transaction: ledger entries, step rows, run fields, votes (and a signed
+        checkpoint of the new head); then show the entries."""
         now = self.env.clock()
         appended = []
+        if self._later_fields:  # e.g. a phase change: it rides on the next commit
+            run_fields = {**self._later_fields, **(run_fields or {})}
+            self._later_fields = {}
         with self.store.transaction():
             for vote in approvals:
                 self.store.add_approval(self.run.id, *vote)
@@ -786,6 +797,8 @@ class Scheduler:
             fields = {"updated_at": now, **run_fields} if run_fields else {}
             if fields:
                 self.store.update_run(self.run.id, **fields)
+            if checkpoint and self.env.write_incidents:
+                self.store.ledger.checkpoint(self.env.signer)
         for name, value in fields.items():
             setattr(self.run, name, value)
         if self.env.view is not None:

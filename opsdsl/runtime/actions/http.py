@@ -7,7 +7,9 @@ the attempt, and httpx closes the connection mid-flight.
 
 from __future__ import annotations
 
+import functools
 import json as jsonlib
+import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +48,16 @@ class HttpResponse:
             return None
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every request: loading the CA bundle costs ~60 ms, and a new
+    client per request would pay it each time, blocking the event loop. The bundle is
+    $SSL_CERT_FILE when set, else certifi's (httpx's own default)."""
+    import certifi
+
+    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
+
+
 async def send(
     method: str,
     url: str,
@@ -77,7 +89,9 @@ async def send(
     body: dict[str, Any] = {"json": json} if json is not _NO_JSON else {"content": content}
     try:
         async with (
-            httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=follow_redirects) as client,
+            httpx.AsyncClient(
+                verify=_tls_context() if verify else False, timeout=timeout, follow_redirects=follow_redirects
+            ) as client,
             client.stream(method, target, headers=request_headers, **body) as response,
         ):
             kept = bytearray()
