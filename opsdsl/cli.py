@@ -314,18 +314,18 @@ def _register_signing_commands() -> None:
         cli.add_command(command)
 
 
-def _register_fmt_command() -> None:
+def _register_more_commands() -> None:
     from opsdsl.cli_fmt import fmt
 
     cli.add_command(fmt)
-    from opsdsl import cli_events, cli_run
+    from opsdsl import cli_events, cli_run, cli_test
 
-    for command in (*cli_run.COMMANDS, *cli_events.COMMANDS):
+    for command in (*cli_run.COMMANDS, *cli_events.COMMANDS, *cli_test.COMMANDS):
         cli.add_command(command)
 
 
 _register_signing_commands()
-_register_fmt_command()
+_register_more_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

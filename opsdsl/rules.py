@@ -77,6 +77,29 @@ RULES: dict[str, Rule] = {
         Rule("OPS047", "unused-param", W, "A parameter no expression reads."),
         Rule("OPS048", "constant-condition", W, "A `when:` is always true, so it can be removed."),
         Rule("OPS049", "retry-without-idempotency", W, "A non-idempotent action is retried."),
+        # pack tests (`opsdsl test`)
+        Rule("OPS060", "no-tests", E, "`opsdsl test` found no pack tests (*.test.yaml, *.test.yml, *.test.ops)."),
+        Rule("OPS061", "test-pack-unusable", E, "A test file's pack or policy pack is missing or does not compile."),
+        Rule(
+            "OPS062",
+            "test-unknown-name",
+            E,
+            "A test names a playbook, step, trigger, hook, param, input or policy the pack lacks.",
+        ),
+        Rule(
+            "OPS063",
+            "unmockable-step",
+            E,
+            "A mock for a step the scheduler runs itself, or a timeout no timeout can end.",
+        ),
+        Rule("OPS064", "impossible-expectation", E, "A test expects something no run of the pack can do."),
+        Rule(
+            "OPS065",
+            "test-bad-value",
+            E,
+            "A test gives a value the run would refuse: a param's type, a missing input, a time.",
+        ),
+        Rule("OPS066", "duplicate-case", E, "Two cases of a test file have the same name."),
     )
 }
 

@@ -141,9 +141,12 @@ class Service:
         escalation_url: str | None = None,
         clock: Callable[[], float] = time.time,
         view: Any = None,
+        runtime: runner.Runtime | None = None,
     ) -> None:
+        """`runtime`: an existing Runtime to start runs in (rehearsals bring one with a
+        virtual clock and mock actions); by default one over `state` with a metrics tap."""
         self.metrics = Metrics()
-        self.runtime = runner.Runtime(state, view=view or _ViewTap(self.metrics))
+        self.runtime = runtime or runner.Runtime(state, view=view or _ViewTap(self.metrics))
         self.store = self.runtime.store
         self.plans = list(plans)
         self.secrets = secrets or Secrets(state)

@@ -184,12 +184,12 @@ class Store:
             new = not database.exists()
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.conn: sqlite3.Connection = open_database(database)
+            if not durable:
+                self.conn.execute("PRAGMA synchronous=OFF")
             if new:
                 os.chmod(database, 0o600)  # runs, params and events are nobody else's business
             self.conn.executescript(_DDL)
             _add_missing_columns(self.conn)
-            if not durable:
-                self.conn.execute("PRAGMA synchronous=OFF")
         except (OSError, sqlite3.DatabaseError, LedgerError) as error:
             raise StateError(f"cannot open the state database in {root}: {error}") from None
         self.ledger = Ledger(self.conn)
