@@ -8,9 +8,13 @@ Stages inside the runtime, one module each:
               the `Action` interface in `actions/base.py`
 - `executor`  the seam between the scheduler and the actions (in-process today)
 - `secrets`   where secret values come from, and their redaction
+- `plans`     where a run's plan comes from: a pack signed with the dev key, or a signed plan
+- `inputs`    params, inputs and the playbooks an event selects
 - `gate`      the policy gate before every step
 - `store`     runs, steps and approvals in the state database (SQLite, WAL)
 - `scheduler` the DAG: ready steps concurrently, retries, compensation, finally, pauses
+              (with `approvals` and `endings` as its mixins, `outcome` what it returns)
+- `runner`    the front door: create, drive, resume, approve, decide, acknowledge
 - `triggers`  which events fire which triggers (count windows, `for:`, resolved alerts)
 - `service`   events in, runs out: intake, hooks (cooldown, dedupe, caps), escalation
 - `dryrun`    what a run would do, without doing anything

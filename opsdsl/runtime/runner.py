@@ -16,26 +16,37 @@ import os
 import secrets as _random
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opsdsl.errors import EvalError, OpsdslError, UsageError
+from opsdsl.errors import OpsdslError, UsageError
 from opsdsl.runtime import entries as E
 from opsdsl.runtime import store as S
+from opsdsl.runtime.inputs import (  # noqa: F401  (re-exported: the runtime's front door)
+    Selection,
+    _typed_inputs,
+    coerce,
+    resolve_inputs,
+    resolve_params,
+    restore_params,
+    select_playbooks,
+)
+from opsdsl.runtime.plans import (  # noqa: F401  (re-exported)
+    DEV_KEY,
+    RunRefused,
+    VerifiedPlan,
+    _payload_of,
+    dev_key,
+    plan_for_dry_run,
+    plan_from_file,
+    plan_from_pack,
+)
 from opsdsl.runtime.scheduler import Outcome, RunEnv, Scheduler
 from opsdsl.runtime.secrets import Secrets
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_PAUSED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 4, 5, 130
-DEV_KEY = "keys/dev.key"
-
-
-class RunRefused(OpsdslError):
-    """The run did not start: bad signature, untrusted plan, missing input (exit 5)."""
-
-    exit_code = EXIT_REFUSED
 
 
 class RunBusy(OpsdslError):
@@ -44,304 +55,10 @@ class RunBusy(OpsdslError):
     exit_code = 2
 
 
-@dataclass
-class VerifiedPlan:
-    envelope: bytes
-    payload: dict[str, Any]
-    digest: str
-    keyids: list[str]
-    trust: str  # "dev-key" or the trust file
-
-
-@dataclass
-class Selection:
-    """One playbook to run, and why."""
-
-    playbook: str
-    trigger: str | None = None
-    hook: str | None = None
-    escalate: str | None = None
-    dedupe_key: str | None = None
-    event_id: int | None = None
-
-
-@dataclass
-class RunOptions:
-    params: dict[str, str] = field(default_factory=dict)
-    inputs: dict[str, str] = field(default_factory=dict)
-    event: dict[str, Any] | None = None
-    secret_refs: dict[str, tuple[str, str]] = field(default_factory=dict)
-    incidents_dir: Path | None = None
-    view: Any = None
-
-
 # ---- keys and plans ----------------------------------------------------------------------
 
 
-def dev_key(state: Path):
-    """The state directory's own Ed25519 key (created on first use, mode 0600): it signs
-    plans compiled by `run --pack`, ledger checkpoints and incident records."""
-    from opsdsl.signing import generate_key, load_private_key, write_private_key, write_public_key
-
-    path = state / DEV_KEY
-    public = path.with_suffix(".pub")
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = generate_key()
-        write_private_key(path, key, None)
-    else:
-        key = load_private_key(path)
-    if not public.exists():  # also heals a crash between writing the two halves
-        write_public_key(public, key.public_key())
-    return key
-
-
-def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> VerifiedPlan:
-    """Compile and sign `pack` with the dev key; policy packs beside it are in scope unless
-    `policies` names them explicitly."""
-    from opsdsl.build import compile_paths
-    from opsdsl.pipeline import looks_like_policy_pack
-
-    if not pack.is_file():
-        raise UsageError(f"--pack {pack}: no such file")
-    if policies is None:
-        policies = [
-            p
-            for p in sorted(pack.parent.iterdir())
-            if p != pack and p.suffix in (".yaml", ".yml", ".ops") and looks_like_policy_pack(p)
-        ]
-    key = dev_key(state)
-    out = state / "plans" / pack.stem  # one build folder per pack: builds of other packs never prune it
-    result = compile_paths([pack, *policies], out, keys=[key])
-    if result.failed:
-        raise RunRefused(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
-    entry = next(p for p in result.packs if p.plan_file and p.status in ("compiled", "unchanged", "reused"))
-    envelope = (out / entry.plan_file).read_bytes()
-    return _verify(envelope, {_keyid(key): key.public_key()}, 1, "dev-key")
-
-
-def plan_from_file(path: Path, trust_file: Path | None, environment: str, state: Path) -> VerifiedPlan:
-    """Read a signed plan and verify it against the trust file (default STATE/trust.yaml)."""
-    from opsdsl.trust import load_trust
-
-    trust_file = trust_file or (state / "trust.yaml")
-    if not trust_file.exists():
-        raise RunRefused(
-            f"no trust file to verify {path} against: pass --trust FILE, or write {trust_file}"
-            " (see docs/signing.md#trust-files)"
-        )
-    try:
-        envelope = path.read_bytes()
-    except OSError as error:
-        raise UsageError(f"--plan {path}: {error.strerror}") from None
-    trust = load_trust(trust_file)
-    keys, threshold = trust.environment(environment)
-    return _verify(envelope, keys, threshold, str(trust_file))
-
-
-def plan_for_dry_run(
-    pack: Path | None,
-    plan_file: Path | None,
-    policies: Sequence[Path] | None,
-    trust: Path | None,
-    environment: str,
-    state: Path,
-) -> dict[str, Any]:
-    """The plan payload a run would execute, obtained without writing anything in `state`."""
-    import tempfile
-
-    from opsdsl.build import compile_paths
-    from opsdsl.pipeline import looks_like_policy_pack
-
-    if plan_file is not None:
-        return plan_from_file(plan_file, trust, environment, state).payload
-    assert pack is not None
-    if not pack.is_file():
-        raise UsageError(f"--pack {pack}: no such file")
-    if policies is None:
-        policies = [
-            p
-            for p in sorted(pack.parent.iterdir())
-            if p != pack and p.suffix in (".yaml", ".yml", ".ops") and looks_like_policy_pack(p)
-        ]
-    with tempfile.TemporaryDirectory(prefix="opsdsl-dry-run-") as scratch:
-        result = compile_paths([pack, *policies], Path(scratch))
-        if result.failed:
-            raise RunRefused(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
-        entry = next(p for p in result.packs if p.plan_file and p.status in ("compiled", "unchanged", "reused"))
-        return json.loads(_payload_of((Path(scratch) / entry.plan_file).read_bytes()))
-
-
-def restore_params(
-    plan: dict[str, Any], stored: dict[str, Any], given: Mapping[str, str], secrets: Secrets
-) -> dict[str, Any]:
-    """A resumed run's params: stored values, with secret ones looked up again (never stored)."""
-    values = dict(stored)
-    for name, spec in (plan.get("params") or {}).items():
-        if not spec.get("secret"):
-            continue
-        if name in given:
-            values[name] = coerce(given[name], spec["type"], f"--param {name}")
-        elif name in secrets:
-            values[name] = secrets[name]
-        elif spec.get("default") is not None:
-            values[name] = spec["default"]
-        else:
-            raise RunRefused(f"secret param `{name}` is not stored with the run: pass --param {name}=VALUE")
-        secrets.redactor.add(str(values[name]))
-    return values
-
-
-def _verify(envelope: bytes, keys: Mapping, threshold: int, trust: str) -> VerifiedPlan:
-    from opsdsl.canonical import sha256_digest
-    from opsdsl.signing import PLAN_PAYLOAD_TYPE, SignatureError, parse_envelope, verify_envelope
-
-    try:
-        verified = verify_envelope(parse_envelope(envelope), keys, threshold)
-    except SignatureError as error:
-        raise RunRefused(f"plan refused: {error.message}") from None
-    if verified.payload_type != PLAN_PAYLOAD_TYPE:
-        raise RunRefused(f"plan refused: payload type {verified.payload_type!r} is not a plan")
-    payload = json.loads(verified.payload)
-    return VerifiedPlan(envelope, payload, sha256_digest(verified.payload), sorted(verified.keyids), trust)
-
-
-def _keyid(key) -> str:
-    from opsdsl.signing import keyid
-
-    return keyid(key.public_key())
-
-
 # ---- params, inputs, events ----------------------------------------------------------------
-
-
-def coerce(text: str, kind: str, what: str) -> Any:
-    """A command-line value converted to its declared type."""
-    try:
-        if kind == "string":
-            return text
-        if kind == "integer":
-            return int(text)
-        if kind == "number":
-            value = float(text)
-            return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-        if kind == "boolean":
-            if text.lower() not in ("true", "false"):
-                raise ValueError
-            return text.lower() == "true"
-        if kind == "duration":
-            from opsdsl.durations import parse_duration
-
-            return parse_duration(text) / 1000
-        if kind in ("list", "map"):
-            value = json.loads(text)
-            if not isinstance(value, list if kind == "list" else dict):
-                raise ValueError
-            return value
-    except ValueError:
-        pass
-    article = "an" if kind[0] in "aeiou" else "a"
-    raise UsageError(f"{what}: {text!r} is not {article} {kind}" + (" (write JSON)" if kind in ("list", "map") else ""))
-
-
-def _declared_value(value: Any, kind: str) -> Any:
-    if kind == "duration" and isinstance(value, str):
-        from opsdsl.durations import parse_duration
-
-        return parse_duration(value) / 1000
-    return value
-
-
-def resolve_params(plan: dict[str, Any], given: Mapping[str, str], secrets: Secrets) -> dict[str, Any]:
-    declared = plan.get("params") or {}
-    unknown = sorted(set(given) - set(declared))
-    if unknown:
-        raise UsageError(f"--param {unknown[0]}: the pack declares no such param (it has: {', '.join(declared)})")
-    values: dict[str, Any] = {}
-    for name, spec in declared.items():
-        if name in given:
-            value = coerce(given[name], spec["type"], f"--param {name}")
-        elif spec.get("secret") and name in secrets:
-            value = secrets[name]
-        elif spec.get("default") is not None:
-            value = _declared_value(spec["default"], spec["type"])
-        else:
-            raise RunRefused(f"param `{name}` is required: pass --param {name}=VALUE")
-        if spec.get("enum") and value not in spec["enum"]:
-            raise UsageError(f"--param {name}: {value!r} is not one of {spec['enum']}")
-        if spec.get("secret"):
-            secrets.redactor.add(str(value))
-        values[name] = value
-    return values
-
-
-def resolve_inputs(
-    playbook: dict[str, Any], name: str, event: dict[str, Any], params: dict[str, Any], given: Mapping[str, str]
-) -> dict[str, Any]:
-    from opsdsl.expr import compile_expr, parse
-
-    declared = playbook.get("inputs") or {}
-    unknown = sorted(set(given) - set(declared))
-    if unknown:
-        raise UsageError(f"--input {unknown[0]}: playbook `{name}` has no such input")
-    values: dict[str, Any] = {}
-    for input_name, spec in declared.items():
-        if input_name in given:
-            values[input_name] = coerce(given[input_name], spec["type"], f"--input {input_name}")
-            continue
-        problem = None
-        if spec.get("from") and event:
-            try:
-                values[input_name] = compile_expr(parse(spec["from"]))({"event": event, "params": params})
-                continue
-            except EvalError as error:
-                problem = error.message
-        if spec.get("default") is not None:
-            values[input_name] = _declared_value(spec["default"], spec["type"])
-        else:
-            because = f" (`{spec['from']}`: {problem})" if problem else ""
-            raise RunRefused(
-                f"input `{input_name}` of playbook `{name}` has no value{because}: "
-                f"pass --input {input_name}=VALUE or an --event that carries it"
-            )
-    return values
-
-
-def select_playbooks(
-    plan: dict[str, Any], event: dict[str, Any] | None, playbook: str | None, params: dict[str, Any]
-) -> list[Selection]:
-    """What to run: the named playbook, else the hooks whose trigger matches the event, else the only playbook."""
-    from opsdsl.expr import compile_expr, parse
-
-    playbooks = plan["playbooks"]
-    if playbook is not None:
-        if playbook not in playbooks:
-            raise UsageError(f"--playbook {playbook}: the pack has no such playbook (it has: {', '.join(playbooks)})")
-        return [Selection(playbook)]
-    if event is None:
-        if len(playbooks) != 1:
-            raise UsageError(
-                f"the pack has {len(playbooks)} playbooks; choose one with --playbook ({', '.join(playbooks)})"
-            )
-        return [Selection(next(iter(playbooks)))]
-    from opsdsl.runtime.triggers import event_kind
-
-    kind = event_kind(event)
-    activation = {"event": event, "params": params, "now": time.time()}
-    chosen: list[Selection] = []
-    for hook_name, hook in sorted((plan.get("hooks") or {}).items()):
-        trigger = plan["triggers"][hook["trigger"]]
-        if trigger["on"] != kind:
-            continue
-        if trigger.get("when"):
-            try:
-                if compile_expr(parse(trigger["when"]))(activation) is not True:
-                    continue
-            except EvalError:
-                continue
-        if not any(s.playbook == hook["run"] for s in chosen):
-            chosen.append(Selection(hook["run"], hook["trigger"], hook_name, hook.get("escalate")))
-    return chosen
 
 
 # ---- runs -----------------------------------------------------------------------------------
@@ -638,27 +355,8 @@ def now_counter(store: S.Store, run_id: str) -> int:
     return int(row[0]) + 1
 
 
-def _typed_inputs(playbook: dict, name: str, values: dict[str, Any], given: dict[str, str]) -> dict[str, Any]:
-    declared = playbook.get("inputs") or {}
-    out = {}
-    for input_name, spec in declared.items():
-        if input_name in values:
-            out[input_name] = values[input_name]
-        elif spec.get("default") is not None:
-            out[input_name] = _declared_value(spec["default"], spec["type"])
-        else:
-            raise EvalError(f"playbook.call: input `{input_name}` of `{name}` has no value")
-    return out
-
-
 def _node(plan: dict, playbook: str, step: str) -> dict[str, Any]:
     return next(n for n in plan["playbooks"][playbook]["nodes"] if n["id"] == step)
-
-
-def _payload_of(envelope: bytes) -> bytes:
-    from opsdsl.signing import decode_base64, parse_envelope
-
-    return decode_base64(parse_envelope(envelope)["payload"])
 
 
 def _event_time(event: Mapping[str, Any] | None) -> float | None:

@@ -16,7 +16,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,10 @@ from opsdsl.errors import EvalError
 from opsdsl.runtime import entries as E
 from opsdsl.runtime import store as S
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
+from opsdsl.runtime.approvals import ApprovalSteps
+from opsdsl.runtime.endings import RunEndings
 from opsdsl.runtime.gate import ALLOW, DENY, REQUIRE_APPROVAL, Gate
+from opsdsl.runtime.outcome import TIMED_OUT, TIMEOUT_VOTER, Outcome, Paused  # noqa: F401  (re-exported)
 from opsdsl.runtime.secrets import SecretError, Secrets, SecretsView
 
 # Actions the scheduler carries out itself: they touch run state, not the outside world.
@@ -35,22 +38,6 @@ PURE_ACTIONS = frozenset({"assert", "report.rca"})
 
 PHASE_STEPS, PHASE_COMPENSATING, PHASE_FINALLY, PHASE_DONE = "steps", "compensating", "finally", "done"
 FINISHED_OK = (S.SUCCEEDED, S.SKIPPED)
-TIMED_OUT = "the playbook's timeout passed"
-TIMEOUT_VOTER = "timeout"  # the approvals row an expired approval step gets
-
-
-@dataclass
-class Outcome:
-    """How a drive ended: the run status and the steps people must act on."""
-
-    status: str  # succeeded | failed | paused | interrupted
-    pending: list[str] = field(default_factory=list)  # steps awaiting approval
-    error: str | None = None
-    in_doubt: list[str] = field(default_factory=list)  # steps a crash left undecided: `opsdsl decide`
-
-
-class Paused(Exception):
-    """Internal: a step is waiting for people."""
 
 
 @dataclass
@@ -70,7 +57,7 @@ class RunEnv:
     write_incidents: bool = True  # False in rehearsals: no incident folder, no checkpoint
 
 
-class Scheduler:
+class Scheduler(ApprovalSteps, RunEndings):
     def __init__(self, env: RunEnv, run: S.RunRow, plan: dict[str, Any]) -> None:
         self.env = env
         self.store = env.store
@@ -437,72 +424,6 @@ class Scheduler:
             "path": str(self.incident_folder / "rca.md"),
         }
 
-    # ---- approvals ---------------------------------------------------------------------
-
-    def _request_approval(self, sid, rendered, decision, needed, decision_entry) -> None:
-        node = self.nodes[sid]
-        row = self.steps[sid]
-        by_action = node["action"] == "approval"
-        row.status, row.started_at = S.AWAITING_APPROVAL, self.env.clock()
-        row.approvals_needed = needed
-        row.approval_reason = "action" if by_action else "policy"
-        row.approvers = list(rendered.get("approvers") or []) if by_action else []
-        message = rendered.get("message") if by_action else decision.reason
-        data = {
-            "step": sid,
-            "reason": row.approval_reason,
-            "message": message,
-            "approvers": row.approvers,
-            "min_approvals": needed,
-            "policies": [p["id"] for p in decision.policies if p["effect"] == REQUIRE_APPROVAL],
-            "inputs": rendered.get("inputs") or {} if by_action else {},
-        }
-        self._commit([*decision_entry, (E.APPROVAL_REQUESTED, data)], steps=[row])
-        raise Paused()
-
-    def _approval_verdict(self, sid: str) -> str | None:
-        """approve | deny | None (not yet): counts distinct approvers; a timeout decides too."""
-        row = self.steps[sid]
-        votes = self.store.approvals(self.run.id, sid)
-        for vote in votes:
-            if vote["by"] == TIMEOUT_VOTER:
-                return vote["decision"]
-        if any(v["decision"] == "deny" for v in votes):
-            return "deny"
-        if len({v["by"] for v in votes if v["decision"] == "approve"}) >= max(1, row.approvals_needed):
-            return "approve"
-        node = self.nodes[sid]
-        timeout = node["timeout"] if node["action"] == "approval" else None
-        if timeout is not None and row.started_at is not None and self.env.clock() >= row.started_at + timeout / 1000:
-            outcome = self._rendered_cache(sid).get("on_timeout", "deny")
-            vote = (sid, TIMEOUT_VOTER, outcome, {}, None, self.env.clock())
-            self._commit([(E.APPROVAL_TIMED_OUT, {"step": sid, "outcome": outcome})], approvals=[vote])
-            return outcome
-        return None
-
-    def _approval_settled(self, sid: str) -> bool:
-        return self._approval_verdict(sid) is not None
-
-    def _denial_message(self, sid: str) -> str:
-        votes = [v for v in self.store.approvals(self.run.id, sid) if v["decision"] == "deny"]
-        if votes and votes[0]["by"] == TIMEOUT_VOTER:
-            return "the approval timed out (on_timeout: deny)"
-        who = ", ".join(v["by"] for v in votes)
-        return f"denied by {who}" if who else "denied"
-
-    def _approve_action_step(self, sid: str) -> None:
-        rendered = self._rendered_cache(sid)
-        declared = rendered.get("inputs") or {}
-        answers = {name: spec.get("default") for name, spec in declared.items() if isinstance(spec, dict)}
-        approved_by: list[str] = []
-        for vote in self.store.approvals(self.run.id, sid):
-            if vote["decision"] == "approve":
-                answers.update(vote["answers"])
-                if vote["by"] != TIMEOUT_VOTER:
-                    approved_by.append(vote["by"])
-        self.steps[sid].attempts = max(1, self.steps[sid].attempts)
-        self._succeed(sid, self.redactor.data({**answers, "approved_by": approved_by}))
-
     # ---- results -----------------------------------------------------------------------
 
     def _succeed(self, sid: str, outputs: dict[str, Any], before: list = (), after: list = ()) -> None:
@@ -553,87 +474,6 @@ class Scheduler:
             "error": row.error,
             "attempts": row.attempts,
         }
-
-    # ---- pause / finish ----------------------------------------------------------------
-
-    def _pause(self) -> Outcome:
-        pending = sorted(sid for sid, r in self.steps.items() if r.status in (S.AWAITING_APPROVAL, S.IN_DOUBT))
-        waiting = [
-            {"step": sid, "reason": "approval" if self.steps[sid].status == S.AWAITING_APPROVAL else "in_doubt"}
-            for sid in pending
-        ]
-        self._commit([(E.RUN_PAUSED, {"waiting": waiting})], run_fields={"status": S.PAUSED}, checkpoint=True)
-        self._write_incident()
-        approvals = [sid for sid in pending if self.steps[sid].status == S.AWAITING_APPROVAL]
-        doubt = [sid for sid in pending if self.steps[sid].status == S.IN_DOUBT]
-        return Outcome("paused", approvals, None, doubt)
-
-    def _finish(self) -> Outcome:
-        failed = sorted(
-            sid
-            for sid, r in self.steps.items()
-            if r.status == S.FAILED and not self.nodes[sid].get("continue_on_error")
-        )
-        compensated = sorted(
-            self.nodes[sid]["for"]
-            for sid, r in self.steps.items()
-            if self.nodes[sid]["section"] == "compensation" and r.status == S.SUCCEEDED
-        )
-        timed_out = self.run.error == TIMED_OUT
-        status = S.FAILED if failed or timed_out else S.SUCCEEDED
-        error = TIMED_OUT if timed_out else None
-        if failed and not timed_out:
-            first = min(failed, key=lambda s: self.steps[s].finished_at or 0)
-            error = f"step `{first}` failed: {self.steps[first].error}"
-        human = self._human_involved()
-        data = {
-            "status": status,
-            "error": error,
-            "failed_steps": failed,
-            "compensated": compensated,
-            "human": human,
-            "escalate": self.run.escalate if status == S.FAILED else None,
-        }
-        self._commit(
-            [(E.RUN_FINISHED, data)],
-            run_fields={"status": status, "finished_at": self.env.clock(), "error": error, "owner_pid": None},
-            checkpoint=True,
-        )
-        self._write_incident()
-        return Outcome(status, [], error)
-
-    def _human_involved(self) -> bool:
-        """Whether a person approved, denied, decided or acknowledged anything in this run."""
-        conn = self.store.conn
-        voted = conn.execute(
-            "SELECT 1 FROM approvals WHERE run_id = ? AND by != ? LIMIT 1", (self.run.id, TIMEOUT_VOTER)
-        )
-        if voted.fetchone() is not None:
-            return True
-        decided = conn.execute(
-            "SELECT 1 FROM ledger WHERE run = ? AND kind IN (?, ?) LIMIT 1",
-            (self.run.id, E.STEP_DECIDED, E.RUN_ACKNOWLEDGED),
-        )
-        return decided.fetchone() is not None
-
-    def _write_incident(self) -> None:
-        if not self.env.write_incidents:
-            return
-        from opsdsl.incident import write_incident
-
-        entries = [e.to_dict() for e in self.store.ledger.entries(run=self.run.id)]
-        checkpoint = self.store.ledger.latest_checkpoint()
-        rca = None
-        for sid, node in self.nodes.items():
-            if node["action"] == "report.rca" and self.steps[sid].status == S.SUCCEEDED:
-                rca = {k: v for k, v in (self.steps[sid].outputs or {}).items() if k != "path" and v is not None}
-        write_incident(
-            self.incident_folder.parents[1],  # the run's own incidents root, even on resume
-            entries,
-            checkpoint=checkpoint.to_dict() if checkpoint else None,
-            signer=self.env.signer,
-            rca=rca,
-        )
 
     # ---- crash recovery ----------------------------------------------------------------
 

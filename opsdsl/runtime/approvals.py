@@ -1,0 +1,78 @@
+"""Approvals inside the scheduler: asking, counting distinct people, timeouts, denials.
+
+A mixin of `Scheduler` (the methods use its state: steps, store, commit), kept apart so
+the scheduler reads as the DAG walk it is.
+"""
+
+from __future__ import annotations
+
+from opsdsl.runtime import entries as E
+from opsdsl.runtime import store as S
+from opsdsl.runtime.gate import REQUIRE_APPROVAL
+from opsdsl.runtime.outcome import TIMEOUT_VOTER, Paused
+
+
+class ApprovalSteps:
+    def _request_approval(self, sid, rendered, decision, needed, decision_entry) -> None:
+        node = self.nodes[sid]
+        row = self.steps[sid]
+        by_action = node["action"] == "approval"
+        row.status, row.started_at = S.AWAITING_APPROVAL, self.env.clock()
+        row.approvals_needed = needed
+        row.approval_reason = "action" if by_action else "policy"
+        row.approvers = list(rendered.get("approvers") or []) if by_action else []
+        message = rendered.get("message") if by_action else decision.reason
+        data = {
+            "step": sid,
+            "reason": row.approval_reason,
+            "message": message,
+            "approvers": row.approvers,
+            "min_approvals": needed,
+            "policies": [p["id"] for p in decision.policies if p["effect"] == REQUIRE_APPROVAL],
+            "inputs": rendered.get("inputs") or {} if by_action else {},
+        }
+        self._commit([*decision_entry, (E.APPROVAL_REQUESTED, data)], steps=[row])
+        raise Paused()
+
+    def _approval_verdict(self, sid: str) -> str | None:
+        """approve | deny | None (not yet): counts distinct approvers; a timeout decides too."""
+        row = self.steps[sid]
+        votes = self.store.approvals(self.run.id, sid)
+        for vote in votes:
+            if vote["by"] == TIMEOUT_VOTER:
+                return vote["decision"]
+        if any(v["decision"] == "deny" for v in votes):
+            return "deny"
+        if len({v["by"] for v in votes if v["decision"] == "approve"}) >= max(1, row.approvals_needed):
+            return "approve"
+        node = self.nodes[sid]
+        timeout = node["timeout"] if node["action"] == "approval" else None
+        if timeout is not None and row.started_at is not None and self.env.clock() >= row.started_at + timeout / 1000:
+            outcome = self._rendered_cache(sid).get("on_timeout", "deny")
+            vote = (sid, TIMEOUT_VOTER, outcome, {}, None, self.env.clock())
+            self._commit([(E.APPROVAL_TIMED_OUT, {"step": sid, "outcome": outcome})], approvals=[vote])
+            return outcome
+        return None
+
+    def _approval_settled(self, sid: str) -> bool:
+        return self._approval_verdict(sid) is not None
+
+    def _denial_message(self, sid: str) -> str:
+        votes = [v for v in self.store.approvals(self.run.id, sid) if v["decision"] == "deny"]
+        if votes and votes[0]["by"] == TIMEOUT_VOTER:
+            return "the approval timed out (on_timeout: deny)"
+        who = ", ".join(v["by"] for v in votes)
+        return f"denied by {who}" if who else "denied"
+
+    def _approve_action_step(self, sid: str) -> None:
+        rendered = self._rendered_cache(sid)
+        declared = rendered.get("inputs") or {}
+        answers = {name: spec.get("default") for name, spec in declared.items() if isinstance(spec, dict)}
+        approved_by: list[str] = []
+        for vote in self.store.approvals(self.run.id, sid):
+            if vote["decision"] == "approve":
+                answers.update(vote["answers"])
+                if vote["by"] != TIMEOUT_VOTER:
+                    approved_by.append(vote["by"])
+        self.steps[sid].attempts = max(1, self.steps[sid].attempts)
+        self._succeed(sid, self.redactor.data({**answers, "approved_by": approved_by}))

@@ -1,0 +1,89 @@
+"""How a run stops: paused for people, or finished; the closing ledger entries, the signed
+checkpoint, and the incident record. A mixin of `Scheduler`."""
+
+from __future__ import annotations
+
+from opsdsl.runtime import entries as E
+from opsdsl.runtime import store as S
+from opsdsl.runtime.outcome import TIMED_OUT, TIMEOUT_VOTER, Outcome
+
+
+class RunEndings:
+    def _pause(self) -> Outcome:
+        pending = sorted(sid for sid, r in self.steps.items() if r.status in (S.AWAITING_APPROVAL, S.IN_DOUBT))
+        waiting = [
+            {"step": sid, "reason": "approval" if self.steps[sid].status == S.AWAITING_APPROVAL else "in_doubt"}
+            for sid in pending
+        ]
+        self._commit([(E.RUN_PAUSED, {"waiting": waiting})], run_fields={"status": S.PAUSED}, checkpoint=True)
+        self._write_incident()
+        approvals = [sid for sid in pending if self.steps[sid].status == S.AWAITING_APPROVAL]
+        doubt = [sid for sid in pending if self.steps[sid].status == S.IN_DOUBT]
+        return Outcome("paused", approvals, None, doubt)
+
+    def _finish(self) -> Outcome:
+        failed = sorted(
+            sid
+            for sid, r in self.steps.items()
+            if r.status == S.FAILED and not self.nodes[sid].get("continue_on_error")
+        )
+        compensated = sorted(
+            self.nodes[sid]["for"]
+            for sid, r in self.steps.items()
+            if self.nodes[sid]["section"] == "compensation" and r.status == S.SUCCEEDED
+        )
+        timed_out = self.run.error == TIMED_OUT
+        status = S.FAILED if failed or timed_out else S.SUCCEEDED
+        error = TIMED_OUT if timed_out else None
+        if failed and not timed_out:
+            first = min(failed, key=lambda s: self.steps[s].finished_at or 0)
+            error = f"step `{first}` failed: {self.steps[first].error}"
+        human = self._human_involved()
+        data = {
+            "status": status,
+            "error": error,
+            "failed_steps": failed,
+            "compensated": compensated,
+            "human": human,
+            "escalate": self.run.escalate if status == S.FAILED else None,
+        }
+        self._commit(
+            [(E.RUN_FINISHED, data)],
+            run_fields={"status": status, "finished_at": self.env.clock(), "error": error, "owner_pid": None},
+            checkpoint=True,
+        )
+        self._write_incident()
+        return Outcome(status, [], error)
+
+    def _human_involved(self) -> bool:
+        """Whether a person approved, denied, decided or acknowledged anything in this run."""
+        conn = self.store.conn
+        voted = conn.execute(
+            "SELECT 1 FROM approvals WHERE run_id = ? AND by != ? LIMIT 1", (self.run.id, TIMEOUT_VOTER)
+        )
+        if voted.fetchone() is not None:
+            return True
+        decided = conn.execute(
+            "SELECT 1 FROM ledger WHERE run = ? AND kind IN (?, ?) LIMIT 1",
+            (self.run.id, E.STEP_DECIDED, E.RUN_ACKNOWLEDGED),
+        )
+        return decided.fetchone() is not None
+
+    def _write_incident(self) -> None:
+        if not self.env.write_incidents:
+            return
+        from opsdsl.incident import write_incident
+
+        entries = [e.to_dict() for e in self.store.ledger.entries(run=self.run.id)]
+        checkpoint = self.store.ledger.latest_checkpoint()
+        rca = None
+        for sid, node in self.nodes.items():
+            if node["action"] == "report.rca" and self.steps[sid].status == S.SUCCEEDED:
+                rca = {k: v for k, v in (self.steps[sid].outputs or {}).items() if k != "path" and v is not None}
+        write_incident(
+            self.incident_folder.parents[1],  # the run's own incidents root, even on resume
+            entries,
+            checkpoint=checkpoint.to_dict() if checkpoint else None,
+            signer=self.env.signer,
+            rca=rca,
+        )

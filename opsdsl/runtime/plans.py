@@ -1,0 +1,151 @@
+"""Where a run's plan comes from: a pack compiled and signed with the state directory's dev
+key (`run --pack`), or a signed plan verified against a trust file (`run --plan`). Either
+way the runtime executes the verified payload, never the source."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opsdsl.errors import OpsdslError, UsageError
+
+EXIT_REFUSED = 5
+DEV_KEY = "keys/dev.key"
+
+
+class RunRefused(OpsdslError):
+    """The run did not start: bad signature, untrusted plan, missing input (exit 5)."""
+
+    exit_code = EXIT_REFUSED
+
+
+@dataclass
+class VerifiedPlan:
+    envelope: bytes
+    payload: dict[str, Any]
+    digest: str
+    keyids: list[str]
+    trust: str  # "dev-key" or the trust file
+
+
+def dev_key(state: Path):
+    """The state directory's own Ed25519 key (created on first use, mode 0600): it signs
+    plans compiled by `run --pack`, ledger checkpoints and incident records."""
+    from opsdsl.signing import generate_key, load_private_key, write_private_key, write_public_key
+
+    path = state / DEV_KEY
+    public = path.with_suffix(".pub")
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = generate_key()
+        write_private_key(path, key, None)
+    else:
+        key = load_private_key(path)
+    if not public.exists():  # also heals a crash between writing the two halves
+        write_public_key(public, key.public_key())
+    return key
+
+
+def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> VerifiedPlan:
+    """Compile and sign `pack` with the dev key; policy packs beside it are in scope unless
+    `policies` names them explicitly."""
+    from opsdsl.build import compile_paths
+    from opsdsl.pipeline import looks_like_policy_pack
+
+    if not pack.is_file():
+        raise UsageError(f"--pack {pack}: no such file")
+    if policies is None:
+        policies = [
+            p
+            for p in sorted(pack.parent.iterdir())
+            if p != pack and p.suffix in (".yaml", ".yml", ".ops") and looks_like_policy_pack(p)
+        ]
+    key = dev_key(state)
+    out = state / "plans" / pack.stem  # one build folder per pack: builds of other packs never prune it
+    result = compile_paths([pack, *policies], out, keys=[key])
+    if result.failed:
+        raise RunRefused(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
+    entry = next(p for p in result.packs if p.plan_file and p.status in ("compiled", "unchanged", "reused"))
+    envelope = (out / entry.plan_file).read_bytes()
+    return _verify(envelope, {_keyid(key): key.public_key()}, 1, "dev-key")
+
+
+def plan_from_file(path: Path, trust_file: Path | None, environment: str, state: Path) -> VerifiedPlan:
+    """Read a signed plan and verify it against the trust file (default STATE/trust.yaml)."""
+    from opsdsl.trust import load_trust
+
+    trust_file = trust_file or (state / "trust.yaml")
+    if not trust_file.exists():
+        raise RunRefused(
+            f"no trust file to verify {path} against: pass --trust FILE, or write {trust_file}"
+            " (see docs/signing.md#trust-files)"
+        )
+    try:
+        envelope = path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"--plan {path}: {error.strerror}") from None
+    trust = load_trust(trust_file)
+    keys, threshold = trust.environment(environment)
+    return _verify(envelope, keys, threshold, str(trust_file))
+
+
+def plan_for_dry_run(
+    pack: Path | None,
+    plan_file: Path | None,
+    policies: Sequence[Path] | None,
+    trust: Path | None,
+    environment: str,
+    state: Path,
+) -> dict[str, Any]:
+    """The plan payload a run would execute, obtained without writing anything in `state`."""
+    import tempfile
+
+    from opsdsl.build import compile_paths
+    from opsdsl.pipeline import looks_like_policy_pack
+
+    if plan_file is not None:
+        return plan_from_file(plan_file, trust, environment, state).payload
+    assert pack is not None
+    if not pack.is_file():
+        raise UsageError(f"--pack {pack}: no such file")
+    if policies is None:
+        policies = [
+            p
+            for p in sorted(pack.parent.iterdir())
+            if p != pack and p.suffix in (".yaml", ".yml", ".ops") and looks_like_policy_pack(p)
+        ]
+    with tempfile.TemporaryDirectory(prefix="opsdsl-dry-run-") as scratch:
+        result = compile_paths([pack, *policies], Path(scratch))
+        if result.failed:
+            raise RunRefused(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
+        entry = next(p for p in result.packs if p.plan_file and p.status in ("compiled", "unchanged", "reused"))
+        return json.loads(_payload_of((Path(scratch) / entry.plan_file).read_bytes()))
+
+
+def _verify(envelope: bytes, keys: Mapping, threshold: int, trust: str) -> VerifiedPlan:
+    from opsdsl.canonical import sha256_digest
+    from opsdsl.signing import PLAN_PAYLOAD_TYPE, SignatureError, parse_envelope, verify_envelope
+
+    try:
+        verified = verify_envelope(parse_envelope(envelope), keys, threshold)
+    except SignatureError as error:
+        raise RunRefused(f"plan refused: {error.message}") from None
+    if verified.payload_type != PLAN_PAYLOAD_TYPE:
+        raise RunRefused(f"plan refused: payload type {verified.payload_type!r} is not a plan")
+    payload = json.loads(verified.payload)
+    return VerifiedPlan(envelope, payload, sha256_digest(verified.payload), sorted(verified.keyids), trust)
+
+
+def _keyid(key) -> str:
+    from opsdsl.signing import keyid
+
+    return keyid(key.public_key())
+
+
+def _payload_of(envelope: bytes) -> bytes:
+    from opsdsl.signing import decode_base64, parse_envelope
+
+    return decode_base64(parse_envelope(envelope)["payload"])
