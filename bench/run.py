@@ -1178,6 +1178,139 @@ def bench_triggers(ctx: Ctx) -> Row:
     )
 
 
+PACK_TEST_CASES = 1000
+
+
+def _pack_test_suite(folder: Path) -> Path:
+    """The bundled packs beside their test cases (packs/*.test.yaml) replicated, in order, to
+    PACK_TEST_CASES cases: test files of at most 50 cases each, written as JSON (valid YAML)."""
+    from opsdsl.loader import load_file
+
+    packs = folder / "packs"
+    if packs.exists():
+        shutil.rmtree(packs)
+    packs.mkdir(parents=True)
+    pool: list[tuple[str, dict, dict]] = []
+    for path in sorted((REPO / "packs").glob("*.yaml")):
+        if path.name.endswith(".test.yaml"):
+            document, problems = load_file(path)
+            if document is None or problems:
+                raise Failed(f"{path.name} does not load: {problems[0].message if problems else '?'}")
+            head = {k: v for k, v in document.data.items() if k != "cases"}
+            pool += [(path.name.removesuffix(".test.yaml"), head, case) for case in document.data["cases"]]
+        else:
+            shutil.copy(path, packs / path.name)
+    if not pool:
+        raise Unavailable("no packs/*.test.yaml yet")
+    files: dict[str, list[tuple[dict, list[dict]]]] = {}
+    for i in range(PACK_TEST_CASES):
+        stem, head, case = pool[i % len(pool)]
+        chunks = files.setdefault(stem, [])
+        if not chunks or len(chunks[-1][1]) == 50:
+            chunks.append((head, []))
+        chunks[-1][1].append({**case, "name": f"{case['name']} #{i}"})
+    for stem, chunks in files.items():
+        for n, (head, cases) in enumerate(chunks):
+            text = json.dumps({**head, "cases": cases}, indent=1)
+            (packs / f"{stem}-{n:02}.test.yaml").write_text(text + "\n")
+    return packs
+
+
+def bench_pack_tests(ctx: Ctx) -> Row:
+    """`opsdsl test` in process (the session API) on 1,000 cases of the bundled packs' tests, vs
+    the runs those cases start through the runtime as `opsdsl run` drives them, minus real
+    actions: `Runtime` with a no-op executor that returns `{}`, durable SQLite (fsync), incident
+    records and checkpoints, and nobody answering approvals. Both sides count cases per second
+    (a case that starts no run costs the baseline nothing). The baseline runs on the rehearsal's
+    virtual-time loop only so that `wait: 5m` steps do not sleep. With empty outputs a run fails
+    at the first `when:` that reads an output, and stops at the first approval, so the baseline
+    does less work than the rehearsal (the detail line says how many steps each side started)."""
+    try:
+        from opsdsl.rehearsal import run_tests
+        from opsdsl.rehearsal.clock import VirtualClock, run_virtual
+        from opsdsl.rehearsal.facts import run_facts
+        from opsdsl.runtime import runner
+        from opsdsl.runtime.actions import EXECUTOR_ACTIONS
+        from opsdsl.runtime.secrets import Secrets
+    except ImportError as exc:
+        raise Unavailable(f"opsdsl.rehearsal: {exc}") from exc
+    folder = ctx.tmp / "pack-tests"
+    suite = _pack_test_suite(folder)
+    session = run_tests([suite])  # also the warm-up: imports, and what runs each case starts
+    if session.cases != PACK_TEST_CASES or not session.ok:
+        bad = [f"{c.name}: {c.status}" for f in session.files for c in f.cases if c.status != "passed"][:3]
+        raise Failed(f"{session.cases} cases, not all passed: {bad}")
+    runs = []  # (pack file, playbook, params, inputs, event) of each run a case started
+    for result in session.files:
+        for case in result.cases:
+            for facts in case.observed.runs:
+                created = facts.entries[0]["data"]
+                runs.append((result.pack, created["playbook"], created["params"], created["inputs"], created["event"]))
+    started = sum(len(r.started) for f in session.files for c in f.cases for r in c.observed.runs)
+
+    class NoOpExecutor:
+        def knows(self, action: str) -> bool:
+            return action in EXECUTOR_ACTIONS
+
+        async def execute(self, request: Any, context: Any) -> dict[str, Any]:
+            return {}
+
+    state = folder / "state"
+    shutil.rmtree(state, ignore_errors=True)
+    plans = {pack: runner.plan_from_pack(Path(pack), None, state) for pack in sorted({r[0] for r in runs})}
+    (state / "secrets").mkdir(parents=True, exist_ok=True)
+    (state / "secrets" / "pagerduty_key").write_text("not-a-real-routing-key")
+    clock = VirtualClock.at(None)
+    runtime = runner.Runtime(state, executor=NoOpExecutor(), clock=clock.now)
+    secrets = Secrets(state)
+    last_round: list[tuple[str, str, str]] = []  # (run id, pack, playbook) of the last baseline round
+
+    async def start_and_drive(pack: str, playbook: str, params: dict, inputs: dict, event: dict) -> tuple:
+        run = runtime.create_run(plans[pack], runner.Selection(playbook), params, inputs, event, secrets)
+        await runtime.drive(run, secrets)
+        return run.id, pack, playbook
+
+    def opsdsl() -> Rate:
+        def loop(rounds: int) -> None:
+            for _ in range(rounds):
+                result = run_tests([suite])
+                if not result.ok:
+                    raise Failed("a case failed")
+
+        return Rate(loop, PACK_TEST_CASES, f"run_tests on {PACK_TEST_CASES} cases in {len(session.files)} files", 1.0)
+
+    def baseline() -> Rate:
+        def loop(rounds: int) -> None:
+            for _ in range(rounds):
+                last_round[:] = [run_virtual(start_and_drive(*run), clock) for run in runs]
+
+        return Rate(loop, PACK_TEST_CASES, f"Runtime + no-op executor: the {len(runs)} runs those cases start", 1.0)
+
+    row = ctx.compare(
+        Row(
+            f"opsdsl test: {PACK_TEST_CASES:,} pack-test cases vs their runs through the runtime",
+            RATE,
+            ">=",
+            0.5,
+            unit="cases/s",
+        ),
+        opsdsl=opsdsl,
+        baseline=baseline,
+        reps=3 if ctx.quick else 5,
+    )
+    baseline_started = sum(
+        len(
+            run_facts(
+                [e.to_dict() for e in runtime.store.ledger.entries(run=run_id)], plans[pack].payload["playbooks"][book]
+            ).started
+        )
+        for run_id, pack, book in last_round
+    )
+    runtime.close()
+    row.detail += f"; {len(runs)} runs a round; steps started a round: rehearsal {started}, baseline {baseline_started}"
+    return row
+
+
 BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_lint500_vs_cjs,
     bench_lint500_vs_pyyaml,
@@ -1194,6 +1327,7 @@ BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_ledger_verify,
     bench_run_steps,
     bench_triggers,
+    bench_pack_tests,
 )
 
 

@@ -283,12 +283,18 @@ def drift(paths: tuple[Path, ...], lock_file: Path, build_dir: Path | None, no_b
 
 
 @cli.command()
-@click.option("--kind", type=click.Choice(["pack"]), default="pack", show_default=True, help="Which schema.")
+@click.option(
+    "--kind",
+    type=click.Choice(["pack", "test"]),
+    default="pack",
+    show_default=True,
+    help="Which schema: packs, or pack tests (*.test.yaml).",
+)
 def schema(kind: str) -> None:
-    """Print the JSON Schema (draft 2020-12) of packs, for editors and other tools."""
+    """Print the JSON Schema (draft 2020-12) of packs or of pack tests, for editors and other tools."""
     from opsdsl.resources import read_text
 
-    click.echo(read_text("schemas/pack.schema.json"), nl=False)
+    click.echo(read_text(f"schemas/{kind}.schema.json"), nl=False)
 
 
 @cli.command()

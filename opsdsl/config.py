@@ -5,6 +5,8 @@ ignore = ["OPS042"]                 # never report these codes
 severity = { OPS047 = "error" }     # change a rule's severity
 exclude = ["packs/legacy/**"]       # globs skipped when searching folders
 fail-on = "warning"                 # exit 1 on any finding ("error": only on errors)
+require-tested-high-risk = true     # OPS050: every `risk: high` step started by a pack test
+coverage-file = ".opsdsl/coverage.json"   # where `opsdsl test --coverage-out` wrote it (default)
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 from opsdsl.errors import ConfigError, Severity
 from opsdsl.rules import RULES
 
-_KEYS = {"ignore", "severity", "exclude", "fail-on"}
+_KEYS = {"ignore", "severity", "exclude", "fail-on", "require-tested-high-risk", "coverage-file"}
+DEFAULT_COVERAGE_FILE = ".opsdsl/coverage.json"
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,14 @@ class Config:
     exclude: tuple[str, ...] = ()
     fail_on: Severity = Severity.WARNING
     origin: str | None = None
+    require_tested_high_risk: bool = False  # OPS050 is off unless enabled
+    coverage_file: str = DEFAULT_COVERAGE_FILE
+
+    def coverage_path(self) -> Path:
+        """The coverage file OPS050 reads: relative to the configuration file's folder (the
+        working directory when there is no configuration file)."""
+        folder = Path(self.origin).parent if self.origin else Path(".")
+        return folder / self.coverage_file
 
 
 def find_config(start: Path) -> Path | None:
@@ -86,10 +97,18 @@ def parse_config(table: dict, origin: str) -> Config:
     fail_on = table.get("fail-on", "warning")
     if fail_on not in ("error", "warning"):
         raise ConfigError(f'{origin}: `fail-on` must be "error" or "warning"')
+    tested = table.get("require-tested-high-risk", False)
+    if not isinstance(tested, bool):
+        raise ConfigError(f"{origin}: `require-tested-high-risk` must be true or false")
+    coverage_file = table.get("coverage-file", DEFAULT_COVERAGE_FILE)
+    if not isinstance(coverage_file, str) or not coverage_file:
+        raise ConfigError(f"{origin}: `coverage-file` must be a path (a non-empty string)")
     return Config(
         ignore=frozenset(codes(table.get("ignore", []), "ignore")),
         severity=severity,
         exclude=tuple(codes(table.get("exclude", []), "exclude")),
         fail_on=Severity(fail_on),
         origin=origin,
+        require_tested_high_risk=tested,
+        coverage_file=coverage_file,
     )

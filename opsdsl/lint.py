@@ -78,7 +78,7 @@ def finish(diagnostics: list[Diagnostic], text: str | None, config: Config) -> l
 
 def lint_one(path: Path, policies: tuple, config: Config) -> tuple[FileReport, tuple]:
     """Analyse one file; return its report and, for a policy pack, its policies."""
-    analysis = analyse_file(path, policies)
+    analysis = analyse_file(path, policies, config=config)
     text = analysis.document.source.text if analysis.document else None
     if text is None and analysis.diagnostics:
         from opsdsl.loader import MAX_FILE_BYTES

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from opsdsl.config import Config
 from opsdsl.errors import Diagnostic, Severity, Span, UsageError
 from opsdsl.loader import Document, load_file
 from opsdsl.rules import rule
@@ -35,7 +36,9 @@ class Analysis:
         return not any(d.severity is Severity.ERROR for d in self.diagnostics)
 
 
-def analyse_file(path: Path, policies: tuple = (), stop_after: Stage = "check") -> Analysis:
+def analyse_file(
+    path: Path, policies: tuple = (), stop_after: Stage = "check", config: Config | None = None
+) -> Analysis:
     result = Analysis(path)
     document, diagnostics = load_file(path)
     result.document = document
@@ -62,7 +65,7 @@ def analyse_file(path: Path, policies: tuple = (), stop_after: Stage = "check") 
 
     from opsdsl.checks import Scope, Unit, run_checks
 
-    result.diagnostics.extend(run_checks(Unit(document, result.model), Scope(policies=policies)))
+    result.diagnostics.extend(run_checks(Unit(document, result.model), Scope(policies=policies, config=config)))
     return result
 
 

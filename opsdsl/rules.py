@@ -77,6 +77,12 @@ RULES: dict[str, Rule] = {
         Rule("OPS047", "unused-param", W, "A parameter no expression reads."),
         Rule("OPS048", "constant-condition", W, "A `when:` is always true, so it can be removed."),
         Rule("OPS049", "retry-without-idempotency", W, "A non-idempotent action is retried."),
+        Rule(
+            "OPS050",
+            "untested-high-risk-step",
+            W,
+            "A `risk: high` step no pack test started (off unless `require-tested-high-risk = true`).",
+        ),
         # pack tests (`opsdsl test`)
         Rule("OPS060", "no-tests", E, "`opsdsl test` found no pack tests (*.test.yaml, *.test.yml, *.test.ops)."),
         Rule("OPS061", "test-pack-unusable", E, "A test file's pack or policy pack is missing or does not compile."),

@@ -12,7 +12,7 @@ import pytest
 from opsdsl.canonical import canonical_json
 from opsdsl.compiler import ScopeEntry, build_plan, model_digest, plan_bytes
 from opsdsl.graph import GraphError, PlaybookGraph
-from opsdsl.loader import load_text
+from opsdsl.loader import is_pack_file, load_text
 from opsdsl.model import build_model
 from opsdsl.resources import read_text
 
@@ -27,7 +27,7 @@ def model_of(text: str):
 
 
 def pack_models() -> tuple[list, list[ScopeEntry]]:
-    models = [model_of(p.read_text()) for p in sorted((ROOT / "packs").glob("*.yaml"))]
+    models = [model_of(p.read_text()) for p in sorted((ROOT / "packs").glob("*.yaml")) if is_pack_file(p)]
     scope = [
         ScopeEntry(m.metadata.name, m.metadata.version, model_digest(m), m) for m in models if m.kind == "PolicyPack"
     ]
@@ -140,7 +140,8 @@ def test_a_cycle_is_refused_by_the_graph():
 def test_plans_are_identical_from_another_directory(tmp_path: Path):
     shutil.copytree(ROOT / "packs", tmp_path / "elsewhere")
     a = [plan_bytes(build_plan(p, s)) for p, s in [(p, pack_models()[1]) for p in pack_models()[0]]]
-    models = [model_of(p.read_text()) for p in sorted((tmp_path / "elsewhere").glob("*.yaml"), reverse=True)]
+    elsewhere = sorted((tmp_path / "elsewhere").glob("*.yaml"), reverse=True)
+    models = [model_of(p.read_text()) for p in elsewhere if is_pack_file(p)]
     scope = [
         ScopeEntry(m.metadata.name, m.metadata.version, model_digest(m), m) for m in models if m.kind == "PolicyPack"
     ]

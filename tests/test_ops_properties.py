@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opsdsl.compiler import model_digest
-from opsdsl.loader import load_file
+from opsdsl.loader import is_pack_file, load_file
 from opsdsl.loader import load_text as load_yaml
 from opsdsl.model import build_model
 from opsdsl.ops import load_text as load_ops
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import generate  # noqa: E402
 
-BUNDLED = [load_file(p)[0].data for p in sorted((ROOT / "packs").glob("*.yaml"))]
+BUNDLED = [load_file(p)[0].data for p in sorted((ROOT / "packs").glob("*.yaml")) if is_pack_file(p)]
 NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
 DURATIONS = st.builds(lambda n, u: f"{n}{u}", st.integers(1, 59), st.sampled_from(["s", "m"]))
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)

@@ -10,7 +10,7 @@ import pytest
 
 from opsdsl.config import Config
 from opsdsl.lint import lint_paths
-from opsdsl.loader import load_file
+from opsdsl.loader import is_pack_file, load_file
 from opsdsl.model import Pack, PolicyPack, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +18,7 @@ PACKS = ROOT / "packs"
 
 
 def models() -> dict[str, Pack | PolicyPack]:
-    return {p.name: build_model(load_file(p)[0].data) for p in sorted(PACKS.glob("*.yaml"))}
+    return {p.name: build_model(load_file(p)[0].data) for p in sorted(PACKS.glob("*.yaml")) if is_pack_file(p)}
 
 
 def test_bundled_packs_lint_clean_through_the_cli():

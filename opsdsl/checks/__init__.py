@@ -8,6 +8,7 @@ pack wrong; `REVIEW_CHECKS` find what a careful reviewer would flag.
 from __future__ import annotations
 
 from opsdsl.checks.context import Rule, Scope, Unit, ancestors, find_cycle, predecessors, roots_for
+from opsdsl.checks.coverage import check_untested_high_risk
 from opsdsl.checks.review import (
     check_conditions,
     check_hook_cooldowns,
@@ -57,6 +58,7 @@ REVIEW_CHECKS: tuple[Rule, ...] = (
     check_plaintext_secrets,
     check_unused,
     check_retry_idempotency,
+    check_untested_high_risk,
 )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from opsdsl.actions import BUILTIN_ACTIONS
+from opsdsl.config import Config
 from opsdsl.errors import Diagnostic, Span
 from opsdsl.expr import ExprSyntaxError, RootSpec, parse, parse_template
 from opsdsl.loader import Document
@@ -42,10 +43,12 @@ class Unit:
 
 @dataclass
 class Scope:
-    """What surrounds a pack: the organisation's policies linted alongside it."""
+    """What surrounds a pack: the organisation's policies linted alongside it, and the
+    configuration (for the rules that are off unless enabled there)."""
 
     policies: tuple[Policy, ...] = ()
     plugin_actions: frozenset[str] | None = None
+    config: Config | None = None
     _plugins_loaded: bool = field(default=False, repr=False)
 
     def is_action(self, name: str) -> bool:

@@ -15,6 +15,9 @@ One module per stage, in the order `session.run_tests` calls them:
 - `facts`    what happened, from the run's ledger entries
 - `expect`   expectations against facts: located failures with diffs
 - `report`   text, JSON, JUnit XML
+
+and, on request (`--coverage`), `coverage` (what no case exercised, from the facts) and
+`coverage_report` (its table and JSON document, which lint rule OPS050 reads).
 """
 
 from __future__ import annotations

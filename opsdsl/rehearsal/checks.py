@@ -61,6 +61,12 @@ class Context:
             where = "the case's playbook"
         return None, f"{where} has no step `{step}`" + _maybe(step, known)
 
+    def candidates(self, key: str) -> list[dict[str, Any]]:
+        """Every node the key can name (an event case's hooks may run several playbooks)."""
+        playbook, step = split_key(key)
+        books = [self.plan["playbooks"][n] for n in ([playbook] if playbook else self.playbooks)]
+        return [node for book in books for node in book["nodes"] if node["id"] == step]
+
 
 def _maybe(word: str, choices: Any) -> str:
     hint = did_you_mean(word, sorted(choices))
@@ -382,7 +388,7 @@ def check_started(ctx: Context) -> Found:
             found.append(ctx.error("OPS064", path, message))
             continue
         seen[key] = path
-        if _constant_when(node) is False:
+        if all(_constant_when(n) is False for n in ctx.candidates(key)):
             found.append(ctx.error("OPS064", path, f"`{key}` never starts: its `when:` is always false"))
         if len(ctx.playbooks) == 1:
             resolved.append((g, key, path))
@@ -415,15 +421,18 @@ def check_step_lists(ctx: Context) -> Found:
         for i, key in enumerate(expect.get(key_name) or []):
             path = (*base, key_name, i)
             node, problems = _expected_node(ctx, key, path)
+            nodes = ctx.candidates(key) if node is not None else []
             if node is None:
                 found += problems
-            elif key_name == "skipped" and not node.get("when"):
+            elif key_name == "skipped" and not any(n.get("when") for n in nodes):
                 found.append(ctx.error("OPS064", path, f"`{key}` has no `when:`, so it is never skipped"))
-            elif key_name == "skipped" and _constant_when(node) is True:
+            elif key_name == "skipped" and all(_constant_when(n) is True for n in nodes):
                 found.append(ctx.error("OPS064", path, f"`{key}` is never skipped: its `when:` is always true"))
             elif key_name == "skipped" and key in started:
                 found.append(ctx.error("OPS064", path, f"`{key}` cannot both start and be skipped"))
-            elif key_name == "compensated" and (key.endswith(COMPENSATE) or not node.get("compensation")):
+            elif key_name == "compensated" and (
+                key.endswith(COMPENSATE) or not any(n.get("compensation") for n in nodes)
+            ):
                 message = f"`{key}` has no `compensate:`, so nothing can undo it"
                 if key.endswith(COMPENSATE):
                     message = f"list the step, not its compensation: `{key[: -len(COMPENSATE)]}`"

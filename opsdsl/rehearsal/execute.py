@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from collections import deque
@@ -29,7 +30,7 @@ from opsdsl.runtime import store as S
 from .checks import as_text
 from .clock import Stalled, VirtualClock, run_virtual
 from .expect import Observed
-from .facts import run_facts
+from .facts import RunFacts, run_facts
 from .mocks import CaseProblem, MockExecutor, RehearsalSecrets
 from .model import Answer, Case, TestFile, split_key
 
@@ -43,6 +44,7 @@ class CompiledPack:
 
     plan: runner.VerifiedPlan
     template: Path  # an empty state directory (database and the dev key) each case copies
+    sources: dict[str, Any] = field(default_factory=dict)  # from the build manifest: {pack, policy_packs}
 
 
 @dataclass
@@ -70,7 +72,18 @@ def compile_pack(test: TestFile, state: Path) -> CompiledPack:
     template = state / "template"
     shutil.copytree(state / "keys", template / "keys")
     S.Store(template, durable=False).close()
-    return CompiledPack(plan, template)
+    return CompiledPack(plan, template, _sources(state / "plans" / test.pack.stem, plan.payload["pack"]["name"]))
+
+
+def _sources(build: Path, name: str) -> dict[str, Any]:
+    """The pack's and its policy packs' files and digests, as the compiler recorded them
+    (coverage files keep them, so a later reader can tell when they changed)."""
+    manifest = json.loads((build / "manifest.json").read_text("utf-8"))
+    entry = manifest["packs"][name]
+    return {
+        "pack": {"path": entry["source"], "digest": entry["sourceDigest"]},
+        "policy_packs": [{"path": p["source"], "digest": p["sourceDigest"]} for p in manifest.get("policyPacks", ())],
+    }
 
 
 def run_case(test: TestFile, case: Case, pack: CompiledPack, state: Path, strict: bool) -> CaseRun:
@@ -198,15 +211,18 @@ class _Rehearsal:
         await asyncio.gather(*tasks)
 
     def service(self, params: dict[str, Any]) -> Any:
-        """A `Service` over this case's runtime. It builds a Runtime of its own (real
-        executor, wall clock); ours replaces it before any event is handled."""
+        """A `Service` over this case's runtime (mock executor, virtual clock), so that events
+        go through the real triggers and hooks."""
         from opsdsl.runtime.service import Service
 
         service = Service(
-            self.runtime.state, [self.pack.plan], params=[params], secrets=self.secrets, clock=self.clock.now
+            self.runtime.state,
+            [self.pack.plan],
+            params=[params],
+            secrets=self.secrets,
+            clock=self.clock.now,
+            runtime=self.runtime,
         )
-        service.runtime.close()
-        service.runtime, service.store = self.runtime, self.runtime.store
         observe = service.engine.observe
 
         def observe_and_record(event: Any, now: float) -> Any:
@@ -275,12 +291,13 @@ class _Rehearsal:
             for entry in ledger.entries():
                 if entry.kind in (TRIGGER_FIRED, HOOK_SUPPRESSED):
                     (hooks if entry.kind == TRIGGER_FIRED else suppressed).append(entry.data["hook"])
-        runs = []
-        for run_id in self.top_runs:
-            entries = [e.to_dict() for e in ledger.entries(run=run_id)]
-            playbook = self.payload["playbooks"][entries[0]["data"]["playbook"]]
-            runs.append(run_facts(entries, playbook))
-        return Observed(self.triggers, hooks, suppressed, runs)
+        runs = [self._facts(run_id) for run_id in self.top_runs]
+        subruns = [self._facts(child.id) for run_id in self.top_runs for child in self._descendants(run_id)]
+        return Observed(self.triggers, hooks, suppressed, runs, subruns)
+
+    def _facts(self, run_id: str) -> RunFacts:
+        entries = [e.to_dict() for e in self.runtime.store.ledger.entries(run=run_id)]
+        return run_facts(entries, self.payload["playbooks"][entries[0]["data"]["playbook"]])
 
 
 def fresh_state(root: Path, index: int) -> Path:

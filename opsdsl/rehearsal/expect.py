@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -56,6 +56,7 @@ class Observed:
     hooks: list[str]
     suppressed: list[str]
     runs: list[RunFacts]
+    subruns: list[RunFacts] = field(default_factory=list)  # started by `playbook.call` (for coverage)
 
 
 class _Checker:

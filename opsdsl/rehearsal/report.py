@@ -107,7 +107,16 @@ def _failure_json(f: Failure) -> dict[str, Any]:
 
 
 def to_json(session: SessionResult) -> str:
-    document = {
+    return dump_json(json_document(session))
+
+
+def dump_json(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n"
+
+
+def json_document(session: SessionResult) -> dict[str, Any]:
+    """The session as JSON data (`--coverage` adds a `coverage` key)."""
+    return {
         "version": 1,
         "tool": {"name": "opsdsl", "version": __version__},
         "summary": {
@@ -143,7 +152,6 @@ def to_json(session: SessionResult) -> str:
             for f in session.files
         ],
     }
-    return json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n"
 
 
 # ---- JUnit XML ----------------------------------------------------------------------------

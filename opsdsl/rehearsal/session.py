@@ -53,6 +53,7 @@ class FileResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)  # problems that stop every case
     cases: list[CaseResult] = field(default_factory=list)
     seconds: float = 0.0
+    compiled: CompiledPack | None = None  # the pack as its cases ran it (for coverage; not reported)
 
     @property
     def ok(self) -> bool:
@@ -138,6 +139,7 @@ def _run_file(path: Path, scratch: Path, packs: dict, options: Options, session:
         if isinstance(compiled, list):
             result.diagnostics += compiled
         else:
+            result.compiled = compiled
             _run_cases(test, loaded, compiled, scratch, options, result, session)
     result.seconds = time.perf_counter() - began
     return result

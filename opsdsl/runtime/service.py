@@ -149,7 +149,7 @@ class Service:
         self.runtime = runtime or runner.Runtime(state, view=view or _ViewTap(self.metrics))
         self.store = self.runtime.store
         self.plans = list(plans)
-        self.secrets = secrets or Secrets(state)
+        self.secrets = secrets if secrets is not None else Secrets(state)  # an unused Secrets is falsy
         self.params = (
             list(params)
             if params is not None
