@@ -23,14 +23,35 @@ _EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 def _pack_options(function):
     options = [
-        click.option("--pack", "packs", multiple=True, type=_EXISTING, help="A pack (repeatable); signed with the dev key."),
-        click.option("--plan", "plans", multiple=True, type=_EXISTING, help="A signed plan (repeatable); needs a trust file."),
-        click.option("--policies", type=_EXISTING, multiple=True, help="Policy packs in scope with --pack (default: those beside it)."),
+        click.option(
+            "--pack", "packs", multiple=True, type=_EXISTING, help="A pack (repeatable); signed with the dev key."
+        ),
+        click.option(
+            "--plan", "plans", multiple=True, type=_EXISTING, help="A signed plan (repeatable); needs a trust file."
+        ),
+        click.option(
+            "--policies",
+            type=_EXISTING,
+            multiple=True,
+            help="Policy packs in scope with --pack (default: those beside it).",
+        ),
         click.option("--trust", type=_EXISTING, help="Trust file for --plan (default: STATE_DIR/trust.yaml)."),
-        click.option("--env", "environment", default="default", show_default=True, help="Trust environment for --plan."),
-        click.option("--secret", "secret_refs", multiple=True, metavar="NAME=env:VAR|file:PATH", help="Where a secret's value is."),
-        click.option("--escalation-url", help="POST a JSON notice here when a hook's run fails and the hook has `escalate:`."),
-        click.option("--max-runs", type=click.IntRange(min=1), default=64, show_default=True, help="Runs executing at once."),
+        click.option(
+            "--env", "environment", default="default", show_default=True, help="Trust environment for --plan."
+        ),
+        click.option(
+            "--secret",
+            "secret_refs",
+            multiple=True,
+            metavar="NAME=env:VAR|file:PATH",
+            help="Where a secret's value is.",
+        ),
+        click.option(
+            "--escalation-url", help="POST a JSON notice here when a hook's run fails and the hook has `escalate:`."
+        ),
+        click.option(
+            "--max-runs", type=click.IntRange(min=1), default=64, show_default=True, help="Runs executing at once."
+        ),
         click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help=_STATE_HELP),
     ]
     for option in reversed(options):
@@ -38,7 +59,9 @@ def _pack_options(function):
     return function
 
 
-def build_service(packs, plans, policies, trust, environment, secret_refs, escalation_url, max_runs, state_dir, **extra):
+def build_service(
+    packs, plans, policies, trust, environment, secret_refs, escalation_url, max_runs, state_dir, **extra
+):
     from opsdsl.runtime.secrets import Secrets, parse_references
     from opsdsl.runtime.service import Service, load_plans
     from opsdsl.runtime.store import state_dir as resolve_state
@@ -154,4 +177,81 @@ def watch(ctx: click.Context, **options) -> None:
     ctx.exit(_exit_for([r["status"] for r in rows]))
 
 
-COMMANDS = (fire, watch)
+@click.command()
+@_pack_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8095, show_default=True, help="0 picks a free port.")
+@click.option("--token-file", type=_EXISTING, help="File holding the bearer token (default: $OPSDSL_TOKEN).")
+@click.option("--hmac-secret-file", type=_EXISTING, help="File holding the secret of X-Opsdsl-Signature.")
+@click.option("--insecure-no-auth", is_flag=True, help="Serve without any authentication (trusted networks only).")
+@click.option("--metrics-no-auth", is_flag=True, help="Serve /metrics without authentication.")
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1),
+    default=1 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest request body.",
+)
+@click.option(
+    "--queue-size",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Events waiting (queued, or as runs waiting for a run slot) before requests get 429.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM, how long queued events and runs may take to finish.",
+)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    token_file: Path | None,
+    hmac_secret_file: Path | None,
+    insecure_no_auth: bool,
+    metrics_no_auth: bool,
+    max_body: int,
+    queue_size: int,
+    drain_timeout: float,
+    **options,
+) -> None:
+    """Receive events over HTTP: Alertmanager webhooks on POST /v1/alertmanager, JSON events on
+    POST /v1/events; GET /healthz and /metrics. A 202 means the events are in the state database.
+
+    Authenticate with a bearer token ($OPSDSL_TOKEN or --token-file) or an HMAC signature
+    (--hmac-secret-file). SIGTERM or Ctrl-C drains and exits 0; see docs/serve.md.
+    """
+    import os
+
+    from opsdsl import serve as server
+
+    token, secret = server.read_credentials(token_file, hmac_secret_file, dict(os.environ), insecure_no_auth)
+    settings = server.ServeOptions(
+        host=host,
+        port=port,
+        token=token,
+        hmac_secret=secret,
+        max_body=max_body,
+        queue_size=queue_size,
+        max_runs=options["max_runs"],
+        drain_timeout=drain_timeout,
+        metrics_no_auth=metrics_no_auth,
+        insecure_no_auth=insecure_no_auth,
+    )
+    server.configure_logging()
+    service = build_service(**options, queue_size=queue_size)
+    try:
+        code = asyncio.run(server.serve(service, settings))
+    finally:
+        service.close()
+    ctx.exit(code)
+
+
+COMMANDS = (fire, watch, serve)

@@ -1,0 +1,606 @@
+"""`opsdsl serve`: the HTTP front door of the events engine (`opsdsl.runtime.service`).
+
+Alertmanager webhooks (`POST /v1/alertmanager`) and generic JSON events (`POST /v1/events`)
+come in over HTTP. A request is checked in this order; the first check that fails answers:
+
+1. the path and method exist (404, 405); the server is not shutting down (503);
+2. the headers' credentials: a bearer token, or signature headers to check once the body
+   is read (401);
+3. the body: JSON (415), no content coding (415), at most `--max-body` bytes, enforced
+   while reading (413);
+4. the HMAC signature, its timestamp (±300 s) and that no accepted request used it (401);
+5. the JSON parses, has the endpoint's shape, and every event can go to the ledger (400);
+6. the backlog has room for the events (429 with Retry-After; 503 on /v1/alertmanager,
+   because Alertmanager retries a 5xx answer but gives up on a 4xx);
+7. `Service.accept` persists them (503 if the database refuses); only then the answer is
+   202 with their ids.
+
+Requests that reach step 7 together are persisted in one `Service.accept` call, one
+transaction (group commit): under load, one fsync carries many requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import heapq
+import hmac
+import json
+import logging
+import signal
+import sqlite3
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from opsdsl.canonical import canonical_json
+from opsdsl.errors import OpsdslError, UsageError
+from opsdsl.runtime.service import QueueFull, Service, events_from_payload
+
+log = logging.getLogger("opsdsl.serve")
+
+INTAKE_PATHS = {"/v1/alertmanager": "alertmanager", "/v1/events": "http"}  # path → events.source
+SIGNATURE_WINDOW = 300  # seconds a signed request's timestamp may be off, either way
+SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-Opsdsl-Signature", "X-Opsdsl-Timestamp"
+MAX_DEPTH = 64  # nesting of an event's JSON; Alertmanager's is 3
+RETRY_AFTER_BUSY, RETRY_AFTER_UNAVAILABLE = "1", "5"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """The server's settings, from the command line."""
+
+    host: str = "127.0.0.1"
+    port: int = 8095
+    token: bytes | None = None
+    hmac_secret: bytes | None = None
+    max_body: int = 1 << 20
+    queue_size: int = 10_000
+    max_runs: int = 64
+    drain_timeout: float = 30.0
+    metrics_no_auth: bool = False
+    insecure_no_auth: bool = False
+
+
+def read_credentials(
+    token_file: Path | None, hmac_secret_file: Path | None, environ: dict[str, str], insecure_no_auth: bool
+) -> tuple[bytes | None, bytes | None]:
+    """(bearer token, HMAC secret) from the files or $OPSDSL_TOKEN; refuses a server without either."""
+    token = _secret_from_file(token_file, "--token-file") if token_file else None
+    if token is None and environ.get("OPSDSL_TOKEN", "").strip():
+        token = environ["OPSDSL_TOKEN"].strip().encode()
+    secret = _secret_from_file(hmac_secret_file, "--hmac-secret-file") if hmac_secret_file else None
+    if insecure_no_auth and (token or secret):
+        raise UsageError("--insecure-no-auth together with a token or an HMAC secret: choose one")
+    if not insecure_no_auth and not token and not secret:
+        raise UsageError(
+            "no authentication configured: set $OPSDSL_TOKEN, or give --token-file or --hmac-secret-file "
+            "(--insecure-no-auth serves without any, on a trusted network only)"
+        )
+    return token, secret
+
+
+def _secret_from_file(path: Path, option: str) -> bytes:
+    try:
+        value = path.read_bytes().strip()
+    except OSError as error:
+        raise UsageError(f"{option} {path}: {error.strerror}") from None
+    if not value:
+        raise UsageError(f"{option} {path} is empty")
+    return value
+
+
+class Refusal(Exception):
+    """A request turned away: its status, and the reason told to the client and the log (no secrets)."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None, close: bool = False) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+        self.close = close
+
+    def response(self) -> web.Response:
+        response = web.json_response({"error": self.reason}, status=self.status, headers=self.headers)
+        if self.close:
+            response.force_close()
+        return response
+
+
+class SpentSignatures:
+    """Signatures of accepted requests, remembered while their timestamp could still pass.
+
+    A signature is reserved when its request goes to the database and released if that
+    fails (429, 503), so a sender can retry the very same signed request; once accepted it
+    is spent, and a replay inside the window is refused.
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []  # heap, for forgetting expired ones
+
+    def reserve(self, signature: str, timestamp: int, now: float) -> bool:
+        while self._expiry and self._expiry[0][0] < now:
+            _, old = heapq.heappop(self._expiry)
+            self._until.pop(old, None)
+        if signature in self._until:
+            return False
+        expires = timestamp + SIGNATURE_WINDOW + 1
+        self._until[signature] = expires
+        heapq.heappush(self._expiry, (expires, signature))
+        return True
+
+    def release(self, signature: str) -> None:
+        self._until.pop(signature, None)  # its heap entry expires harmlessly
+
+
+class GroupCommit:
+    """Persists the events of requests that are ready in the same loop turn with one `Service.accept`."""
+
+    def __init__(self, service: Service, room: Any) -> None:
+        self.service = service
+        self.room = room  # () -> events the backlog can still take
+        self._batch: list[tuple[list[dict], str, asyncio.Future[list[int]]]] = []
+        self._batched = 0
+
+    async def accept(self, events: list[dict], source: str) -> list[int]:
+        """The ids of the persisted events; QueueFull when the backlog has no room for them all."""
+        if len(events) > self.room() - self._batched:
+            raise QueueFull()
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batch.append((events, source, future))
+        self._batched += len(events)
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._batch, self._batched = self._batch, [], 0
+        for source in dict.fromkeys(s for _, s, _ in batch):
+            requests = [(events, future) for events, s, future in batch if s == source]
+            try:
+                ids = self.service.accept([e for events, _ in requests for e in events], source)
+            except Exception as error:  # handed to every request of the batch; nothing was persisted
+                for _, future in requests:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            offset = 0
+            for events, future in requests:
+                if not future.done():
+                    future.set_result(ids[offset : offset + len(events)])
+                offset += len(events)
+
+
+class Server:
+    """The HTTP endpoints over one Service, and the way it starts and stops."""
+
+    def __init__(self, service: Service, options: ServeOptions) -> None:
+        self.service = service
+        self.options = options
+        self.spent = SpentSignatures()
+        self.intake = GroupCommit(service, self._room)
+        self.stopping = False
+        self.exit_code = 0
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.stop_requested = asyncio.Event()
+        self.hurry = asyncio.Event()
+
+    # ---- the application ---------------------------------------------------------------
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=self.options.max_body)
+        app.router.add_post("/v1/alertmanager", self.receive)
+        app.router.add_post("/v1/events", self.receive)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Counts requests in flight; turns every refusal into a JSON answer, a metric and a log line."""
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            try:
+                if self.stopping and request.path in INTAKE_PATHS:
+                    raise Refusal(503, "shutting down", {"Retry-After": RETRY_AFTER_UNAVAILABLE}, close=True)
+                return await handler(request)
+            except Refusal as refusal:
+                self._refused(request, refusal.status, refusal.reason)
+                return refusal.response()
+            except web.HTTPException as error:  # the router's 404 and 405
+                reason = {404: "no such endpoint", 405: "method not allowed"}.get(error.status, error.reason)
+                self._refused(request, error.status, reason)
+                headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
+                return web.json_response({"error": reason}, status=error.status, headers=headers)
+            except Exception as error:
+                log.error(
+                    "internal error on %s %s: %s: %s", request.method, _path(request), type(error).__name__, error
+                )
+                self.service.metrics.inc("opsdsl_events_rejected_total", status="500")
+                return web.json_response({"error": "internal error"}, status=500)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+
+    def _refused(self, request: web.Request, status: int, reason: str) -> None:
+        self.service.metrics.inc("opsdsl_events_rejected_total", status=str(status))
+        log.warning("refused %s %s from %s: %d %s", request.method, _path(request), request.remote, status, reason)
+
+    # ---- endpoints -----------------------------------------------------------------------
+
+    async def receive(self, request: web.Request) -> web.Response:
+        """POST /v1/alertmanager and /v1/events: check, persist, answer 202 with the event ids."""
+        started = time.perf_counter()
+        source = INTAKE_PATHS[request.path]
+        signed = self._authenticate_headers(request)
+        _check_media(request)
+        body = await self._read_body(request)
+        signature = self._verify_signature(request, body) if signed else None
+        events = self._events(_parse_json(body), source)
+        if signature is not None and not self.spent.reserve(signature[0], signature[1], time.time()):
+            raise Refusal(401, "signature already used (replay)", self._challenge())
+        try:
+            ids = await self.intake.accept(events, source)
+        except QueueFull:
+            if signature is not None:
+                self.spent.release(signature[0])
+            # Alertmanager retries 5xx answers (with backoff) but drops a notification on any 4xx
+            status = 503 if source == "alertmanager" else 429
+            raise Refusal(status, "backlog full; retry later", {"Retry-After": RETRY_AFTER_BUSY}) from None
+        except (sqlite3.Error, OpsdslError) as error:
+            if signature is not None:
+                self.spent.release(signature[0])
+            log.error("could not persist %d events: %s", len(events), error)
+            raise Refusal(503, "could not store the events", {"Retry-After": RETRY_AFTER_UNAVAILABLE}) from None
+        self.service.metrics.observe("opsdsl_intake_seconds", time.perf_counter() - started)
+        return web.json_response({"accepted": len(ids), "ids": ids}, status=202)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """GET /healthz, without auth: 200 while serving, 503 while draining or when the worker stopped."""
+        status = "ok"
+        if self.stopping:
+            status = "draining"
+        elif not self._worker_alive():
+            status = "worker-stopped"
+        queue = self.service.queue.qsize() if self.service.queue is not None else 0
+        body = {"status": status, "queue": queue, "runs_live": len(self.service.runs)}
+        return web.json_response(body, status=200 if status == "ok" else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """GET /metrics: the engine's metrics in the Prometheus text format, plus this server's gauges."""
+        if not (self.options.metrics_no_auth or self.options.insecure_no_auth):
+            if self.options.token is None:
+                raise Refusal(401, "/metrics needs a bearer token; start with a token or --metrics-no-auth")
+            self._check_token(request.headers.get("Authorization"))
+        if self.service.queue is not None:
+            self.service.metrics.set("opsdsl_queue_depth", self.service.queue.qsize())
+        text = self.service.metrics.render() + _gauges(
+            ("opsdsl_runs_live", "Runs this server started that have not finished.", len(self.service.runs)),
+            ("opsdsl_runs_waiting", "Runs waiting for a free run slot (--max-runs).", self._waiting_runs()),
+            ("opsdsl_serve_draining", "1 while the server shuts down.", int(self.stopping)),
+        )
+        return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    # ---- checks --------------------------------------------------------------------------
+
+    def _authenticate_headers(self, request: web.Request) -> bool:
+        """Whether the body's signature still has to be checked; raises 401 for bad or missing credentials."""
+        options = self.options
+        authorization = request.headers.get("Authorization")
+        if options.token is not None and authorization is not None:
+            self._check_token(authorization)
+            return False
+        if options.hmac_secret is not None and (
+            SIGNATURE_HEADER in request.headers or TIMESTAMP_HEADER in request.headers
+        ):
+            return True
+        if options.token is None and options.hmac_secret is None:
+            return False  # --insecure-no-auth
+        raise Refusal(401, "no credentials", self._challenge())
+
+    def _check_token(self, authorization: str | None) -> None:
+        if authorization is None:
+            raise Refusal(401, "no credentials", self._challenge())
+        scheme, _, given = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise Refusal(401, "not a bearer token", self._challenge())
+        token = self.options.token or b""
+        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token):
+            raise Refusal(401, "wrong bearer token", self._challenge(invalid=True))
+
+    def _challenge(self, invalid: bool = False) -> dict[str, str]:
+        challenges = []
+        if self.options.token is not None:
+            challenges.append('Bearer realm="opsdsl"' + (', error="invalid_token"' if invalid else ""))
+        if self.options.hmac_secret is not None:
+            challenges.append(f'HMAC-SHA256 realm="opsdsl", headers="{TIMESTAMP_HEADER} {SIGNATURE_HEADER}"')
+        return {"WWW-Authenticate": ", ".join(challenges)} if challenges else {}
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, refusing (413) as soon as it is longer than the limit: never buffers more."""
+        limit = self.options.max_body
+        if request.content_length is not None and request.content_length > limit:
+            raise Refusal(413, f"body of {request.content_length} bytes is over the limit of {limit}", close=True)
+        body = bytearray()
+        try:
+            while chunk := await request.content.read(limit + 1 - len(body)):
+                body += chunk
+                if len(body) > limit:
+                    raise Refusal(413, f"body is over the limit of {limit} bytes", close=True)
+        except (ConnectionError, asyncio.IncompleteReadError) as error:
+            raise Refusal(400, f"body not read: {type(error).__name__}", close=True) from None
+        return bytes(body)
+
+    def _verify_signature(self, request: web.Request, body: bytes) -> tuple[str, int]:
+        """(signature, timestamp) of a correctly signed, fresh request; else 401."""
+        stamp = request.headers.get(TIMESTAMP_HEADER, "").strip()
+        given = request.headers.get(SIGNATURE_HEADER, "").strip()
+        if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+            raise Refusal(401, f"{TIMESTAMP_HEADER} is not unix seconds", self._challenge())
+        if abs(time.time() - int(stamp)) > SIGNATURE_WINDOW:
+            raise Refusal(401, f"{TIMESTAMP_HEADER} is more than {SIGNATURE_WINDOW} s off", self._challenge())
+        secret = self.options.hmac_secret or b""
+        expected = "sha256=" + hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(given.lower().encode("utf-8", "surrogateescape"), expected.encode()):
+            raise Refusal(401, "bad signature", self._challenge(invalid=True))
+        return expected, int(stamp)
+
+    def _events(self, payload: Any, source: str) -> list[dict]:
+        if source == "alertmanager":
+            if not isinstance(payload, dict) or "alerts" not in payload or "version" not in payload:
+                raise Refusal(400, "not an Alertmanager webhook body: a JSON object with `version` and `alerts`")
+            if payload["version"] != "4":
+                raise Refusal(400, f"Alertmanager webhook version {payload['version']!r}; this server reads version 4")
+            if not isinstance(payload["alerts"], list):
+                raise Refusal(400, "`alerts` is not a list")
+        try:
+            events = events_from_payload(payload)
+        except ValueError as error:
+            raise Refusal(400, str(error)) from None
+        if len(events) > self.options.queue_size:
+            raise Refusal(413, f"{len(events)} events in one request; the queue holds {self.options.queue_size}")
+        for index, event in enumerate(events):
+            problem = _event_problem(event)
+            if problem:
+                raise Refusal(400, f"event {index}: {problem}")
+        return events
+
+    # ---- backlog -------------------------------------------------------------------------
+
+    def _waiting_runs(self) -> int:
+        return max(0, len(self.service.runs) - self.options.max_runs)
+
+    def _room(self) -> int:
+        """Events the backlog can still take: the queue bound counts queued events and runs
+        waiting for a run slot, because the engine starts a run per firing without waiting."""
+        queued = self.service.queue.qsize() if self.service.queue is not None else 0
+        return self.options.queue_size - queued - self._waiting_runs()
+
+    def _worker_alive(self) -> bool:
+        worker = getattr(self.service, "_worker", None)
+        return worker is None or not worker.done()
+
+    # ---- starting and stopping -----------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT, then drain; the exit code."""
+        loop = asyncio.get_running_loop()
+        for name in ("SIGTERM", "SIGINT"):
+            loop.add_signal_handler(getattr(signal, name), self._on_signal, name)
+        # auto_decompress off: bodies with a content coding are refused (415), and aiohttp must
+        # not inflate one while discarding it; lingering: how long an unread body is drained.
+        runner = web.AppRunner(
+            self.application(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            auto_decompress=False,
+            lingering_time=2.0,
+        )
+        try:
+            await self._start_worker()
+            await runner.setup()
+            site = web.TCPSite(runner, self.options.host, self.options.port, backlog=1024)
+            try:
+                await site.start()
+            except OSError as error:
+                where = f"{self.options.host}:{self.options.port}"
+                raise OpsdslError(f"cannot listen on {where}: {error.strerror}") from None
+            host, port = runner.addresses[0][:2]
+            shown = f"[{host}]" if ":" in host else host
+            log.info("listening on http://%s:%d (%s; auth: %s)", shown, port, self._describe(), self._auth_kind())
+            await self.stop_requested.wait()
+            await self._shutdown()
+        finally:
+            for name in ("SIGTERM", "SIGINT"):
+                loop.remove_signal_handler(getattr(signal, name))
+            await runner.cleanup()
+        return self.exit_code
+
+    async def _start_worker(self) -> None:
+        """Start the engine's worker (replaying events an earlier process left) and say what was left."""
+        replayed = await self.service.start()
+        if replayed:
+            log.info("replaying %d events accepted before the last stop", replayed)
+        (left,) = self.service.store.conn.execute(
+            "SELECT COUNT(*) FROM runs WHERE status IN ('running', 'interrupted') AND parent_run IS NULL"
+        ).fetchone()
+        if left:
+            log.warning(
+                "%d runs were left unfinished by an earlier process (they hold their dedupe keys); "
+                "see `opsdsl runs --status interrupted` (and `--status running`) and `opsdsl resume RUN`",
+                left,
+            )
+        worker = getattr(self.service, "_worker", None)  # Service offers no public way to watch it
+        if worker is not None:
+            worker.add_done_callback(self._worker_done)
+
+    def _on_signal(self, name: str) -> None:
+        if self.stop_requested.is_set():
+            log.warning("%s again: interrupting the runs now", name)
+            self.hurry.set()
+            return
+        log.info("%s: refusing new events, draining (up to %gs)", name, self.options.drain_timeout)
+        self.stop_requested.set()
+
+    def _worker_done(self, task: asyncio.Task) -> None:
+        if task.cancelled() or self.stopping:
+            return
+        error = task.exception()
+        log.error(
+            "the event worker stopped (%s: %s); shutting down so that a restart replays the pending events",
+            type(error).__name__,
+            error,
+        )
+        self.exit_code = 1
+        self.stop_requested.set()
+
+    async def _shutdown(self) -> None:
+        """Refuse new events; let requests in flight finish; handle the queue; wait for the runs."""
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.drain_timeout
+        await self._until(self.idle.wait(), deadline)
+        queue = self.service.queue
+        if queue is not None and not await self._until(queue.join(), deadline):
+            left = _release(queue)
+            log.warning("drain timeout: %d events stay accepted and are replayed at the next start", left)
+        runs = set(self.service.runs)
+        if runs and not await self._until(asyncio.wait(runs), deadline):
+            log.warning("drain timeout: interrupting %d runs; `opsdsl resume` continues them", len(self.service.runs))
+        try:
+            await self.service.drain(timeout=0)
+        except Exception as error:  # the worker died earlier: stop the runs ourselves
+            log.error("drain: %s: %s", type(error).__name__, error)
+            for task in list(self.service.runs):
+                task.cancel()
+            await asyncio.gather(*self.service.runs, return_exceptions=True)
+        log.info("stopped")
+
+    async def _until(self, awaitable: Awaitable[Any], deadline: float) -> bool:
+        """Wait for `awaitable` until the deadline or a second signal; whether it finished."""
+        task = asyncio.ensure_future(awaitable)
+        hurry = asyncio.ensure_future(self.hurry.wait())
+        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        done, _ = await asyncio.wait({task, hurry}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+        if task in done:
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+
+    def _describe(self) -> str:
+        packs = [p.payload["pack"]["name"] for p in self.service.plans]
+        return f"packs: {', '.join(packs)}; state: {self.service.runtime.state}"
+
+    def _auth_kind(self) -> str:
+        kinds = [k for k, v in (("bearer token", self.options.token), ("HMAC", self.options.hmac_secret)) if v]
+        return " or ".join(kinds) or "NONE (--insecure-no-auth)"
+
+
+def _check_media(request: web.Request) -> None:
+    media = request.content_type
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise Refusal(415, f"content type {media!r}; send application/json")
+    charset = request.charset
+    if charset and charset.lower() not in ("utf-8", "utf8"):
+        raise Refusal(415, f"charset {charset!r}; JSON is UTF-8")
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding != "identity":
+        raise Refusal(415, f"content encoding {coding!r}; send the body uncompressed")
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
+    except UnicodeDecodeError:
+        raise Refusal(400, "body is not UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise Refusal(400, f"not JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except (ValueError, RecursionError) as error:
+        raise Refusal(400, f"not JSON: {error}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def _event_problem(event: dict) -> str | None:
+    """Why the ledger could not record this event (the engine would fail on it later), or None."""
+    stack: list[tuple[Any, int]] = [(event, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    try:
+        canonical_json(event)
+    except UnicodeEncodeError:
+        return "holds a lone UTF-16 surrogate (\\ud800-\\udfff) in a string"
+    except Exception as error:  # rfc8785: integers beyond ±(2**53 - 1), and the like
+        return f"not representable in canonical JSON: {error}"
+    return None
+
+
+def _release(queue: asyncio.Queue) -> int:
+    """Empty the queue without handling its events (they stay `accepted` in the database)."""
+    count = 0
+    while True:
+        try:
+            queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return count
+        queue.task_done()
+        count += 1
+
+
+def _gauges(*rows: tuple[str, str, float]) -> str:
+    return "".join(f"# HELP {n} {h}\n# TYPE {n} gauge\n{n} {v:g}\n" for n, h, v in rows)
+
+
+def _path(request: web.Request) -> str:
+    return request.rel_url.raw_path[:200]
+
+
+def configure_logging() -> None:
+    """One line per message on stderr, prefixed `opsdsl serve:`; aiohttp's own warnings too."""
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("opsdsl serve: %(message)s"))
+    for name, level in (("opsdsl.serve", logging.INFO), ("aiohttp", logging.WARNING)):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+async def serve(service: Service, options: ServeOptions) -> int:
+    """Run the server on the current loop until it is told to stop; the exit code."""
+    if options.insecure_no_auth:
+        log.warning("--insecure-no-auth: anyone who can reach %s:%d can start runs", options.host, options.port)
+    if options.hmac_secret and not options.token and not options.metrics_no_auth:
+        log.warning("no bearer token: /metrics answers 401 (give a token, or --metrics-no-auth)")
+    return await Server(service, options).run()
