@@ -100,11 +100,15 @@ def fire(ctx: click.Context, event_source: str, **options) -> None:
 
     Exit 0 when every run succeeded (or none started), 1 when one failed, 4 when one paused.
     """
-    from opsdsl.runtime.service import events_from_payload
+    from opsdsl.runtime.service import events_from_payload, unrecordable
 
     try:
         text = sys.stdin.read() if event_source == "-" else Path(event_source).read_text(encoding="utf-8")
         events = events_from_payload(json.loads(text))
+        for event in events:
+            problem = unrecordable(event)
+            if problem is not None:
+                raise ValueError(problem)
     except OSError as error:
         raise UsageError(f"{event_source}: {error.strerror}") from None
     except json.JSONDecodeError as error:
@@ -156,11 +160,10 @@ def watch(ctx: click.Context, **options) -> None:
             if not line.strip():
                 continue
             try:
-                events = events_from_payload(json.loads(line))
-            except (json.JSONDecodeError, ValueError) as error:
+                accepted.update(service.accept(events_from_payload(json.loads(line)), "watch"))
+            except (json.JSONDecodeError, ValueError) as error:  # ValueError: shape, or unrecordable
                 click.echo(f"opsdsl watch: stdin line {number}: skipped: {error}", err=True)
                 continue
-            accepted.update(service.accept(events, "watch"))
         await service.queue.join()
         await service.drain()
         return [r.id for r in reversed(service.store.runs()) if r.event_id in accepted and not r.parent_run]

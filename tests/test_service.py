@@ -187,3 +187,26 @@ def test_trigger_windows_survive_a_restart(tmp_path):
     second = fresh()
     feed(second, [metric("x")])
     assert len(second.store.runs()) == 1  # the third event completed the window kept in the database
+
+
+def test_a_replayed_event_never_starts_a_second_run(tmp_path):
+    svc = service(tmp_path)
+    feed(svc, [metric("eu5")])
+    svc.close()
+    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    db.execute("UPDATE events SET status = 'accepted'")  # as if the process died before marking it
+    db.commit()
+    db.close()
+    again = service(tmp_path)
+    feed(again, [])
+    assert [r.dedupe_key for r in again.store.runs()] == ["eu5"]
+    assert len(ledger(again, "trigger.fired")) == 1
+
+
+def test_an_event_the_ledger_cannot_hold_is_refused_at_intake(tmp_path):
+    import pytest
+
+    svc = service(tmp_path)
+    with pytest.raises(ValueError, match="cannot be recorded"):
+        svc.accept([{"kind": "metric", "name": "errors", "value": 2**60}], "test")
+    assert svc.store.pending_events() == []

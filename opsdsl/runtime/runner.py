@@ -136,12 +136,15 @@ class Runtime:
         secrets: Secrets,
         parent: tuple[str, str] | None = None,
         incident_id: str | None = None,
+        also: tuple[tuple[str, dict[str, Any]], ...] = (),
     ) -> S.RunRow:
+        """Create a run (its row, its steps, run.created and plan.verified) in one transaction;
+        `also` adds more of the run's ledger entries to it (their data gets `run`)."""
         payload = plan.payload
         playbook = payload["playbooks"][selection.playbook]
         now = self.clock()
         stamp = datetime.fromtimestamp(now, UTC)
-        suffix = _random.token_hex(3)
+        suffix = _random.token_hex(6)  # 48 bits: no collision at hundreds of runs a second
         run_id = f"{stamp:%Y%m%d-%H%M%S}-{suffix}"
         incident_id = incident_id or f"INC-{stamp:%Y%m%d}-{stamp:%H%M%S}-{suffix}"
         folder = self.incidents_root / f"{stamp:%Y}" / incident_id
@@ -205,6 +208,8 @@ class Runtime:
                 self.store.ledger.append(E.RUN_CREATED, run_id, created, ts=now),
                 self.store.ledger.append(E.PLAN_VERIFIED, run_id, {"keyids": plan.keyids, "trust": plan.trust}, ts=now),
             ]
+            for kind, data in also:
+                appended.append(self.store.ledger.append(kind, run_id, {**data, "run": run_id}, ts=now))
         if self.view is not None and parent is None:
             self.view.begin(_run_summary(run), _ordered_nodes(playbook))
             for entry in appended:

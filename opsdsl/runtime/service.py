@@ -181,6 +181,10 @@ class Service:
         """
         if self.queue is not None and self.queue.qsize() + len(events) > self.queue_size:
             raise QueueFull()
+        for event in events:
+            problem = unrecordable(event)
+            if problem is not None:
+                raise ValueError(problem)
         now = self.clock()
         bodies = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in events]
         with self.store.transaction():
@@ -230,9 +234,22 @@ class Service:
             event_id, received, event = await self.queue.get()
             try:
                 await self.handle(event_id, received, event)
+            except Exception as error:  # one bad event must not stop the intake of the others
+                self._record_failure(event_id, error)
             finally:
                 self.queue.task_done()
                 self.metrics.set("opsdsl_queue_depth", self.queue.qsize())
+            await asyncio.sleep(0)  # let intake and health checks in between events
+
+    def _record_failure(self, event_id: int, error: Exception) -> None:
+        message = f"{type(error).__name__}: {error}"
+        self.metrics.inc("opsdsl_event_errors_total")
+        try:
+            with self.store.transaction():
+                self.store.ledger.append(EVENT_ERROR, None, {"event_id": event_id, "error": message}, ts=self.clock())
+                self.store.finish_event(event_id, f"error: {message}"[:500])
+        except Exception:  # the database itself is failing: the event stays accepted, replayed on restart
+            pass
 
     async def handle(self, event_id: int, received: float, event: dict) -> list[str]:
         """Evaluate one event; start the runs it calls for. Returns the run ids started."""
@@ -260,7 +277,14 @@ class Service:
                     hook["run"], firing.trigger, hook_name, hook.get("escalate"), key, event_id
                 )
                 started.append((plan, selection, {**base, "reason": firing.reason}))
+        # Runs first (each with its trigger.fired entry, in one transaction), then the event is
+        # marked handled: a crash in between replays the event, and a run that already
+        # exists for (event, hook) is continued rather than started twice.
         run_ids = []
+        for plan, selection, data in started:
+            run_id = self._start_run(plan, selection, event, data)
+            if run_id:
+                run_ids.append(run_id)
         with self.store.transaction():
             for kind, data in notes:
                 self.store.ledger.append(kind, None, data, ts=self.clock())
@@ -268,10 +292,6 @@ class Service:
                 self.store.save_trigger_state(pack, trig, text)
             summary = f"{len(evaluation.firings)} firing(s), {len(started)} run(s)"
             self.store.finish_event(event_id, summary)
-        for plan, selection, data in started:
-            run_id = self._start_run(plan, selection, event, data)
-            if run_id:
-                run_ids.append(run_id)
         return run_ids
 
     def _admit(self, plan: int, name: str, hook: dict, event: dict, now: float) -> tuple[str | None, str | None]:
@@ -310,9 +330,18 @@ class Service:
                 )
             self.metrics.inc("opsdsl_hooks_suppressed_total", hook=selection.hook or "", reason="inputs")
             return None
-        run = self.runtime.create_run(plan, selection, self.params[index], inputs, event, self.secrets)
-        with self.store.transaction():
-            self.store.ledger.append(TRIGGER_FIRED, run.id, {**data, "run": run.id}, ts=self.clock())
+        existing = self.store.conn.execute(
+            "SELECT id FROM runs WHERE event_id = ? AND hook = ? AND parent_run IS NULL",
+            (selection.event_id, selection.hook),
+        ).fetchone()
+        if existing is not None:  # a replayed event: continue its run, never start a second one
+            run = self.store.run(existing[0])
+            if run.status in ("succeeded", "failed", "refused"):
+                return run.id
+        else:
+            run = self.runtime.create_run(
+                plan, selection, self.params[index], inputs, event, self.secrets, also=((TRIGGER_FIRED, data),)
+            )
         self.metrics.inc("opsdsl_runs_started_total", hook=selection.hook or "")
         task = asyncio.create_task(self._drive(run, selection), name=run.id)
         self.runs.add(task)
@@ -320,8 +349,19 @@ class Service:
         return run.id
 
     async def _drive(self, run, selection: runner.Selection) -> None:
-        async with self.run_slots:
-            outcome = await self.runtime.drive(run, self.secrets)
+        try:
+            await self.run_slots.acquire()
+        except asyncio.CancelledError:  # shut down before it could start: resumable, and said so
+            from opsdsl.runtime import entries as E
+
+            with self.store.transaction():
+                self.store.ledger.append(E.RUN_INTERRUPTED, run.id, {"running": []}, ts=self.clock())
+                self.store.update_run(run.id, status="interrupted", updated_at=self.clock())
+            raise
+        try:
+            outcome = await self.runtime.drive(run, self.secrets, "resume" if run.status != "running" else "start")
+        finally:
+            self.run_slots.release()
         self.metrics.inc("opsdsl_runs_finished_total", status=outcome.status)
         if outcome.status == "failed" and selection.escalate:
             await self._escalate(run, selection, outcome)
@@ -360,6 +400,18 @@ class Service:
                 },
                 ts=self.clock(),
             )
+
+
+def unrecordable(event: Any) -> str | None:
+    """Why the ledger could not hold this event (RFC 8785 refuses integers beyond 2^53 and
+    lone surrogates), or None."""
+    from opsdsl.canonical import canonical_json
+
+    try:
+        canonical_json(event)
+    except Exception as error:  # rfc8785's own error types, UnicodeEncodeError
+        return f"the event cannot be recorded: {type(error).__name__}: {error}"
+    return None
 
 
 def events_from_payload(payload: Any) -> list[dict]:
