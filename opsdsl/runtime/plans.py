@@ -31,6 +31,21 @@ class VerifiedPlan:
     trust: str  # "dev-key" or the trust file
 
 
+def policy_scope(pack: Path, policies: Sequence[Path] | None) -> list[Path]:
+    """The policy packs a `--pack` runs with: those named, else those beside the pack file."""
+    from opsdsl.pipeline import looks_like_policy_pack
+
+    if not pack.is_file():
+        raise UsageError(f"--pack {pack}: no such file")
+    if policies is not None:
+        return list(policies)
+    return [
+        p
+        for p in sorted(pack.parent.iterdir())
+        if p != pack and p.suffix in (".yaml", ".yml", ".ops") and looks_like_policy_pack(p)
+    ]
+
+
 def dev_key(state: Path):
     """The state directory's own Ed25519 key (created on first use, mode 0600): it signs
     plans compiled by `run --pack`, ledger checkpoints and incident records."""
@@ -53,16 +68,8 @@ def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> 
     """Compile and sign `pack` with the dev key; policy packs beside it are in scope unless
     `policies` names them explicitly."""
     from opsdsl.build import compile_paths
-    from opsdsl.pipeline import looks_like_policy_pack
 
-    if not pack.is_file():
-        raise UsageError(f"--pack {pack}: no such file")
-    if policies is None:
-        policies = [
-            p
-            for p in sorted(pack.parent.iterdir())
-            if p != pack and p.suffix in (".yaml", ".yml", ".ops") and looks_like_policy_pack(p)
-        ]
+    policies = policy_scope(pack, policies)
     key = dev_key(state)
     out = state / "plans" / pack.stem  # one build folder per pack: builds of other packs never prune it
     result = compile_paths([pack, *policies], out, keys=[key])
@@ -104,19 +111,11 @@ def plan_for_dry_run(
     import tempfile
 
     from opsdsl.build import compile_paths
-    from opsdsl.pipeline import looks_like_policy_pack
 
     if plan_file is not None:
         return plan_from_file(plan_file, trust, environment, state).payload
     assert pack is not None
-    if not pack.is_file():
-        raise UsageError(f"--pack {pack}: no such file")
-    if policies is None:
-        policies = [
-            p
-            for p in sorted(pack.parent.iterdir())
-            if p != pack and p.suffix in (".yaml", ".yml", ".ops") and looks_like_policy_pack(p)
-        ]
+    policies = policy_scope(pack, policies)
     with tempfile.TemporaryDirectory(prefix="opsdsl-dry-run-") as scratch:
         result = compile_paths([pack, *policies], Path(scratch))
         if result.failed:

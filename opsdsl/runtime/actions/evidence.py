@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 
 from opsdsl.files import write_atomic_bytes
-from opsdsl.runtime.actions import builtin_schema, check_inputs, redact_failure
+from opsdsl.runtime.actions import builtin_schema, check_inputs
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
+from opsdsl.runtime.actions.builtin import BuiltinAction
 from opsdsl.runtime.actions.http import check_status, send
 from opsdsl.runtime.actions.shell import child_env, run_command
 
@@ -76,16 +77,10 @@ class _Collector:
         self.problems.append(_Problem(self.context.redact(message), retryable))
 
 
-class EvidenceCollectAction:
+class EvidenceCollectAction(BuiltinAction):
     """Collect `files`, `urls` and `commands` into the evidence item `name`."""
 
     name = "evidence.collect"
-
-    async def run(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
-        try:
-            return await self._run(request, context)
-        except ActionFailed as failure:
-            raise redact_failure(failure, context.redact) from failure
 
     async def _run(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
         inputs = request.inputs

@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
-from opsdsl.runtime.actions import builtin_schema, check_inputs, redact_failure, redact_outputs
+from opsdsl.runtime.actions import builtin_schema, check_inputs, redact_outputs
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
+from opsdsl.runtime.actions.builtin import BuiltinAction
 
 BODY_LIMIT = 1024 * 1024
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})  # timeout, too early, too many requests
@@ -145,16 +146,10 @@ def check_status(what: str, response: HttpResponse, expect: list[int] | None, ou
     )
 
 
-class HttpRequestAction:
+class HttpRequestAction(BuiltinAction):
     """One HTTP request; the response's status, headers and body become the outputs."""
 
     name = "http.request"
-
-    async def run(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
-        try:
-            return await self._run(request, context)
-        except ActionFailed as failure:
-            raise redact_failure(failure, context.redact) from failure
 
     async def _run(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
         inputs = request.inputs

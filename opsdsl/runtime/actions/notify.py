@@ -10,8 +10,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from opsdsl.runtime.actions import builtin_schema, check_inputs, redact_failure
-from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
+from opsdsl.runtime.actions import builtin_schema, check_inputs
+from opsdsl.runtime.actions.base import ActionContext, ActionRequest
+from opsdsl.runtime.actions.builtin import BuiltinAction
 from opsdsl.runtime.actions.http import check_status, send
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -77,16 +78,10 @@ def pagerduty_payload(
     }
 
 
-class NotifyAction:
+class NotifyAction(BuiltinAction):
     """Send one notification; the receiver's status is the output."""
 
     name = "notify"
-
-    async def run(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
-        try:
-            return await self._run(request, context)
-        except ActionFailed as failure:
-            raise redact_failure(failure, context.redact) from failure
 
     async def _run(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
         inputs = request.inputs

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opsdsl.runtime.actions import builtin_schema, check_inputs, redact_failure
+from opsdsl.runtime.actions import builtin_schema, check_inputs
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
+from opsdsl.runtime.actions.builtin import BuiltinAction
 
 OUTPUT_LIMIT = 1024 * 1024
 ENV_ALLOWLIST = ("PATH", "HOME", "LANG")
@@ -143,19 +144,13 @@ def decode_output(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-class ShellAction:
+class ShellAction(BuiltinAction):
     """Run `with.argv` and report its exit code and output; an unexpected exit code fails."""
 
     name = "shell"
 
     def __init__(self, term_grace: float = TERM_GRACE) -> None:
         self.term_grace = term_grace
-
-    async def run(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
-        try:
-            return await self._run(request, context)
-        except ActionFailed as failure:
-            raise redact_failure(failure, context.redact) from failure
 
     async def _run(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
         inputs = request.inputs
