@@ -54,7 +54,8 @@ def dev_key(state: Path):
     path = state / DEV_KEY
     public = path.with_suffix(".pub")
     if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state dir is nobody else's either
+        path.parent.mkdir(mode=0o700, exist_ok=True)
         key = generate_key()
         write_private_key(path, key, None)
     else:
