@@ -7,7 +7,6 @@ they start are the same durable runs as `opsdsl run` (ledger, evidence, `resume`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -149,6 +148,8 @@ def watch(ctx: click.Context, **options) -> None:
 
     async def main() -> list[str]:
         await service.start()
+        import asyncio
+
         loop = asyncio.get_running_loop()
         number = 0
         accepted: set[int] = set()
@@ -251,6 +252,8 @@ def serve(
     server.configure_logging()
     service = build_service(**options, queue_size=queue_size)
     try:
+        import asyncio
+
         code = asyncio.run(server.serve(service, settings))
     finally:
         service.close()
