@@ -586,15 +586,20 @@ def pack_validator() -> Check:
     return _Compiler(schema).compile(schema, "pack")
 
 
-def compile_schema(schema: dict) -> Check:
-    """Compile any schema that uses the supported keywords (tests use this)."""
-    return _Compiler(schema).compile(schema, "document")
+def compile_schema(schema: dict, noun: str = "document") -> Check:
+    """Compile any schema that uses the supported keywords; `noun` names the top level in messages."""
+    return _Compiler(schema).compile(schema, noun)
 
 
 def validate_pack(data: Any) -> list[Problem]:
     """Every schema problem of a loaded pack document, one per problem."""
+    return validate_with(pack_validator(), data)
+
+
+def validate_with(check: Check, data: Any) -> list[Problem]:
+    """Every problem `check` finds in `data`, each (path, code, place) once."""
     problems: list[Problem] = []
-    pack_validator()(data, (), problems)
+    check(data, (), problems)
     seen: set[tuple] = set()
     unique = []
     for problem in problems:

@@ -18,7 +18,7 @@ from pathlib import Path
 from opsdsl.errors import Diagnostic, UsageError
 from opsdsl.loader import TEST_SUFFIXES, Document, Source, display_path, load_text, read_source
 from opsdsl.rules import rule
-from opsdsl.schema import Problem, _Compiler
+from opsdsl.schema import Problem, compile_schema, validate_with
 
 from .model import TestFile, build_test_file
 
@@ -61,23 +61,12 @@ def pack_test_schema() -> dict:
 
 @cache
 def _validator():
-    # schema.compile_schema names the top level "document"; "pack test" reads better.
-    schema = pack_test_schema()
-    return _Compiler(schema).compile(schema, "pack test")
+    return compile_schema(pack_test_schema(), "pack test")
 
 
 def validate_test(data: object) -> list[Problem]:
     """Every schema problem of a loaded test document, one per path and code."""
-    problems: list[Problem] = []
-    _validator()(data, (), problems)
-    seen: set[tuple] = set()
-    unique = []
-    for problem in problems:
-        key = (problem.path, problem.code, problem.at)
-        if key not in seen:
-            seen.add(key)
-            unique.append(problem)
-    return unique
+    return validate_with(_validator(), data)
 
 
 def load_document(path: Path) -> tuple[Document | None, list[Diagnostic]]:

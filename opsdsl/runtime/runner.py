@@ -112,7 +112,6 @@ class Runtime:
             executor=self.executor,
             secrets=secrets,
             signer=self.signer,
-            incidents_root=self.incidents_root,
             view=None if child else self.view,
             clock=self.clock,
             start_child=self._start_child,

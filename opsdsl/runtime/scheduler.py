@@ -48,7 +48,6 @@ class RunEnv:
     executor: Any  # executor.Executor
     secrets: Secrets
     signer: Any  # Ed25519PrivateKey: checkpoints and incident records
-    incidents_root: Path
     view: Any = None  # view.View
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
