@@ -597,7 +597,7 @@ def opsdsl_evaluator(text: str) -> Callable[[dict], Any]:
     The one place that knows opsdsl's expression API; adjust here if it changes.
     """
     try:
-        from opsdsl.expr import compile_expr, parse
+        from opsdsl.lang.expr import compile_expr, parse
     except ImportError as exc:
         raise Unavailable(f"opsdsl.expr: {exc}") from exc
     compiled = compile_expr(parse(text))
@@ -697,7 +697,7 @@ def bench_expr_vs_cel(ctx: Ctx) -> Row:
 def _signing_key(ctx: Ctx) -> Path:
     key = ctx.tmp / "bench.key"
     if not key.exists():
-        from opsdsl.signing import generate_key, write_private_key
+        from opsdsl.build.signing import generate_key, write_private_key
 
         write_private_key(key, generate_key(), None)
     return key
@@ -778,10 +778,10 @@ class VerifySuite:
         try:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-            from opsdsl.compiler import build_plan, plan_bytes
-            from opsdsl.loader import load_file
-            from opsdsl.model import build_model
-            from opsdsl.signing import envelope_bytes, keyid, pae, sign_envelope
+            from opsdsl.build.compiler import build_plan, plan_bytes
+            from opsdsl.build.signing import envelope_bytes, keyid, pae, sign_envelope
+            from opsdsl.lang.loader import load_file
+            from opsdsl.lang.model import build_model
         except ImportError as exc:
             raise Unavailable(f"opsdsl.signing: {exc}") from exc
         files = ctx.pack_files[:100]
@@ -804,7 +804,7 @@ class VerifySuite:
         self.avg_payload = sum(len(p) for p in payloads) / len(payloads)
 
     def opsdsl(self) -> Rate:
-        from opsdsl.signing import verify_envelope
+        from opsdsl.build.signing import verify_envelope
 
         trusted, envelopes = self.trusted, self.envelopes
 
@@ -848,8 +848,8 @@ def bench_ops500_vs_pyyaml(ctx: Ctx) -> Row:
 
     loader = getattr(yaml, "CSafeLoader", None)
     try:
-        from opsdsl.ops import load_text
-        from opsdsl.ops.convert import yaml_to_ops
+        from opsdsl.lang.ops import load_text
+        from opsdsl.lang.ops.convert import yaml_to_ops
     except ImportError as exc:
         raise Unavailable(f"opsdsl.ops: {exc}") from exc
     folder = ctx.tmp / f"ops-{ctx.args.packs}x{ctx.args.steps}-s{ctx.args.seed}"
@@ -916,8 +916,8 @@ def _ledger_db(ctx: Ctx) -> tuple[Path, dict]:
     try:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        from opsdsl.ledger import Ledger, open_database
-        from opsdsl.signing import keyid
+        from opsdsl.audit.ledger import Ledger, open_database
+        from opsdsl.build.signing import keyid
     except ImportError as exc:
         raise Unavailable(f"opsdsl.ledger: {exc}") from exc
     key = Ed25519PrivateKey.from_private_bytes(bytes([42]) * 32)
@@ -952,7 +952,7 @@ def bench_ledger_verify(ctx: Ctx) -> Row:
     path, trusted = _ledger_db(ctx)
 
     def opsdsl() -> Rate:
-        from opsdsl.ledger import verify_path
+        from opsdsl.audit.ledger import verify_path
 
         def loop(rounds: int) -> None:
             for _ in range(rounds):
@@ -963,7 +963,7 @@ def bench_ledger_verify(ctx: Ctx) -> Row:
         return Rate(loop, LEDGER_ENTRIES, f"opsdsl.ledger.verify_path over {LEDGER_ENTRIES} entries", 1.0)
 
     def floor() -> Rate:
-        from opsdsl.ledger import ENTRY_DOMAIN
+        from opsdsl.audit.ledger import ENTRY_DOMAIN
 
         def loop(rounds: int) -> None:
             # The same rows, read the fastest way (text as bytes), the same preimage, one sha256 each.
@@ -1184,7 +1184,7 @@ PACK_TEST_CASES = 1000
 def _pack_test_suite(folder: Path) -> Path:
     """The bundled packs beside their test cases (packs/*.test.yaml) replicated, in order, to
     PACK_TEST_CASES cases: test files of at most 50 cases each, written as JSON (valid YAML)."""
-    from opsdsl.loader import load_file
+    from opsdsl.lang.loader import load_file
 
     packs = folder / "packs"
     if packs.exists():

@@ -1,3 +1,3 @@
-from opsdsl.cli import main
+from opsdsl.cli.main import main
 
 main()

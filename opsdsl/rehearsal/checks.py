@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from opsdsl.errors import Diagnostic, EvalError, OpsdslError
-from opsdsl.schema import did_you_mean, type_name
+from opsdsl.lang.schema import did_you_mean, type_name
 
 from .clock import parse_iso
 from .loading import located
@@ -201,7 +201,7 @@ def _params(ctx: Context) -> dict[str, Any] | None:
 
 
 def _evaluate(source: str, activation: dict[str, Any]) -> Any:
-    from opsdsl.expr import compile_expr, parse
+    from opsdsl.lang.expr import compile_expr, parse
 
     return compile_expr(parse(source))(activation)
 
@@ -315,7 +315,7 @@ def _expected_node(ctx: Context, key: str, path: Path_, at: str = "value") -> tu
 
 def _constant_when(node: dict[str, Any]) -> bool | None:
     """True or False for a `when:` that reads no data (lint's OPS035/OPS048), else None."""
-    from opsdsl.expr import compile_expr, parse
+    from opsdsl.lang.expr import compile_expr, parse
 
     if not node.get("when"):
         return None

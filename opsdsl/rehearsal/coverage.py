@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from opsdsl.audit import entries as E
 from opsdsl.errors import EvalError, Span
-from opsdsl.runtime import entries as E
 
 from .execute import CompiledPack
 from .facts import RunFacts
@@ -189,7 +189,7 @@ class _Locator:
     """Spans in the pack and policy pack files (loaded again: the plan keeps no positions)."""
 
     def __init__(self, compiled: CompiledPack) -> None:
-        from opsdsl.loader import load_file
+        from opsdsl.lang.loader import load_file
 
         self.documents: dict[str, Any] = {}  # pack name → Document
         self.files: dict[str, str] = {}
@@ -272,8 +272,8 @@ def may_apply(policy: dict[str, Any], book_name: str, payload: dict[str, Any]) -
     """Whether `policy` can apply to some step of the playbook: its `when:` evaluated on each
     step as the gate would see it, with what only a run knows (params, the event, `now`,
     the run's id, rendered `with:` values) unknown; unknown counts as can."""
-    from opsdsl.actions import policy_step_view
-    from opsdsl.expr import compile_expr, parse
+    from opsdsl.lang.actions import policy_step_view
+    from opsdsl.lang.expr import compile_expr, parse
 
     expression = parse(policy["when"])
     if any(r.root == "step" and r.path[:1] == ("with",) for r in expression.references()):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from opsdsl.runtime import entries as E
+from opsdsl.audit import entries as E
 
 PURE_ACTIONS = frozenset({"assert", "report.rca"})  # as opsdsl.runtime.scheduler.PURE_ACTIONS
 
@@ -42,7 +42,7 @@ class RunFacts:
     @cached_property
     def headline(self) -> str:
         """The RCA report's headline (built from the entries only when asked: it costs a record)."""
-        from opsdsl.incident import build_record, headline
+        from opsdsl.audit.incident import build_record, headline
 
         return headline(build_record(self.entries, checkpoint=None, evidence_dir=None))
 

@@ -1,6 +1,6 @@
 """Finding and reading test files: source → syntax → schema, with located diagnostics.
 
-YAML test files go through the pack loader (`opsdsl.loader`: the same YAML dialect, the
+YAML test files go through the pack loader (`opsdsl.lang.loader`: the same YAML dialect, the
 same OPS001–006); `*.test.ops` files through `ops_form`. Both are then checked against
 `schemas/test.schema.json` with our closure-compiled validator (OPS010–013). Pack
 discovery skips test files, so they are found here, explicitly.
@@ -16,9 +16,11 @@ from functools import cache
 from pathlib import Path
 
 from opsdsl.errors import Diagnostic, UsageError
-from opsdsl.loader import TEST_SUFFIXES, Document, Source, display_path, load_text, read_source
-from opsdsl.rules import rule
-from opsdsl.schema import Problem, compile_schema, validate_with
+from opsdsl.lang.loader import TEST_SUFFIXES, display_path, read_source
+from opsdsl.lang.rules import rule
+from opsdsl.lang.schema import Problem, compile_schema, validate_with
+from opsdsl.lang.source import Document, Source
+from opsdsl.lang.yaml_reader import load_text
 
 from .model import TestFile, build_test_file
 

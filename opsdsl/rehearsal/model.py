@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsdsl.durations import parse_duration
-from opsdsl.loader import Document
+from opsdsl.lang.durations import parse_duration
+from opsdsl.lang.source import Document
 
 Path_ = tuple[str | int, ...]
 COMPENSATE = ".compensate"

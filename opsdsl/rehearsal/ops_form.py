@@ -12,8 +12,8 @@ import functools
 from typing import Any
 
 from opsdsl.errors import Diagnostic, Severity, Span
-from opsdsl.loader import Source
-from opsdsl.ops.data import DataBuilder, OpsDocument
+from opsdsl.lang.ops.data import DataBuilder, OpsDocument
+from opsdsl.lang.source import Source
 
 Path_ = tuple[str | int, ...]
 

@@ -71,7 +71,7 @@ def _indent(text: str, prefix: str) -> str:
 
 
 def _virtual(seconds: float) -> str:
-    from opsdsl.durations import format_duration
+    from opsdsl.lang.durations import format_duration
 
     return format_duration(round(seconds * 1000))
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opsdsl.errors import Diagnostic, OpsdslError, Severity
-from opsdsl.loader import display_path
+from opsdsl.lang.loader import display_path
 
 from .checks import check_case, check_case_names
 from .execute import CompiledPack, compile_pack, fresh_state, run_case
@@ -120,7 +120,7 @@ def _warm_up() -> None:
     each case's time is its own."""
     import jsonschema  # noqa: F401  (the mocks check rendered `with:` as the actions do)
 
-    import opsdsl.incident
+    import opsdsl.audit.incident
     import opsdsl.runtime.service  # noqa: F401
 
 

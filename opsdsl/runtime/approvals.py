@@ -6,7 +6,7 @@ the scheduler reads as the DAG walk it is.
 
 from __future__ import annotations
 
-from opsdsl.runtime import entries as E
+from opsdsl.audit import entries as E
 from opsdsl.runtime import store as S
 from opsdsl.runtime.gate import REQUIRE_APPROVAL
 from opsdsl.runtime.outcome import TIMEOUT_VOTER, Paused

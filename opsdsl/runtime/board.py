@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from opsdsl.runtime import entries as E
+from opsdsl.audit import entries as E
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED = "pending", "running", "succeeded", "failed", "skipped"
 AWAITING, IN_DOUBT, INTERRUPTED = "awaiting approval", "in doubt", "interrupted"

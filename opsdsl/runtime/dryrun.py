@@ -50,7 +50,7 @@ def dry_run(
     inputs: Mapping[str, str],
     secrets: Secrets,
 ) -> str:
-    from opsdsl.actions import policy_step_view
+    from opsdsl.lang.actions import policy_step_view
     from opsdsl.runtime import runner
     from opsdsl.runtime.executor import InProcessExecutor
     from opsdsl.runtime.scheduler import SCHEDULER_ACTIONS, _render_value
@@ -158,6 +158,6 @@ def dry_run(
 
 
 def _evaluate(text: str, activation: dict[str, Any]) -> Any:
-    from opsdsl.expr import compile_expr, parse
+    from opsdsl.lang.expr import compile_expr, parse
 
     return compile_expr(parse(text))(activation)

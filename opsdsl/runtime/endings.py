@@ -3,7 +3,7 @@ checkpoint, and the incident record. A mixin of `Scheduler`."""
 
 from __future__ import annotations
 
-from opsdsl.runtime import entries as E
+from opsdsl.audit import entries as E
 from opsdsl.runtime import store as S
 from opsdsl.runtime.outcome import TIMED_OUT, TIMEOUT_VOTER, Outcome
 
@@ -72,7 +72,7 @@ class RunEndings:
     def _write_incident(self) -> None:
         if not self.env.write_incidents:
             return
-        from opsdsl.incident import write_incident
+        from opsdsl.audit.incident import write_incident
 
         entries = [e.to_dict() for e in self.store.ledger.entries(run=self.run.id)]
         checkpoint = self.store.ledger.latest_checkpoint()

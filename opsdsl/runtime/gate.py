@@ -54,7 +54,7 @@ class Gate:
     """Compiled policies of one plan, ready to judge steps."""
 
     def __init__(self, policies: Sequence[Mapping[str, Any]], known_action: Callable[[str], bool]) -> None:
-        from opsdsl.expr import compile_expr, parse
+        from opsdsl.lang.expr import compile_expr, parse
 
         self._policies = [(dict(p), compile_expr(parse(p["when"]))) for p in policies]
         self._known_action = known_action

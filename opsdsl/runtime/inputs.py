@@ -41,7 +41,7 @@ def coerce(text: str, kind: str, what: str) -> Any:
                 raise ValueError
             return text.lower() == "true"
         if kind == "duration":
-            from opsdsl.durations import parse_duration
+            from opsdsl.lang.durations import parse_duration
 
             return parse_duration(text) / 1000
         if kind in ("list", "map"):
@@ -57,7 +57,7 @@ def coerce(text: str, kind: str, what: str) -> Any:
 
 def _declared_value(value: Any, kind: str) -> Any:
     if kind == "duration" and isinstance(value, str):
-        from opsdsl.durations import parse_duration
+        from opsdsl.lang.durations import parse_duration
 
         return parse_duration(value) / 1000
     return value
@@ -109,7 +109,7 @@ def restore_params(
 def resolve_inputs(
     playbook: dict[str, Any], name: str, event: dict[str, Any], params: dict[str, Any], given: Mapping[str, str]
 ) -> dict[str, Any]:
-    from opsdsl.expr import compile_expr, parse
+    from opsdsl.lang.expr import compile_expr, parse
 
     declared = playbook.get("inputs") or {}
     unknown = sorted(set(given) - set(declared))
@@ -142,7 +142,7 @@ def select_playbooks(
     plan: dict[str, Any], event: dict[str, Any] | None, playbook: str | None, params: dict[str, Any]
 ) -> list[Selection]:
     """What to run: the named playbook, else the hooks whose trigger matches the event, else the only playbook."""
-    from opsdsl.expr import compile_expr, parse
+    from opsdsl.lang.expr import compile_expr, parse
 
     playbooks = plan["playbooks"]
     if playbook is not None:

@@ -33,7 +33,7 @@ class VerifiedPlan:
 
 def policy_scope(pack: Path, policies: Sequence[Path] | None) -> list[Path]:
     """The policy packs a `--pack` runs with: those named, else those beside the pack file."""
-    from opsdsl.pipeline import looks_like_policy_pack
+    from opsdsl.build.pipeline import looks_like_policy_pack
 
     if not pack.is_file():
         raise UsageError(f"--pack {pack}: no such file")
@@ -49,7 +49,7 @@ def policy_scope(pack: Path, policies: Sequence[Path] | None) -> list[Path]:
 def dev_key(state: Path):
     """The state directory's own Ed25519 key (created on first use, mode 0600): it signs
     plans compiled by `run --pack`, ledger checkpoints and incident records."""
-    from opsdsl.signing import generate_key, load_private_key, write_private_key, write_public_key
+    from opsdsl.build.signing import generate_key, load_private_key, write_private_key, write_public_key
 
     path = state / DEV_KEY
     public = path.with_suffix(".pub")
@@ -68,7 +68,7 @@ def dev_key(state: Path):
 def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> VerifiedPlan:
     """Compile and sign `pack` with the dev key; policy packs beside it are in scope unless
     `policies` names them explicitly."""
-    from opsdsl.build import compile_paths
+    from opsdsl.build.plans import compile_paths
 
     policies = policy_scope(pack, policies)
     key = dev_key(state)
@@ -83,7 +83,7 @@ def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> 
 
 def plan_from_file(path: Path, trust_file: Path | None, environment: str, state: Path) -> VerifiedPlan:
     """Read a signed plan and verify it against the trust file (default STATE/trust.yaml)."""
-    from opsdsl.trust import load_trust
+    from opsdsl.build.trust import load_trust
 
     trust_file = trust_file or (state / "trust.yaml")
     if not trust_file.exists():
@@ -111,7 +111,7 @@ def plan_for_dry_run(
     """The plan payload a run would execute, obtained without writing anything in `state`."""
     import tempfile
 
-    from opsdsl.build import compile_paths
+    from opsdsl.build.plans import compile_paths
 
     if plan_file is not None:
         return plan_from_file(plan_file, trust, environment, state).payload
@@ -126,8 +126,8 @@ def plan_for_dry_run(
 
 
 def _verify(envelope: bytes, keys: Mapping, threshold: int, trust: str) -> VerifiedPlan:
+    from opsdsl.build.signing import PLAN_PAYLOAD_TYPE, SignatureError, parse_envelope, verify_envelope
     from opsdsl.canonical import sha256_digest
-    from opsdsl.signing import PLAN_PAYLOAD_TYPE, SignatureError, parse_envelope, verify_envelope
 
     try:
         verified = verify_envelope(parse_envelope(envelope), keys, threshold)
@@ -140,12 +140,12 @@ def _verify(envelope: bytes, keys: Mapping, threshold: int, trust: str) -> Verif
 
 
 def _keyid(key) -> str:
-    from opsdsl.signing import keyid
+    from opsdsl.build.signing import keyid
 
     return keyid(key.public_key())
 
 
 def _payload_of(envelope: bytes) -> bytes:
-    from opsdsl.signing import decode_base64, parse_envelope
+    from opsdsl.build.signing import decode_base64, parse_envelope
 
     return decode_base64(parse_envelope(envelope)["payload"])

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from opsdsl.audit import entries as E
 from opsdsl.errors import OpsdslError, UsageError
-from opsdsl.runtime import entries as E
 from opsdsl.runtime import store as S
 from opsdsl.runtime.inputs import (  # noqa: F401  (re-exported: the runtime's front door)
     Selection,

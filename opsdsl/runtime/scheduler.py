@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opsdsl.actions import policy_step_view
+from opsdsl.audit import entries as E
 from opsdsl.errors import EvalError
-from opsdsl.runtime import entries as E
+from opsdsl.lang.actions import policy_step_view
 from opsdsl.runtime import store as S
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
 from opsdsl.runtime.approvals import ApprovalSteps
@@ -544,7 +544,7 @@ class Scheduler(ApprovalSteps, RunEndings):
 
     @staticmethod
     def _evaluate(text: str, activation: dict[str, Any]) -> Any:
-        from opsdsl.expr import compile_expr, parse
+        from opsdsl.lang.expr import compile_expr, parse
 
         return compile_expr(parse(text))(activation)
 
@@ -646,7 +646,7 @@ class Scheduler(ApprovalSteps, RunEndings):
 
 
 def _render_value(value: Any, activation: dict[str, Any]) -> Any:
-    from opsdsl.expr import parse_template
+    from opsdsl.lang.expr import parse_template
 
     if isinstance(value, str):
         if "${{" not in value:
@@ -660,7 +660,7 @@ def _render_value(value: Any, activation: dict[str, Any]) -> Any:
 
 
 def _duration_seconds(value: Any) -> float:
-    from opsdsl.durations import parse_duration
+    from opsdsl.lang.durations import parse_duration
 
     if isinstance(value, (int, float)):
         return float(value)

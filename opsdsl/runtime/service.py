@@ -165,7 +165,7 @@ class Service:
         self.escalation_url = escalation_url
         self._worker: asyncio.Task | None = None
         self._dedupe = {}
-        from opsdsl.expr import compile_expr, parse
+        from opsdsl.lang.expr import compile_expr, parse
 
         for index, plan in enumerate(self.plans):
             for name, hook in (plan.payload.get("hooks") or {}).items():
@@ -352,7 +352,7 @@ class Service:
         try:
             await self.run_slots.acquire()
         except asyncio.CancelledError:  # shut down before it could start: resumable, and said so
-            from opsdsl.runtime import entries as E
+            from opsdsl.audit import entries as E
 
             with self.store.transaction():
                 self.store.ledger.append(E.RUN_INTERRUPTED, run.id, {"running": []}, ts=self.clock())

@@ -174,7 +174,7 @@ class Store:
         throwaway state directory, never for a real one. `create=False` (commands that only
         read or steer existing runs) refuses a state directory that does not exist yet, so a
         mistyped `--state-dir` is an error rather than a new empty state."""
-        from opsdsl.ledger import Ledger, LedgerError, open_database
+        from opsdsl.audit.ledger import Ledger, LedgerError, open_database
 
         self.root = root
         database = root / DB_NAME

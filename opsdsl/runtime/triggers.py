@@ -106,7 +106,7 @@ class TriggerEngine:
     """The triggers of one or more plans, with their window state."""
 
     def __init__(self, plans: Iterable[Mapping[str, Any]], params: Iterable[Mapping[str, Any]] | None = None) -> None:
-        from opsdsl.expr import compile_expr, parse
+        from opsdsl.lang.expr import compile_expr, parse
 
         self.plans = list(plans)
         self.params = list(params) if params is not None else [{} for _ in self.plans]
@@ -244,7 +244,7 @@ class TriggerEngine:
 
 def _required_name(node: Any) -> str | None:
     """X when the expression is a conjunction with `event.name == "X"` (either way round) in it."""
-    from opsdsl.expr.nodes import Binary, Ident, Literal, Select
+    from opsdsl.lang.expr.nodes import Binary, Ident, Literal, Select
 
     if isinstance(node, Binary) and node.op == "&&":
         return _required_name(node.left) or _required_name(node.right)
@@ -270,6 +270,6 @@ def _dump(trigger: _Trigger) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    from opsdsl.durations import format_duration
+    from opsdsl.lang.durations import format_duration
 
     return format_duration(round((value or 0) * 1000))

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from opsdsl.runtime import entries as E
+from opsdsl.audit import entries as E
 from opsdsl.runtime.board import (
     AWAITING,
     DECIDED_FAILED,

@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint
 from typing import Any
 
-from opsdsl.actions import BUILTIN_ACTIONS
-from opsdsl.plugins import PLUGIN_GROUP, _discover_plugins, _origin, reset_plugin_cache
+from opsdsl.lang.actions import BUILTIN_ACTIONS
+from opsdsl.lang.plugins import PLUGIN_GROUP, _discover_plugins, _origin, reset_plugin_cache
 from opsdsl.runtime.actions.base import Action, ActionContext, ActionFailed, ActionRequest
 
 __all__ = [

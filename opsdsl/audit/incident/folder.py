@@ -1,0 +1,122 @@
+"""Writing an incident folder: record.json and rca.md, then the signed manifest.json last."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from opsdsl.audit import entries as kinds
+from opsdsl.audit.incident._common import (
+    EVIDENCE_DIR,
+    MANIFEST_FILE,
+    MANIFEST_PAYLOAD_TYPE,
+    RCA_FILE,
+    RECORD_FILE,
+    RECORD_PAYLOAD_TYPE,
+    IncidentError,
+    _describe_mode,
+    _file_digest,
+    _walk_files,
+)
+from opsdsl.audit.incident.rca import (
+    DEFAULT_SECTIONS,
+    RCA_SECTIONS,
+    rca_settings,
+    render_rca,
+)
+from opsdsl.audit.incident.record import (
+    _first,
+    build_record,
+    run_entries,
+)
+from opsdsl.build.signing import encode_base64, keyid, pae
+from opsdsl.canonical import canonical_json
+from opsdsl.files import write_atomic, write_atomic_bytes
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def incident_folder(root: Path, entries: Iterable[dict]) -> Path:
+    """`root/{year of the run's creation, UTC}/{incident_id}`; an unsafe incident id is refused."""
+    run = run_entries(entries)
+    created = _first(run, kinds.RUN_CREATED)
+    incident_id = created["data"].get("incident_id") or created["run"]
+    if not isinstance(incident_id, str) or not _SAFE_ID.fullmatch(incident_id):
+        raise IncidentError(f"incident id {incident_id!r} cannot be a folder name (letters, digits, '.', '_', '-')")
+    year = datetime.fromtimestamp(float(created["ts"]), UTC).year
+    return Path(root) / f"{year:04d}" / incident_id
+
+
+def write_incident(
+    root: Path,
+    entries: list[dict],
+    *,
+    checkpoint: dict | None,
+    signer: Ed25519PrivateKey,
+    rca: dict | None = None,
+) -> Path:
+    """Write (or rewrite) a run's incident folder: record.json, rca.md, then manifest.json last.
+
+    `rca` ({title, summary, include}) overrides what the run's report.rca step asked for.
+    Unknown section names are dropped rather than failing: the record matters more than
+    its layout. Each file is replaced atomically; a reader between two files sees an old
+    manifest that no longer matches, which verification reports.
+    """
+    run = run_entries(entries)
+    folder = incident_folder(root, run)
+    if folder.is_symlink():
+        raise IncidentError(f"{folder} is a symlink; an incident folder must be a real directory")
+    folder.mkdir(parents=True, exist_ok=True)
+    _regular_files(folder)  # refuse links before writing anything, not halfway
+    record = build_record(run, checkpoint=checkpoint, evidence_dir=folder / EVIDENCE_DIR)
+    settings = rca_settings(run) | (rca or {})
+    sections = settings.get("include", settings.get("sections"))  # the pack schema says `include`
+    if not isinstance(sections, list | tuple):
+        sections = DEFAULT_SECTIONS
+    sections = [name for name in sections if name in RCA_SECTIONS]
+    title, summary = settings.get("title"), settings.get("summary")
+    markdown = render_rca(
+        run,
+        record,
+        title=title if isinstance(title, str) else None,
+        summary=summary if isinstance(summary, str) else None,
+        include=sections,
+    )
+    write_atomic_bytes(folder / RECORD_FILE, signed_file_bytes(RECORD_PAYLOAD_TYPE, "record", record, [signer]))
+    write_atomic(folder / RCA_FILE, markdown)
+    manifest = {"files": digest_folder(folder)}
+    write_atomic_bytes(folder / MANIFEST_FILE, signed_file_bytes(MANIFEST_PAYLOAD_TYPE, "manifest", manifest, [signer]))
+    return folder
+
+
+def signed_file_bytes(payload_type: str, field: str, body: dict, signers: Sequence[Ed25519PrivateKey]) -> bytes:
+    """`{payloadType, <field>: body, signatures}` as indented JSON; each sig over PAE(type, RFC 8785 body)."""
+    signed = pae(payload_type, canonical_json(body))
+    signatures = sorted(
+        ({"keyid": keyid(key.public_key()), "sig": encode_base64(key.sign(signed))} for key in signers),
+        key=lambda item: item["keyid"],
+    )
+    document = {"payloadType": payload_type, field: body, "signatures": signatures}
+    return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def digest_folder(folder: Path) -> dict[str, str]:
+    """`{relative/path: "sha256:HEX"}` of every file but manifest.json, sorted; links are refused."""
+    return {relpath: _file_digest(full) for relpath, full in _regular_files(folder) if relpath != MANIFEST_FILE}
+
+
+def _regular_files(folder: Path) -> list[tuple[str, Path]]:
+    """Every file below `folder`, sorted; IncidentError at the first symlink or special file."""
+    found = []
+    for relpath, full in _walk_files(folder):
+        mode = full.lstat().st_mode
+        if not stat.S_ISREG(mode):
+            raise IncidentError(f"{full} is {_describe_mode(mode)}; an incident folder holds regular files only")
+        found.append((relpath, full))
+    return sorted(found)

@@ -1,0 +1,250 @@
+"""Verifying an incident folder: signatures, the manifest, and that the record belongs there."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from opsdsl.audit.incident._common import (
+    _MAX_SIGNED_FILE,
+    MANIFEST_FILE,
+    MANIFEST_PAYLOAD_TYPE,
+    RCA_FILE,
+    RECORD_FILE,
+    RECORD_PAYLOAD_TYPE,
+    IncidentError,
+    IncidentFileError,
+    _describe_mode,
+    _file_digest,
+    _walk_files,
+)
+from opsdsl.build.signing import decode_base64, pae
+from opsdsl.canonical import canonical_json
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What checking an incident folder or archive found; `problems` empty means intact and trusted."""
+
+    source: str
+    incident_id: str | None
+    run: str | None
+    signers: tuple[str, ...]
+    files: tuple[str, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_for_problems(self) -> None:
+        """IncidentError (exit 1) listing every problem, if there are any."""
+        if self.problems:
+            listed = "\n".join(f"  - {problem}" for problem in self.problems)
+            raise IncidentError(f"{self.source}: incident pack failed verification:\n{listed}")
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One file of a folder or archive, as verification sees it."""
+
+    kind: str  # "file", or what else it is ("a symlink", ...)
+    digest: str | None
+    data: bytes | None  # kept for record.json and manifest.json only
+
+
+def verify_folder(folder: Path, trusted: Mapping[str, Ed25519PublicKey]) -> list[str]:
+    """Problems found in an incident folder (empty: intact, signed by a trusted key)."""
+    return list(verify_folder_report(folder, trusted).problems)
+
+
+def verify_folder_report(folder: Path, trusted: Mapping[str, Ed25519PublicKey]) -> VerifyReport:
+    """verify_folder's findings with who signed; IncidentFileError (exit 2) if `folder` is not a folder."""
+    folder = Path(folder)
+    _check_trust(trusted)
+    if folder.is_symlink():
+        raise IncidentFileError(f"{folder} is a symlink; give the incident folder itself")
+    if not folder.is_dir():
+        raise IncidentFileError(
+            f"{folder}: no such incident folder" if not folder.exists() else f"{folder} is not a directory"
+        )
+    tree: dict[str, _Member] = {}
+    for relpath, full in _walk_files(folder):
+        try:
+            mode = full.lstat().st_mode
+            if not stat.S_ISREG(mode):
+                tree[relpath] = _Member(_describe_mode(mode), None, None)
+                continue
+            keep = relpath in (RECORD_FILE, MANIFEST_FILE) and full.stat().st_size <= _MAX_SIGNED_FILE
+            tree[relpath] = _Member("file", _file_digest(full), full.read_bytes() if keep else None)
+        except OSError as exc:
+            tree[relpath] = _Member(f"unreadable ({exc.strerror or exc})", None, None)
+    return _verify_tree(tree, folder.name, trusted, str(folder))
+
+
+def _check_trust(trusted: Mapping[str, Ed25519PublicKey]) -> None:
+    if not trusted:
+        raise ValueError("no trusted keys: an empty trust set verifies nothing")
+
+
+def _verify_tree(
+    tree: Mapping[str, _Member], name: str, trusted: Mapping[str, Ed25519PublicKey], source: str
+) -> VerifyReport:
+    problems: list[str] = []
+    # 1. record.json and manifest.json: present, well-formed, the right payload type, and
+    #    signed by at least one trusted key (a bad signature by a trusted key is reported
+    #    even when another one verifies).
+    record, record_signers = _open_signed(tree, RECORD_FILE, RECORD_PAYLOAD_TYPE, "record", trusted, problems)
+    manifest, manifest_signers = _open_signed(tree, MANIFEST_FILE, MANIFEST_PAYLOAD_TYPE, "manifest", trusted, problems)
+    # 2. No symlinks, devices or unreadable files anywhere in the folder.
+    for relpath, member in sorted(tree.items()):
+        if member.kind != "file":
+            problems.append(f"{relpath}: {member.kind}; an incident folder holds regular files only")
+    listed: dict[str, str] = {}
+    if manifest is not None:
+        # 3. The manifest lists safe relative paths with sha256 digests, record.json and rca.md among them.
+        files = manifest.get("files")
+        if not isinstance(files, dict):
+            problems.append(f"{MANIFEST_FILE}: `files` must map paths to digests")
+            files = {}
+        for path, digest in files.items():
+            if not _safe_relpath(path) or path == MANIFEST_FILE:
+                problems.append(f"{MANIFEST_FILE}: lists an unsafe or impossible path {path!r}")
+            elif not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+                problems.append(f"{MANIFEST_FILE}: {path}: digest must be sha256:<64 hex digits>")
+            else:
+                listed[path] = digest
+        for required in (RECORD_FILE, RCA_FILE):
+            if required not in files:
+                problems.append(f"{MANIFEST_FILE}: does not cover {required}")
+        # 4. Every listed file is present with the listed digest.
+        for path, digest in sorted(listed.items()):
+            member = tree.get(path)
+            if member is None:
+                problems.append(f"{path}: listed in the manifest but missing")
+            elif member.kind == "file" and member.digest != digest:
+                problems.append(
+                    f"{path}: content changed since the manifest was signed ({member.digest}, signed {digest})"
+                )
+        # 5. Nothing else: every file but manifest.json is listed.
+        for path in sorted(set(tree) - set(files) - {MANIFEST_FILE}):
+            problems.append(f"{path}: not in the manifest (added after signing)")
+    if record is not None:
+        # 6. The record belongs here: the folder is named after its incident, and the evidence
+        #    the ledger recorded is in the manifest with the digest the ledger recorded.
+        incident_id = record.get("incident_id")
+        if incident_id != name:
+            problems.append(f"{RECORD_FILE}: the record is of incident {incident_id!r} but the folder is {name!r}")
+        evidence = record.get("evidence") if manifest is not None else None
+        for item in evidence if isinstance(evidence, list) else []:
+            if (
+                isinstance(item, dict)
+                and item.get("status") == "ok"
+                and listed.get(item.get("path")) != item.get("sha256")
+            ):
+                problems.append(
+                    f"{item.get('path')}: the ledger recorded {item.get('sha256')}, the manifest does not agree"
+                )
+    return VerifyReport(
+        source=source,
+        incident_id=record.get("incident_id") if record else None,
+        run=record.get("run") if record else None,
+        signers=tuple(sorted(set(record_signers) | set(manifest_signers))),
+        files=tuple(sorted(tree)),
+        problems=tuple(problems),
+    )
+
+
+def _safe_relpath(path: object) -> bool:
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\0" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def _open_signed(
+    tree: Mapping[str, _Member],
+    relpath: str,
+    payload_type: str,
+    field: str,
+    trusted: Mapping[str, Ed25519PublicKey],
+    problems: list[str],
+) -> tuple[dict | None, list[str]]:
+    """The signed body of `relpath` and the trusted keyids that signed it; problems appended."""
+    member = tree.get(relpath)
+    if member is None:
+        problems.append(f"{relpath}: missing")
+        return None, []
+    if member.kind != "file":
+        return None, []  # reported with the other non-files
+    if member.data is None:
+        problems.append(f"{relpath}: larger than {_MAX_SIGNED_FILE // (1024 * 1024)} MiB")
+        return None, []
+    try:
+        document = json.loads(member.data, object_pairs_hook=_refuse_duplicate_keys)
+    except (ValueError, RecursionError) as exc:
+        problems.append(f"{relpath}: not valid JSON ({exc})")
+        return None, []
+    expected = {"payloadType", field, "signatures"}
+    if not isinstance(document, dict) or set(document) != expected:
+        problems.append(f"{relpath}: expected exactly the fields {', '.join(sorted(expected))}")
+        return None, []
+    if document["payloadType"] != payload_type:
+        problems.append(f"{relpath}: payload type {document['payloadType']!r}, expected {payload_type!r}")
+        return None, []
+    body, signatures = document[field], document["signatures"]
+    if not isinstance(body, dict) or not isinstance(signatures, list):
+        problems.append(f"{relpath}: `{field}` must be an object and `signatures` a list")
+        return None, []
+    try:
+        signed = pae(payload_type, canonical_json(body))
+    except Exception as exc:  # rfc8785 refuses what JSON allows (huge integers): not our record
+        problems.append(f"{relpath}: cannot be canonicalised ({exc})")
+        return None, []
+    good: list[str] = []
+    untrusted: list[str] = []
+    bad = False
+    for entry in signatures:
+        kid = entry.get("keyid") if isinstance(entry, dict) else None
+        sig = entry.get("sig") if isinstance(entry, dict) else None
+        if not isinstance(kid, str) or not isinstance(sig, str):
+            problems.append(f"{relpath}: a signature needs string `keyid` and `sig`")
+            continue
+        key = trusted.get(kid)
+        if key is None:
+            untrusted.append(kid)
+        elif _signature_verifies(key, sig, signed):
+            good.append(kid)
+        else:
+            bad = True
+            problems.append(f"{relpath}: bad signature by trusted key {kid} (the content changed after signing)")
+    if not good and not bad:
+        if untrusted:
+            problems.append(f"{relpath}: signed only by untrusted key(s) {', '.join(sorted(set(untrusted)))}")
+        else:
+            problems.append(f"{relpath}: not signed")
+    return body, sorted(set(good))
+
+
+def _signature_verifies(key: Ed25519PublicKey, sig: str, signed: bytes) -> bool:
+    try:
+        key.verify(decode_base64(sig), signed)
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+    return result

@@ -1,0 +1,263 @@
+"""`opsdsl fire`, `opsdsl watch` and `opsdsl serve`: events in, runs out.
+
+All three feed the same engine (`opsdsl.runtime.service`): events are persisted in the
+state database before they count as accepted, triggers and hooks decide, and the runs
+they start are the same durable runs as `opsdsl run` (ledger, evidence, `resume`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from opsdsl.errors import UsageError
+
+_STATE_HELP = "State directory (default: $OPSDSL_HOME, else ./.opsdsl)."
+_EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _pack_options(function):
+    options = [
+        click.option(
+            "--pack", "packs", multiple=True, type=_EXISTING, help="A pack (repeatable); signed with the dev key."
+        ),
+        click.option(
+            "--plan", "plans", multiple=True, type=_EXISTING, help="A signed plan (repeatable); needs a trust file."
+        ),
+        click.option(
+            "--policies",
+            type=_EXISTING,
+            multiple=True,
+            help="Policy packs in scope with --pack (default: those beside it).",
+        ),
+        click.option("--trust", type=_EXISTING, help="Trust file for --plan (default: STATE_DIR/trust.yaml)."),
+        click.option(
+            "--env", "environment", default="default", show_default=True, help="Trust environment for --plan."
+        ),
+        click.option(
+            "--secret",
+            "secret_refs",
+            multiple=True,
+            metavar="NAME=env:VAR|file:PATH",
+            help="Where a secret's value is.",
+        ),
+        click.option(
+            "--escalation-url", help="POST a JSON notice here when a hook's run fails and the hook has `escalate:`."
+        ),
+        click.option(
+            "--max-runs", type=click.IntRange(min=1), default=64, show_default=True, help="Runs executing at once."
+        ),
+        click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help=_STATE_HELP),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def build_service(
+    packs, plans, policies, trust, environment, secret_refs, escalation_url, max_runs, state_dir, **extra
+):
+    from opsdsl.runtime.secrets import Secrets, parse_references
+    from opsdsl.runtime.service import Service, load_plans
+    from opsdsl.runtime.store import state_dir as resolve_state
+
+    if not packs and not plans:
+        raise UsageError("give at least one --pack FILE or --plan SIGNED_PLAN")
+    state = resolve_state(state_dir)
+    loaded = load_plans(list(packs), list(plans), list(policies) if policies else None, trust, environment, state)
+    secrets = Secrets(state, parse_references(secret_refs))
+    return Service(state, loaded, secrets=secrets, max_runs=max_runs, escalation_url=escalation_url, **extra)
+
+
+def _outcomes(service, run_ids: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for run_id in run_ids:
+        run = service.store.run(run_id)
+        rows.append({"run": run.id, "playbook": run.playbook, "hook": run.hook, "status": run.status})
+    return rows
+
+
+def _exit_for(statuses: list[str]) -> int:
+    if any(s == "failed" for s in statuses):
+        return 1
+    if any(s in ("paused", "interrupted") for s in statuses):
+        return 4
+    return 0
+
+
+@click.command()
+@click.argument("event_source", metavar="EVENT.json|-")
+@_pack_options
+@click.pass_context
+def fire(ctx: click.Context, event_source: str, **options) -> None:
+    """Send one event (a JSON object, a list of them, or an Alertmanager webhook body) through
+    the packs' triggers and hooks, and run what they start. Prints the runs as JSON.
+
+    Exit 0 when every run succeeded (or none started), 1 when one failed, 4 when one paused.
+    """
+    from opsdsl.runtime.service import events_from_payload, unrecordable
+
+    try:
+        text = sys.stdin.read() if event_source == "-" else Path(event_source).read_text(encoding="utf-8")
+        events = events_from_payload(json.loads(text))
+        for event in events:
+            problem = unrecordable(event)
+            if problem is not None:
+                raise ValueError(problem)
+    except OSError as error:
+        raise UsageError(f"{event_source}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{event_source}: not JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except ValueError as error:
+        raise UsageError(f"{event_source}: {error}") from None
+    service = build_service(**options)
+
+    async def main() -> list[str]:
+        await service.start()
+        ids = service.accept(events, "fire")
+        await service.queue.join()
+        started = [r.id for r in reversed(service.store.runs()) if r.event_id in ids and not r.parent_run]
+        await service.drain()
+        return started
+
+    try:
+        from opsdsl.runtime.runner import run_until_done
+
+        started = run_until_done(main)
+        rows = _outcomes(service, started)
+    finally:
+        service.close()
+    click.echo(json.dumps({"events": len(events), "runs": rows}, indent=2, sort_keys=True))
+    ctx.exit(_exit_for([r["status"] for r in rows]))
+
+
+@click.command()
+@_pack_options
+@click.pass_context
+def watch(ctx: click.Context, **options) -> None:
+    """Read events as JSON lines on stdin until it closes; each line goes through the triggers
+    and hooks as it arrives. Bad lines are reported on stderr and skipped. Runs are listed
+    as JSON lines on stdout as they finish."""
+    from opsdsl.runtime.service import events_from_payload
+
+    service = build_service(**options)
+
+    async def main() -> list[str]:
+        await service.start()
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        number = 0
+        accepted: set[int] = set()
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                accepted.update(service.accept(events_from_payload(json.loads(line)), "watch"))
+            except (json.JSONDecodeError, ValueError) as error:  # ValueError: shape, or unrecordable
+                click.echo(f"opsdsl watch: stdin line {number}: skipped: {error}", err=True)
+                continue
+        await service.queue.join()
+        await service.drain()
+        return [r.id for r in reversed(service.store.runs()) if r.event_id in accepted and not r.parent_run]
+
+    try:
+        from opsdsl.runtime.runner import run_until_done
+
+        started = run_until_done(main)
+        rows = _outcomes(service, started)
+    finally:
+        service.close()
+    for row in rows:
+        click.echo(json.dumps(row, sort_keys=True))
+    ctx.exit(_exit_for([r["status"] for r in rows]))
+
+
+@click.command()
+@_pack_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8095, show_default=True, help="0 picks a free port.")
+@click.option("--token-file", type=_EXISTING, help="File holding the bearer token (default: $OPSDSL_TOKEN).")
+@click.option("--hmac-secret-file", type=_EXISTING, help="File holding the secret of X-Opsdsl-Signature.")
+@click.option("--insecure-no-auth", is_flag=True, help="Serve without any authentication (trusted networks only).")
+@click.option("--metrics-no-auth", is_flag=True, help="Serve /metrics without authentication.")
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1),
+    default=1 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest request body.",
+)
+@click.option(
+    "--queue-size",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Events waiting (queued, or as runs waiting for a run slot) before requests get 429.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM, how long queued events and runs may take to finish.",
+)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    token_file: Path | None,
+    hmac_secret_file: Path | None,
+    insecure_no_auth: bool,
+    metrics_no_auth: bool,
+    max_body: int,
+    queue_size: int,
+    drain_timeout: float,
+    **options,
+) -> None:
+    """Receive events over HTTP: Alertmanager webhooks on POST /v1/alertmanager, JSON events on
+    POST /v1/events; GET /healthz and /metrics. A 202 means the events are in the state database.
+
+    Authenticate with a bearer token ($OPSDSL_TOKEN or --token-file) or an HMAC signature
+    (--hmac-secret-file). SIGTERM or Ctrl-C drains and exits 0; see docs/serve.md.
+    """
+    import os
+
+    from opsdsl.serve import intake as server
+
+    token, secret = server.read_credentials(token_file, hmac_secret_file, dict(os.environ), insecure_no_auth)
+    settings = server.ServeOptions(
+        host=host,
+        port=port,
+        token=token,
+        hmac_secret=secret,
+        max_body=max_body,
+        queue_size=queue_size,
+        max_runs=options["max_runs"],
+        drain_timeout=drain_timeout,
+        metrics_no_auth=metrics_no_auth,
+        insecure_no_auth=insecure_no_auth,
+    )
+    server.configure_logging()
+    service = build_service(**options, queue_size=queue_size)
+    try:
+        import asyncio
+
+        code = asyncio.run(server.serve(service, settings))
+    finally:
+        service.close()
+    ctx.exit(code)
+
+
+COMMANDS = (fire, watch, serve)

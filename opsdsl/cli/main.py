@@ -1,0 +1,371 @@
+"""The command line: thin wrappers over the modules, with errors handled in one place.
+
+Exit codes: 0 success, 1 findings or a refused input, 2 usage error, 3 internal error.
+Heavy modules are imported inside the commands that need them, to keep start-up fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from opsdsl import __version__
+from opsdsl.errors import OpsdslError
+from opsdsl.files import write_atomic
+
+INTERNAL_ERROR = 3
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="opsdsl", message="%(prog)s %(version)s")
+def cli() -> None:
+    """opsdsl: lint, compile and run incident-response packs."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "sarif", "github"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report to FILE (atomically) instead of stdout.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Configuration file (default: nearest .opsdsl.toml or pyproject.toml [tool.opsdsl]).",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["error", "warning"]),
+    help="Lowest severity that makes the exit code 1 (default from config: warning).",
+)
+@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Worker processes (default: one per CPU).")
+def lint(
+    paths: tuple[Path, ...],
+    fmt: str,
+    output: Path | None,
+    config_path: Path | None,
+    fail_on: str | None,
+    jobs: int | None,
+) -> None:
+    """Check packs: YAML, schema, references, expressions and review rules.
+
+    Exit 0 when clean, 1 when there are findings, 2 on a usage error.
+    """
+    from opsdsl.errors import Severity
+    from opsdsl.lang.config import find_config, load_config
+    from opsdsl.lint.engine import lint_paths
+    from opsdsl.lint.render import render
+
+    config = load_config(config_path or find_config(Path.cwd()))
+    result = lint_paths(list(paths), config, jobs=jobs)
+    text = render(result, fmt)
+    if output is not None:
+        write_atomic(output, text)
+        if fmt != "text":
+            from opsdsl.lint.render import summary
+
+            click.echo(summary(result), err=True)
+    else:
+        click.echo(text, nl=False)
+    threshold = Severity(fail_on) if fail_on else config.fail_on
+    sys.exit(1 if result.failed(threshold) else 0)
+
+
+@cli.command("compile")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("build"),
+    show_default=True,
+    help="Folder for the signed plans and the build manifest.",
+)
+@click.option(
+    "--key",
+    "key_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Private key to sign with (repeatable).",
+)
+@click.option("--passphrase-env", metavar="VAR", help="Environment variable holding the private keys' passphrase.")
+@click.option(
+    "--emit", type=click.Choice(["model", "plan"]), help="Print one stage's output as JSON instead of writing plans."
+)
+@click.option("--rebuild", is_flag=True, help="Compile every pack again, ignoring the prior output.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Worker processes (default: one per CPU).")
+def compile_command(
+    paths: tuple[Path, ...],
+    out_dir: Path,
+    key_files: tuple[Path, ...],
+    passphrase_env: str | None,
+    emit: str | None,
+    rebuild: bool,
+    jobs: int | None,
+) -> None:
+    """Check packs and compile each into a signed plan (a DSSE envelope) in OUT.
+
+    A second compile of an unchanged tree reuses the plans already there.
+    """
+    if emit:
+        from opsdsl.build.emit import emit_stage
+
+        click.echo(emit_stage(list(paths), emit), nl=False)
+        return
+    from opsdsl.build.plans import compile_paths
+    from opsdsl.build.signing import load_private_key
+    from opsdsl.cli.signing import _passphrase
+    from opsdsl.lang.config import find_config, load_config
+
+    passphrase = _passphrase(passphrase_env)
+    keys = [load_private_key(path, passphrase) for path in key_files]
+    config = load_config(find_config(Path.cwd()))
+    result = compile_paths(list(paths), out_dir, keys, jobs=jobs, rebuild=rebuild, exclude=config.exclude)
+    for diagnostic in result.diagnostics:
+        click.echo(diagnostic.render() + "\n", err=True)
+    if result.failed:
+        click.echo("build failed: no plan was written", err=True)
+        sys.exit(1)
+    words = {"compiled": "compiled", "unchanged": "unchanged, kept", "reused": "unchanged, reused"}
+    counts: dict[str, int] = {}
+    for pack in sorted(result.packs, key=lambda p: p.source):
+        if pack.entry is None or pack.status not in words:
+            continue
+        counts[pack.status] = counts.get(pack.status, 0) + 1
+        signers = len(pack.entry.get("keyids", ()))
+        signed = f"signed by {signers} key{'s' if signers != 1 else ''}" if signers else "UNSIGNED"
+        click.echo(
+            f"{words[pack.status]:<16} {pack.name} → {out_dir / pack.plan_file} ({pack.entry['payloadDigest'][:19]}…, {signed})"
+        )
+    for policy_pack in result.policy_packs:
+        click.echo(
+            f"{'in scope':<16} {policy_pack['name']} {policy_pack['version']} ({policy_pack['modelDigest'][:19]}…, policy pack)"
+        )
+    parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+    if result.policy_packs:
+        n = len(result.policy_packs)
+        parts.append(f"{n} policy pack{'s' if n != 1 else ''} in scope")
+    total = sum(counts.values()) + len(result.policy_packs)
+    click.echo(f"{total} pack{'s' if total != 1 else ''}: {', '.join(parts)}")
+    if not keys:
+        click.echo(
+            "warning: plans are unsigned; `opsdsl run` refuses them until signed (--key, or `opsdsl sign`)", err=True
+        )
+
+
+@cli.command()
+@click.argument("pack_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--playbook", help="Draw only this playbook (default: all).")
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True)
+@click.option(
+    "--policy-pack",
+    "policy_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Organisation policy pack whose approval policies to show (repeatable).",
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout."
+)
+def graph(pack_file: Path, playbook: str | None, fmt: str, policy_files: tuple[Path, ...], output: Path | None) -> None:
+    """Draw a pack's playbook DAG: risk, approval gates and compensations visible."""
+    from opsdsl.build.drawing import draw
+    from opsdsl.build.pipeline import analyse_file
+    from opsdsl.errors import OpsdslError
+
+    policies: list = []
+    for path in policy_files:
+        analysis = analyse_file(path)
+        if not analysis.ok or analysis.model is None or analysis.model.kind != "PolicyPack":
+            raise OpsdslError(
+                f"{path} is not a valid policy pack; run `opsdsl lint {path}`", tuple(analysis.diagnostics)
+            )
+        policies.extend(analysis.model.policies)
+    analysis = analyse_file(pack_file, tuple(policies))
+    if not analysis.ok or analysis.model is None:
+        raise OpsdslError(
+            f"{pack_file} has errors; run `opsdsl lint {pack_file}`",
+            tuple(d for d in analysis.diagnostics if d.severity.value == "error"),
+        )
+    if analysis.model.kind != "Pack":
+        raise click.UsageError(f"{pack_file} is a policy pack; it has no playbooks to draw")
+    text = draw(analysis.model, playbook, fmt, (*analysis.model.policies, *policies))
+    if output is not None:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command("lock")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--lock",
+    "lock_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("opsdsl.lock"),
+    show_default=True,
+    help="The lock file.",
+)
+@click.option(
+    "--restore",
+    metavar="NAME",
+    help="Write the locked revision of policy pack NAME back to its source file (a rollback).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --restore: write here instead of the recorded source path.",
+)
+def lock_command(paths: tuple[Path, ...], lock_file: Path, restore: str | None, output: Path | None) -> None:
+    """Pin each pack's name, version and digest in opsdsl.lock."""
+    from opsdsl.build import lockfile
+
+    if restore:
+        text, source = lockfile.restore_policy_pack(lockfile.read_lock(lock_file), restore)
+        target = output or Path(source)
+        write_atomic(target, text)
+        click.echo(f"restored policy pack `{restore}` from {lock_file} to {target}")
+        return
+    if not paths:
+        raise click.UsageError("name the packs to lock, e.g. `opsdsl lock packs/`")
+    current = lockfile.analyse_current(list(paths))
+    write_atomic(lock_file, lockfile.lock_text(lockfile.lock_document(current)))
+    click.echo(f"locked {len(current)} pack{'s' if len(current) != 1 else ''} in {lock_file}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--lock",
+    "lock_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("opsdsl.lock"),
+    show_default=True,
+    help="The lock file.",
+)
+@click.option(
+    "--build",
+    "build_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also check the plans in this folder (default: build/ if it exists).",
+)
+@click.option("--no-build", is_flag=True, help="Do not check plans.")
+def drift(paths: tuple[Path, ...], lock_file: Path, build_dir: Path | None, no_build: bool) -> None:
+    """List packs that changed since the lock, and plans that no longer match their source.
+
+    Exit 0 when nothing drifted, 1 when something did.
+    """
+    from opsdsl.build import lockfile
+
+    if build_dir is None and not no_build and Path("build").is_dir():
+        build_dir = Path("build")
+    findings = lockfile.drift(
+        lockfile.analyse_current(list(paths)), lockfile.read_lock(lock_file), None if no_build else build_dir
+    )
+    click.echo(lockfile.render(findings), nl=False)
+    sys.exit(1 if findings else 0)
+
+
+@cli.command()
+@click.option(
+    "--kind",
+    type=click.Choice(["pack", "test"]),
+    default="pack",
+    show_default=True,
+    help="Which schema: packs, or pack tests (*.test.yaml).",
+)
+def schema(kind: str) -> None:
+    """Print the JSON Schema (draft 2020-12) of packs or of pack tests, for editors and other tools."""
+    from opsdsl.resources import read_text
+
+    click.echo(read_text(f"schemas/{kind}.schema.json"), nl=False)
+
+
+@cli.command()
+@click.argument("code", required=False)
+def rules(code: str | None) -> None:
+    """List the lint rules, or show one rule's summary."""
+    from opsdsl.lang.rules import RULES
+
+    if code:
+        found = RULES.get(code.upper())
+        if found is None:
+            raise click.UsageError(f"unknown rule {code!r}")
+        click.echo(f"{found.code} {found.name} ({found.severity.value})\n{found.summary}\nDocs: {found.doc_path}")
+        return
+    for item in RULES.values():
+        click.echo(f"{item.code}  {item.severity.value:<7}  {item.name:<28} {item.summary}")
+
+
+def _register_signing_commands() -> None:
+    from opsdsl.cli.signing import keygen, sign, verify
+
+    for command in (keygen, sign, verify):
+        cli.add_command(command)
+
+
+def _register_more_commands() -> None:
+    from opsdsl.cli.fmt import fmt
+
+    cli.add_command(fmt)
+    from opsdsl.cli import events as cli_events
+    from opsdsl.cli import run as cli_run
+    from opsdsl.cli import test as cli_test
+
+    for command in (*cli_run.COMMANDS, *cli_events.COMMANDS, *cli_test.COMMANDS):
+        cli.add_command(command)
+
+
+_register_signing_commands()
+_register_more_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every error into a message and an exit code."""
+    # opsdsl uses no pydantic plugins; without this, building the first model scans the
+    # metadata of every installed distribution for them, on every command.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    try:
+        code = cli.main(args=argv, prog_name="opsdsl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        code = 130
+    except OpsdslError as exc:
+        click.echo(f"opsdsl: error: {exc.message}", err=True)
+        for diagnostic in exc.diagnostics:
+            click.echo(diagnostic.render(), err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    except Exception as exc:
+        click.echo(f"opsdsl: internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("This is a bug in opsdsl; set OPSDSL_DEBUG=1 for the traceback and please report it.", err=True)
+        if os.environ.get("OPSDSL_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        code = INTERNAL_ERROR
+    sys.exit(code or 0)

@@ -1,0 +1,437 @@
+"""`opsdsl run`, `resume`, `approve`, `decide`, `ack`, `runs`, `ledger`, `incident`, `report`.
+
+Thin wrappers over `opsdsl.runtime`, `opsdsl.audit.ledger`, `opsdsl.audit.incident` and
+`opsdsl.audit.metrics`. Exit codes of `run` and `resume`: 0 succeeded, 1 failed (after
+compensation or a policy denial), 4 paused for an approval or a decision, 5 refused
+(a pack with errors, a bad signature, an untrusted plan, a missing param or input),
+130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from opsdsl.errors import UsageError
+
+_STATE_HELP = "State directory (default: $OPSDSL_HOME, else ./.opsdsl)."
+_FILE = click.Path(dir_okay=False, path_type=Path)
+_EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _state_option(function):
+    return click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help=_STATE_HELP)(function)
+
+
+def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise UsageError(f"{flag} {value!r}: write NAME=VALUE")
+        out[name] = text
+    return out
+
+
+def _read_event(source: str | None) -> dict[str, Any] | None:
+    if source is None:
+        return None
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"--event {source}: {error.strerror}") from None
+    try:
+        event = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(
+            f"--event {source}: not JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+    if not isinstance(event, dict):
+        raise UsageError(f"--event {source}: an event is a JSON object, not {type(event).__name__}")
+    return event
+
+
+def _view(log_format: str):
+    from opsdsl.runtime.view import make_view
+
+    if log_format == "auto":  # a person watching gets the live table; a pipe gets JSON lines on stdout
+        log_format = "rich" if sys.stderr.isatty() else "json"
+    return make_view(log_format, sys.stderr if log_format == "rich" else sys.stdout)
+
+
+@click.command()
+@click.option("--pack", "pack", type=_FILE, help="A pack to compile, sign with the dev key, and run.")
+@click.option("--plan", "plan_file", type=_FILE, help="A signed plan (DSSE envelope) to verify and run.")
+@click.option(
+    "--policies", type=_EXISTING, multiple=True, help="Policy packs in scope with --pack (default: those beside it)."
+)
+@click.option("--trust", type=_EXISTING, help="Trust file for --plan (default: STATE_DIR/trust.yaml).")
+@click.option("--env", "environment", default="default", show_default=True, help="Trust environment for --plan.")
+@click.option("--playbook", help="Playbook to run (default: the hooks matching --event, else the only one).")
+@click.option("--event", "event_source", metavar="FILE|-", help="The event (JSON) that starts the run.")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Set a pack param (repeatable).")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=VALUE", help="Set a playbook input (repeatable).")
+@click.option(
+    "--secret", "secret_refs", multiple=True, metavar="NAME=env:VAR|file:PATH", help="Where a secret's value is."
+)
+@click.option("--dry-run", is_flag=True, help="Show what would run and why, without any side effect.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "rich", "json", "text", "quiet"]),
+    default="auto",
+    show_default=True,
+    help="Live view: rich on a terminal, JSON lines otherwise.",
+)
+@click.option("--incidents-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: STATE_DIR/incidents.")
+@_state_option
+@click.pass_context
+def run(
+    ctx: click.Context,
+    pack: Path | None,
+    plan_file: Path | None,
+    policies: tuple[Path, ...],
+    trust: Path | None,
+    environment: str,
+    playbook: str | None,
+    event_source: str | None,
+    params: tuple[str, ...],
+    inputs: tuple[str, ...],
+    secret_refs: tuple[str, ...],
+    dry_run: bool,
+    log_format: str,
+    incidents_dir: Path | None,
+    state_dir: Path | None,
+) -> None:
+    """Run a playbook of a pack or a signed plan: policy gate before every step, ledger, evidence.
+
+    Exit 0 succeeded, 1 failed, 4 paused for approval, 5 refused, 130 interrupted.
+    """
+    from opsdsl.runtime import runner
+    from opsdsl.runtime.secrets import Secrets, parse_references
+    from opsdsl.runtime.store import state_dir as resolve_state
+
+    if (pack is None) == (plan_file is None):
+        raise UsageError("give exactly one of --pack FILE or --plan SIGNED_PLAN")
+    state = resolve_state(state_dir)
+    event = _read_event(event_source)
+    secrets = Secrets(state, parse_references(secret_refs))
+    if dry_run:
+        from opsdsl.runtime.dryrun import dry_run as simulate
+
+        plan = runner.plan_for_dry_run(pack, plan_file, list(policies) if policies else None, trust, environment, state)
+        click.echo(simulate(plan, playbook, event, _pairs(params, "--param"), _pairs(inputs, "--input"), secrets))
+        ctx.exit(0)
+    if pack is not None:
+        verified = runner.plan_from_pack(pack, list(policies) if policies else None, state)
+    else:
+        verified = runner.plan_from_file(plan_file, trust, environment, state)
+    values = runner.resolve_params(verified.payload, _pairs(params, "--param"), secrets)
+    selections = runner.select_playbooks(verified.payload, event, playbook, values)
+    if not selections:
+        click.echo("no trigger of the pack matches the event; nothing to run", err=True)
+        ctx.exit(0)
+    given_inputs = _pairs(inputs, "--input")
+    view = _view(log_format)
+    runtime = runner.Runtime(state, incidents_dir, view=view)
+    worst = 0
+    try:
+        for selection in selections:
+            playbook_plan = verified.payload["playbooks"][selection.playbook]
+            run_inputs = runner.resolve_inputs(playbook_plan, selection.playbook, event or {}, values, given_inputs)
+            row = runtime.create_run(verified, selection, values, run_inputs, event or {}, secrets)
+            outcome, code = None, 3
+            try:
+                outcome = runner.run_until_done(lambda row=row: runtime.drive(row, secrets))
+                code = runner.exit_code(outcome)
+            finally:
+                _end_view(view, row, outcome, code)
+            worst = max(worst, code, key=_severity_of_exit)
+            if code == runner.EXIT_INTERRUPTED:
+                break  # Ctrl-C stops the whole command, not just this playbook
+    finally:
+        runtime.close()
+    ctx.exit(worst)
+
+
+def _severity_of_exit(code: int) -> int:
+    return {0: 0, 4: 1, 1: 2, 130: 3, 5: 4}.get(code, 2)
+
+
+def _end_view(view, row, outcome, code: int) -> None:
+    """Close the live view, also when the run crashed (so the terminal is given back)."""
+    view.end(
+        outcome.status if outcome else "failed",
+        {
+            "run": row.id,
+            "incident_folder": row.incident_dir,
+            "exit_code": code,
+            "pending_approvals": outcome.pending if outcome else [],
+            "in_doubt": outcome.in_doubt if outcome else [],
+            "error": outcome.error if outcome else "internal error",
+        },
+    )
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--by", help="Who resumes (recorded in the ledger).")
+@click.option(
+    "--secret", "secret_refs", multiple=True, metavar="NAME=env:VAR|file:PATH", help="Where a secret's value is."
+)
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Values of secret params (not stored).")
+@click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text", "quiet"]), default="auto")
+@_state_option
+@click.pass_context
+def resume(
+    ctx: click.Context,
+    run_id: str,
+    by: str | None,
+    secret_refs: tuple[str, ...],
+    params: tuple[str, ...],
+    log_format: str,
+    state_dir: Path | None,
+) -> None:
+    """Continue a paused, interrupted or crashed run; completed steps are not repeated."""
+    from opsdsl.runtime import runner
+    from opsdsl.runtime.secrets import Secrets, parse_references
+    from opsdsl.runtime.store import state_dir as resolve_state
+
+    state = resolve_state(state_dir)
+    secrets = Secrets(state, parse_references(secret_refs))
+    view = _view(log_format)
+    runtime = runner.Runtime(state, view=view, create=False)
+    try:
+        row = runtime.resumable(run_id)
+        plan = json.loads(runner._payload_of(row.envelope))
+        row.params = runner.restore_params(plan, row.params, _pairs(params, "--param"), secrets)
+        view.begin(runner._run_summary(row), runner._ordered_nodes(plan["playbooks"][row.playbook]))
+        for entry in runtime.store.ledger.entries(run=row.id):  # the story so far
+            view.entry(entry.to_dict())
+        outcome, code = None, 3
+        try:
+            outcome = runner.run_until_done(lambda: runtime.drive(row, secrets, "resume", by))
+            code = runner.exit_code(outcome)
+        finally:
+            _end_view(view, row, outcome, code)
+    finally:
+        runtime.close()
+    ctx.exit(code)
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("step")
+@click.option("--by", required=True, help="Who approves (recorded; approvals count distinct people).")
+@click.option("--deny", is_flag=True, help="Deny instead: the step fails.")
+@click.option("--input", "answers", multiple=True, metavar="NAME=VALUE", help="An answer the approval asks for.")
+@click.option("--comment", help="A note kept with the decision.")
+@_state_option
+def approve(
+    run_id: str, step: str, by: str, deny: bool, answers: tuple[str, ...], comment: str | None, state_dir: Path | None
+) -> None:
+    """Approve (or --deny) STEP of a paused run; then `opsdsl resume RUN` continues it."""
+    from opsdsl.runtime import runner
+    from opsdsl.runtime.store import state_dir as resolve_state
+
+    runtime = runner.Runtime(resolve_state(state_dir), create=False)
+    try:
+        result = runtime.approve(run_id, step, by, deny, _pairs(answers, "--input"), comment)
+    finally:
+        runtime.close()
+    if result["decision"] == "deny":
+        click.echo(f"{step}: denied by {by}; `opsdsl resume {run_id}` fails the step and compensates")
+    elif result["approved"] >= result["needed"]:
+        click.echo(
+            f"{step}: approved ({result['approved']} of {result['needed']}); continue with `opsdsl resume {run_id}`"
+        )
+    else:
+        click.echo(f"{step}: approved by {by} ({result['approved']} of {result['needed']} needed)")
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("step")
+@click.option("--as", "outcome", type=click.Choice(["retry", "succeeded", "failed"]), required=True)
+@click.option("--by", required=True, help="Who decides (recorded in the ledger).")
+@_state_option
+def decide(run_id: str, step: str, outcome: str, by: str, state_dir: Path | None) -> None:
+    """Settle a step a crash left in doubt (it was not idempotent): retry it, or record what happened."""
+    from opsdsl.runtime import runner
+    from opsdsl.runtime.store import state_dir as resolve_state
+
+    runtime = runner.Runtime(resolve_state(state_dir), create=False)
+    try:
+        runtime.decide(run_id, step, by, outcome)
+    finally:
+        runtime.close()
+    click.echo(f"{step}: {outcome} (by {by}); continue with `opsdsl resume {run_id}`")
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--by", required=True, help="Who acknowledges the incident.")
+@_state_option
+def ack(run_id: str, by: str, state_dir: Path | None) -> None:
+    """Acknowledge a run's incident (counts for MTTA in `opsdsl report`)."""
+    from opsdsl.runtime import runner
+    from opsdsl.runtime.store import state_dir as resolve_state
+
+    runtime = runner.Runtime(resolve_state(state_dir), create=False)
+    try:
+        runtime.acknowledge(run_id, by)
+    finally:
+        runtime.close()
+    click.echo(f"{run_id}: acknowledged by {by}")
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--status",
+    type=click.Choice(["running", "paused", "interrupted", "succeeded", "failed", "refused"]),
+    help="Only runs with this status.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many, newest first.")
+@_state_option
+def runs(fmt: str, status: str | None, limit: int | None, state_dir: Path | None) -> None:
+    """List runs, newest first: id, pack, playbook, status and pending approvals."""
+    from opsdsl.runtime.store import Store
+    from opsdsl.runtime.store import state_dir as resolve_state
+
+    store = Store(resolve_state(state_dir), create=False)
+    try:
+        rows = [
+            {
+                "id": r.id,
+                "incident_id": r.incident_id,
+                "pack": r.pack,
+                "playbook": r.playbook,
+                "severity": r.severity,
+                "status": r.status,
+                "created_at": r.created_at,
+                "finished_at": r.finished_at,
+                "pending_approvals": store.pending_approvals(r.id) if r.status == "paused" else [],
+                "parent_run": r.parent_run,
+                "error": r.error,
+            }
+            for r in store.runs(status, limit)
+        ]
+    finally:
+        store.close()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    if not rows:
+        click.echo("no runs")
+        return
+    for r in rows:
+        pending = f"  waiting: {', '.join(r['pending_approvals'])}" if r["pending_approvals"] else ""
+        click.echo(f"{r['id']}  {r['status']:<11} {r['severity']}  {r['pack']}/{r['playbook']}{pending}")
+
+
+@click.group()
+def ledger() -> None:
+    """The audit ledger: verify it."""
+
+
+@ledger.command("verify")
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=_EXISTING,
+    help="An incident record.json or checkpoint JSON kept elsewhere (repeatable).",
+)
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    type=_EXISTING,
+    help="Public key whose checkpoints count (default: STATE_DIR/keys/dev.pub).",
+)
+@click.option(
+    "--no-incidents", is_flag=True, help="Do not also check the checkpoints kept in STATE_DIR's incident records."
+)
+@_state_option
+@click.pass_context
+def ledger_verify(
+    ctx: click.Context,
+    checkpoints: tuple[Path, ...],
+    keys: tuple[Path, ...],
+    no_incidents: bool,
+    state_dir: Path | None,
+) -> None:
+    """Prove the ledger intact, or name the first bad entry. Exit 0 intact, 1 not, 2 unreadable."""
+    from opsdsl.runtime.state_audit import verify_state
+
+    report = verify_state(state_dir, list(checkpoints), list(keys), include_incidents=not no_incidents)
+    click.echo(report.render())
+    ctx.exit(0 if report.ok else 1)
+
+
+@click.group()
+def incident() -> None:
+    """Incident folders: export and verify."""
+
+
+@incident.command("export")
+@click.argument("incident")
+@click.option("-o", "--out", required=True, type=_FILE, help="The archive to write (.tar.gz).")
+@click.option("--incidents-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: STATE_DIR/incidents.")
+@_state_option
+def incident_export(incident: str, out: Path, incidents_dir: Path | None, state_dir: Path | None) -> None:
+    """Write an incident (its id, or its folder) to a .tar.gz: record, RCA, evidence, manifest."""
+    from opsdsl.audit.incident import export_incident
+    from opsdsl.runtime.state_audit import find_incident
+
+    folder = Path(incident) if Path(incident).is_dir() else find_incident(state_dir, incidents_dir, incident)
+    export_incident(folder, out)
+    click.echo(f"{out}: incident {folder.name}")
+
+
+@incident.command("verify")
+@click.argument("archive", type=_EXISTING)
+@click.option(
+    "--key", "keys", multiple=True, type=_EXISTING, help="Trusted public key (default: STATE_DIR/keys/dev.pub)."
+)
+@click.option("--trust", type=_EXISTING, help="Trust file whose keys are trusted.")
+@click.option("--env", "environment", default="default", show_default=True)
+@_state_option
+@click.pass_context
+def incident_verify(
+    ctx: click.Context,
+    archive: Path,
+    keys: tuple[Path, ...],
+    trust: Path | None,
+    environment: str,
+    state_dir: Path | None,
+) -> None:
+    """Check an exported incident: signatures, digests, no extra or missing files, no path tricks."""
+    from opsdsl.audit.incident import verify_archive
+    from opsdsl.runtime.state_audit import trusted_keys
+
+    report = verify_archive(archive, trusted_keys(state_dir, list(keys), trust, environment))
+    report.raise_for_problems()  # exit 1, every problem listed
+    click.echo(
+        f"{archive}: incident {report.incident_id} verified: {len(report.files)} files, "
+        f"signed by {', '.join(report.signers)}"
+    )
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--since", help="Only runs created on or after this date (YYYY-MM-DD).")
+@_state_option
+def report(fmt: str, since: str | None, state_dir: Path | None) -> None:
+    """MTTA, MTTR and auto-mitigation success per severity, against the seed's targets."""
+    from opsdsl.runtime.state_audit import compute_state_report
+
+    result = compute_state_report(state_dir, since)
+    click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True) if fmt == "json" else result.to_text())
+
+
+COMMANDS = (run, resume, approve, decide, ack, runs, ledger, incident, report)

@@ -1,0 +1,69 @@
+"""Check stage: semantic rules over checked models, each a small named function.
+
+A rule reads one `Unit` (a pack's document and model) and the `Scope` around it (the
+policy packs linted with it) and returns diagnostics. `SEMANTIC_CHECKS` find what makes a
+pack wrong; `REVIEW_CHECKS` find what a careful reviewer would flag.
+"""
+
+from __future__ import annotations
+
+from opsdsl.errors import Diagnostic
+from opsdsl.lang.checks.context import Rule, Scope, Unit, ancestors, find_cycle, predecessors, roots_for
+from opsdsl.lang.checks.coverage import check_untested_high_risk
+from opsdsl.lang.checks.review import (
+    check_conditions,
+    check_hook_cooldowns,
+    check_network_timeouts,
+    check_plaintext_secrets,
+    check_retry_idempotency,
+    check_risky_steps,
+    check_shell_injection,
+    check_unused,
+)
+from opsdsl.lang.checks.semantic import (
+    check_cycles,
+    check_defaults,
+    check_duplicate_ids,
+    check_durations,
+    check_expressions,
+    check_references,
+)
+
+__all__ = [
+    "REVIEW_CHECKS",
+    "SEMANTIC_CHECKS",
+    "Scope",
+    "Unit",
+    "ancestors",
+    "find_cycle",
+    "predecessors",
+    "roots_for",
+    "run_checks",
+]
+
+SEMANTIC_CHECKS: tuple[Rule, ...] = (
+    check_duplicate_ids,
+    check_references,
+    check_cycles,
+    check_durations,
+    check_defaults,
+    check_expressions,
+)
+REVIEW_CHECKS: tuple[Rule, ...] = (
+    check_conditions,
+    check_risky_steps,
+    check_network_timeouts,
+    check_hook_cooldowns,
+    check_shell_injection,
+    check_plaintext_secrets,
+    check_unused,
+    check_retry_idempotency,
+    check_untested_high_risk,
+)
+
+
+def run_checks(unit: Unit, scope: Scope) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    for check_rule in (*SEMANTIC_CHECKS, *REVIEW_CHECKS):
+        out.extend(check_rule(unit, scope))
+    return out

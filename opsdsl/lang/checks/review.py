@@ -1,0 +1,336 @@
+"""Review rules: what a careful reviewer would flag in a pack that is not wrong as such."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from opsdsl.errors import Diagnostic, EvalError
+from opsdsl.lang.actions import NETWORK_ACTIONS, policy_step_view
+from opsdsl.lang.checks.context import Scope, Unit, ancestors, iter_steps, predecessors
+from opsdsl.lang.checks.semantic import call_graph
+from opsdsl.lang.expr import ExprSyntaxError, compile_expr, parse, parse_template
+from opsdsl.lang.model import Pack, Policy, Step
+
+Path_ = tuple[str | int, ...]
+
+
+# ---------------------------------------------------------------- review rules
+
+
+def _constant(text: str) -> object:
+    """The value of an expression that reads no data, or a sentinel if it depends on data."""
+    try:
+        expression = parse(text)
+    except ExprSyntaxError:
+        return _UNKNOWN
+    if expression.references():
+        return _UNKNOWN
+    try:
+        return compile_expr(expression)({})
+    except EvalError:
+        return _UNKNOWN
+
+
+_UNKNOWN = object()
+
+
+def check_conditions(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    pack = unit.model
+    if not isinstance(pack, Pack):
+        return
+    for path, _, _, step, _ in iter_steps(pack):
+        if step.when is None:
+            continue
+        value = _constant(step.when)
+        if value is False:
+            yield unit.at(
+                "OPS035",
+                (*path, "when"),
+                f"step `{step.id}` never runs: its `when:` is always false",
+                "remove the step, or fix the condition",
+            )
+        elif value is True:
+            yield unit.at(
+                "OPS048", (*path, "when"), f"the `when:` of step `{step.id}` is always true", "remove the `when:`"
+            )
+
+
+def approval_policy_covers(policy: Policy, pack: Pack, playbook_name: str, step: Step) -> bool:
+    """Whether an approval policy could apply to `step` (unknown data counts as could)."""
+    if policy.effect != "require_approval":
+        return False
+    playbook = pack.playbooks[playbook_name]
+    activation = {
+        "step": policy_step_view(
+            step.id,
+            step.name,
+            step.action,
+            step.risk,
+            step.with_,
+            step.timeout,
+            step.idempotent,
+            step.compensate is not None,
+        ),
+        "playbook": {"name": playbook_name, "severity": playbook.severity, "pack": pack.metadata.name},
+        "params": {k: p.default for k, p in pack.params.items()},
+    }
+    try:
+        expression = parse(policy.when)
+    except ExprSyntaxError:
+        return False
+    run_refs = {r.path[0] for r in expression.references() if r.root == "run" and r.path}
+    if run_refs - {"severity", "playbook", "pack"}:
+        return True
+    activation["run"] = {"severity": playbook.severity, "playbook": playbook_name, "pack": pack.metadata.name}
+    try:
+        return compile_expr(expression)(activation) is True
+    except EvalError:
+        return True  # depends on run-time data (event, now): it may apply
+
+
+def check_risky_steps(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    pack = unit.model
+    if not isinstance(pack, Pack):
+        return
+    policies = (*pack.policies, *scope.policies)
+    for path, name, playbook, step, in_finally in iter_steps(pack):
+        if step.risk != "high" or step.compensate is not None:
+            continue
+        section = playbook.finally_ if in_finally else playbook.steps
+        by_id = {s.id: s for s in section}
+        earlier = ancestors(predecessors(section), step.id)
+        if any(by_id[a].action == "approval" for a in earlier if a in by_id):
+            continue
+        if any(approval_policy_covers(p, pack, name, step) for p in policies):
+            continue
+        yield unit.at(
+            "OPS040",
+            (*path, "risk"),
+            f"high-risk step `{step.id}` has no approval and no `compensate:`",
+            "add `compensate:` to undo it, an `approval` step before it, or a policy with `effect: require_approval`",
+        )
+
+
+def check_network_timeouts(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    pack = unit.model
+    if not isinstance(pack, Pack):
+        return
+    for path, _, _, step, _ in iter_steps(pack):
+        networked = step.action in NETWORK_ACTIONS or (step.action == "evidence.collect" and step.with_.get("urls"))
+        if networked and step.timeout is None:
+            yield unit.at(
+                "OPS041",
+                (*path, "action"),
+                f"`{step.action}` step `{step.id}` has no `timeout:`",
+                "add e.g. `timeout: 10s`; without it a hung server stalls the run",
+            )
+        comp = step.compensate
+        if comp is not None and comp.action in NETWORK_ACTIONS and comp.timeout is None:
+            yield unit.at(
+                "OPS041",
+                (*path, "compensate", "action"),
+                f"compensation of `{step.id}` has no `timeout:`",
+                "add `timeout:` under `compensate:`",
+            )
+
+
+def check_hook_cooldowns(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    pack = unit.model
+    if not isinstance(pack, Pack):
+        return
+    for name, hook in pack.hooks.items():
+        if hook.cooldown is None:
+            yield unit.at(
+                "OPS042",
+                ("hooks", name),
+                f"hook `{name}` has no `cooldown:`",
+                "add e.g. `cooldown: 10m` so a flapping alert does not start a run each time",
+                key=True,
+            )
+
+
+# Programs that run a script given as an argument, and the flags that introduce it.
+_SCRIPT_FLAGS = {
+    **dict.fromkeys(("sh", "bash", "zsh", "dash", "ksh", "ash", "fish", "busybox"), ("-c",)),
+    "cmd": ("/c", "/C", "/k", "/K"),
+    "pwsh": ("-c", "-Command", "-command", "-EncodedCommand"),
+    "powershell": ("-c", "-Command", "-command", "-EncodedCommand"),
+    **dict.fromkeys(("python", "python3"), ("-c",)),
+    **dict.fromkeys(("perl", "ruby", "node"), ("-e",)),
+    "php": ("-r",),
+}
+_POSIX_SHELLS = frozenset(("sh", "bash", "zsh", "dash", "ksh", "ash", "fish", "busybox"))
+_TAINTED_ROOTS = frozenset({"event", "inputs", "steps"})
+
+
+def _tainted(text: str) -> set[str]:
+    """Roots of run-time data that `text` interpolates (event, inputs, step outputs)."""
+    if "${{" not in text:
+        return set()
+    try:
+        template = parse_template(text)
+    except ExprSyntaxError:
+        return set()
+    return {ref.root for expression, _ in template.expressions for ref in expression.references()} & _TAINTED_ROOTS
+
+
+def _argv_findings(argv: list) -> Iterator[tuple[int, str]]:
+    if not argv or not all(isinstance(a, str) for a in argv):
+        return
+    roots = _tainted(argv[0])
+    if roots:
+        yield 0, f"the program name is filled from {', '.join(sorted(roots))} data"
+        return
+    program = re.sub(r"(\.exe)?$", "", argv[0].replace("\\", "/").rsplit("/", 1)[-1].lower(), count=1)
+    if program in ("env", "sudo", "nice", "nohup", "timeout", "xargs"):
+        # Wrappers: skip their options and VAR=value settings, then check the real program.
+        rest = 1
+        while rest < len(argv) and (
+            argv[rest].startswith("-") or "=" in argv[rest] or (program == "timeout" and argv[rest][:1].isdigit())
+        ):
+            rest += 1
+        yield from ((i + rest, m) for i, m in _argv_findings(argv[rest:]))
+        return
+    flags = _SCRIPT_FLAGS.get(program) or _SCRIPT_FLAGS.get(re.sub(r"[0-9.]+$", "", program))
+    if flags is None:
+        return
+    for i, arg in enumerate(argv[1:], start=1):
+        combined = program in _POSIX_SHELLS and arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:]
+        if arg in flags or combined:
+            script = " ".join(a for a in argv[i + 1 :])
+            roots = _tainted(script)
+            if roots and i + 1 < len(argv):
+                yield i + 1, f"{', '.join(sorted(roots))} data is interpolated into a `{program} {arg}` script"
+            return
+
+
+def check_shell_injection(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    pack = unit.model
+    if not isinstance(pack, Pack):
+        return
+    for path, _, _, step, _ in iter_steps(pack):
+        places = [(step.action, step.with_, (*path, "with"))]
+        if step.compensate:
+            places.append((step.compensate.action, step.compensate.with_, (*path, "compensate", "with")))
+        for action, with_, at in places:
+            if action != "shell" or not isinstance(with_.get("argv"), list):
+                continue
+            for index, message in _argv_findings(with_["argv"]):
+                yield unit.at(
+                    "OPS043",
+                    (*at, "argv", index),
+                    f"possible command injection in step `{step.id}`: {message}",
+                    "pass the data as its own argv element (or in `env:`), and keep the program name fixed",
+                )
+
+
+_SECRET_KEY = re.compile(
+    r"(?i)(^|[_.-])(pass(word|wd)?|secret|token|api[_-]?key|apikey|auth(orization)?|routing[_-]?key|private[_-]?key"
+    r"|credentials?|access[_-]?key)$"
+)
+_SECRET_VALUE = re.compile(
+    r"(AKIA[0-9A-Z]{16}|xox[abposr]-[0-9A-Za-z-]{10,}|gh[pousr]_[0-9A-Za-z]{30,}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+    r"|hooks\.slack\.com/services/[A-Z0-9]+/[A-Z0-9]+/[0-9A-Za-z]+|(?i:bearer|basic) [0-9A-Za-z._~+/=-]{8,}"
+    r"|[?&](?i:token|api_?key|password|secret)=[^&${}\s]{6,}|--(?i:password|token|secret)=[^${}\s]+)"
+)
+
+
+def _secret_findings(value: object, path: Path_) -> Iterator[tuple[Path_, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str) and item and _SECRET_KEY.search(str(key)) and "${{" not in item:
+                yield (*path, key), f"`{key}` holds a literal value"
+            else:
+                yield from _secret_findings(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _secret_findings(item, (*path, i))
+    elif isinstance(value, str) and _SECRET_VALUE.search(value.replace("${{", "\x00")):
+        yield path, "a value looks like a credential"
+
+
+def check_plaintext_secrets(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    pack = unit.model
+    if not isinstance(pack, Pack):
+        return
+    hint = "store it outside the pack and reference it as `${{ secrets.NAME }}`"
+    for name, param in pack.params.items():
+        if param.secret and isinstance(param.default, str) and param.default:
+            yield unit.at("OPS044", ("params", name, "default"), f"secret param `{name}` has a literal default", hint)
+        elif isinstance(param.default, str) and _SECRET_VALUE.search(param.default):
+            yield unit.at(
+                "OPS044", ("params", name, "default"), f"the default of param `{name}` looks like a credential", hint
+            )
+    for path, _, _, step, _ in iter_steps(pack):
+        sections = [((*path, "with"), step.with_)]
+        if step.compensate:
+            sections.append(((*path, "compensate", "with"), step.compensate.with_))
+        for at, with_ in sections:
+            for where, message in _secret_findings(with_, at):
+                yield unit.at("OPS044", where, f"plaintext secret in step `{step.id}`: {message}", hint)
+
+
+def check_unused(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    pack = unit.model
+    if not isinstance(pack, Pack):
+        return
+    used_triggers = {h.trigger for h in pack.hooks.values()}
+    for name in pack.triggers:
+        if name not in used_triggers:
+            yield unit.at(
+                "OPS045",
+                ("triggers", name),
+                f"trigger `{name}` is not used by any hook",
+                "add a hook that uses it, or remove it",
+                key=True,
+            )
+    calls = call_graph(pack)
+    called: set[str] = set()
+    pending = [h.run for h in pack.hooks.values()]
+    while pending:
+        name = pending.pop()
+        if name not in called:
+            called.add(name)
+            pending.extend(calls.get(name, ()))
+    for name in pack.playbooks:
+        if name not in called:
+            yield unit.at(
+                "OPS046",
+                ("playbooks", name),
+                f"playbook `{name}` is not run by any hook or `playbook.call`",
+                "hooks start playbooks when a trigger fires; `opsdsl run --playbook` can still run it by hand",
+                key=True,
+            )
+    read: set[str] = set()
+    parsed, syntax = unit.parsed_sites
+    if syntax:
+        return  # reported elsewhere; unused-param needs every expression
+    for item in parsed:
+        for expression, _ in item.expressions:
+            read.update(r.path[0] for r in expression.references() if r.root == "params" and r.path)
+            if any(r.root == "params" and not r.path for r in expression.references()):
+                return  # `params` used whole: every param may be read
+    for name in pack.params:
+        if name not in read:
+            yield unit.at(
+                "OPS047",
+                ("params", name),
+                f"param `{name}` is never read",
+                "use it as `params.NAME`, or remove it",
+                key=True,
+            )
+
+
+def check_retry_idempotency(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    pack = unit.model
+    if not isinstance(pack, Pack):
+        return
+    for path, _, _, step, _ in iter_steps(pack):
+        if step.action == "shell" and step.retry and step.retry.attempts > 1 and step.idempotent is not True:
+            yield unit.at(
+                "OPS049",
+                (*path, "retry"),
+                f"shell step `{step.id}` is retried but not marked `idempotent: true`",
+                "a retried command may repeat a side effect; mark the step `idempotent: true` if repeating it is safe",
+            )

@@ -1,0 +1,385 @@
+"""Syntax tree to plain data: the dict a YAML pack would load as, and a span for each path.
+
+Paths are the tuples the YAML data uses, e.g. ("playbooks", "respond", "steps", 0,
+"timeout"), so schema, model and checks run unchanged and point at .ops lines.
+Expressions keep their source text, with newlines (and comments) between tokens read as
+single spaces; `OpsDocument.expression_span` maps offsets in that text back to the file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from opsdsl.errors import Diagnostic, Severity, Span
+from opsdsl.lang.source import Document
+
+from .printer import first_token, last_token
+
+Path_ = tuple[str | int, ...]
+_GAP = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|\s*#[^\n]*\n\s*|\s*\n\s*')
+
+
+@dataclass
+class OpsDocument(Document):
+    """A loaded .ops document: plain data plus the positions recorded while building it."""
+
+    spans: dict = field(default_factory=dict, repr=False)
+    keys: dict = field(default_factory=dict, repr=False)
+    expressions: dict = field(default_factory=dict, repr=False)
+
+    def _located(self, path: Path_) -> Path_:
+        while path and path not in self.spans:
+            path = path[:-1]
+        return path
+
+    def span(self, path: Path_) -> Span:
+        return self.spans.get(self._located(tuple(path)), Span(self.source.path, 1, 1))
+
+    def key_span(self, path: Path_) -> Span:
+        path = tuple(path)
+        return self.keys[path] if path in self.keys else self.span(path)
+
+    def expression_span(self, path: Path_, offset: int, end: int | None = None) -> Span:
+        path = tuple(path)
+        segments = self.expressions.get(path)
+        if segments is None:
+            return self.span(path)
+        line, col = self._position(segments, offset)
+        width = 1
+        if end is not None and end > offset:
+            end_line, end_col = self._position(segments, end)
+            width = end_col - col if end_line == line and end_col > col else 1
+        return Span(self.source.path, line, col, line, col + width)
+
+    def _position(self, segments: list[tuple[int, int]], offset: int) -> tuple[int, int]:
+        index = max(0, bisect.bisect_right([s[0] for s in segments], offset) - 1)
+        text_offset, source_offset = segments[index]
+        absolute = source_offset + (offset - text_offset)
+        starts = self.__dict__.get("_line_starts")
+        if starts is None:
+            starts = [0] + [m.end() for m in re.finditer("\n", self.source.text)]
+            self.__dict__["_line_starts"] = starts
+        line = bisect.bisect_right(starts, absolute)
+        return line, absolute - starts[line - 1] + 1
+
+
+class DataBuilder:
+    """Walks the concrete tree of one .ops file; collects data, spans and diagnostics."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.file, self.text = path, text
+        self.spans: dict[Path_, Span] = {}
+        self.keys: dict[Path_, Span] = {}
+        self.expressions: dict[Path_, list[tuple[int, int]]] = {}
+        self.diagnostics: list[Diagnostic] = []
+
+    # -- positions ----------------------------------------------------------------------
+
+    def at(self, node: Any) -> Span:
+        first, last = first_token(node), last_token(node)
+        return Span(self.file, first.line, first.column, last.end_line, last.end_column)
+
+    def mark(self, path: Path_, value_node: Any, key_node: Any = None) -> None:
+        self.spans[path] = self.at(value_node)
+        self.keys[path] = self.at(key_node if key_node is not None else value_node)
+
+    def put(self, target: dict, path: Path_, value: Any, value_node: Any, key_node: Any, what: str = "") -> bool:
+        key = path[-1]
+        if key in target:
+            first = self.keys[path]
+            label = what or f"`{key}`"
+            self.diagnostics.append(
+                Diagnostic(
+                    "OPS003",
+                    Severity.ERROR,
+                    f"duplicate {label} (first defined at line {first.line})",
+                    self.at(key_node),
+                    "remove or rename one",
+                )
+            )
+            return False
+        target[key] = value
+        self.mark(path, value_node, key_node)
+        return True
+
+    # -- leaves -------------------------------------------------------------------------
+
+    def text_of(self, node: Any) -> str:
+        """A `word`, `string` or `duration`: bare text, or a decoded string."""
+        token = node.children[0]
+        if token.type != "STRING":
+            return str(token)
+        return self.decode(token)
+
+    def decode(self, token: Any) -> str:
+        try:
+            return json.loads(str(token))
+        except ValueError:
+            self.diagnostics.append(
+                Diagnostic(
+                    "OPS002",
+                    Severity.ERROR,
+                    "invalid escape in string",
+                    self.at(token),
+                    "escapes are JSON's: \\\" \\\\ \\n \\t \\uXXXX",
+                )
+            )
+            return str(token)[1:-1]
+
+    def value(self, node: Any, path: Path_) -> Any:
+        """A JSON-like literal; records a span for it and every element."""
+        self.spans[path] = self.at(node)
+        kind = node.data
+        if kind == "string":
+            return self.decode(node.children[0])
+        if kind == "number":
+            raw = str(node.children[0])
+            return float(raw) if any(c in raw for c in ".eE") else int(raw)
+        if kind == "boolean":
+            return node.children[0].type == "TRUE"
+        if kind == "null":
+            return None
+        if kind == "list":
+            items = [c for c in node.children if hasattr(c, "data")]
+            return [self.value(item, (*path, i)) for i, item in enumerate(items)]
+        out: dict[str, Any] = {}
+        for pair in (c for c in node.children if hasattr(c, "data")):
+            key_token, _, value_node = pair.children
+            key = self.decode(key_token) if key_token.type == "STRING" else str(key_token)
+            if key in out:
+                self.put(out, (*path, key), None, value_node, key_token)
+                continue
+            out[key] = self.value(value_node, (*path, key))
+            self.keys[(*path, key)] = self.at(key_token)
+        return out
+
+    def expression(self, node: Any, path: Path_) -> str:
+        """The expression's source text, newlines and comments between tokens as spaces."""
+        start, end = _bounds(node)
+        raw = self.text[start:end]
+        pieces, segments, length, last = [], [(0, start)], 0, 0
+        for match in _GAP.finditer(raw):
+            if match.group()[0] in "\"'":
+                continue
+            pieces.append(raw[last : match.start()] + " ")
+            length += match.start() - last + 1
+            last = match.end()
+            segments.append((length, start + last))
+        pieces.append(raw[last:])
+        self.expressions[path] = segments
+        return "".join(pieces)
+
+
+def _bounds(node: Any) -> tuple[int, int]:
+    return first_token(node).start_pos, last_token(node).end_pos
+
+
+# -- statements ---------------------------------------------------------------------------
+
+
+def _trees(node: Any) -> list:
+    return [c for c in node.children if hasattr(c, "data")]
+
+
+class PackBuilder(DataBuilder):
+    """One method per block; statements inside blocks go through `statement`."""
+
+    def build(self, start: Any) -> dict:
+        (top,) = start.children
+        keyword, name, _, version, _, owner = top.children[:6]
+        kind = "PolicyPack" if top.data == "policypack" else "Pack"
+        data: dict[str, Any] = {"apiVersion": "opsdsl/v1", "kind": kind}
+        self.spans[()] = self.at(top)
+        self.mark(("apiVersion",), keyword)
+        self.mark(("kind",), keyword)
+        metadata: dict[str, Any] = {}
+        data["metadata"] = metadata
+        self.mark(("metadata",), keyword)
+        self.put(metadata, ("metadata", "name"), self.text_of(name), name, name)
+        self.put(metadata, ("metadata", "version"), self.text_of(version), version, top.children[2])
+        self.put(metadata, ("metadata", "owner"), self.text_of(owner), owner, top.children[4])
+        for stmt in _trees(top)[3:]:
+            kind_ = stmt.data
+            if kind_ in ("description", "labels"):
+                self.statement(stmt, metadata, ("metadata",))
+            elif kind_ == "policy":
+                self.policy(stmt, data)
+            else:
+                section = {"param": "params", "trigger": "triggers", "hook": "hooks", "playbook": "playbooks"}[kind_]
+                if section not in data:
+                    data[section] = {}
+                    self.mark((section,), stmt, stmt.children[0])
+                getattr(self, kind_)(stmt, data[section], (section,))
+        return data
+
+    def named(self, stmt: Any, section: dict, path: Path_, what: str) -> tuple[dict, Path_] | None:
+        name_node = stmt.children[1]
+        name = self.text_of(name_node)
+        entry: dict[str, Any] = {}
+        if not self.put(section, (*path, name), entry, stmt, name_node, f"{what} `{name}`"):
+            return None
+        return entry, (*path, name)
+
+    def param(self, stmt: Any, section: dict, path: Path_) -> None:
+        self.typed(stmt, section, path, "param")
+
+    def input(self, stmt: Any, section: dict, path: Path_) -> None:
+        self.typed(stmt, section, path, "input")
+
+    def typed(self, stmt: Any, section: dict, path: Path_, what: str) -> None:
+        found = self.named(stmt, section, path, what)
+        if found is None:
+            return
+        entry, here = found
+        children = stmt.children
+        type_node = children[3]
+        self.put(entry, (*here, "type"), self.text_of(type_node), type_node, type_node)
+        i = 4
+        while i < len(children):
+            child = children[i]
+            kind = getattr(child, "type", None) or child.data
+            if kind == "EQUAL":
+                value_node = children[i + 1]
+                self.put(entry, (*here, "default"), self.value(value_node, (*here, "default")), value_node, child)
+                i += 2
+                continue
+            if kind == "FROM":
+                self.put(
+                    entry, (*here, "from"), self.expression(children[i + 1], (*here, "from")), children[i + 1], child
+                )
+                i += 2
+                continue
+            if kind == "string":
+                self.put(entry, (*here, "description"), self.text_of(child), child, child)
+            elif kind == "param_body":
+                for inner in _trees(child):
+                    self.statement(inner, entry, here)
+            i += 1
+
+    def trigger(self, stmt: Any, section: dict, path: Path_) -> None:
+        found = self.named(stmt, section, path, "trigger")
+        if found is None:
+            return
+        entry, here = found
+        self.put(entry, (*here, "on"), self.text_of(stmt.children[3]), stmt.children[3], stmt.children[2])
+        self.rest(_trees(stmt)[2:], entry, here)
+
+    def hook(self, stmt: Any, section: dict, path: Path_) -> None:
+        found = self.named(stmt, section, path, "hook")
+        if found is None:
+            return
+        entry, here = found
+        trigger, run = stmt.children[3], stmt.children[5]
+        self.put(entry, (*here, "trigger"), self.text_of(trigger), trigger, trigger)
+        self.put(entry, (*here, "run"), self.text_of(run), run, stmt.children[4])
+        self.rest(_trees(stmt)[3:], entry, here)
+
+    def playbook(self, stmt: Any, section: dict, path: Path_) -> None:
+        found = self.named(stmt, section, path, "playbook")
+        if found is None:
+            return
+        entry, here = found
+        severity = stmt.children[3]
+        self.put(entry, (*here, "severity"), self.text_of(severity), severity, stmt.children[2])
+        for inner in _trees(stmt)[2:]:
+            if inner.data == "input":
+                if "inputs" not in entry:
+                    entry["inputs"] = {}
+                    self.mark((*here, "inputs"), inner, inner.children[0])
+                self.input(inner, entry["inputs"], (*here, "inputs"))
+            elif inner.data == "step":
+                self.step(inner, entry.setdefault("steps", []), (*here, "steps"))
+            elif inner.data == "finally":
+                steps: list = []
+                if self.put(entry, (*here, "finally"), steps, inner, inner.children[0]):
+                    for step in _trees(inner):
+                        self.step(step, steps, (*here, "finally"))
+            else:
+                self.statement(inner, entry, here)
+        if "steps" in entry:
+            self.keys.setdefault((*here, "steps"), self.spans[(*here, "steps", 0)])
+            self.spans.setdefault((*here, "steps"), self.spans[(*here, "steps", 0)])
+
+    def step(self, stmt: Any, steps: list, path: Path_) -> None:
+        here = (*path, len(steps))
+        entry: dict[str, Any] = {}
+        steps.append(entry)
+        self.mark(here, stmt, stmt.children[0])
+        step_id, action = stmt.children[1], stmt.children[3]
+        self.put(entry, (*here, "id"), self.text_of(step_id), step_id, step_id)
+        self.put(entry, (*here, "action"), self.text_of(action), action, action)
+        self.rest(_trees(stmt)[2:], entry, here)
+
+    def policy(self, stmt: Any, data: dict) -> None:
+        if "policies" not in data:
+            data["policies"] = []
+            self.mark(("policies",), stmt, stmt.children[0])
+        here = ("policies", len(data["policies"]))
+        entry: dict[str, Any] = {}
+        data["policies"].append(entry)
+        self.mark(here, stmt, stmt.children[0])
+        policy_id, effect = stmt.children[1], stmt.children[2]
+        self.put(entry, (*here, "id"), self.text_of(policy_id), policy_id, policy_id)
+        self.put(entry, (*here, "effect"), self.text_of(effect), effect, effect)
+        self.rest(_trees(stmt)[2:], entry, here)
+
+    def rest(self, nodes: list, entry: dict, here: Path_) -> None:
+        """Statements after a header: inline ones (`when`) and those of a `{ }` body."""
+        for node in nodes:
+            if node.data.endswith("_body"):
+                for inner in _trees(node):
+                    self.statement(inner, entry, here)
+            else:
+                self.statement(node, entry, here)
+
+    def statement(self, stmt: Any, entry: dict, here: Path_) -> None:
+        kind, keyword = stmt.data, stmt.children[0]
+        path = (*here, kind)
+        args = stmt.children[1:]
+        if kind in ("description", "name", "message", "risk", "escalate", "timeout", "cooldown", "for"):
+            self.put(entry, path, self.text_of(args[0]), args[0], keyword)
+        elif kind in ("when", "dedupe"):
+            self.put(entry, path, self.expression(args[0], path), args[0], keyword)
+        elif kind in ("labels", "with", "needs", "enum", "max_concurrent", "approvals"):
+            self.put(entry, path, self.value(args[0], path), args[0], keyword)
+        elif kind in ("secret", "continue_on_error", "idempotent"):
+            flag = args[0].children[0].type == "TRUE" if args else True
+            self.put(entry, path, flag, args[0] if args else keyword, keyword)
+        elif kind == "threshold":
+            threshold: dict[str, Any] = {}
+            if self.put(entry, path, threshold, stmt, keyword):
+                threshold["count"] = self.value(args[0], (*path, "count"))
+                self.keys[(*path, "count")] = self.at(args[0])
+                self.put(threshold, (*path, "within"), self.text_of(args[2]), args[2], args[1])
+        elif kind == "retry":
+            self.retry(stmt, entry, path)
+        elif kind == "compensate":
+            compensation: dict[str, Any] = {}
+            if self.put(entry, path, compensation, stmt, keyword):
+                action = args[0]
+                self.put(compensation, (*path, "action"), self.text_of(action), action, action)
+                self.rest(_trees(stmt)[1:], compensation, path)
+
+    def retry(self, stmt: Any, entry: dict, path: Path_) -> None:
+        retry: dict[str, Any] = {}
+        if not self.put(entry, path, retry, stmt, stmt.children[0]):
+            return
+        children = stmt.children
+        retry["attempts"] = self.value(children[1], (*path, "attempts"))
+        self.keys[(*path, "attempts")] = self.at(children[1])
+        i = 2
+        while i < len(children):
+            child = children[i]
+            if hasattr(child, "data"):  # the backoff, a word
+                self.put(retry, (*path, "backoff"), self.text_of(child), child, child)
+                i += 1
+                continue
+            key = str(child)
+            value_node = children[i + 1]
+            value = value_node.children[0].type == "TRUE" if key == "jitter" else self.text_of(value_node)
+            self.put(retry, (*path, key), value, value_node, child)
+            i += 2

@@ -1,0 +1,172 @@
+"""`opsdsl lint`: analyse many packs, apply suppressions and configuration, sort.
+
+Files are analysed independently (in two or more worker processes for big trees); the
+organisation's policy packs are analysed first because every other pack's risky-step
+rule needs their policies. Output is sorted, so it is byte-identical from run to run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from opsdsl.build.pipeline import analyse_file, empty_folders, looks_like_policy_pack, map_files, missing_paths
+from opsdsl.errors import Diagnostic, Severity, Span
+from opsdsl.lang.config import Config
+from opsdsl.lang.loader import discover, display_path
+from opsdsl.lang.rules import rule
+
+_SUPPRESS = re.compile(r"#\s*opsdsl:\s*ignore(-file)?\[\s*([A-Za-z0-9, ]+?)\s*\]")
+
+
+@dataclass(frozen=True)
+class FileReport:
+    path: str
+    diagnostics: tuple[Diagnostic, ...]
+    pack_name: str | None = None
+    name_span: Span | None = None
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
+class LintResult:
+    files: int
+    diagnostics: tuple[Diagnostic, ...]
+
+    def count(self, severity: Severity) -> int:
+        return sum(1 for d in self.diagnostics if d.severity is severity)
+
+    def failed(self, fail_on: Severity) -> bool:
+        return any(d.severity.rank >= fail_on.rank for d in self.diagnostics)
+
+
+def suppressions(text: str) -> tuple[set[str], dict[int, set[str]]]:
+    """Codes ignored in the whole file, and per line (a comment alone on its line also
+    covers the next line)."""
+    whole: set[str] = set()
+    per_line: dict[int, set[str]] = {}
+    if "opsdsl:" not in text:
+        return whole, per_line
+    for number, line in enumerate(text.splitlines(), start=1):
+        for match in _SUPPRESS.finditer(line):
+            codes = {c.strip().upper() for c in match.group(2).split(",") if c.strip()}
+            if match.group(1):
+                whole |= codes
+                continue
+            per_line.setdefault(number, set()).update(codes)
+            if line.lstrip().startswith("#"):
+                per_line.setdefault(number + 1, set()).update(codes)
+    return whole, per_line
+
+
+def finish(diagnostics: list[Diagnostic], text: str | None, config: Config) -> list[Diagnostic]:
+    """Apply suppressions and configuration, and attach each diagnostic's source line."""
+    whole, per_line = suppressions(text) if text else (set(), {})
+    lines = text.splitlines() if text else []
+    out = []
+    for d in diagnostics:
+        if d.code in config.ignore or d.code in whole or d.code in per_line.get(d.span.line, ()):
+            continue
+        if d.code in config.severity:
+            d = d.with_severity(config.severity[d.code])
+        line = lines[d.span.line - 1] if 0 < d.span.line <= len(lines) else None
+        out.append(d.with_source_line(line))
+    return out
+
+
+def lint_one(path: Path, policies: tuple, config: Config) -> tuple[FileReport, tuple]:
+    """Analyse one file; return its report and, for a policy pack, its policies."""
+    analysis = analyse_file(path, policies, config=config)
+    text = analysis.document.source.text if analysis.document else None
+    if text is None and analysis.diagnostics:
+        from opsdsl.lang.loader import MAX_FILE_BYTES
+
+        try:
+            if path.stat().st_size <= MAX_FILE_BYTES:
+                text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None
+    diagnostics = finish(analysis.diagnostics, text, config)
+    name = name_span = None
+    own_policies: tuple = ()
+    model = analysis.model
+    if model is not None:
+        name = model.metadata.name
+        name_span = analysis.document.span(("metadata", "name"))
+        if model.kind == "PolicyPack":
+            own_policies = tuple(model.policies)
+    report = FileReport(
+        display_path(path), tuple(diagnostics), name, name_span, model.kind if model is not None else None
+    )
+    return report, own_policies
+
+
+def _lint_chunk(args: tuple) -> list[tuple[FileReport, tuple]]:
+    paths, policies, config = args
+    return [lint_one(p, policies, config) for p in paths]
+
+
+def lint_paths(paths: Sequence[Path], config: Config, jobs: int | None = None) -> LintResult:
+    missing_paths(paths)
+    files = discover(paths, config.exclude)
+    reports = [FileReport(d.span.file, tuple(finish([d], None, config))) for d in empty_folders(paths, files)]
+
+    # Policy packs first: every other pack's risky-step rule needs their policies. The
+    # quick guess picks the candidates; the model decides, and a policy pack the guess
+    # missed widens the scope, so the packs are linted again with it (rare).
+    policies: list = []
+    hinted = {f for f in files if looks_like_policy_pack(f)}
+    packs = [f for f in files if f not in hinted]
+    for path in sorted(hinted):
+        report, own = lint_one(path, (), config)
+        if report.kind == "PolicyPack":
+            reports.append(report)
+            policies.extend(own)
+        else:
+            packs.append(path)
+    while True:
+        linted = map_files(_lint_chunk, packs, (tuple(policies), config), jobs)
+        late = [
+            (path, report, own)
+            for path, (report, own) in zip(packs, linted, strict=True)
+            if report.kind == "PolicyPack"
+        ]
+        if not late:
+            break
+        for _path, report, own in late:
+            reports.append(report)
+            policies.extend(own)
+        packs = [p for p in packs if p not in {path for path, _, _ in late}]
+    reports += [report for report, _ in linted]
+
+    diagnostics = [d for r in reports for d in r.diagnostics]
+    diagnostics.extend(duplicate_pack_names(reports, config))
+    diagnostics.sort(key=Diagnostic.sort_key)
+    return LintResult(len(files), tuple(diagnostics))
+
+
+def duplicate_pack_names(reports: list[FileReport], config: Config) -> list[Diagnostic]:
+    first: dict[str, FileReport] = {}
+    out = []
+    for report in sorted(reports, key=lambda r: r.path):
+        if report.pack_name is None or report.name_span is None:
+            continue
+        if report.pack_name in first:
+            other = first[report.pack_name]
+            d = Diagnostic(
+                "OPS030",
+                rule("OPS030").severity,
+                f"pack name `{report.pack_name}` is already used by {other.path}",
+                report.name_span,
+                "pack names must be unique: plans, locks and ledgers are keyed by them",
+            )
+            try:
+                text = Path(report.path).read_text("utf-8")
+            except (OSError, UnicodeDecodeError):
+                text = None
+            out.extend(finish([d], text, config))
+        else:
+            first[report.pack_name] = report
+    return out

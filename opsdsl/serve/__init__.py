@@ -1,0 +1,1 @@
+"""`opsdsl serve`: the HTTP service in front of the runtime."""
