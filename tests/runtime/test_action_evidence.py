@@ -40,10 +40,12 @@ def request(inputs: dict[str, Any], step_id: str = "collect") -> ActionRequest:
 
 
 def context(evidence_dir: Path) -> ActionContext:
+    """Files may come from the folder around the evidence folder (the test's tmp_path)."""
     return ActionContext(
         evidence_dir=evidence_dir,
         redact=lambda text: text.replace(SECRET, "***"),
         redact_bytes=lambda data: data.replace(SECRET.encode(), b"***"),
+        evidence_roots=(evidence_dir.parent,),
     )
 
 
@@ -168,7 +170,7 @@ def test_sources_never_choose_where_files_go(tmp_path: Path, server: RecordingSe
         evidence,
         {
             "name": "tricky",
-            "files": [str(inner / ".." / ".." / "..secret")],
+            "files": [str(tmp_path / "..secret")],
             "urls": [server.url("/a/../../b")],
             "commands": [[PY, "-c", "print(1)"]],
         },

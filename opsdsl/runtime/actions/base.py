@@ -42,6 +42,12 @@ class ActionContext:
 
     `redact` replaces every known secret value in a string with `***`; actions that write
     files (evidence) must pass the bytes through `redact_bytes` first.
+
+    `state_dir` is the runtime's state directory, which no action may read from (its keys,
+    database and secrets); None: `evidence.collect` infers it from `evidence_dir`.
+    `evidence_roots` are the folders the operator lets `evidence.collect` copy files from;
+    None: the `OPSDSL_EVIDENCE_ROOTS` environment variable says (unset: no folder). Both
+    come from whoever runs the runtime, never from a pack.
     """
 
     evidence_dir: Path
@@ -49,6 +55,8 @@ class ActionContext:
     redact_bytes: Callable[[bytes], bytes] = lambda data: data
     log: Callable[[str], None] = lambda message: None
     extra: dict[str, Any] = field(default_factory=dict)
+    state_dir: Path | None = None
+    evidence_roots: tuple[Path, ...] | None = None
 
 
 class ActionFailed(Exception):

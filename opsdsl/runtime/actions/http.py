@@ -22,6 +22,7 @@ from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionReque
 from opsdsl.runtime.actions.builtin import BuiltinAction
 
 BODY_LIMIT = 1024 * 1024
+MAX_REDIRECTS = 3  # same-origin hops `send(follow_redirects=True)` takes; another origin: none
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})  # timeout, too early, too many requests
 _NO_JSON = object()
 
@@ -77,6 +78,11 @@ async def send(
     Raises ActionFailed for a URL that is not http(s) (not retryable) and for a failed
     connection (retryable, except a certificate that does not verify). Any status is a
     response; `check_status` decides whether it is the expected one.
+
+    `follow_redirects` follows at most MAX_REDIRECTS redirects, and only within the URL's
+    origin (scheme, host and port): a redirect to any other origin fails, not retryable,
+    without a request to it. A URL whose host a hostile value chose can then reach no
+    further than that host (an internal service, a metadata endpoint) on its own.
     """
     try:
         target = httpx.URL(url)
@@ -89,30 +95,58 @@ async def send(
         request_headers["Idempotency-Key"] = idempotency_key
     body: dict[str, Any] = {"json": json} if json is not _NO_JSON else {"content": content}
     try:
-        async with (
-            httpx.AsyncClient(
-                verify=_tls_context() if verify else False, timeout=timeout, follow_redirects=follow_redirects
-            ) as client,
-            client.stream(method, target, headers=request_headers, **body) as response,
-        ):
-            kept = bytearray()
-            truncated = False
-            async for chunk in response.aiter_bytes():
-                room = limit - len(kept)
-                if len(chunk) > room:
-                    kept += chunk[:room]
-                    truncated = True
-                    break
-                kept += chunk
-            return HttpResponse(
-                status=response.status_code,
-                headers={name.lower(): value for name, value in response.headers.items()},
-                body=bytes(kept),
-                truncated=truncated,
-                encoding=response.charset_encoding or "utf-8",
-            )
+        async with httpx.AsyncClient(verify=_tls_context() if verify else False, timeout=timeout) as client:
+            outgoing = client.build_request(method, target, headers=request_headers, **body)
+            hops = 0
+            while True:
+                response = await client.send(outgoing, stream=True)
+                try:
+                    if not (follow_redirects and response.is_redirect and response.next_request is not None):
+                        return await _read_response(response, limit)
+                    outgoing = _redirect_within_origin(method, url, target, response.next_request, hops)
+                    hops += 1
+                finally:
+                    await response.aclose()
     except httpx.HTTPError as exc:
         raise ActionFailed(f"{method} {url} failed: {_describe(exc)}", retryable=not _certificate_refused(exc)) from exc
+
+
+async def _read_response(response: httpx.Response, limit: int) -> HttpResponse:
+    kept = bytearray()
+    truncated = False
+    async for chunk in response.aiter_bytes():
+        room = limit - len(kept)
+        if len(chunk) > room:
+            kept += chunk[:room]
+            truncated = True
+            break
+        kept += chunk
+    return HttpResponse(
+        status=response.status_code,
+        headers={name.lower(): value for name, value in response.headers.items()},
+        body=bytes(kept),
+        truncated=truncated,
+        encoding=response.charset_encoding or "utf-8",
+    )
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme))
+
+
+def _redirect_within_origin(
+    method: str, url: str, first: httpx.URL, redirect: httpx.Request, hops: int
+) -> httpx.Request:
+    """The redirect's request, if it stays within `first`'s origin and the hop limit."""
+    if _origin(redirect.url) != _origin(first):
+        raise ActionFailed(
+            f"{method} {url} redirected to another origin ({redirect.url.scheme}://{redirect.url.netloc.decode()}); "
+            "redirects are followed only within the URL's own scheme, host and port",
+            retryable=False,
+        )
+    if hops >= MAX_REDIRECTS:
+        raise ActionFailed(f"{method} {url} redirected more than {MAX_REDIRECTS} times", retryable=False)
+    return redirect
 
 
 def _describe(exc: httpx.HTTPError) -> str:
