@@ -111,6 +111,9 @@ class Input(_Defaulted):
     type: ValueType
     from_: str | None = Field(default=None, alias="from")
     description: str | None = None
+    pattern: str | None = None  # RE2, matched against the whole value
+    enum: tuple[Any, ...] | None = None
+    max_length: int | None = None
 
 
 class Playbook(Frozen):

@@ -17,6 +17,7 @@ from opsdsl.errors import EvalError
 
 ALLOW, DENY, REQUIRE_APPROVAL = "allow", "deny", "require_approval"
 UNKNOWN_ACTION_POLICY = "opsdsl-known-actions"
+TAINT_POLICY = "opsdsl-tainted-data"  # event data where it may not go (opsdsl.lang.taint)
 
 
 @dataclass(frozen=True)

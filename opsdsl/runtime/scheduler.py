@@ -23,11 +23,12 @@ from typing import Any
 from opsdsl.audit import entries as E
 from opsdsl.errors import EvalError
 from opsdsl.lang.actions import policy_step_view
+from opsdsl.lang.taint import url_keys
 from opsdsl.runtime import store as S
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
 from opsdsl.runtime.approvals import ApprovalSteps
 from opsdsl.runtime.endings import RunEndings
-from opsdsl.runtime.gate import ALLOW, DENY, REQUIRE_APPROVAL, Gate
+from opsdsl.runtime.gate import ALLOW, DENY, REQUIRE_APPROVAL, TAINT_POLICY, Decision, Gate
 from opsdsl.runtime.outcome import TIMED_OUT, TIMEOUT_VOTER, Outcome, Paused  # noqa: F401  (re-exported)
 from opsdsl.runtime.secrets import SecretError, Secrets, SecretsView
 
@@ -64,6 +65,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         self.plan = plan
         self.playbook = plan["playbooks"][run.playbook]
         self.nodes: dict[str, dict[str, Any]] = {n["id"]: n for n in self.playbook["nodes"]}
+        self.tainted_inputs = _tainted_inputs(self.playbook, sub_run=run.parent_run is not None)
         self.preds: dict[str, list[str]] = {sid: [] for sid in self.nodes}
         self.dependents: dict[str, list[str]] = {sid: [] for sid in self.nodes}
         for edge in self.playbook["edges"]:
@@ -295,7 +297,7 @@ class Scheduler(ApprovalSteps, RunEndings):
                 rendered = self._render(sid)
             except (EvalError, SecretError) as error:
                 return self._fail(sid, f"`with:` could not be rendered: {error.message}", {}, decision=None)
-            decision = self.gate.judge(self._policy_activation(sid, rendered))
+            decision = self._taint_decision(sid, rendered) or self.gate.judge(self._policy_activation(sid, rendered))
             decision_entry = [(E.POLICY_DECISION, {"step": sid, "action": node["action"], **decision.to_dict()})]
             if decision.decision == DENY:
                 return self._fail(sid, decision.reason, {}, decision=decision_entry, denied_by=decision.deciding_policy)
@@ -508,6 +510,19 @@ class Scheduler(ApprovalSteps, RunEndings):
             "now": self.env.clock(),
         }
 
+    def _taint_decision(self, sid: str, rendered: dict[str, Any]) -> Decision | None:
+        """Deny a step that would put event data where it may not go (docs/security.md): the
+        same findings as lint's OPS043 and OPS051, on the plan as signed, whatever lint said."""
+        from opsdsl.lang.taint import step_findings
+
+        node = self.nodes[sid]
+        findings = step_findings(node["action"], node.get("with") or {}, self.tainted_inputs, rendered)
+        if not findings:
+            return None
+        message = "; ".join(f"{'.'.join(map(str, ('with', *f.path)))}: {f.message}" for f in findings)
+        policy = {"id": TAINT_POLICY, "effect": DENY, "message": message, "origin": "opsdsl"}
+        return Decision(DENY, (policy,))
+
     def _policy_activation(self, sid: str, rendered: dict[str, Any]) -> dict[str, Any]:
         node = self.nodes[sid]
         owner = self.nodes[node["for"]] if node["section"] == "compensation" else node
@@ -558,7 +573,11 @@ class Scheduler(ApprovalSteps, RunEndings):
             if isinstance(with_.get("message"), str):
                 rendered["message"] = _render_value(with_["message"], activation)
         else:
-            rendered = _render_value(with_, activation)
+            urls = url_keys(node["action"])
+            rendered = {
+                key: _render_url(value, activation) if key in urls else _render_value(value, activation)
+                for key, value in with_.items()
+            }
         self._rendered[sid] = rendered
         return rendered
 
@@ -657,6 +676,26 @@ def _render_value(value: Any, activation: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [_render_value(v, activation) for v in value]
     return value
+
+
+def _render_url(value: Any, activation: dict[str, Any]) -> Any:
+    """A URL, or a list of them, with `${{ }}` percent-encoded by position (docs/security.md)."""
+    from opsdsl.lang.taint import render_url
+
+    if isinstance(value, list):
+        return [_render_url(item, activation) for item in value]
+    if isinstance(value, str) and "${{" in value:
+        return render_url(value, activation)
+    return _render_value(value, activation)
+
+
+def _tainted_inputs(playbook: dict[str, Any], sub_run: bool) -> frozenset[str]:
+    """Inputs carrying event data: taken `from:` an event, or, in a run a `playbook.call`
+    started, any input (the caller may have passed event data), unless validated."""
+    from opsdsl.lang.taint import tainted_inputs
+
+    declared = playbook.get("inputs") or {}
+    return tainted_inputs(declared, dict.fromkeys(declared, True) if sub_run else None)
 
 
 def _duration_seconds(value: Any) -> float:

@@ -17,7 +17,7 @@ from opsdsl.lang.checks.review import (
     check_plaintext_secrets,
     check_retry_idempotency,
     check_risky_steps,
-    check_shell_injection,
+    check_tainted_data,
     check_unused,
 )
 from opsdsl.lang.checks.semantic import (
@@ -54,7 +54,7 @@ REVIEW_CHECKS: tuple[Rule, ...] = (
     check_risky_steps,
     check_network_timeouts,
     check_hook_cooldowns,
-    check_shell_injection,
+    check_tainted_data,
     check_plaintext_secrets,
     check_unused,
     check_retry_idempotency,

@@ -9,7 +9,7 @@ from opsdsl.errors import Diagnostic, EvalError
 from opsdsl.lang.actions import NETWORK_ACTIONS, policy_step_view
 from opsdsl.lang.checks.context import Scope, Unit, ancestors, iter_steps, predecessors
 from opsdsl.lang.checks.semantic import call_graph
-from opsdsl.lang.expr import ExprSyntaxError, compile_expr, parse, parse_template
+from opsdsl.lang.expr import ExprSyntaxError, compile_expr, parse
 from opsdsl.lang.model import Pack, Policy, Step
 
 Path_ = tuple[str | int, ...]
@@ -150,78 +150,56 @@ def check_hook_cooldowns(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
             )
 
 
-# Programs that run a script given as an argument, and the flags that introduce it.
-_SCRIPT_FLAGS = {
-    **dict.fromkeys(("sh", "bash", "zsh", "dash", "ksh", "ash", "fish", "busybox"), ("-c",)),
-    "cmd": ("/c", "/C", "/k", "/K"),
-    "pwsh": ("-c", "-Command", "-command", "-EncodedCommand"),
-    "powershell": ("-c", "-Command", "-command", "-EncodedCommand"),
-    **dict.fromkeys(("python", "python3"), ("-c",)),
-    **dict.fromkeys(("perl", "ruby", "node"), ("-e",)),
-    "php": ("-r",),
-}
-_POSIX_SHELLS = frozenset(("sh", "bash", "zsh", "dash", "ksh", "ash", "fish", "busybox"))
-_TAINTED_ROOTS = frozenset({"event", "inputs", "steps"})
+def pack_tainted_inputs(pack: Pack) -> dict[str, frozenset[str]]:
+    """Per playbook, the inputs that carry event data: taken `from:` an event, or passed
+    tainted data by a `playbook.call`, and validated by neither `pattern:` nor `enum:`."""
+    from opsdsl.lang.taint import tainted_inputs, value_tainted
+
+    declared = {
+        name: {k: v.model_dump(by_alias=True) for k, v in pb.inputs.items()} for name, pb in pack.playbooks.items()
+    }
+    called: dict[str, dict[str, bool]] = {name: {} for name in pack.playbooks}
+    result = {name: tainted_inputs(declared[name]) for name in pack.playbooks}
+    changed = True
+    while changed:  # a call chain passes taint along; at most one round per playbook
+        changed = False
+        for _, playbook_name, _, step, _ in iter_steps(pack):
+            target = step.with_.get("playbook") if step.action == "playbook.call" else None
+            if not isinstance(target, str) or target not in called or not isinstance(step.with_.get("inputs"), dict):
+                continue
+            for input_name, value in step.with_["inputs"].items():
+                if value_tainted(value, result[playbook_name]) and not called[target].get(input_name):
+                    called[target][input_name] = True
+                    result[target] = tainted_inputs(declared[target], called[target])
+                    changed = True
+    return result
 
 
-def _tainted(text: str) -> set[str]:
-    """Roots of run-time data that `text` interpolates (event, inputs, step outputs)."""
-    if "${{" not in text:
-        return set()
-    try:
-        template = parse_template(text)
-    except ExprSyntaxError:
-        return set()
-    return {ref.root for expression, _ in template.expressions for ref in expression.references()} & _TAINTED_ROOTS
+def check_tainted_data(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    """Event data in a position not on the allow-list of `opsdsl.lang.taint` (OPS043 for
+    commands, OPS051 for destinations)."""
+    from opsdsl.lang.taint import step_findings
 
-
-def _argv_findings(argv: list) -> Iterator[tuple[int, str]]:
-    if not argv or not all(isinstance(a, str) for a in argv):
-        return
-    roots = _tainted(argv[0])
-    if roots:
-        yield 0, f"the program name is filled from {', '.join(sorted(roots))} data"
-        return
-    program = re.sub(r"(\.exe)?$", "", argv[0].replace("\\", "/").rsplit("/", 1)[-1].lower(), count=1)
-    if program in ("env", "sudo", "nice", "nohup", "timeout", "xargs"):
-        # Wrappers: skip their options and VAR=value settings, then check the real program.
-        rest = 1
-        while rest < len(argv) and (
-            argv[rest].startswith("-") or "=" in argv[rest] or (program == "timeout" and argv[rest][:1].isdigit())
-        ):
-            rest += 1
-        yield from ((i + rest, m) for i, m in _argv_findings(argv[rest:]))
-        return
-    flags = _SCRIPT_FLAGS.get(program) or _SCRIPT_FLAGS.get(re.sub(r"[0-9.]+$", "", program))
-    if flags is None:
-        return
-    for i, arg in enumerate(argv[1:], start=1):
-        combined = program in _POSIX_SHELLS and arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:]
-        if arg in flags or combined:
-            script = " ".join(a for a in argv[i + 1 :])
-            roots = _tainted(script)
-            if roots and i + 1 < len(argv):
-                yield i + 1, f"{', '.join(sorted(roots))} data is interpolated into a `{program} {arg}` script"
-            return
-
-
-def check_shell_injection(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
     if not isinstance(pack, Pack):
         return
-    for path, _, _, step, _ in iter_steps(pack):
+    tainted = pack_tainted_inputs(pack)
+    hints = {
+        "OPS043": "pass event data as an argument of a fixed, ordinary program (or in `env:`), validate the input "
+        "with `pattern:` or `enum:`, or read it from a file the pack controls",
+        "OPS051": "keep destinations in the pack (params); validate the input with `pattern:` or `enum:`",
+    }
+    for path, playbook_name, _, step, _ in iter_steps(pack):
         places = [(step.action, step.with_, (*path, "with"))]
         if step.compensate:
             places.append((step.compensate.action, step.compensate.with_, (*path, "compensate", "with")))
         for action, with_, at in places:
-            if action != "shell" or not isinstance(with_.get("argv"), list):
-                continue
-            for index, message in _argv_findings(with_["argv"]):
+            for finding in step_findings(action, with_, tainted[playbook_name]):
                 yield unit.at(
-                    "OPS043",
-                    (*at, "argv", index),
-                    f"possible command injection in step `{step.id}`: {message}",
-                    "pass the data as its own argv element (or in `env:`), and keep the program name fixed",
+                    finding.code,
+                    (*at, *finding.path),
+                    f"possible injection in step `{step.id}`: {finding.message}",
+                    hints[finding.code],
                 )
 
 

@@ -255,7 +255,7 @@ class PackBuilder(DataBuilder):
                 continue
             if kind == "string":
                 self.put(entry, (*here, "description"), self.text_of(child), child, child)
-            elif kind == "param_body":
+            elif kind in ("param_body", "input_body"):
                 for inner in _trees(child):
                     self.statement(inner, entry, here)
             i += 1
@@ -340,11 +340,11 @@ class PackBuilder(DataBuilder):
         kind, keyword = stmt.data, stmt.children[0]
         path = (*here, kind)
         args = stmt.children[1:]
-        if kind in ("description", "name", "message", "risk", "escalate", "timeout", "cooldown", "for"):
+        if kind in ("description", "name", "message", "risk", "escalate", "timeout", "cooldown", "for", "pattern"):
             self.put(entry, path, self.text_of(args[0]), args[0], keyword)
         elif kind in ("when", "dedupe"):
             self.put(entry, path, self.expression(args[0], path), args[0], keyword)
-        elif kind in ("labels", "with", "needs", "enum", "max_concurrent", "approvals"):
+        elif kind in ("labels", "with", "needs", "enum", "max_concurrent", "approvals", "max_length"):
             self.put(entry, path, self.value(args[0], path), args[0], keyword)
         elif kind in ("secret", "continue_on_error", "idempotent"):
             flag = args[0].children[0].type == "TRUE" if args else True

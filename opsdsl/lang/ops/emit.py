@@ -128,6 +128,10 @@ def _typed(head: str, name: str, entry: Any, allowed: tuple[str, ...]) -> str:
         body.append(_flag("secret", entry["secret"]))
     if "enum" in entry:
         body.append("enum " + literal(entry["enum"]))
+    if "pattern" in entry:
+        body.append("pattern " + quote(_text(entry["pattern"], where + ".pattern")))
+    if "max_length" in entry:
+        body.append("max_length " + literal(entry["max_length"]))
     return text + (" { " + "\n".join(body) + " }" if body else "")
 
 
@@ -177,7 +181,9 @@ def _playbook(name: str, playbook: Any) -> list[str]:
     if "timeout" in playbook:
         out.append("timeout " + _duration(playbook["timeout"], where))
     for iname, entry in (playbook.get("inputs") or {}).items():
-        out.append(_typed("input", iname, entry, ("type", "from", "default", "description")))
+        out.append(
+            _typed("input", iname, entry, ("type", "from", "default", "description", "pattern", "enum", "max_length"))
+        )
     for step in playbook.get("steps") or []:
         out.append("")
         out.extend(_step(step, where))

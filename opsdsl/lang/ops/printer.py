@@ -33,6 +33,8 @@ KEYWORDS = frozenset(
         "param",
         "secret",
         "enum",
+        "pattern",
+        "max_length",
         "trigger",
         "on",
         "when",
