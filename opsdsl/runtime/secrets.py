@@ -6,7 +6,9 @@ environment variable `OPSDSL_SECRET_NAME` (upper-cased), and the file
 `STATE_DIR/secrets/NAME`. Values of params declared `secret: true` are secrets too.
 
 Every value that reaches the ledger, the state database, logs, evidence or the RCA passes
-through `Redactor`, which replaces each known secret value with `***`.
+through `Redactor`, which replaces each known secret value with `***`, and also the piece
+of one left where a text was cut short (an output kept up to its limit, a message
+shortened with `…`): a secret's head at the end of a text, its tail at the start.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from opsdsl.errors import UsageError
 
 MASK = "***"
 ENV_PREFIX = "OPSDSL_SECRET_"
+FRAGMENT_MIN = 6  # characters of a secret's head or tail masked at a cut (fewer for short secrets)
+CUT_MARKS = ("\u2026", "\ufffd")  # "…" ends a shortened text; U+FFFD a character cut in half
 
 
 class SecretError(Exception):
@@ -130,10 +134,19 @@ class SecretsView(Mapping[str, str]):
 
 
 class Redactor:
-    """Replaces known secret values with `***` in strings, bytes and JSON-like data."""
+    """Replaces known secret values with `***` in strings, bytes and JSON-like data.
+
+    A text cut at a limit before it was redacted may end with a secret's first characters
+    (or, kept from the end, start with its last ones), which no longer match the whole
+    value. So at every cut boundary (the start and end of the text, and either side of
+    `…` or U+FFFD) a secret's head or tail of at least `fragment_floor` characters is
+    masked too. A text that merely ends like the start of a secret loses those characters:
+    the price of never keeping a piece of one.
+    """
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         self._values: list[str] = []
+        self._encoded: list[bytes] = []
         for value in values:
             self.add(value)
 
@@ -142,6 +155,7 @@ class Redactor:
             return
         self._values.append(value)
         self._values.sort(key=len, reverse=True)  # longest first: a secret containing another
+        self._encoded = [known.encode("utf-8") for known in self._values]
 
     def __bool__(self) -> bool:
         return bool(self._values)
@@ -150,14 +164,14 @@ class Redactor:
         for value in self._values:
             if value in text:
                 text = text.replace(value, MASK)
-        return text
+        return _mask_cut_fragments(text, self._values, MASK, CUT_MARKS)
 
     def bytes(self, data: bytes) -> bytes:
-        for value in self._values:
-            encoded = value.encode("utf-8")
+        mask = MASK.encode()
+        for encoded in self._encoded:
             if encoded in data:
-                data = data.replace(encoded, MASK.encode())
-        return data
+                data = data.replace(encoded, mask)
+        return _mask_cut_fragments(data, self._encoded, mask, tuple(mark.encode("utf-8") for mark in CUT_MARKS))
 
     def data(self, value: Any) -> Any:
         """A copy of JSON-like `value` with secrets masked in every string (keys too)."""
@@ -170,3 +184,69 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.data(item) for item in value]
         return value
+
+
+def fragment_floor(secret_length: int) -> int:
+    """The shortest head or tail of a secret masked at a cut: FRAGMENT_MIN, or half of a
+    short secret (at least 3 characters: shorter pieces say little and match too much)."""
+    return min(FRAGMENT_MIN, max(3, secret_length // 2))
+
+
+def _mask_cut_fragments(data: Any, secrets: list[Any], mask: Any, marks: tuple[Any, ...]) -> Any:
+    """`data` (str or bytes) with every secret head ending at a cut and every secret tail
+    starting at one replaced by `mask`."""
+    if not secrets or not data:
+        return data
+    ends, starts = {len(data)}, {0}
+    for mark in marks:
+        at = data.find(mark)
+        while at != -1:
+            ends.add(at)
+            starts.add(at + len(mark))
+            at = data.find(mark, at + len(mark))
+    spans = []
+    for secret in secrets:
+        floor = fragment_floor(len(secret))
+        if len(secret) <= floor:
+            continue
+        for end in ends:
+            size = _head_before(data, end, secret, floor)
+            if size:
+                spans.append((end - size, end))
+        for start in starts:
+            size = _tail_after(data, start, secret, floor)
+            if size:
+                spans.append((start, start + size))
+    if not spans:
+        return data
+    pieces, done = [], 0
+    for begin, end in sorted(spans):
+        if end <= done:
+            continue
+        pieces.append(data[done : max(begin, done)])
+        pieces.append(mask)
+        done = end
+    pieces.append(data[done:])
+    return data[:0].join(pieces)
+
+
+def _head_before(data: Any, end: int, secret: Any, floor: int) -> int:
+    """The length of the longest head of `secret` (at least `floor`) that `data` has just
+    before `end`, else 0."""
+    if end < floor or data[end - floor : end] not in secret:
+        return 0
+    for size in range(min(len(secret) - 1, end), floor - 1, -1):
+        if data[end - size : end] == secret[:size]:
+            return size
+    return 0
+
+
+def _tail_after(data: Any, start: int, secret: Any, floor: int) -> int:
+    """The length of the longest tail of `secret` (at least `floor`) that `data` has from
+    `start` on, else 0."""
+    if len(data) - start < floor or data[start : start + floor] not in secret:
+        return 0
+    for size in range(min(len(secret) - 1, len(data) - start), floor - 1, -1):
+        if data[start : start + size] == secret[-size:]:
+            return size
+    return 0
