@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from opsdsl.errors import UsageError
 
@@ -151,9 +152,11 @@ class Redactor:
             self.add(value)
 
     def add(self, value: str) -> None:
-        if not value or value in self._values:
-            return
-        self._values.append(value)
+        """Know `value`, and its percent-encoded forms: a secret rendered into a URL is
+        encoded there, and error messages quote the URL."""
+        for form in dict.fromkeys((value, quote(value, safe=""), quote(value), quote_plus(value))):
+            if form and form not in self._values:
+                self._values.append(form)
         self._values.sort(key=len, reverse=True)  # longest first: a secret containing another
         self._encoded = [known.encode("utf-8") for known in self._values]
 
