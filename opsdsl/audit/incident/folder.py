@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from opsdsl.audit.incident.record import (
 )
 from opsdsl.build.signing import encode_base64, keyid, pae
 from opsdsl.canonical import canonical_json
-from opsdsl.files import write_atomic, write_atomic_bytes
+from opsdsl.files import write_atomic_bytes
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -60,19 +61,22 @@ def write_incident(
     checkpoint: dict | None,
     signer: Ed25519PrivateKey,
     rca: dict | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> Path:
     """Write (or rewrite) a run's incident folder: record.json, rca.md, then manifest.json last.
 
     `rca` ({title, summary, include}) overrides what the run's report.rca step asked for.
     Unknown section names are dropped rather than failing: the record matters more than
-    its layout. Each file is replaced atomically; a reader between two files sees an old
-    manifest that no longer matches, which verification reports.
+    its layout. `redact` masks secrets in the title and summary, which a step renders
+    from `${{ }}` and may carry one. Each file is replaced atomically; a reader between
+    two files sees an old manifest that no longer matches, which verification reports.
+    The folder is 0700 and its files 0600: evidence and the record are nobody else's.
     """
     run = run_entries(entries)
     folder = incident_folder(root, run)
     if folder.is_symlink():
         raise IncidentError(f"{folder} is a symlink; an incident folder must be a real directory")
-    folder.mkdir(parents=True, exist_ok=True)
+    _private_folder(folder)
     _regular_files(folder)  # refuse links before writing anything, not halfway
     record = build_record(run, checkpoint=checkpoint, evidence_dir=folder / EVIDENCE_DIR)
     settings = rca_settings(run) | (rca or {})
@@ -81,18 +85,32 @@ def write_incident(
         sections = DEFAULT_SECTIONS
     sections = [name for name in sections if name in RCA_SECTIONS]
     title, summary = settings.get("title"), settings.get("summary")
-    markdown = render_rca(
-        run,
-        record,
-        title=title if isinstance(title, str) else None,
-        summary=summary if isinstance(summary, str) else None,
-        include=sections,
-    )
-    write_atomic_bytes(folder / RECORD_FILE, signed_file_bytes(RECORD_PAYLOAD_TYPE, "record", record, [signer]))
-    write_atomic(folder / RCA_FILE, markdown)
+    title = title if isinstance(title, str) else None
+    summary = summary if isinstance(summary, str) else None
+    if redact is not None:
+        title = redact(title) if title is not None else None
+        summary = redact(summary) if summary is not None else None
+    markdown = render_rca(run, record, title=title, summary=summary, include=sections)
+    record_bytes = signed_file_bytes(RECORD_PAYLOAD_TYPE, "record", record, [signer])
+    write_atomic_bytes(folder / RECORD_FILE, record_bytes, mode=0o600)
+    write_atomic_bytes(folder / RCA_FILE, markdown.encode("utf-8"), mode=0o600)
     manifest = {"files": digest_folder(folder)}
-    write_atomic_bytes(folder / MANIFEST_FILE, signed_file_bytes(MANIFEST_PAYLOAD_TYPE, "manifest", manifest, [signer]))
+    manifest_bytes = signed_file_bytes(MANIFEST_PAYLOAD_TYPE, "manifest", manifest, [signer])
+    write_atomic_bytes(folder / MANIFEST_FILE, manifest_bytes, mode=0o600)
     return folder
+
+
+def _private_folder(folder: Path) -> None:
+    """Create `folder` and its missing parents 0700 (an existing incident folder is tightened)."""
+    missing = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for made in reversed(missing):
+        made.mkdir(mode=0o700, exist_ok=True)
+    if stat.S_IMODE(folder.stat().st_mode) != 0o700:
+        os.chmod(folder, 0o700)
 
 
 def signed_file_bytes(payload_type: str, field: str, body: dict, signers: Sequence[Ed25519PrivateKey]) -> bytes:
