@@ -184,6 +184,17 @@ def check_tainted_data(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     if not isinstance(pack, Pack):
         return
     tainted = pack_tainted_inputs(pack)
+    from opsdsl.lang.taint import compile_pattern
+
+    for playbook_name, playbook in pack.playbooks.items():
+        for input_name, spec in playbook.inputs.items():
+            if spec.pattern is not None and compile_pattern(spec.pattern) is None:
+                yield unit.at(
+                    "OPS013",
+                    ("playbooks", playbook_name, "inputs", input_name, "pattern"),
+                    f"`pattern:` of input `{input_name}` is not a valid RE2 expression, so every value would be refused",
+                    "RE2 has no backreferences or lookaround; see https://github.com/google/re2/wiki/Syntax",
+                )
     hints = {
         "OPS043": "pass event data as an argument of a fixed, ordinary program (or in `env:`), validate the input "
         "with `pattern:` or `enum:`, or read it from a file the pack controls",
