@@ -64,7 +64,8 @@ RULES: dict[str, Rule] = {
             "OPS043",
             "shell-injection",
             E,
-            "Event or step data is interpolated into a program name or a `sh -c` script.",
+            "Event or step data reaches a program name, code an interpreter runs, its standard input, or a loader "
+            "variable.",
         ),
         Rule(
             "OPS044",
@@ -82,6 +83,13 @@ RULES: dict[str, Rule] = {
             "untested-high-risk-step",
             W,
             "A `risk: high` step no pack test started (off unless `require-tested-high-risk = true`).",
+        ),
+        Rule(
+            "OPS051",
+            "tainted-destination",
+            E,
+            "Event or step data picks a URL's host, a path, a program's options or another setting only the pack "
+            "may set.",
         ),
         # pack tests (`opsdsl test`)
         Rule("OPS060", "no-tests", E, "`opsdsl test` found no pack tests (*.test.yaml, *.test.yml, *.test.ops)."),

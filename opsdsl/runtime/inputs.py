@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opsdsl.errors import EvalError, UsageError
+from opsdsl.lang.taint import input_problem
 from opsdsl.runtime.plans import RunRefused
 from opsdsl.runtime.secrets import Secrets
 
@@ -135,6 +136,10 @@ def resolve_inputs(
                 f"input `{input_name}` of playbook `{name}` has no value{because}: "
                 f"pass --input {input_name}=VALUE or an --event that carries it"
             )
+    for input_name, value in values.items():
+        problem = input_problem(declared[input_name], value)
+        if problem is not None:
+            raise RunRefused(f"input `{input_name}` of playbook `{name}` refused: its value {problem}")
     return values
 
 
@@ -185,4 +190,7 @@ def _typed_inputs(playbook: dict, name: str, values: dict[str, Any], given: dict
             out[input_name] = _declared_value(spec["default"], spec["type"])
         else:
             raise EvalError(f"playbook.call: input `{input_name}` of `{name}` has no value")
+        problem = input_problem(spec, out[input_name])
+        if problem is not None:
+            raise EvalError(f"playbook.call: input `{input_name}` of `{name}` refused: its value {problem}")
     return out

@@ -167,6 +167,14 @@ def to_string_checked(value: Any) -> str:
 
 
 ANY = frozenset(("int", "double", "string", "bool", "null", "list", "map"))
+
+
+def raw(value: Any) -> Any:
+    """The value itself. In a URL, `${{ raw(x) }}` is inserted as it is instead of
+    percent-encoded: a choice lint can see (OPS051 refuses it for event data)."""
+    return value
+
+
 BOOL = frozenset(("bool",))
 
 BUILTINS: dict[str, Builtin] = {
@@ -188,6 +196,7 @@ BUILTINS: dict[str, Builtin] = {
             to_string_checked,
         ),
         Builtin("duration", True, False, (STRING | {"double"},), frozenset(("double",)), duration),
+        Builtin("raw", True, False, (ANY,), ANY, raw),
     )
 }
 
