@@ -260,7 +260,8 @@ def argv_findings(argv: list, tainted: frozenset[str], rendered: list | None = N
                         yield j, f"event data is an argument of `{program}`, which runs a program elsewhere"
             return
         if program in INTERPRETERS:
-            for j in range(index + 1, len(argv)):
+            start = _script_file(argv, index, program, tainted)
+            for j in range(start, len(argv)):
                 if value_tainted(argv[j], tainted):
                     yield j, f"event data is an argument of `{program}`, which runs its arguments as code"
             return
@@ -437,3 +438,28 @@ def _starts_with_literal(text: str) -> bool:
     except ExprSyntaxError:
         return False
     return isinstance(first, str) and first != ""
+
+
+# Interpreters whose first operand may be a script file: the arguments after a fixed script
+# (with no code flag before it) are the script's data, not code.
+SCRIPT_RUNNERS = frozenset(
+    {"sh", "bash", "zsh", "dash", "ksh", "python", "python2", "python3", "perl", "ruby", "node", "php", "lua", "tclsh"}
+)
+_CODE_FLAGS = re.compile(r"^(-[a-zA-Z]*[ceEpr][a-zA-Z]*|--?command|--eval|--print|-m)$")
+
+
+def _script_file(argv: list, index: int, program: str, tainted: frozenset[str]) -> int:
+    """Where tainted arguments of an interpreter start to count: right after it, or after a
+    fixed script file it was given (`python3 tool.py ARG`)."""
+    if program not in SCRIPT_RUNNERS:
+        return index + 1
+    for j in range(index + 1, len(argv)):
+        arg = argv[j]
+        if not isinstance(arg, str) or value_tainted(arg, tainted):
+            return index + 1
+        if arg.startswith("-"):
+            if _CODE_FLAGS.match(arg):
+                return index + 1
+            continue
+        return j + 1  # a fixed script file: what follows is its data
+    return index + 1
