@@ -12,6 +12,7 @@ from pathlib import Path
 
 from opsdsl.errors import Diagnostic, Severity, Span
 from opsdsl.lang.source import Document
+from opsdsl.lang.untrusted import not_regular, read_limited
 from opsdsl.lang.yaml_reader import load_text
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
@@ -25,20 +26,21 @@ def read_source(path: Path) -> tuple[str | None, list[Diagnostic]]:
     shown = display_path(path)
     here = Span(shown, 1, 1)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return None, [
-                Diagnostic(
-                    "OPS001",
-                    Severity.ERROR,
-                    f"file is {size / 1048576:.1f} MiB; packs are limited to {MAX_FILE_BYTES // 1048576} MiB",
-                    here,
-                    "split it into several packs",
-                )
-            ]
-        raw = path.read_bytes()
-    except OSError as exc:
-        return None, [Diagnostic("OPS001", Severity.ERROR, f"cannot read file: {exc.strerror}", here)]
+        info = path.stat()
+    except (OSError, ValueError) as exc:
+        return None, [Diagnostic("OPS001", Severity.ERROR, f"cannot read file: {_reason(exc)}", here)]
+    kind = not_regular(info.st_mode)
+    if kind is not None:  # never opened: a FIFO or a device would block or never end
+        return None, [
+            Diagnostic("OPS001", Severity.ERROR, f"not a regular file ({kind})", here, "packs are regular files")
+        ]
+    if info.st_size > MAX_FILE_BYTES:
+        return None, [_too_big(info.st_size, here)]
+    raw, problem = read_limited(path, MAX_FILE_BYTES)
+    if raw is None:
+        if problem and problem.startswith("larger than"):  # it grew after the stat
+            return None, [_too_big(MAX_FILE_BYTES + 1, here)]
+        return None, [Diagnostic("OPS001", Severity.ERROR, f"cannot read file: {problem}", here)]
     if b"\x00" in raw[:8192]:
         return None, [Diagnostic("OPS001", Severity.ERROR, "not a text file (it contains NUL bytes)", here)]
     try:
@@ -55,6 +57,20 @@ def read_source(path: Path) -> tuple[str | None, list[Diagnostic]]:
             )
         ]
     return text, []
+
+
+def _too_big(size: int, here: Span) -> Diagnostic:
+    return Diagnostic(
+        "OPS001",
+        Severity.ERROR,
+        f"file is {size / 1048576:.1f} MiB; packs are limited to {MAX_FILE_BYTES // 1048576} MiB",
+        here,
+        "split it into several packs",
+    )
+
+
+def _reason(exc: OSError | ValueError) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def load_file(path: Path) -> tuple[Document | None, list[Diagnostic]]:
@@ -125,8 +141,9 @@ def discover(paths: Iterable[Path], exclude: Iterable[str] = ()) -> list[Path]:
     """Pack files named by `paths`: files as given, folders searched recursively.
 
     In folders, `*.yaml`/`*.yml`/`*.ops` files are packs except `*.test.yaml` and
-    `*.test.ops` (pack tests),
-    hidden files and folders, and paths matching an `exclude` glob.
+    `*.test.ops` (pack tests), hidden files and folders, paths matching an `exclude` glob,
+    and what is not a regular file (a FIFO, a socket, a device: reading one would block).
+    A file named directly is kept whatever it is; `read_source` says why it cannot be read.
     """
     patterns = tuple(exclude)
     found: set[Path] = set()
@@ -140,7 +157,18 @@ def discover(paths: Iterable[Path], exclude: Iterable[str] = ()) -> list[Path]:
                         continue
                     if patterns and is_excluded(candidate, patterns, path):
                         continue
+                    if _special(candidate):
+                        continue
                     found.add(candidate)
         else:
             found.add(path)
     return sorted(found, key=lambda p: p.as_posix())
+
+
+def _special(path: Path) -> bool:
+    """Whether `path` exists and is not a regular file (a broken link or a loop is kept:
+    `read_source` reports it)."""
+    try:
+        return not_regular(path.stat().st_mode) is not None
+    except (OSError, ValueError):
+        return False

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from opsdsl.errors import Span
-from opsdsl.lang.loader import MAX_FILE_BYTES, discover, load_file
+from opsdsl.lang.loader import MAX_FILE_BYTES, discover, load_file, read_source
 from opsdsl.lang.yaml_reader import load_text
 
 
@@ -112,6 +113,39 @@ def test_discover_finds_yaml_and_yml_recursively_skipping_tests_and_hidden(tmp_p
     found = [p.relative_to(tmp_path).as_posix() for p in discover([tmp_path])]
     assert found == ["a.yaml", "sub/b.yml"]
     assert [p.name for p in discover([tmp_path], exclude=["sub/*"])] == ["a.yaml"]
+
+
+def test_discover_skips_fifos_sockets_and_devices_in_folders_without_opening_them(tmp_path: Path):
+    import socket
+
+    (tmp_path / "a.yaml").write_text("x: 1\n")
+    os.mkfifo(tmp_path / "pipe.yaml")
+    (tmp_path / "null.yaml").symlink_to("/dev/null")
+    (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(tmp_path / "sock.yaml"))
+        found = [p.name for p in discover([tmp_path])]
+    finally:
+        server.close()
+    assert found == ["a.yaml", "loop.yaml"]  # the loop is kept: reading it reports why it cannot be read
+    doc, diags = load_file(tmp_path / "loop.yaml")
+    assert doc is None and diags[0].message.startswith("cannot read file: ")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_named_special_file_is_refused_without_being_opened(tmp_path: Path, kind: str):
+    path = tmp_path / "pack.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would block: the test would hang
+    elif kind == "device":
+        path.symlink_to("/dev/zero")  # reading it would never end
+    else:
+        path.mkdir()
+    doc, diags = read_source(path)
+    assert doc is None and codes(diags) == ["OPS001"]
+    assert diags[0].message.startswith("not a regular file (a ")
+    assert diags[0].hint == "packs are regular files"
 
 
 def test_expression_span_maps_offsets_inside_plain_quoted_and_block_scalars():
