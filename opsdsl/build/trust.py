@@ -22,11 +22,13 @@ from pathlib import Path
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from opsdsl.errors import OpsdslError
 from opsdsl.build.signing import PLAN_PAYLOAD_TYPE, KeyFileError, Verified, keyid, load_public_key, verify_envelope
+from opsdsl.errors import OpsdslError
+from opsdsl.lang.untrusted import InputError, decode, not_regular, read_bytes
 
 API_VERSION = "opsdsl/v1"
 DEFAULT_ENVIRONMENT = "default"
+MAX_TRUST_BYTES = 1024 * 1024  # a trust file, or a key file it names: a few KiB in practice
 
 _TOP_FIELDS = {"apiVersion", "kind", "keys", "environments"}
 _KEY_FIELDS = {"name", "publicKey", "file", "keyid"}
@@ -90,16 +92,18 @@ class Trust:
 def load_trust(path: str | Path) -> Trust:
     """Read and validate a trust file; every problem is a TrustError that names the file and the place."""
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise TrustError(f"trust file {path} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrustError(f"trust file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrustError(f"cannot read trust file {path}: {exc}") from None
+        text = decode(read_bytes(path, f"cannot read trust file {path}", MAX_TRUST_BYTES), f"trust file {path}")
+    except InputError as exc:
+        raise TrustError(exc.message) from None
     try:
         document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         raise TrustError(f"trust file {path} is not valid YAML: {exc}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise TrustError(f"trust file {path} is nested too deeply to be a trust file") from None
 
     def fail(where: str, message: str) -> TrustError:
         return TrustError(f"trust file {path}: {where}: {message}")
@@ -156,6 +160,9 @@ def _load_key_entry(entry: object, where: str, base: Path, fail) -> TrustedKey:
         else:
             if not isinstance(entry["file"], str) or not entry["file"]:
                 raise fail(where, "'file' must be a path")
+            problem = _key_file_problem(base / entry["file"])
+            if problem is not None:  # a FIFO or a device would block: never hand it on
+                raise fail(where, f"key file {base / entry['file']} is {problem}")
             public_key = load_public_key(base / entry["file"])
     except KeyFileError as exc:
         raise fail(where, exc.message) from None
@@ -164,6 +171,21 @@ def _load_key_entry(entry: object, where: str, base: Path, fail) -> TrustedKey:
     if pinned is not None and pinned != kid:
         raise fail(where, f"keyid is {kid}, not the pinned {pinned!r} (was the key file swapped?)")
     return TrustedKey(name, kid, public_key)
+
+
+def _key_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be a key file without opening it (a FIFO, a huge file), or None;
+    a missing file is left for `load_public_key` to report."""
+    try:
+        info = path.stat()
+    except (OSError, ValueError):
+        return None
+    kind = not_regular(info.st_mode)
+    if kind is not None:
+        return f"{kind}, not a regular file"
+    if info.st_size > MAX_TRUST_BYTES:
+        return f"larger than {MAX_TRUST_BYTES} bytes"
+    return None
 
 
 def _load_environment(name: object, spec: object, by_name: Mapping[str, str], fail) -> Environment:
