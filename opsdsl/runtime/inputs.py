@@ -28,32 +28,70 @@ class Selection:
 
 
 def coerce(text: str, kind: str, what: str) -> Any:
-    """A command-line value converted to its declared type."""
+    """A command-line value converted to its declared type; a value the ledger could not
+    record (NaN, 1e400, an integer beyond ±(2**53 - 1), text that is not UTF-8) is refused."""
+    from opsdsl.lang.untrusted import MAX_DEPTH, json_problem
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what}: the value is not valid UTF-8 text") from None
+    value: Any = None
     try:
         if kind == "string":
             return text
         if kind == "integer":
-            return int(text)
-        if kind == "number":
+            value = int(text)
+        elif kind == "number":
             value = float(text)
-            return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-        if kind == "boolean":
+            if value.is_integer() and "." not in text and "e" not in text.lower():
+                value = int(value)
+        elif kind == "boolean":
             if text.lower() not in ("true", "false"):
                 raise ValueError
             return text.lower() == "true"
-        if kind == "duration":
+        elif kind == "duration":
             from opsdsl.lang.durations import parse_duration
 
-            return parse_duration(text) / 1000
-        if kind in ("list", "map"):
+            value = parse_duration(text) / 1000
+        elif kind in ("list", "map"):
             value = json.loads(text)
             if not isinstance(value, list if kind == "list" else dict):
                 raise ValueError
-            return value
-    except ValueError:
-        pass
-    article = "an" if kind[0] in "aeiou" else "a"
-    raise UsageError(f"{what}: {text!r} is not {article} {kind}" + (" (write JSON)" if kind in ("list", "map") else ""))
+        else:
+            raise ValueError
+    except RecursionError:
+        raise UsageError(f"{what}: nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, OverflowError):
+        article = "an" if kind[0] in "aeiou" else "a"
+        write_json = " (write JSON)" if kind in ("list", "map") else ""
+        raise UsageError(f"{what}: {_shown(text)} is not {article} {kind}{write_json}") from None
+    problem = json_problem(value)
+    if problem is not None:
+        raise UsageError(f"{what}: {_shown(text)}: {problem}")
+    return value
+
+
+def _shown(text: str, width: int = 40) -> str:
+    """`text` quoted for a message, cut short: a value may be thousands of characters."""
+    return repr(text if len(text) <= width else text[:width] + "…")
+
+
+def secret_hint(name: str) -> str:
+    """Where a secret param's value may come from, for messages: never `--param`, which `ps` shows."""
+    return f"--secret {name}=env:VARIABLE or --secret {name}=file:PATH"
+
+
+def refuse_secret_params(plan: dict[str, Any], given: Mapping[str, str]) -> None:
+    """A secret param given as `--param` is refused: the command line is visible to every
+    user of the machine (`ps`, /proc/PID/cmdline) and kept in shell histories."""
+    declared = plan.get("params") or {}
+    for name in given:
+        if (declared.get(name) or {}).get("secret"):
+            raise UsageError(
+                f"--param {name}: `{name}` is a secret param, and a command line is visible to every user "
+                f"of the machine (ps); pass {secret_hint(name)} instead"
+            )
 
 
 def _declared_value(value: Any, kind: str) -> Any:
@@ -77,6 +115,8 @@ def resolve_params(plan: dict[str, Any], given: Mapping[str, str], secrets: Secr
             value = secrets[name]
         elif spec.get("default") is not None:
             value = _declared_value(spec["default"], spec["type"])
+        elif spec.get("secret"):
+            raise RunRefused(f"secret param `{name}` has no value: pass {secret_hint(name)}")
         else:
             raise RunRefused(f"param `{name}` is required: pass --param {name}=VALUE")
         if spec.get("enum") and value not in spec["enum"]:
@@ -102,7 +142,7 @@ def restore_params(
         elif spec.get("default") is not None:
             values[name] = spec["default"]
         else:
-            raise RunRefused(f"secret param `{name}` is not stored with the run: pass --param {name}=VALUE")
+            raise RunRefused(f"secret param `{name}` is not stored with the run: pass {secret_hint(name)}")
         secrets.redactor.add(str(values[name]))
     return values
 
