@@ -14,10 +14,11 @@ from typing import Any
 
 import click
 
+from opsdsl.cli.paths import input_file
 from opsdsl.errors import UsageError
 
 _STATE_HELP = "State directory (default: $OPSDSL_HOME, else ./.opsdsl)."
-_EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
+_EXISTING = input_file()
 
 
 def _pack_options(function):
@@ -73,6 +74,33 @@ def build_service(
     return Service(state, loaded, secrets=secrets, max_runs=max_runs, escalation_url=escalation_url, **extra)
 
 
+def _events_in(text: str | bytes, what: str) -> list[dict[str, Any]]:
+    """The events in one payload (a file, or a line of `watch`), read as untrusted input:
+    UTF-8, JSON nested at most 64 deep, numbers and strings the ledger can record."""
+    from opsdsl.lang.untrusted import decode, parse_json
+    from opsdsl.runtime.service import events_from_payload
+
+    if isinstance(text, bytes):
+        text = decode(text, what)
+    try:
+        return events_from_payload(parse_json(text, what))
+    except ValueError as error:  # the payload's shape
+        raise UsageError(f"{what}: {error}") from None
+
+
+def _stdin_lines():
+    """Lines of stdin as bytes, each at most MAX_INPUT_BYTES (a longer one is cut into pieces,
+    each refused as JSON); the caller decodes them."""
+    from opsdsl.lang.untrusted import MAX_INPUT_BYTES
+
+    stream = getattr(sys.stdin, "buffer", None)
+    while True:
+        line = stream.readline(MAX_INPUT_BYTES) if stream is not None else sys.stdin.readline(MAX_INPUT_BYTES)
+        if not line:
+            return
+        yield line
+
+
 def _outcomes(service, run_ids: list[str]) -> list[dict[str, Any]]:
     rows = []
     for run_id in run_ids:
@@ -99,22 +127,13 @@ def fire(ctx: click.Context, event_source: str, **options) -> None:
 
     Exit 0 when every run succeeded (or none started), 1 when one failed, 4 when one paused.
     """
-    from opsdsl.runtime.service import events_from_payload, unrecordable
+    from opsdsl.lang.untrusted import read_text
 
-    try:
-        text = sys.stdin.read() if event_source == "-" else Path(event_source).read_text(encoding="utf-8")
-        events = events_from_payload(json.loads(text))
-        for event in events:
-            problem = unrecordable(event)
-            if problem is not None:
-                raise ValueError(problem)
-    except OSError as error:
-        raise UsageError(f"{event_source}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{event_source}: not JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
-    except ValueError as error:
-        raise UsageError(f"{event_source}: {error}") from None
+    events = _events_in(read_text(event_source, event_source), event_source)
     service = build_service(**options)
+    if len(events) > service.queue_size:
+        service.close()
+        raise UsageError(f"{event_source}: {len(events)} events at once; the queue holds {service.queue_size}")
 
     async def main() -> list[str]:
         await service.start()
@@ -142,8 +161,6 @@ def watch(ctx: click.Context, **options) -> None:
     """Read events as JSON lines on stdin until it closes; each line goes through the triggers
     and hooks as it arrives. Bad lines are reported on stderr and skipped. Runs are listed
     as JSON lines on stdout as they finish."""
-    from opsdsl.runtime.service import events_from_payload
-
     service = build_service(**options)
 
     async def main() -> list[str]:
@@ -153,18 +170,30 @@ def watch(ctx: click.Context, **options) -> None:
         loop = asyncio.get_running_loop()
         number = 0
         accepted: set[int] = set()
+        lines = _stdin_lines()
         while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
+            line = await loop.run_in_executor(None, next, lines, None)
+            if line is None:
                 break
             number += 1
             if not line.strip():
                 continue
+            where = f"stdin line {number}"
             try:
-                accepted.update(service.accept(events_from_payload(json.loads(line)), "watch"))
-            except (json.JSONDecodeError, ValueError) as error:  # ValueError: shape, or unrecordable
-                click.echo(f"opsdsl watch: stdin line {number}: skipped: {error}", err=True)
+                events = _events_in(line, where)
+            except UsageError as error:
+                click.echo(f"opsdsl watch: {where}: skipped: {error.message.removeprefix(where + ': ')}", err=True)
                 continue
+            if len(events) > service.queue_size:
+                click.echo(
+                    f"opsdsl watch: {where}: skipped: {len(events)} events at once; "
+                    f"the queue holds {service.queue_size}",
+                    err=True,
+                )
+                continue
+            while service.queue_full(len(events)):  # wait for room rather than drop the line
+                await asyncio.sleep(0.05)
+            accepted.update(service.accept(events, "watch"))
         await service.queue.join()
         await service.drain()
         return [r.id for r in reversed(service.store.runs()) if r.event_id in accepted and not r.parent_run]
@@ -205,6 +234,37 @@ def watch(ctx: click.Context, **options) -> None:
     help="Events waiting (queued, or as runs waiting for a run slot) before requests get 429.",
 )
 @click.option(
+    "--max-backlog-bytes",
+    type=click.IntRange(min=1),
+    default=64 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Bytes of bodies being parsed and events waiting before requests get 429.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A connection's request headers must be complete this long after it opens (or after its last request).",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A request's whole body must arrive within this long (else 408).",
+)
+@click.option(
+    "--max-connections-per-peer",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Connections one address may hold before it has authenticated; more are refused (503).",
+)
+@click.option(
     "--drain-timeout",
     type=click.FloatRange(min=0),
     default=30.0,
@@ -223,6 +283,10 @@ def serve(
     metrics_no_auth: bool,
     max_body: int,
     queue_size: int,
+    max_backlog_bytes: int,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections_per_peer: int,
     drain_timeout: float,
     **options,
 ) -> None:
@@ -244,6 +308,10 @@ def serve(
         hmac_secret=secret,
         max_body=max_body,
         queue_size=queue_size,
+        max_backlog_bytes=max_backlog_bytes,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections_per_peer=max_connections_per_peer,
         max_runs=options["max_runs"],
         drain_timeout=drain_timeout,
         metrics_no_auth=metrics_no_auth,

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import click
 
+from opsdsl.cli.paths import input_paths
 from opsdsl.errors import OpsdslError, UsageError
 
 _OPS, _YAML = ".ops", (".yaml", ".yml")
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=input_paths())
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 and name each file that would change.")
 @click.option("--to", "target", type=click.Choice(["ops", "yaml"]), help="Convert to this form.")
 @click.option(

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from opsdsl import __version__
+from opsdsl.cli.paths import input_file, input_paths
 from opsdsl.errors import OpsdslError
 from opsdsl.files import write_atomic
 
@@ -26,7 +27,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=input_paths())
 @click.option(
     "--format",
     "fmt",
@@ -44,7 +45,7 @@ def cli() -> None:
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=input_file(),
     help="Configuration file (default: nearest .opsdsl.toml or pyproject.toml [tool.opsdsl]).",
 )
 @click.option(
@@ -86,7 +87,7 @@ def lint(
 
 
 @cli.command("compile")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=input_paths())
 @click.option(
     "-o",
     "--out",
@@ -100,7 +101,7 @@ def lint(
     "--key",
     "key_files",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=input_file(),
     help="Private key to sign with (repeatable).",
 )
 @click.option("--passphrase-env", metavar="VAR", help="Environment variable holding the private keys' passphrase.")
@@ -169,14 +170,14 @@ def compile_command(
 
 
 @cli.command()
-@click.argument("pack_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("pack_file", type=input_file())
 @click.option("--playbook", help="Draw only this playbook (default: all).")
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True)
 @click.option(
     "--policy-pack",
     "policy_files",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=input_file(),
     help="Organisation policy pack whose approval policies to show (repeatable).",
 )
 @click.option(
@@ -212,11 +213,11 @@ def graph(pack_file: Path, playbook: str | None, fmt: str, policy_files: tuple[P
 
 
 @cli.command("lock")
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=input_paths())
 @click.option(
     "--lock",
     "lock_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=input_file(exists=False),
     default=Path("opsdsl.lock"),
     show_default=True,
     help="The lock file.",
@@ -237,7 +238,7 @@ def lock_command(paths: tuple[Path, ...], lock_file: Path, restore: str | None, 
     from opsdsl.build import lockfile
 
     if restore:
-        text, source = lockfile.restore_policy_pack(lockfile.read_lock(lock_file), restore)
+        text, source = lockfile.restore_policy_pack(lockfile.read_lock(_checked_lock(lock_file)), restore)
         target = output or Path(source)
         write_atomic(target, text)
         click.echo(f"restored policy pack `{restore}` from {lock_file} to {target}")
@@ -250,11 +251,11 @@ def lock_command(paths: tuple[Path, ...], lock_file: Path, restore: str | None, 
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=input_paths())
 @click.option(
     "--lock",
     "lock_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=input_file(exists=False),
     default=Path("opsdsl.lock"),
     show_default=True,
     help="The lock file.",
@@ -276,10 +277,22 @@ def drift(paths: tuple[Path, ...], lock_file: Path, build_dir: Path | None, no_b
     if build_dir is None and not no_build and Path("build").is_dir():
         build_dir = Path("build")
     findings = lockfile.drift(
-        lockfile.analyse_current(list(paths)), lockfile.read_lock(lock_file), None if no_build else build_dir
+        lockfile.analyse_current(list(paths)),
+        lockfile.read_lock(_checked_lock(lock_file)),
+        None if no_build else build_dir,
     )
     click.echo(lockfile.render(findings), nl=False)
     sys.exit(1 if findings else 0)
+
+
+def _checked_lock(lock_file: Path) -> Path:
+    """`lock_file`, once it is known to be bounded, UTF-8 JSON of sane depth (a missing one is
+    left for `read_lock` to report)."""
+    from opsdsl.lang.untrusted import read_json
+
+    if lock_file.exists():
+        read_json(lock_file, f"lock file {lock_file}")
+    return lock_file
 
 
 @cli.command()

@@ -16,11 +16,13 @@ from typing import Any
 
 import click
 
+from opsdsl.cli.paths import input_file
 from opsdsl.errors import UsageError
 
 _STATE_HELP = "State directory (default: $OPSDSL_HOME, else ./.opsdsl)."
 _FILE = click.Path(dir_okay=False, path_type=Path)
-_EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
+_INPUT = input_file(exists=False)
+_EXISTING = input_file()
 
 
 def _state_option(function):
@@ -38,18 +40,12 @@ def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
 
 
 def _read_event(source: str | None) -> dict[str, Any] | None:
+    """The `--event` file (or stdin), read as untrusted input: bounded, UTF-8, recordable JSON."""
     if source is None:
         return None
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    except OSError as error:
-        raise UsageError(f"--event {source}: {error.strerror}") from None
-    try:
-        event = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UsageError(
-            f"--event {source}: not JSON: {error.msg} at line {error.lineno} column {error.colno}"
-        ) from None
+    from opsdsl.lang.untrusted import read_json
+
+    event = read_json(source, f"--event {source}")
     if not isinstance(event, dict):
         raise UsageError(f"--event {source}: an event is a JSON object, not {type(event).__name__}")
     return event
@@ -64,8 +60,8 @@ def _view(log_format: str):
 
 
 @click.command()
-@click.option("--pack", "pack", type=_FILE, help="A pack to compile, sign with the dev key, and run.")
-@click.option("--plan", "plan_file", type=_FILE, help="A signed plan (DSSE envelope) to verify and run.")
+@click.option("--pack", "pack", type=_INPUT, help="A pack to compile, sign with the dev key, and run.")
+@click.option("--plan", "plan_file", type=_INPUT, help="A signed plan (DSSE envelope) to verify and run.")
 @click.option(
     "--policies", type=_EXISTING, multiple=True, help="Policy packs in scope with --pack (default: those beside it)."
 )
@@ -111,6 +107,7 @@ def run(
     Exit 0 succeeded, 1 failed, 4 paused for approval, 5 refused, 130 interrupted.
     """
     from opsdsl.runtime import runner
+    from opsdsl.runtime.inputs import refuse_secret_params
     from opsdsl.runtime.secrets import Secrets, parse_references
     from opsdsl.runtime.store import state_dir as resolve_state
 
@@ -119,17 +116,20 @@ def run(
     state = resolve_state(state_dir)
     event = _read_event(event_source)
     secrets = Secrets(state, parse_references(secret_refs))
+    given_params = _pairs(params, "--param")
     if dry_run:
         from opsdsl.runtime.dryrun import dry_run as simulate
 
         plan = runner.plan_for_dry_run(pack, plan_file, list(policies) if policies else None, trust, environment, state)
-        click.echo(simulate(plan, playbook, event, _pairs(params, "--param"), _pairs(inputs, "--input"), secrets))
+        refuse_secret_params(plan, given_params)
+        click.echo(simulate(plan, playbook, event, given_params, _pairs(inputs, "--input"), secrets))
         ctx.exit(0)
     if pack is not None:
         verified = runner.plan_from_pack(pack, list(policies) if policies else None, state)
     else:
         verified = runner.plan_from_file(plan_file, trust, environment, state)
-    values = runner.resolve_params(verified.payload, _pairs(params, "--param"), secrets)
+    refuse_secret_params(verified.payload, given_params)
+    values = runner.resolve_params(verified.payload, given_params, secrets)
     selections = runner.select_playbooks(verified.payload, event, playbook, values)
     if not selections:
         click.echo("no trigger of the pack matches the event; nothing to run", err=True)
@@ -182,7 +182,7 @@ def _end_view(view, row, outcome, code: int) -> None:
 @click.option(
     "--secret", "secret_refs", multiple=True, metavar="NAME=env:VAR|file:PATH", help="Where a secret's value is."
 )
-@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Values of secret params (not stored).")
+@click.option("--param", "params", multiple=True, hidden=True, help="Refused, with what to use instead.")
 @click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text", "quiet"]), default="auto")
 @_state_option
 @click.pass_context
@@ -195,8 +195,13 @@ def resume(
     log_format: str,
     state_dir: Path | None,
 ) -> None:
-    """Continue a paused, interrupted or crashed run; completed steps are not repeated."""
+    """Continue a paused, interrupted or crashed run; completed steps are not repeated.
+
+    Secret params, never stored, are looked up again: --secret NAME=env:VAR|file:PATH,
+    $OPSDSL_SECRET_NAME or STATE_DIR/secrets/NAME.
+    """
     from opsdsl.runtime import runner
+    from opsdsl.runtime.inputs import refuse_secret_params
     from opsdsl.runtime.secrets import Secrets, parse_references
     from opsdsl.runtime.store import state_dir as resolve_state
 
@@ -207,7 +212,11 @@ def resume(
     try:
         row = runtime.resumable(run_id)
         plan = json.loads(runner._payload_of(row.envelope))
-        row.params = runner.restore_params(plan, row.params, _pairs(params, "--param"), secrets)
+        given_params = _pairs(params, "--param")
+        refuse_secret_params(plan, given_params)
+        for name in given_params:
+            raise UsageError(f"--param {name}: a run's params are fixed when it starts; resume cannot change them")
+        row.params = runner.restore_params(plan, row.params, {}, secrets)
         view.begin(runner._run_summary(row), runner._ordered_nodes(plan["playbooks"][row.playbook]))
         for entry in runtime.store.ledger.entries(run=row.id):  # the story so far
             view.entry(entry.to_dict())
@@ -295,7 +304,7 @@ def ack(run_id: str, by: str, state_dir: Path | None) -> None:
     type=click.Choice(["running", "paused", "interrupted", "succeeded", "failed", "refused"]),
     help="Only runs with this status.",
 )
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many, newest first.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many, newest first.")
 @_state_option
 def runs(fmt: str, status: str | None, limit: int | None, state_dir: Path | None) -> None:
     """List runs, newest first: id, pack, playbook, status and pending approvals."""

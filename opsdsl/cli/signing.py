@@ -12,10 +12,12 @@ from pathlib import Path
 
 import click
 
+from opsdsl.cli.paths import input_file
 from opsdsl.errors import UsageError
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
-_EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+MAX_ENVELOPE_BYTES = 256 * 1024 * 1024  # a plan envelope: packs are at most 8 MiB
+_EXISTING_FILE = input_file()
 _PASSPHRASE_HELP = "Read the key's passphrase from environment variable VAR (default: OPSDSL_KEY_PASSPHRASE, if set)."
 _ENCRYPT_HELP = (
     "Encrypt the key with the passphrase in environment variable VAR (default: OPSDSL_KEY_PASSPHRASE, if set)."
@@ -141,7 +143,6 @@ def _passphrase(env_var: str | None) -> bytes | None:
 
 
 def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    from opsdsl.lang.untrusted import read_bytes
+
+    return read_bytes(path, f"cannot read {path}", MAX_ENVELOPE_BYTES)

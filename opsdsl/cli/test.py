@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from opsdsl.cli.paths import input_paths
 from opsdsl.errors import Diagnostic, Severity, Span, UsageError
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ _FORMATS = ("text", "json", "junit")
 
 
 @click.command("test")
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=input_paths())
 @click.option("--format", "fmt", type=click.Choice(_FORMATS), default="text", show_default=True, help="Output format.")
 @click.option(
     "-o",
