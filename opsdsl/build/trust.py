@@ -99,6 +99,8 @@ def load_trust(path: str | Path) -> Trust:
     except InputError as exc:
         raise TrustError(exc.message) from None
     try:
+        if _nested_too_deep(text):
+            raise TrustError(f"trust file {path} is nested too deeply to be a trust file")
         document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         raise TrustError(f"trust file {path} is not valid YAML: {exc}") from None
@@ -171,6 +173,21 @@ def _load_key_entry(entry: object, where: str, base: Path, fail) -> TrustedKey:
     if pinned is not None and pinned != kid:
         raise fail(where, f"keyid is {kid}, not the pinned {pinned!r} (was the key file swapped?)")
     return TrustedKey(name, kid, public_key)
+
+
+def _nested_too_deep(text: str, limit: int = 16) -> bool:
+    """Whether the YAML nests deeper than `limit` (a trust file needs 4), found from the event
+    stream before anything is composed: PyYAML composes recursively and scans deep flow
+    nesting in quadratic time."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            depth += 1
+            if depth > limit:
+                return True
+        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+            depth -= 1
+    return False
 
 
 def _key_file_problem(path: Path) -> str | None:

@@ -346,6 +346,16 @@ def test_fire_and_watch_refuse_deep_json(kit: Path):
         assert "stdin line 2: skipped: not UTF-8" in watched.out
 
 
+def test_a_trust_file_nested_deep_in_flow_style_is_refused_quickly(kit: Path):
+    # found by the property: PyYAML scans deep flow nesting in quadratic time (over 60 s)
+    with scratch() as folder:
+        trust = folder / "trust.yaml"
+        trust.write_bytes(b"apiVersion: opsdsl/v1\nkind: Trust\nkeys: " + _deep(2000, "[", "]"))
+        plan = kit / "build" / "tiny.plan.dsse.json"
+        result = opsdsl("run", "--plan", plan, "--trust", trust, "--dry-run", "--state-dir", folder, timeout=10)
+        assert result.code == 2 and "nested too deeply" in result.out
+
+
 def test_a_deeply_nested_trust_file_is_a_configuration_error(kit: Path):
     with scratch() as folder:
         trust = folder / "trust.yaml"
