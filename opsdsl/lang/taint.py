@@ -461,5 +461,5 @@ def _script_file(argv: list, index: int, program: str, tainted: frozenset[str]) 
             if _CODE_FLAGS.match(arg):
                 return index + 1
             continue
-        return j + 1  # a fixed script file: what follows is its data
+        return len(argv)  # a fixed script file: what follows is its data
     return index + 1

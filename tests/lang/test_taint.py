@@ -67,3 +67,12 @@ def test_rendered_programs_are_checked_at_run_time():
     rendered = {"argv": ["/bin/sh", "-c", "echo hi"]}
     (finding,) = step_findings("shell", with_, frozenset(), rendered)
     assert finding.code == "OPS043" and finding.path == ("argv", 2)
+
+
+def test_the_arguments_of_a_fixed_script_are_data_but_code_flags_are_not():
+    script = {"argv": ["python3", "/opt/tool.py", "say", "${{ event.labels.x }}"]}
+    assert step_findings("shell", script, frozenset()) == []
+    code = {"argv": ["python3", "-c", "print(1)", "${{ event.labels.x }}"]}
+    assert [f.path for f in step_findings("shell", code, frozenset())] == [("argv", 3)]
+    chosen = {"argv": ["python3", "${{ event.labels.script }}", "x"]}
+    assert [f.path for f in step_findings("shell", chosen, frozenset())] == [("argv", 1)]
