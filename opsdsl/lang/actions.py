@@ -52,6 +52,8 @@ def resolved_idempotent(action: str, with_: dict, declared: bool | None) -> bool
         # A POST or PATCH carries Idempotency-Key, but only a server that honours it makes
         # a repeat harmless; the method's own semantics are the safe default.
         return str(with_.get("method", "GET")).upper() in ("GET", "HEAD", "PUT", "DELETE")
+    if action == "evidence.collect" and with_.get("commands"):
+        return False  # its commands are side effects like any shell step's: never re-run blindly on resume
     return bool(defaults(action)["idempotent"])
 
 

@@ -86,4 +86,5 @@ class RunEndings:
             checkpoint=checkpoint.to_dict() if checkpoint else None,
             signer=self.env.signer,
             rca=rca,
+            redact=self.redactor.text,
         )

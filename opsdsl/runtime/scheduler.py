@@ -324,7 +324,7 @@ class Scheduler(ApprovalSteps, RunEndings):
             except ActionFailed as failure:
                 message, details = self.redactor.text(failure.message), self.redactor.data(failure.outputs)
                 return self._fail(sid, message, details, decision=[*decision_entry, intent])
-            return self._succeed(sid, outputs, before=[*decision_entry, intent])
+            return self._succeed(sid, self.redactor.data(outputs), before=[*decision_entry, intent])
         if action == "wait":
             if row.wake_at is None:
                 row.wake_at = now + _duration_seconds(rendered.get("duration", "0s"))
@@ -608,6 +608,7 @@ class Scheduler(ApprovalSteps, RunEndings):
             evidence_dir=self.incident_folder / "evidence",
             redact=self.redactor.text,
             redact_bytes=self.redactor.bytes,
+            state_dir=self.store.root,
         )
 
     def _backoff(self, retry: dict[str, Any], attempt: int) -> float:

@@ -162,11 +162,6 @@ def test_a_secret_reaches_outputs_errors_and_evidence_and_is_found_in_none(api: 
     assert_nowhere(state, result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the scheduler stores report.rca's rendered outputs unredacted (scheduler._execute, PURE_ACTIONS); "
-    "remove this mark when it passes them through self.redactor.data",
-)
 def test_a_secret_in_the_rca_title_and_summary_is_found_nowhere(api: KernelAPI, tmp_path: Path) -> None:
     state, result = run_playbook(api, tmp_path, "secret-in-the-report")
 
