@@ -1,7 +1,9 @@
 """Events in, runs out: the engine behind `opsdsl fire`, `opsdsl watch` and `opsdsl serve`.
 
 1. `accept` persists events in the state database (one transaction) before anyone is
-   told they were accepted, so a crash loses none; `start` replays those not yet handled.
+   told they were accepted, so a crash loses none; `start` replays those not yet handled,
+   a batch at a time (the queue holds events as their JSON text, parsed when their turn
+   comes), so that a restart behind a big backlog does not load it all at once.
 2. A worker takes events in order: the trigger engine decides which triggers fire; each
    hook on a fired trigger checks its cooldown, dedupe key and concurrency cap (from the
    runs table, so the checks hold across restarts); a firing that passes starts a durable
@@ -30,6 +32,9 @@ TRIGGER_FIRED = "trigger.fired"  # data: pack, trigger, hook, reason, event_id, 
 HOOK_SUPPRESSED = "hook.suppressed"  # data: pack, trigger, hook, reason, event_id, dedupe_key
 RUN_ESCALATED = "run.escalated"  # data: to, incident_id, error, delivered (bool), detail
 EVENT_ERROR = "event.error"  # data: event_id, pack, trigger or hook, error
+
+REPLAY_BATCH_EVENTS, REPLAY_BATCH_BYTES = 500, 8 * 1024 * 1024  # queued at a time while replaying
+_NEXT_REPLAY_BATCH = (-1, 0.0, "")  # a queue item: queue the next batch of the replay
 
 
 @dataclass
@@ -158,8 +163,12 @@ class Service:
         self.engine = TriggerEngine([p.payload for p in self.plans], self.params)
         self.engine.restore(self.store.trigger_states())
         self.clock = clock
-        self.queue: asyncio.Queue[tuple[int, float, dict]] | None = None
+        self.queue: asyncio.Queue[tuple[int, float, str]] | None = None  # (id, received, JSON text)
         self.queue_size = queue_size
+        self.waiting = 0  # events accepted and not handled yet: queued, or still to be replayed
+        self.waiting_bytes = 0  # the length of their JSON text
+        self._replaying = False
+        self._replayed = 0  # the last event id the replay queued
         self.runs: set[asyncio.Task] = set()
         self.run_slots = asyncio.Semaphore(max_runs)
         self.escalation_url = escalation_url
@@ -179,34 +188,67 @@ class Service:
 
         Raises QueueFull, before persisting anything, when the queue cannot take them all.
         """
-        if self.queue is not None and self.queue.qsize() + len(events) > self.queue_size:
+        if self.queue_full(len(events)):
             raise QueueFull()
         for event in events:
             problem = unrecordable(event)
             if problem is not None:
                 raise ValueError(problem)
+        return self.accept_serialized([json.dumps(e, sort_keys=True, separators=(",", ":")) for e in events], source)
+
+    def accept_serialized(self, bodies: Sequence[str], source: str) -> list[int]:
+        """`accept` for events already checked and serialised (`opsdsl serve` does both off the event loop)."""
+        if self.queue_full(len(bodies)):
+            raise QueueFull()
         now = self.clock()
-        bodies = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in events]
         with self.store.transaction():
-            ids = self.store.add_events(bodies, source, now)
+            ids = self.store.add_events(list(bodies), source, now)
         self.metrics.inc("opsdsl_events_received_total", len(ids), source=source)
         if self.queue is not None:
-            for event_id, event in zip(ids, events, strict=True):
-                self.queue.put_nowait((event_id, now, dict(event)))
-            self.metrics.set("opsdsl_queue_depth", self.queue.qsize())
+            self.waiting += len(ids)
+            self.waiting_bytes += sum(len(body) for body in bodies)
+            if not self._replaying:  # else the replay reads them from the database, in their turn
+                for event_id, body in zip(ids, bodies, strict=True):
+                    self.queue.put_nowait((event_id, now, body))
+            self.metrics.set("opsdsl_queue_depth", self.waiting)
         return ids
 
     def queue_full(self, extra: int = 1) -> bool:
-        return self.queue is not None and self.queue.qsize() + extra > self.queue_size
+        return self.queue is not None and self.waiting + extra > self.queue_size
 
     async def start(self) -> int:
-        """Start the worker, after queueing the events a previous process accepted but never handled."""
+        """Start the worker, replaying first the events a previous process accepted but never
+        handled; how many there are. They are queued a batch at a time, each batch when
+        the worker reaches the end of the one before."""
         self.queue = asyncio.Queue()
-        pending = self.store.pending_events()
-        for event_id, received, body in pending:
-            self.queue.put_nowait((event_id, received, json.loads(body)))
+        self.waiting, self.waiting_bytes = self.store.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE status = 'accepted'"
+        ).fetchone()
+        self._replaying = self.waiting > 0
+        if self._replaying:
+            self._queue_replay_batch()
         self._worker = asyncio.create_task(self._work(), name="opsdsl-worker")
-        return len(pending)
+        return self.waiting
+
+    def _queue_replay_batch(self) -> None:
+        """Queue the next pending events, oldest first (events accepted meanwhile included),
+        then the marker that queues the batch after them; the replay ends on an empty batch."""
+        assert self.queue is not None
+        rows = self.store.conn.execute(
+            "SELECT id, received_at, body FROM events WHERE status = 'accepted' AND id > ? ORDER BY id LIMIT ?",
+            (self._replayed, REPLAY_BATCH_EVENTS),
+        )
+        queued = size = 0
+        for event_id, received, body in rows:
+            self.queue.put_nowait((event_id, received, body))
+            self._replayed = event_id
+            queued, size = queued + 1, size + len(body)
+            if size >= REPLAY_BATCH_BYTES:
+                break
+        if queued:
+            self.queue.put_nowait(_NEXT_REPLAY_BATCH)
+        else:
+            self._replaying = False
 
     async def drain(self, timeout: float | None = None) -> None:
         """Handle every queued event, then wait for the runs they started (up to `timeout`)."""
@@ -231,14 +273,22 @@ class Service:
     async def _work(self) -> None:
         assert self.queue is not None
         while True:
-            event_id, received, event = await self.queue.get()
+            event_id, received, body = await self.queue.get()
+            if event_id == _NEXT_REPLAY_BATCH[0]:
+                try:
+                    self._queue_replay_batch()
+                finally:
+                    self.queue.task_done()
+                continue
             try:
-                await self.handle(event_id, received, event)
+                await self.handle(event_id, received, json.loads(body))
             except Exception as error:  # one bad event must not stop the intake of the others
                 self._record_failure(event_id, error)
             finally:
                 self.queue.task_done()
-                self.metrics.set("opsdsl_queue_depth", self.queue.qsize())
+                self.waiting -= 1
+                self.waiting_bytes -= len(body)
+                self.metrics.set("opsdsl_queue_depth", self.waiting)
             await asyncio.sleep(0)  # let intake and health checks in between events
 
     def _record_failure(self, event_id: int, error: Exception) -> None:

@@ -6,17 +6,25 @@ come in over HTTP. A request is checked in this order; the first check that fail
 1. the path and method exist (404, 405); the server is not shutting down (503);
 2. the headers' credentials: a bearer token, or signature headers to check once the body
    is read (401);
-3. the body: JSON (415), no content coding (415), at most `--max-body` bytes, enforced
-   while reading (413);
+3. the body: JSON (415), no content coding (415), at most `--max-body` bytes (413), room
+   for it in the backlog's bytes (429/503, below), all of it within `--body-timeout` (408);
+   each enforced while reading;
 4. the HMAC signature, its timestamp (±300 s) and that no accepted request used it (401);
-5. the JSON parses, has the endpoint's shape, and every event can go to the ledger (400);
+5. the JSON parses, has the endpoint's shape, and every event can go to the ledger (400),
+   checked on a small thread pool, off the event loop, so health checks and signals are
+   answered while big bodies are parsed;
 6. the backlog has room for the events (429 with Retry-After; 503 on /v1/alertmanager,
    because Alertmanager retries a 5xx answer but gives up on a 4xx);
-7. `Service.accept` persists them (503 if the database refuses); only then the answer is
-   202 with their ids.
+7. `Service.accept_serialized` persists them (503 if the database refuses); only then the
+   answer is 202 with their ids.
 
-Requests that reach step 7 together are persisted in one `Service.accept` call, one
-transaction (group commit): under load, one fsync carries many requests.
+The backlog is bounded in events (`--queue-size`) and in bytes (`--max-backlog-bytes`:
+bodies being read and parsed, plus events waiting for the worker). Connections are
+bounded by `guard.ConnectionGuard` (header deadline, per-peer cap), the log by
+`guard.LogLimiter`.
+
+Requests that reach step 7 together are persisted in one `Service.accept_serialized`
+call, one transaction (group commit): under load, one fsync carries many requests.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +50,7 @@ from aiohttp import web
 from opsdsl.canonical import canonical_json
 from opsdsl.errors import OpsdslError, UsageError
 from opsdsl.runtime.service import QueueFull, Service, events_from_payload
+from opsdsl.serve.guard import ConnectionGuard, LogLimiter
 
 log = logging.getLogger("opsdsl.serve")
 
@@ -49,6 +59,8 @@ SIGNATURE_WINDOW = 300  # seconds a signed request's timestamp may be off, eithe
 SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-Opsdsl-Signature", "X-Opsdsl-Timestamp"
 MAX_DEPTH = 64  # nesting of an event's JSON; Alertmanager's is 3
 RETRY_AFTER_BUSY, RETRY_AFTER_UNAVAILABLE = "1", "5"
+PARSE_THREADS = 2  # bodies parsed and checked at once, off the event loop
+LOG_LIMITER = LogLimiter(burst=20, window=10.0)  # on the handler configure_logging installs
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,10 @@ class ServeOptions:
     hmac_secret: bytes | None = None
     max_body: int = 1 << 20
     queue_size: int = 10_000
+    max_backlog_bytes: int = 64 << 20
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections_per_peer: int = 64
     max_runs: int = 64
     drain_timeout: float = 30.0
     metrics_no_auth: bool = False
@@ -139,16 +155,39 @@ class SpentSignatures:
         self._until.pop(signature, None)  # its heap entry expires harmlessly
 
 
+class _BodyBudget:
+    """The backlog bytes one request's body holds while it is read and parsed."""
+
+    def __init__(self, server: Server, source: str) -> None:
+        self.server = server
+        self.source = source
+        self.held = 0
+
+    def take(self, amount: int) -> None:
+        """Hold `amount` more bytes; 413 if the body could never fit, 429/503 if it does not fit now."""
+        limit = self.server.options.max_backlog_bytes
+        if self.held + amount > limit:
+            raise Refusal(413, f"body is over the backlog's limit of {limit} bytes", close=True)
+        if self.server.backlog_bytes() + amount > limit:
+            raise _busy(self.source, close=True)
+        self.held += amount
+        self.server.body_bytes += amount
+
+    def release(self) -> None:
+        self.server.body_bytes -= self.held
+        self.held = 0
+
+
 class GroupCommit:
-    """Persists the events of requests that are ready in the same loop turn with one `Service.accept`."""
+    """Persists the events of requests that are ready in the same loop turn with one `Service.accept_serialized`."""
 
     def __init__(self, service: Service, room: Any) -> None:
         self.service = service
         self.room = room  # () -> events the backlog can still take
-        self._batch: list[tuple[list[dict], str, asyncio.Future[list[int]]]] = []
+        self._batch: list[tuple[list[str], str, asyncio.Future[list[int]]]] = []
         self._batched = 0
 
-    async def accept(self, events: list[dict], source: str) -> list[int]:
+    async def accept(self, events: list[str], source: str) -> list[int]:
         """The ids of the persisted events; QueueFull when the backlog has no room for them all."""
         if len(events) > self.room() - self._batched:
             raise QueueFull()
@@ -164,7 +203,7 @@ class GroupCommit:
         for source in dict.fromkeys(s for _, s, _ in batch):
             requests = [(events, future) for events, s, future in batch if s == source]
             try:
-                ids = self.service.accept([e for events, _ in requests for e in events], source)
+                ids = self.service.accept_serialized([e for events, _ in requests for e in events], source)
             except Exception as error:  # handed to every request of the batch; nothing was persisted
                 for _, future in requests:
                     if not future.done():
@@ -192,6 +231,9 @@ class Server:
         self.idle.set()
         self.stop_requested = asyncio.Event()
         self.hurry = asyncio.Event()
+        self.body_bytes = 0  # of the bodies being read and parsed
+        self.guard = ConnectionGuard(options.header_timeout, options.max_connections_per_peer, self._cut_off)
+        self.parsers: ThreadPoolExecutor | None = None
 
     # ---- the application ---------------------------------------------------------------
 
@@ -208,6 +250,7 @@ class Server:
         """Counts requests in flight; turns every refusal into a JSON answer, a metric and a log line."""
         self.in_flight += 1
         self.idle.clear()
+        self.guard.request_started(request.protocol)
         try:
             try:
                 if self.stopping and request.path in INTAKE_PATHS:
@@ -228,6 +271,7 @@ class Server:
                 self.service.metrics.inc("opsdsl_events_rejected_total", status="500")
                 return web.json_response({"error": "internal error"}, status=500)
         finally:
+            self.guard.request_finished(request.protocol)
             self.in_flight -= 1
             if self.in_flight == 0:
                 self.idle.set()
@@ -236,6 +280,15 @@ class Server:
         self.service.metrics.inc("opsdsl_events_rejected_total", status=str(status))
         log.warning("refused %s %s from %s: %d %s", request.method, _path(request), request.remote, status, reason)
 
+    def _cut_off(self, reason: str, peer: str) -> None:
+        """A connection closed by the guard: counted, and logged (rate-limited like every line)."""
+        self.service.metrics.inc("opsdsl_connections_refused_total", reason=reason)
+        if reason == "per-peer":
+            why = f"it has {self.options.max_connections_per_peer} connections open that have not authenticated"
+        else:
+            why = f"no complete request headers within {self.options.header_timeout:g} s"
+        log.warning("closed a connection from %s: %s", peer, why)
+
     # ---- endpoints -----------------------------------------------------------------------
 
     async def receive(self, request: web.Request) -> web.Response:
@@ -243,25 +296,34 @@ class Server:
         started = time.perf_counter()
         source = INTAKE_PATHS[request.path]
         signed = self._authenticate_headers(request)
+        if not signed:
+            self.guard.authenticated(request.protocol)
         _check_media(request)
-        body = await self._read_body(request)
-        signature = self._verify_signature(request, body) if signed else None
-        events = self._events(_parse_json(body), source)
-        if signature is not None and not self.spent.reserve(signature[0], signature[1], time.time()):
-            raise Refusal(401, "signature already used (replay)", self._challenge())
+        budget = _BodyBudget(self, source)
         try:
-            ids = await self.intake.accept(events, source)
-        except QueueFull:
-            if signature is not None:
-                self.spent.release(signature[0])
-            # Alertmanager retries 5xx answers (with backoff) but drops a notification on any 4xx
-            status = 503 if source == "alertmanager" else 429
-            raise Refusal(status, "backlog full; retry later", {"Retry-After": RETRY_AFTER_BUSY}) from None
-        except (sqlite3.Error, OpsdslError) as error:
-            if signature is not None:
-                self.spent.release(signature[0])
-            log.error("could not persist %d events: %s", len(events), error)
-            raise Refusal(503, "could not store the events", {"Retry-After": RETRY_AFTER_UNAVAILABLE}) from None
+            body = await self._read_body(request, budget)
+            signature = self._verify_signature(request, body) if signed else None
+            if signed:
+                self.guard.authenticated(request.protocol)
+            assert self.parsers is not None
+            loop = asyncio.get_running_loop()
+            events = await loop.run_in_executor(self.parsers, checked_events, body, source, self.options.queue_size)
+            del body
+            if signature is not None and not self.spent.reserve(signature[0], signature[1], time.time()):
+                raise Refusal(401, "signature already used (replay)", self._challenge())
+            try:
+                ids = await self.intake.accept(events, source)
+            except QueueFull:
+                if signature is not None:
+                    self.spent.release(signature[0])
+                raise _busy(source) from None
+            except (sqlite3.Error, OpsdslError) as error:
+                if signature is not None:
+                    self.spent.release(signature[0])
+                log.error("could not persist %d events: %s", len(events), error)
+                raise Refusal(503, "could not store the events", {"Retry-After": RETRY_AFTER_UNAVAILABLE}) from None
+        finally:
+            budget.release()
         self.service.metrics.observe("opsdsl_intake_seconds", time.perf_counter() - started)
         return web.json_response({"accepted": len(ids), "ids": ids}, status=202)
 
@@ -272,8 +334,7 @@ class Server:
             status = "draining"
         elif not self._worker_alive():
             status = "worker-stopped"
-        queue = self.service.queue.qsize() if self.service.queue is not None else 0
-        body = {"status": status, "queue": queue, "runs_live": len(self.service.runs)}
+        body = {"status": status, "queue": self.service.waiting, "runs_live": len(self.service.runs)}
         return web.json_response(body, status=200 if status == "ok" else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -282,9 +343,10 @@ class Server:
             if self.options.token is None:
                 raise Refusal(401, "/metrics needs a bearer token; start with a token or --metrics-no-auth")
             self._check_token(request.headers.get("Authorization"))
-        if self.service.queue is not None:
-            self.service.metrics.set("opsdsl_queue_depth", self.service.queue.qsize())
+            self.guard.authenticated(request.protocol)
+        self.service.metrics.set("opsdsl_queue_depth", self.service.waiting)
         text = self.service.metrics.render() + _gauges(
+            ("opsdsl_backlog_bytes", "Bytes of bodies being parsed and of events waiting.", self.backlog_bytes()),
             ("opsdsl_runs_live", "Runs this server started that have not finished.", len(self.service.runs)),
             ("opsdsl_runs_waiting", "Runs waiting for a free run slot (--max-runs).", self._waiting_runs()),
             ("opsdsl_serve_draining", "1 while the server shuts down.", int(self.stopping)),
@@ -326,17 +388,25 @@ class Server:
             challenges.append(f'HMAC-SHA256 realm="opsdsl", headers="{TIMESTAMP_HEADER} {SIGNATURE_HEADER}"')
         return {"WWW-Authenticate": ", ".join(challenges)} if challenges else {}
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        """The body, refusing (413) as soon as it is longer than the limit: never buffers more."""
-        limit = self.options.max_body
-        if request.content_length is not None and request.content_length > limit:
-            raise Refusal(413, f"body of {request.content_length} bytes is over the limit of {limit}", close=True)
+    async def _read_body(self, request: web.Request, budget: _BodyBudget) -> bytes:
+        """The body, refusing as soon as it is longer than the limit (413), has no room in the
+        backlog (429/503) or is late (408): never buffers more, never waits longer."""
+        limit, length = self.options.max_body, request.content_length
+        if length is not None and length > limit:
+            raise Refusal(413, f"body of {length} bytes is over the limit of {limit}", close=True)
+        if length is not None:
+            budget.take(length)
         body = bytearray()
         try:
-            while chunk := await request.content.read(limit + 1 - len(body)):
-                body += chunk
-                if len(body) > limit:
-                    raise Refusal(413, f"body is over the limit of {limit} bytes", close=True)
+            async with asyncio.timeout(self.options.body_timeout):
+                while chunk := await request.content.read(limit + 1 - len(body)):
+                    if length is None:
+                        budget.take(len(chunk))
+                    body += chunk
+                    if len(body) > limit:
+                        raise Refusal(413, f"body is over the limit of {limit} bytes", close=True)
+        except TimeoutError:
+            raise Refusal(408, f"body not received within {self.options.body_timeout:g} s", close=True) from None
         except (ConnectionError, asyncio.IncompleteReadError) as error:
             raise Refusal(400, f"body not read: {type(error).__name__}", close=True) from None
         return bytes(body)
@@ -355,36 +425,19 @@ class Server:
             raise Refusal(401, "bad signature", self._challenge(invalid=True))
         return expected, int(stamp)
 
-    def _events(self, payload: Any, source: str) -> list[dict]:
-        if source == "alertmanager":
-            if not isinstance(payload, dict) or "alerts" not in payload or "version" not in payload:
-                raise Refusal(400, "not an Alertmanager webhook body: a JSON object with `version` and `alerts`")
-            if payload["version"] != "4":
-                raise Refusal(400, f"Alertmanager webhook version {payload['version']!r}; this server reads version 4")
-            if not isinstance(payload["alerts"], list):
-                raise Refusal(400, "`alerts` is not a list")
-        try:
-            events = events_from_payload(payload)
-        except ValueError as error:
-            raise Refusal(400, str(error)) from None
-        if len(events) > self.options.queue_size:
-            raise Refusal(413, f"{len(events)} events in one request; the queue holds {self.options.queue_size}")
-        for index, event in enumerate(events):
-            problem = _event_problem(event)
-            if problem:
-                raise Refusal(400, f"event {index}: {problem}")
-        return events
-
     # ---- backlog -------------------------------------------------------------------------
 
     def _waiting_runs(self) -> int:
         return max(0, len(self.service.runs) - self.options.max_runs)
 
     def _room(self) -> int:
-        """Events the backlog can still take: the queue bound counts queued events and runs
+        """Events the backlog can still take: the queue bound counts waiting events and runs
         waiting for a run slot, because the engine starts a run per firing without waiting."""
-        queued = self.service.queue.qsize() if self.service.queue is not None else 0
-        return self.options.queue_size - queued - self._waiting_runs()
+        return self.options.queue_size - self.service.waiting - self._waiting_runs()
+
+    def backlog_bytes(self) -> int:
+        """Bytes held for the backlog: bodies being read and parsed, events waiting for the worker."""
+        return self.body_bytes + self.service.waiting_bytes
 
     def _worker_alive(self) -> bool:
         worker = getattr(self.service, "_worker", None)
@@ -406,10 +459,15 @@ class Server:
             shutdown_timeout=2.0,
             auto_decompress=False,
             lingering_time=2.0,
+            keepalive_timeout=self.options.header_timeout,
         )
+        self.parsers = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="opsdsl-parse")
+        summaries = asyncio.create_task(_log_summaries(), name="opsdsl-log-summaries")
         try:
             await self._start_worker()
             await runner.setup()
+            assert runner.server is not None
+            self.guard.attach(runner.server)
             site = web.TCPSite(runner, self.options.host, self.options.port, backlog=1024)
             try:
                 await site.start()
@@ -425,6 +483,9 @@ class Server:
             for name in ("SIGTERM", "SIGINT"):
                 loop.remove_signal_handler(getattr(signal, name))
             await runner.cleanup()
+            self.parsers.shutdown(wait=False, cancel_futures=True)
+            summaries.cancel()
+            LOG_LIMITER.flush(everything=True)
         return self.exit_code
 
     async def _start_worker(self) -> None:
@@ -473,7 +534,8 @@ class Server:
         await self._until(self.idle.wait(), deadline)
         queue = self.service.queue
         if queue is not None and not await self._until(queue.join(), deadline):
-            left = _release(queue)
+            left = self.service.waiting
+            _release(queue)
             log.warning("drain timeout: %d events stay accepted and are replayed at the next start", left)
         runs = set(self.service.runs)
         if runs and not await self._until(asyncio.wait(runs), deadline):
@@ -508,6 +570,39 @@ class Server:
     def _auth_kind(self) -> str:
         kinds = [k for k, v in (("bearer token", self.options.token), ("HMAC", self.options.hmac_secret)) if v]
         return " or ".join(kinds) or "NONE (--insecure-no-auth)"
+
+
+def _busy(source: str, close: bool = False) -> Refusal:
+    # Alertmanager retries 5xx answers (with backoff) but drops a notification on any 4xx
+    status = 503 if source == "alertmanager" else 429
+    return Refusal(status, "backlog full; retry later", {"Retry-After": RETRY_AFTER_BUSY}, close=close)
+
+
+def checked_events(body: bytes, source: str, queue_size: int) -> list[str]:
+    """The events of a request body as the JSON text the ledger stores; Refusal (400, 413)
+    if it is not JSON, not the endpoint's shape, or holds an event the ledger cannot record.
+
+    CPU-bound on big bodies: the server runs it on a worker thread."""
+    payload = _parse_json(body)
+    if source == "alertmanager":
+        if not isinstance(payload, dict) or "alerts" not in payload or "version" not in payload:
+            raise Refusal(400, "not an Alertmanager webhook body: a JSON object with `version` and `alerts`")
+        if payload["version"] != "4":
+            raise Refusal(400, f"Alertmanager webhook version {payload['version']!r}; this server reads version 4")
+        if not isinstance(payload["alerts"], list):
+            raise Refusal(400, "`alerts` is not a list")
+    try:
+        events = events_from_payload(payload)
+    except ValueError as error:
+        raise Refusal(400, str(error)) from None
+    del payload
+    if len(events) > queue_size:
+        raise Refusal(413, f"{len(events)} events in one request; the queue holds {queue_size}")
+    for index, event in enumerate(events):
+        problem = _event_problem(event)
+        if problem:
+            raise Refusal(400, f"event {index}: {problem}")
+    return [json.dumps(event, sort_keys=True, separators=(",", ":")) for event in events]
 
 
 def _check_media(request: web.Request) -> None:
@@ -576,8 +671,15 @@ def _release(queue: asyncio.Queue) -> int:
         count += 1
 
 
+async def _log_summaries() -> None:
+    """Print the "N more suppressed" lines of the rate-limited log as their windows end."""
+    while True:
+        await asyncio.sleep(1.0)
+        LOG_LIMITER.flush()
+
+
 def _gauges(*rows: tuple[str, str, float]) -> str:
-    return "".join(f"# HELP {n} {h}\n# TYPE {n} gauge\n{n} {v:g}\n" for n, h, v in rows)
+    return "".join(f"# HELP {n} {h}\n# TYPE {n} gauge\n{n} {v:.15g}\n" for n, h, v in rows)
 
 
 def _path(request: web.Request) -> str:
@@ -590,7 +692,8 @@ def configure_logging() -> None:
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("opsdsl serve: %(message)s"))
-    for name, level in (("opsdsl.serve", logging.INFO), ("aiohttp", logging.WARNING)):
+    handler.addFilter(LOG_LIMITER)
+    for name, level in (("opsdsl.serve", logging.INFO), ("aiohttp", logging.WARNING), ("asyncio", logging.WARNING)):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)
