@@ -53,7 +53,7 @@ def dry_run(
     from opsdsl.lang.actions import policy_step_view
     from opsdsl.runtime import runner
     from opsdsl.runtime.executor import InProcessExecutor
-    from opsdsl.runtime.scheduler import SCHEDULER_ACTIONS, _render_value
+    from opsdsl.runtime.scheduler import SCHEDULER_ACTIONS, render_with, run_tainted_inputs, taint_decision
 
     values = runner.resolve_params(plan, params, secrets)
     selections = runner.select_playbooks(plan, event, playbook, values)
@@ -76,6 +76,7 @@ def dry_run(
         if run_inputs:
             lines.append("  inputs: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in run_inputs.items()))
         nodes = {n["id"]: n for n in book["nodes"]}
+        tainted = run_tainted_inputs(book, sub_run=False)
         run_view = {
             "id": "dry-run",
             "incident_id": "dry-run",
@@ -108,13 +109,14 @@ def dry_run(
                     verdict = "would run" if _evaluate(node["when"], activation) is True else "would be skipped"
                 except EvalError as error:
                     verdict = f"decided at run time (`when: {node['when']}`: {error.message})"
+            refused = None
             try:
-                rendered = (
-                    node["with"] if node["action"] == "assert" else _render_value(node.get("with") or {}, activation)
-                )
+                rendered = render_with(node["action"], node.get("with") or {}, activation)
                 shown = rendered
-            except EvalError:
+            except EvalError as error:
                 rendered, shown = node.get("with") or {}, None
+                if "may not be" in error.message:  # a URL segment the run would refuse
+                    refused = error.message
             step_view = policy_step_view(
                 sid,
                 node.get("name"),
@@ -125,7 +127,8 @@ def dry_run(
                 node["idempotent"],
                 bool(node.get("compensation")),
             )
-            decision = gate.judge(
+            decision = taint_decision(node["action"], node.get("with") or {}, tainted, rendered if shown else {})
+            decision = decision or gate.judge(
                 {
                     **activation,
                     "step": step_view,
@@ -144,6 +147,8 @@ def dry_run(
             lines.append(
                 f"  {number:>2}. {sid} [{node['action']}, risk {node.get('risk', 'low')}]: {verdict}; policy: {gate_text}"
             )
+            if refused:
+                lines.append(f"      would fail: `with:` could not be rendered: {refused}")
             if shown is not None and shown:
                 lines.append(f"      with: {json.dumps(shown, sort_keys=True)[:300]}")
             elif shown is None:

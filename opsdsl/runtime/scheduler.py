@@ -65,7 +65,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         self.plan = plan
         self.playbook = plan["playbooks"][run.playbook]
         self.nodes: dict[str, dict[str, Any]] = {n["id"]: n for n in self.playbook["nodes"]}
-        self.tainted_inputs = _tainted_inputs(self.playbook, sub_run=run.parent_run is not None)
+        self.tainted_inputs = run_tainted_inputs(self.playbook, sub_run=run.parent_run is not None)
         self.preds: dict[str, list[str]] = {sid: [] for sid in self.nodes}
         self.dependents: dict[str, list[str]] = {sid: [] for sid in self.nodes}
         for edge in self.playbook["edges"]:
@@ -511,17 +511,8 @@ class Scheduler(ApprovalSteps, RunEndings):
         }
 
     def _taint_decision(self, sid: str, rendered: dict[str, Any]) -> Decision | None:
-        """Deny a step that would put event data where it may not go (docs/security.md): the
-        same findings as lint's OPS043 and OPS051, on the plan as signed, whatever lint said."""
-        from opsdsl.lang.taint import step_findings
-
         node = self.nodes[sid]
-        findings = step_findings(node["action"], node.get("with") or {}, self.tainted_inputs, rendered)
-        if not findings:
-            return None
-        message = "; ".join(f"{'.'.join(map(str, ('with', *f.path)))}: {f.message}" for f in findings)
-        policy = {"id": TAINT_POLICY, "effect": DENY, "message": message, "origin": "opsdsl"}
-        return Decision(DENY, (policy,))
+        return taint_decision(node["action"], node.get("with") or {}, self.tainted_inputs, rendered)
 
     def _policy_activation(self, sid: str, rendered: dict[str, Any]) -> dict[str, Any]:
         node = self.nodes[sid]
@@ -565,19 +556,7 @@ class Scheduler(ApprovalSteps, RunEndings):
 
     def _render(self, sid: str) -> dict[str, Any]:
         node = self.nodes[sid]
-        activation = self._activation(sid)
-        with_ = node.get("with") or {}
-        if node["action"] == "assert":
-            # `that` is an expression, evaluated by the action; only `message` is a template.
-            rendered = dict(with_)
-            if isinstance(with_.get("message"), str):
-                rendered["message"] = _render_value(with_["message"], activation)
-        else:
-            urls = url_keys(node["action"])
-            rendered = {
-                key: _render_url(value, activation) if key in urls else _render_value(value, activation)
-                for key, value in with_.items()
-            }
+        rendered = render_with(node["action"], node.get("with") or {}, self._activation(sid))
         self._rendered[sid] = rendered
         return rendered
 
@@ -665,6 +644,36 @@ class Scheduler(ApprovalSteps, RunEndings):
                 self.env.view.entry(entry.to_dict())
 
 
+def render_with(action: str, with_: dict[str, Any], activation: dict[str, Any]) -> dict[str, Any]:
+    """A step's `with:` rendered for its action: URLs percent-encoded by position; an
+    `assert`'s `that` left for the action to evaluate."""
+    if action == "assert":
+        rendered = dict(with_)
+        if isinstance(with_.get("message"), str):
+            rendered["message"] = _render_value(with_["message"], activation)
+        return rendered
+    urls = url_keys(action)
+    return {
+        key: _render_url(value, activation) if key in urls else _render_value(value, activation)
+        for key, value in with_.items()
+    }
+
+
+def taint_decision(
+    action: str, with_: dict[str, Any], tainted: frozenset[str], rendered: dict[str, Any]
+) -> Decision | None:
+    """Deny a step that would put event data where it may not go (docs/security.md): the
+    same findings as lint's OPS043 and OPS051, on the plan as signed, whatever lint said."""
+    from opsdsl.lang.taint import step_findings
+
+    findings = step_findings(action, with_, tainted, rendered)
+    if not findings:
+        return None
+    message = "; ".join(f"{'.'.join(map(str, ('with', *f.path)))}: {f.message}" for f in findings)
+    policy = {"id": TAINT_POLICY, "effect": DENY, "message": message, "origin": "opsdsl"}
+    return Decision(DENY, (policy,))
+
+
 def _render_value(value: Any, activation: dict[str, Any]) -> Any:
     from opsdsl.lang.expr import parse_template
 
@@ -690,7 +699,7 @@ def _render_url(value: Any, activation: dict[str, Any]) -> Any:
     return _render_value(value, activation)
 
 
-def _tainted_inputs(playbook: dict[str, Any], sub_run: bool) -> frozenset[str]:
+def run_tainted_inputs(playbook: dict[str, Any], sub_run: bool) -> frozenset[str]:
     """Inputs carrying event data: taken `from:` an event, or, in a run a `playbook.call`
     started, any input (the caller may have passed event data), unless validated."""
     from opsdsl.lang.taint import tainted_inputs

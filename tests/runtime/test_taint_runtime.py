@@ -92,3 +92,14 @@ def test_a_value_its_pattern_accepts_runs(api: KernelAPI, tmp_path: Path) -> Non
     result = run(tmp_path / "state", alert(cluster="eu-1"), "--playbook", "validated", params={"kernel_url": api.url})
     assert result.code == 0, result.stderr
     assert api.paths() == ["POST /v1/clusters/eu-1/pool/reconnect"]
+
+
+def test_a_dry_run_shows_what_the_run_would_do(tmp_path: Path) -> None:
+    event = alert(cluster="eu-1/credentials/rotate#", by="me", file="x; touch pwned")
+    state = tmp_path / "state"
+    shown = run(state, event, "--dry-run", params={"kernel_url": "http://127.0.0.1:9"})
+    assert shown.code == 0, shown.stderr
+    assert "/v1/clusters/eu-1%2Fcredentials%2Frotate%23/pool/reconnect" in shown.stdout
+    shell = run(state, event, "--dry-run", "--playbook", "param-shell", params={})
+    assert "deny — opsdsl-tainted-data" in shell.stdout and "runs its arguments as code" in shell.stdout
+    assert not state.exists()
