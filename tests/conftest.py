@@ -52,3 +52,49 @@ playbooks:
 @pytest.fixture
 def minimal_pack() -> str:
     return MINIMAL_PACK
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "kills_runs: the test SIGKILLs opsdsl on purpose; a run it leaves `running` is the point"
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_running(request: pytest.FixtureRequest):
+    """The invariant of issue 12: whatever a test does to a run (bad input, a failing action,
+    an exception of ours), once its processes are gone no run is `running` with no owner.
+    Checked on every state database the test left in its tmp_path."""
+    watched = "tmp_path" in request.fixturenames and not request.node.get_closest_marker("kills_runs")
+    base = request.getfixturevalue("tmp_path") if watched else None
+    yield
+    if base is None:
+        return
+    import sqlite3
+
+    orphans = []
+    for database in base.rglob("state.db"):
+        try:
+            conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+            try:
+                rows = conn.execute("SELECT id, owner_pid FROM runs WHERE status = 'running'").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue  # not ours, or a test's deliberately broken file
+        orphans += [f"{database}: run {run_id} (owner pid {pid})" for run_id, pid in rows if not _alive(pid)]
+    assert orphans == [], "runs left `running` with no owner:\n" + "\n".join(orphans)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    if pid == os.getpid():
+        return False  # in-process runs end with their test
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

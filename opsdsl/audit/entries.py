@@ -23,7 +23,8 @@ PLAN_VERIFIED = "plan.verified"
 RUN_STARTED = "run.started"
 # The run stopped to wait for people: data: waiting (list of {step, reason})
 RUN_PAUSED = "run.paused"
-# Ctrl-C / SIGTERM: data: running (step ids that were cancelled)
+# Ctrl-C / SIGTERM, or an error of opsdsl's own that ended the drive: data: running (step ids
+# that were cancelled), error (the exception's type, only in the second case)
 RUN_INTERRUPTED = "run.interrupted"
 # data: status ("succeeded" | "failed" | "refused"), error (or null),
 #       failed_steps (list), compensated (list), human (bool: a person approved, denied or

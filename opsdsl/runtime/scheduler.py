@@ -13,6 +13,7 @@ state tables and the ledger never disagree, and an intent is on disk before its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -114,6 +115,17 @@ class Scheduler(ApprovalSteps, RunEndings):
             )
             self._write_incident()
             return Outcome(S.INTERRUPTED, [], f"interrupted; continue with `opsdsl resume {self.run.id}`")
+        except Exception as error:
+            # Not a state the run can be left in: record the interruption (if the store still
+            # takes writes), so no run stays `running` without an owner, then let it surface.
+            running = sorted(sid for sid, row in self.steps.items() if row.status == S.STARTED)
+            with contextlib.suppress(Exception):
+                self._commit(
+                    [(E.RUN_INTERRUPTED, {"running": running, "error": type(error).__name__})],
+                    run_fields={"status": S.INTERRUPTED},
+                    checkpoint=True,
+                )
+            raise
         return outcome
 
     async def _drive_phases(self) -> Outcome:
@@ -167,12 +179,12 @@ class Scheduler(ApprovalSteps, RunEndings):
                         if self.nodes[sid]["action"] in PURE_ACTIONS and self.steps[sid].status == S.PENDING:
                             # It never waits on anything: run it now rather than as a task.
                             try:
-                                await self._run_step(sid)
+                                await self._guarded_step(sid)
                             except Paused:
                                 paused = True
                             candidates.update(self.dependents[sid])
                             continue
-                        task = asyncio.create_task(self._run_step(sid), name=sid)
+                        task = asyncio.create_task(self._guarded_step(sid), name=sid)
                         running[task] = sid
                 if not running:
                     break
@@ -266,6 +278,21 @@ class Scheduler(ApprovalSteps, RunEndings):
             await self._run_step(comp)
 
     # ---- one step ----------------------------------------------------------------------
+
+    async def _guarded_step(self, sid: str) -> None:
+        """One step, total: whatever goes wrong before its action starts (a `when:`, its
+        rendering, the gate, a bug of ours) fails the step, so the run compensates and ends
+        instead of dying with the step's task."""
+        try:
+            await self._run_step(sid)
+        except (Paused, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            row = self.steps[sid]
+            if row.status not in (S.PENDING, S.AWAITING_APPROVAL):
+                raise  # the action may have run: the run is interrupted, and resume decides
+            message = f"opsdsl could not prepare the step ({type(error).__name__}); the step was not run"
+            self._fail(sid, message, {}, decision=None)
 
     async def _run_step(self, sid: str) -> None:
         node = self.nodes[sid]
