@@ -99,11 +99,10 @@ PARALLEL_MIN_FILES = 16
 def looks_like_policy_pack(path: Path) -> bool:
     """A cheap first guess (YAML `kind: PolicyPack` or a `.ops` `policypack` block);
     callers confirm it from the model, which decides."""
-    try:
-        with path.open("rb") as handle:
-            return bool(_POLICY_PACK_HINT.search(handle.read(65536)))
-    except OSError:
-        return False
+    from opsdsl.lang.untrusted import read_head
+
+    head = read_head(path, 65536)
+    return head is not None and bool(_POLICY_PACK_HINT.search(head))
 
 
 def under(file: Path, folder: Path) -> bool:

@@ -73,6 +73,23 @@ def read_limited(path: str | Path, limit: int = MAX_INPUT_BYTES) -> tuple[bytes 
     return data, None
 
 
+def read_head(path: str | Path, size: int) -> bytes | None:
+    """The first `size` bytes of the regular file `path`; None for anything else (a FIFO
+    is never opened, so a peek cannot block)."""
+    try:
+        if not_regular(os.stat(path).st_mode) is not None:
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not_regular(os.fstat(fd).st_mode) is not None:
+                return None
+            return os.read(fd, size)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return None
+
+
 def read_bytes(path: str | Path, what: str, limit: int = MAX_INPUT_BYTES) -> bytes:
     """The bytes of the regular file `path`, at most `limit` of them; `what` names it in errors."""
     data, problem = read_limited(path, limit)

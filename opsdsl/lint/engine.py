@@ -83,11 +83,7 @@ def lint_one(path: Path, policies: tuple, config: Config) -> tuple[FileReport, t
     if text is None and analysis.diagnostics:
         from opsdsl.lang.loader import MAX_FILE_BYTES
 
-        try:
-            if path.stat().st_size <= MAX_FILE_BYTES:
-                text = path.read_text("utf-8")
-        except (OSError, UnicodeDecodeError):
-            text = None
+        text = _quotable_text(path, MAX_FILE_BYTES)
     diagnostics = finish(analysis.diagnostics, text, config)
     name = name_span = None
     own_policies: tuple = ()
@@ -162,11 +158,22 @@ def duplicate_pack_names(reports: list[FileReport], config: Config) -> list[Diag
                 report.name_span,
                 "pack names must be unique: plans, locks and ledgers are keyed by them",
             )
-            try:
-                text = Path(report.path).read_text("utf-8")
-            except (OSError, UnicodeDecodeError):
-                text = None
+            from opsdsl.lang.loader import MAX_FILE_BYTES
+
+            text = _quotable_text(Path(report.path), MAX_FILE_BYTES)
             out.extend(finish([d], text, config))
         else:
             first[report.pack_name] = report
     return out
+
+
+def _quotable_text(path: Path, limit: int) -> str | None:
+    """A file's text for quoting source lines, if it is a regular UTF-8 file within `limit`
+    (never opened when it is a FIFO or device: it would block)."""
+    from opsdsl.lang.untrusted import read_limited
+
+    data, _ = read_limited(path, limit)
+    try:
+        return data.decode("utf-8") if data is not None else None
+    except UnicodeDecodeError:
+        return None

@@ -105,12 +105,22 @@ class Secrets(Mapping[str, str]):
 
 
 def _read_secret_file(path: Path) -> str | None:
+    """A secret file's text; None when there is none. Only a regular file is read (a FIFO
+    would block the run), at most 1 MiB, as UTF-8."""
+    from opsdsl.lang.untrusted import read_limited
+
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except (FileNotFoundError, IsADirectoryError):
+        if not path.exists() or path.is_dir():
+            return None
+    except OSError:
         return None
-    except OSError as error:
-        raise SecretError(f"cannot read secret file {path}: {error.strerror}") from None
+    data, problem = read_limited(path, 1024 * 1024)
+    if data is None:
+        raise SecretError(f"cannot read secret file {path}: {problem}")
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise SecretError(f"cannot read secret file {path}: not UTF-8") from None
 
 
 class SecretsView(Mapping[str, str]):

@@ -181,3 +181,15 @@ def test_a_policy_pack_the_quick_guess_misses_is_still_in_scope(tmp_path: Path):
     org.write_text(org.read_text().replace("kind: PolicyPack", "kind:\n  PolicyPack", 1))
     result = run(["lint", "packs/"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout  # no OPS040: the org approval policy still applies
+
+
+def test_the_engine_never_opens_a_fifo_named_as_a_pack(tmp_path: Path):
+    import os
+
+    from opsdsl.lang.config import Config
+    from opsdsl.lint.engine import lint_paths
+
+    fifo = tmp_path / "pack.yaml"
+    os.mkfifo(fifo)
+    result = lint_paths([fifo], Config())
+    assert [d.code for d in result.diagnostics] == ["OPS001"]

@@ -45,6 +45,8 @@ from kernel_api import (
     shell_params,
 )
 
+pytestmark = pytest.mark.kills_runs  # SIGKILL at commit boundaries, then resume
+
 STEPS = ("inspect", "open_ticket", "drain", "reconnect", "record", "warm", "annotate", "release", "verify")
 NOT_IDEMPOTENT = frozenset({"open_ticket", "reconnect", "record", "annotate"})
 SERVER_DELAY = 0.1  # every Kernel API answer takes this long, so that kills land mid-request

@@ -61,3 +61,19 @@ def test_longer_secrets_are_masked_first():
 def test_a_secret_never_survives_redaction(secret, before, after):
     redactor = Redactor([secret])
     assert secret not in redactor.text(before + secret + after) or secret in MASK
+
+
+def test_a_secret_file_that_is_a_fifo_or_not_utf8_is_an_error_not_a_hang(tmp_path):
+    import os
+
+    from opsdsl.runtime.secrets import SecretError, _read_secret_file
+
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    with pytest.raises(SecretError, match="named pipe"):
+        _read_secret_file(fifo)
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SecretError, match="not UTF-8"):
+        _read_secret_file(binary)
+    assert _read_secret_file(tmp_path / "missing") is None

@@ -121,8 +121,12 @@ class Server:
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+            self.process.send_signal(signal.SIGTERM)  # a graceful stop: runs end or are interrupted
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
         if hasattr(self, "client"):
             self.client.close()
 
@@ -503,6 +507,7 @@ def post_until_killed(server: Server, enough: int) -> list[int]:
     return accepted
 
 
+@pytest.mark.kills_runs
 def test_kill_9_loses_no_accepted_event_and_a_restart_handles_the_rest(start, tmp_path):
     state = tmp_path / "state"
     pending = 0
