@@ -168,3 +168,19 @@ def test_long_and_non_ascii_names_written_by_tarfile_still_verify(tmp_path: Path
             tar.addfile(info, io.BytesIO(data))
     (tmp_path / "gnu.tar.gz").write_bytes(gzip.compress(stream.getvalue()))
     assert verify_archive(tmp_path / "gnu.tar.gz", TRUSTED).ok
+
+
+def test_an_exported_archive_and_its_members_are_private(tmp_path):
+    import stat
+    import tarfile
+
+    from opsdsl.audit.incident import export_incident
+
+    folder = tmp_path / "INC-1"
+    (folder / "evidence").mkdir(parents=True)
+    (folder / "evidence" / "log.txt").write_text("x")
+    archive = export_incident(folder, tmp_path / "out" / "INC-1.tar.gz")
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+    with tarfile.open(archive) as tar:
+        modes = {member.name: member.mode for member in tar.getmembers()}
+    assert modes == {"INC-1": 0o700, "INC-1/evidence": 0o700, "INC-1/evidence/log.txt": 0o600}

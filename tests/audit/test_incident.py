@@ -549,8 +549,8 @@ def test_export_is_deterministic_and_verifies(folder: Path, tmp_path: Path) -> N
         f"{INCIDENT}/record.json",
     ]
     assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, 0, "", "")}
-    assert {m.name.rsplit("/", 1)[-1]: oct(m.mode) for m in members if m.isdir()}[INCIDENT] == "0o755"
-    assert {oct(m.mode) for m in members if m.isreg()} == {"0o644"}
+    assert {m.name.rsplit("/", 1)[-1]: oct(m.mode) for m in members if m.isdir()}[INCIDENT] == "0o700"
+    assert {oct(m.mode) for m in members if m.isreg()} == {"0o600"}
     report = verify_archive(first, TRUSTED)
     assert report.ok and report.incident_id == INCIDENT and report.signers == (keyid(SIGNER.public_key()),)
     report.raise_for_problems()

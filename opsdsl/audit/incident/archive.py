@@ -43,7 +43,7 @@ from opsdsl.audit.incident.verify import (
 
 
 def export_incident(folder: Path, out_tar_gz: Path) -> Path:
-    """Pack `folder` into a reproducible tar.gz: sorted names, mtime 0, owner 0, modes 0644/0755.
+    """Pack `folder` into a reproducible tar.gz: sorted names, mtime 0, owner 0, modes 0600/0700 (evidence is private).
 
     Everything in the folder goes in, so an exported stray file still fails verification;
     symlinks and special files are refused outright.
@@ -78,10 +78,10 @@ def _write_tar(handle: io.BufferedWriter, members: Sequence[tuple[str, Path | No
             info = tarfile.TarInfo(arcname)
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
             if path is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                info.type, info.mode = tarfile.DIRTYPE, 0o700
                 tar.addfile(info)
             else:
-                info.mode, info.size = 0o644, path.stat().st_size
+                info.mode, info.size = 0o600, path.stat().st_size
                 with open(path, "rb") as source:
                     tar.addfile(info, source)
 
@@ -91,7 +91,7 @@ def _write_atomic_stream(path: Path, write: Callable[[io.BufferedWriter], None])
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
