@@ -103,3 +103,27 @@ def test_a_dry_run_shows_what_the_run_would_do(tmp_path: Path) -> None:
     shell = run(state, event, "--dry-run", "--playbook", "param-shell", params={})
     assert "deny — opsdsl-tainted-data" in shell.stdout and "runs its arguments as code" in shell.stdout
     assert not state.exists()
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"replicas": "9" * 5000, "ratio": "1", "wait": "1s"},
+        {"replicas": "3", "ratio": "1e400", "wait": "1s"},
+        {"replicas": "3", "ratio": "1", "wait": "9" * 400 + "h"},
+    ],
+    ids=["5000-digit int", "double overflow", "huge duration"],
+)
+def test_a_label_that_breaks_an_expression_fails_the_run_which_compensates(
+    api: KernelAPI, tmp_path: Path, labels: dict
+) -> None:
+    state, pack = tmp_path / "state", tmp_path / "pinned.yaml"
+    pack.write_text((FIXTURES / "taint" / "pinned.yaml").read_text().replace("http://127.0.0.1:9", api.url))
+    event = alert(cluster="eu-1", **labels)
+    result = opsdsl("fire", "--pack", pack, "--state-dir", state, "-", stdin=json.dumps(event))
+    assert result.code in (0, 1), result.stdout + result.stderr
+    assert api.paths() == ["PUT /v1/drain", "DELETE /v1/drain"]
+    (finished,) = [row["data"] for row in ledger_rows(state, "run.finished")]
+    assert finished["status"] == "failed" and finished["compensated"] == ["drain"]
+    assert "Traceback" not in result.stderr
+    assert opsdsl("ledger", "verify", "--state-dir", state).code == 0
