@@ -3,6 +3,10 @@
 It is the reference the fast path (codegen.py) falls back to, so it favours being plainly
 right over being quick: every operation goes through values.py, and `&&`, `||` absorb
 errors in either order as CEL does (`false && <error>` and `<error> && false` are false).
+
+It is total: whatever the activation holds, evaluation returns a value or raises
+EvalError. A Python exception that escapes an operation (a value nested deeper than the
+recursion limit, an object that is no JSON value) becomes an EvalError.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 from opsdsl.errors import EvalError
 
 from . import values
-from .functions import Builtin, resolve
+from .functions import Builtin, python_failure, resolve
 from .nodes import (
     Binary,
     Call,
@@ -51,8 +55,22 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
 
 def build_exact(expr: Expression | Node) -> Evaluate:
     """A callable that evaluates `expr` against an activation (root name -> value) and
-    raises EvalError for CEL errors."""
-    return _build(expr.root if isinstance(expr, Expression) else expr)
+    raises EvalError for CEL errors, and for nothing else."""
+    evaluate = _build(expr.root if isinstance(expr, Expression) else expr)
+
+    def total(activation: Activation) -> Any:
+        try:
+            return evaluate(activation)
+        except EvalError:
+            raise
+        except Exception as error:
+            raise _as_eval_error(error) from None
+
+    return total
+
+
+def _as_eval_error(error: Exception) -> EvalError:
+    return error if isinstance(error, EvalError) else EvalError(f"evaluation failed: {python_failure(error)}")
 
 
 def evaluate(expr: Expression, activation: Activation) -> Any:
@@ -91,7 +109,8 @@ def _select(node: Select) -> Evaluate:
 
 def _index(node: Index) -> Evaluate:
     operand, key = _build(node.operand), _build(node.index)
-    return lambda activation: values.index(operand(activation), key(activation))
+    literal = isinstance(node.index, Literal)  # the pack's text, which messages may quote
+    return lambda activation: values.index(operand(activation), key(activation), literal)
 
 
 def _has(node: Has) -> Evaluate:
@@ -116,8 +135,8 @@ def _binary(node: Binary) -> Evaluate:
 def _outcome(evaluate: Evaluate, activation: Activation) -> tuple[Any, EvalError | None]:
     try:
         return evaluate(activation), None
-    except EvalError as error:
-        return None, error
+    except Exception as error:  # absorbed like any CEL error: `false && <anything>` is false
+        return None, _as_eval_error(error)
 
 
 def _logical(op: str, left: Evaluate, right: Evaluate) -> Evaluate:
@@ -164,7 +183,10 @@ def _list(node: ListLit) -> Evaluate:
 
 def _map(node: MapLit) -> Evaluate:
     entries = tuple((_build(key), _build(value)) for key, value in node.entries)
-    return lambda activation: values.make_map([(key(activation), value(activation)) for key, value in entries])
+    literal_keys = frozenset(i for i, (key, _) in enumerate(node.entries) if isinstance(key, Literal))
+    return lambda activation: values.make_map(
+        [(key(activation), value(activation)) for key, value in entries], literal_keys
+    )
 
 
 def _call(node: Call) -> Evaluate:

@@ -2,6 +2,11 @@
 
 One table serves the checker (names, arities, types), the exact evaluator and the fast
 path (implementations). `has()` is a macro, handled by the parser, not listed here.
+
+Every implementation is total: on any argument it returns or raises EvalError, whose
+message describes values (`values.describe`) and never quotes them - arguments are event
+data, hostile or secret. `Builtin` wraps each one so that a Python exception nobody
+foresaw still becomes an EvalError.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from opsdsl.errors import EvalError
 
-from .values import INT_MAX, INT_MIN, checked_int, format_double, kind, to_string
+from .values import INT_MAX, INT_MIN, checked_int, describe, kind, to_string
 
 NUMBER = frozenset(("int", "double"))
 STRING = frozenset(("string",))
@@ -37,9 +42,40 @@ class Builtin:
     result: frozenset[str]
     impl: Callable[..., Any]
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "impl", _total(self.name, self.impl))
+
     def arity(self, method: bool) -> int:
         """How many arguments go between the parentheses in the given form."""
         return len(self.params) - 1 if method else len(self.params)
+
+
+def _total(name: str, implementation: Callable[..., Any]) -> Callable[..., Any]:
+    """`implementation`, with any exception other than EvalError turned into one."""
+
+    @functools.wraps(implementation)
+    def total(*args: Any) -> Any:
+        try:
+            return implementation(*args)
+        except EvalError:
+            raise
+        except Exception as error:
+            raise EvalError(f"{name}() failed: {python_failure(error)}") from None
+
+    return total
+
+
+def python_failure(error: Exception) -> str:
+    """What went wrong, from the exception's type only: Python's messages quote values."""
+    if isinstance(error, RecursionError):
+        return "a value is nested too deeply"
+    if isinstance(error, MemoryError):
+        return "out of memory"
+    if isinstance(error, OverflowError):
+        return "a number is too large"
+    if isinstance(error, UnicodeError):
+        return "a string is not valid Unicode"
+    return f"unexpected {type(error).__name__}"
 
 
 def _string_args(name: str, *values: Any) -> None:
@@ -69,49 +105,111 @@ def contains(text: Any, part: Any) -> bool:
     return part in text
 
 
-@functools.lru_cache(maxsize=512)
-def _regex(pattern: str) -> re.Pattern[str]:
+# RE2 runs in time linear in the text, but also in the pattern's compiled size: a 100,000
+# character pattern from event data against 100,000 characters of text takes minutes. Cap
+# the program (4,096 characters of literal text compile to about 4,100 instructions, and
+# `.{1000}` to 8,004), as the expression length caps what a pack can write.
+MAX_REGEX_PROGRAM = 10_000
+
+
+def regex_error(pattern: str) -> str | None:
+    """Why `matches()` rejects `pattern` (RE2's words, which quote the offending part), or None."""
+    return _regex(pattern)[1]
+
+
+@functools.lru_cache(maxsize=128)  # each compiled RE2 may hold up to max_mem (8 MiB)
+def _regex(pattern: str) -> tuple[Any, str | None]:
+    """(the compiled pattern, None) or (None, the reason it is rejected)."""
+    # RE2, as CEL specifies: matching is linear in the input, so a pattern cannot make the
+    # process backtrack for ever (Python's `re` takes minutes on `^([a-z0-9]+-?)+$`).
+    # Imported here: `import opsdsl.lang.expr` stays cheap.
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # else RE2 writes the pattern to stderr
     try:
-        return re.compile(pattern)
-    except (re.error, OverflowError, RecursionError) as error:
-        raise EvalError(f"invalid regular expression {pattern!r}: {error}") from None
+        compiled = re2.compile(pattern, options=options)
+    except re2.error as error:
+        reason = error.args[0] if error.args else "rejected"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        return None, str(reason)
+    if compiled.programsize > MAX_REGEX_PROGRAM:
+        return None, f"pattern too large: over {MAX_REGEX_PROGRAM:,} RE2 instructions"
+    return compiled, None
 
 
 def matches(text: Any, pattern: Any) -> bool:
     _string_args("matches", text, pattern)
-    return _regex(pattern).search(text) is not None
+    for value in (text, pattern):
+        if not _is_utf8(value):
+            raise EvalError("matches() cannot search a string that is not valid Unicode (a lone surrogate)")
+    compiled, reason = _regex(pattern)
+    if compiled is None:
+        # RE2's reason quotes the offending part after a colon: keep only its kind
+        kind_of_problem = reason.split(":", 1)[0]
+        raise EvalError(f"invalid regular expression: {describe(pattern)} is not RE2 syntax ({kind_of_problem})")
+    return compiled.search(text) is not None
+
+
+def _is_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
+# Unambiguous, so a failing fullmatch is linear: `[0-9]+\.?[0-9]*` backtracks quadratically
+# on 5,000 digits and a stray letter.
 _DOUBLE_TEXT = re.compile(
-    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)",
+    r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)",
     re.IGNORECASE,
 )
+
+
+_INT_DIGITS = len(str(INT_MAX))  # 19: more significant digits than this cannot fit
 
 
 def to_int(value: Any) -> int:
     value_kind = kind(value)
     if value_kind == "int":
-        return int(value)
+        return checked_int(int(value))
     if value_kind == "double":
-        if math.isfinite(value) and INT_MIN <= math.trunc(value) <= INT_MAX:
+        # as cel-go: both bounds exclusive, since neither int64 bound is a double except
+        # -2^63, and -2^63 as a double is taken to be out of range as well
+        if INT_MIN < value < INT_MAX:  # false for NaN
             return math.trunc(value)
-        raise EvalError(f"double {format_double(value)} is out of the int range")
+        raise EvalError("cannot convert a double to int: out of the int range")
     if value_kind == "string":
         if _INT_TEXT.fullmatch(value):
-            return checked_int(int(value))
-        raise EvalError(f"cannot convert {value!r} to int")
+            digits = value.lstrip("+-").lstrip("0") or "0"
+            if len(digits) > _INT_DIGITS:  # before int(): Python refuses 4300+ digits
+                raise EvalError("integer overflow")
+            return checked_int(-int(digits) if value[0] == "-" else int(digits))
+        raise EvalError(f"cannot convert {describe(value)} to int")
     raise EvalError(f"no such overload: int() on {value_kind}")
 
 
 def to_double(value: Any) -> float:
     value_kind = kind(value)
-    if value_kind in ("int", "double"):
-        return float(value)
+    if value_kind == "double":
+        return value
+    if value_kind == "int":
+        try:
+            return float(value)
+        except OverflowError:  # ints from data may exceed int64; no double holds 10**309
+            raise EvalError("cannot convert an int to double: out of the double range") from None
     if value_kind == "string":
         if _DOUBLE_TEXT.fullmatch(value):
-            return float(value)
-        raise EvalError(f"cannot convert {value!r} to double")
+            result = float(value)
+            if math.isinf(result) and "inf" not in value.lower():
+                raise EvalError("cannot convert a string to double: out of the double range")
+            return result
+        raise EvalError(f"cannot convert {describe(value)} to double")
     raise EvalError(f"no such overload: double() on {value_kind}")
 
 
@@ -128,8 +226,20 @@ _UNIT_NANOSECONDS = {
 }
 
 
+# CEL's duration range is that of int64 nanoseconds (Go's time.Duration), about ±292 years.
+DURATION_MAX_SECONDS = INT_MAX / 10**9
+# A part's whole digits beyond this put it out of range whatever its unit (2^63 ns has 19
+# digits); decimals beyond it are finer than a nanosecond. Both keep Fraction() cheap.
+_DURATION_DIGITS = 24
+
+
+class DurationOutOfRange(Exception):
+    """A well-formed duration beyond int64 nanoseconds."""
+
+
 def parse_duration(text: str) -> float | None:
-    """Seconds in a duration such as `1h30m`, `250ms`, `-1.5h`, `2d`; None if malformed."""
+    """Seconds in a duration such as `1h30m`, `250ms`, `-1.5h`, `2d`; None if malformed.
+    Raises DurationOutOfRange beyond about ±292 years (int64 nanoseconds)."""
     sign, body = 1, text
     if body[:1] in ("+", "-"):
         sign, body = (-1 if body[0] == "-" else 1), body[1:]
@@ -137,25 +247,39 @@ def parse_duration(text: str) -> float | None:
         return 0.0
     from fractions import Fraction  # exact sums: 0.1s + 0.2s is 0.3s
 
-    total, position = Fraction(0), 0
+    total, position, too_long = Fraction(0), 0, False
     while position < len(body):
         part = _DURATION_PART.match(body, position)
         if part is None:
             return None
-        total += Fraction(part.group(1)) * _UNIT_NANOSECONDS[part.group(2)]
+        whole, _, decimals = part.group(1).partition(".")
+        if len(whole.lstrip("0")) > _DURATION_DIGITS:
+            too_long = True  # keep reading: a malformed text is malformed, not too long
+        else:
+            number = Fraction(f"{whole or 0}.{decimals[:_DURATION_DIGITS]}")
+            total += number * _UNIT_NANOSECONDS[part.group(2)]
         position = part.end()
-    return float(sign * total / 10**9) if body else None
+    if not body:
+        return None
+    if too_long or total > INT_MAX:
+        raise DurationOutOfRange
+    return float(sign * total / 10**9)
 
 
 def duration(value: Any) -> float:
     value_kind = kind(value)
-    if value_kind == "double":
-        return value  # durations are doubles already
+    if value_kind == "double":  # durations are doubles already
+        if -DURATION_MAX_SECONDS <= value <= DURATION_MAX_SECONDS:  # false for NaN
+            return value
+        raise EvalError("duration out of range: more than about 292 years (int64 nanoseconds)")
     if value_kind == "string":
-        seconds = parse_duration(value)
+        try:
+            seconds = parse_duration(value)
+        except DurationOutOfRange:
+            raise EvalError("duration out of range: more than about 292 years (int64 nanoseconds)") from None
         if seconds is not None:
             return seconds
-        raise EvalError(f"invalid duration {value!r}: expected e.g. '250ms', '5m' or '1h30m'")
+        raise EvalError(f"invalid duration: {describe(value)} is not a duration such as '250ms', '5m' or '1h30m'")
     raise EvalError(f"no such overload: duration() on {value_kind}")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from opsdsl.errors import ExpressionError
 from opsdsl.resources import lark_cache_file, read_text
 
-from .functions import parse_duration
+from .functions import DurationOutOfRange, parse_duration
 from .nodes import (
     Binary,
     Call,
@@ -111,6 +111,7 @@ def _parse_memoised(text: str) -> Expression:
 
 
 _INT_RANGE_HINT = "ints are signed 64-bit; write a double such as 1e19 for larger numbers"
+_DURATION_RANGE_HINT = "durations reach about 292 years (int64 nanoseconds)"
 
 
 # -- building the Lark parser -------------------------------------------------------------
@@ -240,7 +241,10 @@ class _NodeBuilder:
 
     def duration_lit(self, children: list) -> Node:
         (token,) = children
-        return _literal("duration", parse_duration(token), token)
+        try:
+            return _literal("duration", parse_duration(token), token)
+        except DurationOutOfRange:
+            raise _SyntaxProblem("duration literal out of range", token.start_pos, _DURATION_RANGE_HINT) from None
 
     def string_lit(self, children: list) -> Node:
         (token,) = children

@@ -3,6 +3,9 @@
 Values are what JSON gives: dict, list, str, int, float, bool, None (tuples and other
 Mappings are accepted too). A Python `bool` is never an int here. Every operation either
 returns the CEL result or raises `EvalError`; both evaluators share these functions.
+
+Values come from events, so their text may be hostile or secret: an error message names a
+value's type and shape (`describe`), never its text.
 """
 
 from __future__ import annotations
@@ -46,6 +49,26 @@ def kind(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "list"
     raise EvalError(f"unsupported value of Python type {type(value).__name__}")
+
+
+_ARTICLES = {"int": "an int", "double": "a double", "bool": "a bool", "null": "null"}
+
+
+def describe(value: Any) -> str:
+    """A value's type and shape for an error message, never its text: `a string (14
+    characters)`, `a list of 3 elements`, `an int`."""
+    value_kind = kind(value)
+    if value_kind == "string":
+        return f"a string ({_count(len(value), 'character')})"
+    if value_kind == "list":
+        return f"a list of {_count(len(value), 'element')}"
+    if value_kind == "map":
+        return f"a map of {_count(len(value), 'entry', 'entries')}"
+    return _ARTICLES[value_kind]
+
+
+def _count(number: int, noun: str, plural: str | None = None) -> str:
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
 def no_overload(op: str, *values: Any) -> EvalError:
@@ -247,20 +270,22 @@ def select(container: Any, name: str) -> Any:
     raise EvalError(f"no such key: {name}")
 
 
-def index(container: Any, key: Any) -> Any:
-    """`container[key]`: a list by int position, a map by key."""
+def index(container: Any, key: Any, key_is_literal: bool = False) -> Any:
+    """`container[key]`: a list by int position, a map by key. Messages name the key only
+    when the pack spells it (`key_is_literal`); a key computed from data is described."""
     container_kind = kind(container)
     if container_kind == "list":
         if kind(key) != "int":
             raise EvalError(f"list index must be an int, got {kind(key)}")
         if 0 <= key < len(container):
             return container[key]
-        raise EvalError(f"index out of range: {key} (list of size {len(container)})")
+        shown = str(key) if key_is_literal else describe(key)
+        raise EvalError(f"index out of range: {shown} (list of size {len(container)})")
     if container_kind == "map":
         found, value = map_find(container, key)
         if found:
             return value
-        raise EvalError(f"no such key: {_show_key(key)}")
+        raise EvalError(f"no such key: {_show_key(key) if key_is_literal else describe(key)}")
     raise EvalError(f"cannot index into {container_kind}")
 
 
@@ -283,15 +308,17 @@ def contained_in(element: Any, container: Any) -> bool:
     raise no_overload("in", element, container)
 
 
-def make_map(entries: list[tuple[Any, Any]]) -> dict:
-    """A map literal's value; CEL rejects repeated keys."""
+def make_map(entries: list[tuple[Any, Any]], literal_keys: frozenset[int] = frozenset()) -> dict:
+    """A map literal's value; CEL rejects repeated keys. `literal_keys` are the positions
+    of keys the pack spells, which messages may name."""
     result: dict = {}
-    for key, value in entries:
+    for position, (key, value) in enumerate(entries):
         key_kind = kind(key)
         if key_kind not in _MAP_KEY_KINDS:
             raise EvalError(f"unsupported map key type {key_kind}")
         if map_find(result, key)[0]:
-            raise EvalError(f"repeated key in map literal: {_show_key(key)}")
+            shown = _show_key(key) if position in literal_keys else describe(key)
+            raise EvalError(f"repeated key in map literal: {shown}")
         if key in result:  # True and 1 are distinct CEL keys but one Python key
             raise EvalError(f"map literal cannot hold both {key!r} and its bool/int twin")
         result[key] = value
@@ -306,7 +333,10 @@ def to_string(value: Any) -> str:
     if value_kind == "bool":
         return "true" if value else "false"
     if value_kind == "int":
-        return str(int(value))
+        try:
+            return str(int(value))
+        except ValueError:  # Python's limit on digits; no int64 comes near it
+            raise EvalError("cannot convert an int to string: too large") from None
     if value_kind == "double":
         return format_double(value)
     raise EvalError(f"cannot convert {value_kind} to string")
