@@ -103,6 +103,11 @@ CREATE TABLE IF NOT EXISTS trigger_state (
     state TEXT NOT NULL,
     PRIMARY KEY (pack, trig)
 );
+CREATE TABLE IF NOT EXISTS spent_signatures (
+    signature TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spent_signatures_expiry ON spent_signatures(expires_at);
 """
 
 
