@@ -41,22 +41,39 @@ def read_source(path: Path) -> tuple[str | None, list[Diagnostic]]:
         if problem and problem.startswith("larger than"):  # it grew after the stat
             return None, [_too_big(MAX_FILE_BYTES + 1, here)]
         return None, [Diagnostic("OPS001", Severity.ERROR, f"cannot read file: {problem}", here)]
-    if b"\x00" in raw[:8192]:
-        return None, [Diagnostic("OPS001", Severity.ERROR, "not a text file (it contains NUL bytes)", here)]
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        return None, [
+            Diagnostic(
+                "OPS001",
+                Severity.ERROR,
+                f"not a text file (a NUL byte at byte {nul})",
+                Span(shown, *byte_position(raw, nul)),
+                "remove the NUL byte; packs are UTF-8 text",
+            )
+        ]
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
         return None, [
             Diagnostic(
                 "OPS001",
                 Severity.ERROR,
                 f"not valid UTF-8 (byte {exc.start})",
-                Span(shown, line, 1),
+                Span(shown, *byte_position(raw, exc.start)),
                 "save the file as UTF-8",
             )
         ]
     return text, []
+
+
+def byte_position(raw: bytes, offset: int) -> tuple[int, int]:
+    """The 1-based line and column (in characters, as an editor counts them) of byte `offset`."""
+    line_start = raw.rfind(b"\n", 0, offset) + 1
+    before = raw[line_start:offset]
+    if line_start == 0 and before.startswith(b"\xef\xbb\xbf"):  # a BOM is not a column
+        before = before[3:]
+    return raw.count(b"\n", 0, offset) + 1, len(before.decode("utf-8", "replace")) + 1
 
 
 def _too_big(size: int, here: Span) -> Diagnostic:

@@ -173,3 +173,31 @@ def test_numbers_json_cannot_carry_are_refused():
         assert codes(diags) == ["OPS006"], text
     _, diags = load_text("a: 9007199254740991\nb: 1.5e300\n", "f.yaml")
     assert diags == []
+
+
+def test_a_nul_byte_is_reported_where_it_is(tmp_path: Path):
+    """Issue 13 #17: a NUL far into the file points at its line and column, not line 1."""
+    lines = [f"# line {n}" for n in range(1, 64)] + ["description: ab\x00cd", "x: " + "y" * 9000]
+    path = tmp_path / "nul.yaml"
+    path.write_bytes("\n".join(lines).encode())
+    _, diagnostics = read_source(path)
+    (diagnostic,) = diagnostics
+    assert diagnostic.code == "OPS001"
+    assert (diagnostic.span.line, diagnostic.span.col) == (64, 16)
+    assert "NUL" in diagnostic.message
+
+
+def test_a_nul_byte_past_the_first_8_kib_is_still_refused(tmp_path: Path):
+    path = tmp_path / "late.yaml"
+    path.write_bytes(b"a: " + b"b" * 9000 + b"\nc: caf\xc3\xa9\x00\n")
+    _, diagnostics = read_source(path)
+    (diagnostic,) = diagnostics
+    assert (diagnostic.span.line, diagnostic.span.col) == (2, 8)
+
+
+def test_invalid_utf8_points_at_its_column(tmp_path: Path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"a: 1\nname: caf\xe9\n")
+    _, diagnostics = read_source(path)
+    (diagnostic,) = diagnostics
+    assert (diagnostic.span.line, diagnostic.span.col) == (2, 10)
