@@ -44,6 +44,7 @@ RULES: dict[str, Rule] = {
         Rule("OPS023", "wrong-arity", E, "A function is called with the wrong number of arguments."),
         Rule("OPS024", "type-mismatch", E, "An expression compares or combines values of obviously different types."),
         Rule("OPS025", "step-not-ancestor", E, "An expression reads a step that has not necessarily run yet."),
+        Rule("OPS026", "invalid-regex", E, "A `matches()` pattern is not valid RE2 syntax."),
         # references and structure
         Rule("OPS030", "duplicate-id", E, "Two steps, policies or packs share an id or name."),
         Rule("OPS031", "unknown-step", E, "`needs:` names a step that does not exist."),

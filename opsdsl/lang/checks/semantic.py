@@ -9,6 +9,8 @@ from opsdsl.lang.actions import BUILTIN_ACTIONS
 from opsdsl.lang.checks.context import Scope, Unit, ancestors, find_cycle, iter_steps, predecessors, roots_for
 from opsdsl.lang.durations import format_duration
 from opsdsl.lang.expr import RootSpec, check
+from opsdsl.lang.expr.functions import regex_error
+from opsdsl.lang.expr.nodes import Call, Expression, Literal, walk
 from opsdsl.lang.model import Pack
 from opsdsl.lang.schema import did_you_mean
 from opsdsl.lang.sites import STEP, Site
@@ -37,8 +39,34 @@ def check_expressions(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
             for problem in problems:
                 span = unit.document.expression_span(site.path, base + problem.offset, base + problem.end)
                 yield unit.at_span(problem.code, span, problem.message, problem.hint)
+            yield from _check_patterns(unit, site, expression, base)
             if site.context == STEP:
                 yield from _check_step_order(unit, site, expression, base, preds_cache)
+
+
+def _re2_hint(reason: str) -> str:
+    if reason.startswith(("invalid perl operator", "invalid escape sequence")):
+        return "RE2 has no backreferences or lookaround, and writes `\\z` for Python's `\\Z`"
+    if reason.startswith(("invalid repetition size", "pattern too large")):
+        return "RE2 repeats at most 1000 times (`x{1,1000}`) and caps a pattern's size"
+    return "`matches()` patterns are RE2 syntax: https://github.com/google/re2/wiki/Syntax"
+
+
+def _check_patterns(unit: Unit, site: Site, expression: Expression, base: int) -> Iterator[Diagnostic]:
+    """A `matches()` pattern written as a literal that RE2 rejects fails on every event."""
+    for node in walk(expression.root):
+        if not isinstance(node, Call) or node.function != "matches":
+            continue
+        arguments = node.args if node.target is None else (node.target, *node.args)
+        if len(arguments) != 2:
+            continue  # OPS023 reports it
+        pattern = arguments[1]
+        if not (isinstance(pattern, Literal) and pattern.kind == "string"):
+            continue
+        reason = regex_error(pattern.value)
+        if reason is not None:
+            span = unit.document.expression_span(site.path, base + pattern.offset, base + pattern.end)
+            yield unit.at_span("OPS026", span, f"invalid RE2 pattern: {reason}", _re2_hint(reason))
 
 
 def _check_step_order(unit: Unit, site: Site, expression, base: int, cache: dict) -> Iterator[Diagnostic]:

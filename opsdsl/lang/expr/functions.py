@@ -129,6 +129,8 @@ def _regex(pattern: str) -> tuple[Any, str | None]:
     options.log_errors = False  # else RE2 writes the pattern to stderr
     try:
         compiled = re2.compile(pattern, options=options)
+    except UnicodeEncodeError:
+        return None, "not valid Unicode: a lone surrogate"
     except re2.error as error:
         reason = error.args[0] if error.args else "rejected"
         if isinstance(reason, bytes):
