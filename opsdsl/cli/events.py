@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from opsdsl.cli.paths import input_file
+from opsdsl.cli.paths import input_file, pack_file
 from opsdsl.errors import UsageError
 
 _STATE_HELP = "State directory (default: $OPSDSL_HOME, else ./.opsdsl)."
@@ -24,7 +24,7 @@ _EXISTING = input_file()
 def _pack_options(function):
     options = [
         click.option(
-            "--pack", "packs", multiple=True, type=_EXISTING, help="A pack (repeatable); signed with the dev key."
+            "--pack", "packs", multiple=True, type=pack_file(), help="A pack (repeatable); signed with the dev key."
         ),
         click.option(
             "--plan", "plans", multiple=True, type=_EXISTING, help="A signed plan (repeatable); needs a trust file."

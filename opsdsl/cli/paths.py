@@ -37,6 +37,29 @@ def input_file(exists: bool = True) -> InputPath:
     return InputPath(exists=exists, dir_okay=False, path_type=Path)
 
 
+class PackPath(InputPath):
+    """A pack to run (`--pack`): a policy pack has no playbooks, so naming one is a usage error."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        converted = super().convert(value, param, ctx)
+        from opsdsl.build.pipeline import looks_like_policy_pack
+
+        if Path(converted).is_file() and looks_like_policy_pack(Path(converted)):
+            self.fail(
+                f"{click.format_filename(converted)!r} is a policy pack (kind: PolicyPack): it has no playbooks"
+                " to run. Name a pack (kind: Pack) here; policy packs beside it are in scope, or give them"
+                " with --policies.",
+                param,
+                ctx,
+            )
+        return converted
+
+
+def pack_file(exists: bool = True) -> PackPath:
+    """A pack file to run (as a Path), refusing a policy pack."""
+    return PackPath(exists=exists, dir_okay=False, path_type=Path)
+
+
 def input_paths() -> InputPath:
     """Files or folders of packs or tests (as Paths); a folder's special files are skipped."""
     return InputPath(path_type=Path)

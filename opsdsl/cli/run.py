@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from opsdsl.cli.paths import input_file
+from opsdsl.cli.paths import input_file, pack_file
 from opsdsl.errors import UsageError
 
 _STATE_HELP = "State directory (default: $OPSDSL_HOME, else ./.opsdsl)."
@@ -60,7 +60,7 @@ def _view(log_format: str):
 
 
 @click.command()
-@click.option("--pack", "pack", type=_INPUT, help="A pack to compile, sign with the dev key, and run.")
+@click.option("--pack", "pack", type=pack_file(exists=False), help="A pack to compile, sign with the dev key, and run.")
 @click.option("--plan", "plan_file", type=_INPUT, help="A signed plan (DSSE envelope) to verify and run.")
 @click.option(
     "--policies", type=_EXISTING, multiple=True, help="Policy packs in scope with --pack (default: those beside it)."
