@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from opsdsl.errors import UsageError
+from opsdsl.errors import OpsdslError, UsageError
 
 MASK = "***"
 ENV_PREFIX = "OPSDSL_SECRET_"
@@ -27,12 +27,9 @@ FRAGMENT_MIN = 6  # characters of a secret's head or tail masked at a cut (fewer
 CUT_MARKS = ("\u2026", "\ufffd")  # "…" ends a shortened text; U+FFFD a character cut in half
 
 
-class SecretError(Exception):
-    """A secret a step needs has no value; the step fails with this message."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+class SecretError(OpsdslError):
+    """A secret a step needs has no value; the step fails with this message (an OpsdslError,
+    so the expression language passes it through as it is)."""
 
 
 def parse_references(specs: Iterable[str]) -> dict[str, tuple[str, str]]:

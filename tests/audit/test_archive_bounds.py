@@ -176,10 +176,10 @@ def test_an_exported_archive_and_its_members_are_private(tmp_path):
 
     from opsdsl.audit.incident import export_incident
 
-    folder = tmp_path / "INC-1"
-    (folder / "evidence").mkdir(parents=True)
-    (folder / "evidence" / "log.txt").write_text("x")
-    archive = export_incident(folder, tmp_path / "out" / "INC-1.tar.gz")
+    incident = tmp_path / "INC-1"
+    (incident / "evidence").mkdir(parents=True)
+    (incident / "evidence" / "log.txt").write_text("x")
+    archive = export_incident(incident, tmp_path / "out" / "INC-1.tar.gz")
     assert stat.S_IMODE(archive.stat().st_mode) == 0o600
     with tarfile.open(archive) as tar:
         modes = {member.name: member.mode for member in tar.getmembers()}

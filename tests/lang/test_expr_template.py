@@ -105,3 +105,19 @@ def test_render_errors_name_the_expression():
 
 def test_parse_template_is_memoised():
     assert parse_template("a ${{ b }}") is parse_template("a ${{ b }}")
+
+
+def test_lists_that_cannot_be_json_are_evaluation_errors_not_crashes():
+    import math
+
+    import pytest
+
+    from opsdsl.errors import EvalError
+    from opsdsl.lang.expr import parse_template
+
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    for value in (deep, [math.nan], {"x": math.inf}, [10**5000]):
+        with pytest.raises(EvalError):
+            parse_template("v=${{ a }}").render({"a": value})

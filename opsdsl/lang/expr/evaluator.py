@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from opsdsl.errors import EvalError
+from opsdsl.errors import EvalError, OpsdslError
 
 from . import values
 from .functions import Builtin, python_failure, resolve
@@ -61,8 +61,8 @@ def build_exact(expr: Expression | Node) -> Evaluate:
     def total(activation: Activation) -> Any:
         try:
             return evaluate(activation)
-        except EvalError:
-            raise
+        except OpsdslError:
+            raise  # ours, EvalError among them: their messages are written to be shown
         except Exception as error:
             raise _as_eval_error(error) from None
 

@@ -65,7 +65,13 @@ def interpolated_text(value: Any) -> str:
     if kind in ("list", "map"):
         import json
 
-        return json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
+        try:
+            return json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (RecursionError, ValueError, TypeError, OverflowError) as error:
+            from .functions import python_failure
+
+            reason = "it holds NaN or an infinity" if isinstance(error, ValueError) else python_failure(error)
+            raise EvalError(f"cannot write a {kind} into text: {reason}") from None
     return values.to_string(value)
 
 
