@@ -51,9 +51,10 @@ def dry_run(
     secrets: Secrets,
 ) -> str:
     from opsdsl.lang.actions import policy_step_view
+    from opsdsl.lang.taint import tainted_inputs
     from opsdsl.runtime import runner
     from opsdsl.runtime.executor import InProcessExecutor
-    from opsdsl.runtime.scheduler import SCHEDULER_ACTIONS, render_with, run_tainted_inputs, taint_decision
+    from opsdsl.runtime.scheduler import SCHEDULER_ACTIONS, render_with, taint_decision
 
     values = runner.resolve_params(plan, params, secrets)
     selections = runner.select_playbooks(plan, event, playbook, values)
@@ -76,7 +77,7 @@ def dry_run(
         if run_inputs:
             lines.append("  inputs: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in run_inputs.items()))
         nodes = {n["id"]: n for n in book["nodes"]}
-        tainted = run_tainted_inputs(book, sub_run=False)
+        tainted = tainted_inputs(book.get("inputs") or {})
         run_view = {
             "id": "dry-run",
             "incident_id": "dry-run",

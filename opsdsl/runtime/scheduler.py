@@ -50,6 +50,7 @@ class RunEnv:
     executor: Any  # executor.Executor
     secrets: Secrets
     signer: Any  # Ed25519PrivateKey: checkpoints and incident records
+    signing: dict[str, str] | None = None  # which key that is, as records say (state_config.Signer.describe)
     view: Any = None  # view.View
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -66,7 +67,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         self.plan = plan
         self.playbook = plan["playbooks"][run.playbook]
         self.nodes: dict[str, dict[str, Any]] = {n["id"]: n for n in self.playbook["nodes"]}
-        self.tainted_inputs = run_tainted_inputs(self.playbook, sub_run=run.parent_run is not None)
+        self.tainted_inputs = run_tainted_inputs(plan, run, self.store)
         self.preds: dict[str, list[str]] = {sid: [] for sid in self.nodes}
         self.dependents: dict[str, list[str]] = {sid: [] for sid in self.nodes}
         for edge in self.playbook["edges"]:
@@ -726,13 +727,25 @@ def _render_url(value: Any, activation: dict[str, Any]) -> Any:
     return _render_value(value, activation)
 
 
-def run_tainted_inputs(playbook: dict[str, Any], sub_run: bool) -> frozenset[str]:
-    """Inputs carrying event data: taken `from:` an event, or, in a run a `playbook.call`
-    started, any input (the caller may have passed event data), unless validated."""
-    from opsdsl.lang.taint import tainted_inputs
+def run_tainted_inputs(plan: dict[str, Any], run: Any, store: Any = None) -> frozenset[str]:
+    """Inputs carrying event data: taken `from:` an event, or given tainted data by the
+    `playbook.call` that started this run (its caller's templates, judged by the caller's
+    own taint, up the chain), unless `pattern:`/`enum:` validates them."""
+    from opsdsl.lang.taint import tainted_inputs, value_tainted
 
-    declared = playbook.get("inputs") or {}
-    return tainted_inputs(declared, dict.fromkeys(declared, True) if sub_run else None)
+    declared = plan["playbooks"][run.playbook].get("inputs") or {}
+    if run.parent_run is None:
+        return tainted_inputs(declared)
+    parent = store.run(run.parent_run) if store is not None else None
+    caller = None
+    if parent is not None:
+        nodes = plan["playbooks"].get(parent.playbook, {}).get("nodes", [])
+        caller = next((n for n in nodes if n["id"] == run.parent_step), None)
+    given = (caller or {}).get("with", {}).get("inputs") if caller else None
+    if parent is None or not isinstance(given, dict):
+        return tainted_inputs(declared, dict.fromkeys(declared, True))  # unknown caller: assume the worst
+    parent_tainted = run_tainted_inputs(plan, parent, store)
+    return tainted_inputs(declared, {name: value_tainted(value, parent_tainted) for name, value in given.items()})
 
 
 def _duration_seconds(value: Any) -> float:

@@ -127,3 +127,11 @@ def test_a_label_that_breaks_an_expression_fails_the_run_which_compensates(
     assert finished["status"] == "failed" and finished["compensated"] == ["drain"]
     assert "Traceback" not in result.stderr
     assert opsdsl("ledger", "verify", "--state-dir", state).code == 0
+
+
+def test_a_sub_run_inherits_taint_from_what_its_caller_passed(tmp_path: Path) -> None:
+    literal = run(tmp_path / "a", alert(cluster="x; id"), "--playbook", "caller-literal", params={})
+    assert literal.code == 0, literal.stdout + literal.stderr
+    from_event = run(tmp_path / "b", alert(cluster="x; id"), "--playbook", "caller-event", params={})
+    assert from_event.code == 1
+    assert [d["step"] for d in denials(tmp_path / "b")] == ["echo"]
