@@ -266,7 +266,8 @@ def argv_findings(argv: list, tainted: frozenset[str], rendered: list | None = N
                     yield j, f"event data is an argument of `{program}`, which runs its arguments as code"
             return
         if rendered is not None:  # at run time: a value that would read as an option is not data
-            for j in range(index + 1, len(argv)):
+            options_end = argv.index("--", index + 1) if "--" in argv[index + 1 :] else len(argv)
+            for j in range(index + 1, options_end):
                 value = rendered[j] if j < len(rendered) else None
                 if (
                     isinstance(value, str)

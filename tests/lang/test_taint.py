@@ -76,3 +76,11 @@ def test_the_arguments_of_a_fixed_script_are_data_but_code_flags_are_not():
     assert [f.path for f in step_findings("shell", code, frozenset())] == [("argv", 3)]
     chosen = {"argv": ["python3", "${{ event.labels.script }}", "x"]}
     assert [f.path for f in step_findings("shell", chosen, frozenset())] == [("argv", 1)]
+
+
+def test_an_option_looking_value_after_a_literal_double_dash_is_data():
+    with_ = {"argv": ["sqlxctl", "drain", "--", "${{ event.labels.x }}"]}
+    assert step_findings("shell", with_, frozenset(), {"argv": ["sqlxctl", "drain", "--", "--all"]}) == []
+    bare = {"argv": ["sqlxctl", "drain", "${{ event.labels.x }}"]}
+    (finding,) = step_findings("shell", bare, frozenset(), {"argv": ["sqlxctl", "drain", "--all"]})
+    assert "would read it as an option" in finding.message
