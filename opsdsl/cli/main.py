@@ -174,11 +174,12 @@ def compile_command(
 @click.option("--playbook", help="Draw only this playbook (default: all).")
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True)
 @click.option(
+    "--policies",
     "--policy-pack",
     "policy_files",
     multiple=True,
     type=input_file(),
-    help="Organisation policy pack whose approval policies to show (repeatable).",
+    help="Policy packs whose approval gates to show, as `run --policies` (default: those beside the pack).",
 )
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout."
@@ -188,9 +189,10 @@ def graph(pack_file: Path, playbook: str | None, fmt: str, policy_files: tuple[P
     from opsdsl.build.drawing import draw
     from opsdsl.build.pipeline import analyse_file
     from opsdsl.errors import OpsdslError
+    from opsdsl.runtime.plans import policy_scope
 
     policies: list = []
-    for path in policy_files:
+    for path in policy_scope(pack_file, list(policy_files) if policy_files else None):  # the packs `run` uses
         analysis = analyse_file(path)
         if not analysis.ok or analysis.model is None or analysis.model.kind != "PolicyPack":
             raise OpsdslError(

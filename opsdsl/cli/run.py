@@ -45,10 +45,23 @@ def _read_event(source: str | None) -> dict[str, Any] | None:
         return None
     from opsdsl.lang.untrusted import read_json
 
-    event = read_json(source, f"--event {source}")
-    if not isinstance(event, dict):
-        raise UsageError(f"--event {source}: an event is a JSON object, not {type(event).__name__}")
-    return event
+    payload = read_json(source, f"--event {source}")
+    if isinstance(payload, dict) and isinstance(payload.get("alerts"), list) and "version" in payload:
+        from opsdsl.runtime.service import events_from_payload  # the same unwrapping as `fire` and `serve`
+
+        try:
+            alerts = events_from_payload(payload)
+        except ValueError as error:
+            raise UsageError(f"--event {source}: {error}") from None
+        if len(alerts) != 1:
+            raise UsageError(
+                f"--event {source}: an Alertmanager webhook body with {len(alerts)} alerts; `run` takes one"
+                f" event (`opsdsl fire --pack PACK {source}` takes them all)"
+            )
+        return alerts[0]
+    if not isinstance(payload, dict):
+        raise UsageError(f"--event {source}: an event is a JSON object, not {type(payload).__name__}")
+    return payload
 
 
 def _view(log_format: str):
@@ -117,24 +130,41 @@ def run(
     event = _read_event(event_source)
     secrets = Secrets(state, parse_references(secret_refs))
     given_params = _pairs(params, "--param")
+    given_inputs = _pairs(inputs, "--input")
+    scope = list(policies) if policies else None
     if dry_run:
         from opsdsl.runtime.dryrun import dry_run as simulate
 
-        plan = runner.plan_for_dry_run(pack, plan_file, list(policies) if policies else None, trust, environment, state)
+        plan = runner.plan_for_dry_run(pack, plan_file, scope, trust, environment, state)
         refuse_secret_params(plan, given_params)
-        click.echo(simulate(plan, playbook, event, given_params, _pairs(inputs, "--input"), secrets))
+        click.echo(simulate(plan, playbook, event, given_params, given_inputs, secrets))
+        ctx.exit(0)
+
+    def settle(payload: dict[str, Any]) -> tuple[dict[str, Any], list]:
+        """The params and the playbooks to run: every usage error of the command is raised here."""
+        refuse_secret_params(payload, given_params)
+        values = runner.resolve_params(payload, given_params, secrets)
+        selections = runner.select_playbooks(payload, event, playbook, values)
+        for selection in selections:
+            runner.resolve_inputs(
+                payload["playbooks"][selection.playbook], selection.playbook, event or {}, values, given_inputs
+            )
+        return values, selections
+
+    # A new state dir (and its dev key) is made only for a run that will start: settle the
+    # command on a throwaway compile first, so a usage error leaves no trace.
+    fresh = pack is not None and not state.exists()
+    if fresh and not settle(runner.plan_for_dry_run(pack, None, scope, None, environment, state))[1]:
+        click.echo("no trigger of the pack matches the event; nothing to run", err=True)
         ctx.exit(0)
     if pack is not None:
-        verified = runner.plan_from_pack(pack, list(policies) if policies else None, state)
+        verified = runner.plan_from_pack(pack, scope, state)
     else:
         verified = runner.plan_from_file(plan_file, trust, environment, state)
-    refuse_secret_params(verified.payload, given_params)
-    values = runner.resolve_params(verified.payload, given_params, secrets)
-    selections = runner.select_playbooks(verified.payload, event, playbook, values)
+    values, selections = settle(verified.payload)
     if not selections:
         click.echo("no trigger of the pack matches the event; nothing to run", err=True)
         ctx.exit(0)
-    given_inputs = _pairs(inputs, "--input")
     view = _view(log_format)
     runtime = runner.Runtime(state, incidents_dir, view=view)
     worst = 0
@@ -438,7 +468,13 @@ def incident_verify(
 def report(fmt: str, since: str | None, state_dir: Path | None) -> None:
     """MTTA, MTTR and auto-mitigation success per severity, against the seed's targets."""
     from opsdsl.runtime.state_audit import compute_state_report
+    from opsdsl.runtime.store import DB_NAME, StateError
+    from opsdsl.runtime.store import state_dir as resolve_state
 
+    if not (resolve_state(state_dir) / DB_NAME).is_file():  # like `runs`: a mistyped dir is not "no runs"
+        raise StateError(
+            f"no opsdsl state in {resolve_state(state_dir)} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME"
+        )
     result = compute_state_report(state_dir, since)
     click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True) if fmt == "json" else result.to_text())
 

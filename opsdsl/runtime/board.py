@@ -224,7 +224,7 @@ def _fold_approval_requested(row: StepRow, data: dict[str, Any], ts: float) -> N
     if data.get("policies"):
         note += f" (policy {', '.join(data['policies'])})"
     if data.get("message"):
-        note += f": {shorten(data['message'])}"
+        note += f": {shorten(data['message'], None)}"  # the question a person answers is never cut short
     row.set_note(E.APPROVAL_REQUESTED, note)
 
 
@@ -268,18 +268,20 @@ _ROW_FOLDS: dict[str, Callable[[StepRow, dict[str, Any], float], None]] = {
 # Words the board's notes share with the human views
 
 
-def shorten(text: Any, limit: int = 80) -> str:
-    """One line of at most `limit` characters: notes are a glance, the ledger has the rest."""
+def shorten(text: Any, limit: int | None = 80) -> str:
+    """One line of at most `limit` characters (`None`: the whole text on one line): notes are
+    a glance, the ledger has the rest."""
     flat = " ".join(str(text or "").split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def policy_note(data: dict[str, Any]) -> str:
-    """The gate's verdict in a few words, naming the policies behind it; empty for a plain allow."""
+def policy_note(data: dict[str, Any], limit: int | None = 40) -> str:
+    """The gate's verdict in a few words, naming the policies behind it; empty for a plain allow.
+    `limit` shortens each policy's error (`None`: whole)."""
     decision = data.get("decision", "allow")
     policies = data.get("policies", [])
     ids = [p.get("id", "?") for p in policies if p.get("effect") == decision] or [p.get("id", "?") for p in policies]
@@ -289,5 +291,5 @@ def policy_note(data: dict[str, Any]) -> str:
     elif decision == "require_approval":
         parts.append(f"approval required by policy {', '.join(ids) or '?'}")
     for err in data.get("errors", []):
-        parts.append(f"policy {err.get('id', '?')} failed: {shorten(err.get('error'), 40)}")
+        parts.append(f"policy {err.get('id', '?')} failed: {shorten(err.get('error'), limit)}")
     return "; ".join(parts)

@@ -134,7 +134,7 @@ def summary_lines(run_id: str, status: str, summary: dict[str, Any]) -> list[str
     pending = list(summary.get("pending_approvals") or [])
     line = f"run {run_id} {status}"
     if summary.get("error"):
-        line += f": {shorten(summary['error'], 200)}"
+        line += f": {shorten(summary['error'], None)}"
     if summary.get("incident_folder"):
         line += f" · incident folder {summary['incident_folder']}"
     doubt = list(summary.get("in_doubt") or [])
@@ -245,7 +245,7 @@ class TextView:
         return f"✓ plan verified (trust {data.get('trust', '?')}, keys {', '.join(data.get('keyids', [])) or '?'})"
 
     def _policy_decision(self, data: dict[str, Any]) -> str | None:
-        note = policy_note(data)
+        note = policy_note(data, None)
         if not note:
             return None
         icon = {"deny": "✗", "require_approval": "⏸"}.get(data.get("decision", ""), "!")
@@ -260,7 +260,7 @@ class TextView:
 
     def _attempt_failed(self, data: dict[str, Any]) -> str:
         return (
-            f"↻ {data.get('step')} attempt {data.get('attempt', '?')} failed: {shorten(data.get('error'), 200)};"
+            f"↻ {data.get('step')} attempt {data.get('attempt', '?')} failed: {shorten(data.get('error'), None)};"
             f" retry in {float(data.get('retry_in') or 0):.1f}s"
         )
 
@@ -273,11 +273,11 @@ class TextView:
             text = f"✗ {step} failed: denied by policy {data['denied_by']}"
         else:
             tried = f" ({_count(attempts, 'attempt')})" if attempts else ""
-            text = f"✗ {step} failed{tried}: {shorten(data.get('error'), 200)}"
+            text = f"✗ {step} failed{tried}: {shorten(data.get('error'), None)}"
         return text + (" (continue_on_error: the run goes on)" if data.get("continue_on_error") else "")
 
     def _step_skipped(self, data: dict[str, Any]) -> str:
-        return f"↷ {data.get('step')} skipped (when: {shorten(data.get('when'), 200)})"
+        return f"↷ {data.get('step')} skipped (when: {shorten(data.get('when'), None)})"
 
     def _step_in_doubt(self, data: dict[str, Any]) -> str:
         return f"? {data.get('step')} in doubt: attempt {data.get('attempt', '?')} was cut off mid-flight"
@@ -288,12 +288,12 @@ class TextView:
     def _approval_requested(self, data: dict[str, Any]) -> str:
         who = ", ".join(data.get("approvers", [])) or "anyone"
         text = f"⏸ {data.get('step')} awaiting approval ({data.get('min_approvals', 1)} of {who})"
-        return text + (f": {shorten(data['message'], 200)}" if data.get("message") else "")
+        return text + (f": {shorten(data['message'], None)}" if data.get("message") else "")
 
     def _approval_recorded(self, data: dict[str, Any]) -> str:
         step, by = data.get("step"), data.get("by", "?")
         text = f"✗ {step} approval denied by {by}" if data.get("decision") == "deny" else f"✓ {step} approved by {by}"
-        return text + (f": {shorten(data['comment'], 200)}" if data.get("comment") else "")
+        return text + (f": {shorten(data['comment'], None)}" if data.get("comment") else "")
 
     def _approval_timed_out(self, data: dict[str, Any]) -> str:
         return f"⏸ {data.get('step')} approval timed out: {data.get('outcome', '?')}"
@@ -315,7 +315,7 @@ class TextView:
         status = data.get("status", "?")
         text = f"{_RUN_ICONS.get(status, '■')} run {status}"
         if data.get("error"):
-            text += f": {shorten(data['error'], 200)}"
+            text += f": {shorten(data['error'], None)}"
         for label in ("failed_steps", "compensated"):
             if data.get(label):
                 text += f"; {label.replace('_steps', '')}: {', '.join(data[label])}"

@@ -37,9 +37,17 @@ def test_mermaid_marks_risk_gates_and_compensation():
     assert "scale_pool" in high.split()[1].split(",")
 
 
-def test_without_the_org_policies_the_gate_is_not_drawn():
-    out = graph(str(ROOT / "packs/sev2.yaml"), "--playbook", "query-latency-regression").output
+def test_without_the_org_policies_the_gate_is_not_drawn(tmp_path: Path):
+    alone = tmp_path / "sev2.yaml"
+    shutil.copy(ROOT / "packs/sev2.yaml", alone)
+    out = graph(str(alone), "--playbook", "query-latency-regression").output
     assert "needs approval" not in out
+
+
+def test_the_policy_packs_beside_the_pack_are_drawn_as_run_applies_them():
+    """Issue 13 #11: `run --pack packs/sev2.yaml` stops at the org gate, so the graph shows it."""
+    out = graph(str(ROOT / "packs/sev2.yaml"), "--playbook", "query-latency-regression").output
+    assert "needs approval" in out
 
 
 def test_dot_output_and_approval_steps():

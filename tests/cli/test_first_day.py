@@ -3,6 +3,7 @@ process in a fresh folder holding a copy of packs/."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -59,3 +60,105 @@ def test_a_policy_pack_given_as_the_pack_is_a_usage_error(folder: Path, args: tu
     assert "internal error" not in result.stderr and "StopIteration" not in result.stderr
     assert "is a policy pack" in result.stderr and "--policies" in result.stderr
     assert not (folder / ".opsdsl").exists()
+
+
+TINY = """\
+apiVersion: opsdsl/v1
+kind: Pack
+metadata: {name: tiny, version: 1.0.0, owner: sre}
+triggers:
+  down:
+    on: alert
+    when: event.labels.alertname == "Down"
+hooks:
+  onDown: {trigger: down, run: respond}
+playbooks:
+  respond:
+    severity: SEV-3
+    inputs: {cluster: {type: string, from: event.labels.cluster}}
+    steps:
+      - {id: look, action: assert, with: {that: "true"}}
+      - {id: restart, risk: high, action: assert, with: {that: "true"}}
+  other:
+    severity: SEV-4
+    steps:
+      - {id: look, action: assert, with: {that: "true"}}
+"""
+
+GATES = """\
+apiVersion: opsdsl/v1
+kind: PolicyPack
+metadata: {name: gates, version: 1.0.0, owner: sre}
+policies:
+  - id: ask-before-risk
+    when: step.risk == "high"
+    effect: require_approval
+    message: ask first
+"""
+
+WEBHOOK = {
+    "version": "4",
+    "status": "firing",
+    "receiver": "opsdsl",
+    "groupKey": '{}:{alertname="Down"}',
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "Down", "cluster": "eu-1"},
+            "annotations": {},
+            "startsAt": "2026-01-01T00:00:00Z",
+            "fingerprint": "abc",
+        }
+    ],
+}
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    return tmp_path
+
+
+def test_report_without_state_is_a_usage_error_like_runs(tmp_path: Path):
+    for command in ("runs", "report"):
+        result = opsdsl(tmp_path, command)
+        assert result.code == 2, (command, result)
+        assert "no opsdsl state" in result.stderr
+    assert not (tmp_path / ".opsdsl").exists()
+
+
+def test_a_usage_error_leaves_no_state_dir_and_no_key(folder: Path):
+    result = opsdsl(folder, "run", "--pack", "packs/sev2.yaml")
+    assert result.code == 2, result
+    assert "--playbook" in result.stderr
+    assert not (folder / ".opsdsl").exists()
+    result = opsdsl(folder, "run", "--pack", "packs/sev2.yaml", "--playbook", "nope")
+    assert result.code == 2 and not (folder / ".opsdsl").exists()
+
+
+def test_run_event_unwraps_an_alertmanager_webhook_body_as_fire_does(tiny: Path):
+    (tiny / "webhook.json").write_text(json.dumps(WEBHOOK))
+    result = opsdsl(tiny, "run", "--pack", "tiny.yaml", "--event", "webhook.json", "--log-format", "json")
+    assert result.code == 0, result
+    assert "no trigger" not in result.stderr
+    started = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert any("respond" in json.dumps(line) for line in started)
+
+
+def test_run_event_refuses_a_webhook_body_of_several_alerts_pointing_at_fire(tiny: Path):
+    body = dict(WEBHOOK, alerts=WEBHOOK["alerts"] * 2)
+    (tiny / "webhook.json").write_text(json.dumps(body))
+    result = opsdsl(tiny, "run", "--pack", "tiny.yaml", "--event", "webhook.json")
+    assert result.code == 2 and "opsdsl fire" in result.stderr, result
+
+
+def test_graph_shows_the_gates_of_the_policy_packs_beside_the_pack(tiny: Path):
+    alone = opsdsl(tiny, "graph", "tiny.yaml", "--playbook", "respond")
+    assert alone.code == 0 and "needs approval" not in alone.stdout, alone
+    (tiny / "gates.yaml").write_text(GATES)
+    beside = opsdsl(tiny, "graph", "tiny.yaml", "--playbook", "respond")
+    assert beside.code == 0 and "needs approval" in beside.stdout, beside
+    stopped = opsdsl(
+        tiny, "run", "--pack", "tiny.yaml", "--playbook", "respond", "--input", "cluster=x", "--log-format", "text"
+    )
+    assert stopped.code == 4, stopped  # `run` stops at the gate the graph shows

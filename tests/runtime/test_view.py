@@ -250,7 +250,31 @@ def test_text_is_one_line_per_entry_even_for_multiline_errors(utc: None) -> None
     entry = Ledger().add(k.STEP_FAILED, step="s", attempts=1, error="line one\nline two\n" + "x" * 500).entries[0]
     view.entry(entry)
     assert out.getvalue().count("\n") == 1
-    assert "line one line two xxx" in out.getvalue() and out.getvalue().endswith("…\n")
+    assert out.getvalue().endswith("line one line two " + "x" * 500 + "\n")  # a log line is never cut short
+
+
+def test_text_never_cuts_the_approval_question_or_a_secret_hint_short(utc: None) -> None:
+    """Issue 13 #11: what a person must read to act (the question, the secret to provide) is whole."""
+    question = "Scale the pool of cluster eu-west-1 by two? " + "Check the dashboard first. " * 12 + "END-OF-QUESTION"
+    hint = "secret `pagerduty_routing_key` has no value: pass " + "--secret NAME=env:VAR " * 12 + "LAST_SECRET_NAME"
+    out = io.StringIO()
+    view = make_view("text", out)
+    ledger = Ledger()
+    ledger.add(k.APPROVAL_REQUESTED, step="scale", approvers=["sre"], min_approvals=1, message=question)
+    ledger.add(k.STEP_FAILED, step="page", attempts=1, error=hint)
+    for entry in ledger.entries:
+        view.entry(entry)
+    view.end("failed", {"run": "r1", "error": hint, "pending_approvals": []})
+    text = out.getvalue()
+    assert "END-OF-QUESTION" in text and text.count("LAST_SECRET_NAME") == 2
+    assert "…" not in text
+
+
+def test_the_board_keeps_the_whole_approval_question(utc: None) -> None:
+    question = "Scale the pool? " + "Read the runbook section 4 first. " * 6 + "END-OF-QUESTION"
+    board = Board({"id": "r1"}, [{"id": "scale", "action": "shell"}])
+    board.apply(Ledger().add(k.APPROVAL_REQUESTED, step="scale", min_approvals=1, message=question).entries[0])
+    assert board.rows["scale"].note.endswith("END-OF-QUESTION")
 
 
 # --- rich
