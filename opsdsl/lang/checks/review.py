@@ -218,11 +218,23 @@ _SECRET_KEY = re.compile(
     r"(?i)(^|[_.-])(pass(word|wd)?|secret|token|api[_-]?key|apikey|auth(orization)?|routing[_-]?key|private[_-]?key"
     r"|credentials?|access[_-]?key)$"
 )
+# Searched with every `${{` replaced by NUL, so an interpolated value is never a literal one.
 _SECRET_VALUE = re.compile(
     r"(AKIA[0-9A-Z]{16}|xox[abposr]-[0-9A-Za-z-]{10,}|gh[pousr]_[0-9A-Za-z]{30,}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
     r"|hooks\.slack\.com/services/[A-Z0-9]+/[A-Z0-9]+/[0-9A-Za-z]+|(?i:bearer|basic) [0-9A-Za-z._~+/=-]{8,}"
-    r"|[?&](?i:token|api_?key|password|secret)=[^&${}\s]{6,}|--(?i:password|token|secret)=[^${}\s]+)"
+    r"|[?&](?i:token|api_?key|password|secret)=[^&${}\s\x00]{6,}|--(?i:password|token|secret)=[^${}\s\x00]+"
+    r"|[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@\x00]*:[^/\s@\x00]+@)"  # a password in a URL's userinfo
 )
+
+
+def _literal_value(text: str) -> bool:
+    """Something other than nothing, an interpolation, or a path to a file holding the value."""
+    text = text.strip()
+    return bool(text) and "${{" not in text and not text.startswith(("/", "./", "../", "~/"))
+
+
+def _looks_like_credential(text: str) -> bool:
+    return bool(_SECRET_VALUE.search(text.replace("${{", "\x00")))
 
 
 def _secret_findings(value: object, path: Path_) -> Iterator[tuple[Path_, str]]:
@@ -235,7 +247,7 @@ def _secret_findings(value: object, path: Path_) -> Iterator[tuple[Path_, str]]:
     elif isinstance(value, list):
         for i, item in enumerate(value):
             yield from _secret_findings(item, (*path, i))
-    elif isinstance(value, str) and _SECRET_VALUE.search(value.replace("${{", "\x00")):
+    elif isinstance(value, str) and _looks_like_credential(value):
         yield path, "a value looks like a credential"
 
 
@@ -247,9 +259,17 @@ def check_plaintext_secrets(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     for name, param in pack.params.items():
         if param.secret and isinstance(param.default, str) and param.default:
             yield unit.at("OPS044", ("params", name, "default"), f"secret param `{name}` has a literal default", hint)
-        elif isinstance(param.default, str) and _SECRET_VALUE.search(param.default):
+        elif isinstance(param.default, str) and _looks_like_credential(param.default):
             yield unit.at(
                 "OPS044", ("params", name, "default"), f"the default of param `{name}` looks like a credential", hint
+            )
+        elif isinstance(param.default, str) and _SECRET_KEY.search(name) and _literal_value(param.default):
+            yield unit.at(
+                "OPS044",
+                ("params", name, "default"),
+                f"param `{name}` is named like a credential and has a literal default",
+                "declare it `secret: true` with no default, and give its value at run time"
+                " (`--secret NAME=env:VAR|file:PATH`)",
             )
     for path, _, _, step, _ in iter_steps(pack):
         sections = [((*path, "with"), step.with_)]
