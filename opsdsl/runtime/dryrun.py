@@ -87,6 +87,7 @@ def dry_run(
             "status": "running",
             "started_at": time.time(),
             "dry_run": True,
+            "inputs": secrets.redactor.data(run_inputs),  # as the run shows them to policies
         }
         results: dict[str, Any] = {}
         activation = {

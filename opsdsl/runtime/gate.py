@@ -1,8 +1,8 @@
 """The policy gate: the verdict on one step before it runs.
 
 Every policy in the plan (the pack's own and those of the policy packs compiled with it)
-is evaluated on `{run, playbook, step, event, params, now}`; deny > require_approval >
-allow; the largest `approvals` among the approval policies wins; a policy whose `when`
+is evaluated on `{run, playbook, step, event, params, now}` (`run.inputs`: the run's inputs,
+redacted); deny > require_approval > allow; the largest `approvals` among the approval policies wins; a policy whose `when`
 fails to evaluate counts as applying (fail closed). An action that is neither built in nor
 provided by an installed plugin is denied whatever the policies say.
 """

@@ -574,6 +574,7 @@ class Scheduler(ApprovalSteps, RunEndings):
             "status": self.run.status,
             "started_at": self.run.created_at,
             "dry_run": False,
+            "inputs": self.redactor.data(self.run.inputs),  # policies read them; a secret never
         }
 
     @staticmethod

@@ -145,6 +145,7 @@ _RUN = RootSpec(
         "incident_id": _STRING,
         "started_at": _NUMBER,
         "dry_run": RootSpec("bool"),
+        "inputs": RootSpec("map"),  # the playbook's inputs, redacted; a policy serves many playbooks
     },
     open=False,
 )
