@@ -92,6 +92,12 @@ RULES: dict[str, Rule] = {
             "Event or step data picks a URL's host, a path, a program's options or another setting only the pack "
             "may set.",
         ),
+        Rule(
+            "OPS052",
+            "event-field-never-carried",
+            W,
+            "A trigger or hook reads an `event` field its `on:` kind never carries (e.g. `event.value` of an alert).",
+        ),
         # pack tests (`opsdsl test`)
         Rule("OPS060", "no-tests", E, "`opsdsl test` found no pack tests (*.test.yaml, *.test.yml, *.test.ops)."),
         Rule("OPS061", "test-pack-unusable", E, "A test file's pack or policy pack is missing or does not compile."),

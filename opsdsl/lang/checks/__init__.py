@@ -10,6 +10,7 @@ from __future__ import annotations
 from opsdsl.errors import Diagnostic
 from opsdsl.lang.checks.context import Rule, Scope, Unit, ancestors, find_cycle, predecessors, roots_for
 from opsdsl.lang.checks.coverage import check_untested_high_risk
+from opsdsl.lang.checks.events import check_event_fields
 from opsdsl.lang.checks.review import (
     check_conditions,
     check_hook_cooldowns,
@@ -59,6 +60,7 @@ REVIEW_CHECKS: tuple[Rule, ...] = (
     check_unused,
     check_retry_idempotency,
     check_untested_high_risk,
+    check_event_fields,
 )
 
 
