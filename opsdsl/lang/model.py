@@ -56,6 +56,10 @@ class Param(_Defaulted):
 class Threshold(Frozen):
     count: int
     within: Millis
+    # Count per series: an expression over `event` and `params` (say `event.labels.cluster`);
+    # each value gets its own window. Left out of dumps when absent, so the plans and model
+    # digests of packs without it do not change.
+    per: str | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class Trigger(Frozen):

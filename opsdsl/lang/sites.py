@@ -40,6 +40,8 @@ def iter_sites(pack: Pack | PolicyPack) -> Iterator[Site]:
     for name, trigger in pack.triggers.items():
         if trigger.when is not None:
             yield Site(("triggers", name, "when"), trigger.when, TRIGGER)
+        if trigger.threshold is not None and trigger.threshold.per is not None:
+            yield Site(("triggers", name, "threshold", "per"), trigger.threshold.per, TRIGGER)
     for name, hook in pack.hooks.items():
         if hook.dedupe is not None:
             yield Site(("hooks", name, "dedupe"), hook.dedupe, HOOK)

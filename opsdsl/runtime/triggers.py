@@ -4,7 +4,8 @@
 plans whose `on:` is the event's kind and returns the firings. It keeps, in memory:
 
 - per trigger with `threshold`, the sliding window of matching events' times (and the
-  series each came from, so a resolved alert can take its own events out again);
+  series each came from, so a resolved alert can take its own events out again); with
+  `threshold.per`, one window per value of that expression (say one per cluster);
 - per trigger with `for` and per series, when the condition started holding.
 
 A series is what Prometheus would call one: an alert's fingerprint (else its labels), or
@@ -27,6 +28,7 @@ from typing import Any
 from opsdsl.errors import EvalError
 
 KINDS = ("alert", "metric", "log", "event")
+MAX_GROUPS = 10_000  # `threshold.per` windows kept per trigger
 
 
 def event_kind(event: Mapping[str, Any]) -> str:
@@ -98,6 +100,8 @@ class _Trigger:
     hold: float | None  # `for`, seconds
     event_name: str | None = None  # `event.name == "X"` is a conjunct of `when`: only events named X match
     window: deque = field(default_factory=deque)  # (time, series)
+    per: Callable[[Mapping[str, Any]], Any] | None = None  # `threshold.per`: the window's key
+    windows: dict[str, deque] = field(default_factory=dict)  # with `per`: key → (time, series)
     since: dict[str, float] = field(default_factory=dict)  # series → when the condition started holding
     fired: set[str] = field(default_factory=set)  # series whose current episode already fired
 
@@ -115,6 +119,7 @@ class TriggerEngine:
             for name, spec in sorted((plan.get("triggers") or {}).items()):
                 threshold = spec.get("threshold") or {}
                 expression = parse(spec["when"]) if spec.get("when") else None
+                per = compile_expr(parse(threshold["per"])) if threshold.get("per") else None
                 trigger = _Trigger(
                     plan=index,
                     pack=(plan.get("pack") or {}).get("name", str(index)),
@@ -124,6 +129,7 @@ class TriggerEngine:
                     within=threshold["within"] / 1000 if threshold.get("within") else None,
                     hold=spec["for"] / 1000 if spec.get("for") else None,
                     event_name=_required_name(expression.root) if expression is not None else None,
+                    per=per,
                 )
                 self._by_kind[spec["on"]].append(trigger)
         self.dirty: set[tuple[str, str]] = set()  # (pack, trigger) whose state changed since `take_dirty`
@@ -148,6 +154,10 @@ class TriggerEngine:
                 continue
             state = json.loads(text)
             trigger.window = deque((float(t), str(k)) for t, k in state.get("window", []))
+            trigger.windows = {
+                str(group): deque((float(t), str(k)) for t, k in items)
+                for group, items in state.get("windows", {}).items()
+            }
             trigger.since = {str(k): float(v) for k, v in state.get("since", {}).items()}
             trigger.fired = set(state.get("fired", []))
 
@@ -185,7 +195,14 @@ class TriggerEngine:
                 except EvalError as error:
                     result.errors.append((trigger.plan, trigger.name, error.message))
                     matched = False
-            reason = self._step(trigger, series, matched, now)
+            group = ""
+            if matched and trigger.per is not None:
+                try:
+                    group = _group_key(trigger.per(activation))
+                except EvalError as error:  # the event has no such series: it counts nowhere
+                    result.errors.append((trigger.plan, trigger.name, f"threshold.per: {error.message}"))
+                    matched = False
+            reason = self._step(trigger, series, matched, now, group)
             if trigger.count is not None or trigger.hold is not None:
                 self.dirty.add((trigger.pack, trigger.name))
             if reason is not None:
@@ -203,13 +220,14 @@ class TriggerEngine:
                 self._by_name[(kind, name)] = found
         return found
 
-    def _step(self, trigger: _Trigger, series: str, matched: bool, now: float) -> str | None:
-        """Advance one trigger's state by one event; the firing reason, or None."""
+    def _step(self, trigger: _Trigger, series: str, matched: bool, now: float, group: str = "") -> str | None:
+        """Advance one trigger's state by one event (of `group`, the `threshold.per` value);
+        the firing reason, or None."""
         if trigger.count is None and trigger.hold is None:
             return "match" if matched else None
         holding = matched
         if matched and trigger.count is not None:
-            window = trigger.window
+            window = trigger.window if trigger.per is None else self._window_of(trigger, group, now)
             window.append((now, series))
             horizon = now - (trigger.within or 0)
             while window and window[0][0] <= horizon:
@@ -217,10 +235,12 @@ class TriggerEngine:
             holding = len(window) >= trigger.count
             if holding and trigger.hold is None:
                 window.clear()  # the count starts again from zero
-                return f"threshold {trigger.count} within {_seconds(trigger.within)}"
+                reason = f"threshold {trigger.count} within {_seconds(trigger.within)}"
+                return reason if trigger.per is None else f"{reason} per {group}"
         if trigger.hold is None:
             return None
-        key = series if trigger.count is None else ""  # a count window is the trigger's, not a series'
+        # A count window is the trigger's (or its `per` group's), not a series'.
+        key = series if trigger.count is None else group
         if not holding:
             if not matched or trigger.count is None:
                 trigger.since.pop(key, None)
@@ -230,9 +250,21 @@ class TriggerEngine:
         if now - started >= trigger.hold and key not in trigger.fired:
             trigger.fired.add(key)
             if trigger.count is not None:
-                trigger.window.clear()
+                (trigger.window if trigger.per is None else trigger.windows.get(group, deque())).clear()
             return f"held for {_seconds(trigger.hold)}"
         return None
+
+    @staticmethod
+    def _window_of(trigger: _Trigger, group: str, now: float) -> deque:
+        """The window of one `per` group. Groups that went quiet are dropped once there are
+        many, so a label with ever new values cannot grow the state without bound."""
+        if group not in trigger.windows and len(trigger.windows) >= MAX_GROUPS:
+            horizon = now - (trigger.within or 0)
+            for stale in [g for g, w in trigger.windows.items() if not w or w[-1][0] <= horizon]:
+                del trigger.windows[stale]
+            if len(trigger.windows) >= MAX_GROUPS:  # all busy: forget the quietest
+                del trigger.windows[min(trigger.windows, key=lambda g: trigger.windows[g][-1][0])]
+        return trigger.windows.setdefault(group, deque())
 
     @staticmethod
     def _clear(trigger: _Trigger, series: str) -> None:
@@ -240,6 +272,12 @@ class TriggerEngine:
         trigger.fired.discard(series)
         if trigger.window:
             trigger.window = deque(item for item in trigger.window if item[1] != series)
+        for group, window in list(trigger.windows.items()):
+            kept = deque(item for item in window if item[1] != series)
+            if kept:
+                trigger.windows[group] = kept
+            else:
+                del trigger.windows[group]
 
 
 def _required_name(node: Any) -> str | None:
@@ -262,11 +300,21 @@ def _required_name(node: Any) -> str | None:
     return None
 
 
+def _group_key(value: Any) -> str:
+    """A `threshold.per` value as a window key: strings as they are, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def _dump(trigger: _Trigger) -> str:
-    return json.dumps(
-        {"window": list(trigger.window), "since": trigger.since, "fired": sorted(trigger.fired)},
-        separators=(",", ":"),
-    )
+    state: dict[str, Any] = {"window": list(trigger.window), "since": trigger.since, "fired": sorted(trigger.fired)}
+    if trigger.per is not None:
+        state["windows"] = {group: list(window) for group, window in sorted(trigger.windows.items())}
+    return json.dumps(state, separators=(",", ":"))
 
 
 def _seconds(value: float | None) -> str:

@@ -146,3 +146,57 @@ def test_the_name_index_changes_no_outcome(stream):
         one, two = indexed.observe(event, now), full.observe(event, now)
         assert one.firings == two.firings
         assert one.errors == two.errors
+
+
+def test_a_threshold_per_series_key_counts_each_cluster_apart():
+    """Issue 13 #16: `threshold.per` gives each value its own window."""
+    spec = {
+        "on": "metric",
+        "when": 'event.name == "errors"',
+        "threshold": {"count": 3, "within": 60_000, "per": "event.labels.cluster"},
+    }
+    engine = TriggerEngine([plan(spike=spec)])
+    assert fired(engine, metric(1, "eu1"), 0) == []
+    assert fired(engine, metric(1, "us1"), 1) == []
+    assert fired(engine, metric(1, "eu1"), 2) == []
+    assert fired(engine, metric(1, "us1"), 3) == []  # four events in all, but two per cluster
+    firings = engine.observe(metric(1, "eu1"), 4).firings
+    assert [(f.trigger, f.reason) for f in firings] == [("spike", "threshold 3 within 1m per eu1")]
+    assert fired(engine, metric(1, "us1"), 5) == ["spike"]
+    assert fired(engine, metric(1, "eu1"), 6) == []  # eu1 starts again from zero
+
+
+def test_without_per_the_window_is_the_triggers():
+    spec = {"on": "metric", "when": 'event.name == "errors"', "threshold": {"count": 3, "within": 60_000}}
+    engine = TriggerEngine([plan(spike=spec)])
+    assert [fired(engine, metric(1, c), t) for t, c in enumerate(["eu1", "us1", "ap1"])] == [[], [], ["spike"]]
+
+
+def test_per_windows_survive_a_restart_and_an_event_without_the_key_counts_nowhere():
+    spec = {
+        "on": "metric",
+        "when": 'event.name == "errors"',
+        "threshold": {"count": 2, "within": 60_000, "per": "event.labels.cluster"},
+    }
+    first = TriggerEngine([plan(spike=spec)])
+    assert fired(first, metric(1, "eu1"), 0) == []
+    evaluation = first.observe({"kind": "metric", "name": "errors", "value": 1, "labels": {}}, 1)
+    assert evaluation.firings == [] and "threshold.per" in evaluation.errors[0][2]
+    second = TriggerEngine([plan(spike=spec)])
+    second.restore(first.snapshot())
+    assert fired(second, metric(1, "us1"), 2) == []
+    assert fired(second, metric(1, "eu1"), 3) == ["spike"]
+
+
+def test_per_with_for_holds_per_group():
+    spec = {
+        "on": "metric",
+        "when": 'event.name == "errors"',
+        "threshold": {"count": 2, "within": 60_000, "per": "event.labels.cluster"},
+        "for": 10_000,
+    }
+    engine = TriggerEngine([plan(spike=spec)])
+    for t in (0, 1):
+        assert fired(engine, metric(1, "eu1"), t) == []
+    assert fired(engine, metric(1, "us1"), 12) == []  # us1 has one event: not holding
+    assert fired(engine, metric(1, "eu1"), 12) == ["spike"]

@@ -355,6 +355,9 @@ class PackBuilder(DataBuilder):
                 threshold["count"] = self.value(args[0], (*path, "count"))
                 self.keys[(*path, "count")] = self.at(args[0])
                 self.put(threshold, (*path, "within"), self.text_of(args[2]), args[2], args[1])
+                if len(args) > 3:  # per EXPR
+                    per = (*path, "per")
+                    self.put(threshold, per, self.expression(args[4], per), args[4], args[3])
         elif kind == "retry":
             self.retry(stmt, entry, path)
         elif kind == "compensate":

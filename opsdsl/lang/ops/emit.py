@@ -145,8 +145,11 @@ def _trigger(name: str, trigger: Any) -> list[str]:
     if "when" in trigger:
         body.append("when " + _expr(trigger["when"], where + ".when"))
     if "threshold" in trigger:
-        threshold = _check(trigger["threshold"], ("count", "within"), where + ".threshold")
-        body.append(f"threshold {literal(threshold.get('count'))} within {_duration(threshold.get('within'), where)}")
+        threshold = _check(trigger["threshold"], ("count", "within", "per"), where + ".threshold")
+        line = f"threshold {literal(threshold.get('count'))} within {_duration(threshold.get('within'), where)}"
+        if "per" in threshold:
+            line += " per " + _expr(threshold["per"], where + ".threshold.per")
+        body.append(line)
     if "for" in trigger:
         body.append("for " + _duration(trigger["for"], where + ".for"))
     if list(trigger) in (["on"], ["on", "when"], ["when", "on"]):

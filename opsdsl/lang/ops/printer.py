@@ -40,6 +40,7 @@ KEYWORDS = frozenset(
         "when",
         "threshold",
         "within",
+        "per",
         "for",
         "hook",
         "cooldown",
