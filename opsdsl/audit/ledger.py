@@ -410,6 +410,7 @@ class LedgerReport:
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     last_checkpoint: int | None = None
+    warnings: tuple[str, ...] = ()  # what the verdict rests on that the checked directory itself supplied
 
     def render(self) -> str:
         checkpoints = f"{self.checkpoints} checkpoint{'' if self.checkpoints == 1 else 's'}"
@@ -418,10 +419,15 @@ class LedgerReport:
             if self.last_checkpoint is not None:
                 lines[0] += f" (the last at seq {self.last_checkpoint})"
         else:
-            where = f"first bad entry: seq {self.first_bad}" if self.first_bad is not None else "a checkpoint is bad"
+            where = (
+                f"first bad entry: seq {self.first_bad}"
+                if self.first_bad is not None
+                else "a checkpoint is bad or missing"
+            )
             lines = [f"ledger NOT intact ({self.entries} entries, {checkpoints}): {where}", f"  {self.problem}"]
             lines += [f"  also: {other}" for other in self.problems[1:]]
         lines += [f"note: {note}" for note in self.notes]
+        lines += [f"WARNING: {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -434,6 +440,7 @@ class LedgerReport:
             "problems": list(self.problems),
             "notes": list(self.notes),
             "last_checkpoint": self.last_checkpoint,
+            "warnings": list(self.warnings),
         }
 
 
@@ -516,9 +523,25 @@ def _verify(
                 ),
             )
 
-    # 6. The verdict, and what it cannot vouch for.
+    # 6. Every run is checkpointed in the transaction that finishes it, so a run.finished
+    #    beyond the last trusted checkpoint means checkpoints were deleted (or signed by a
+    #    key not trusted here): the entries after the last one could have been rewritten.
     matched = [seq for seq in vouched if seq <= chain.last]
     last_checkpoint = max(matched) if matched and chain.finding is None else None
+    if chain.finding is None:
+        finished = _last_finished_run(conn, chain.last)
+        if finished is not None and finished[0] > (last_checkpoint or 0):
+            seq, run = finished
+            last = f"the last trusted one is at seq {last_checkpoint}" if last_checkpoint else "there is none"
+            findings.append(
+                _Finding(
+                    None,
+                    f"run {run} finished at seq {seq}, but no trusted checkpoint covers it ({last}): every run is "
+                    "checkpointed as it finishes, so checkpoints were deleted or signed by an untrusted key",
+                )
+            )
+
+    # 7. The verdict, and what it cannot vouch for.
     if chain.last and not vouched:
         notes.append("no trusted checkpoint: a cut-off tail or a rewrite that recomputed every hash would go unnoticed")
     elif last_checkpoint is not None and last_checkpoint < chain.last:
@@ -537,6 +560,17 @@ def _verify(
         notes=tuple(notes),
         last_checkpoint=last_checkpoint,
     )
+
+
+def _last_finished_run(conn: sqlite3.Connection, last: int) -> tuple[int, str] | None:
+    """(seq, run) of the last run.finished entry at or before seq `last`, if any."""
+    row = conn.execute(
+        "SELECT seq, run FROM ledger WHERE kind = 'run.finished' AND seq <= ? ORDER BY seq DESC LIMIT 1", (last,)
+    ).fetchone()
+    if row is None:
+        return None
+    run = row[1].decode("utf-8", "replace") if isinstance(row[1], bytes) else row[1]
+    return row[0], str(run)
 
 
 @dataclass(frozen=True, slots=True)

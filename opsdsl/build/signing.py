@@ -84,6 +84,49 @@ def write_public_key(path: str | os.PathLike, public_key: Ed25519PublicKey) -> N
     _write_file_atomic(Path(path), pem, private=False)
 
 
+def create_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
+    """The unencrypted key at `path`, made now if there is none; safe when several processes race.
+
+    The key is written whole to a private temp file and hard-linked into place, which fails
+    if another process got there first: then its key, the one on disk, is the one returned.
+    A key file is never replaced, so every process signs with the same key.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        return load_private_key(path)
+    key = generate_key()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return load_private_key(path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return key
+
+
+def private_key_exposure(path: str | os.PathLike) -> str | None:
+    """Why the private key at `path` is not private (its mode lets others read or write it), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or unreadable: loading it says so
+    if mode & 0o077:
+        return (
+            f"private key {path} is mode {mode & 0o777:04o}: others can read it; "
+            f"fix it with `chmod 600 {path}` (and consider the key exposed)"
+        )
+    return None
+
+
 def load_private_key(path: str | os.PathLike, passphrase: bytes | None = None) -> Ed25519PrivateKey:
     """Read an Ed25519 private key from a PEM file, saying plainly what is wrong when it cannot."""
     data = _read_key_file(path)
@@ -417,7 +460,8 @@ def verify_envelope(
     *,
     names: Mapping[str, str] | None = None,
 ) -> Verified:
-    """Check that at least `threshold` distinct `trusted` keys signed this envelope, or raise SignatureError.
+    """Check that at least `threshold` distinct `trusted` keys signed this envelope, and that no
+    trusted key's signature on it is bad, or raise SignatureError.
 
     `trusted` maps keyid to public key; `names` (keyid to a person's or system's name, from
     the trust file) only makes messages readable. Every signature is checked, so `keyids`
@@ -478,22 +522,24 @@ def verify_envelope(
         key = trusted.get(entry_id)
         if key is None:
             unknown.append(entry_id)
-        elif entry_id not in verified:
-            if _verifies(key, sig, signed):
-                verified[entry_id] = None
-            else:
-                failed.append(entry_id)
+        elif _verifies(key, sig, signed):
+            verified[entry_id] = None
+        else:
+            failed.append(entry_id)
 
-    # 5. Count distinct keys: one key that signed twice is one signer.
+    # 5. A bad signature by a trusted key refuses the envelope, however many others are
+    #    good: someone changed what that key signed, or forged its name on something else.
+    names = names or {}
+    if failed:
+        who = ", ".join(names.get(kid, kid) for kid in dict.fromkeys(failed))
+        raise SignatureError(f"bad signature from key {who}")
+
+    # 6. Count distinct keys: one key that signed twice is one signer.
     count = len(verified)
 
-    # 6. The threshold. When it is not met, say why in the most specific terms there are.
+    # 7. The threshold. When it is not met, say why in the most specific terms there are.
     if count >= threshold:
         return Verified(payload, payload_type, tuple(sorted(verified)))
-    names = names or {}
-    failed = [kid for kid in dict.fromkeys(failed) if kid not in verified]
-    if failed:
-        raise SignatureError(f"bad signature from key {', '.join(names.get(kid, kid) for kid in failed)}")
     if not count and unknown:
         raise SignatureError(f"signature by unknown key {', '.join(dict.fromkeys(unknown))}")
     if not count and unmatched:

@@ -70,8 +70,21 @@ class Trust:
         """keyid → name, for messages."""
         return {kid: key.name for kid, key in self.keys.items()}
 
-    def environment(self, name: str = DEFAULT_ENVIRONMENT) -> tuple[dict[str, Ed25519PublicKey], int]:
-        """The trusted keys (keyid → public key) and the threshold for environment `name`."""
+    def choose(self, name: str | None) -> str:
+        """`name`, or the only environment when none is named; several and none named is a
+        TrustError: falling back to a lax `default` when `production` wants two signers
+        would quietly drop the two-person rule."""
+        if name is not None:
+            return name
+        if len(self.environments) == 1:
+            return next(iter(self.environments))
+        known = ", ".join(sorted(self.environments))
+        raise TrustError(f"trust file {self.path} has several environments ({known}): pass --env NAME to choose one")
+
+    def environment(self, name: str | None = None) -> tuple[dict[str, Ed25519PublicKey], int]:
+        """The trusted keys (keyid → public key) and the threshold for environment `name`
+        (None: the only one; see `choose`)."""
+        name = self.choose(name)
         found = self.environments.get(name)
         if found is None:
             known = ", ".join(sorted(self.environments))
@@ -81,7 +94,7 @@ class Trust:
     def verify(
         self,
         envelope: dict | bytes,
-        environment: str = DEFAULT_ENVIRONMENT,
+        environment: str | None = None,
         payload_types: Collection[str] = (PLAN_PAYLOAD_TYPE,),
     ) -> Verified:
         """Verify `envelope` against this file's keys and threshold for `environment`."""

@@ -37,7 +37,10 @@ def _pack_options(function):
         ),
         click.option("--trust", type=_EXISTING, help="Trust file for --plan (default: STATE_DIR/trust.yaml)."),
         click.option(
-            "--env", "environment", default="default", show_default=True, help="Trust environment for --plan."
+            "--env",
+            "environment",
+            metavar="NAME",
+            help="Trust environment for --plan (required when the trust file has several).",
         ),
         click.option(
             "--secret",

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from opsdsl.cli.init import init
 from opsdsl.cli.paths import input_file, pack_file
 from opsdsl.errors import UsageError
 
@@ -79,7 +80,12 @@ def _view(log_format: str):
     "--policies", type=_EXISTING, multiple=True, help="Policy packs in scope with --pack (default: those beside it)."
 )
 @click.option("--trust", type=_EXISTING, help="Trust file for --plan (default: STATE_DIR/trust.yaml).")
-@click.option("--env", "environment", default="default", show_default=True, help="Trust environment for --plan.")
+@click.option(
+    "--env",
+    "environment",
+    metavar="NAME",
+    help="Trust environment for --plan (required when the trust file has several).",
+)
 @click.option("--playbook", help="Playbook to run (default: the hooks matching --event, else the only one).")
 @click.option("--event", "event_source", metavar="FILE|-", help="The event (JSON) that starts the run.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Set a pack param (repeatable).")
@@ -390,8 +396,10 @@ def ledger() -> None:
     "keys",
     multiple=True,
     type=_EXISTING,
-    help="Public key whose checkpoints count (default: STATE_DIR/keys/dev.pub).",
+    help="Public key whose checkpoints count, kept outside the state directory (repeatable).",
 )
+@click.option("--trust", type=_EXISTING, help="Trust file whose keys' checkpoints count.")
+@click.option("--env", "environment", metavar="NAME", help="Environment of --trust (required when it has several).")
 @click.option(
     "--no-incidents", is_flag=True, help="Do not also check the checkpoints kept in STATE_DIR's incident records."
 )
@@ -401,13 +409,26 @@ def ledger_verify(
     ctx: click.Context,
     checkpoints: tuple[Path, ...],
     keys: tuple[Path, ...],
+    trust: Path | None,
+    environment: str | None,
     no_incidents: bool,
     state_dir: Path | None,
 ) -> None:
-    """Prove the ledger intact, or name the first bad entry. Exit 0 intact, 1 not, 2 unreadable."""
+    """Prove the ledger intact, or name the first bad entry. Exit 0 intact, 1 not, 2 unreadable.
+
+    Without --key or --trust it trusts the key found in the state directory itself, and says
+    so: whoever can write the directory could have re-signed it. An audit passes the keys.
+    """
     from opsdsl.runtime.state_audit import verify_state
 
-    report = verify_state(state_dir, list(checkpoints), list(keys), include_incidents=not no_incidents)
+    report = verify_state(
+        state_dir,
+        list(checkpoints),
+        list(keys),
+        include_incidents=not no_incidents,
+        trust=trust,
+        environment=environment,
+    )
     click.echo(report.render())
     ctx.exit(0 if report.ok else 1)
 
@@ -435,10 +456,10 @@ def incident_export(incident: str, out: Path, incidents_dir: Path | None, state_
 @incident.command("verify")
 @click.argument("archive", type=_EXISTING)
 @click.option(
-    "--key", "keys", multiple=True, type=_EXISTING, help="Trusted public key (default: STATE_DIR/keys/dev.pub)."
+    "--key", "keys", multiple=True, type=_EXISTING, help="Trusted public key (default: the state directory's key)."
 )
 @click.option("--trust", type=_EXISTING, help="Trust file whose keys are trusted.")
-@click.option("--env", "environment", default="default", show_default=True)
+@click.option("--env", "environment", metavar="NAME", help="Environment of --trust (required when it has several).")
 @_state_option
 @click.pass_context
 def incident_verify(
@@ -446,7 +467,7 @@ def incident_verify(
     archive: Path,
     keys: tuple[Path, ...],
     trust: Path | None,
-    environment: str,
+    environment: str | None,
     state_dir: Path | None,
 ) -> None:
     """Check an exported incident: signatures, digests, no extra or missing files, no path tricks."""
@@ -459,6 +480,8 @@ def incident_verify(
         f"{archive}: incident {report.incident_id} verified: {len(report.files)} files, "
         f"signed by {', '.join(report.signers)}"
     )
+    for line in report.provenance:
+        click.echo(f"  {line}")
 
 
 @click.command()
@@ -479,4 +502,4 @@ def report(fmt: str, since: str | None, state_dir: Path | None) -> None:
     click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True) if fmt == "json" else result.to_text())
 
 
-COMMANDS = (run, resume, approve, decide, ack, runs, ledger, incident, report)
+COMMANDS = (init, run, resume, approve, decide, ack, runs, ledger, incident, report)

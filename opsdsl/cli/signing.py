@@ -81,7 +81,9 @@ def sign(envelope: Path, key_path: Path, passphrase_env: str | None) -> None:
 @click.argument("envelope", type=_EXISTING_FILE)
 @click.option("--key", "key_paths", multiple=True, type=_EXISTING_FILE, help="A trusted public key (repeatable).")
 @click.option("--trust", "trust_path", type=_EXISTING_FILE, help="Trust file: keys and per-environment thresholds.")
-@click.option("--env", "environment", metavar="NAME", help="Environment in the trust file (default: default).")
+@click.option(
+    "--env", "environment", metavar="NAME", help="Environment in the trust file (required when it has several)."
+)
 @click.option(
     "--threshold",
     type=click.IntRange(min=1),
@@ -104,7 +106,7 @@ def verify(
         if threshold is not None:
             raise UsageError("--threshold goes with --key; with --trust, the trust file sets each environment's")
         trust = load_trust(trust_path)
-        trusted, required = trust.environment(environment or "default")
+        trusted, required = trust.environment(environment)
         names = trust.names
     else:
         if environment is not None:

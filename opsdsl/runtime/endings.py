@@ -85,6 +85,7 @@ class RunEndings:
             entries,
             checkpoint=checkpoint.to_dict() if checkpoint else None,
             signer=self.env.signer,
+            signing=self.env.signing,
             rca=rca,
             redact=self.redactor.text,
         )

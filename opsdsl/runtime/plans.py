@@ -1,6 +1,7 @@
 """Where a run's plan comes from: a pack compiled and signed with the state directory's dev
-key (`run --pack`), or a signed plan verified against a trust file (`run --plan`). Either
-way the runtime executes the verified payload, never the source."""
+key (`run --pack`, refused in a production state directory), or a signed plan verified
+against a trust file (`run --plan`). Either way the runtime executes the verified payload,
+never the source, and the run records which path it came by."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from opsdsl.errors import OpsdslError, UsageError
+from opsdsl.runtime.state_config import DEV_KEY, dev_key, read_config  # noqa: F401  (DEV_KEY re-exported)
 
 EXIT_REFUSED = 5
-DEV_KEY = "keys/dev.key"
 
 
 class RunRefused(OpsdslError):
@@ -29,6 +30,12 @@ class VerifiedPlan:
     digest: str
     keyids: list[str]
     trust: str  # "dev-key" or the trust file
+    path: str = "plan"  # "plan": --plan verified against a trust file; "pack": --pack signed with the dev key
+    environment: str | None = None  # the trust file's environment (path "plan")
+
+    def verification(self) -> dict[str, Any]:
+        """What plan.verified records: which keys, which trust, by which path."""
+        return {"keyids": self.keyids, "trust": self.trust, "path": self.path, "environment": self.environment}
 
 
 def policy_scope(pack: Path, policies: Sequence[Path] | None) -> list[Path]:
@@ -46,30 +53,16 @@ def policy_scope(pack: Path, policies: Sequence[Path] | None) -> list[Path]:
     ]
 
 
-def dev_key(state: Path):
-    """The state directory's own Ed25519 key (created on first use, mode 0600): it signs
-    plans compiled by `run --pack`, ledger checkpoints and incident records."""
-    from opsdsl.build.signing import generate_key, load_private_key, write_private_key, write_public_key
-
-    path = state / DEV_KEY
-    public = path.with_suffix(".pub")
-    if not path.exists():
-        state.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state dir is nobody else's either
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        key = generate_key()
-        write_private_key(path, key, None)
-    else:
-        key = load_private_key(path)
-    if not public.exists():  # also heals a crash between writing the two halves
-        write_public_key(public, key.public_key())
-    return key
-
-
 def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> VerifiedPlan:
     """Compile and sign `pack` with the dev key; policy packs beside it are in scope unless
     `policies` names them explicitly."""
     from opsdsl.build.plans import compile_paths
 
+    if read_config(state).production:
+        raise RunRefused(
+            f"--pack {pack}: {state} is a production state directory, where only reviewed plans run:"
+            " compile and sign it (`opsdsl compile`, `opsdsl sign`) and run it with --plan SIGNED_PLAN"
+        )
     policies = policy_scope(pack, policies)
     key = dev_key(state)
     out = state / "plans" / pack.stem  # one build folder per pack: builds of other packs never prune it
@@ -78,13 +71,20 @@ def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> 
         raise RunRefused(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
     entry = next(p for p in result.packs if p.plan_file and p.status in ("compiled", "unchanged", "reused"))
     envelope = (out / entry.plan_file).read_bytes()
-    return _verify(envelope, {_keyid(key): key.public_key()}, 1, "dev-key")
+    verified = _verify(envelope, {_keyid(key): key.public_key()}, 1, "dev-key")
+    verified.path = "pack"
+    return verified
 
 
-def plan_from_file(path: Path, trust_file: Path | None, environment: str, state: Path) -> VerifiedPlan:
-    """Read a signed plan and verify it against the trust file (default STATE/trust.yaml)."""
+def plan_from_file(path: Path, trust_file: Path | None, environment: str | None, state: Path) -> VerifiedPlan:
+    """Read a signed plan and verify it against the trust file (default STATE/trust.yaml), in
+    `environment` (None: the trust file's only environment; with several, --env is required)."""
     from opsdsl.build.trust import load_trust
 
+    if trust_file is None and state.is_dir():
+        from opsdsl.runtime.store import prepare_state_dir
+
+        prepare_state_dir(state)  # STATE/trust.yaml counts only in a folder nobody else can write
     trust_file = trust_file or (state / "trust.yaml")
     if not trust_file.exists():
         raise RunRefused(
@@ -96,8 +96,11 @@ def plan_from_file(path: Path, trust_file: Path | None, environment: str, state:
     except OSError as error:
         raise UsageError(f"--plan {path}: {error.strerror}") from None
     trust = load_trust(trust_file)
+    environment = trust.choose(environment)
     keys, threshold = trust.environment(environment)
-    return _verify(envelope, keys, threshold, str(trust_file))
+    verified = _verify(envelope, keys, threshold, str(trust_file), trust.names)
+    verified.environment = environment
+    return verified
 
 
 def plan_for_dry_run(
@@ -105,7 +108,7 @@ def plan_for_dry_run(
     plan_file: Path | None,
     policies: Sequence[Path] | None,
     trust: Path | None,
-    environment: str,
+    environment: str | None,
     state: Path,
 ) -> dict[str, Any]:
     """The plan payload a run would execute, obtained without writing anything in `state`."""
@@ -125,12 +128,12 @@ def plan_for_dry_run(
         return json.loads(_payload_of((Path(scratch) / entry.plan_file).read_bytes()))
 
 
-def _verify(envelope: bytes, keys: Mapping, threshold: int, trust: str) -> VerifiedPlan:
+def _verify(envelope: bytes, keys: Mapping, threshold: int, trust: str, names: Mapping | None = None) -> VerifiedPlan:
     from opsdsl.build.signing import PLAN_PAYLOAD_TYPE, SignatureError, parse_envelope, verify_envelope
     from opsdsl.canonical import sha256_digest
 
     try:
-        verified = verify_envelope(parse_envelope(envelope), keys, threshold)
+        verified = verify_envelope(parse_envelope(envelope), keys, threshold, names=names)
     except SignatureError as error:
         raise RunRefused(f"plan refused: {error.message}") from None
     if verified.payload_type != PLAN_PAYLOAD_TYPE:

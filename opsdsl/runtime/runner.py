@@ -98,10 +98,20 @@ class Runtime:
 
     @property
     def signer(self):
-        """The dev key, made on first use: commands that sign nothing never create one."""
+        """The key that signs checkpoints and records (the configured key of a production state
+        directory, else the dev key), loaded or made on first use: commands that sign nothing
+        never create one."""
         if self._signer is None:
-            self._signer = dev_key(self.state)
-        return self._signer
+            from opsdsl.runtime.state_config import signer
+
+            self._signer = signer(self.state)
+        return self._signer.key
+
+    @property
+    def signing(self) -> dict[str, str]:
+        """Which key signs this state directory's records, as the records say it."""
+        self.signer  # noqa: B018  (loads it)
+        return self._signer.describe()
 
     def close(self) -> None:
         self.store.close()
@@ -112,6 +122,7 @@ class Runtime:
             executor=self.executor,
             secrets=secrets,
             signer=self.signer,
+            signing=self.signing,
             view=None if child else self.view,
             clock=self.clock,
             start_child=self._start_child,
@@ -201,11 +212,13 @@ class Runtime:
             "parent_step": run.parent_step,
         }
         with self.store.transaction():
+            if plan.path == "plan" and parent is None:
+                self._refuse_older_plan(payload["pack"], plan.digest, now)
             self.store.insert_run(run)
             self.store.insert_steps(run_id, sorted(n["id"] for n in playbook["nodes"]))
             appended = [
                 self.store.ledger.append(E.RUN_CREATED, run_id, created, ts=now),
-                self.store.ledger.append(E.PLAN_VERIFIED, run_id, {"keyids": plan.keyids, "trust": plan.trust}, ts=now),
+                self.store.ledger.append(E.PLAN_VERIFIED, run_id, plan.verification(), ts=now),
             ]
             for kind, data in also:
                 appended.append(self.store.ledger.append(kind, run_id, {**data, "run": run_id}, ts=now))
@@ -215,6 +228,20 @@ class Runtime:
                 self.view.entry(entry.to_dict())
         run.params = params  # the real values, for this process only
         return run
+
+    def _refuse_older_plan(self, pack: Mapping[str, Any], digest: str, now: float) -> None:
+        """Pack versions only go up in a state directory: a signed plan older than one that
+        already ran here is refused (an old plan stays validly signed forever; a rollback is
+        a new version of the old source)."""
+        name, version = pack["name"], pack.get("version") or ""
+        newest = self.store.newest_plan_version(name)
+        if newest is not None and _version_key(version) < _version_key(newest[0]):
+            raise RunRefused(
+                f"plan refused: pack {name} {version} is older than {name} {newest[0]}, which already ran in"
+                f" {self.state}; to roll back, release the old source as a new version and sign that"
+            )
+        if newest is None or _version_key(version) > _version_key(newest[0]):
+            self.store.record_plan_version(name, version, digest, now)
 
     # driving ------------------------------------------------------------------------------
 
@@ -237,7 +264,13 @@ class Runtime:
             return await Scheduler(self.env(secrets, child=True), child, plan_payload).drive("resume")
         verified = next((e.data for e in self.store.ledger.entries(run=parent.run.id) if e.kind == E.PLAN_VERIFIED), {})
         plan = VerifiedPlan(
-            parent.run.envelope, parent.plan, parent.run.plan_digest, verified.get("keyids", []), parent.run.trust
+            parent.run.envelope,
+            parent.plan,
+            parent.run.plan_digest,
+            verified.get("keyids", []),
+            parent.run.trust,
+            verified.get("path") or "plan",
+            verified.get("environment"),
         )
 
         name = rendered["playbook"]
@@ -352,6 +385,14 @@ class Runtime:
             hint = f"; waiting: {', '.join(waiting)}" if waiting else ""
             raise UsageError(f"step {step} of run {run_id} is {row.status}, not waiting for {what}{hint}")
         return run, row
+
+
+def _version_key(version: str) -> tuple:
+    """Semantic-version order: 1.10.0 > 1.9.0, 2.0.0 > 2.0.0-rc.1; build metadata is ignored."""
+    core, _, pre = version.split("+", 1)[0].partition("-")
+    numbers = tuple(int(part) if part.isdigit() else -1 for part in core.split("."))
+    tags = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in pre.split(".")) if pre else ()
+    return (numbers, 0 if pre else 1, tags)
 
 
 def now_counter(store: S.Store, run_id: str) -> int:

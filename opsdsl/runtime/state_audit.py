@@ -13,9 +13,23 @@ from typing import Any
 from opsdsl.errors import UsageError
 from opsdsl.runtime.store import DB_NAME, state_dir
 
+SELF_TRUST_WARNING = (
+    "trusting the key found in the directory being checked ({source}); whoever can write it could have"
+    " re-signed a rewritten ledger with a planted key: pass --key/--trust from outside for an audit"
+)
 
-def trusted_keys(state: Path | None, keys: list[Path], trust: Path | None = None, environment: str = "default") -> dict:
-    """Public keys by keyid: the given ones, a trust file's, else the state directory's dev key."""
+
+def trusted_keys(
+    state: Path | None, keys: list[Path], trust: Path | None = None, environment: str | None = None
+) -> dict:
+    """Public keys by keyid: the given ones, a trust file's, else the state directory's own."""
+    return _trusted(state, keys, trust, environment)[0]
+
+
+def _trusted(
+    state: Path | None, keys: list[Path], trust: Path | None, environment: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """(keys by keyid, None) from --key/--trust; else (the state directory's own key, where it was found)."""
     from opsdsl.build.signing import keyid, load_public_key
 
     trusted: dict[str, Any] = {}
@@ -27,22 +41,36 @@ def trusted_keys(state: Path | None, keys: list[Path], trust: Path | None = None
 
         found, _ = load_trust(trust).environment(environment)
         trusted.update(found)
-    if not trusted:
-        dev = state_dir(state) / "keys" / "dev.pub"
-        if not dev.exists():
-            raise UsageError(f"no key to verify with: pass --key PUB (there is no dev key at {dev})")
-        public = load_public_key(dev)
-        trusted[keyid(public)] = public
-    return trusted
+    if trusted:
+        return trusted, None
+    from opsdsl.runtime.state_config import state_public_key
+
+    root = state_dir(state)
+    own = state_public_key(root)
+    if own is None:
+        raise UsageError(f"no key to verify with: pass --key PUB or --trust FILE (there is no key in {root / 'keys'})")
+    public, source = own
+    return {keyid(public): public}, source
 
 
 def incident_records(root: Path) -> list[Path]:
     return sorted(root.glob("*/*/record.json")) if root.is_dir() else []
 
 
-def verify_state(state: Path | None, checkpoint_files: list[Path], keys: list[Path], include_incidents: bool = True):
+def verify_state(
+    state: Path | None,
+    checkpoint_files: list[Path],
+    keys: list[Path],
+    include_incidents: bool = True,
+    trust: Path | None = None,
+    environment: str | None = None,
+):
     """Verify the ledger of a state directory against its checkpoints, the given files' and
-    (by default) those kept in its incident records."""
+    (by default) those kept in its incident records; a finished run whose incident record is
+    gone is a finding too. Without `keys` or `trust`, the report warns that it trusted the
+    state directory's own key."""
+    from dataclasses import replace
+
     from opsdsl.audit.ledger import read_checkpoints, verify_path
 
     root = state_dir(state)
@@ -53,8 +81,42 @@ def verify_state(state: Path | None, checkpoint_files: list[Path], keys: list[Pa
         for record in incident_records(root / "incidents"):
             external += read_checkpoints(record)  # a record that cannot be read is a finding, not noise
     has_checkpoints = bool(external) or _stored_checkpoints(root / DB_NAME)
-    trusted = trusted_keys(state, keys) if (keys or has_checkpoints) else {}
-    return verify_path(root / DB_NAME, trusted, external)
+    trusted, source = {}, None
+    if keys or trust or has_checkpoints or _finished_runs(root / DB_NAME):
+        trusted, source = _trusted(state, keys, trust, environment)
+    report = verify_path(root / DB_NAME, trusted, external)
+    if include_incidents:
+        missing = [
+            f"run {run} finished, but its incident record {folder}/record.json is gone"
+            for run, folder in _finished_runs(root / DB_NAME)
+            if not (Path(folder) / "record.json").is_file()
+        ]
+        if missing:
+            report = replace(
+                report,
+                ok=False,
+                problem=report.problem or missing[0],
+                problems=(*report.problems, *missing),
+            )
+    if source is not None:
+        report = replace(report, warnings=(*report.warnings, SELF_TRUST_WARNING.format(source=source)))
+    return report
+
+
+def _finished_runs(path: Path) -> list[tuple[str, str]]:
+    """(run id, incident folder) of the finished runs in the runs table, oldest first."""
+    if not path.is_file():
+        return []
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT id, incident_dir FROM runs WHERE status IN ('succeeded', 'failed') ORDER BY created_at, id"
+        )
+        return [(row[0], row[1]) for row in rows]
+    except sqlite3.DatabaseError:
+        return []
+    finally:
+        conn.close()
 
 
 def _stored_checkpoints(path: Path) -> bool:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+import stat
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +99,12 @@ CREATE TABLE IF NOT EXISTS events (
     note TEXT
 );
 CREATE INDEX IF NOT EXISTS events_status ON events(status, id);
+CREATE TABLE IF NOT EXISTS plan_versions (
+    pack TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS trigger_state (
     pack TEXT NOT NULL,
     trig TEXT NOT NULL,
@@ -120,6 +128,32 @@ class StateError(OpsdslError):
 def state_dir(option: str | os.PathLike | None) -> Path:
     """`--state-dir`, else $OPSDSL_HOME, else ./.opsdsl."""
     return Path(option or os.environ.get("OPSDSL_HOME") or ".opsdsl")
+
+
+def prepare_state_dir(root: Path, warn: Callable[[str], None] | None = None) -> None:
+    """Create `root` 0700, or make sure an existing one is nobody else's to write.
+
+    Whoever can write the state directory can plant `trust.yaml` or a key, so a folder
+    that group or others may write is tightened to 0700 (with a warning) when it is ours,
+    and refused when it is not (we could not fix it, and should not trust it).
+    """
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = root.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & 0o022:
+        return
+    if info.st_uid != os.geteuid():
+        raise StateError(
+            f"state directory {root} is mode {mode:04o} (writable by others) and owned by another user"
+            f" (uid {info.st_uid}): anyone could plant a trust file or key there; have its owner run"
+            f" `chmod 700 {root}`, or use another --state-dir"
+        )
+    os.chmod(root, 0o700)
+    (warn or _warn)(f"warning: state directory {root} was mode {mode:04o} (writable by others); made it 0700")
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 @dataclass
@@ -187,7 +221,7 @@ class Store:
             raise StateError(f"no opsdsl state in {root} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME")
         try:
             new = not database.exists()
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            prepare_state_dir(root)
             self.conn: sqlite3.Connection = open_database(database)
             if not durable:
                 self.conn.execute("PRAGMA synchronous=OFF")
@@ -286,6 +320,17 @@ class Store:
     def save_trigger_state(self, pack: str, trigger: str, state: str) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO trigger_state (pack, trig, state) VALUES (?, ?, ?)", (pack, trigger, state)
+        )
+
+    def newest_plan_version(self, pack: str) -> tuple[str, str] | None:
+        """(version, digest) of the newest signed plan of `pack` that ran here, if any."""
+        row = self.conn.execute("SELECT version, digest FROM plan_versions WHERE pack = ?", (pack,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def record_plan_version(self, pack: str, version: str, digest: str, at: float) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO plan_versions (pack, version, digest, at) VALUES (?, ?, ?, ?)",
+            (pack, version, digest, at),
         )
 
     def children(self, run_id: str) -> list[RunRow]:

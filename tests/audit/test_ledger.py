@@ -167,6 +167,10 @@ def test_append_chains_entries_and_reads_them_back(tmp_path):
         "prev": "00" * 32,
         "hash": first.hash.hex(),
     }
+    # r1 finished without a checkpoint: every finished run is checkpointed, so that is a finding.
+    unchecked = verify_ledger(conn, TRUSTED)
+    assert not unchecked.ok and "run r1 finished at seq 3, but no trusted checkpoint covers it" in unchecked.problem
+    Ledger(conn).checkpoint(OPS)
     assert verify_ledger(conn, TRUSTED).ok
 
 
@@ -667,7 +671,7 @@ def test_a_checkpoint_with_a_bad_signature_is_caught(tmp_path):
     report = verify(path)
     assert not report.ok and report.first_bad is None
     assert "the checkpoint at seq 4 has a bad signature" in report.problem
-    assert "a checkpoint is bad" in report.render()
+    assert "a checkpoint is bad or missing" in report.render()
 
 
 def test_a_checkpoint_moved_to_another_head_is_caught(tmp_path):

@@ -21,7 +21,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opsdsl.build import signing
-from opsdsl.errors import OpsdslError
 from opsdsl.build.signing import (
     PLAN_PAYLOAD_TYPE,
     KeyFileError,
@@ -41,6 +40,7 @@ from opsdsl.build.signing import (
     write_public_key,
 )
 from opsdsl.build.trust import TrustError, load_trust
+from opsdsl.errors import OpsdslError
 
 PLAN = json.dumps({"pack": "minimal", "steps": [{"id": "restart", "action": "http.post"}]}, sort_keys=True).encode()
 
@@ -316,6 +316,17 @@ def test_a_garbled_signature_counts_as_bad_not_as_a_malformed_file():
     assert refusal(garbled, trusted(ALICE)) == f"bad signature from key {ALICE_ID}"
 
 
+def test_a_bad_signature_by_a_trusted_key_refuses_even_when_the_threshold_is_met():
+    envelope = sign_envelope(PLAN, [ALICE, BOB])
+    envelope["signatures"] = [
+        entry if entry["keyid"] != BOB_ID else {**entry, "sig": signing.encode_base64(bytes(64))}
+        for entry in envelope["signatures"]
+    ]
+    assert refusal(envelope, trusted(ALICE, BOB), 1, names={BOB_ID: "bob"}) == "bad signature from key bob"
+    # A key nobody trusts may sign what it likes: it counts for nothing either way.
+    assert verify_envelope(envelope, trusted(ALICE), 1).keyids == (ALICE_ID,)
+
+
 def test_one_key_signing_twice_is_one_signer():
     envelope = sign_envelope(PLAN, [ALICE])
     twice = {**envelope, "signatures": envelope["signatures"] * 2}
@@ -500,7 +511,10 @@ def test_trust_file_keys_and_environments(trust_dir: Path):
     assert {key.name: kid for kid, key in trust.keys.items()} == {"alice": ALICE_ID, "ci": BOB_ID}
     keys, threshold = trust.environment("production")
     assert (sorted(keys), threshold) == (sorted([ALICE_ID, BOB_ID]), 2)
-    assert trust.environment()[1] == 1
+    assert trust.environment("default")[1] == 1
+    # Two environments and none named: no quiet fallback to the laxer `default`.
+    with pytest.raises(TrustError, match="several environments \\(default, production\\): pass --env NAME"):
+        trust.environment()
     with pytest.raises(TrustError, match="has no environment 'staging' \\(it has: default, production\\)"):
         trust.environment("staging")
 
@@ -508,7 +522,7 @@ def test_trust_file_keys_and_environments(trust_dir: Path):
 def test_trust_file_two_person_rule(trust_dir: Path):
     trust = load_trust(trust_dir / "trust.yaml")
     alice_only = envelope_bytes(sign_envelope(PLAN, [ALICE]))
-    assert trust.verify(alice_only).keyids == (ALICE_ID,)
+    assert trust.verify(alice_only, "default").keyids == (ALICE_ID,)
     with pytest.raises(SignatureError) as caught:
         trust.verify(alice_only, "production")
     assert caught.value.message == "threshold not met: 1 of 2 required trusted signatures (signed by: alice)"
@@ -516,7 +530,7 @@ def test_trust_file_two_person_rule(trust_dir: Path):
     assert trust.verify(both, "production").keyids == tuple(sorted([ALICE_ID, BOB_ID]))
     tampered = {**sign_envelope(PLAN, [ALICE]), "payload": base64.b64encode(b"{}").decode()}
     with pytest.raises(SignatureError, match=r"^bad signature from key alice$"):
-        trust.verify(tampered)
+        trust.verify(tampered, "default")
 
 
 def test_trust_file_without_environments_trusts_any_one_key(tmp_path: Path):

@@ -264,9 +264,11 @@ def test_verify_with_a_trust_file_and_environments(keys, envelope: Path, tmp_pat
         "environments:\n  default: {threshold: 1}\n  production: {threshold: 2, keys: [alice, bob]}\n"
     )
     invoke(sign, envelope, "--key", keys["alice"])
-    assert invoke(verify, envelope, "--trust", trust).stdout == (
+    assert invoke(verify, envelope, "--trust", trust, "--env", "default").stdout == (
         "verified: 1 of 1 signatures from trusted keys (alice)\n"
     )
+    forgotten = invoke(verify, envelope, "--trust", trust)  # two environments: --env is required
+    assert exit_code(forgotten) == 2 and "pass --env NAME" in message(forgotten)
     production = invoke(verify, envelope, "--trust", trust, "--env", "production")
     assert exit_code(production) == 1
     assert message(production) == "refused: threshold not met: 1 of 2 required trusted signatures (signed by: alice)"

@@ -60,12 +60,14 @@ def write_incident(
     *,
     checkpoint: dict | None,
     signer: Ed25519PrivateKey,
+    signing: dict | None = None,
     rca: dict | None = None,
     redact: Callable[[str], str] | None = None,
 ) -> Path:
     """Write (or rewrite) a run's incident folder: record.json, rca.md, then manifest.json last.
 
-    `rca` ({title, summary, include}) overrides what the run's report.rca step asked for.
+    `signing` ({keyid, key: "dev" | "configured", mode}) says in the record which key signs
+    it. `rca` ({title, summary, include}) overrides what the run's report.rca step asked for.
     Unknown section names are dropped rather than failing: the record matters more than
     its layout. `redact` masks secrets in the title and summary, which a step renders
     from `${{ }}` and may carry one. Each file is replaced atomically; a reader between
@@ -78,7 +80,9 @@ def write_incident(
         raise IncidentError(f"{folder} is a symlink; an incident folder must be a real directory")
     _private_folder(folder)
     _regular_files(folder)  # refuse links before writing anything, not halfway
-    record = build_record(run, checkpoint=checkpoint, evidence_dir=folder / EVIDENCE_DIR)
+    if signing is None:
+        signing = {"keyid": keyid(signer.public_key()), "key": None, "mode": None}
+    record = build_record(run, checkpoint=checkpoint, evidence_dir=folder / EVIDENCE_DIR, signing=signing)
     settings = rca_settings(run) | (rca or {})
     sections = settings.get("include", settings.get("sections"))  # the pack schema says `include`
     if not isinstance(sections, list | tuple):

@@ -47,12 +47,15 @@ def entries_digest(entries: Sequence[dict]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def build_record(entries: list[dict], *, checkpoint: dict | None, evidence_dir: Path | None) -> dict:
+def build_record(
+    entries: list[dict], *, checkpoint: dict | None, evidence_dir: Path | None, signing: dict | None = None
+) -> dict:
     """The incident record of one run, from its ledger entries alone (deterministic).
 
     `evidence_dir` is where the run's evidence files are: each file the ledger recorded is
     checked against it (status ok / missing / changed), and files there that the ledger
     never recorded are listed as "unrecorded". None skips the check ("unchecked").
+    `signing` ({keyid, key, mode}) names the key that signs the record, kept as "signing".
     """
     run = run_entries(entries)
     created = _first(run, kinds.RUN_CREATED)["data"]
@@ -77,7 +80,9 @@ def build_record(entries: list[dict], *, checkpoint: dict | None, evidence_dir: 
             "digest": created.get("pack_digest"),
         },
         "plan_digest": created.get("plan_digest"),
-        "plan_verification": None if verified is None else _pick(verified["data"], "keyids", "trust"),
+        "plan_verification": None
+        if verified is None
+        else _pick(verified["data"], "keyids", "trust", "path", "environment"),
         "playbook": created.get("playbook"),
         "severity": created.get("severity"),
         "status": summary.status,
@@ -113,6 +118,7 @@ def build_record(entries: list[dict], *, checkpoint: dict | None, evidence_dir: 
         "compensations": [state.compensation_dict() for state in builder.steps.values() if state.compensates],
         "evidence": evidence,
         "follow_ups": [],
+        "signing": None if signing is None else _pick(signing, "keyid", "key", "mode"),
         "ledger": {
             "first_seq": run[0]["seq"],
             "last_seq": run[-1]["seq"],

@@ -42,6 +42,8 @@ class VerifyReport:
     signers: tuple[str, ...]
     files: tuple[str, ...]
     problems: tuple[str, ...]
+    provenance: tuple[str, ...] = ()  # how the plan was verified and which key signed, as the record says
+    review: dict | None = None  # the signed record's review (a person's RCA), when there is one
 
     @property
     def ok(self) -> bool:
@@ -162,7 +164,32 @@ def _verify_tree(
         signers=tuple(sorted(set(record_signers) | set(manifest_signers))),
         files=tuple(sorted(tree)),
         problems=tuple(problems),
+        provenance=describe_provenance(record) if record else (),
+        review=record.get("review") if record and isinstance(record.get("review"), dict) else None,
     )
+
+
+def describe_provenance(record: dict) -> tuple[str, ...]:
+    """Two lines an auditor reads first: by which path the plan was verified, and which key
+    signs the record; a record from a --pack run, or signed by a dev key, says so."""
+    verification = record.get("plan_verification")
+    verification = verification if isinstance(verification, dict) else {}
+    path, trust = verification.get("path"), verification.get("trust")
+    if path == "plan":
+        environment = verification.get("environment") or "default"
+        plan = f"plan: --plan verified against trust file {trust} (environment {environment})"
+    elif path == "pack" or trust == "dev-key":
+        plan = "plan: --pack compiled and signed with the state directory's dev key (not a reviewed plan)"
+    else:
+        plan = f"plan: verified against {trust or 'an unrecorded trust'} (path not recorded)"
+    signing = record.get("signing")
+    signing = signing if isinstance(signing, dict) else {}
+    kid = str(signing.get("keyid") or "")[:16] or "?"
+    key = {"configured": "the configured signing key", "dev": "the state directory's dev key"}.get(
+        signing.get("key"), "an unrecorded key"
+    )
+    mode = signing.get("mode") or "unrecorded"
+    return plan, f"records signed by {key} {kid} ({mode} state directory)"
 
 
 def _safe_relpath(path: object) -> bool:
