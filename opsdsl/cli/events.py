@@ -3,6 +3,10 @@
 All three feed the same engine (`opsdsl.runtime.service`): events are persisted in the
 state database before they count as accepted, triggers and hooks decide, and the runs
 they start are the same durable runs as `opsdsl run` (ledger, evidence, `resume`).
+
+Each of them claims the state directory's engine lock before it replays or handles an
+event (`Service.claim`): a second one on the same state directory exits 2 at once, naming
+the holder, rather than replaying the same events and starting runs twice.
 """
 
 from __future__ import annotations
@@ -104,6 +108,15 @@ def _stdin_lines():
         yield line
 
 
+def _claim(service, command: str) -> None:
+    """The engine lock, or exit 2 naming its holder (the service is closed first)."""
+    try:
+        service.claim(command)
+    except Exception:
+        service.close()
+        raise
+
+
 def _outcomes(service, run_ids: list[str]) -> list[dict[str, Any]]:
     rows = []
     for run_id in run_ids:
@@ -137,6 +150,7 @@ def fire(ctx: click.Context, event_source: str, **options) -> None:
     if len(events) > service.queue_size:
         service.close()
         raise UsageError(f"{event_source}: {len(events)} events at once; the queue holds {service.queue_size}")
+    _claim(service, "fire")
 
     async def main() -> list[str]:
         await service.start()
@@ -165,6 +179,7 @@ def watch(ctx: click.Context, **options) -> None:
     and hooks as it arrives. Bad lines are reported on stderr and skipped. Runs are listed
     as JSON lines on stdout as they finish."""
     service = build_service(**options)
+    _claim(service, "watch")
 
     async def main() -> list[str]:
         await service.start()
@@ -221,6 +236,11 @@ def watch(ctx: click.Context, **options) -> None:
 @click.option("--hmac-secret-file", type=_EXISTING, help="File holding the secret of X-Opsdsl-Signature.")
 @click.option("--insecure-no-auth", is_flag=True, help="Serve without any authentication (trusted networks only).")
 @click.option("--metrics-no-auth", is_flag=True, help="Serve /metrics without authentication.")
+@click.option(
+    "--accept-legacy-signatures",
+    is_flag=True,
+    help="Also accept v1 HMAC signatures (sha256=: over timestamp and body only, not method and path).",
+)
 @click.option(
     "--max-body",
     type=click.IntRange(min=1),
@@ -284,6 +304,7 @@ def serve(
     hmac_secret_file: Path | None,
     insecure_no_auth: bool,
     metrics_no_auth: bool,
+    accept_legacy_signatures: bool,
     max_body: int,
     queue_size: int,
     max_backlog_bytes: int,
@@ -297,13 +318,16 @@ def serve(
     POST /v1/events; GET /healthz and /metrics. A 202 means the events are in the state database.
 
     Authenticate with a bearer token ($OPSDSL_TOKEN or --token-file) or an HMAC signature
-    (--hmac-secret-file). SIGTERM or Ctrl-C drains and exits 0; see docs/serve.md.
+    (--hmac-secret-file). One server per state directory: a second exits 2, naming the
+    first's pid. SIGTERM or Ctrl-C drains and exits 0; see docs/serve.md.
     """
     import os
 
     from opsdsl.serve import intake as server
 
     token, secret = server.read_credentials(token_file, hmac_secret_file, dict(os.environ), insecure_no_auth)
+    if accept_legacy_signatures and secret is None:
+        raise UsageError("--accept-legacy-signatures needs --hmac-secret-file")
     settings = server.ServeOptions(
         host=host,
         port=port,
@@ -319,9 +343,11 @@ def serve(
         drain_timeout=drain_timeout,
         metrics_no_auth=metrics_no_auth,
         insecure_no_auth=insecure_no_auth,
+        accept_legacy_signatures=accept_legacy_signatures,
     )
     server.configure_logging()
     service = build_service(**options, queue_size=queue_size)
+    _claim(service, "serve")  # before listening: a second server exits 2 at once
     try:
         import asyncio
 

@@ -10,13 +10,18 @@
    run like `opsdsl run` does. Suppressed firings go to the ledger with the reason.
 3. Runs execute concurrently (up to `max_runs`); a failed run of a hook with `escalate:`
    is escalated (ledger entry, and a POST to the escalation URL when one is configured).
+4. One engine per state directory: `claim` takes `EngineLock` (an OS lock the kernel
+   drops when the process dies), so that two processes never replay the same events.
+   A later issue replaces it with leases in the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +31,7 @@ from typing import Any, ClassVar
 from opsdsl.errors import EvalError
 from opsdsl.runtime import runner
 from opsdsl.runtime.secrets import Secrets
+from opsdsl.runtime.store import StateError
 from opsdsl.runtime.triggers import TriggerEngine
 
 TRIGGER_FIRED = "trigger.fired"  # data: pack, trigger, hook, reason, event_id, run, dedupe_key
@@ -35,6 +41,7 @@ EVENT_ERROR = "event.error"  # data: event_id, pack, trigger or hook, error
 
 REPLAY_BATCH_EVENTS, REPLAY_BATCH_BYTES = 500, 8 * 1024 * 1024  # queued at a time while replaying
 _NEXT_REPLAY_BATCH = (-1, 0.0, "")  # a queue item: queue the next batch of the replay
+PRUNE_EVERY = 60.0  # seconds between deletions of expired spent signatures
 
 
 @dataclass
@@ -100,6 +107,69 @@ class Metrics:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class StateBusy(StateError):
+    """Another process's engine holds the state directory (exit 2)."""
+
+
+class EngineLock:
+    """The single-instance lock of a state directory's events engine: `flock` on
+    `STATE/engine.lock`, whose content names the holder (pid and command).
+
+    The kernel releases the lock when its holder dies, even by SIGKILL, so a crash never
+    blocks the next start. The file itself is never removed: unlinking a lock file lets
+    two processes lock two different files of the same name.
+    """
+
+    NAME = "engine.lock"
+
+    def __init__(self, state: Path) -> None:
+        self.path = state / self.NAME
+        self._fd: int | None = None
+
+    def acquire(self, holder: str) -> None:
+        """Take the lock for `holder` (a command name); StateBusy at once if another process has it."""
+        if self._fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise StateError(f"cannot open {self.path}: {error.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateBusy(self._busy_message()) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": holder, "since": time.time()}).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def holder(self) -> dict[str, Any]:
+        """What the lock file says about its holder ({} if it says nothing readable yet)."""
+        for _ in range(20):  # the holder writes its name just after taking the lock
+            try:
+                found = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                found = None
+            if isinstance(found, dict) and isinstance(found.get("pid"), int):
+                return found
+            time.sleep(0.01)
+        return {}
+
+    def _busy_message(self) -> str:
+        found = self.holder()
+        state = self.path.parent
+        who = f"`opsdsl {found.get('command', '?')}` (pid {found['pid']})" if found else "another process"
+        return (
+            f"state directory {state} is in use by {who}: one `opsdsl serve`, `watch` or `fire` "
+            f"at a time drives its events; stop it first, send the events to it, or use another --state-dir"
+        )
 
 
 class QueueFull(Exception):
@@ -173,6 +243,8 @@ class Service:
         self.run_slots = asyncio.Semaphore(max_runs)
         self.escalation_url = escalation_url
         self._worker: asyncio.Task | None = None
+        self.lock = EngineLock(state)
+        self._pruned = 0.0  # when expired spent signatures were last deleted
         self._dedupe = {}
         from opsdsl.lang.expr import compile_expr, parse
 
@@ -196,13 +268,25 @@ class Service:
                 raise ValueError(problem)
         return self.accept_serialized([json.dumps(e, sort_keys=True, separators=(",", ":")) for e in events], source)
 
-    def accept_serialized(self, bodies: Sequence[str], source: str) -> list[int]:
-        """`accept` for events already checked and serialised (`opsdsl serve` does both off the event loop)."""
+    def accept_serialized(
+        self, bodies: Sequence[str], source: str, spent: Sequence[tuple[str, float]] = ()
+    ) -> list[int]:
+        """`accept` for events already checked and serialised (`opsdsl serve` does both off the
+        event loop). `spent`: (signature, expires_at) of the signed requests that brought them,
+        recorded as spent in the same transaction, so that a signature is spent exactly when
+        its events are stored, and stays spent across restarts."""
         if self.queue_full(len(bodies)):
             raise QueueFull()
         now = self.clock()
         with self.store.transaction():
             ids = self.store.add_events(list(bodies), source, now)
+            if spent:
+                self.store.conn.executemany(
+                    "INSERT OR REPLACE INTO spent_signatures (signature, expires_at) VALUES (?, ?)", spent
+                )
+                if now - self._pruned >= PRUNE_EVERY:
+                    self.store.conn.execute("DELETE FROM spent_signatures WHERE expires_at < ?", (now,))
+                    self._pruned = now
         self.metrics.inc("opsdsl_events_received_total", len(ids), source=source)
         if self.queue is not None:
             self.waiting += len(ids)
@@ -213,13 +297,27 @@ class Service:
             self.metrics.set("opsdsl_queue_depth", self.waiting)
         return ids
 
+    def signature_spent(self, signature: str, now: float) -> bool:
+        """Whether a request with this signature was accepted and the signature has not expired."""
+        row = self.store.conn.execute(
+            "SELECT 1 FROM spent_signatures WHERE signature = ? AND expires_at >= ?", (signature, now)
+        ).fetchone()
+        return row is not None
+
     def queue_full(self, extra: int = 1) -> bool:
         return self.queue is not None and self.waiting + extra > self.queue_size
 
-    async def start(self) -> int:
+    def claim(self, holder: str) -> None:
+        """Take the state directory's engine lock for `holder` (`serve`, `watch`, `fire`);
+        StateBusy when another process holds it. `close` releases it."""
+        self.lock.acquire(holder)
+
+    async def start(self, holder: str = "engine") -> int:
         """Start the worker, replaying first the events a previous process accepted but never
         handled; how many there are. They are queued a batch at a time, each batch when
-        the worker reaches the end of the one before."""
+        the worker reaches the end of the one before. Claims the engine lock first (see
+        `claim`): only one process may replay a state directory's events."""
+        self.claim(holder)
         self.queue = asyncio.Queue()
         self.waiting, self.waiting_bytes = self.store.conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE status = 'accepted'"
@@ -267,6 +365,7 @@ class Service:
 
     def close(self) -> None:
         self.runtime.close()
+        self.lock.release()
 
     # ---- the worker --------------------------------------------------------------------
 

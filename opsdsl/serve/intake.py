@@ -9,7 +9,9 @@ come in over HTTP. A request is checked in this order; the first check that fail
 3. the body: JSON (415), no content coding (415), at most `--max-body` bytes (413), room
    for it in the backlog's bytes (429/503, below), all of it within `--body-timeout` (408);
    each enforced while reading;
-4. the HMAC signature, its timestamp (±300 s) and that no accepted request used it (401);
+4. the HMAC signature (v2: over method, path, timestamp and body; v1, body only, only with
+   `--accept-legacy-signatures`), its timestamp (±300 s) and that no accepted request used
+   it, even before a restart: spent signatures are in the state database (401);
 5. the JSON parses, has the endpoint's shape, and every event can go to the ledger (400),
    checked on a small thread pool, off the event loop, so health checks and signals are
    answered while big bodies are parsed;
@@ -24,22 +26,23 @@ bounded by `guard.ConnectionGuard` (header deadline, per-peer cap), the log by
 `guard.LogLimiter`.
 
 Requests that reach step 7 together are persisted in one `Service.accept_serialized`
-call, one transaction (group commit): under load, one fsync carries many requests.
+call, one transaction (group commit): under load, one fsync carries many requests. The
+signatures of signed requests are recorded as spent in that same transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
-import heapq
 import hmac
 import json
 import logging
 import signal
 import sqlite3
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +60,7 @@ log = logging.getLogger("opsdsl.serve")
 INTAKE_PATHS = {"/v1/alertmanager": "alertmanager", "/v1/events": "http"}  # path → events.source
 SIGNATURE_WINDOW = 300  # seconds a signed request's timestamp may be off, either way
 SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-Opsdsl-Signature", "X-Opsdsl-Timestamp"
+SIGNATURE_V2, SIGNATURE_V1 = "v2", "sha256"  # the schemes of X-Opsdsl-Signature: SCHEME=HEX[, SCHEME=HEX]
 MAX_DEPTH = 64  # nesting of an event's JSON; Alertmanager's is 3
 RETRY_AFTER_BUSY, RETRY_AFTER_UNAVAILABLE = "1", "5"
 PARSE_THREADS = 2  # bodies parsed and checked at once, off the event loop
@@ -81,6 +85,7 @@ class ServeOptions:
     drain_timeout: float = 30.0
     metrics_no_auth: bool = False
     insecure_no_auth: bool = False
+    accept_legacy_signatures: bool = False  # v1: HMAC over timestamp and body only
 
 
 def read_credentials(
@@ -128,31 +133,41 @@ class Refusal(Exception):
         return response
 
 
+def v2_signature(secret: bytes, method: str, path: str, timestamp: str, body: bytes) -> str:
+    """`v2=HEX`: HMAC-SHA256 over "opsdsl-v2", the method, the path (and query, as sent), the
+    timestamp, each followed by a newline, and then the body exactly as sent."""
+    message = b"\n".join([b"opsdsl-v2", method.encode(), path.encode(), timestamp.encode(), b""]) + body
+    return f"{SIGNATURE_V2}={hmac.new(secret, message, hashlib.sha256).hexdigest()}"
+
+
+def v1_signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """`sha256=HEX` over the timestamp, a dot and the body: covers neither method nor path."""
+    return f"{SIGNATURE_V1}={hmac.new(secret, timestamp.encode() + b'.' + body, hashlib.sha256).hexdigest()}"
+
+
 class SpentSignatures:
     """Signatures of accepted requests, remembered while their timestamp could still pass.
 
-    A signature is reserved when its request goes to the database and released if that
-    fails (429, 503), so a sender can retry the very same signed request; once accepted it
-    is spent, and a replay inside the window is refused.
+    Spent signatures live in the state database (`spent_signatures`, written in the
+    transaction that stores the request's events), so a captured request is refused after
+    a restart too. A signature is reserved here while its request is on its way to the
+    database, so two copies sent at once cannot both pass; it is released if storing
+    fails (429, 503), so a sender can retry the very same signed request.
     """
 
-    def __init__(self) -> None:
-        self._until: dict[str, float] = {}
-        self._expiry: list[tuple[float, str]] = []  # heap, for forgetting expired ones
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._in_flight: set[str] = set()
 
-    def reserve(self, signature: str, timestamp: int, now: float) -> bool:
-        while self._expiry and self._expiry[0][0] < now:
-            _, old = heapq.heappop(self._expiry)
-            self._until.pop(old, None)
-        if signature in self._until:
+    def reserve(self, signature: str, now: float) -> bool:
+        if signature in self._in_flight or self.service.signature_spent(signature, now):
             return False
-        expires = timestamp + SIGNATURE_WINDOW + 1
-        self._until[signature] = expires
-        heapq.heappush(self._expiry, (expires, signature))
+        self._in_flight.add(signature)
         return True
 
     def release(self, signature: str) -> None:
-        self._until.pop(signature, None)  # its heap entry expires harmlessly
+        """Its request is answered: spent in the database if it was accepted, free again if not."""
+        self._in_flight.discard(signature)
 
 
 class _BodyBudget:
@@ -184,26 +199,40 @@ class GroupCommit:
     def __init__(self, service: Service, room: Any) -> None:
         self.service = service
         self.room = room  # () -> events the backlog can still take
-        self._batch: list[tuple[list[str], str, asyncio.Future[list[int]]]] = []
+        self._batch: list[tuple[list[str], str, tuple[str, float] | None, asyncio.Future[list[int]]]] = []
         self._batched = 0
 
-    async def accept(self, events: list[str], source: str) -> list[int]:
-        """The ids of the persisted events; QueueFull when the backlog has no room for them all."""
+    async def accept(
+        self,
+        events: list[str],
+        source: str,
+        spent: tuple[str, float] | None = None,
+        settled: Callable[[], None] | None = None,
+    ) -> list[int]:
+        """The ids of the persisted events; QueueFull when the backlog has no room for them all.
+        `spent`: the request's (signature, expires_at), recorded with its events; `settled` is
+        called once its transaction is over (committed or not), even if the request was cancelled."""
         if len(events) > self.room() - self._batched:
+            if settled is not None:
+                settled()
             raise QueueFull()
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        if settled is not None:
+            future.add_done_callback(lambda _: settled())
         if not self._batch:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._batch.append((events, source, future))
+        self._batch.append((events, source, spent, future))
         self._batched += len(events)
         return await future
 
     def _flush(self) -> None:
         batch, self._batch, self._batched = self._batch, [], 0
-        for source in dict.fromkeys(s for _, s, _ in batch):
-            requests = [(events, future) for events, s, future in batch if s == source]
+        for source in dict.fromkeys(item[1] for item in batch):
+            requests = [(events, future) for events, s, _, future in batch if s == source]
+            spent = [signature for _, s, signature, _ in batch if s == source and signature is not None]
             try:
-                ids = self.service.accept_serialized([e for events, _ in requests for e in events], source)
+                bodies = [e for events, _ in requests for e in events]
+                ids = self.service.accept_serialized(bodies, source, spent)
             except Exception as error:  # handed to every request of the batch; nothing was persisted
                 for _, future in requests:
                     if not future.done():
@@ -222,7 +251,7 @@ class Server:
     def __init__(self, service: Service, options: ServeOptions) -> None:
         self.service = service
         self.options = options
-        self.spent = SpentSignatures()
+        self.spent = SpentSignatures(service)
         self.intake = GroupCommit(service, self._room)
         self.stopping = False
         self.exit_code = 0
@@ -309,17 +338,16 @@ class Server:
             loop = asyncio.get_running_loop()
             events = await loop.run_in_executor(self.parsers, checked_events, body, source, self.options.queue_size)
             del body
-            if signature is not None and not self.spent.reserve(signature[0], signature[1], time.time()):
-                raise Refusal(401, "signature already used (replay)", self._challenge())
+            settled = None
+            if signature is not None:
+                if not self.spent.reserve(signature[0], time.time()):
+                    raise Refusal(401, "signature already used (replay)", self._challenge())
+                settled = functools.partial(self.spent.release, signature[0])
             try:
-                ids = await self.intake.accept(events, source)
+                ids = await self.intake.accept(events, source, signature, settled)
             except QueueFull:
-                if signature is not None:
-                    self.spent.release(signature[0])
                 raise _busy(source) from None
             except (sqlite3.Error, OpsdslError) as error:
-                if signature is not None:
-                    self.spent.release(signature[0])
                 log.error("could not persist %d events: %s", len(events), error)
                 raise Refusal(503, "could not store the events", {"Retry-After": RETRY_AFTER_UNAVAILABLE}) from None
         finally:
@@ -385,7 +413,9 @@ class Server:
         if self.options.token is not None:
             challenges.append('Bearer realm="opsdsl"' + (', error="invalid_token"' if invalid else ""))
         if self.options.hmac_secret is not None:
-            challenges.append(f'HMAC-SHA256 realm="opsdsl", headers="{TIMESTAMP_HEADER} {SIGNATURE_HEADER}"')
+            challenges.append(
+                f'HMAC-SHA256 realm="opsdsl", version="{SIGNATURE_V2}", headers="{TIMESTAMP_HEADER} {SIGNATURE_HEADER}"'
+            )
         return {"WWW-Authenticate": ", ".join(challenges)} if challenges else {}
 
     async def _read_body(self, request: web.Request, budget: _BodyBudget) -> bytes:
@@ -411,19 +441,42 @@ class Server:
             raise Refusal(400, f"body not read: {type(error).__name__}", close=True) from None
         return bytes(body)
 
-    def _verify_signature(self, request: web.Request, body: bytes) -> tuple[str, int]:
-        """(signature, timestamp) of a correctly signed, fresh request; else 401."""
+    def _verify_signature(self, request: web.Request, body: bytes) -> tuple[str, float]:
+        """(signature, when it expires) of a correctly signed, fresh request; else 401.
+
+        1. the timestamp is unix seconds, within SIGNATURE_WINDOW of our clock;
+        2. the header holds a v2 signature, which is the one checked; a v1 signature alone
+           is refused unless --accept-legacy-signatures (no silent downgrade);
+        3. the signature matches, compared in constant time.
+        The replay check (spent signatures) comes after the body is parsed.
+        """
         stamp = request.headers.get(TIMESTAMP_HEADER, "").strip()
-        given = request.headers.get(SIGNATURE_HEADER, "").strip()
         if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
             raise Refusal(401, f"{TIMESTAMP_HEADER} is not unix seconds", self._challenge())
         if abs(time.time() - int(stamp)) > SIGNATURE_WINDOW:
             raise Refusal(401, f"{TIMESTAMP_HEADER} is more than {SIGNATURE_WINDOW} s off", self._challenge())
+        given = _signature_schemes(request.headers.get(SIGNATURE_HEADER, ""))
         secret = self.options.hmac_secret or b""
-        expected = "sha256=" + hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(given.lower().encode("utf-8", "surrogateescape"), expected.encode()):
+        if SIGNATURE_V2 in given:
+            expected = v2_signature(secret, request.method, request.raw_path, stamp, body)
+            offered = f"{SIGNATURE_V2}={given[SIGNATURE_V2]}"
+        elif SIGNATURE_V1 in given and self.options.accept_legacy_signatures:
+            expected = v1_signature(secret, stamp, body)
+            offered = f"{SIGNATURE_V1}={given[SIGNATURE_V1]}"
+        elif SIGNATURE_V1 in given:
+            raise Refusal(
+                401,
+                "legacy v1 signature (sha256=) refused: it does not cover the method and path; "
+                "sign with v2 (see docs/serve.md)",
+                self._challenge(invalid=True),
+            )
+        else:
+            raise Refusal(401, f"no v2= signature in {SIGNATURE_HEADER}", self._challenge())
+        if not hmac.compare_digest(offered.lower().encode("utf-8", "surrogateescape"), expected.encode()):
             raise Refusal(401, "bad signature", self._challenge(invalid=True))
-        return expected, int(stamp)
+        if offered.startswith(SIGNATURE_V1):
+            log.warning("accepted a legacy v1 signature from %s (--accept-legacy-signatures)", request.remote)
+        return expected, int(stamp) + SIGNATURE_WINDOW + 1
 
     # ---- backlog -------------------------------------------------------------------------
 
@@ -605,6 +658,16 @@ def checked_events(body: bytes, source: str, queue_size: int) -> list[str]:
     return [json.dumps(event, sort_keys=True, separators=(",", ":")) for event in events]
 
 
+def _signature_schemes(header: str) -> dict[str, str]:
+    """`v2=HEX, sha256=HEX` → {scheme: HEX}; a sender moving to v2 may send both."""
+    schemes: dict[str, str] = {}
+    for part in header.split(","):
+        scheme, _, value = part.strip().partition("=")
+        if value:
+            schemes.setdefault(scheme.strip().lower(), value.strip())
+    return schemes
+
+
 def _check_media(request: web.Request) -> None:
     media = request.content_type
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
@@ -704,6 +767,11 @@ async def serve(service: Service, options: ServeOptions) -> int:
     """Run the server on the current loop until it is told to stop; the exit code."""
     if options.insecure_no_auth:
         log.warning("--insecure-no-auth: anyone who can reach %s:%d can start runs", options.host, options.port)
+    if options.accept_legacy_signatures:
+        log.warning(
+            "--accept-legacy-signatures: v1 signatures (sha256=) are accepted; they cover neither the "
+            "method nor the path, so a captured request can be sent to the other endpoint"
+        )
     if options.hmac_secret and not options.token and not options.metrics_no_auth:
         log.warning("no bearer token: /metrics answers 401 (give a token, or --metrics-no-auth)")
     return await Server(service, options).run()

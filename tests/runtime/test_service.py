@@ -210,3 +210,41 @@ def test_an_event_the_ledger_cannot_hold_is_refused_at_intake(tmp_path):
     with pytest.raises(ValueError, match="cannot be recorded"):
         svc.accept([{"kind": "metric", "name": "errors", "value": 2**60}], "test")
     assert svc.store.pending_events() == []
+
+
+def test_one_engine_per_state_dir_and_the_lock_names_its_holder(tmp_path):
+    import os
+
+    import pytest
+
+    from opsdsl.runtime.service import StateBusy
+
+    first = service(tmp_path)
+    first.claim("serve")
+    second = service(tmp_path)
+    with pytest.raises(StateBusy, match=rf"in use by `opsdsl serve` \(pid {os.getpid()}\)") as refused:
+        second.claim("watch")
+    assert refused.value.exit_code == 2
+    with pytest.raises(StateBusy):  # start() claims too: nobody replays behind the holder's back
+        asyncio.run(second.start())
+    first.close()  # released: the next one may take it
+    second.claim("watch")
+    assert json.loads((tmp_path / "state" / "engine.lock").read_text())["command"] == "watch"
+    second.close()
+
+
+def test_spent_signatures_are_stored_with_their_events_and_pruned_once_expired(tmp_path):
+    svc = service(tmp_path)
+    svc.clock = lambda: 1000.0
+    svc.accept_serialized(['{"name":"a"}'], "http", [("v2=aa", 1301.0)])
+    assert svc.signature_spent("v2=aa", 1000.0) and svc.signature_spent("v2=aa", 1301.0)
+    assert not svc.signature_spent("v2=aa", 1302.0)  # expired: its timestamp is refused anyway
+    assert not svc.signature_spent("v2=bb", 1000.0)
+    svc.clock = lambda: 2000.0  # a minute later: the next signed accept prunes the expired rows
+    svc.accept_serialized(['{"name":"b"}'], "http", [("v2=bb", 2301.0)])
+    rows = svc.store.conn.execute("SELECT signature FROM spent_signatures").fetchall()
+    assert rows == [("v2=bb",)]
+    svc.close()
+    again = service(tmp_path)  # a restart remembers
+    assert again.signature_spent("v2=bb", 2000.0)
+    again.close()

@@ -62,6 +62,7 @@ class Server:
         env: dict[str, str | None] | None = None,
         state: Path | None = None,
         python: tuple[str, ...] = ("-m", "opsdsl"),
+        pack: Path | None = None,
     ) -> None:
         self.tmp = tmp
         self.python = python
@@ -69,18 +70,26 @@ class Server:
         self.args = args
         self.env = {**os.environ, "OPSDSL_TOKEN": TOKEN, **(env or {})}
         self.env = {k: v for k, v in self.env.items() if v is not None}
-        self.pack = write_pack(tmp)
+        self.pack = pack or write_pack(tmp)
         self.stderr_path = tmp / f"serve-{time.monotonic_ns()}.log"
         self.process: subprocess.Popen | None = None
         self.port = 0
 
     def start(self) -> Server:
+        return self.spawn().listening()
+
+    def spawn(self) -> Server:
+        """Start the process without waiting for it to listen."""
         command = [sys.executable, *self.python, "serve", "--pack", str(self.pack), "--state-dir", str(self.state)]
         command += ["--host", "127.0.0.1", "--port", "0", *self.args]
         with open(self.stderr_path, "w", encoding="utf-8") as stderr:
             self.process = subprocess.Popen(
                 command, cwd=self.tmp, env=self.env, stdout=subprocess.DEVNULL, stderr=stderr
             )
+        return self
+
+    def listening(self) -> Server:
+        """Wait for the listening line; fails if the process exits first."""
 
         def listening() -> int | None:
             found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log())
@@ -154,13 +163,14 @@ class Server:
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """start(*args, env=..., state=...) → a running Server; every one is killed at the end."""
+    """start(*args, env=..., state=...) → a running Server (listen=False: only spawned);
+    every one is stopped at the end."""
     servers: list[Server] = []
 
-    def starter(*args: str, **kwargs: Any) -> Server:
+    def starter(*args: str, listen: bool = True, **kwargs: Any) -> Server:
         server = Server(tmp_path, *args, **kwargs)
         servers.append(server)
-        return server.start()
+        return server.start() if listen else server.spawn()
 
     yield starter
     for server in servers:
@@ -358,10 +368,14 @@ def test_healthz_needs_no_auth(start):
 # ---- HMAC signatures -------------------------------------------------------------------------
 
 
-def signed(body: bytes, timestamp: int | None = None, secret: bytes = SECRET) -> dict[str, str]:
+def signed(
+    body: bytes, timestamp: int | None = None, secret: bytes = SECRET, path: str = "/v1/events", method: str = "POST"
+) -> dict[str, str]:
+    """The headers of a v2 signature, computed as docs/serve.md tells a sender to."""
     stamp = str(int(time.time()) if timestamp is None else timestamp)
-    digest = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return {"X-Opsdsl-Timestamp": stamp, "X-Opsdsl-Signature": f"sha256={digest}", "Content-Type": "application/json"}
+    message = f"opsdsl-v2\n{method}\n{path}\n{stamp}\n".encode() + body
+    digest = hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return {"X-Opsdsl-Timestamp": stamp, "X-Opsdsl-Signature": f"v2={digest}", "Content-Type": "application/json"}
 
 
 def test_hmac_signed_requests_are_accepted_once_and_fresh_only(start, tmp_path):
@@ -583,19 +597,3 @@ def test_a_port_in_use_is_exit_1(start, tmp_path):
         [*command, "--port", str(server.port)], env=server.env, capture_output=True, text=True, timeout=60
     )
     assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{server.port}" in taken.stderr
-
-
-# ---- pieces ----------------------------------------------------------------------------------
-
-
-def test_a_signature_is_spent_only_once_accepted_and_forgotten_after_the_window():
-    from opsdsl.serve.intake import SIGNATURE_WINDOW, SpentSignatures
-
-    spent = SpentSignatures()
-    assert spent.reserve("a", 1000, now=1000)
-    assert not spent.reserve("a", 1000, now=1001)  # a replay
-    spent.release("a")  # its request got 429: the sender may retry it
-    assert spent.reserve("a", 1000, now=1002)
-    assert spent.reserve("b", 1000, now=1003)
-    assert not spent.reserve("a", 1000, now=1000 + SIGNATURE_WINDOW)  # still inside the window
-    assert spent.reserve("a", 1000, now=1000 + SIGNATURE_WINDOW + 2)  # forgotten: its timestamp is refused anyway
