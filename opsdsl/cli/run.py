@@ -197,17 +197,18 @@ def _severity_of_exit(code: int) -> int:
     return {0: 0, 4: 1, 1: 2, 130: 3, 5: 4}.get(code, 2)
 
 
-def _end_view(view, row, outcome, code: int) -> None:
-    """Close the live view, also when the run crashed (so the terminal is given back)."""
+def _end_view(view, row, outcome, code: int, status: str | None = None, error: str | None = None) -> None:
+    """Close the live view, also when the run crashed (so the terminal is given back).
+    `status` and `error` say what became of a run this command did not drive to an outcome."""
     view.end(
-        outcome.status if outcome else "failed",
+        outcome.status if outcome else (status or "failed"),
         {
             "run": row.id,
             "incident_folder": row.incident_dir,
             "exit_code": code,
             "pending_approvals": outcome.pending if outcome else [],
             "in_doubt": outcome.in_doubt if outcome else [],
-            "error": outcome.error if outcome else "internal error",
+            "error": outcome.error if outcome else (error or "internal error"),
         },
     )
 
@@ -253,15 +254,22 @@ def resume(
         for name in given_params:
             raise UsageError(f"--param {name}: a run's params are fixed when it starts; resume cannot change them")
         row.params = runner.restore_params(plan, row.params, {}, secrets)
+        runtime.ensure_not_driven(row.id)  # a run another process drives is not ours to show as failed
         view.begin(runner._run_summary(row), runner._ordered_nodes(plan["playbooks"][row.playbook]))
         for entry in runtime.store.ledger.entries(run=row.id):  # the story so far
             view.entry(entry.to_dict())
-        outcome, code = None, 3
+        outcome, code, busy = None, 3, None
         try:
             outcome = runner.run_until_done(lambda: runtime.drive(row, secrets, "resume", by))
             code = runner.exit_code(outcome)
+        except runner.RunBusy as error:  # another process took it after the check: exit 2, the run goes on
+            busy, code = error, error.exit_code
+            raise
         finally:
-            _end_view(view, row, outcome, code)
+            if busy is not None:
+                _end_view(view, row, None, code, runtime.store.run(row.id).status, busy.message)
+            else:
+                _end_view(view, row, outcome, code)
     finally:
         runtime.close()
     ctx.exit(code)

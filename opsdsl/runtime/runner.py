@@ -290,17 +290,33 @@ class Runtime:
 
     @contextlib.contextmanager
     def _lock(self, run_id: str) -> Iterator[None]:
+        """Drive `run_id` alone: an exclusive lock on its lock file, which names the holder's pid."""
         folder = self.state / "locks"
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"{run_id}.lock", "w") as handle:
+        with open(folder / f"{run_id}.lock", "a+") as handle:  # "a+": never wipe the holder's pid
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RunBusy(f"run {run_id} is being driven by another process") from None
+                handle.seek(0)
+                holder = handle.read(32).strip()
+                who = f"pid {holder}" if holder.isdigit() else "another process"
+                raise RunBusy(
+                    f"run {run_id} is being driven by {who}; it goes on there (follow it with `opsdsl runs`)"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
             try:
                 yield
             finally:
+                handle.truncate(0)
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def ensure_not_driven(self, run_id: str) -> None:
+        """Raise RunBusy (exit 2, naming the pid) when another process is driving `run_id`."""
+        with self._lock(run_id):
+            pass
 
     def resumable(self, run_id: str) -> S.RunRow:
         run = self.store.run(run_id)

@@ -162,3 +162,49 @@ def test_graph_shows_the_gates_of_the_policy_packs_beside_the_pack(tiny: Path):
         tiny, "run", "--pack", "tiny.yaml", "--playbook", "respond", "--input", "cluster=x", "--log-format", "text"
     )
     assert stopped.code == 4, stopped  # `run` stops at the gate the graph shows
+
+
+SLOW = """\
+apiVersion: opsdsl/v1
+kind: Pack
+metadata: {name: slow, version: 1.0.0, owner: sre}
+playbooks:
+  slow:
+    severity: SEV-4
+    steps:
+      - {id: pause, action: wait, with: {duration: 6s}}
+"""
+
+
+def test_resuming_a_run_another_process_drives_names_its_pid_and_exits_2(tmp_path: Path):
+    """Issue 13 #10: not `failed: internal error` (JSON exit_code 3) while exiting 2."""
+    import time
+
+    (tmp_path / "slow.yaml").write_text(SLOW)
+    env = {k: v for k, v in os.environ.items() if k != "OPSDSL_HOME"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "opsdsl", "run", "--pack", "slow.yaml", "--log-format", "quiet"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        run_id = None
+        deadline = time.monotonic() + 30
+        while run_id is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            listed = opsdsl(tmp_path, "runs", "--format", "json", "--status", "running")
+            rows = json.loads(listed.stdout) if listed.code == 0 and listed.stdout.strip() else []
+            run_id = rows[0]["id"] if rows else None
+        assert run_id is not None, "the first run never showed as running"
+        second = opsdsl(tmp_path, "resume", run_id, "--log-format", "json")
+        assert first.poll() is None, "the first run ended before the second resume was tried"
+        assert second.code == 2, second
+        assert f"being driven by pid {first.pid}" in second.stderr
+        assert "internal error" not in second.stderr + second.stdout
+        ends = [json.loads(line) for line in second.stdout.splitlines() if '"event":"end"' in line]
+        assert all(end["exit_code"] == 2 and end["status"] != "failed" for end in ends), ends
+    finally:
+        assert first.wait(timeout=60) == 0
+    assert json.loads(opsdsl(tmp_path, "runs", "--format", "json").stdout)[0]["status"] == "succeeded"
