@@ -14,7 +14,8 @@ from __future__ import annotations
 
 # A run is created: what runs, why, with what.
 # data: run, incident_id, pack, pack_version, pack_digest, plan_digest, playbook, severity,
-#       params, inputs, event, detected_at (ts of the event, else of creation), dry_run,
+#       params, inputs, event, detected_at (the time the event claims, else of creation),
+#       received_at (when opsdsl received the event: serve's intake, else creation), dry_run,
 #       trigger (or null), hook (or null), escalate (or null), parent_run, parent_step
 RUN_CREATED = "run.created"
 # The plan was verified before the run: data: keyids (list), trust ("dev-key" | trust file path)
@@ -65,6 +66,10 @@ RUN_ACKNOWLEDGED = "run.acknowledged"
 # A person resolved a step left in doubt: data: step, by, decision ("retry" | "succeeded" | "failed")
 STEP_DECIDED = "step.decided"
 
+# A person reviewed the incident (its RCA): data: by, root_cause, impact, follow_ups (list of text).
+# A later review amends an earlier one; the first counts for RCA completion.
+INCIDENT_REVIEWED = "incident.reviewed"
+
 # Evidence written into the incident folder: data: step, name, files: [{path, sha256, size}]
 EVIDENCE_ADDED = "evidence.added"
 
@@ -88,4 +93,5 @@ RUN_KINDS = (
     RUN_ACKNOWLEDGED,
     STEP_DECIDED,
     EVIDENCE_ADDED,
+    INCIDENT_REVIEWED,
 )

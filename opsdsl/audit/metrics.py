@@ -10,6 +10,7 @@ docs/incidents.md states every definition for users.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -19,9 +20,38 @@ from opsdsl.audit import entries as kinds
 SEVERITIES = ("SEV-1", "SEV-2", "SEV-3", "SEV-4")
 # Steps that tell, record or wait rather than change the system: they do not mitigate.
 PASSIVE_ACTIONS = frozenset({"notify", "report.rca", "evidence.collect", "approval", "wait", "assert"})
-RCA_ACTION = "report.rca"
-RCA_WINDOW = 24 * 3600.0
+RCA_WINDOW = 24 * 3600.0  # seed §8: "T+24h RCA & prevention measures published"
+# How far before our receipt an event's own time is believed: the slowest initial response
+# of seed §3 (SEV-4, < 24 h). Older, or later than our receipt, is a clock we cannot trust.
+MAX_DETECTION_LEAD = 24 * 3600.0
 FINISHED = ("succeeded", "failed", "refused")
+# Entries by which a person acknowledges an incident (an approval or decision is one too).
+PERSON_ACKS = (kinds.RUN_ACKNOWLEDGED, kinds.APPROVAL_RECORDED, kinds.STEP_DECIDED)
+# Entries that show a run needed a person: it asked for one, or one steered it.
+NEEDS_PERSON = (kinds.APPROVAL_REQUESTED, kinds.APPROVAL_RECORDED, kinds.STEP_IN_DOUBT, kinds.STEP_DECIDED)
+
+
+def bounded_detection(claimed: object, received: float) -> tuple[float, bool]:
+    """(detection time, clamped?): the event's own time if within [received − 24 h, received], else `received`.
+
+    A sender's clock is not ours: a `startsAt` in the future would make MTTA 0, one in 1970
+    would make it 55 years. Either is replaced by our receipt time, and counted.
+    """
+    if isinstance(claimed, int | float) and not isinstance(claimed, bool):
+        value = float(claimed)
+        if received - MAX_DETECTION_LEAD <= value <= received:
+            return value, False
+    return received, True
+
+
+def first_acknowledgement(entries: Iterable[dict]) -> dict | None:
+    """The earliest acknowledgement by a person, `{by, ts, kind}`, in one run's entries."""
+    found = None
+    for entry in entries:
+        earlier = found is None or float(entry["ts"]) < found["ts"]
+        if entry["kind"] in PERSON_ACKS and entry["data"].get("by") and earlier:
+            found = {"by": entry["data"]["by"], "ts": float(entry["ts"]), "kind": entry["kind"]}
+    return found
 
 
 # --- one run --------------------------------------------------------------------------
@@ -29,11 +59,11 @@ FINISHED = ("succeeded", "failed", "refused")
 
 @dataclass(frozen=True)
 class RunSummary:
-    """When one run was detected, acknowledged, mitigated and resolved, and how it ended.
+    """When one run was detected, acknowledged, mitigated, resolved and reviewed, and how it ended.
 
     Times are epoch seconds. `status` is run.finished's status, else "paused",
     "interrupted" or "running" after the last such entry. `human` is run.finished's flag
-    (None while unfinished).
+    (None while unfinished); `needed_person` is computed from the entries (see NEEDS_PERSON).
     """
 
     run: str
@@ -43,22 +73,26 @@ class RunSummary:
     dry_run: bool
     parent_run: str | None
     created: float
+    received: float
+    claimed_detected: float | None  # what the event said, believed or not
     detected: float
+    detection_clamped: bool
     acknowledged: float | None
-    acknowledged_by: str | None  # a person's name, or "automation" for the first step
+    acknowledged_by: str | None  # a person's name
     acknowledged_via: str | None  # the entry kind that acknowledged
     mitigated: float | None
     resolved: float | None
     finished: float | None
     status: str
     human: bool | None
+    needed_person: bool
     retries: int
-    rca_expected: bool  # the run has a report.rca step
-    rca_completed: float | None  # when that step succeeded
+    reviewed: float | None  # the first review by a person
+    review: dict | None  # the latest review: {by, ts, root_cause, impact, follow_ups, revision}
 
     @property
     def acknowledge_delay(self) -> float | None:
-        """Seconds from detection to acknowledgement; a detection clock ahead of ours counts as 0."""
+        """Seconds from detection to a person's acknowledgement (never negative)."""
         return None if self.acknowledged is None else max(0.0, self.acknowledged - self.detected)
 
     @property
@@ -70,53 +104,63 @@ class RunSummary:
 def summarize_run(entries: Sequence[dict]) -> RunSummary:
     """Summarise one run from its entries (in ledger order); ValueError without run.created.
 
-    acknowledged: the earliest of a run.acknowledged entry, an approval.recorded entry, or
-    the run's first step.intent: an automated responder acting on the incident
-    acknowledges it as surely as a person pressing "ack".
+    detected: the event's time (`detected_at`), bounded by `bounded_detection` to the day
+    before our receipt (`received_at`, else run.created's time).
+    acknowledged: the first run.acknowledged, approval.recorded or step.decided entry, all of
+    them a person's act; automation starting a step acknowledges nothing.
     mitigated: the last successful step that changes something (not a compensation, and
     not one of PASSIVE_ACTIONS), in a run that finished succeeded.
     resolved: run.finished's time when it succeeded.
+    reviewed: the first incident.reviewed entry (a person's RCA).
     """
     created = next((entry for entry in entries if entry["kind"] == kinds.RUN_CREATED), None)
     if created is None:
         raise ValueError("no run.created entry for this run")
     data = created["data"]
-    detected = data.get("detected_at")
-    detected = float(detected) if isinstance(detected, int | float) else float(created["ts"])
+    received = data.get("received_at")
+    received = float(received) if isinstance(received, int | float) and received else float(created["ts"])
+    received = min(received, float(created["ts"]))  # we cannot have received it after acting on it
+    claimed = data.get("detected_at")
+    detected, clamped = bounded_detection(claimed, received)
 
-    acknowledged: tuple[float, str, str] | None = None
+    acknowledged = first_acknowledgement(entries)
     actions: dict[str, str] = {}
     last_acting: float | None = None
-    rca_expected = False
-    rca_completed: float | None = None
     finished: dict | None = None
     finished_ts: float | None = None
     status = "running"
     retries = 0
+    needed_person = False
+    reviewed: float | None = None
+    review: dict | None = None
+    revisions = 0
     for entry in entries:
         kind, ts, payload = entry["kind"], float(entry["ts"]), entry["data"]
-        candidate = None
-        if kind == kinds.RUN_ACKNOWLEDGED or kind == kinds.APPROVAL_RECORDED:
-            candidate = (ts, payload.get("by") or "unknown", kind)
-        elif kind == kinds.STEP_INTENT:
+        if kind in NEEDS_PERSON:
+            needed_person = True
+        if kind == kinds.STEP_INTENT:
             actions.setdefault(payload["step"], payload.get("action", ""))
-            candidate = (ts, "automation", kind)
-            if payload.get("action") == RCA_ACTION:
-                rca_expected = True
         elif kind == kinds.ATTEMPT_FAILED:
             retries += 1
         elif kind == kinds.STEP_SUCCEEDED:
             action = actions.get(payload["step"], "")
-            if action == RCA_ACTION and rca_completed is None:
-                rca_completed = ts
             if action not in PASSIVE_ACTIONS and not payload["step"].endswith(".compensate"):
                 last_acting = ts
         elif kind == kinds.RUN_FINISHED:
             finished, finished_ts, status = payload, ts, payload.get("status", "failed")
         elif kind in (kinds.RUN_PAUSED, kinds.RUN_INTERRUPTED, kinds.RUN_STARTED) and finished is None:
             status = {kinds.RUN_PAUSED: "paused", kinds.RUN_INTERRUPTED: "interrupted"}.get(kind, "running")
-        if candidate is not None and (acknowledged is None or candidate[0] < acknowledged[0]):
-            acknowledged = candidate
+        elif kind == kinds.INCIDENT_REVIEWED and payload.get("by"):
+            reviewed = ts if reviewed is None else reviewed
+            revisions += 1
+            review = {
+                "by": payload["by"],
+                "ts": ts,
+                "root_cause": payload.get("root_cause"),
+                "impact": payload.get("impact"),
+                "follow_ups": list(payload.get("follow_ups") or []),
+                "revision": revisions,
+            }
 
     succeeded = status == "succeeded"
     return RunSummary(
@@ -127,18 +171,22 @@ def summarize_run(entries: Sequence[dict]) -> RunSummary:
         dry_run=bool(data.get("dry_run")),
         parent_run=data.get("parent_run"),
         created=float(created["ts"]),
+        received=received,
+        claimed_detected=float(claimed) if isinstance(claimed, int | float) and not isinstance(claimed, bool) else None,
         detected=detected,
-        acknowledged=acknowledged[0] if acknowledged else None,
-        acknowledged_by=acknowledged[1] if acknowledged else None,
-        acknowledged_via=acknowledged[2] if acknowledged else None,
+        detection_clamped=clamped,
+        acknowledged=acknowledged["ts"] if acknowledged else None,
+        acknowledged_by=acknowledged["by"] if acknowledged else None,
+        acknowledged_via=acknowledged["kind"] if acknowledged else None,
         mitigated=last_acting if succeeded else None,
         resolved=finished_ts if succeeded else None,
         finished=finished_ts,
         status=status,
         human=bool(finished.get("human")) if finished is not None else None,
+        needed_person=needed_person,
         retries=retries,
-        rca_expected=rca_expected,
-        rca_completed=rca_completed,
+        reviewed=reviewed,
+        review=review,
     )
 
 
@@ -155,18 +203,28 @@ class Figures:
     succeeded: int
     failed: int
     refused: int
+    clamped: int  # runs whose event time was not believed (see bounded_detection)
     mtta: float | None  # seconds, mean over `acknowledged` runs
     acknowledged: int
+    unacknowledged: int  # runs no person acknowledged (yet)
     mttr: float | None  # seconds, mean over `resolved` runs
     resolved: int
     auto_succeeded: int
     auto_finished: int
+    person_succeeded: int
+    person_finished: int
     rca_on_time: int
-    rca_expected: int
+    rca_late: int
+    rca_missing: int  # finished, unreviewed, and the 24 h are over
+    rca_pending: int  # finished, unreviewed, still inside the 24 h: not yet counted
 
     @property
     def auto_mitigation(self) -> float | None:
         return self.auto_succeeded / self.auto_finished if self.auto_finished else None
+
+    @property
+    def rca_expected(self) -> int:
+        return self.rca_on_time + self.rca_late + self.rca_missing
 
     @property
     def rca_completion(self) -> float | None:
@@ -180,8 +238,10 @@ class Figures:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "refused": self.refused,
+            "detection_clamped": self.clamped,
             "mtta_seconds": _round(self.mtta),
             "acknowledged": self.acknowledged,
+            "unacknowledged": self.unacknowledged,
             "mttr_seconds": _round(self.mttr),
             "resolved": self.resolved,
             "auto_mitigation": {
@@ -189,21 +249,28 @@ class Figures:
                 "succeeded": self.auto_succeeded,
                 "finished": self.auto_finished,
             },
+            "with_people": {"succeeded": self.person_succeeded, "finished": self.person_finished},
             "rca_completion": {
                 "rate": _round(self.rca_completion),
                 "within_24h": self.rca_on_time,
+                "late": self.rca_late,
+                "missing": self.rca_missing,
+                "pending": self.rca_pending,
                 "expected": self.rca_expected,
             },
         }
 
 
-def figures_of(severity: str, runs: Sequence[RunSummary]) -> Figures:
+def figures_of(severity: str, runs: Sequence[RunSummary], now: float) -> Figures:
     """Aggregate run summaries into figures (see the module docs and docs/incidents.md)."""
     finished = [run for run in runs if run.status in FINISHED]
     ack = [run.acknowledge_delay for run in runs if run.acknowledge_delay is not None]
     res = [run.resolve_delay for run in runs if run.resolve_delay is not None]
-    auto = [run for run in finished if run.human is False]
-    rca = [run for run in finished if run.rca_expected]
+    auto = [run for run in finished if not run.needed_person]
+    people = [run for run in finished if run.needed_person]
+    on_time = [run for run in finished if run.reviewed is not None and run.reviewed - run.detected <= RCA_WINDOW]
+    late = [run for run in finished if run.reviewed is not None and run.reviewed - run.detected > RCA_WINDOW]
+    unreviewed = [run for run in finished if run.reviewed is None]
     return Figures(
         severity=severity,
         runs=len(runs),
@@ -211,16 +278,20 @@ def figures_of(severity: str, runs: Sequence[RunSummary]) -> Figures:
         succeeded=sum(run.status == "succeeded" for run in runs),
         failed=sum(run.status == "failed" for run in runs),
         refused=sum(run.status == "refused" for run in runs),
+        clamped=sum(run.detection_clamped for run in runs),
         mtta=_mean(ack),
         acknowledged=len(ack),
+        unacknowledged=len(runs) - len(ack),
         mttr=_mean(res),
         resolved=len(res),
         auto_succeeded=sum(run.status == "succeeded" for run in auto),
         auto_finished=len(auto),
-        rca_on_time=sum(
-            run.rca_completed is not None and run.rca_completed - run.detected <= RCA_WINDOW for run in rca
-        ),
-        rca_expected=len(rca),
+        person_succeeded=sum(run.status == "succeeded" for run in people),
+        person_finished=len(people),
+        rca_on_time=len(on_time),
+        rca_late=len(late),
+        rca_missing=sum(now - run.detected > RCA_WINDOW for run in unreviewed),
+        rca_pending=sum(now - run.detected <= RCA_WINDOW for run in unreviewed),
     )
 
 
@@ -260,6 +331,7 @@ class Verdict:
     value: float | None
     sample: int  # how many runs the value is computed over
     verdict: str  # "met" | "missed" | "no data"
+    note: str = ""  # what the value leaves out, said beside it
 
     def to_dict(self) -> dict:
         return {
@@ -270,6 +342,7 @@ class Verdict:
             "value": _round(self.value),
             "sample": self.sample,
             "verdict": self.verdict,
+            "note": self.note or None,
         }
 
 
@@ -280,10 +353,29 @@ def judge(target: Target, figures: Figures) -> Verdict:
         "auto_mitigation": (figures.auto_mitigation, figures.auto_finished),
         "rca_completion": (figures.rca_completion, figures.rca_expected),
     }[target.metric]
+    notes = {
+        "mtta": [f"{figures.unacknowledged} never acknowledged by a person"] if figures.unacknowledged else [],
+        "mttr": [f"{figures.finished - figures.resolved} finished unresolved"]
+        if figures.finished > figures.resolved
+        else [],
+        "auto_mitigation": [f"{figures.person_finished} run(s) that needed a person reported apart"]
+        if figures.person_finished
+        else [],
+        "rca_completion": [
+            text
+            for count, text in (
+                (figures.rca_late, f"{figures.rca_late} reviewed late"),
+                (figures.rca_missing, f"{figures.rca_missing} never reviewed"),
+                (figures.rca_pending, f"{figures.rca_pending} still inside their 24 h"),
+            )
+            if count
+        ],
+    }[target.metric]
+    note = "; ".join(notes)
     if value is None:
-        return Verdict(target, None, sample, "no data")
+        return Verdict(target, None, sample, "no data", note)
     met = value < target.threshold if target.comparison == "<" else value >= target.threshold
-    return Verdict(target, value, sample, "met" if met else "missed")
+    return Verdict(target, value, sample, "met" if met else "missed", note)
 
 
 # --- the report -----------------------------------------------------------------------
@@ -325,13 +417,16 @@ def compute_report(
     *,
     since: datetime | date | float | None = None,
     until: datetime | date | float | None = None,
+    now: float | None = None,
 ) -> Report:
     """Section-12 figures for the runs detected in [since, until) (epoch seconds or dates, UTC).
 
     Dry runs and child runs (playbook.call; their parent is the incident) are left out and
-    counted in `excluded`, as are runs whose run.created entry is not in `entries`.
+    counted in `excluded`, as are runs whose run.created entry is not in `entries`. `now`
+    (default: the clock) decides whether an unreviewed run's 24 h for its RCA are over.
     """
     start, end = _as_ts(since), _as_ts(until)
+    now = time.time() if now is None else float(now)
     by_run: dict[str, list[dict]] = {}
     for entry in entries:
         if entry.get("run") is not None and entry.get("kind") in kinds.RUN_KINDS:
@@ -354,8 +449,8 @@ def compute_report(
         else:
             summaries.append(summary)
     names = list(SEVERITIES) + sorted({run.severity for run in summaries} - set(SEVERITIES))
-    severities = tuple(figures_of(name, [run for run in summaries if run.severity == name]) for name in names)
-    overall = figures_of("all", summaries)
+    severities = tuple(figures_of(name, [run for run in summaries if run.severity == name], now) for name in names)
+    overall = figures_of("all", summaries, now)
     table = {figures.severity: figures for figures in severities} | {"all": overall}
     verdicts = tuple(judge(target, table[target.severity]) for target in TARGETS)
     return Report(start, end, severities, overall, verdicts, excluded)
@@ -407,17 +502,18 @@ _NO_DATA = {
     "mtta": "no acknowledged runs",
     "mttr": "no resolved runs",
     "auto_mitigation": "no run finished without a person",
-    "rca_completion": "no finished run with a report.rca step",
+    "rca_completion": "no finished run past its 24 h or reviewed",
 }
 
 
 def _verdict_value(verdict: Verdict) -> str:
+    note = f" ({verdict.note})" if verdict.note else ""
     if verdict.value is None:
-        return _NO_DATA[verdict.target.metric]
+        return _NO_DATA[verdict.target.metric] + note
     runs = f"{verdict.sample} run{'s' if verdict.sample != 1 else ''}"
     if verdict.target.metric in ("mtta", "mttr"):
-        return f"{format_duration(verdict.value)} over {runs}"
-    return f"{verdict.value * 100:.0f} % of {runs}"
+        return f"{format_duration(verdict.value)} over {runs}{note}"
+    return f"{verdict.value * 100:.0f} % of {runs}{note}"
 
 
 def render_text(report: Report) -> str:
@@ -438,8 +534,10 @@ def render_text(report: Report) -> str:
             "Failed",
             "Unfinished",
             "MTTA",
+            "Unacked",
             "MTTR",
             "Auto-mitigation",
+            "With people",
             "RCA ≤ 24 h",
         )
         rows = [header]
@@ -452,8 +550,10 @@ def render_text(report: Report) -> str:
                     str(figures.failed + figures.refused),
                     str(figures.runs - figures.finished),
                     "–" if figures.mtta is None else format_duration(figures.mtta),
+                    str(figures.unacknowledged),
                     "–" if figures.mttr is None else format_duration(figures.mttr),
                     _rate(figures.auto_succeeded, figures.auto_finished),
+                    _rate(figures.person_succeeded, figures.person_finished),
                     _rate(figures.rca_on_time, figures.rca_expected),
                 )
             )
@@ -464,6 +564,12 @@ def render_text(report: Report) -> str:
                 for column, (cell, width) in enumerate(zip(row, widths, strict=True))
             ]
             lines.append("  ".join(cells).rstrip())
+        if report.overall.clamped:
+            lines += [
+                "",
+                f"detection clamped to receipt for {report.overall.clamped} run(s): the event's time was in the "
+                "future or more than 24 h before opsdsl received it",
+            ]
     lines += ["", "Targets (seed runbook §12)"]
     width = max(len(verdict.target.label) for verdict in report.verdicts)
     for verdict in report.verdicts:

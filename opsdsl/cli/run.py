@@ -30,6 +30,13 @@ def _state_option(function):
     return click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help=_STATE_HELP)(function)
 
 
+def _person(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A `--by` name normalised (one spelling per person) or refused (exit 2): see opsdsl.lang.names."""
+    from opsdsl.lang.names import person_name
+
+    return None if value is None else person_name(value, f"--{param.name}")
+
+
 def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
     out = {}
     for value in values:
@@ -215,7 +222,7 @@ def _end_view(view, row, outcome, code: int, status: str | None = None, error: s
 
 @click.command()
 @click.argument("run_id")
-@click.option("--by", help="Who resumes (recorded in the ledger).")
+@click.option("--by", callback=_person, help="Who resumes (recorded in the ledger).")
 @click.option(
     "--secret", "secret_refs", multiple=True, metavar="NAME=env:VAR|file:PATH", help="Where a secret's value is."
 )
@@ -278,7 +285,12 @@ def resume(
 @click.command()
 @click.argument("run_id")
 @click.argument("step")
-@click.option("--by", required=True, help="Who approves (recorded; approvals count distinct people).")
+@click.option(
+    "--by",
+    required=True,
+    callback=_person,
+    help="Who approves (recorded normalised: `Carol` and `carol ` are one person; approvals count distinct people).",
+)
 @click.option("--deny", is_flag=True, help="Deny instead: the step fails.")
 @click.option("--input", "answers", multiple=True, metavar="NAME=VALUE", help="An answer the approval asks for.")
 @click.option("--comment", help="A note kept with the decision.")
@@ -309,7 +321,7 @@ def approve(
 @click.argument("run_id")
 @click.argument("step")
 @click.option("--as", "outcome", type=click.Choice(["retry", "succeeded", "failed"]), required=True)
-@click.option("--by", required=True, help="Who decides (recorded in the ledger).")
+@click.option("--by", required=True, callback=_person, help="Who decides (recorded in the ledger).")
 @_state_option
 def decide(run_id: str, step: str, outcome: str, by: str, state_dir: Path | None) -> None:
     """Settle a step a crash left in doubt (it was not idempotent): retry it, or record what happened."""
@@ -326,19 +338,28 @@ def decide(run_id: str, step: str, outcome: str, by: str, state_dir: Path | None
 
 @click.command()
 @click.argument("run_id")
-@click.option("--by", required=True, help="Who acknowledges the incident.")
+@click.option("--by", required=True, callback=_person, help="Who acknowledges the incident.")
 @_state_option
 def ack(run_id: str, by: str, state_dir: Path | None) -> None:
-    """Acknowledge a run's incident (counts for MTTA in `opsdsl report`)."""
+    """Acknowledge a run's incident: the end of MTTA in `opsdsl report`.
+
+    Only the first acknowledgement by a person counts (an approval or a decision is one
+    too); acknowledging again records nothing and says who was first.
+    """
+    from opsdsl.audit.incident import iso_time
     from opsdsl.runtime import runner
     from opsdsl.runtime.store import state_dir as resolve_state
 
     runtime = runner.Runtime(resolve_state(state_dir), create=False)
     try:
-        runtime.acknowledge(run_id, by)
+        first = runtime.acknowledge(run_id, by)
     finally:
         runtime.close()
-    click.echo(f"{run_id}: acknowledged by {by}")
+    if first["new"]:
+        click.echo(f"{run_id}: acknowledged by {by} at {iso_time(first['ts'])}")
+    else:
+        how = {"approval.recorded": " (an approval)", "step.decided": " (a decision)"}.get(first["kind"], "")
+        click.echo(f"{run_id}: already acknowledged by {first['by']} at {iso_time(first['ts'])}{how}; nothing recorded")
 
 
 @click.command()
@@ -443,7 +464,71 @@ def ledger_verify(
 
 @click.group()
 def incident() -> None:
-    """Incident folders: export and verify."""
+    """Incident folders: review, export and verify."""
+
+
+@incident.command("review")
+@click.argument("incident_id")
+@click.option("--by", callback=_person, help="Who reviewed (required unless the file names `by`).")
+@click.option("--root-cause", help="What caused the incident.")
+@click.option("--impact", help="What it did to users and systems.")
+@click.option("--follow-up", "follow_ups", multiple=True, help="An action to take (repeatable).")
+@click.option("--file", "review_file", type=_EXISTING, help="A YAML file: {by, root_cause, impact, follow_ups: [...]}.")
+@_state_option
+def incident_review(
+    incident_id: str,
+    by: str | None,
+    root_cause: str | None,
+    impact: str | None,
+    follow_ups: tuple[str, ...],
+    review_file: Path | None,
+    state_dir: Path | None,
+) -> None:
+    """Record a person's review of a finished incident; the record, rca.md and manifest are signed again.
+
+    Counts for RCA completion in `opsdsl report`. Reviewing again amends the review.
+    """
+    from opsdsl.runtime import runner
+    from opsdsl.runtime.reviews import Review, record_review
+    from opsdsl.runtime.store import state_dir as resolve_state
+
+    fields: dict[str, Any] = {"by": by, "root_cause": root_cause, "impact": impact, "follow_ups": list(follow_ups)}
+    if review_file is not None:
+        given = {name for name, value in fields.items() if value}
+        if given:
+            raise UsageError(f"--file {review_file}: give the review in the file or in options, not both")
+        fields = _review_file(review_file)
+    for name in ("by", "root_cause", "impact"):
+        if not fields.get(name):
+            raise UsageError(f"a review needs --{name.replace('_', '-')}")
+    review = Review.from_text(fields["by"], fields["root_cause"], fields["impact"], fields.get("follow_ups"))
+    runtime = runner.Runtime(resolve_state(state_dir), create=False)
+    try:
+        folder = record_review(runtime, incident_id, review)
+    finally:
+        runtime.close()
+    plural = "s" if len(review.follow_ups) != 1 else ""
+    click.echo(
+        f"{folder.name}: reviewed by {review.by}, {len(review.follow_ups)} follow-up{plural}; {folder} signed again"
+    )
+
+
+def _review_file(path: Path) -> dict[str, Any]:
+    """A review.yaml: a mapping of by, root_cause, impact and follow_ups (a list), nothing else."""
+    import yaml
+
+    from opsdsl.lang.untrusted import read_text
+
+    try:
+        data = yaml.safe_load(read_text(path, f"--file {path}"))
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--file {path}: not valid YAML ({exc})") from None
+    known = {"by", "root_cause", "impact", "follow_ups"}
+    if not isinstance(data, dict) or set(data) - known:
+        extra = sorted(map(str, set(data) - known)) if isinstance(data, dict) else []
+        detail = f"; unknown: {', '.join(extra)}" if extra else ""
+        raise UsageError(f"--file {path}: a review is a mapping of {', '.join(sorted(known))}{detail}")
+    return data
 
 
 @incident.command("export")
@@ -488,6 +573,11 @@ def incident_verify(
         f"{archive}: incident {report.incident_id} verified: {len(report.files)} files, "
         f"signed by {', '.join(report.signers)}"
     )
+    review = getattr(report, "review", None)
+    if review:
+        click.echo(f"reviewed by {review.get('by')} at {review.get('ts')} (revision {review.get('revision')})")
+    else:
+        click.echo("not reviewed yet: no person has recorded a root cause (opsdsl incident review)")
     for line in report.provenance:
         click.echo(f"  {line}")
 

@@ -7,6 +7,7 @@ the scheduler reads as the DAG walk it is.
 from __future__ import annotations
 
 from opsdsl.audit import entries as E
+from opsdsl.lang.names import same_person_key
 from opsdsl.runtime import store as S
 from opsdsl.runtime.gate import REQUIRE_APPROVAL
 from opsdsl.runtime.outcome import TIMEOUT_VOTER, Paused
@@ -35,7 +36,7 @@ class ApprovalSteps:
         raise Paused()
 
     def _approval_verdict(self, sid: str) -> str | None:
-        """approve | deny | None (not yet): counts distinct approvers; a timeout decides too."""
+        """approve | deny | None (not yet): counts distinct people (names normalised); a timeout decides too."""
         row = self.steps[sid]
         votes = self.store.approvals(self.run.id, sid)
         for vote in votes:
@@ -43,7 +44,8 @@ class ApprovalSteps:
                 return vote["decision"]
         if any(v["decision"] == "deny" for v in votes):
             return "deny"
-        if len({v["by"] for v in votes if v["decision"] == "approve"}) >= max(1, row.approvals_needed):
+        people = {same_person_key(v["by"]) for v in votes if v["decision"] == "approve"}
+        if len(people) >= max(1, row.approvals_needed):
             return "approve"
         node = self.nodes[sid]
         timeout = node["timeout"] if node["action"] == "approval" else None

@@ -23,6 +23,7 @@ from typing import Any
 
 from opsdsl.audit import entries as E
 from opsdsl.errors import OpsdslError, UsageError
+from opsdsl.lang.names import person_name, same_person_key
 from opsdsl.runtime import store as S
 from opsdsl.runtime.inputs import (  # noqa: F401  (re-exported: the runtime's front door)
     Selection,
@@ -189,6 +190,7 @@ class Runtime:
             event_id=selection.event_id,
         )
         detected = _event_time(event) or now
+        received = self._received_at(selection.event_id) or now
         created = {
             "run": run_id,
             "incident_id": incident_id,
@@ -202,6 +204,7 @@ class Runtime:
             "inputs": redact(inputs),
             "event": redact(event),
             "detected_at": detected,
+            "received_at": received,
             "dry_run": False,
             "trigger": selection.trigger,
             "hook": selection.hook,
@@ -229,6 +232,13 @@ class Runtime:
         run.params = params  # the real values, for this process only
         return run
 
+    def _received_at(self, event_id: int | None) -> float | None:
+        """When `opsdsl serve` accepted the event (its queue may hold it a while), else None."""
+        if event_id is None:
+            return None
+        row = self.store.conn.execute("SELECT received_at FROM events WHERE id = ?", (event_id,)).fetchone()
+        return float(row[0]) if row else None
+
     def _refuse_older_plan(self, pack: Mapping[str, Any], digest: str, now: float) -> None:
         """Pack versions only go up in a state directory: a signed plan older than one that
         already ran here is refused (an old plan stays validly signed forever; a rollback is
@@ -247,6 +257,7 @@ class Runtime:
 
     async def drive(self, run: S.RunRow, secrets: Secrets, reason: str = "start", by: str | None = None) -> Outcome:
         plan = json.loads(_payload_of(run.envelope))
+        by = person_name(by) if by is not None else None
         with self._lock(run.id):
             scheduler = Scheduler(self.env(secrets), run, plan)
             return await scheduler.drive(reason, by)
@@ -341,12 +352,11 @@ class Runtime:
     ) -> dict[str, Any]:
         """Record one person's approval (or denial) of a step waiting for it."""
         run, row = self._waiting_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
-        if not by.strip():
-            raise UsageError("--by must name the person approving")
-        if row.approvers and by not in row.approvers:
+        by = person_name(by)  # one spelling per person: the two-person rule counts people
+        if row.approvers and by not in {same_person_key(a) for a in row.approvers}:
             raise UsageError(f"{by} may not approve {step}: its approvers are {', '.join(row.approvers)}")
         votes = self.store.approvals(run.id, step)
-        if any(v["by"] == by for v in votes):
+        if any(same_person_key(v["by"]) == by for v in votes):
             raise UsageError(f"{by} has already answered for {step}; approvals count distinct people")
         typed: dict[str, Any] = {}
         if answers:
@@ -367,12 +377,13 @@ class Runtime:
                 {"step": step, "by": by, "decision": decision, "answers": typed, "comment": comment},
                 ts=now,
             )
-        approved = len({v["by"] for v in votes if v["decision"] == "approve"}) + (0 if deny else 1)
+        approved = len({same_person_key(v["by"]) for v in votes if v["decision"] == "approve"}) + (0 if deny else 1)
         return {"decision": decision, "approved": approved, "needed": max(1, row.approvals_needed)}
 
     def decide(self, run_id: str, step: str, by: str, outcome: str) -> None:
         """Settle a step left in doubt by a crash: retry it, or record it as succeeded or failed."""
         run, row = self._waiting_step(run_id, step, S.IN_DOUBT, "a decision")
+        by = person_name(by)
         now = self.clock()
         if outcome == "retry":
             row.status = S.PENDING
@@ -385,10 +396,21 @@ class Runtime:
             self.store.save_step(run.id, row)
             self.store.ledger.append(E.STEP_DECIDED, run.id, {"step": step, "by": by, "decision": outcome}, ts=now)
 
-    def acknowledge(self, run_id: str, by: str) -> None:
+    def acknowledge(self, run_id: str, by: str) -> dict[str, Any]:
+        """Record a person's acknowledgement, unless a person already acknowledged the run
+        (an ack, an approval or a decision): returns that first one, `{by, ts, kind, new}`."""
+        from opsdsl.audit.metrics import first_acknowledgement
+
+        by = person_name(by)
         run = self.store.run(run_id)
         with self.store.transaction():
-            self.store.ledger.append(E.RUN_ACKNOWLEDGED, run.id, {"by": by}, ts=self.clock())
+            entries = [e.to_dict() for e in self.store.ledger.entries(run=run.id)]
+            earlier = first_acknowledgement(entries)
+            if earlier is not None:
+                return {**earlier, "new": False}
+            now = self.clock()
+            self.store.ledger.append(E.RUN_ACKNOWLEDGED, run.id, {"by": by}, ts=now)
+        return {"by": by, "ts": now, "kind": E.RUN_ACKNOWLEDGED, "new": True}
 
     def _waiting_step(self, run_id: str, step: str, status: str, what: str) -> tuple[S.RunRow, S.StepRow]:
         run = self.store.run(run_id)

@@ -265,13 +265,19 @@ def test_record_matches_schema_and_ledger(tmp_path: Path) -> None:
     assert record["times"] == {
         "created": "2025-03-01T10:00:05.000Z",
         "detected": "2025-03-01T10:00:00.000Z",
-        "acknowledged": "2025-03-01T10:00:06.000Z",  # the first step acting counts as acknowledging
+        "acknowledged": None,  # automation acknowledges nothing: no person did
         "mitigated": "2025-03-01T10:03:20.000Z",  # scale_pool, the last step that changed something
         "resolved": "2025-03-01T10:04:12.000Z",
         "finished": "2025-03-01T10:04:12.000Z",
     }
-    assert record["acknowledged_by"] == "automation"
-    assert record["durations"] == {"acknowledge": 6.0, "mitigate": 200.0, "resolve": 252.0, "total": 252.0}
+    assert record["acknowledged_by"] is None
+    assert record["detection"] == {
+        "claimed": "2025-03-01T10:00:00.000Z",
+        "received": "2025-03-01T10:00:05.000Z",
+        "clamped": False,
+    }
+    assert record["review"] is None
+    assert record["durations"] == {"acknowledge": None, "mitigate": 200.0, "resolve": 252.0, "total": 252.0}
     assert record["retries"] == 1
     steps = {step["id"]: step for step in record["steps"]}
     assert steps["invalidate_plans"]["attempts"] == 2 and steps["invalidate_plans"]["status"] == "succeeded"
@@ -284,7 +290,13 @@ def test_record_matches_schema_and_ledger(tmp_path: Path) -> None:
         {"step": "snapshot", "name": "latency", "path": "evidence/snapshot/latency.json",
          "sha256": "sha256:" + EVIDENCE_SHA, "size": len(EVIDENCE), "status": "ok"}
     ]  # fmt: skip
-    assert record["follow_ups"] == []
+    assert record["follow_ups"] == [
+        {
+            "kind": "review",
+            "step": None,
+            "summary": "Review the incident: opsdsl incident review INC-2025-0042 --by NAME",
+        }
+    ]
     assert record["ledger"] == {
         "first_seq": 1,
         "last_seq": entries[-1]["seq"],
@@ -322,6 +334,7 @@ def test_failed_run_lists_compensation_and_follow_ups(tmp_path: Path) -> None:
     assert [(item["kind"], item["step"]) for item in record["follow_ups"]] == [
         ("failed", "scale_pool"),
         ("compensated", "invalidate_plans"),
+        ("review", None),  # a finished incident waits for a person's review
     ]
 
 
@@ -356,7 +369,7 @@ def test_evidence_missing_changed_and_unrecorded(tmp_path: Path) -> None:
     (evidence / "snapshot" / "latency.json").unlink()
     record = build_record(entries, checkpoint=None, evidence_dir=evidence)
     assert record["evidence"][0]["status"] == "missing"
-    assert [f["kind"] for f in record["follow_ups"]] == ["evidence", "evidence"]
+    assert [f["kind"] for f in record["follow_ups"]] == ["evidence", "evidence", "review"]
 
 
 # --- the RCA report ---------------------------------------------------------------------

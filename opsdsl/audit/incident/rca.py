@@ -81,6 +81,7 @@ def render_rca(
                 "```",
                 "",
             ]
+    out += _review_lines(record)
     out += ["## Follow-ups", ""]
     out += [f"- [ ] {_md_line(item['summary'])}" for item in record["follow_ups"]] or ["None."]
     ledger = record["ledger"]
@@ -124,13 +125,57 @@ def _overview(record: dict) -> list[str]:
         ("Pack", f"{pack['name']} {pack['version']} (`{pack['digest']}`)"),
         ("Plan", f"`{record['plan_digest']}`"),
         ("Trigger", (record["trigger"] or "manual run") + (f" (hook {record['hook']})" if record["hook"] else "")),
-        ("Detected", times["detected"]),
+        ("Detected", times["detected"] + _clamp_note(record)),
         ("Acknowledged", f"{times['acknowledged']} by {record['acknowledged_by']}" if times["acknowledged"] else "–"),
         ("Mitigated", times["mitigated"] or "–"),
         ("Resolved", times["resolved"] or "–"),
         ("Finished", times["finished"] or "–"),
+        ("Reviewed", f"{review['ts']} by {review['by']}" if (review := record.get("review")) else "not yet"),
     ]
     return ["| | |", "|---|---|", *(f"| {name} | {_cell(value)} |" for name, value in rows), ""]
+
+
+def _clamp_note(record: dict) -> str:
+    detection = record.get("detection") or {}
+    if not detection.get("clamped"):
+        return ""
+    claimed = detection.get("claimed")
+    said = f"the event said {claimed}" if claimed else "the event gave no usable time"
+    return f" (when opsdsl received it; {said}, more than 24 h earlier or in the future)"
+
+
+def _review_lines(record: dict) -> list[str]:
+    """The person's review; until there is one, a template saying how to record it."""
+    review = record.get("review")
+    if review is None:
+        return [
+            "## Review",
+            "",
+            "_Not reviewed yet._ A person records the root cause, the impact and the follow-up actions with:",
+            "",
+            f"    opsdsl incident review {record['incident_id']} --by NAME --root-cause TEXT --impact TEXT [--follow-up TEXT]...",
+            "",
+            "- **Root cause:** _to be written_",
+            "- **Impact:** _to be written_",
+            "- **Follow-up actions:** _to be written_",
+            "",
+        ]
+    amended = f", revision {review['revision']}" if review["revision"] > 1 else ""
+    out = ["## Review", "", f"Reviewed by {_md_line(review['by'])} at {review['ts']}{amended}.", ""]
+    out += ["### Root cause", "", *_paragraphs(review["root_cause"]), "### Impact", "", *_paragraphs(review["impact"])]
+    out += ["### Follow-up actions", ""]
+    out += [f"- [ ] {_md_line(item)}" for item in review["follow_ups"]] or ["None."]
+    return [*out, ""]
+
+
+def _paragraphs(text: object) -> list[str]:
+    """Text a person wrote, paragraph by paragraph (blank lines kept), each on one safe line."""
+    parts = [_md_line(part) for part in str(text or "").split("\n\n")]
+    out = []
+    for part in parts:
+        if part:
+            out += [part, ""]
+    return out or ["–", ""]
 
 
 def _offset(seconds: float) -> str:

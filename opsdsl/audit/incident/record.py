@@ -103,6 +103,11 @@ def build_record(
             "finished": iso_time(summary.finished),
         },
         "acknowledged_by": summary.acknowledged_by,
+        "detection": {
+            "claimed": iso_time(summary.claimed_detected),
+            "received": iso_time(summary.received),
+            "clamped": summary.detection_clamped,
+        },
         "durations": {
             "acknowledge": _seconds(summary.acknowledge_delay),
             "mitigate": _seconds(None if summary.mitigated is None else summary.mitigated - summary.detected),
@@ -119,6 +124,7 @@ def build_record(
         "evidence": evidence,
         "follow_ups": [],
         "signing": None if signing is None else _pick(signing, "keyid", "key", "mode"),
+        "review": _review(summary.review),
         "ledger": {
             "first_seq": run[0]["seq"],
             "last_seq": run[-1]["seq"],
@@ -129,6 +135,11 @@ def build_record(
     }
     record["follow_ups"] = _follow_ups(record)
     return json_safe(record)
+
+
+def _review(review: dict | None) -> dict | None:
+    """The latest person's review (incident.reviewed), its time in ISO form."""
+    return None if review is None else review | {"ts": iso_time(review["ts"])}
 
 
 def _first(entries: Sequence[dict], kind: str) -> dict:
@@ -249,4 +260,11 @@ def _follow_ups(record: dict) -> list[dict]:
             add("evidence", item["step"], f"Evidence {item['path']} is {item['status'].replace('_', ' ')}")
     if record["escalate"]:
         add("escalate", None, f"Escalate to {record['escalate']}")
+    review = record["review"]
+    if review is None:
+        if not record["dry_run"] and record["status"] in ("succeeded", "failed", "refused"):
+            add("review", None, f"Review the incident: opsdsl incident review {record['incident_id']} --by NAME")
+    else:
+        for text in review["follow_ups"]:
+            add("review", None, _brief(text, 400))
     return todo

@@ -281,6 +281,9 @@ class _RecordBuilder:
     def on_run_acknowledged(self, entry: dict, data: dict) -> None:
         self.line(entry, f"Acknowledged by {data.get('by')}")
 
+    def on_incident_reviewed(self, entry: dict, data: dict) -> None:
+        self.line(entry, f"Reviewed by {data.get('by')}: root cause {_brief(data.get('root_cause'), 160)}")
+
     def on_evidence_added(self, entry: dict, data: dict) -> None:
         files = data.get("files") or []
         for item in files:
