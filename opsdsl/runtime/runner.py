@@ -189,7 +189,8 @@ class Runtime:
             dedupe_key=selection.dedupe_key,
             event_id=selection.event_id,
         )
-        detected = _event_time(event) or now
+        claimed = _event_time(event)  # 0.0 (1970) is a claim too: metrics bound it, and count it
+        detected = now if claimed is None else claimed
         received = self._received_at(selection.event_id) or now
         created = {
             "run": run_id,

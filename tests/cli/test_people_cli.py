@@ -158,3 +158,21 @@ def test_an_unfinished_incident_cannot_be_reviewed(api: KernelAPI, tmp_path: Pat
     run = start("migration-rollback", state, api).run_id
     early = opsdsl("incident", "review", run, "--by", "d", "--root-cause", "x", "--impact", "y", "--state-dir", state)
     assert early.code == 2 and "is paused; review it once the run has finished" in early.stderr
+
+
+def test_a_senders_clock_is_not_believed_beyond_our_receipt(api: KernelAPI, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for name, starts in (("past", "1970-01-01T00:00:00Z"), ("future", "2999-01-01T00:00:00Z")):
+        event = tmp_path / f"{name}.json"
+        event.write_text(json.dumps({"labels": {"alertname": "X"}, "startsAt": starts}))
+        ran = opsdsl(
+            "run", "--pack", PACK, "--playbook", "migration-rollback", "--event", event, "--state-dir", state,
+            "--log-format", "json", *param_args(kernel_url=api.url),
+        )  # fmt: skip
+        assert ran.code == 4, ran.stderr
+        opsdsl("ack", ran.run_id, "--by", "dana", "--state-dir", state)
+    report = json.loads(opsdsl("report", "--format", "json", "--state-dir", state).stdout)
+    assert report["all"]["detection_clamped"] == 2
+    assert report["all"]["acknowledged"] == 2 and 0 <= report["all"]["mtta_seconds"] < 60
+    text = opsdsl("report", "--state-dir", state).stdout
+    assert "detection clamped to receipt for 2 run(s)" in text
