@@ -1,9 +1,11 @@
-"""Writing files so that a reader sees the old version or the new one, never half of either."""
+"""Writing files so that a reader sees the old version or the new one, never half of either;
+folders only their owner can enter."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 
@@ -27,3 +29,18 @@ def write_atomic_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     finally:
         if temp.exists():
             temp.unlink()
+
+
+def make_private_dirs(folder: Path, tighten: tuple[Path, ...] = ()) -> None:
+    """Create `folder` and its missing parents 0700, then tighten `folder` and each of
+    `tighten` that already existed with a looser mode (symlinks are left alone)."""
+    missing = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for made in reversed(missing):
+        made.mkdir(mode=0o700, exist_ok=True)
+    for known in (folder, *tighten):
+        if not known.is_symlink() and stat.S_IMODE(known.stat().st_mode) != 0o700:
+            os.chmod(known, 0o700)

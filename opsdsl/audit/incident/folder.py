@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -38,7 +37,7 @@ from opsdsl.audit.incident.record import (
 )
 from opsdsl.build.signing import encode_base64, keyid, pae
 from opsdsl.canonical import canonical_json
-from opsdsl.files import write_atomic_bytes
+from opsdsl.files import make_private_dirs, write_atomic_bytes
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -78,7 +77,7 @@ def write_incident(
     folder = incident_folder(root, run)
     if folder.is_symlink():
         raise IncidentError(f"{folder} is a symlink; an incident folder must be a real directory")
-    _private_folder(folder)
+    make_private_dirs(folder)
     _regular_files(folder)  # refuse links before writing anything, not halfway
     if signing is None:
         signing = {"keyid": keyid(signer.public_key()), "key": None, "mode": None}
@@ -102,19 +101,6 @@ def write_incident(
     manifest_bytes = signed_file_bytes(MANIFEST_PAYLOAD_TYPE, "manifest", manifest, [signer])
     write_atomic_bytes(folder / MANIFEST_FILE, manifest_bytes, mode=0o600)
     return folder
-
-
-def _private_folder(folder: Path) -> None:
-    """Create `folder` and its missing parents 0700 (an existing incident folder is tightened)."""
-    missing = []
-    current = folder
-    while not current.exists() and current != current.parent:
-        missing.append(current)
-        current = current.parent
-    for made in reversed(missing):
-        made.mkdir(mode=0o700, exist_ok=True)
-    if stat.S_IMODE(folder.stat().st_mode) != 0o700:
-        os.chmod(folder, 0o700)
 
 
 def signed_file_bytes(payload_type: str, field: str, body: dict, signers: Sequence[Ed25519PrivateKey]) -> bytes:

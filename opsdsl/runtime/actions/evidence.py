@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from opsdsl.files import write_atomic_bytes
+from opsdsl.files import make_private_dirs, write_atomic_bytes
 from opsdsl.runtime.actions import builtin_schema, check_inputs
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
 from opsdsl.runtime.actions.builtin import BuiltinAction
@@ -434,22 +434,8 @@ def _read_capped(handle: int) -> tuple[bytes, bool]:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write `path` 0600, making its folder (and the evidence folder) 0700 first."""
-    _private_dir(path.parent)
+    make_private_dirs(path.parent, (path.parent.parent,))
     write_atomic_bytes(path, data, mode=0o600)
-
-
-def _private_dir(folder: Path) -> None:
-    """Create `folder` and any missing parent 0700; tighten the evidence folders if they exist."""
-    missing = []
-    current = folder
-    while not current.exists() and current != current.parent:
-        missing.append(current)
-        current = current.parent
-    for made in reversed(missing):
-        made.mkdir(mode=0o700, exist_ok=True)
-    for known in (folder, folder.parent):
-        if not known.is_symlink() and stat.S_IMODE(known.stat().st_mode) != 0o700:
-            os.chmod(known, 0o700)
 
 
 def _json_bytes(value: Any) -> bytes:
