@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from opsdsl import __version__
-from opsdsl.lang.actions import ACTION_DEFAULTS, resolved_idempotent, resolved_timeout
 from opsdsl.canonical import canonical_json, is_fast_path_exact, sha256_digest
 from opsdsl.errors import CompileError
+from opsdsl.lang.actions import ACTION_DEFAULTS, resolved_idempotent, resolved_timeout
 from opsdsl.lang.model import Compensation, Pack, Playbook, PolicyPack, Retry, Step
 
 PLAN_API_VERSION = "opsdsl/v1"

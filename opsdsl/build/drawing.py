@@ -10,8 +10,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from opsdsl.errors import UsageError
 from opsdsl.build.graph import FINALLY, PlaybookGraph
+from opsdsl.errors import UsageError
 from opsdsl.lang.model import Pack, Policy
 
 
@@ -26,8 +26,8 @@ class NodeLook:
 
 
 def _looks(pack: Pack, playbook_name: str, policies: tuple[Policy, ...]) -> tuple[list[NodeLook], PlaybookGraph]:
-    from opsdsl.lang.checks.review import approval_policy_covers
     from opsdsl.build.graph import compensation_id
+    from opsdsl.lang.checks.review import approval_policy_covers
 
     playbook = pack.playbooks[playbook_name]
     graph = PlaybookGraph(playbook)

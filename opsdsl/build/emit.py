@@ -12,8 +12,8 @@ from opsdsl.lang.loader import discover
 def emit_stage(paths: list[Path], stage: str) -> str:
     """The model or the plan of each pack under `paths`, as JSON (one document per pack)."""
     from opsdsl.build.compiler import ScopeEntry, build_plan, model_digest, model_dump_full
-    from opsdsl.lang.model import PolicyPack
     from opsdsl.build.pipeline import analyse_file, empty_folders, missing_paths
+    from opsdsl.lang.model import PolicyPack
 
     missing_paths(paths)
     files = discover(paths)

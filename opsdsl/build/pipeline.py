@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from opsdsl.lang.config import Config
 from opsdsl.errors import Diagnostic, Severity, Span, UsageError
-from opsdsl.lang.source import Document
+from opsdsl.lang.config import Config
 from opsdsl.lang.loader import load_file
 from opsdsl.lang.rules import rule
+from opsdsl.lang.source import Document
 
 Stage = Literal["syntax", "schema", "model", "check"]
 

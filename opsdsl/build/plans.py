@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from opsdsl import __version__
+from opsdsl.build.pipeline import analyse_file, empty_folders, looks_like_policy_pack, map_files, missing_paths
 from opsdsl.canonical import sha256_digest
 from opsdsl.errors import Diagnostic, Severity, Span
 from opsdsl.lang.loader import discover, display_path
-from opsdsl.build.pipeline import analyse_file, empty_folders, looks_like_policy_pack, map_files, missing_paths
 from opsdsl.lang.rules import rule
 
 MANIFEST = "manifest.json"
@@ -312,8 +312,8 @@ def compile_paths(
 
 
 def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> str:
-    from opsdsl.files import write_atomic_bytes
     from opsdsl.build.signing import add_signature, decode_base64, envelope_bytes, sign_envelope
+    from opsdsl.files import write_atomic_bytes
 
     existing = _read_envelope(target)
     envelope = (
