@@ -9,12 +9,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from opsdsl.canonical import canonical_json
 from opsdsl.build.compiler import ScopeEntry, build_plan, model_digest, plan_bytes
 from opsdsl.build.graph import GraphError, PlaybookGraph
-from opsdsl.lang.yaml_reader import load_text
+from opsdsl.canonical import canonical_json
 from opsdsl.lang.loader import is_pack_file
 from opsdsl.lang.model import build_model
+from opsdsl.lang.yaml_reader import load_text
 from opsdsl.resources import read_text
 
 ROOT = Path(__file__).resolve().parents[2]
