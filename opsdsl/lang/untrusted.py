@@ -125,7 +125,7 @@ def read_text(source: str | Path, what: str, limit: int = MAX_INPUT_BYTES) -> st
 def parse_json(text: str, what: str, max_depth: int = MAX_DEPTH) -> Any:
     """A JSON value the ledger can record; anything else is an InputError naming `what`."""
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        value = loads_finite(text)
     except json.JSONDecodeError as error:
         raise InputError(f"{what}: not JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
     except RecursionError:
@@ -141,6 +141,12 @@ def parse_json(text: str, what: str, max_depth: int = MAX_DEPTH) -> Any:
 def read_json(source: str | Path, what: str, limit: int = MAX_INPUT_BYTES, max_depth: int = MAX_DEPTH) -> Any:
     """The JSON value in file `source` (or stdin, `-`), read with every limit above."""
     return parse_json(read_text(source, what, limit), what, max_depth)
+
+
+def loads_finite(text: str) -> Any:
+    """`json.loads` that refuses NaN, Infinity and numbers beyond a double (ValueError);
+    callers check the value with `json_problem` where they want its location."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
 
 
 def json_problem(value: Any, max_depth: int = MAX_DEPTH) -> str | None:

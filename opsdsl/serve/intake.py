@@ -50,7 +50,6 @@ from typing import Any
 
 from aiohttp import web
 
-from opsdsl.canonical import canonical_json
 from opsdsl.errors import OpsdslError, UsageError
 from opsdsl.runtime.service import QueueFull, Service, events_from_payload
 from opsdsl.serve.guard import ConnectionGuard, LogLimiter
@@ -681,8 +680,11 @@ def _check_media(request: web.Request) -> None:
 
 
 def _parse_json(body: bytes) -> Any:
+    """The body's JSON; each event is checked on its own afterwards, so a refusal names it."""
+    from opsdsl.lang.untrusted import loads_finite
+
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
+        return loads_finite(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise Refusal(400, "body is not UTF-8") from None
     except json.JSONDecodeError as error:
@@ -691,35 +693,11 @@ def _parse_json(body: bytes) -> Any:
         raise Refusal(400, f"not JSON: {error}") from None
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text[:20]} is out of range")
-    return value
-
-
 def _event_problem(event: dict) -> str | None:
     """Why the ledger could not record this event (the engine would fail on it later), or None."""
-    stack: list[tuple[Any, int]] = [(event, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return f"nested deeper than {MAX_DEPTH} levels"
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
-    try:
-        canonical_json(event)
-    except UnicodeEncodeError:
-        return "holds a lone UTF-16 surrogate (\\ud800-\\udfff) in a string"
-    except Exception as error:  # rfc8785: integers beyond ±(2**53 - 1), and the like
-        return f"not representable in canonical JSON: {error}"
-    return None
+    from opsdsl.lang.untrusted import json_problem
+
+    return json_problem(event, MAX_DEPTH)
 
 
 def _release(queue: asyncio.Queue) -> int:
