@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -16,19 +18,43 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_atomic_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to a temporary file beside `path`, flush it to disk, then rename it."""
+    write_atomic_stream(path, lambda handle: handle.write(data), mode)
+
+
+def write_atomic_stream(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
+    """`write_atomic_bytes` for content written piece by piece (an archive larger than memory
+    should hold): `write(handle)` fills a temporary file, which then replaces `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         # O_EXCL | O_NOFOLLOW: never write through a file or symlink someone planted there.
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
     finally:
         if temp.exists():
             temp.unlink()
+
+
+_KINDS = (
+    (stat.S_ISLNK, "a symlink"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def not_regular(mode: int) -> str | None:
+    """What a file that is not a regular one is ("a named pipe (FIFO)"), from its `st_mode`;
+    None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def make_private_dirs(folder: Path, tighten: tuple[Path, ...] = ()) -> None:

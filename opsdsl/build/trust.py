@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from opsdsl.build.signing import PLAN_PAYLOAD_TYPE, KeyFileError, Verified, keyid, load_public_key, verify_envelope
 from opsdsl.errors import OpsdslError
-from opsdsl.lang.untrusted import InputError, decode, not_regular, read_bytes
+from opsdsl.files import not_regular
+from opsdsl.lang.untrusted import InputError, decode, read_bytes
 
 API_VERSION = "opsdsl/v1"
 DEFAULT_ENVIRONMENT = "default"

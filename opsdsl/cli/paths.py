@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from opsdsl.lang.untrusted import not_regular
+from opsdsl.files import not_regular
 
 
 class InputPath(click.Path):

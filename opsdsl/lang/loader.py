@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from opsdsl.errors import Diagnostic, Severity, Span
+from opsdsl.files import not_regular
 from opsdsl.lang.source import Document
-from opsdsl.lang.untrusted import not_regular, read_limited
+from opsdsl.lang.untrusted import read_limited
 from opsdsl.lang.yaml_reader import load_text
 
 MAX_FILE_BYTES = 8 * 1024 * 1024

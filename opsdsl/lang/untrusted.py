@@ -17,36 +17,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 from opsdsl.canonical import canonical_json
 from opsdsl.errors import UsageError
+from opsdsl.files import not_regular
 
 MAX_INPUT_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 64  # nesting of an event's JSON; Alertmanager's is 3
 MAX_SAFE_INT = 2**53 - 1  # RFC 8785 (and so the ledger) holds no larger integer
 
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
 
 class InputError(UsageError):
     """A file or value handed in cannot be used: unreadable, too big, not UTF-8, not JSON."""
-
-
-def not_regular(mode: int) -> str | None:
-    """What a non-regular file is ("a named pipe (FIFO)"), or None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def read_limited(path: str | Path, limit: int = MAX_INPUT_BYTES) -> tuple[bytes | None, str | None]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from opsdsl.canonical import canonical_json
 from opsdsl.errors import OpsdslError
+from opsdsl.files import not_regular
 
 RECORD_PAYLOAD_TYPE = "application/vnd.opsdsl.incident+json"
 MANIFEST_PAYLOAD_TYPE = "application/vnd.opsdsl.manifest+json"
@@ -95,12 +95,4 @@ def _file_digest(path: Path) -> str:
 
 
 def _describe_mode(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symlink"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    return "not a regular file"
+    return not_regular(mode) or "a regular file"

@@ -16,11 +16,10 @@ import hashlib
 import io
 import os
 import re
-import secrets
 import stat
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from opsdsl.audit.incident.verify import (
     _Member,
     _verify_tree,
 )
+from opsdsl.files import write_atomic_stream
 
 
 def export_incident(folder: Path, out_tar_gz: Path) -> Path:
@@ -65,7 +65,7 @@ def export_incident(folder: Path, out_tar_gz: Path) -> Path:
             members.append((arcname, None if stat.S_ISDIR(mode) else full))
         dirs.sort()
     members.sort(key=lambda member: member[0])
-    _write_atomic_stream(out, lambda handle: _write_tar(handle, members))
+    write_atomic_stream(out, lambda handle: _write_tar(handle, members), mode=0o600)
     return out
 
 
@@ -84,22 +84,6 @@ def _write_tar(handle: io.BufferedWriter, members: Sequence[tuple[str, Path | No
                 info.mode, info.size = 0o600, path.stat().st_size
                 with open(path, "rb") as source:
                     tar.addfile(info, source)
-
-
-def _write_atomic_stream(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Like files.write_atomic_bytes, but streamed: archives may be larger than memory should hold."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from opsdsl.files import make_private_dirs, write_atomic_bytes
+from opsdsl.files import make_private_dirs, not_regular, write_atomic_bytes
 from opsdsl.runtime.actions import builtin_schema, check_inputs
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
 from opsdsl.runtime.actions.builtin import BuiltinAction
@@ -315,7 +315,7 @@ def read_evidence_file(source: str, policy: FilePolicy) -> tuple[bytes, bool]:
             raise ActionFailed(f"{source!r} is a directory; list the files in it", retryable=False)
         if not stat.S_ISREG(info.st_mode):
             raise ActionFailed(
-                f"{source!r} is {_kind(info.st_mode)}, not a regular file; only regular files are collected",
+                f"{source!r} is {not_regular(info.st_mode)}, not a regular file; only regular files are collected",
                 retryable=False,
             )
         if info.st_nlink > 1:
@@ -405,16 +405,6 @@ def _explain_link(exc: OSError, part: str, directory: int, source: str) -> None:
         ) from None
     if exc.errno == errno.ENOTDIR:
         raise ActionFailed(f"evidence file {source!r}: {part!r} is not a directory", retryable=False) from None
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
 
 
 def _read_capped(handle: int) -> tuple[bytes, bool]:
