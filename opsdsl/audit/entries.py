@@ -27,7 +27,7 @@ RUN_PAUSED = "run.paused"
 # Ctrl-C / SIGTERM, or an error of opsdsl's own that ended the drive: data: running (step ids
 # that were cancelled), error (the exception's type, only in the second case)
 RUN_INTERRUPTED = "run.interrupted"
-# data: status ("succeeded" | "failed" | "refused"), error (or null),
+# data: status ("succeeded" | "failed" | "refused" | "cancelled"), error (or null),
 #       failed_steps (list), compensated (list), human (bool: a person approved, denied or
 #       decided something in this run), escalate (or null)
 RUN_FINISHED = "run.finished"

@@ -24,7 +24,7 @@ RCA_WINDOW = 24 * 3600.0  # seed §8: "T+24h RCA & prevention measures published
 # How far before our receipt an event's own time is believed: the slowest initial response
 # of seed §3 (SEV-4, < 24 h). Older, or later than our receipt, is a clock we cannot trust.
 MAX_DETECTION_LEAD = 24 * 3600.0
-FINISHED = ("succeeded", "failed", "refused")
+FINISHED = ("succeeded", "failed", "refused", "cancelled")
 # Entries by which a person acknowledges an incident (an approval or decision is one too).
 PERSON_ACKS = (kinds.RUN_ACKNOWLEDGED, kinds.APPROVAL_RECORDED, kinds.STEP_DECIDED)
 # Entries that show a run needed a person: it asked for one, or one steered it.

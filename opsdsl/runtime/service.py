@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 from opsdsl.errors import EvalError
 from opsdsl.runtime import runner
+from opsdsl.runtime import store as S
 from opsdsl.runtime.secrets import Secrets
 from opsdsl.runtime.store import StateError
 from opsdsl.runtime.triggers import TriggerEngine
@@ -485,7 +486,7 @@ class Service:
         ).fetchone()
         if existing is not None:  # a replayed event: continue its run, never start a second one
             run = self.store.run(existing[0])
-            if run.status in ("succeeded", "failed", "refused"):
+            if run.status in S.FINAL_RUN_STATUSES:
                 return run.id
         else:
             run = self.runtime.create_run(

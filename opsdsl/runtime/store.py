@@ -25,8 +25,8 @@ DB_NAME = "state.db"
 
 # Run statuses. A run is live while running, paused or interrupted.
 RUNNING, PAUSED, INTERRUPTED = "running", "paused", "interrupted"
-SUCCEEDED, FAILED, REFUSED = "succeeded", "failed", "refused"
-FINAL_RUN_STATUSES = (SUCCEEDED, FAILED, REFUSED)
+SUCCEEDED, FAILED, REFUSED, CANCELLED = "succeeded", "failed", "refused", "cancelled"
+FINAL_RUN_STATUSES = (SUCCEEDED, FAILED, REFUSED, CANCELLED)
 
 # Step statuses. "Finished" for `needs` means succeeded, skipped, or failed with continue_on_error.
 PENDING, STARTED = "pending", "running"
@@ -116,6 +116,14 @@ CREATE TABLE IF NOT EXISTS spent_signatures (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS spent_signatures_expiry ON spent_signatures(expires_at);
+CREATE TABLE IF NOT EXISTS timers (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL,
+    due_at REAL NOT NULL,
+    PRIMARY KEY (run_id, step_id, kind)
+);
+CREATE INDEX IF NOT EXISTS timers_due ON timers(due_at);
 """
 
 
@@ -184,6 +192,8 @@ class RunRow:
     owner_pid: int | None
     dedupe_key: str | None = None
     event_id: int | None = None
+    requested_by: str | None = None  # who started the run: a person's recorded name, or None (an event)
+    owner: str | None = None  # "serve" while a server owns the run (drives it, fires its timers)
 
 
 @dataclass
@@ -418,7 +428,12 @@ class Store:
 
 
 # Columns added after the first release of a table: (table, column, declaration).
-_LATER_COLUMNS = (("runs", "dedupe_key", "TEXT"), ("runs", "event_id", "INTEGER"))
+_LATER_COLUMNS = (
+    ("runs", "dedupe_key", "TEXT"),
+    ("runs", "event_id", "INTEGER"),
+    ("runs", "requested_by", "TEXT"),
+    ("runs", "owner", "TEXT"),
+)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

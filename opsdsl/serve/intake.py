@@ -85,6 +85,14 @@ class ServeOptions:
     metrics_no_auth: bool = False
     insecure_no_auth: bool = False
     accept_legacy_signatures: bool = False  # v1: HMAC over timestamp and body only
+    # People (the operator API): the single-sign-on proxy's identity header, believed only
+    # from these peer addresses; the address people reach the service at (links in
+    # announcements); where approval requests are announced; how log lines are written.
+    trusted_user_header: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    public_url: str | None = None
+    notifiers: tuple[dict, ...] = ()
+    log_format: str = "text"  # text | json
 
 
 def read_credentials(

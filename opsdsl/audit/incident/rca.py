@@ -105,7 +105,7 @@ def default_title(record: dict) -> str:
 def headline(record: dict) -> str:
     """One sentence: "SEV-2 query-latency-regression on sqlx-sev2 succeeded in 4m12s after 1 retry; 0 steps denied."."""
     durations = record["durations"]
-    if record["status"] in ("succeeded", "failed", "refused"):
+    if record["status"] in ("succeeded", "failed", "refused", "cancelled"):
         outcome = f"{record['status']} in {format_duration(durations['total'] or 0)}"
     else:
         outcome = f"is {record['status']}"

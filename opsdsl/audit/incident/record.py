@@ -228,7 +228,7 @@ def _follow_ups(record: dict) -> list[dict]:
     def add(kind: str, step: str | None, text: str) -> None:
         todo.append({"kind": kind, "step": step, "summary": text})
 
-    if record["status"] not in ("succeeded", "failed", "refused"):
+    if record["status"] not in ("succeeded", "failed", "refused", "cancelled"):
         add("unfinished", None, f"The run is {record['status']}: resume it or close the incident by hand")
     for step in record["steps"]:
         if step["compensates"]:
@@ -262,7 +262,7 @@ def _follow_ups(record: dict) -> list[dict]:
         add("escalate", None, f"Escalate to {record['escalate']}")
     review = record["review"]
     if review is None:
-        if not record["dry_run"] and record["status"] in ("succeeded", "failed", "refused"):
+        if not record["dry_run"] and record["status"] in ("succeeded", "failed", "refused", "cancelled"):
             add("review", None, f"Review the incident: opsdsl incident review {record['incident_id']} --by NAME")
     else:
         for text in review["follow_ups"]:
