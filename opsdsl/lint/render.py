@@ -1,8 +1,10 @@
 """Render lint results: text for people, JSON for scripts, SARIF for code scanning,
-GitHub workflow commands for pull-request annotations. Every format is deterministic."""
+GitHub workflow commands for pull-request annotations, GitLab code-quality JSON for merge
+requests. Every format is deterministic."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from opsdsl import __version__
@@ -10,12 +12,13 @@ from opsdsl.errors import Diagnostic, Severity
 from opsdsl.lang.rules import RULES
 from opsdsl.lint.engine import LintResult
 
-FORMATS = ("text", "json", "sarif", "github")
+FORMATS = ("text", "json", "sarif", "github", "gitlab")
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 
 def render(result: LintResult, fmt: str) -> str:
-    return {"text": to_text, "json": to_json, "sarif": to_sarif, "github": to_github}[fmt](result)
+    renderers = {"text": to_text, "json": to_json, "sarif": to_sarif, "github": to_github, "gitlab": to_gitlab}
+    return renderers[fmt](result)
 
 
 def summary(result: LintResult) -> str:
@@ -152,3 +155,40 @@ def to_github(result: LintResult) -> str:
         kind = "error" if d.severity is Severity.ERROR else "warning"
         lines.append(f"::{kind} {','.join(props)}::{_escape_data(message)}")
     return "".join(line + "\n" for line in lines)
+
+
+# GitLab's code-quality severities are info, minor, major, critical and blocker; an error
+# blocks a plan from compiling, which is what GitLab calls major (critical and blocker are
+# for security findings and outages).
+_GITLAB_SEVERITY = {Severity.ERROR: "major", Severity.WARNING: "minor"}
+
+
+def to_gitlab(result: LintResult) -> str:
+    """GitLab code quality (the Code Climate subset GitLab reads): a JSON array, one issue
+    per finding, shown in the merge request's widget and diff.
+
+    GitLab matches issues between the source and target branch by `fingerprint`, so it
+    leaves out the line (a finding that only moved is not new) and counts repeats of the
+    same finding in one file instead (two identical findings stay two issues).
+    """
+    seen: dict[tuple[str, str, str], int] = {}
+    issues = []
+    for d in result.diagnostics:
+        key = (d.code, d.span.file, d.message)
+        seen[key] = seen.get(key, 0) + 1
+        digest = hashlib.sha256("\0".join((*key, str(seen[key]))).encode("utf-8")).hexdigest()
+        issues.append(
+            {
+                "type": "issue",
+                "check_name": d.code,
+                "description": f"{d.code} {d.message}" + (f" (hint: {d.hint})" if d.hint else ""),
+                "categories": ["Style"] if d.severity is Severity.WARNING else ["Bug Risk"],
+                "severity": _GITLAB_SEVERITY[d.severity],
+                "fingerprint": digest,
+                "location": {
+                    "path": d.span.file,
+                    "lines": {"begin": d.span.line, "end": max(d.span.end_line, d.span.line)},
+                },
+            }
+        )
+    return json.dumps(issues, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
