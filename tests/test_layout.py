@@ -22,6 +22,7 @@ RANKS = {
     "runtime": 4,
     "rehearsal": 5,
     "serve": 5,
+    "lsp": 5,  # the language server: lint's engine and the language's schema, for editors
     "cli": 6,
 }
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from opsdsl.errors import Diagnostic, Severity, Span, UsageError
 from opsdsl.lang.config import Config
-from opsdsl.lang.loader import load_file
+from opsdsl.lang.loader import load_file, load_source
 from opsdsl.lang.rules import rule
 from opsdsl.lang.source import Document
 
@@ -38,10 +38,16 @@ class Analysis:
 
 
 def analyse_file(
-    path: Path, policies: tuple = (), stop_after: Stage = "check", config: Config | None = None
+    path: Path,
+    policies: tuple = (),
+    stop_after: Stage = "check",
+    config: Config | None = None,
+    text: str | None = None,
 ) -> Analysis:
+    """`text`, when given, is the file's content as an editor holds it (`opsdsl lsp`),
+    analysed instead of what is on disk."""
     result = Analysis(path)
-    document, diagnostics = load_file(path)
+    document, diagnostics = load_file(path) if text is None else load_source(text, path)
     result.document = document
     result.diagnostics.extend(diagnostics)
     if document is None or diagnostics or stop_after == "syntax":

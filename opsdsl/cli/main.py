@@ -345,6 +345,10 @@ def _register_more_commands() -> None:
 
     for command in (*cli_run.COMMANDS, *cli_events.COMMANDS, *cli_test.COMMANDS):
         cli.add_command(command)
+    from opsdsl.cli import lsp as cli_lsp
+
+    for command in cli_lsp.COMMANDS:
+        cli.add_command(command)
 
 
 _register_signing_commands()

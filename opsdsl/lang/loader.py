@@ -95,6 +95,12 @@ def load_file(path: Path) -> tuple[Document | None, list[Diagnostic]]:
     text, diagnostics = read_source(path)
     if text is None:
         return None, diagnostics
+    return load_source(text, path)
+
+
+def load_source(text: str, path: Path) -> tuple[Document | None, list[Diagnostic]]:
+    """Parse `text` as the file at `path` (its name picks the reader): an editor's unsaved
+    buffer goes through the same readers as the file on disk."""
     if path.name.endswith(OPS_SUFFIX):
         from opsdsl.lang.ops import load_text as load_ops_text  # imported only when an .ops file is read
 

@@ -76,10 +76,12 @@ def finish(diagnostics: list[Diagnostic], text: str | None, config: Config) -> l
     return out
 
 
-def lint_one(path: Path, policies: tuple, config: Config) -> tuple[FileReport, tuple]:
-    """Analyse one file; return its report and, for a policy pack, its policies."""
-    analysis = analyse_file(path, policies, config=config)
-    text = analysis.document.source.text if analysis.document else None
+def lint_one(path: Path, policies: tuple, config: Config, text: str | None = None) -> tuple[FileReport, tuple]:
+    """Analyse one file; return its report and, for a policy pack, its policies. `text` is
+    an editor's unsaved content of the file (`opsdsl lsp`), linted instead of the disk's."""
+    analysis = analyse_file(path, policies, config=config, text=text)
+    if analysis.document:
+        text = analysis.document.source.text
     if text is None and analysis.diagnostics:
         from opsdsl.lang.loader import MAX_FILE_BYTES
 
