@@ -7,6 +7,9 @@
             types known for certain: from literals, from operators and functions whose
             result type is fixed, and from RootSpec field types. `dyn` never triggers it.
 
+A macro's variables are names in its body only; one that hides a root is OPS021, and a
+macro over a value that is surely neither a list nor a map is OPS024.
+
 Types are tracked as the set of kinds a value may have, always a superset of what it can
 be at run time, so an empty intersection is a certain error and never a false positive.
 """
@@ -20,8 +23,11 @@ from typing import NamedTuple
 
 from .functions import BUILTINS
 from .nodes import (
+    MACROS,
+    PREDICATE_MACROS,
     Binary,
     Call,
+    Comprehension,
     Conditional,
     Expression,
     Has,
@@ -162,6 +168,7 @@ class _Checker:
     def __init__(self, roots: Mapping[str, RootSpec]) -> None:
         self.roots = roots
         self.problems: list[Problem] = []
+        self.scopes: list[dict[str, _Typed]] = []  # macro variables, innermost last
 
     def report(self, code: str, message: str, node: Node, hint: str | None = None) -> _Typed:
         self.problems.append(Problem(code, message, node.offset, node.end, hint))
@@ -177,9 +184,13 @@ class _Checker:
         return _Typed(frozenset(("double" if node.kind == "duration" else node.kind,)))
 
     def _infer_Ident(self, node: Ident) -> _Typed:
+        for scope in reversed(self.scopes):
+            if node.name in scope:
+                return scope[node.name]
         spec = self.roots.get(node.name)
         if spec is None:
-            hint = _PYTHONISMS.get(node.name) or _did_you_mean(node.name, list(self.roots), "names here")
+            known = [*self.roots, *(name for scope in self.scopes for name in scope)]
+            hint = _PYTHONISMS.get(node.name) or _did_you_mean(node.name, known, "names here")
             return self.report("OPS021", f"unknown name `{node.name}`", node, hint)
         return _Typed(spec.kinds, spec, node.name)
 
@@ -307,6 +318,50 @@ class _Checker:
                 )
         return _Typed(frozenset(("map",)))
 
+    def _infer_Comprehension(self, node: Comprehension) -> _Typed:
+        macro = node.macro
+        source = self.infer(node.range)
+        if not source.kinds & {"list", "map"}:
+            self.mismatch(f"{macro}() needs a list or a map, not {describe(source.kinds)}", node.range)
+        keys = (frozenset(("int",)) if "list" in source.kinds else frozenset()) | (
+            _MAP_KEYS if "map" in source.kinds else frozenset()
+        )
+        if len(node.variables) == 1:  # the elements of a list, the keys of a map
+            types = [_UNKNOWN if "list" in source.kinds else _Typed(keys or ANY)]
+        else:  # (index, element) of a list, (key, value) of a map
+            types = [_Typed(keys or ANY), _UNKNOWN]
+        scope: dict[str, _Typed] = {}
+        for name, offset, typed in zip(node.variables, node.variable_offsets, types, strict=True):
+            where = _Span(offset, offset + len(name))
+            if name in self.roots:
+                self.report(
+                    "OPS021",
+                    f"the variable `{name}` of {macro}() hides the root `{name}`",
+                    where,
+                    "name the variable something else, e.g. `x` or `item`",
+                )
+            elif name in scope:
+                self.report("OPS021", f"{macro}() names both of its variables `{name}`", where)
+            scope[name] = typed
+        self.scopes.append(scope)
+        try:
+            if node.filter is not None:
+                self._predicate(macro, node.filter, "filter")
+            if macro in PREDICATE_MACROS:
+                self._predicate(macro, node.body, "predicate")
+            else:
+                self.infer(node.body)
+        finally:
+            self.scopes.pop()
+        if macro in PREDICATE_MACROS and macro != "filter":
+            return _Typed(BOOL)
+        return _Typed(frozenset(("map" if macro == "transformMap" else "list",)))
+
+    def _predicate(self, macro: str, node: Node, part: str) -> None:
+        typed = self.infer(node)
+        if "bool" not in typed.kinds:
+            self.mismatch(f"the {part} of {macro}() must be a bool, not {describe(typed.kinds)}", node)
+
     def _infer_Call(self, node: Call) -> _Typed:
         receiver = self.infer(node.target) if node.target is not None else None
         args = [self.infer(arg) for arg in node.args]
@@ -314,6 +369,13 @@ class _Checker:
         name = node.function
         builtin = BUILTINS.get(name)
         where = _NameSpan(node)
+        if builtin is None and name in MACROS:
+            counts = " or ".join(str(count) for count in sorted(MACROS[name]))
+            if not method:
+                return self.report(
+                    "OPS022", f"{name}() is a macro: call it on a list or map", where, f"write list.{name}(x, ...)"
+                )
+            return self.report("OPS023", f"{name}() takes {counts} arguments, got {len(args)}", node)
         if builtin is None:
             if name == "has":
                 hint = "has is a macro: write has(a.b)" if method else None
@@ -323,6 +385,8 @@ class _Checker:
             forms = [n for n, b in BUILTINS.items() if (b.is_method if method else b.is_global)]
             if not method:
                 forms.append("has")
+            else:
+                forms.extend(MACROS)
             hint = _did_you_mean(name, forms, "methods" if method else "functions")
             kind = "method" if method else "function"
             return self.report("OPS022", f"unknown {kind} `{name}`", where, hint)
@@ -330,11 +394,12 @@ class _Checker:
             return self.report("OPS022", f"`{name}` is a function, not a method", where, f"write {name}(x)")
         if not method and not builtin.is_global:
             return self.report("OPS022", f"`{name}` is a method, not a function", where, f"write x.{name}(...)")
-        if len(args) != builtin.arity(method):
-            return self._arity(node, name, builtin.arity(method), len(args))
+        if not builtin.accepts(method, len(args)):
+            return self.report("OPS023", f"{name}() takes {builtin.arity_text(method)}, got {len(args)}", node)
         operands = ([receiver] if receiver is not None else []) + args
         operand_nodes = ([node.target] if node.target is not None else []) + list(node.args)
-        for typed, operand_node, allowed in zip(operands, operand_nodes, builtin.params, strict=True):
+        # optional params may be left out: zip stops at the last argument given
+        for typed, operand_node, allowed in zip(operands, operand_nodes, builtin.params, strict=False):
             if typed is not None and not typed.kinds & allowed:
                 return self.mismatch(
                     f"{name}() needs {describe(allowed)}, not {describe(typed.kinds)}",
@@ -345,6 +410,13 @@ class _Checker:
     def _arity(self, node: Call, name: str, expected: int, got: int) -> _Typed:
         plural = "argument" if expected == 1 else "arguments"
         return self.report("OPS023", f"{name}() takes {expected} {plural}, got {got}", node)
+
+
+class _Span:
+    """A span of the expression text that is no node: a macro's variable."""
+
+    def __init__(self, offset: int, end: int) -> None:
+        self.offset, self.end = offset, end
 
 
 class _NameSpan:

@@ -20,9 +20,11 @@ from typing import Any
 from . import functions, values
 from .evaluator import build_exact
 from .functions import Builtin, resolve
+from .macros import Meter, body_cost, charged_operands, has_macro, iteration_pairs, iteration_range
 from .nodes import (
     Binary,
     Call,
+    Comprehension,
     Conditional,
     Expression,
     Has,
@@ -46,7 +48,7 @@ def _compile_cached(expr: Expression) -> Compiled:
     namespace: dict[str, Any] = {**_HELPERS, "_exact": exact}
     body = _Emitter(namespace).emit(expr.root)[0]
     try:
-        code = compile(_function(body), f"<opsdsl expression {expr.text[:60]!r}>", "exec")
+        code = compile(_function(body, has_macro(expr.root)), f"<opsdsl expression {expr.text[:60]!r}>", "exec")
     except (SyntaxError, RecursionError, MemoryError):  # e.g. a warning turned into an error
         return exact
     exec(code, namespace)  # defines `evaluate` from the ast above; no user text is code
@@ -61,14 +63,19 @@ def compile_expr(expr: Expression | str) -> Compiled:
     return _compile_cached(parse(expr) if isinstance(expr, str) else expr)
 
 
-def _function(body: ast.expr) -> ast.Module:
-    """`def evaluate(a): try: return <body> / except Exception: return _exact(a)`."""
+def _function(body: ast.expr, with_meter: bool) -> ast.Module:
+    """`def evaluate(a): try: [m = _Meter()]; return <body> / except Exception: return
+    _exact(a)`. The meter (an evaluation's budget, macros.py) only where there are macros."""
     fallback = ast.Return(_call("_exact", _load("a")), **_AT)
     handler = ast.ExceptHandler(_load("Exception"), None, [fallback], **_AT)
+    statements: list[ast.stmt] = [ast.Return(body, **_AT)]
+    if with_meter:
+        meter = ast.Assign([ast.Name("m", ast.Store(), **_AT)], _call("_Meter"), **_AT)
+        statements.insert(0, meter)
     function = ast.FunctionDef(
         name="evaluate",
         args=ast.arguments([], [ast.arg("a", **_AT)], None, [], [], None, []),
-        body=[ast.Try([ast.Return(body, **_AT)], [handler], [], [], **_AT)],
+        body=[ast.Try(statements, [handler], [], [], **_AT)],
         decorator_list=[],
         returns=None,
         **_AT,
@@ -265,6 +272,11 @@ _HELPERS: dict[str, Any] = {
     "_ends_with": _ends_with,
     "_contains": _contains,
     "_unresolved": _unresolved,
+    "_Meter": Meter,
+    "_range": iteration_range,
+    "_pairs": iteration_pairs,
+    "_all": all,
+    "_any": any,
 }
 
 _NATIVE_COMPARE = {
@@ -316,15 +328,30 @@ class _Emitter:
 
     def __init__(self, namespace: dict[str, Any]) -> None:
         self.namespace = namespace
+        self.scopes: list[dict[str, str]] = []  # macro variables -> Python locals, innermost last
+        self.locals = 0
 
     def emit(self, node: Node) -> tuple[ast.expr, str | None]:
         return getattr(self, f"_emit_{type(node).__name__}")(node)
+
+    def operands(self, node: Node) -> list[tuple[ast.expr, str | None]]:
+        """`node`'s children emitted; inside a macro's body, those charged for are
+        wrapped in `m.charged(...)` (macros.py), as the exact evaluator charges them."""
+        emitted = [self.emit(child) for child in node.children()]
+        if self.scopes:
+            for position in charged_operands(node):
+                operand, kind = emitted[position]
+                emitted[position] = (_charged(operand), kind)
+        return emitted
 
     def _emit_Literal(self, node: Literal) -> tuple[ast.expr, str | None]:
         kind = "double" if node.kind == "duration" else node.kind
         return _constant(node.value), kind
 
     def _emit_Ident(self, node: Ident) -> tuple[ast.expr, str | None]:
+        for scope in reversed(self.scopes):
+            if node.name in scope:
+                return _load(scope[node.name]), None
         return _subscript(_load("a"), _constant(node.name)), None
 
     def _emit_Select(self, node: Select) -> tuple[ast.expr, str | None]:
@@ -356,8 +383,7 @@ class _Emitter:
         return _call("_negate", operand), kind if kind in _NUMBER else None
 
     def _emit_Binary(self, node: Binary) -> tuple[ast.expr, str | None]:
-        left, left_kind = self.emit(node.left)
-        right, right_kind = self.emit(node.right)
+        (left, left_kind), (right, right_kind) = self.operands(node)
         op = node.op
         if op in ("&&", "||"):
             operands = [
@@ -411,15 +437,57 @@ class _Emitter:
         resolved = resolve(node.function, node.target is not None, len(node.args))
         if not isinstance(resolved, Builtin):
             return _call("_unresolved"), None
-        args = [self.emit(arg)[0] for arg in node.args]
-        if node.target is not None:
-            args.insert(0, self.emit(node.target)[0])
+        args = [operand for operand, _ in self.operands(node)]  # the receiver first
         helper = _FAST_BUILTINS.get(resolved.name)
         if helper is None:
             helper = f"_builtin_{resolved.name}"
             self.namespace[helper] = resolved.impl
         (result,) = resolved.result if len(resolved.result) == 1 else (None,)
         return _call(helper, *args), result
+
+    def _emit_Comprehension(self, node: Comprehension) -> tuple[ast.expr, str | None]:
+        """A Python comprehension over the range (checked and charged by `_range` or
+        `_pairs`), the variables as its locals. all/exists become all()/any() over a
+        generator, which stop where CEL stops; an error or a non-bool predicate raises, and
+        the exact evaluator then decides (it absorbs errors as `&&` / `||` do)."""
+        range_, _ = self.emit(node.range)
+        helper = "_pairs" if len(node.variables) == 2 else "_range"
+        items = _call(helper, range_, _load("m"), _constant(body_cost(node)), _constant(node.macro))
+        names = [f"_v{self.locals + i}" for i in range(len(node.variables))]
+        self.locals += len(names)
+        self.scopes.append(dict(zip(node.variables, names, strict=True)))
+        try:
+            body, body_kind = self.emit(node.body)
+            condition = self._as_bool(*self.emit(node.filter)) if node.filter is not None else None
+        finally:
+            self.scopes.pop()
+        stores = [ast.Name(name, ast.Store(), **_AT) for name in names]
+        target = stores[0] if len(stores) == 1 else ast.Tuple(stores, ast.Store(), **_AT)
+        macro = node.macro
+        if macro in ("all", "exists", "exists_one", "existsOne"):
+            loop = ast.comprehension(target, items, [], 0)
+            predicate = self._as_bool(body, body_kind)
+            if macro in ("all", "exists"):
+                generator = ast.GeneratorExp(predicate, [loop], **_AT)
+                return _call("_all" if macro == "all" else "_any", generator), "bool"
+            counted = ast.Attribute(ast.ListComp(predicate, [loop], **_AT), "count", ast.Load(), **_AT)
+            return _compare(ast.Call(counted, [_constant(True)], [], **_AT), ast.Eq(), _constant(1)), "bool"
+        if macro == "filter":
+            loop = ast.comprehension(target, items, [self._as_bool(body, body_kind)], 0)
+            return ast.ListComp(_load(names[0]), [loop], **_AT), "list"
+        loop = ast.comprehension(target, items, [condition] if condition is not None else [], 0)
+        if macro == "transformMap":
+            return ast.DictComp(_load(names[0]), body, [loop], **_AT), "map"
+        return ast.ListComp(body, [loop], **_AT), "list"
+
+    @staticmethod
+    def _as_bool(value: ast.expr, kind: str | None) -> ast.expr:
+        return value if kind == "bool" else _call("_bool", value)
+
+
+def _charged(operand: ast.expr) -> ast.expr:
+    charge = ast.Attribute(_load("m"), "charged", ast.Load(), **_AT)
+    return ast.Call(charge, [operand], [], **_AT)
 
 
 def _native_equality(left: str | None, right: str | None) -> bool:

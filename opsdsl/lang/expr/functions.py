@@ -20,6 +20,7 @@ from typing import Any
 
 from opsdsl.errors import EvalError
 
+from . import strings
 from .values import INT_MAX, INT_MIN, checked_int, describe, kind, to_string
 
 NUMBER = frozenset(("int", "double"))
@@ -41,13 +42,26 @@ class Builtin:
     params: tuple[frozenset[str], ...]
     result: frozenset[str]
     impl: Callable[..., Any]
+    optional: int = 0  # how many of the last params may be left out
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "impl", _total(self.name, self.impl))
 
     def arity(self, method: bool) -> int:
-        """How many arguments go between the parentheses in the given form."""
+        """How many arguments go between the parentheses in the given form (at most)."""
         return len(self.params) - 1 if method else len(self.params)
+
+    def accepts(self, method: bool, count: int) -> bool:
+        """Whether `count` arguments between the parentheses is a form this function has."""
+        most = self.arity(method)
+        return most - self.optional <= count <= most
+
+    def arity_text(self, method: bool) -> str:
+        """`1 argument`, `1 or 2 arguments`: for messages."""
+        most = self.arity(method)
+        fewest = most - self.optional
+        counts = str(most) if fewest == most else " or ".join(map(str, range(fewest, most + 1)))
+        return f"{counts} {'argument' if most == 1 and fewest == 1 else 'arguments'}"
 
 
 def _total(name: str, implementation: Callable[..., Any]) -> Callable[..., Any]:
@@ -302,6 +316,8 @@ def raw(value: Any) -> Any:
 
 
 BOOL = frozenset(("bool",))
+INT = frozenset(("int",))
+LIST = frozenset(("list",))
 
 BUILTINS: dict[str, Builtin] = {
     entry.name: entry
@@ -323,6 +339,16 @@ BUILTINS: dict[str, Builtin] = {
         ),
         Builtin("duration", True, False, (STRING | {"double"},), frozenset(("double",)), duration),
         Builtin("raw", True, False, (ANY,), ANY, raw),
+        # cel-go's strings extension; the receiver is the first param
+        Builtin("lowerAscii", False, True, (STRING,), STRING, strings.lower_ascii),
+        Builtin("upperAscii", False, True, (STRING,), STRING, strings.upper_ascii),
+        Builtin("trim", False, True, (STRING,), STRING, strings.trim),
+        Builtin("replace", False, True, (STRING, STRING, STRING, INT), STRING, strings.replace, optional=1),
+        Builtin("split", False, True, (STRING, STRING, INT), LIST, strings.split, optional=1),
+        Builtin("join", False, True, (LIST, STRING), STRING, strings.join, optional=1),
+        Builtin("substring", False, True, (STRING, INT, INT), STRING, strings.substring, optional=1),
+        Builtin("indexOf", False, True, (STRING, STRING, INT), INT, strings.index_of, optional=1),
+        Builtin("lastIndexOf", False, True, (STRING, STRING, INT), INT, strings.last_index_of, optional=1),
     )
 }
 
@@ -339,8 +365,6 @@ def resolve(name: str, method: bool, arity: int) -> Builtin | str:
         return f"`{name}` is a function, not a method: write {name}(x)"
     if not method and not builtin.is_global:
         return f"`{name}` is a method: write x.{name}(...)"
-    expected = builtin.arity(method)
-    if arity != expected:
-        plural = "argument" if expected == 1 else "arguments"
-        return f"{name}() takes {expected} {plural}, got {arity}"
+    if not builtin.accepts(method, arity):
+        return f"{name}() takes {builtin.arity_text(method)}, got {arity}"
     return builtin

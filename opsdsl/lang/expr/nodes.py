@@ -138,6 +138,43 @@ class MapLit(Node):
         return tuple(part for entry in self.entries for part in entry)
 
 
+# The comprehension macros: name -> how many variables each form binds, by argument count.
+# `all`, `exists`, `exists_one`, `map` and `filter` are CEL's; the two-variable forms
+# (`all(i, v, p)`, `existsOne`, `transformList`, `transformMap`) are cel-go's extension.
+MACROS: dict[str, dict[int, int]] = {
+    "all": {2: 1, 3: 2},
+    "exists": {2: 1, 3: 2},
+    "exists_one": {2: 1},
+    "existsOne": {3: 2},
+    "map": {2: 1, 3: 1},
+    "filter": {2: 1},
+    "transformList": {3: 2, 4: 2},
+    "transformMap": {3: 2, 4: 2},
+}
+PREDICATE_MACROS = frozenset(("all", "exists", "exists_one", "existsOne", "filter"))
+
+
+@dataclass(frozen=True)
+class Comprehension(Node):
+    """A macro over a list or map: `range.macro(var, [filter,] body)`, or with two
+    variables `range.macro(var, var2, [filter,] body)` (index and element of a list, key
+    and value of a map). The variables are bound in `filter` and `body` only. `body` is the
+    predicate of all/exists/exists_one/filter and the transform of map/transform*."""
+
+    macro: str
+    range: Node
+    variables: tuple[str, ...]
+    body: Node
+    filter: Node | None = None
+    variable_offsets: tuple[int, ...] = field(compare=False, repr=False, default=())
+    name_offset: int = field(compare=False, repr=False, default=0)
+
+    def children(self) -> tuple[Node, ...]:
+        if self.filter is None:
+            return (self.range, self.body)
+        return (self.range, self.filter, self.body)
+
+
 def walk(root: Node) -> Iterator[Node]:
     """Every node of the tree, parents before children, left to right; no recursion."""
     stack = [root]
@@ -221,10 +258,16 @@ class Expression:
     @functools.cached_property
     def _references(self) -> tuple[Reference, ...]:
         found: list[Reference] = []
-        stack = [self.root]
+        stack: list[tuple[Node, frozenset[str]]] = [(self.root, frozenset())]
         while stack:
-            node = stack.pop()
+            node, bound = stack.pop()
+            if isinstance(node, Comprehension):  # its variables are no roots in its body
+                inner = bound | frozenset(node.variables)
+                stack.extend((child, bound if child is node.range else inner) for child in node.children())
+                continue
             chain = _chain(node)
+            if chain is not None and chain[0] in bound:
+                continue  # a macro's variable, not a root
             if chain is not None and isinstance(node, Has):  # the tested field belongs too
                 root, path = chain
                 end = node.field_offset + len(node.field)
@@ -233,7 +276,7 @@ class Expression:
             if chain is not None:
                 found.append(Reference(chain[0], chain[1], node.offset, node.end))
                 continue  # maximal: the chain's own parts are not references of their own
-            stack.extend(node.children())
+            stack.extend((child, bound) for child in node.children())
         return tuple(sorted(found, key=lambda ref: (ref.offset, ref.end)))
 
     @functools.cached_property
@@ -244,4 +287,7 @@ class Expression:
                 found.append((node.function, len(node.args), node.name_offset))
             elif isinstance(node, Has):
                 found.append(("has", 1, node.offset))
+            elif isinstance(node, Comprehension):
+                arity = len(node.variables) + (2 if node.filter is not None else 1)
+                found.append((node.macro, arity, node.name_offset))
         return tuple(sorted(found, key=lambda entry: entry[2]))

@@ -14,8 +14,10 @@ from opsdsl.resources import lark_cache_file, read_text
 
 from .functions import DurationOutOfRange, parse_duration
 from .nodes import (
+    MACROS,
     Binary,
     Call,
+    Comprehension,
     Conditional,
     Expression,
     Has,
@@ -170,6 +172,9 @@ class _NodeBuilder:
     def method_call(self, children: list) -> Node:
         operand, _, name, _, *rest = children
         args = rest[0] if len(rest) == 2 else ()
+        forms = MACROS.get(str(name))
+        if forms is not None and len(args) in forms:
+            return _comprehension(operand, name, args, forms[len(args)], rest[-1].end_pos)
         return Call(
             str(name),
             args,
@@ -257,6 +262,30 @@ class _NodeBuilder:
     def null_lit(self, children: list) -> Node:
         (token,) = children
         return _literal("null", None, token)
+
+
+def _comprehension(operand: Node, name: Any, args: tuple[Node, ...], count: int, end: int) -> Comprehension:
+    """A macro call: its first `count` arguments name the variables it binds."""
+    variables = args[:count]
+    for variable in variables:
+        if not isinstance(variable, Ident):
+            raise _SyntaxProblem(
+                f"the variable of {name}() must be a simple name",
+                variable.offset,
+                f"write e.g. list.{name}(x, x > 0)",
+            )
+    rest = args[count:]
+    return Comprehension(
+        str(name),
+        operand,
+        tuple(variable.name for variable in variables),
+        rest[-1],
+        rest[0] if len(rest) == 2 else None,
+        tuple(variable.offset for variable in variables),
+        name.start_pos,
+        offset=operand.offset,
+        end=end,
+    )
 
 
 def _literal(kind: str, value: Any, token: Any) -> Literal:

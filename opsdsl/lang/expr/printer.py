@@ -9,6 +9,7 @@ from __future__ import annotations
 from .nodes import (
     Binary,
     Call,
+    Comprehension,
     Conditional,
     Has,
     Ident,
@@ -67,6 +68,9 @@ def unparse(node: Node) -> str:
         if node.target is None:
             return f"{node.function}({args})"
         return f"{_at_least(node.target, _MEMBER)}.{node.function}({args})"
+    if isinstance(node, Comprehension):
+        parts = [*node.variables, *((unparse(node.filter),) if node.filter is not None else ()), unparse(node.body)]
+        return f"{_at_least(node.range, _MEMBER)}.{node.macro}({', '.join(parts)})"
     if isinstance(node, Has):
         return f"has({_at_least(node.operand, _MEMBER)}.{node.field})"
     if isinstance(node, Unary):
