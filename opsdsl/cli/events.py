@@ -60,6 +60,18 @@ def _pack_options(function):
             "--max-runs", type=click.IntRange(min=1), default=64, show_default=True, help="Runs executing at once."
         ),
         click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help=_STATE_HELP),
+        click.option(
+            "--param",
+            "params",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="Set a param of every pack that declares it (repeatable; wins over --params-file).",
+        ),
+        click.option(
+            "--params-file",
+            type=_EXISTING,
+            help="Params as a YAML or JSON mapping (TOML if it ends in .toml), NAME: VALUE.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -67,18 +79,47 @@ def _pack_options(function):
 
 
 def build_service(
-    packs, plans, policies, trust, environment, secret_refs, escalation_url, max_runs, state_dir, **extra
+    packs,
+    plans,
+    policies,
+    trust,
+    environment,
+    secret_refs,
+    escalation_url,
+    max_runs,
+    state_dir,
+    params=(),
+    params_file=None,
+    config=None,
+    **extra,
 ):
+    """The engine over the packs and plans, with their params (the config file's, then
+    --params-file, then --param) and secrets (the file's [secrets], then --secret); with a
+    config file naming a signing key, its runs sign with that key."""
+    from opsdsl.cli.run import _pairs  # `run`'s own NAME=VALUE reading
     from opsdsl.runtime.secrets import Secrets, parse_references
     from opsdsl.runtime.service import Service, load_plans
     from opsdsl.runtime.store import state_dir as resolve_state
+    from opsdsl.serve.config import pack_params, read_params_file
 
     if not packs and not plans:
         raise UsageError("give at least one --pack FILE or --plan SIGNED_PLAN")
     state = resolve_state(state_dir)
+    given = read_params_file(params_file) if params_file else {}
+    given.update(_pairs(params, "--param"))
+    if config is not None and config.signing_key is not None:
+        from opsdsl.runtime.state_config import use_signer
+        from opsdsl.serve.config import load_signing_key
+
+        use_signer(state, load_signing_key(config, state))
     loaded = load_plans(list(packs), list(plans), list(policies) if policies else None, trust, environment, state)
-    secrets = Secrets(state, parse_references(secret_refs))
-    return Service(state, loaded, secrets=secrets, max_runs=max_runs, escalation_url=escalation_url, **extra)
+    references = dict(config.secrets) if config is not None else {}
+    references.update(parse_references(secret_refs))
+    secrets = Secrets(state, references)
+    values = pack_params(loaded, given, secrets, config, environment)
+    return Service(
+        state, loaded, params=values, secrets=secrets, max_runs=max_runs, escalation_url=escalation_url, **extra
+    )
 
 
 def _events_in(text: str | bytes, what: str) -> list[dict[str, Any]]:
@@ -229,6 +270,12 @@ def watch(ctx: click.Context, **options) -> None:
 
 
 @click.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=_EXISTING,
+    help="The service's configuration file (TOML; docs/serve.md). Flags given override it.",
+)
 @_pack_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8095, show_default=True, help="0 picks a free port.")
@@ -295,25 +342,28 @@ def watch(ctx: click.Context, **options) -> None:
     metavar="SECONDS",
     help="On SIGTERM, how long queued events and runs may take to finish.",
 )
+@click.option(
+    "--trusted-user-header",
+    metavar="HEADER",
+    help="Believe this header (e.g. X-Forwarded-Email) as the person's name, from --trusted-proxy peers only.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="ADDR",
+    help="A peer address (or network) whose --trusted-user-header is believed (repeatable).",
+)
+@click.option("--public-url", metavar="URL", help="Where people reach this service (links in announcements).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as JSON lines.",
+)
 @click.pass_context
-def serve(
-    ctx: click.Context,
-    host: str,
-    port: int,
-    token_file: Path | None,
-    hmac_secret_file: Path | None,
-    insecure_no_auth: bool,
-    metrics_no_auth: bool,
-    accept_legacy_signatures: bool,
-    max_body: int,
-    queue_size: int,
-    max_backlog_bytes: int,
-    header_timeout: float,
-    body_timeout: float,
-    max_connections_per_peer: int,
-    drain_timeout: float,
-    **options,
-) -> None:
+def serve(ctx: click.Context, config_file: Path | None, **flags) -> None:
     """Receive events over HTTP: Alertmanager webhooks on POST /v1/alertmanager, JSON events on
     POST /v1/events; GET /healthz and /metrics. A 202 means the events are in the state database.
 
@@ -324,29 +374,28 @@ def serve(
     import os
 
     from opsdsl.serve import intake as server
+    from opsdsl.serve.config import load_config, merged_settings
 
-    token, secret = server.read_credentials(token_file, hmac_secret_file, dict(os.environ), insecure_no_auth)
-    if accept_legacy_signatures and secret is None:
+    config = load_config(config_file) if config_file is not None else None
+    given = [name for name in flags if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    merged = merged_settings(config, flags, given)
+    token, secret = server.read_credentials(
+        merged.pop("token_file"), merged.pop("hmac_secret_file"), dict(os.environ), merged["insecure_no_auth"]
+    )
+    if merged["accept_legacy_signatures"] and secret is None:
         raise UsageError("--accept-legacy-signatures needs --hmac-secret-file")
+    if merged["trusted_proxies"] and not merged["trusted_user_header"]:
+        raise UsageError("--trusted-proxy needs --trusted-user-header")
     settings = server.ServeOptions(
-        host=host,
-        port=port,
         token=token,
         hmac_secret=secret,
-        max_body=max_body,
-        queue_size=queue_size,
-        max_backlog_bytes=max_backlog_bytes,
-        header_timeout=header_timeout,
-        body_timeout=body_timeout,
-        max_connections_per_peer=max_connections_per_peer,
-        max_runs=options["max_runs"],
-        drain_timeout=drain_timeout,
-        metrics_no_auth=metrics_no_auth,
-        insecure_no_auth=insecure_no_auth,
-        accept_legacy_signatures=accept_legacy_signatures,
+        notifiers=config.notifiers if config is not None else (),
+        **{name: merged.pop(name) for name in _SERVE_SETTINGS},
+        max_runs=merged["max_runs"],
+        trusted_proxies=tuple(merged.pop("trusted_proxies")),
     )
     server.configure_logging()
-    service = build_service(**options, queue_size=queue_size)
+    service = build_service(**merged, config=config, queue_size=settings.queue_size)
     _claim(service, "serve")  # before listening: a second server exits 2 at once
     try:
         import asyncio
@@ -356,5 +405,24 @@ def serve(
         service.close()
     ctx.exit(code)
 
+
+# serve's flags that go to ServeOptions as they are (the others build the Service)
+_SERVE_SETTINGS = (
+    "host",
+    "port",
+    "max_body",
+    "queue_size",
+    "max_backlog_bytes",
+    "header_timeout",
+    "body_timeout",
+    "max_connections_per_peer",
+    "drain_timeout",
+    "metrics_no_auth",
+    "insecure_no_auth",
+    "accept_legacy_signatures",
+    "trusted_user_header",
+    "public_url",
+    "log_format",
+)
 
 COMMANDS = (fire, watch, serve)

@@ -112,9 +112,24 @@ def write_production_config(state: Path, signing_key: Path, passphrase_env: str 
     return config
 
 
+# The key `opsdsl serve --config` names ([signing] in its file, loaded and checked by
+# opsdsl.serve.config): for the rest of the process, every Runtime over that state
+# directory signs with it. Set before the service starts; never set by other commands.
+_CHOSEN: dict[Path, Signer] = {}
+
+
+def use_signer(state: Path, chosen: Signer) -> None:
+    """Sign `state`'s checkpoints and records with `chosen` in this process (see _CHOSEN)."""
+    _CHOSEN[state.resolve()] = chosen
+
+
 def signer(state: Path) -> Signer:
-    """The key that signs `state`'s checkpoints and records: the configured one in production,
-    else the dev key (created atomically on first use, in a private state directory)."""
+    """The key that signs `state`'s checkpoints and records: the one this process was told
+    to use (`use_signer`), else the configured one in production, else the dev key (created
+    atomically on first use, in a private state directory)."""
+    chosen = _CHOSEN.get(state.resolve())
+    if chosen is not None:
+        return chosen
     config = read_config(state)
     if config.production:
         assert config.signing_key is not None
