@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from opsdsl.cli.common import run_reference
 from opsdsl.cli.init import init
 from opsdsl.cli.paths import input_file, pack_file
 from opsdsl.errors import UsageError
@@ -27,7 +28,9 @@ _EXISTING = input_file()
 
 
 def _state_option(function):
-    return click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help=_STATE_HELP)(function)
+    return click.option(  # eager: a RUN argument is looked up in it (opsdsl.cli.common)
+        "--state-dir", type=click.Path(file_okay=False, path_type=Path), is_eager=True, help=_STATE_HELP
+    )(function)
 
 
 def _person(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -221,7 +224,7 @@ def _end_view(view, row, outcome, code: int, status: str | None = None, error: s
 
 
 @click.command()
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN", callback=run_reference)
 @click.option("--by", callback=_person, help="Who resumes (recorded in the ledger).")
 @click.option(
     "--secret", "secret_refs", multiple=True, metavar="NAME=env:VAR|file:PATH", help="Where a secret's value is."
@@ -283,7 +286,7 @@ def resume(
 
 
 @click.command()
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN", callback=run_reference)
 @click.argument("step")
 @click.option(
     "--by",
@@ -318,7 +321,7 @@ def approve(
 
 
 @click.command()
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN", callback=run_reference)
 @click.argument("step")
 @click.option("--as", "outcome", type=click.Choice(["retry", "succeeded", "failed"]), required=True)
 @click.option("--by", required=True, callback=_person, help="Who decides (recorded in the ledger).")
@@ -337,7 +340,7 @@ def decide(run_id: str, step: str, outcome: str, by: str, state_dir: Path | None
 
 
 @click.command()
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN", callback=run_reference)
 @click.option("--by", required=True, callback=_person, help="Who acknowledges the incident.")
 @_state_option
 def ack(run_id: str, by: str, state_dir: Path | None) -> None:
@@ -366,50 +369,52 @@ def ack(run_id: str, by: str, state_dir: Path | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option(
     "--status",
-    type=click.Choice(["running", "paused", "interrupted", "succeeded", "failed", "refused"]),
+    type=click.Choice(["running", "paused", "interrupted", "succeeded", "failed", "refused", "cancelled"]),
     help="Only runs with this status.",
+)
+@click.option("--pack", "pack_name", metavar="NAME", help="Only runs of this pack (its name).")
+@click.option("--playbook", metavar="NAME", help="Only runs of this playbook.")
+@click.option("--severity", type=click.Choice(["SEV-1", "SEV-2", "SEV-3", "SEV-4"]), help="Only runs of this severity.")
+@click.option(
+    "--since", metavar="WHEN", help="Only runs started since: 2026-11-27, 2026-11-27T08:00:00Z, or 2h, 7d ago."
 )
 @click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many, newest first.")
 @_state_option
-def runs(fmt: str, status: str | None, limit: int | None, state_dir: Path | None) -> None:
-    """List runs, newest first: id, pack, playbook, status and pending approvals."""
+def runs(
+    fmt: str,
+    status: str | None,
+    pack_name: str | None,
+    playbook: str | None,
+    severity: str | None,
+    since: str | None,
+    limit: int | None,
+    state_dir: Path | None,
+) -> None:
+    """List runs, newest first: id, status, severity, pack/playbook, start time (UTC), age and
+    the steps a paused run waits for. `--format json` lists them as the API does."""
+    from opsdsl.runtime.inspect import list_runs, parse_since, render_runs
     from opsdsl.runtime.store import Store
     from opsdsl.runtime.store import state_dir as resolve_state
 
     store = Store(resolve_state(state_dir), create=False)
     try:
-        rows = [
-            {
-                "id": r.id,
-                "incident_id": r.incident_id,
-                "pack": r.pack,
-                "playbook": r.playbook,
-                "severity": r.severity,
-                "status": r.status,
-                "created_at": r.created_at,
-                "finished_at": r.finished_at,
-                "pending_approvals": store.pending_approvals(r.id) if r.status == "paused" else [],
-                "parent_run": r.parent_run,
-                "error": r.error,
-            }
-            for r in store.runs(status, limit)
-        ]
+        items, more = list_runs(
+            store,
+            status=status,
+            pack=pack_name,
+            playbook=playbook,
+            severity=severity,
+            since=None if since is None else parse_since(since),
+            limit=limit,
+        )
     finally:
         store.close()
-    if fmt == "json":
-        click.echo(json.dumps(rows, indent=2, sort_keys=True))
-        return
-    if not rows:
-        click.echo("no runs")
-        return
-    for r in rows:
-        pending = f"  waiting: {', '.join(r['pending_approvals'])}" if r["pending_approvals"] else ""
-        click.echo(f"{r['id']}  {r['status']:<11} {r['severity']}  {r['pack']}/{r['playbook']}{pending}")
+    click.echo(json.dumps(items, indent=2, sort_keys=True) if fmt == "json" else render_runs(items, more))
 
 
 @click.group()
 def ledger() -> None:
-    """The audit ledger: verify it."""
+    """The audit ledger: show and verify it."""
 
 
 @ledger.command("verify")
@@ -599,5 +604,13 @@ def report(fmt: str, since: str | None, state_dir: Path | None) -> None:
     result = compute_state_report(state_dir, since)
     click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True) if fmt == "json" else result.to_text())
 
+
+def _add_ledger_show() -> None:
+    from opsdsl.cli.inspect import ledger_show
+
+    ledger.add_command(ledger_show)
+
+
+_add_ledger_show()
 
 COMMANDS = (init, run, resume, approve, decide, ack, runs, ledger, incident, report)

@@ -270,6 +270,33 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     return float(created), run_id
 
 
+_DURATION = re.compile(r"(\d{1,9})([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """`--since` as epoch seconds: a date (`2026-11-27`, midnight UTC), a time
+    (`2026-11-27T08:00:00Z`; without an offset, UTC), or how long ago (`90s`, `15m`, `2h`,
+    `7d`, `1w`)."""
+    text = text.strip() if isinstance(text, str) else ""
+    now = time.time() if now is None else now
+    duration = _DURATION.fullmatch(text)
+    if duration:
+        return now - int(duration.group(1)) * _UNITS[duration.group(2)]
+    try:
+        if len(text) > 40:
+            raise ValueError
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    except (ValueError, OverflowError):
+        raise UsageError(
+            f"--since {_quoted(text)}: write a date (2026-11-27), a UTC time (2026-11-27T08:00:00Z)"
+            " or how long ago (15m, 2h, 7d)"
+        ) from None
+
+
 # ---- one run in full ----------------------------------------------------------------------
 
 
@@ -579,7 +606,7 @@ def cut(text: str, limit: int) -> str:
 def compact(value: Any) -> str:
     """A JSON value on one line, escaped: strings without quotes at top level."""
     if isinstance(value, str):
-        return escape(value)
+        return escape(value) if value else '""'
     return escape(json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(", ", ": ")))
 
 
@@ -758,7 +785,8 @@ def _step_block(
             field("answer", f"{approval['at']} timed out: {approval['decision']}")
             continue
         via = f" via {approval['via']}" if approval.get("via") else ""
-        text = f"{approval['at']} {approval['decision']} by {approval['by']}{via}"
+        word = {"approve": "approved", "deny": "denied"}.get(approval["decision"], approval["decision"])
+        text = f"{approval['at']} {word} by {approval['by']}{via}"
         if approval.get("answers"):
             text += " with " + ", ".join(f"{k}={compact(v)}" for k, v in sorted(approval["answers"].items()))
         if approval.get("comment"):
