@@ -61,6 +61,11 @@ APPROVAL_REQUESTED = "approval.requested"
 APPROVAL_RECORDED = "approval.recorded"
 # data: step, outcome ("approve" | "deny")
 APPROVAL_TIMED_OUT = "approval.timed_out"
+# The server told people about an approval (opsdsl.runtime.announce), one entry per notifier
+# and attempt, sent or not: data: step, notifier (its name), notifier_kind ("slack" |
+#       "pagerduty" | "webhook"), what ("request" | "reminder" | "outcome"), delivered (bool),
+#       attempt, detail (the answer's status, or why it failed and whether it is retried)
+APPROVAL_ANNOUNCED = "approval.announced"
 # A person acknowledged the incident: data: by
 RUN_ACKNOWLEDGED = "run.acknowledged"
 # A person resolved a step left in doubt: data: step, by, decision ("retry" | "succeeded" | "failed")
@@ -90,6 +95,7 @@ RUN_KINDS = (
     APPROVAL_REQUESTED,
     APPROVAL_RECORDED,
     APPROVAL_TIMED_OUT,
+    APPROVAL_ANNOUNCED,
     RUN_ACKNOWLEDGED,
     STEP_DECIDED,
     EVIDENCE_ADDED,

@@ -1,0 +1,798 @@
+"""Approval requests reach people: the server announces them through its notifiers.
+
+`Announcer` tails the ledger from a durable cursor and, for every `approval.requested`,
+tells each configured notifier (a Slack incoming webhook, PagerDuty Events v2, a generic
+JSON webhook; the `notify` action's payloads and sending) what is asked, why, by when,
+how many people must answer and where to answer; then a reminder before the deadline
+while nobody has decided; then the outcome (approved by whom, denied, timed out, or no
+longer needed because the run ended). Every attempt is an `approval.announced` ledger
+entry, delivered or not.
+
+It works as an outbox. Reading the ledger turns entries into rows of the `announcements`
+table (what to send to whom, and when) in the same transaction that moves the cursor
+(table `announcement_cursor`), so a restart neither loses an announcement nor starts
+again from the first entry. Sending comes after: a row is marked sent in the transaction
+that records its ledger entry. A server killed between the receiver's answer and that
+transaction sends that one announcement again after the restart (at least once), with
+the same Idempotency-Key. A failed send is retried with back-off, a bounded number of
+times; nothing here waits on a run, or a run on it.
+
+Approval messages and inputs can carry event data, which is hostile: text is cut to
+size and stripped of control and bidi characters, and Slack text is escaped (`&`, `<`,
+`>`, and `@` before a word), so it can neither hide a link nor mention a channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import math
+import re
+import time
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from opsdsl.audit import entries as E
+from opsdsl.errors import OpsdslError, UsageError
+from opsdsl.lang.names import same_person_key
+from opsdsl.runtime import store as S
+from opsdsl.runtime.actions.base import ActionFailed
+from opsdsl.runtime.actions.http import check_status
+from opsdsl.runtime.actions.notify import (
+    NOTIFY_KINDS,
+    SEVERITY_BY_PLAYBOOK,
+    encode_payload,
+    notification,
+    send_notification,
+)
+from opsdsl.runtime.secrets import ENV_PREFIX, Redactor, Secrets
+
+# Under "opsdsl.serve" so that `opsdsl serve`'s log set-up shows these lines.
+log = logging.getLogger("opsdsl.serve.announce")
+
+REQUEST, REMINDER, OUTCOME = "request", "reminder", "outcome"
+POLL_SECONDS = 0.5  # how often the ledger is read when nobody calls wake()
+BATCH = 500  # ledger entries read per transaction
+SEND_BATCH = 50  # announcements sent per pass
+MAX_ATTEMPTS = 5  # sends of one announcement to one notifier, then it is given up
+BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0  # seconds before the 2nd attempt, doubling, capped
+SEND_TIMEOUT = 10.0  # seconds per send unless the notifier says `timeout`
+REMINDER_SHARE = 0.8  # remind at 80% of the approval's time ...
+REMINDER_LEAD = 300.0  # ... or 5 minutes before its deadline, whichever is later
+REMINDER_MIN_TIMEOUT = 120.0  # an approval with less time than this gets no reminder
+REMINDER_WITHOUT_DEADLINE = 1800.0  # an approval with no deadline: one reminder after 30 minutes
+
+MESSAGE_LIMIT = 2000  # characters of the approval message
+TEXT_LIMIT = 300  # characters of any other text from the run (names, descriptions, policy messages)
+ITEMS_LIMIT = 20  # inputs, policies, approvers listed
+DETAIL_LIMIT = 300  # characters of a failure recorded in the ledger
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS announcements (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    what TEXT NOT NULL,                       -- request | reminder | outcome
+    notifier TEXT NOT NULL,                   -- the notifier's name
+    facts TEXT NOT NULL,                      -- JSON: what the announcement says
+    due_at REAL NOT NULL,                     -- when to send it (again)
+    attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'pending',   -- pending | sent | failed | dropped
+    seq INTEGER NOT NULL,                     -- the ledger entry it comes from
+    PRIMARY KEY (run_id, step_id, what, notifier)
+);
+CREATE INDEX IF NOT EXISTS announcements_due ON announcements(status, due_at);
+CREATE TABLE IF NOT EXISTS announcement_cursor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL                      -- the last ledger entry read
+);
+"""
+
+_KINDS_READ = (E.APPROVAL_REQUESTED, E.APPROVAL_RECORDED, E.APPROVAL_TIMED_OUT, E.RUN_FINISHED)
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_COMMON_KEYS = {"kind", "name", "timeout", "packs"}
+_KIND_KEYS = {
+    "slack": {"url", "url_secret"},
+    "webhook": {"url", "url_secret", "hmac_secret"},
+    "pagerduty": {"url", "routing_key", "routing_key_secret"},
+}
+_BIDI = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f"))
+
+
+# --- notifier specs ------------------------------------------------------------------------
+
+
+def notifier_problem(spec: Any) -> str | None:
+    """What is wrong with one notifier spec (a `[[notifiers]]` table of the service config), or None.
+
+    kind: slack | pagerduty | webhook. slack and webhook: `url`, or `url_secret` (the name
+    of a secret holding it). webhook: optional `hmac_secret` (a secret's name): the body is
+    signed as `opsdsl serve` checks signatures (v2). pagerduty: `routing_key` or
+    `routing_key_secret`; optional `url` (the Events v2 endpoint by default). Any kind:
+    optional `name` (unique; default the kind), `timeout` (seconds, 1 to 60), `packs` (only
+    these packs' approvals)."""
+    if not isinstance(spec, Mapping):
+        return f"a notifier must be a table, not {type(spec).__name__}"
+    kind = spec.get("kind")
+    if kind not in NOTIFY_KINDS:
+        return f"notifier kind {kind!r}: expected one of {', '.join(sorted(NOTIFY_KINDS))}"
+    unknown = sorted(set(spec) - _COMMON_KEYS - _KIND_KEYS[kind])
+    if unknown:
+        allowed = ", ".join(sorted(_COMMON_KEYS | _KIND_KEYS[kind]))
+        return f"a {kind} notifier has no key {unknown[0]!r} (keys: {allowed})"
+    name = spec.get("name")
+    if name is not None and not (isinstance(name, str) and _NAME.fullmatch(name)):
+        return "notifier name: 1 to 64 letters, digits, `_`, `.` or `-`"
+    timeout = spec.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
+        return "notifier timeout: a number of seconds"
+    if timeout is not None and not 1 <= timeout <= 60:
+        return "notifier timeout: between 1 and 60 seconds"
+    packs = spec.get("packs")
+    if packs is not None and not (isinstance(packs, list) and all(isinstance(p, str) and p for p in packs)):
+        return "notifier packs: a list of pack names"
+    for key in ("url_secret", "routing_key_secret", "hmac_secret"):
+        if key in spec and not (isinstance(spec[key], str) and _NAME.fullmatch(spec[key])):
+            return f"{key}: the name of a secret (letters, digits, `_`, `.`, `-`; not a value)"
+    if "url" in spec:
+        problem = url_problem(spec["url"])
+        if problem:
+            return f"url: {problem}"
+    if kind == "pagerduty":
+        if ("routing_key" in spec) == ("routing_key_secret" in spec):
+            return "a pagerduty notifier needs one of routing_key or routing_key_secret"
+        if "routing_key" in spec and not (isinstance(spec["routing_key"], str) and spec["routing_key"].strip()):
+            return "routing_key: a non-empty string"
+    elif ("url" in spec) == ("url_secret" in spec):
+        return f"a {kind} notifier needs one of url or url_secret"
+    return None
+
+
+def url_problem(url: Any) -> str | None:
+    """None for an absolute http(s) URL with a host and nothing unprintable, else why not."""
+    import httpx
+
+    if not isinstance(url, str) or not url or len(url) > 2048:
+        return "an http:// or https:// URL (at most 2048 characters)"
+    if any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in url):
+        return "no spaces or control characters in a URL"
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "not a valid URL"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "only http:// and https:// URLs with a host"
+    return None
+
+
+@dataclass(frozen=True)
+class Notifier:
+    name: str
+    kind: str
+    spec: Mapping[str, Any]
+
+    @property
+    def timeout(self) -> float:
+        return float(self.spec.get("timeout") or SEND_TIMEOUT)
+
+    def takes(self, pack: str) -> bool:
+        packs = self.spec.get("packs")
+        return packs is None or pack in packs
+
+
+def notifiers_from_specs(specs: Sequence[Mapping[str, Any]]) -> tuple[Notifier, ...]:
+    """Checked notifiers with unique names (a kind used twice without names: kind-1, kind-2)."""
+    for index, spec in enumerate(specs, 1):
+        problem = notifier_problem(spec)
+        if problem:
+            raise UsageError(f"notifier {index}: {problem}")
+    counts: dict[str, int] = {}
+    for spec in specs:
+        counts[spec["kind"]] = counts.get(spec["kind"], 0) + 1
+    seen: dict[str, int] = {}
+    built: list[Notifier] = []
+    for spec in specs:
+        kind = spec["kind"]
+        seen[kind] = seen.get(kind, 0) + 1
+        name = spec.get("name") or (kind if counts[kind] == 1 else f"{kind}-{seen[kind]}")
+        if any(n.name == name for n in built):
+            raise UsageError(f"two notifiers are named {name!r}: give each a unique `name`")
+        built.append(Notifier(name, kind, dict(spec)))
+    return tuple(built)
+
+
+# --- hostile text --------------------------------------------------------------------------
+
+
+def clean_text(value: Any, limit: int = TEXT_LIMIT, lines: bool = False) -> str:
+    """`value` as text fit to show: control and bidi characters out (newlines too, unless
+    `lines`), at most `limit` characters (cut with `…`)."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    text = text.translate(_BIDI)
+    keep = "\n" if lines else ""
+    text = "".join(ch if ch in keep or unicodedata.category(ch) != "Cc" else " " for ch in text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def slack_escape(text: str) -> str:
+    """Text Slack shows as written: `&`, `<`, `>` escaped as Slack asks (so no `<url|label>`
+    link, `<!channel>` or `<@user>` survives) and a word joiner after `@` (no `@channel`)."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"@(?=\w)", "@\u2060", text)
+
+
+# --- the announcer ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """What the notify payloads say a message comes from (notify's `Origin`)."""
+
+    run_id: str
+    step_id: str
+    playbook: str
+    pack: str
+
+
+class _Undeliverable(Exception):
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message, self.retryable = message, retryable
+
+
+class Announcer:
+    """Announces approval requests, reminders and outcomes to `notifiers` (see module doc).
+
+    `store` is the state's `Store` (its connection is used from the event loop that runs
+    `run`); `notifiers` the specs (`notifier_problem` says what a valid one is; a bad one
+    is a UsageError here); `public_url` where people reach the server (links are
+    `{public_url}/v1/runs/{run}`; None: the announcement says how to approve with the CLI).
+    `secrets` resolves the specs' `*_secret` names (default: the state directory's
+    sources, `OPSDSL_SECRET_NAME` and `STATE/secrets/NAME`). `clock` is for tests.
+    """
+
+    def __init__(
+        self,
+        store: S.Store,
+        notifiers: Sequence[Mapping[str, Any]],
+        public_url: str | None,
+        clock: Callable[[], float] = time.time,
+        *,
+        secrets: Mapping[str, str] | None = None,
+    ) -> None:
+        if public_url is not None:
+            problem = url_problem(public_url)
+            if problem or any(ch in public_url for ch in "<>|"):
+                raise UsageError(f"public URL {public_url!r}: {problem or 'no <, > or | in it'}")
+            public_url = public_url.rstrip("/")
+        self.store = store
+        self.notifiers = notifiers_from_specs(notifiers)
+        self.public_url = public_url
+        self.clock = clock
+        self._secrets = secrets if secrets is not None else Secrets(store.root)
+        self._redactor = Redactor(
+            str(n.spec[key]) for n in self.notifiers for key in ("url", "routing_key") if key in n.spec
+        )
+        self._wake = asyncio.Event()
+        self._ready = False
+
+    # running -------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Read the ledger now rather than at the next poll (call after appending to it)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Announce until `stop` is set; never raises for a failed pass (logs it and goes on).
+
+        A send in flight when `stop` is set is cancelled, unrecorded: it is sent again at
+        the next start."""
+        if not self.notifiers:
+            return
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                passing = asyncio.ensure_future(self._safe_tick())
+                await asyncio.wait({passing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not passing.done():
+                    passing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await passing
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+        finally:
+            stopping.cancel()
+
+    async def _safe_tick(self) -> None:
+        try:
+            await self.tick()
+        except Exception as error:  # the loop outlives any one bad pass (a locked database, a bug)
+            log.warning("announcements: a pass failed and is retried: %s: %s", type(error).__name__, error)
+
+    async def tick(self) -> None:
+        """One pass: read the new ledger entries into the outbox, then send what is due."""
+        while self.read_ledger():
+            pass
+        await self.send_due()
+
+    # reading the ledger ----------------------------------------------------------------------
+
+    def read_ledger(self) -> int:
+        """Turn up to BATCH new ledger entries into announcements; how many entries were read."""
+        self._prepare()
+        with self.store.transaction() as conn:
+            row = conn.execute("SELECT seq FROM announcement_cursor WHERE id = 1").fetchone()
+            if row is None:  # first use: what waits now, not the whole history
+                cursor = self.store.ledger.head()[0]
+                self._catch_up(conn)
+                conn.execute("INSERT INTO announcement_cursor (id, seq) VALUES (1, ?)", (cursor,))
+            else:
+                cursor = row[0]
+            rows = conn.execute(
+                "SELECT seq, ts, run, kind, data FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, BATCH)
+            ).fetchall()
+            for seq, ts, run, kind, data in rows:
+                if kind in _KINDS_READ and run:
+                    self._read_entry(conn, seq, float(ts), run, kind, json.loads(data))
+            if rows:
+                conn.execute("UPDATE announcement_cursor SET seq = ? WHERE id = 1", (rows[-1][0],))
+            return len(rows)
+
+    def _prepare(self) -> None:
+        """Create the tables on first use (outside a transaction: executescript commits one)."""
+        if not self._ready:
+            self.store.conn.executescript(_DDL)
+            self._ready = True
+
+    def _catch_up(self, conn) -> None:
+        """Announce the approvals live runs wait for now (the first start on a used state dir)."""
+        waiting = conn.execute(
+            "SELECT s.run_id, s.step_id FROM steps s JOIN runs r ON r.id = s.run_id"
+            f" WHERE s.status = ? AND r.status NOT IN ({','.join('?' * len(S.FINAL_RUN_STATUSES))})",
+            (S.AWAITING_APPROVAL, *S.FINAL_RUN_STATUSES),
+        ).fetchall()
+        for run, step in waiting:
+            for seq, ts, data in conn.execute(
+                "SELECT seq, ts, data FROM ledger WHERE run = ? AND kind = ? ORDER BY seq DESC",
+                (run, E.APPROVAL_REQUESTED),
+            ).fetchall():
+                request = json.loads(data)
+                if request.get("step") == step:
+                    self._read_entry(conn, seq, float(ts), run, E.APPROVAL_REQUESTED, request)
+                    break
+
+    def _read_entry(self, conn, seq: int, ts: float, run: str, kind: str, data: dict[str, Any]) -> None:
+        if kind == E.APPROVAL_REQUESTED:
+            self._requested(conn, seq, ts, run, data)
+        elif kind == E.RUN_FINISHED:
+            status = clean_text(data.get("status"), 40)
+            for (step,) in conn.execute(
+                "SELECT DISTINCT step_id FROM announcements WHERE run_id = ? AND what = ?", (run, REQUEST)
+            ).fetchall():
+                self._settled(conn, seq, run, step, {"decision": "closed", "run_status": status})
+        elif kind == E.APPROVAL_TIMED_OUT:
+            outcome = clean_text(data.get("outcome"), 40)
+            self._settled(conn, seq, run, str(data.get("step")), {"decision": "timed_out", "on_timeout": outcome})
+        elif kind == E.APPROVAL_RECORDED:
+            self._recorded(conn, seq, run, data)
+
+    def _requested(self, conn, seq: int, ts: float, run_id: str, data: dict[str, Any]) -> None:
+        try:
+            run = self.store.run(run_id)
+        except S.StateError:
+            return
+        facts = self._request_facts(conn, seq, ts, run, data)
+        now = self.clock()
+        remind_at = reminder_time(ts, facts["deadline"]["at"] if facts["deadline"] else None)
+        for notifier in self.notifiers:
+            if not notifier.takes(run.pack):
+                continue
+            self._enqueue(conn, run_id, facts["step"]["id"], REQUEST, notifier.name, facts, now, seq)
+            if remind_at is not None and remind_at > now:
+                self._enqueue(conn, run_id, facts["step"]["id"], REMINDER, notifier.name, facts, remind_at, seq)
+
+    def _recorded(self, conn, seq: int, run: str, data: dict[str, Any]) -> None:
+        step = str(data.get("step"))
+        request = self._request_row(conn, run, step)
+        if request is None:
+            return
+        if data.get("decision") == "deny":
+            outcome = {"decision": "denied", "by": [clean_text(data.get("by"))], "comment": _comment(data)}
+            return self._settled(conn, seq, run, step, outcome)
+        votes = [
+            json.loads(row[0])
+            for row in conn.execute(
+                "SELECT data FROM ledger WHERE run = ? AND kind = ? AND seq <= ? ORDER BY seq",
+                (run, E.APPROVAL_RECORDED, seq),
+            )
+        ]
+        people: dict[str, str] = {}
+        for vote in votes:
+            if vote.get("step") == step and vote.get("decision") == "approve" and isinstance(vote.get("by"), str):
+                people.setdefault(same_person_key(vote["by"]), clean_text(vote["by"]))
+        if len(people) >= max(1, int(request["approvals"]["needed"])):
+            outcome = {"decision": "approved", "by": list(people.values()), "comment": _comment(data)}
+            self._settled(conn, seq, run, step, outcome)
+
+    def _settled(self, conn, seq: int, run: str, step: str, outcome: dict[str, Any]) -> None:
+        """The outcome, to every notifier that was told of the request; reminders are off."""
+        requests = conn.execute(
+            "SELECT notifier, facts FROM announcements WHERE run_id = ? AND step_id = ? AND what = ?",
+            (run, step, REQUEST),
+        ).fetchall()
+        if (
+            not requests
+            or conn.execute(
+                "SELECT 1 FROM announcements WHERE run_id = ? AND step_id = ? AND what = ?", (run, step, OUTCOME)
+            ).fetchone()
+        ):
+            return
+        now = self.clock()
+        for notifier, facts in requests:
+            self._enqueue(conn, run, step, OUTCOME, notifier, {**json.loads(facts), "outcome": outcome}, now, seq)
+        conn.execute(
+            "UPDATE announcements SET status = 'dropped' WHERE run_id = ? AND step_id = ? AND what != ?"
+            " AND status = 'pending'",
+            (run, step, OUTCOME),
+        )
+
+    @staticmethod
+    def _enqueue(conn, run: str, step: str, what: str, notifier: str, facts: dict, due: float, seq: int) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO announcements (run_id, step_id, what, notifier, facts, due_at, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run, step, what, notifier, json.dumps({**facts, "what": what}, sort_keys=True), due, seq),
+        )
+
+    @staticmethod
+    def _request_row(conn, run: str, step: str) -> dict[str, Any] | None:
+        row = conn.execute(
+            "SELECT facts FROM announcements WHERE run_id = ? AND step_id = ? AND what = ? LIMIT 1",
+            (run, step, REQUEST),
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _request_facts(self, conn, seq: int, ts: float, run: S.RunRow, data: dict[str, Any]) -> dict[str, Any]:
+        """What a request says, from its ledger entry, the gate's decision before it, and the plan."""
+        step = str(data.get("step"))
+        node = _plan_node(run, step)
+        policies = _policy_messages(conn, run.id, step, seq, data.get("policies") or [])
+        deadline = None
+        if node and node.get("action") == "approval" and isinstance(node.get("timeout"), int | float):
+            on_timeout = (node.get("with") or {}).get("on_timeout", "deny")
+            if not isinstance(on_timeout, str) or "${{" in on_timeout:
+                on_timeout = "decided when it times out"
+            at = ts + node["timeout"] / 1000
+            deadline = {"at": at, "iso": _iso(at), "seconds": node["timeout"] / 1000, "on_timeout": on_timeout}
+        inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
+        approvers = data.get("approvers") if isinstance(data.get("approvers"), list) else []
+        needed = data.get("min_approvals")
+        return {
+            "kind": "opsdsl.approval",
+            "run": run.id,
+            "incident": run.incident_id,
+            "pack": run.pack,
+            "playbook": run.playbook,
+            "severity": run.severity,
+            "step": {"id": step, "name": clean_text((node or {}).get("name") or step)},
+            "ask": {
+                "message": clean_text(data.get("message") or "", MESSAGE_LIMIT, lines=True),
+                "inputs": {
+                    clean_text(name, 64): _input_spec(spec) for name, spec in list(inputs.items())[:ITEMS_LIMIT]
+                },
+            },
+            "why": {"reason": "action" if data.get("reason") == "action" else "policy", "policies": policies},
+            "approvals": {
+                "needed": needed if isinstance(needed, int) and not isinstance(needed, bool) and needed > 0 else 1,
+                "approvers": [clean_text(a, 100) for a in approvers[:ITEMS_LIMIT]],
+            },
+            "deadline": deadline,
+            "requested_at": ts,
+            "approve": {"url": self._link(run.id), "cli": f"opsdsl approve {run.id} {step} --by NAME"},
+        }
+
+    def _link(self, run: str) -> str | None:
+        return f"{self.public_url}/v1/runs/{quote(run, safe='')}" if self.public_url else None
+
+    # sending ---------------------------------------------------------------------------------
+
+    async def send_due(self) -> int:
+        """Send the announcements that are due (concurrently); record each attempt. How many were tried."""
+        now = self.clock()
+        rows = self.store.conn.execute(
+            "SELECT run_id, step_id, what, notifier, facts, attempts FROM announcements"
+            " WHERE status = 'pending' AND due_at <= ? ORDER BY due_at, seq LIMIT ?",
+            (now, SEND_BATCH),
+        ).fetchall()
+        by_name = {n.name: n for n in self.notifiers}
+        tried = []
+        for run, step, what, name, facts, attempts in rows:
+            notifier = by_name.get(name)
+            facts = json.loads(facts)
+            if notifier is None or not self._still_relevant(run, step, what):
+                self._drop(run, step, what, name)
+                continue
+            tried.append((notifier, facts, attempts + 1))
+        results = await asyncio.gather(*(self._send(n, facts) for n, facts, _ in tried))
+        for (notifier, facts, attempt), (delivered, detail, retryable) in zip(tried, results, strict=True):
+            self._record(notifier, facts, attempt, delivered, detail, retryable)
+        return len(tried)
+
+    def _still_relevant(self, run: str, step: str, what: str) -> bool:
+        if what == OUTCOME:
+            return True
+        conn = self.store.conn
+        if conn.execute(
+            "SELECT 1 FROM announcements WHERE run_id = ? AND step_id = ? AND what = ?", (run, step, OUTCOME)
+        ).fetchone():
+            return False
+        row = conn.execute(
+            "SELECT s.status, r.status FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ? AND s.step_id = ?",
+            (run, step),
+        ).fetchone()
+        return row is not None and row[0] == S.AWAITING_APPROVAL and row[1] not in S.FINAL_RUN_STATUSES
+
+    def _drop(self, run: str, step: str, what: str, notifier: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE announcements SET status = 'dropped' WHERE run_id = ? AND step_id = ? AND what = ?"
+                " AND notifier = ? AND status = 'pending'",
+                (run, step, what, notifier),
+            )
+
+    async def _send(self, notifier: Notifier, facts: dict[str, Any]) -> tuple[bool, str, bool]:
+        """(delivered, detail, retryable) of one attempt; never raises but for cancellation."""
+        response = None
+        try:
+            if facts["what"] == REMINDER:
+                facts = {**facts, "approvals": {**facts["approvals"], "received": self._received(facts)}}
+            url, payload, headers = self._message(notifier, facts)
+            body = encode_payload(payload)
+            if notifier.spec.get("hmac_secret"):
+                headers.update(sign(self._secret(notifier.spec["hmac_secret"]), url, body, int(time.time())))
+            key = f"opsdsl-announce:{facts['run']}:{facts['step']['id']}:{facts['what']}:{notifier.name}"
+            response = await send_notification(
+                url, body, idempotency_key=key, timeout=notifier.timeout, headers=headers
+            )
+            check_status(f"{notifier.kind} notifier {notifier.name}", response, None, {})
+            return True, f"HTTP {response.status}", False
+        except ActionFailed as failure:
+            return False, self._detail(failure.message, response), failure.retryable
+        except _Undeliverable as failure:
+            return False, self._detail(failure.message, None), failure.retryable
+        except (ValueError, TypeError, KeyError) as error:  # a fact of the wrong shape: no retry helps
+            return False, self._detail(f"cannot build the message: {type(error).__name__}: {error}", None), False
+
+    def _detail(self, message: str, response: Any) -> str:
+        if response is not None and response.body:
+            message += f": {response.text()[:120]}"
+        return clean_text(self._redactor.text(message), DETAIL_LIMIT)
+
+    def _record(self, notifier: Notifier, facts: dict, attempt: int, delivered: bool, detail: str, retry: bool) -> None:
+        now = self.clock()
+        run, step, what = facts["run"], facts["step"]["id"], facts["what"]
+        if delivered:
+            status, due = "sent", now
+        elif retry and attempt < MAX_ATTEMPTS:
+            wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempt - 1))
+            status, due = "pending", now + wait
+            detail = clean_text(f"{detail}; attempt {attempt} of {MAX_ATTEMPTS}, retrying in {wait:g}s", DETAIL_LIMIT)
+        else:
+            status, due = "failed", now
+            why = f"gave up after {attempt} attempts" if retry else "not retried: it would fail again"
+            detail = clean_text(f"{detail}; {why}", DETAIL_LIMIT)
+        data = {
+            "step": step,
+            "notifier": notifier.name,
+            "notifier_kind": notifier.kind,
+            "what": what,
+            "delivered": delivered,
+            "attempt": attempt,
+            "detail": detail,
+        }
+        with self.store.transaction() as conn:
+            self.store.ledger.append(E.APPROVAL_ANNOUNCED, run, data, ts=float(now))
+            conn.execute(
+                "UPDATE announcements SET status = ?, attempts = ?, due_at = ? WHERE run_id = ? AND step_id = ?"
+                " AND what = ? AND notifier = ?",
+                (status, attempt, due, run, step, what, notifier.name),
+            )
+        if not delivered:
+            log.warning(
+                "announcement to %s not delivered (%s %s of run %s): %s", notifier.name, what, step, run, detail
+            )
+
+    def _received(self, facts: dict[str, Any]) -> list[str]:
+        votes = self.store.approvals(facts["run"], facts["step"]["id"])
+        return [clean_text(v["by"], 100) for v in votes if v["decision"] == "approve"][:ITEMS_LIMIT]
+
+    def _secret(self, name: str) -> str:
+        try:
+            value = self._secrets[name]
+        except KeyError:
+            raise _Undeliverable(
+                f"secret `{name}` has no value: set {ENV_PREFIX}{name.upper()} or write it to STATE/secrets/{name}"
+            ) from None
+        except OpsdslError as error:  # an unreadable secret file
+            raise _Undeliverable(error.message) from None
+        self._redactor.add(value)
+        return value
+
+    def _message(self, notifier: Notifier, facts: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """(URL, payload, extra headers) of one announcement to one notifier."""
+        spec = notifier.spec
+        url = spec.get("url") or (self._secret(spec["url_secret"]) if spec.get("url_secret") else None)
+        if url is not None and url_problem(url):
+            raise _Undeliverable(f"the notifier's URL is refused: {url_problem(url)}", retryable=False)
+        severity = SEVERITY_BY_PLAYBOOK.get(facts["severity"], "info")
+        if notifier.kind == "slack":
+            origin = _Origin(*(slack_escape(clean_text(v, 100)) for v in _origin_fields(facts)))
+            text, fields = slack_text(facts)
+            url, payload = notification("slack", origin, text, severity, fields, url=url)
+        elif notifier.kind == "pagerduty":
+            url, payload = notification(
+                "pagerduty",
+                _Origin(*_origin_fields(facts)),
+                plain_summary(facts),
+                severity,
+                public_facts(facts),
+                url=url,
+                routing_key=spec.get("routing_key") or self._secret(spec["routing_key_secret"]),
+                dedup_key=f"opsdsl-approval:{facts['run']}:{facts['step']['id']}",
+                event_action="resolve" if facts["what"] == OUTCOME else "trigger",
+            )
+        else:
+            origin = _Origin(*_origin_fields(facts))
+            url, payload = notification("webhook", origin, plain_summary(facts), severity, public_facts(facts), url=url)
+        return url, payload, {}
+
+
+# --- what an announcement says ---------------------------------------------------------------
+
+
+def reminder_time(requested: float, deadline: float | None) -> float | None:
+    """When to remind: at 80% of the approval's time or 5 minutes before its deadline,
+    whichever is later; none for less than 2 minutes; 30 minutes in without a deadline."""
+    if deadline is None:
+        return requested + REMINDER_WITHOUT_DEADLINE
+    span = deadline - requested
+    if not math.isfinite(span) or span < REMINDER_MIN_TIMEOUT:
+        return None
+    return max(requested + REMINDER_SHARE * span, deadline - REMINDER_LEAD)
+
+
+def public_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """The structured announcement a webhook (its `fields`) and PagerDuty (`custom_details`) get."""
+    return {key: value for key, value in facts.items() if key != "requested_at"}
+
+
+def _origin_fields(facts: dict[str, Any]) -> tuple[str, str, str, str]:
+    return facts["run"], facts["step"]["id"], facts["playbook"], facts["pack"]
+
+
+def plain_summary(facts: dict[str, Any]) -> str:
+    """One line: what happened to which approval (the webhook's `message`, PagerDuty's summary)."""
+    step = facts["step"]["name"]
+    where = f"{facts['pack']}/{facts['playbook']} ({facts['severity']}), run {facts['run']}"
+    what = facts["what"]
+    if what == OUTCOME:
+        return f"{outcome_line(facts['outcome'])}: {step} in {where}"
+    prefix = "Reminder: approval still needed" if what == REMINDER else "Approval needed"
+    deadline = facts["deadline"]
+    by = f", by {deadline['iso']} (then {deadline['on_timeout']})" if deadline else ""
+    return f"{prefix}: {step} in {where}{by}: {clean_text(facts['ask']['message'], 300)}"
+
+
+def outcome_line(outcome: dict[str, Any]) -> str:
+    decision = outcome.get("decision")
+    if decision == "approved":
+        return "Approved by " + ", ".join(outcome.get("by") or ["?"])
+    if decision == "denied":
+        return "Denied by " + ", ".join(outcome.get("by") or ["?"])
+    if decision == "timed_out":
+        return f"Timed out, so on_timeout decided: {outcome.get('on_timeout')}"
+    return f"No longer needed: the run ended {outcome.get('run_status')}"
+
+
+def slack_text(facts: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """(text, attachment fields) for Slack, every piece from the run escaped; the approval
+    message quoted line by line, so it cannot pose as our own lines (a fake "Approve:")."""
+    e = slack_escape
+    step = facts["step"]
+    what = facts["what"]
+    head = {REQUEST: "Approval needed", REMINDER: "Reminder: approval still needed"}.get(what)
+    title = f"*{e(outcome_line(facts['outcome']))}*" if what == OUTCOME else f"*{head}*"
+    lines = [f"{title}: {e(step['name'])} (`{e(step['id'])}`) in {e(facts['pack'])}/{e(facts['playbook'])}"]
+    message = facts["ask"]["message"]
+    if message:
+        lines += ["> " + e(line) for line in message.split("\n")]
+    comment = (facts.get("outcome") or {}).get("comment")
+    if comment:
+        lines.append(f"Comment: {e(comment)}")
+    fields: dict[str, str] = {}
+    why = facts["why"]
+    policies = "; ".join(f"{p['id']}: {p['message']}" if p["message"] else p["id"] for p in why["policies"])
+    fields["Why"] = e(policies or "the playbook's approval step")
+    if facts["ask"]["inputs"]:
+        fields["Answers asked"] = e(", ".join(f"{n} ({s['type']})" for n, s in facts["ask"]["inputs"].items()))
+    approvals = facts["approvals"]
+    who = ", ".join(approvals["approvers"]) or "anyone allowed to approve"
+    needed = f"{approvals['needed']} from {who}"
+    if "received" in approvals:
+        needed += f" ({len(approvals['received'])} so far)"
+    fields["Approvals"] = e(needed)
+    deadline = facts["deadline"]
+    fields["Deadline"] = e(f"{deadline['iso']}, then {deadline['on_timeout']}" if deadline else "none")
+    if what != OUTCOME:
+        link = facts["approve"]["url"]
+        fields["Approve"] = (
+            f"<{link}|Open run {e(facts['run'])}>" if link else e(f"on the server: {facts['approve']['cli']}")
+        )
+    return "\n".join(lines), fields
+
+
+def sign(secret: str, url: str, body: bytes, ts: int) -> dict[str, str]:
+    """The headers of an HMAC v2 signature, exactly as `opsdsl serve` checks them: over
+    "opsdsl-v2", the method, the path (with its query), the timestamp and the body."""
+    import httpx
+
+    path = httpx.URL(url).raw_path.decode("ascii")
+    message = b"\n".join([b"opsdsl-v2", b"POST", path.encode(), str(ts).encode(), b""]) + body
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return {"X-Opsdsl-Timestamp": str(ts), "X-Opsdsl-Signature": f"v2={digest}"}
+
+
+def _input_spec(spec: Any) -> dict[str, Any]:
+    spec = spec if isinstance(spec, dict) else {}
+    shown = {"type": clean_text(spec.get("type", "string"), 20)}
+    if spec.get("description"):
+        shown["description"] = clean_text(spec["description"])
+    if "default" in spec:
+        shown["default"] = clean_text(spec["default"], 200)
+    return shown
+
+
+def _comment(data: dict[str, Any]) -> str | None:
+    return clean_text(data["comment"], 500, lines=False) if data.get("comment") else None
+
+
+def _policy_messages(conn, run: str, step: str, seq: int, ids: list[Any]) -> list[dict[str, str]]:
+    """The policies that asked for the approval, with their messages, from the gate's
+    decision just before the request."""
+    messages: dict[str, str] = {}
+    for (data,) in conn.execute(
+        "SELECT data FROM ledger WHERE run = ? AND kind = ? AND seq < ? ORDER BY seq DESC LIMIT 50",
+        (run, E.POLICY_DECISION, seq),
+    ):
+        decision = json.loads(data)
+        if decision.get("step") == step:
+            for policy in decision.get("policies") or []:
+                if isinstance(policy, dict):
+                    messages.setdefault(str(policy.get("id")), clean_text(policy.get("message") or ""))
+            break
+    return [{"id": clean_text(i, 100), "message": messages.get(str(i), "")} for i in ids[:ITEMS_LIMIT]]
+
+
+def _plan_node(run: S.RunRow, step: str) -> dict[str, Any] | None:
+    from opsdsl.runtime.plans import _payload_of
+
+    try:
+        plan = json.loads(_payload_of(run.envelope))
+        return next((n for n in plan["playbooks"][run.playbook]["nodes"] if n["id"] == step), None)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
