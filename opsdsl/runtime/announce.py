@@ -17,26 +17,19 @@ transaction sends that one announcement again after the restart (at least once),
 the same Idempotency-Key. A failed send is retried with back-off, a bounded number of
 times; nothing here waits on a run, or a run on it.
 
-Approval messages and inputs can carry event data, which is hostile: text is cut to
-size and stripped of control and bidi characters, and Slack text is escaped (`&`, `<`,
-`>`, and `@` before a word), so it can neither hide a link nor mention a channel.
+What an announcement says, the notifier specs, and how text from the run (hostile: it can
+carry event data) is made fit to show, are in `announce_text`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
-import math
-import re
 import time
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -46,33 +39,39 @@ from opsdsl.lang.names import same_person_key
 from opsdsl.runtime import store as S
 from opsdsl.runtime.actions.base import ActionFailed
 from opsdsl.runtime.actions.http import check_status
-from opsdsl.runtime.actions.notify import (
-    NOTIFY_KINDS,
-    SEVERITY_BY_PLAYBOOK,
-    encode_payload,
-    notification,
-    send_notification,
+from opsdsl.runtime.actions.notify import SEVERITY_BY_PLAYBOOK, encode_payload, notification, send_notification
+from opsdsl.runtime.announce_text import (  # noqa: F401  (notifier_problem: the service config's check)
+    ITEMS_LIMIT,
+    MESSAGE_LIMIT,
+    OUTCOME,
+    REMINDER,
+    REQUEST,
+    Notifier,
+    clean_text,
+    comment_of,
+    input_spec,
+    iso_time,
+    notifier_problem,
+    notifiers_from_specs,
+    origin_fields,
+    plain_summary,
+    public_facts,
+    reminder_time,
+    sign,
+    slack_escape,
+    slack_text,
+    url_problem,
 )
 from opsdsl.runtime.secrets import ENV_PREFIX, Redactor, Secrets
 
 # Under "opsdsl.serve" so that `opsdsl serve`'s log set-up shows these lines.
 log = logging.getLogger("opsdsl.serve.announce")
 
-REQUEST, REMINDER, OUTCOME = "request", "reminder", "outcome"
 POLL_SECONDS = 0.5  # how often the ledger is read when nobody calls wake()
 BATCH = 500  # ledger entries read per transaction
 SEND_BATCH = 50  # announcements sent per pass
 MAX_ATTEMPTS = 5  # sends of one announcement to one notifier, then it is given up
 BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0  # seconds before the 2nd attempt, doubling, capped
-SEND_TIMEOUT = 10.0  # seconds per send unless the notifier says `timeout`
-REMINDER_SHARE = 0.8  # remind at 80% of the approval's time ...
-REMINDER_LEAD = 300.0  # ... or 5 minutes before its deadline, whichever is later
-REMINDER_MIN_TIMEOUT = 120.0  # an approval with less time than this gets no reminder
-REMINDER_WITHOUT_DEADLINE = 1800.0  # an approval with no deadline: one reminder after 30 minutes
-
-MESSAGE_LIMIT = 2000  # characters of the approval message
-TEXT_LIMIT = 300  # characters of any other text from the run (names, descriptions, policy messages)
-ITEMS_LIMIT = 20  # inputs, policies, approvers listed
 DETAIL_LIMIT = 300  # characters of a failure recorded in the ledger
 
 _DDL = """
@@ -96,138 +95,6 @@ CREATE TABLE IF NOT EXISTS announcement_cursor (
 """
 
 _KINDS_READ = (E.APPROVAL_REQUESTED, E.APPROVAL_RECORDED, E.APPROVAL_TIMED_OUT, E.RUN_FINISHED)
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-_COMMON_KEYS = {"kind", "name", "timeout", "packs"}
-_KIND_KEYS = {
-    "slack": {"url", "url_secret"},
-    "webhook": {"url", "url_secret", "hmac_secret"},
-    "pagerduty": {"url", "routing_key", "routing_key_secret"},
-}
-_BIDI = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f"))
-
-
-# --- notifier specs ------------------------------------------------------------------------
-
-
-def notifier_problem(spec: Any) -> str | None:
-    """What is wrong with one notifier spec (a `[[notifiers]]` table of the service config), or None.
-
-    kind: slack | pagerduty | webhook. slack and webhook: `url`, or `url_secret` (the name
-    of a secret holding it). webhook: optional `hmac_secret` (a secret's name): the body is
-    signed as `opsdsl serve` checks signatures (v2). pagerduty: `routing_key` or
-    `routing_key_secret`; optional `url` (the Events v2 endpoint by default). Any kind:
-    optional `name` (unique; default the kind), `timeout` (seconds, 1 to 60), `packs` (only
-    these packs' approvals)."""
-    if not isinstance(spec, Mapping):
-        return f"a notifier must be a table, not {type(spec).__name__}"
-    kind = spec.get("kind")
-    if kind not in NOTIFY_KINDS:
-        return f"notifier kind {kind!r}: expected one of {', '.join(sorted(NOTIFY_KINDS))}"
-    unknown = sorted(set(spec) - _COMMON_KEYS - _KIND_KEYS[kind])
-    if unknown:
-        allowed = ", ".join(sorted(_COMMON_KEYS | _KIND_KEYS[kind]))
-        return f"a {kind} notifier has no key {unknown[0]!r} (keys: {allowed})"
-    name = spec.get("name")
-    if name is not None and not (isinstance(name, str) and _NAME.fullmatch(name)):
-        return "notifier name: 1 to 64 letters, digits, `_`, `.` or `-`"
-    timeout = spec.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
-        return "notifier timeout: a number of seconds"
-    if timeout is not None and not 1 <= timeout <= 60:
-        return "notifier timeout: between 1 and 60 seconds"
-    packs = spec.get("packs")
-    if packs is not None and not (isinstance(packs, list) and all(isinstance(p, str) and p for p in packs)):
-        return "notifier packs: a list of pack names"
-    for key in ("url_secret", "routing_key_secret", "hmac_secret"):
-        if key in spec and not (isinstance(spec[key], str) and _NAME.fullmatch(spec[key])):
-            return f"{key}: the name of a secret (letters, digits, `_`, `.`, `-`; not a value)"
-    if "url" in spec:
-        problem = url_problem(spec["url"])
-        if problem:
-            return f"url: {problem}"
-    if kind == "pagerduty":
-        if ("routing_key" in spec) == ("routing_key_secret" in spec):
-            return "a pagerduty notifier needs one of routing_key or routing_key_secret"
-        if "routing_key" in spec and not (isinstance(spec["routing_key"], str) and spec["routing_key"].strip()):
-            return "routing_key: a non-empty string"
-    elif ("url" in spec) == ("url_secret" in spec):
-        return f"a {kind} notifier needs one of url or url_secret"
-    return None
-
-
-def url_problem(url: Any) -> str | None:
-    """None for an absolute http(s) URL with a host and nothing unprintable, else why not."""
-    import httpx
-
-    if not isinstance(url, str) or not url or len(url) > 2048:
-        return "an http:// or https:// URL (at most 2048 characters)"
-    if any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in url):
-        return "no spaces or control characters in a URL"
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
-        return "not a valid URL"
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        return "only http:// and https:// URLs with a host"
-    return None
-
-
-@dataclass(frozen=True)
-class Notifier:
-    name: str
-    kind: str
-    spec: Mapping[str, Any]
-
-    @property
-    def timeout(self) -> float:
-        return float(self.spec.get("timeout") or SEND_TIMEOUT)
-
-    def takes(self, pack: str) -> bool:
-        packs = self.spec.get("packs")
-        return packs is None or pack in packs
-
-
-def notifiers_from_specs(specs: Sequence[Mapping[str, Any]]) -> tuple[Notifier, ...]:
-    """Checked notifiers with unique names (a kind used twice without names: kind-1, kind-2)."""
-    for index, spec in enumerate(specs, 1):
-        problem = notifier_problem(spec)
-        if problem:
-            raise UsageError(f"notifier {index}: {problem}")
-    counts: dict[str, int] = {}
-    for spec in specs:
-        counts[spec["kind"]] = counts.get(spec["kind"], 0) + 1
-    seen: dict[str, int] = {}
-    built: list[Notifier] = []
-    for spec in specs:
-        kind = spec["kind"]
-        seen[kind] = seen.get(kind, 0) + 1
-        name = spec.get("name") or (kind if counts[kind] == 1 else f"{kind}-{seen[kind]}")
-        if any(n.name == name for n in built):
-            raise UsageError(f"two notifiers are named {name!r}: give each a unique `name`")
-        built.append(Notifier(name, kind, dict(spec)))
-    return tuple(built)
-
-
-# --- hostile text --------------------------------------------------------------------------
-
-
-def clean_text(value: Any, limit: int = TEXT_LIMIT, lines: bool = False) -> str:
-    """`value` as text fit to show: control and bidi characters out (newlines too, unless
-    `lines`), at most `limit` characters (cut with `…`)."""
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    text = text.translate(_BIDI)
-    keep = "\n" if lines else ""
-    text = "".join(ch if ch in keep or unicodedata.category(ch) != "Cc" else " " for ch in text)
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text
-
-
-def slack_escape(text: str) -> str:
-    """Text Slack shows as written: `&`, `<`, `>` escaped as Slack asks (so no `<url|label>`
-    link, `<!channel>` or `<@user>` survives) and a word joiner after `@` (no `@channel`)."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return re.sub(r"@(?=\w)", "@\u2060", text)
 
 
 # --- the announcer ------------------------------------------------------------------------
@@ -284,6 +151,7 @@ class Announcer:
         )
         self._wake = asyncio.Event()
         self._ready = False
+        self._cursor: int | None = None  # the cursor as last committed (one announcer per state dir)
 
     # running -------------------------------------------------------------------------------
 
@@ -331,6 +199,8 @@ class Announcer:
     def read_ledger(self) -> int:
         """Turn up to BATCH new ledger entries into announcements; how many entries were read."""
         self._prepare()
+        if self._cursor is not None and self.store.ledger.head()[0] <= self._cursor:
+            return 0  # nothing new: no write transaction (intake's commits need the lock more)
         with self.store.transaction() as conn:
             row = conn.execute("SELECT seq FROM announcement_cursor WHERE id = 1").fetchone()
             if row is None:  # first use: what waits now, not the whole history
@@ -344,10 +214,12 @@ class Announcer:
             ).fetchall()
             for seq, ts, run, kind, data in rows:
                 if kind in _KINDS_READ and run:
-                    self._read_entry(conn, seq, float(ts), run, kind, json.loads(data))
+                    self._read_entry(conn, seq, ts, run, kind, data)
             if rows:
-                conn.execute("UPDATE announcement_cursor SET seq = ? WHERE id = 1", (rows[-1][0],))
-            return len(rows)
+                cursor = rows[-1][0]
+                conn.execute("UPDATE announcement_cursor SET seq = ? WHERE id = 1", (cursor,))
+        self._cursor = cursor
+        return len(rows)
 
     def _prepare(self) -> None:
         """Create the tables on first use (outside a transaction: executescript commits one)."""
@@ -367,12 +239,22 @@ class Announcer:
                 "SELECT seq, ts, data FROM ledger WHERE run = ? AND kind = ? ORDER BY seq DESC",
                 (run, E.APPROVAL_REQUESTED),
             ).fetchall():
-                request = json.loads(data)
-                if request.get("step") == step:
-                    self._read_entry(conn, seq, float(ts), run, E.APPROVAL_REQUESTED, request)
+                if json.loads(data).get("step") == step:
+                    self._read_entry(conn, seq, ts, run, E.APPROVAL_REQUESTED, data)
                     break
 
-    def _read_entry(self, conn, seq: int, ts: float, run: str, kind: str, data: dict[str, Any]) -> None:
+    def _read_entry(self, conn, seq: int, ts: float, run: str, kind: str, text: str) -> None:
+        """One entry into the outbox; an entry that cannot be read is skipped (logged), so
+        that it cannot stop every announcement after it."""
+        conn.execute("SAVEPOINT announce_entry")
+        try:
+            self._read_data(conn, seq, float(ts), run, kind, json.loads(text))
+        except Exception as error:
+            conn.execute("ROLLBACK TO announce_entry")
+            log.warning("announcements: ledger entry %s (%s) skipped: %s: %s", seq, kind, type(error).__name__, error)
+        conn.execute("RELEASE announce_entry")
+
+    def _read_data(self, conn, seq: int, ts: float, run: str, kind: str, data: dict[str, Any]) -> None:
         if kind == E.APPROVAL_REQUESTED:
             self._requested(conn, seq, ts, run, data)
         elif kind == E.RUN_FINISHED:
@@ -408,7 +290,7 @@ class Announcer:
         if request is None:
             return
         if data.get("decision") == "deny":
-            outcome = {"decision": "denied", "by": [clean_text(data.get("by"))], "comment": _comment(data)}
+            outcome = {"decision": "denied", "by": [clean_text(data.get("by"))], "comment": comment_of(data)}
             return self._settled(conn, seq, run, step, outcome)
         votes = [
             json.loads(row[0])
@@ -422,7 +304,7 @@ class Announcer:
             if vote.get("step") == step and vote.get("decision") == "approve" and isinstance(vote.get("by"), str):
                 people.setdefault(same_person_key(vote["by"]), clean_text(vote["by"]))
         if len(people) >= max(1, int(request["approvals"]["needed"])):
-            outcome = {"decision": "approved", "by": list(people.values()), "comment": _comment(data)}
+            outcome = {"decision": "approved", "by": list(people.values()), "comment": comment_of(data)}
             self._settled(conn, seq, run, step, outcome)
 
     def _settled(self, conn, seq: int, run: str, step: str, outcome: dict[str, Any]) -> None:
@@ -474,7 +356,7 @@ class Announcer:
             if not isinstance(on_timeout, str) or "${{" in on_timeout:
                 on_timeout = "decided when it times out"
             at = ts + node["timeout"] / 1000
-            deadline = {"at": at, "iso": _iso(at), "seconds": node["timeout"] / 1000, "on_timeout": on_timeout}
+            deadline = {"at": at, "iso": iso_time(at), "seconds": node["timeout"] / 1000, "on_timeout": on_timeout}
         inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
         approvers = data.get("approvers") if isinstance(data.get("approvers"), list) else []
         needed = data.get("min_approvals")
@@ -488,9 +370,7 @@ class Announcer:
             "step": {"id": step, "name": clean_text((node or {}).get("name") or step)},
             "ask": {
                 "message": clean_text(data.get("message") or "", MESSAGE_LIMIT, lines=True),
-                "inputs": {
-                    clean_text(name, 64): _input_spec(spec) for name, spec in list(inputs.items())[:ITEMS_LIMIT]
-                },
+                "inputs": {clean_text(name, 64): input_spec(spec) for name, spec in list(inputs.items())[:ITEMS_LIMIT]},
             },
             "why": {"reason": "action" if data.get("reason") == "action" else "policy", "policies": policies},
             "approvals": {
@@ -637,13 +517,13 @@ class Announcer:
             raise _Undeliverable(f"the notifier's URL is refused: {url_problem(url)}", retryable=False)
         severity = SEVERITY_BY_PLAYBOOK.get(facts["severity"], "info")
         if notifier.kind == "slack":
-            origin = _Origin(*(slack_escape(clean_text(v, 100)) for v in _origin_fields(facts)))
+            origin = _Origin(*(slack_escape(clean_text(v, 100)) for v in origin_fields(facts)))
             text, fields = slack_text(facts)
             url, payload = notification("slack", origin, text, severity, fields, url=url)
         elif notifier.kind == "pagerduty":
             url, payload = notification(
                 "pagerduty",
-                _Origin(*_origin_fields(facts)),
+                _Origin(*origin_fields(facts)),
                 plain_summary(facts),
                 severity,
                 public_facts(facts),
@@ -653,118 +533,12 @@ class Announcer:
                 event_action="resolve" if facts["what"] == OUTCOME else "trigger",
             )
         else:
-            origin = _Origin(*_origin_fields(facts))
+            origin = _Origin(*origin_fields(facts))
             url, payload = notification("webhook", origin, plain_summary(facts), severity, public_facts(facts), url=url)
         return url, payload, {}
 
 
-# --- what an announcement says ---------------------------------------------------------------
-
-
-def reminder_time(requested: float, deadline: float | None) -> float | None:
-    """When to remind: at 80% of the approval's time or 5 minutes before its deadline,
-    whichever is later; none for less than 2 minutes; 30 minutes in without a deadline."""
-    if deadline is None:
-        return requested + REMINDER_WITHOUT_DEADLINE
-    span = deadline - requested
-    if not math.isfinite(span) or span < REMINDER_MIN_TIMEOUT:
-        return None
-    return max(requested + REMINDER_SHARE * span, deadline - REMINDER_LEAD)
-
-
-def public_facts(facts: dict[str, Any]) -> dict[str, Any]:
-    """The structured announcement a webhook (its `fields`) and PagerDuty (`custom_details`) get."""
-    return {key: value for key, value in facts.items() if key != "requested_at"}
-
-
-def _origin_fields(facts: dict[str, Any]) -> tuple[str, str, str, str]:
-    return facts["run"], facts["step"]["id"], facts["playbook"], facts["pack"]
-
-
-def plain_summary(facts: dict[str, Any]) -> str:
-    """One line: what happened to which approval (the webhook's `message`, PagerDuty's summary)."""
-    step = facts["step"]["name"]
-    where = f"{facts['pack']}/{facts['playbook']} ({facts['severity']}), run {facts['run']}"
-    what = facts["what"]
-    if what == OUTCOME:
-        return f"{outcome_line(facts['outcome'])}: {step} in {where}"
-    prefix = "Reminder: approval still needed" if what == REMINDER else "Approval needed"
-    deadline = facts["deadline"]
-    by = f", by {deadline['iso']} (then {deadline['on_timeout']})" if deadline else ""
-    return f"{prefix}: {step} in {where}{by}: {clean_text(facts['ask']['message'], 300)}"
-
-
-def outcome_line(outcome: dict[str, Any]) -> str:
-    decision = outcome.get("decision")
-    if decision == "approved":
-        return "Approved by " + ", ".join(outcome.get("by") or ["?"])
-    if decision == "denied":
-        return "Denied by " + ", ".join(outcome.get("by") or ["?"])
-    if decision == "timed_out":
-        return f"Timed out, so on_timeout decided: {outcome.get('on_timeout')}"
-    return f"No longer needed: the run ended {outcome.get('run_status')}"
-
-
-def slack_text(facts: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """(text, attachment fields) for Slack, every piece from the run escaped; the approval
-    message quoted line by line, so it cannot pose as our own lines (a fake "Approve:")."""
-    e = slack_escape
-    step = facts["step"]
-    what = facts["what"]
-    head = {REQUEST: "Approval needed", REMINDER: "Reminder: approval still needed"}.get(what)
-    title = f"*{e(outcome_line(facts['outcome']))}*" if what == OUTCOME else f"*{head}*"
-    lines = [f"{title}: {e(step['name'])} (`{e(step['id'])}`) in {e(facts['pack'])}/{e(facts['playbook'])}"]
-    message = facts["ask"]["message"]
-    if message:
-        lines += ["> " + e(line) for line in message.split("\n")]
-    comment = (facts.get("outcome") or {}).get("comment")
-    if comment:
-        lines.append(f"Comment: {e(comment)}")
-    fields: dict[str, str] = {}
-    why = facts["why"]
-    policies = "; ".join(f"{p['id']}: {p['message']}" if p["message"] else p["id"] for p in why["policies"])
-    fields["Why"] = e(policies or "the playbook's approval step")
-    if facts["ask"]["inputs"]:
-        fields["Answers asked"] = e(", ".join(f"{n} ({s['type']})" for n, s in facts["ask"]["inputs"].items()))
-    approvals = facts["approvals"]
-    who = ", ".join(approvals["approvers"]) or "anyone allowed to approve"
-    needed = f"{approvals['needed']} from {who}"
-    if "received" in approvals:
-        needed += f" ({len(approvals['received'])} so far)"
-    fields["Approvals"] = e(needed)
-    deadline = facts["deadline"]
-    fields["Deadline"] = e(f"{deadline['iso']}, then {deadline['on_timeout']}" if deadline else "none")
-    if what != OUTCOME:
-        link = facts["approve"]["url"]
-        fields["Approve"] = (
-            f"<{link}|Open run {e(facts['run'])}>" if link else e(f"on the server: {facts['approve']['cli']}")
-        )
-    return "\n".join(lines), fields
-
-
-def sign(secret: str, url: str, body: bytes, ts: int) -> dict[str, str]:
-    """The headers of an HMAC v2 signature, exactly as `opsdsl serve` checks them: over
-    "opsdsl-v2", the method, the path (with its query), the timestamp and the body."""
-    import httpx
-
-    path = httpx.URL(url).raw_path.decode("ascii")
-    message = b"\n".join([b"opsdsl-v2", b"POST", path.encode(), str(ts).encode(), b""]) + body
-    digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-    return {"X-Opsdsl-Timestamp": str(ts), "X-Opsdsl-Signature": f"v2={digest}"}
-
-
-def _input_spec(spec: Any) -> dict[str, Any]:
-    spec = spec if isinstance(spec, dict) else {}
-    shown = {"type": clean_text(spec.get("type", "string"), 20)}
-    if spec.get("description"):
-        shown["description"] = clean_text(spec["description"])
-    if "default" in spec:
-        shown["default"] = clean_text(spec["default"], 200)
-    return shown
-
-
-def _comment(data: dict[str, Any]) -> str | None:
-    return clean_text(data["comment"], 500, lines=False) if data.get("comment") else None
+# --- reading the run ------------------------------------------------------------------------------
 
 
 def _policy_messages(conn, run: str, step: str, seq: int, ids: list[Any]) -> list[dict[str, str]]:
@@ -792,7 +566,3 @@ def _plan_node(run: S.RunRow, step: str) -> dict[str, Any] | None:
         return next((n for n in plan["playbooks"][run.playbook]["nodes"] if n["id"] == step), None)
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

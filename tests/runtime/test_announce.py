@@ -15,14 +15,8 @@ from aiohttp import web
 
 from opsdsl.errors import UsageError
 from opsdsl.runtime import runner
-from opsdsl.runtime.announce import (
-    MAX_ATTEMPTS,
-    MESSAGE_LIMIT,
-    Announcer,
-    notifier_problem,
-    reminder_time,
-    slack_escape,
-)
+from opsdsl.runtime.announce import MAX_ATTEMPTS, Announcer, notifier_problem
+from opsdsl.runtime.announce_text import MESSAGE_LIMIT, reminder_time, slack_escape
 from opsdsl.runtime.secrets import Secrets
 from opsdsl.serve.intake import v2_signature
 
@@ -577,7 +571,7 @@ def test_slack_escape() -> None:
         ({"kind": "pagerduty", "routing_key_secret": "pd"}, None),
         ({"kind": "webhook", "url": "http://127.0.0.1:1/h", "hmac_secret": "k", "packs": ["p"]}, None),
         ("slack", "a notifier must be a table, not str"),
-        ({"kind": "email"}, "notifier kind 'email': expected one of pagerduty, slack, webhook"),
+        ({"kind": "email"}, "kind: 'email' is not a notifier kind: expected one of pagerduty, slack, webhook"),
         ({"kind": "slack", "url": "https://x.test", "channel": "#x"}, "a slack notifier has no key 'channel'"),
         ({"kind": "slack"}, "a slack notifier needs one of url or url_secret"),
         (
@@ -590,10 +584,10 @@ def test_slack_escape() -> None:
         ({"kind": "pagerduty"}, "a pagerduty notifier needs one of routing_key or routing_key_secret"),
         ({"kind": "pagerduty", "routing_key": " "}, "routing_key: a non-empty string"),
         ({"kind": "webhook", "url": "http://x.test", "hmac_secret": "../key"}, "hmac_secret: the name of a secret"),
-        ({"kind": "webhook", "url": "http://x.test", "timeout": 600}, "notifier timeout: between 1 and 60 seconds"),
-        ({"kind": "webhook", "url": "http://x.test", "timeout": True}, "notifier timeout: a number of seconds"),
-        ({"kind": "webhook", "url": "http://x.test", "name": "a b"}, "notifier name: 1 to 64 letters"),
-        ({"kind": "webhook", "url": "http://x.test", "packs": "p"}, "notifier packs: a list of pack names"),
+        ({"kind": "webhook", "url": "http://x.test", "timeout": 600}, "timeout: between 1 and 60 seconds"),
+        ({"kind": "webhook", "url": "http://x.test", "timeout": True}, "timeout: a number of seconds"),
+        ({"kind": "webhook", "url": "http://x.test", "name": "a b"}, "name: 1 to 64 letters"),
+        ({"kind": "webhook", "url": "http://x.test", "packs": "p"}, "packs: a list of pack names"),
     ],
 )
 def test_notifier_problem(spec: Any, problem: str | None) -> None:
@@ -608,7 +602,7 @@ def test_the_announcer_refuses_bad_notifiers_and_public_urls(tmp_path: Path) -> 
     runtime = runner.Runtime(tmp_path / "state")
     try:
         store = runtime.store
-        with pytest.raises(UsageError, match="notifier 2: notifier kind 'sms'"):
+        with pytest.raises(UsageError, match="notifier 2: kind: 'sms' is not a notifier kind"):
             Announcer(store, [{"kind": "webhook", "url": "http://x.test"}, {"kind": "sms"}], None)
         twice = [{"kind": "webhook", "url": "http://x.test", "name": "a"}] * 2
         with pytest.raises(UsageError, match="two notifiers are named 'a'"):
@@ -629,3 +623,16 @@ async def test_a_notifier_limited_to_other_packs_is_not_told(world: World) -> No
     specs = [{"kind": "webhook", "url": world.receiver.url("/hook"), "packs": ["someone-else"]}]
     await world.announcer(specs=specs).tick()
     assert world.receiver.seen == []
+
+
+@scenario
+async def test_an_entry_that_cannot_be_read_is_skipped_not_a_wall(world: World) -> None:
+    announcer = world.announcer(specs=[{"kind": "webhook", "url": world.receiver.url("/hook")}])
+    await announcer.tick()  # first use, on an empty ledger
+    first = await world.start("restart")
+    store = world.runtime.store
+    with store.transaction():
+        store.ledger.append("approval.requested", first, {"step": "other", "policies": 7}, ts=world.clock())
+    second = await world.start("risky")
+    await announcer.tick()
+    assert [h["json"]["run_id"] for h in world.receiver.at("/hook")] == [first, second]
