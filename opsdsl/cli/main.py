@@ -342,8 +342,9 @@ def _register_more_commands() -> None:
     from opsdsl.cli import events as cli_events
     from opsdsl.cli import run as cli_run
     from opsdsl.cli import test as cli_test
+    from opsdsl.cli import users as cli_users
 
-    for command in (*cli_run.COMMANDS, *cli_events.COMMANDS, *cli_test.COMMANDS):
+    for command in (*cli_run.COMMANDS, *cli_events.COMMANDS, *cli_test.COMMANDS, *cli_users.COMMANDS):
         cli.add_command(command)
     from opsdsl.cli import lsp as cli_lsp
 

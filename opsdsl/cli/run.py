@@ -40,6 +40,11 @@ def _person(ctx: click.Context, param: click.Parameter, value: str | None) -> st
     return None if value is None else person_name(value, f"--{param.name}")
 
 
+def _say_local(person) -> None:
+    """Say how a `--by` name was recorded: nothing authenticated it (the API's people are)."""
+    click.echo(f"recorded as {person.recorded} (a local user of this state directory; not authenticated)", err=True)
+
+
 def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
     out = {}
     for value in values:
@@ -303,13 +308,17 @@ def approve(
 ) -> None:
     """Approve (or --deny) STEP of a paused run; then `opsdsl resume RUN` continues it."""
     from opsdsl.runtime import runner
+    from opsdsl.runtime.people import local_person
     from opsdsl.runtime.store import state_dir as resolve_state
 
     runtime = runner.Runtime(resolve_state(state_dir), create=False)
     try:
-        result = runtime.approve(run_id, step, by, deny, _pairs(answers, "--input"), comment)
+        person = local_person(runtime.store, by)
+        result = runtime.approve(run_id, step, by, deny, _pairs(answers, "--input"), comment, person=person)
     finally:
         runtime.close()
+    by = person.name
+    _say_local(person)
     if result["decision"] == "deny":
         click.echo(f"{step}: denied by {by}; `opsdsl resume {run_id}` fails the step and compensates")
     elif result["approved"] >= result["needed"]:
@@ -329,13 +338,17 @@ def approve(
 def decide(run_id: str, step: str, outcome: str, by: str, state_dir: Path | None) -> None:
     """Settle a step a crash left in doubt (it was not idempotent): retry it, or record what happened."""
     from opsdsl.runtime import runner
+    from opsdsl.runtime.people import local_person
     from opsdsl.runtime.store import state_dir as resolve_state
 
     runtime = runner.Runtime(resolve_state(state_dir), create=False)
     try:
-        runtime.decide(run_id, step, by, outcome)
+        person = local_person(runtime.store, by)
+        runtime.decide(run_id, step, by, outcome, person=person)
     finally:
         runtime.close()
+    by = person.name
+    _say_local(person)
     click.echo(f"{step}: {outcome} (by {by}); continue with `opsdsl resume {run_id}`")
 
 
@@ -351,15 +364,18 @@ def ack(run_id: str, by: str, state_dir: Path | None) -> None:
     """
     from opsdsl.audit.incident import iso_time
     from opsdsl.runtime import runner
+    from opsdsl.runtime.people import local_person
     from opsdsl.runtime.store import state_dir as resolve_state
 
     runtime = runner.Runtime(resolve_state(state_dir), create=False)
     try:
-        first = runtime.acknowledge(run_id, by)
+        person = local_person(runtime.store, by)
+        first = runtime.acknowledge(run_id, by, person=person)
     finally:
         runtime.close()
     if first["new"]:
-        click.echo(f"{run_id}: acknowledged by {by} at {iso_time(first['ts'])}")
+        _say_local(person)
+        click.echo(f"{run_id}: acknowledged by {person.name} at {iso_time(first['ts'])}")
     else:
         how = {"approval.recorded": " (an approval)", "step.decided": " (a decision)"}.get(first["kind"], "")
         click.echo(f"{run_id}: already acknowledged by {first['by']} at {iso_time(first['ts'])}{how}; nothing recorded")

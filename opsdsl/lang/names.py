@@ -14,6 +14,8 @@ import unicodedata
 from opsdsl.errors import UsageError
 
 MAX_NAME_LENGTH = 200
+# How the ledger marks a name nobody authenticated (the CLI's `--by`): `local:alice` is alice.
+LOCAL_PREFIX = "local:"
 
 # Bidirectional overrides, embeddings and isolates: they reorder how a line reads
 # ("alice" shown where "ecila" is stored). Refused rather than dropped: a name holding one
@@ -50,11 +52,14 @@ def same_person_key(text: object) -> str:
     """The canonical form of a name already stored (never raises): for counting distinct people.
 
     Names recorded before normalisation existed are folded the same way, with forbidden
-    characters dropped, so an old `carol ` and a new `carol` still count once.
+    characters dropped, so an old `carol ` and a new `carol` still count once. The CLI's
+    `local:carol` (a name given with `--by`, not authenticated) and the API's `carol`
+    (authenticated) are one person too: the two-person rule counts people, not channels.
     """
     raw = str(text)
     cleaned = "".join(ch for ch in raw if not _forbidden(ch))
-    return _fold(_fold(cleaned))
+    key = _fold(_fold(cleaned))
+    return key[len(LOCAL_PREFIX) :].strip() if key.startswith(LOCAL_PREFIX) else key
 
 
 def _fold(text: str) -> str:

@@ -34,6 +34,7 @@ from opsdsl.runtime.inputs import (  # noqa: F401  (re-exported: the runtime's f
     restore_params,
     select_playbooks,
 )
+from opsdsl.runtime.people import Person, allowed, may_approve, roles_for
 from opsdsl.runtime.plans import (  # noqa: F401  (re-exported)
     DEV_KEY,
     RunRefused,
@@ -350,41 +351,75 @@ class Runtime:
         deny: bool = False,
         answers: Mapping[str, str] | None = None,
         comment: str | None = None,
+        *,
+        person: Person | None = None,
     ) -> dict[str, Any]:
-        """Record one person's approval (or denial) of a step waiting for it."""
+        """Record one person's approval (or denial) of a step waiting for it.
+
+        With `person` (the API's authenticated person, the CLI's local one), `by` is not
+        used: the person's role must allow approving, `group:` approvers match their
+        groups, and the ledger records `by` (Person.recorded) and `via`. Without it, `by`
+        is a bare name (rehearsals, older callers). UsageError for a rule broken."""
         run, row = self._waiting_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
-        by = person_name(by)  # one spelling per person: the two-person rule counts people
-        if row.approvers and by not in {same_person_key(a) for a in row.approvers}:
-            raise UsageError(f"{by} may not approve {step}: its approvers are {', '.join(row.approvers)}")
+        actor = _actor(by, person, "approve", "approving")
+        name = actor.name  # one spelling per person: the two-person rule counts people
+        if row.approvers and not may_approve(actor, row.approvers):
+            groups = f" (groups: {', '.join(actor.groups)})" if actor.groups else ""
+            raise UsageError(f"{name}{groups} may not approve {step}: its approvers are {', '.join(row.approvers)}")
         votes = self.store.approvals(run.id, step)
-        if any(same_person_key(v["by"]) == by for v in votes):
-            raise UsageError(f"{by} has already answered for {step}; approvals count distinct people")
+        if any(same_person_key(v["by"]) == same_person_key(name) for v in votes):
+            raise UsageError(f"{name} has already answered for {step}; approvals count distinct people")
+        plan = json.loads(_payload_of(run.envelope))
+        if not deny and run.requested_by and same_person_key(run.requested_by) == same_person_key(name):
+            rule = self._distinct_from_requester(run, plan, step)
+            if rule is not None:
+                raise UsageError(
+                    f"{name} started run {run.id} and may not approve {step}: {rule} says"
+                    " `distinct_from_requester: true`, so another person must approve (a denial is still taken)"
+                )
         typed: dict[str, Any] = {}
         if answers:
-            plan = json.loads(_payload_of(run.envelope))
             node = _node(plan, run.playbook, step)
             declared = (node.get("with") or {}).get("inputs") or {}
-            for name, text in answers.items():
-                if name not in declared:
-                    raise UsageError(f"--input {name}: step {step} asks for {', '.join(declared) or 'no inputs'}")
-                typed[name] = coerce(text, declared[name].get("type", "string"), f"--input {name}")
+            for answer, text in answers.items():
+                if answer not in declared:
+                    raise UsageError(f"--input {answer}: step {step} asks for {', '.join(declared) or 'no inputs'}")
+                typed[answer] = coerce(text, declared[answer].get("type", "string"), f"--input {answer}")
         decision = "deny" if deny else "approve"
         now = self.clock()
+        data = {"step": step, "by": actor.recorded, "decision": decision, "answers": typed, "comment": comment}
+        if person is not None:
+            data["via"] = person.via
         with self.store.transaction():
-            self.store.add_approval(run.id, step, by, decision, typed, comment, now)
-            self.store.ledger.append(
-                E.APPROVAL_RECORDED,
-                run.id,
-                {"step": step, "by": by, "decision": decision, "answers": typed, "comment": comment},
-                ts=now,
-            )
+            self.store.add_approval(run.id, step, name, decision, typed, comment, now)
+            self.store.ledger.append(E.APPROVAL_RECORDED, run.id, data, ts=now)
         approved = len({same_person_key(v["by"]) for v in votes if v["decision"] == "approve"}) + (0 if deny else 1)
-        return {"decision": decision, "approved": approved, "needed": max(1, row.approvals_needed)}
+        return {
+            "decision": decision,
+            "approved": approved,
+            "needed": max(1, row.approvals_needed),
+            "by": actor.recorded,
+        }
 
-    def decide(self, run_id: str, step: str, by: str, outcome: str) -> None:
+    def _distinct_from_requester(self, run: S.RunRow, plan: dict[str, Any], step: str) -> str | None:
+        """What asks that the run's requester not approve `step` (the approval step, or a
+        policy that asked for this approval), or None."""
+        node = _node(plan, run.playbook, step)
+        if node.get("action") == "approval" and (node.get("with") or {}).get("distinct_from_requester") is True:
+            return f"approval step {step}"
+        asking: list[str] = []
+        for entry in self.store.ledger.entries(run=run.id):
+            if entry.kind == E.APPROVAL_REQUESTED and entry.data.get("step") == step:
+                asking = list(entry.data.get("policies") or [])
+        for policy in plan.get("policies") or []:
+            if policy.get("id") in asking and policy.get("distinct_from_requester") is True:
+                return f"policy {policy['id']}"
+        return None
+
+    def decide(self, run_id: str, step: str, by: str, outcome: str, *, person: Person | None = None) -> None:
         """Settle a step left in doubt by a crash: retry it, or record it as succeeded or failed."""
         run, row = self._waiting_step(run_id, step, S.IN_DOUBT, "a decision")
-        by = person_name(by)
+        actor = _actor(by, person, "decide", "deciding")
         now = self.clock()
         if outcome == "retry":
             row.status = S.PENDING
@@ -392,26 +427,32 @@ class Runtime:
             row.status, row.finished_at, row.outputs = S.SUCCEEDED, now, {}
             row.completed = now_counter(self.store, run.id)
         else:
-            row.status, row.finished_at, row.error = S.FAILED, now, f"marked failed by {by} after a crash"
+            row.status, row.finished_at, row.error = S.FAILED, now, f"marked failed by {actor.recorded} after a crash"
+        data = {"step": step, "by": actor.recorded, "decision": outcome}
+        if person is not None:
+            data["via"] = person.via
         with self.store.transaction():
             self.store.save_step(run.id, row)
-            self.store.ledger.append(E.STEP_DECIDED, run.id, {"step": step, "by": by, "decision": outcome}, ts=now)
+            self.store.ledger.append(E.STEP_DECIDED, run.id, data, ts=now)
 
-    def acknowledge(self, run_id: str, by: str) -> dict[str, Any]:
+    def acknowledge(self, run_id: str, by: str, *, person: Person | None = None) -> dict[str, Any]:
         """Record a person's acknowledgement, unless a person already acknowledged the run
         (an ack, an approval or a decision): returns that first one, `{by, ts, kind, new}`."""
         from opsdsl.audit.metrics import first_acknowledgement
 
-        by = person_name(by)
+        actor = _actor(by, person, "ack", "acknowledging")
         run = self.store.run(run_id)
+        data = {"by": actor.recorded}
+        if person is not None:
+            data["via"] = person.via
         with self.store.transaction():
             entries = [e.to_dict() for e in self.store.ledger.entries(run=run.id)]
             earlier = first_acknowledgement(entries)
             if earlier is not None:
                 return {**earlier, "new": False}
             now = self.clock()
-            self.store.ledger.append(E.RUN_ACKNOWLEDGED, run.id, {"by": by}, ts=now)
-        return {"by": by, "ts": now, "kind": E.RUN_ACKNOWLEDGED, "new": True}
+            self.store.ledger.append(E.RUN_ACKNOWLEDGED, run.id, data, ts=now)
+        return {"by": actor.recorded, "ts": now, "kind": E.RUN_ACKNOWLEDGED, "new": True}
 
     def _waiting_step(self, run_id: str, step: str, status: str, what: str) -> tuple[S.RunRow, S.StepRow]:
         run = self.store.run(run_id)
@@ -424,6 +465,18 @@ class Runtime:
             hint = f"; waiting: {', '.join(waiting)}" if waiting else ""
             raise UsageError(f"step {step} of run {run_id} is {row.status}, not waiting for {what}{hint}")
         return run, row
+
+
+def _actor(by: str, person: Person | None, act: str, doing: str) -> Person:
+    """Who acts: `person` once their role is checked, else the bare name `by` (recorded as given)."""
+    if person is None:
+        return Person(person_name(by), "admin", (), "unspecified")  # recorded as the name itself
+    if not allowed(person, act):
+        roles = roles_for(act)
+        raise UsageError(
+            f"{person.name} is a {person.role}; {doing} needs the role {', '.join(roles[:-1])} or {roles[-1]}"
+        )
+    return person
 
 
 def _version_key(version: str) -> tuple:

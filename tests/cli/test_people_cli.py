@@ -37,7 +37,12 @@ def test_spellings_of_one_person_count_once_for_the_two_person_rule(api: KernelA
         assert again.code == 2 and "carol has already answered" in again.stderr, (spelling, again.stderr)
     second = opsdsl("approve", run, "rollback", "--by", "Bob", "--state-dir", state)
     assert "approved (2 of 2)" in second.stdout, second.stderr
-    assert [row["data"]["by"] for row in ledger_rows(state, "approval.recorded")] == ["carol", "bob"]
+    rows = ledger_rows(state, "approval.recorded")
+    assert [(row["data"]["by"], row["data"]["via"]) for row in rows] == [
+        ("local:carol", "local"),
+        ("local:bob", "local"),
+    ]
+    assert "recorded as local:bob (a local user of this state directory; not authenticated)" in second.stderr
     assert opsdsl("resume", run, "--state-dir", state, "--log-format", "json").code == 0
 
 
@@ -66,8 +71,10 @@ def test_ack_records_the_first_person_only(api: KernelAPI, tmp_path: Path) -> No
     first = opsdsl("ack", run, "--by", " Dana ", "--state-dir", state)
     assert first.code == 0 and f"{run}: acknowledged by dana at " in first.stdout, first.stderr
     again = opsdsl("ack", run, "--by", "erin", "--state-dir", state)
-    assert again.code == 0 and "already acknowledged by dana" in again.stdout and "nothing recorded" in again.stdout
-    assert [row["data"]["by"] for row in ledger_rows(state, "run.acknowledged")] == ["dana"]
+    assert (
+        again.code == 0 and "already acknowledged by local:dana" in again.stdout and "nothing recorded" in again.stdout
+    )
+    assert [row["data"]["by"] for row in ledger_rows(state, "run.acknowledged")] == ["local:dana"]
 
 
 def test_an_approval_is_an_acknowledgement(api: KernelAPI, tmp_path: Path) -> None:
@@ -75,7 +82,7 @@ def test_an_approval_is_an_acknowledgement(api: KernelAPI, tmp_path: Path) -> No
     run = start("migration-rollback", state, api).run_id
     opsdsl("approve", run, "rollback", "--by", "carol", "--state-dir", state)
     later = opsdsl("ack", run, "--by", "dana", "--state-dir", state)
-    assert "already acknowledged by carol" in later.stdout and "(an approval)" in later.stdout
+    assert "already acknowledged by local:carol" in later.stdout and "(an approval)" in later.stdout
     assert ledger_rows(state, "run.acknowledged") == []
 
 

@@ -94,7 +94,10 @@ def test_a_two_person_rule_needs_two_different_people(api: KernelAPI, state: Pat
     assert [r.path for r in api.seen("GET")] == ["/v1/migrations/status"]
     assert run_status(state, run)["status"] == "succeeded"
     votes = [r["data"] for r in ledger_rows(state, "approval.recorded")]
-    assert [(v["by"], v["decision"]) for v in votes] == [("alice", "approve"), ("bob", "approve")]
+    assert [(v["by"], v["via"], v["decision"]) for v in votes] == [
+        ("local:alice", "local", "approve"),
+        ("local:bob", "local", "approve"),
+    ]
     (finished,) = ledger_rows(state, "run.finished")
     assert finished["data"]["human"] is True
     assert opsdsl("ledger", "verify", "--state-dir", state).code == 0
