@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,15 +203,19 @@ class ServiceConfig:
 def config_error(origin: Path, text: str, path: KeyPath, problem: str, hint: str | None = None) -> ConfigError:
     """`FILE:LINE:COL: [table] key: problem`, the line with a caret under the key, and the hint."""
     line, col = locate(key_positions(text), path) if text else (1, 1)
+    return ConfigError(_render(origin, text, line, col, f"{_name(path)}: {problem}", hint))
+
+
+def _render(origin: Path, text: str, line: int, col: int, message: str, hint: str | None = None) -> str:
     lines = text.splitlines()
     shown = lines[line - 1] if 0 < line <= len(lines) else ""
-    out = [f"{origin}:{line}:{col}: {_name(path)}: {problem}"]
+    out = [f"{origin}:{line}:{col}: {message}"]
     if shown:
         gutter = f"{line:>5} | "
         out += [gutter + shown.expandtabs(1), " " * (len(gutter) - 2) + "| " + " " * (col - 1) + "^"]
     if hint:
         out.append(f"      = hint: {hint}")
-    return ConfigError("\n".join(out))
+    return "\n".join(out)
 
 
 def _name(path: KeyPath) -> str:
@@ -251,21 +256,20 @@ def load_config(path: Path) -> ServiceConfig:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: {_toml_problem(str(error))}") from None
+        line, col, what = _toml_problem(str(error))
+        raise ConfigError(_render(path, text, line, col, f"not valid TOML: {what}")) from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
     return _Checker(path, text, document).config()
 
 
-def _toml_problem(message: str) -> str:
-    """tomllib's "Invalid value (at line 3, column 7)" as "3:7: invalid value"."""
-    import re
-
+def _toml_problem(message: str) -> tuple[int, int, str]:
+    """tomllib's "Invalid value (at line 3, column 7)" as (3, 7, "invalid value")."""
     found = re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", message)
     if found is None:
-        return f"not valid TOML: {message}"
+        return 1, 1, message
     what = found.group(1)
-    return f"{found.group(2)}:{found.group(3)}: not valid TOML: {what[:1].lower()}{what[1:]}"
+    return int(found.group(2)), int(found.group(3)), what[:1].lower() + what[1:]
 
 
 class _Checker:
@@ -371,6 +375,13 @@ class _Checker:
                 found = [p for p in self.folder_packs(where, path) if not looks_like_policy_pack(p)]
                 if not found:
                     raise self.fail(where, f"{text} holds no pack (kind: Pack) files")
+                stranger = next((p for p in found if not looks_like_pack(p)), None)
+                if stranger is not None:
+                    raise self.fail(
+                        where,
+                        f"{stranger} in this folder is not an opsdsl pack (no `kind: Pack`)",
+                        "keep a folder of packs for packs and policy packs only, or name the pack files",
+                    )
                 packs += found
             elif looks_like_policy_pack(path):
                 raise self.fail(where, f"{text} is a policy pack", "name it in [packs] policies")
@@ -419,9 +430,8 @@ class _Checker:
             return None, None
         if "signing.passphrase_env" in values and "signing.passphrase_file" in values:
             raise self.fail(("signing", "passphrase_file"), "give passphrase_env or passphrase_file, not both")
-        key = self.existing(("signing", "key"), values["signing.key"], folder_ok=False)
-        passphrase = values.get("signing.passphrase_file")
-        return key, None if passphrase is None else self.existing(("signing", "passphrase_file"), passphrase, False)
+        # read (and so checked) when the service starts: `load_signing_key`
+        return self.path(values["signing.key"]), self.path(values.get("signing.passphrase_file"))
 
     def params(self) -> dict[str, dict[str, Any]]:
         params = self.document.get("params", {})
@@ -449,15 +459,34 @@ class _Checker:
         found = self.document.get("notifiers", [])
         if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
             raise self.fail(("notifiers",), "an array of tables ([[notifiers]])")
-        try:
-            from opsdsl.runtime.announce import notifier_problem  # absent until the announcer ships
-        except ImportError:
-            notifier_problem = None
+        notifier_problem = _notifier_check()
         for index, spec in enumerate(found):
             problem = notifier_problem(spec) if notifier_problem is not None else None
-            if problem is not None:
-                raise self.fail(("notifiers", index), problem)
+            if problem is not None:  # point at the key the problem names, if it names one
+                named = [k for k in spec if problem.startswith(f"{k}:") or repr(k) in problem or f"`{k}`" in problem]
+                raise self.fail(("notifiers", index, *named[:1]), problem)
         return tuple(found)
+
+
+_PACK_HINT = re.compile(rb"^(?:kind:\s*['\"]?Pack['\"]?\s*(?:#.*)?$|pack\s)", re.MULTILINE)
+
+
+def looks_like_pack(path: Path) -> bool:
+    """A cheap first guess, like `looks_like_policy_pack`: YAML `kind: Pack` or an .ops `pack`
+    block in the first 64 KiB (the compiler decides)."""
+    from opsdsl.lang.untrusted import read_head
+
+    head = read_head(path, 65536)
+    return head is not None and bool(_PACK_HINT.search(head))
+
+
+def _notifier_check() -> Callable[[dict[str, Any]], str | None] | None:
+    """The announcer's check of one `[[notifiers]]` table (None where it is not installed)."""
+    try:
+        from opsdsl.runtime.announce import notifier_problem
+    except ImportError:
+        return None
+    return notifier_problem
 
 
 def _known(keys: Mapping[str, Any] | Sequence[str]) -> str:
@@ -465,9 +494,8 @@ def _known(keys: Mapping[str, Any] | Sequence[str]) -> str:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
+    kinds = {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
+    return kinds.get(type(value), "a date or time")
 
 
 def _shown(value: Any) -> str:
@@ -568,7 +596,8 @@ def read_params_file(path: Path) -> dict[str, str]:
         try:
             document: Any = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
-            raise UsageError(f"{where}: {_toml_problem(str(error))}") from None
+            line, col, what = _toml_problem(str(error))
+            raise UsageError(f"{where}:{line}:{col}: not valid TOML: {what}") from None
     else:
         document = _yaml_mapping(text, where)
     if not isinstance(document, dict):
