@@ -636,3 +636,37 @@ async def test_an_entry_that_cannot_be_read_is_skipped_not_a_wall(world: World) 
     second = await world.start("risky")
     await announcer.tick()
     assert [h["json"]["run_id"] for h in world.receiver.at("/hook")] == [first, second]
+
+
+def test_runs_driven_and_approved_by_the_cli_are_announced(tmp_path: Path) -> None:
+    """Real `opsdsl run` and `opsdsl approve` processes on the state dir the announcer reads."""
+    from kernel_api import opsdsl
+
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(PACK)
+    state = tmp_path / "state"
+    started = opsdsl("run", "--pack", pack, "--playbook", "risky", "--state-dir", state, "--log-format", "json")
+    assert started.code == 4, started.stdout + started.stderr
+    run = started.run_id
+
+    async def main() -> list[dict[str, Any]]:
+        async with Receiver() as receiver:
+            store = runner.Runtime(state).store
+            try:
+                announcer = Announcer(store, [{"kind": "webhook", "url": receiver.url("/hook")}], None)
+                await announcer.tick()
+                approved = opsdsl("approve", run, "drop_table", "--by", "carol", "--state-dir", state)
+                assert approved.code == 0, approved.stderr
+                await announcer.tick()
+                done = opsdsl("resume", run, "--state-dir", state)
+                assert done.code == 0, done.stdout + done.stderr
+                await announcer.tick()
+            finally:
+                store.close()
+            return [seen["json"] for seen in receiver.seen]
+
+    request, outcome = asyncio.run(main())
+    assert (request["run_id"], request["fields"]["what"]) == (run, "request")
+    assert request["fields"]["approve"] == {"url": None, "cli": f"opsdsl approve {run} drop_table --by NAME"}
+    assert outcome["fields"]["outcome"]["decision"] == "approved"
+    assert [name.removeprefix("local:") for name in outcome["fields"]["outcome"]["by"]] == ["carol"]
