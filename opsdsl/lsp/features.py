@@ -58,10 +58,22 @@ def lint_diagnostics(path: Path, text: str, scope: Scope) -> list[Diagnostic]:
         size = len(text.encode("utf-8", "surrogatepass")) / 1048576
         message = f"file is {size:.1f} MiB; packs are limited to {MAX_FILE_BYTES // 1048576} MiB"
         return [Diagnostic("OPS001", rule("OPS001").severity, message, Span(path.name, 1, 1), "split it")]
+    # What a file on disk cannot hold, an editor's buffer can: a lone surrogate (from a JSON
+    # escape) or a NUL. Each becomes U+FFFD, one character for one, so columns stay right.
+    if _has_surrogate(text):
+        text = re.sub("[\ud800-\udfff]", "\ufffd", text)
     if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")  # the loader refuses NUL on disk; here it is a typo
+        text = text.replace("\x00", "\ufffd")
     report, _ = lint_one(path, scope.policies, scope.config, text=text)
     return sorted(report.diagnostics, key=Diagnostic.sort_key)
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def to_lsp(d: Diagnostic) -> lsp.Diagnostic:
@@ -171,7 +183,7 @@ def _action_from_lines(path: tuple, text: str) -> str | None:
     lines = text.splitlines()
     for number, line in enumerate(lines):
         match = re.match(r"^(\s*(?:-\s+)?)action:\s*([\w.]+)", line)
-        if match and cursor_at(text, number, len(match.group(1))).path == path:
+        if match and cursor_at(text, number, match.end(1) + len("action:")).path == path:
             return match.group(2)
     return None
 
@@ -247,11 +259,35 @@ def complete(path: Path, text: str, line: int, col: int, last_good: Outline | No
     expression = _expression_items(before, cursor, data, info)
     if expression is not None:
         return expression
+    cursor = _in_flow(cursor, before) or _new_item(cursor, text, is_test(path))
     if is_test(path):
         return _key_items(cursor, text, test=True) if cursor.key is None else []
     if cursor.key is None:
         return _key_items(cursor, text)
     return _value_items(cursor, text, info)
+
+
+def _in_flow(cursor: Cursor, before: str) -> Cursor | None:
+    """`with: {playbook: |`: the key typed inside a flow mapping on the cursor's line."""
+    if before.count("{") <= before.count("}"):
+        return None
+    outer = (*cursor.path, cursor.key) if cursor.key else cursor.path
+    match = re.search(r"[{,]\s*([\w.-]+):\s*([\w.$-]*)$", before)
+    if match is not None:
+        return Cursor(outer, match.group(1), match.group(2))
+    match = re.search(r"[{,]\s*([\w-]*)$", before)
+    if match is not None:
+        return Cursor(outer, None, match.group(1), flow_keys=tuple(re.findall(r"[{,]\s*([\w.-]+):", before)))
+    return None
+
+
+def _new_item(cursor: Cursor, text: str, test: bool) -> Cursor:
+    """`- |` in a list of mappings (steps, policies, cases) starts a mapping: keys are typed."""
+    if cursor.in_list and cursor.key is not None and cursor.item is not None:
+        node = schema_at((*cursor.path, cursor.key, cursor.item), text, test=test)
+        if node and node.get("properties"):
+            return Cursor((*cursor.path, cursor.key, cursor.item), None, cursor.prefix)
+    return cursor
 
 
 def _playbook_and_step(path: tuple) -> tuple[str | None, int | None]:
@@ -303,7 +339,7 @@ def _key_items(cursor: Cursor, text: str, test: bool = False) -> list[lsp.Comple
     node = schema_at(cursor.path, text, test=test)
     if not node:
         return []
-    present = _sibling_keys(text, cursor)
+    present = set(cursor.flow_keys) if cursor.flow_keys is not None else _sibling_keys(text, cursor)
     out = []
     for key, spec in (node.get("properties") or {}).items():
         if key in present:
@@ -327,7 +363,7 @@ def _sibling_keys(text: str, cursor: Cursor) -> set[str]:
     lines = text.splitlines()
     for number, line in enumerate(lines):
         match = re.match(r"^(\s*(?:-\s+)*)([\w.-]+):", line)
-        if match and cursor_at(text, number, len(match.group(1))).path == cursor.path:
+        if match and cursor_at(text, number, match.end(2) + 1).path == cursor.path:
             present.add(match.group(2))
     return present
 

@@ -30,6 +30,8 @@ class Cursor:
     key: str | None  # the key whose value is typed, None when a key is typed
     prefix: str  # the word typed so far
     in_list: bool = False  # the value is a block-sequence item (`- x` under `key:`)
+    item: int | None = None  # which item of that list
+    flow_keys: tuple[str, ...] | None = None  # in a flow mapping `{a: 1, |`: the keys before the cursor
 
 
 def _line_entries(line: str) -> list[tuple[int, str, str | None]]:
@@ -120,7 +122,7 @@ def cursor_at(text: str, line: int, col: int) -> Cursor:
             if path and isinstance(path[-1], int):
                 parent = path[:-1]
                 if parent and isinstance(parent[-1], str):
-                    return Cursor(parent[:-1], str(parent[-1]), prefix, in_list=True)
+                    return Cursor(parent[:-1], str(parent[-1]), prefix, in_list=True, item=path[-1])
         return Cursor(tuple(f.part for f in stack), None, prefix, in_list)
     while stack and stack[-1].indent >= indent:
         stack.pop()

@@ -74,7 +74,11 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("no answer from opsdsl lsp")
-            message = self.messages.get(timeout=remaining)
+            try:
+                message = self.messages.get(timeout=remaining)
+            except queue.Empty:
+                code = self.process.poll()
+                raise TimeoutError(f"no answer from opsdsl lsp (exit code {code})") from None
             if "method" in message and "id" not in message:
                 self.notifications.append(message)
             if predicate(message):
