@@ -70,10 +70,16 @@ APPROVAL_ANNOUNCED = "approval.announced"
 RUN_ACKNOWLEDGED = "run.acknowledged"
 # A person resolved a step left in doubt: data: step, by, decision ("retry" | "succeeded" | "failed")
 STEP_DECIDED = "step.decided"
+# A person asked to stop the run: no new step starts, compensation runs as for a failure, and
+# the run ends `cancelled`. data: by, via ("token" | "proxy" | "local"), reason (or null)
+RUN_CANCEL_REQUESTED = "run.cancel_requested"
 
 # A person reviewed the incident (its RCA): data: by, root_cause, impact, follow_ups (list of text).
 # A later review amends an earlier one; the first counts for RCA completion.
 INCIDENT_REVIEWED = "incident.reviewed"
+# A follow-up of the incident was opened as an issue in a tracker (opsdsl incident follow-ups):
+# data: key (fu-…), kind, step, summary, tracker ("github" | "gitlab" | "jira"), url, id, by
+INCIDENT_FOLLOW_UP_OPENED = "incident.follow_up_opened"
 
 # Evidence written into the incident folder: data: step, name, files: [{path, sha256, size}]
 EVIDENCE_ADDED = "evidence.added"
@@ -98,6 +104,8 @@ RUN_KINDS = (
     APPROVAL_ANNOUNCED,
     RUN_ACKNOWLEDGED,
     STEP_DECIDED,
+    RUN_CANCEL_REQUESTED,
     EVIDENCE_ADDED,
     INCIDENT_REVIEWED,
+    INCIDENT_FOLLOW_UP_OPENED,
 )

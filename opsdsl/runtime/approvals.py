@@ -13,6 +13,18 @@ from opsdsl.runtime.gate import REQUIRE_APPROVAL
 from opsdsl.runtime.outcome import TIMEOUT_VOTER, Paused
 
 
+def approval_verdict(votes: list[dict], needed: int) -> str | None:
+    """approve | deny | None (not yet), from the votes on one step: an expired deadline's vote
+    decides, then any denial, then enough distinct people (names normalised)."""
+    for vote in votes:
+        if vote["by"] == TIMEOUT_VOTER:
+            return vote["decision"]
+    if any(v["decision"] == "deny" for v in votes):
+        return "deny"
+    people = {same_person_key(v["by"]) for v in votes if v["decision"] == "approve"}
+    return "approve" if len(people) >= max(1, needed) else None
+
+
 class ApprovalSteps:
     def _request_approval(self, sid, rendered, decision, needed, decision_entry) -> None:
         node = self.nodes[sid]
@@ -32,21 +44,17 @@ class ApprovalSteps:
             "policies": [p["id"] for p in decision.policies if p["effect"] == REQUIRE_APPROVAL],
             "inputs": rendered.get("inputs") or {} if by_action else {},
         }
-        self._commit([*decision_entry, (E.APPROVAL_REQUESTED, data)], steps=[row])
+        timeout = node["timeout"] if by_action else None
+        timers = [(sid, "approval_timeout", row.started_at + timeout / 1000)] if timeout is not None else []
+        self._commit([*decision_entry, (E.APPROVAL_REQUESTED, data)], steps=[row], timers=timers)
         raise Paused()
 
     def _approval_verdict(self, sid: str) -> str | None:
         """approve | deny | None (not yet): counts distinct people (names normalised); a timeout decides too."""
         row = self.steps[sid]
-        votes = self.store.approvals(self.run.id, sid)
-        for vote in votes:
-            if vote["by"] == TIMEOUT_VOTER:
-                return vote["decision"]
-        if any(v["decision"] == "deny" for v in votes):
-            return "deny"
-        people = {same_person_key(v["by"]) for v in votes if v["decision"] == "approve"}
-        if len(people) >= max(1, row.approvals_needed):
-            return "approve"
+        verdict = approval_verdict(self.store.approvals(self.run.id, sid), row.approvals_needed)
+        if verdict is not None:
+            return verdict
         node = self.nodes[sid]
         timeout = node["timeout"] if node["action"] == "approval" else None
         if timeout is not None and row.started_at is not None and self.env.clock() >= row.started_at + timeout / 1000:

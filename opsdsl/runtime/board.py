@@ -56,7 +56,7 @@ TRANSITIONS: dict[str, dict[str, str]] = {
     },
 }
 STOPPED = frozenset({SUCCEEDED, FAILED, SKIPPED, IN_DOUBT, INTERRUPTED})
-RUN_OVER = frozenset({"succeeded", "failed", "refused", "interrupted"})
+RUN_OVER = frozenset({"succeeded", "failed", "refused", "cancelled", "interrupted"})
 
 
 @dataclass

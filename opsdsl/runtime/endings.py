@@ -10,11 +10,14 @@ from opsdsl.runtime.outcome import TIMED_OUT, TIMEOUT_VOTER, Outcome
 
 class RunEndings:
     def _pause(self) -> Outcome:
-        pending = sorted(sid for sid, r in self.steps.items() if r.status in (S.AWAITING_APPROVAL, S.IN_DOUBT))
-        waiting = [
-            {"step": sid, "reason": "approval" if self.steps[sid].status == S.AWAITING_APPROVAL else "in_doubt"}
-            for sid in pending
-        ]
+        pending = sorted(
+            sid for sid, r in self.steps.items() if r.status in (S.AWAITING_APPROVAL, S.IN_DOUBT, S.WAITING)
+        )
+        reasons = {S.AWAITING_APPROVAL: "approval", S.IN_DOUBT: "in_doubt", S.WAITING: "timer"}
+        waiting = [{"step": sid, "reason": reasons[self.steps[sid].status]} for sid in pending]
+        for item in waiting:
+            if item["reason"] == "timer":
+                item["until"] = self.steps[item["step"]].wake_at
         self._commit([(E.RUN_PAUSED, {"waiting": waiting})], run_fields={"status": S.PAUSED}, checkpoint=True)
         self._write_incident()
         approvals = [sid for sid in pending if self.steps[sid].status == S.AWAITING_APPROVAL]
@@ -38,6 +41,8 @@ class RunEndings:
         if failed and not timed_out:
             first = min(failed, key=lambda s: self.steps[s].finished_at or 0)
             error = f"step `{first}` failed: {self.steps[first].error}"
+        if self._cancelled_by is not None:  # what a person asked for says more than what it caused
+            status, error = S.CANCELLED, f"cancelled by {self._cancelled_by}"
         human = self._human_involved()
         data = {
             "status": status,
@@ -88,4 +93,6 @@ class RunEndings:
             signing=self.env.signing,
             rca=rca,
             redact=self.redactor.text,
+            plan_envelope=self.run.envelope,  # the evidence pack: the plan and its packs
+            ledger=self.store.ledger,  # the evidence pack: the ledger excerpt to the checkpoint
         )

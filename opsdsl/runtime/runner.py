@@ -82,6 +82,7 @@ class Runtime:
         write_incidents: bool = True,
         jitter: Any = None,
         create: bool = True,
+        park_after: float | None = None,
     ) -> None:
         """`clock`, `sleep`, `jitter`, `durable=False` and `write_incidents=False` are for
         rehearsals (`opsdsl test`): a virtual clock, no fsync, no incident folders."""
@@ -97,6 +98,7 @@ class Runtime:
         self.sleep = sleep
         self.jitter = jitter
         self.write_incidents = write_incidents
+        self.park_after = park_after  # a server's: see RunEnv.park_after
 
     @property
     def signer(self):
@@ -129,6 +131,7 @@ class Runtime:
             clock=self.clock,
             start_child=self._start_child,
             write_incidents=self.write_incidents,
+            park_after=self.park_after,
         )
         if self.sleep is not None:
             env.sleep = self.sleep
@@ -149,6 +152,8 @@ class Runtime:
         parent: tuple[str, str] | None = None,
         incident_id: str | None = None,
         also: tuple[tuple[str, dict[str, Any]], ...] = (),
+        owner: str | None = None,
+        requested_by: str | None = None,
     ) -> S.RunRow:
         """Create a run (its row, its steps, run.created and plan.verified) in one transaction;
         `also` adds more of the run's ledger entries to it (their data gets `run`)."""
@@ -189,6 +194,8 @@ class Runtime:
             owner_pid=os.getpid(),
             dedupe_key=selection.dedupe_key,
             event_id=selection.event_id,
+            requested_by=requested_by,
+            owner=owner,
         )
         claimed = _event_time(event)  # 0.0 (1970) is a claim too: metrics bound it, and count it
         detected = now if claimed is None else claimed
@@ -454,6 +461,31 @@ class Runtime:
             self.store.ledger.append(E.RUN_ACKNOWLEDGED, run.id, data, ts=now)
         return {"by": actor.recorded, "ts": now, "kind": E.RUN_ACKNOWLEDGED, "new": True}
 
+    def cancel(self, run_id: str, by: str, via: str = "local", reason: str | None = None) -> S.RunRow:
+        """Ask a live run to stop: recorded at once (from any process); the run's driver starts
+        no new step, compensates what was done, and ends the run `cancelled`. Returns the
+        top-level run, which whoever drives runs here must now drive (a paused run too)."""
+        run = self.store.run(run_id)
+        while run.parent_run:  # a sub-run is cancelled with the run that called it
+            run = self.store.run(run.parent_run)
+        if run.status in S.FINAL_RUN_STATUSES:
+            raise UsageError(f"run {run.id} already {run.status}; there is nothing to cancel")
+        if run.cancel_requested:
+            return run
+        now = self.clock()
+        family, queue = [], [run.id]
+        while queue:
+            current = queue.pop()
+            family.append(current)
+            queue.extend(child.id for child in self.store.children(current))
+        with self.store.transaction():
+            self.store.ledger.append(E.RUN_CANCEL_REQUESTED, run.id, {"by": by, "via": via, "reason": reason}, ts=now)
+            for member in family:
+                self.store.update_run(member, cancel_requested=by, updated_at=now)
+            self.store.set_timer(run.id, "", "cancel", now)
+        run.cancel_requested = by
+        return run
+
     def _waiting_step(self, run_id: str, step: str, status: str, what: str) -> tuple[S.RunRow, S.StepRow]:
         run = self.store.run(run_id)
         steps = self.store.steps(run.id)
@@ -531,6 +563,7 @@ def exit_code(outcome: Outcome) -> int:
         S.FAILED: EXIT_FAILED,
         "paused": EXIT_PAUSED,
         S.INTERRUPTED: EXIT_INTERRUPTED,
+        S.CANCELLED: EXIT_FAILED,
     }.get(outcome.status, EXIT_FAILED)
 
 

@@ -57,6 +57,10 @@ class RunEnv:
     start_child: Callable[..., Awaitable[Outcome]] | None = None  # playbook.call (set by runner)
     jitter: Callable[[], float] = random.random
     write_incidents: bool = True  # False in rehearsals: no incident folder, no checkpoint
+    # A server parks a run whose `wait` or retry back-off is longer than this many seconds:
+    # the run pauses, holding no task, and the server's timers wake it when it is due. None
+    # (the CLI): the process sleeps through it, as the one driving the run.
+    park_after: float | None = None
 
 
 class Scheduler(ApprovalSteps, RunEndings):
@@ -88,6 +92,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         self._completed = 0
         self._rendered: dict[str, dict[str, Any]] = {}
         self._later_fields: dict[str, Any] = {}
+        self._cancelled_by: str | None = run.cancel_requested
 
     # ---- entry points ----------------------------------------------------------------
 
@@ -100,7 +105,7 @@ class Scheduler(ApprovalSteps, RunEndings):
                 self.results[sid] = self._result(row)
             if row.status == S.FAILED:
                 self._note_failure(sid)
-        if self.run.error == TIMED_OUT:
+        if self.run.error == TIMED_OUT or self._cancel_seen():
             self._failed_main = True
         recovered = self._recover_in_flight()
         self._commit(
@@ -210,23 +215,29 @@ class Scheduler(ApprovalSteps, RunEndings):
         if section == "steps" and self._failing():
             # The run is failing: a step still waiting for approval will never run. (A step in
             # doubt still needs a person: compensation must know whether it happened.)
-            abandoned = [self.steps[sid] for sid in members if self.steps[sid].status == S.AWAITING_APPROVAL]
+            abandoned = [
+                self.steps[sid] for sid in members if self.steps[sid].status in (S.AWAITING_APPROVAL, S.WAITING)
+            ]
+            ending = "was cancelled" if self._cancelled_by else "failed"
+            reasons = {
+                S.AWAITING_APPROVAL: f"the run {ending} before the step was approved",
+                S.WAITING: f"the run {ending} while the step waited",
+            }
+            skipped = [
+                (E.STEP_SKIPPED, {"step": r.step_id, "when": None, "reason": reasons[r.status]}) for r in abandoned
+            ]
             for row in abandoned:
                 row.status, row.finished_at = S.SKIPPED, self.env.clock()
                 self.results[row.step_id] = self._result(row)
             if abandoned:
-                reason = "the run failed before the step was approved"
-                self._commit(
-                    [(E.STEP_SKIPPED, {"step": r.step_id, "when": None, "reason": reason}) for r in abandoned],
-                    steps=abandoned,
-                )
+                self._commit(skipped, steps=abandoned)
             paused = False
-        if paused or any(self.steps[sid].status in (S.AWAITING_APPROVAL, S.IN_DOUBT) for sid in members):
+        if paused or any(self.steps[sid].status in (S.AWAITING_APPROVAL, S.IN_DOUBT, S.WAITING) for sid in members):
             raise Paused()
 
     def _ready(self, sid: str, section: str) -> bool:
         row = self.steps[sid]
-        if row.status not in (S.PENDING, S.AWAITING_APPROVAL):
+        if row.status not in (S.PENDING, S.AWAITING_APPROVAL, S.WAITING):
             return False
         if row.status == S.AWAITING_APPROVAL and not self._approval_settled(sid):
             return False
@@ -240,8 +251,17 @@ class Scheduler(ApprovalSteps, RunEndings):
         return True
 
     def _failing(self) -> bool:
-        """Whether a main step failed for good (not continue_on_error): no new steps start."""
+        """Whether a main step failed for good (not continue_on_error), or someone cancelled
+        the run (from any process: asked of the database): no new steps start."""
+        if not self._failed_main and self._cancel_seen():
+            self._failed_main = True
         return self._failed_main
+
+    def _cancel_seen(self) -> bool:
+        if self._cancelled_by is None:
+            row = self.store.conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (self.run.id,)).fetchone()
+            self._cancelled_by = row[0] if row else None
+        return self._cancelled_by is not None
 
     async def _time_out(self, running: dict[asyncio.Task, str]) -> None:
         for task in running:
@@ -298,6 +318,8 @@ class Scheduler(ApprovalSteps, RunEndings):
     async def _run_step(self, sid: str) -> None:
         node = self.nodes[sid]
         row = self.steps[sid]
+        if row.status == S.WAITING:
+            return await self._continue_waiting(sid)
         gated = row.status == S.AWAITING_APPROVAL
         if gated:
             verdict = self._approval_verdict(sid)
@@ -356,9 +378,13 @@ class Scheduler(ApprovalSteps, RunEndings):
         if action == "wait":
             if row.wake_at is None:
                 row.wake_at = now + _duration_seconds(rendered.get("duration", "0s"))
-            row.status, row.started_at, row.attempts = S.STARTED, row.started_at or now, row.attempts + 1
-            self._commit([*decision_entry, self._intent(sid, rendered, row.attempts)], steps=[row])
-            await self.env.sleep(max(0.0, row.wake_at - self.env.clock()))
+            row.status, row.started_at, row.attempts = S.WAITING, row.started_at or now, row.attempts + 1
+            self._commit(
+                [*decision_entry, self._intent(sid, rendered, row.attempts)],
+                steps=[row],
+                timers=[(sid, "wait", row.wake_at)],
+            )
+            await self._hold(sid)
             return self._succeed(sid, {})
         if action == "playbook.call":
             row.status, row.started_at, row.attempts = S.STARTED, now, row.attempts + 1
@@ -377,7 +403,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         first = True
         while True:
             row.attempts += 1
-            row.status, row.started_at = S.STARTED, row.started_at or self.env.clock()
+            row.status, row.started_at, row.wake_at = S.STARTED, row.started_at or self.env.clock(), None
             self._commit([*(decision_entry if first else []), self._intent(sid, rendered, row.attempts)], steps=[row])
             first = False
             request = ActionRequest(
@@ -423,6 +449,9 @@ class Scheduler(ApprovalSteps, RunEndings):
                     )
                 return self._fail(sid, message, outputs, decision=kept)
             delay = self._backoff(retry, row.attempts)
+            # The attempt is over: the step waits, durably, so that a restart retries it on
+            # time rather than taking it for an attempt in flight.
+            row.status, row.wake_at = S.WAITING, self.env.clock() + delay
             self._commit(
                 [
                     (
@@ -431,8 +460,31 @@ class Scheduler(ApprovalSteps, RunEndings):
                     )
                 ],
                 steps=[row],
+                timers=[(sid, "backoff", row.wake_at)],
             )
-            await self.env.sleep(delay)
+            await self._hold(sid)
+
+    async def _hold(self, sid: str) -> None:
+        """Wait until the step's `wake_at`: asleep in this process, or, in a server and for
+        longer than `park_after`, by pausing the run (its timer wakes it; no task is held)."""
+        remaining = (self.steps[sid].wake_at or 0.0) - self.env.clock()
+        if remaining <= 0:
+            return
+        if self.env.park_after is not None and remaining > self.env.park_after:
+            raise Paused()
+        await self.env.sleep(remaining)
+
+    async def _continue_waiting(self, sid: str) -> None:
+        """A step that was waiting when the run paused or its process stopped: a `wait` ends
+        when due; an action between attempts tries again (the gate judged it already)."""
+        await self._hold(sid)
+        if self.nodes[sid]["action"] == "wait":
+            return self._succeed(sid, {})
+        try:
+            rendered = self._render(sid)
+        except (EvalError, SecretError) as error:
+            return self._fail(sid, f"`with:` could not be rendered: {error.message}", {}, decision=None)
+        await self._execute(sid, rendered, [])
 
     def _pure(self, sid: str, rendered: dict[str, Any]) -> dict[str, Any]:
         node = self.nodes[sid]
@@ -645,6 +697,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         run_fields: dict[str, Any] | None = None,
         approvals: list[tuple] = (),
         checkpoint: bool = False,
+        timers: list[tuple[str, str, float]] = (),
     ) -> None:
         """One transaction: ledger entries, step rows, run fields, votes (and a signed
         checkpoint of the new head); then show the entries."""
@@ -661,6 +714,8 @@ class Scheduler(ApprovalSteps, RunEndings):
                 appended = self.store.ledger.append_many([(kind, run_id, data) for kind, data in new_entries], ts=now)
             for row in steps:
                 self.store.save_step(self.run.id, row)
+            for step_id, kind, due in timers:
+                self.store.set_timer(self.run.id, step_id, kind, due)
             fields = {"updated_at": now, **run_fields} if run_fields else {}
             if fields:
                 self.store.update_run(self.run.id, **fields)

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -31,9 +32,14 @@ from typing import Any, ClassVar
 from opsdsl.errors import EvalError
 from opsdsl.runtime import runner
 from opsdsl.runtime import store as S
+from opsdsl.runtime.driver import SERVE
 from opsdsl.runtime.secrets import Secrets
 from opsdsl.runtime.store import StateError
 from opsdsl.runtime.triggers import TriggerEngine
+
+PARK_AFTER = 2.0  # seconds: a server parks a run whose wait or back-off is longer (RunEnv.park_after)
+PERSON_SOURCE = "user:"  # events.source of an event a person fired through the operator API
+log = logging.getLogger("opsdsl.serve")
 
 TRIGGER_FIRED = "trigger.fired"  # data: pack, trigger, hook, reason, event_id, run, dedupe_key
 HOOK_SUPPRESSED = "hook.suppressed"  # data: pack, trigger, hook, reason, event_id, dedupe_key
@@ -241,6 +247,9 @@ class Service:
         self._replaying = False
         self._replayed = 0  # the last event id the replay queued
         self.runs: set[asyncio.Task] = set()
+        self.driving: dict[str, asyncio.Task] = {}  # run id -> the task driving it
+        self.driver: Any = None  # driver.Driver, when this service owns its runs (`serve`)
+        self._driver_task: asyncio.Task | None = None
         self.run_slots = asyncio.Semaphore(max_runs)
         self.escalation_url = escalation_url
         self._worker: asyncio.Task | None = None
@@ -313,12 +322,22 @@ class Service:
         StateBusy when another process holds it. `close` releases it."""
         self.lock.acquire(holder)
 
-    async def start(self, holder: str = "engine") -> int:
+    async def start(self, holder: str = "engine", own_runs: bool = False) -> int:
         """Start the worker, replaying first the events a previous process accepted but never
         handled; how many there are. They are queued a batch at a time, each batch when
         the worker reaches the end of the one before. Claims the engine lock first (see
-        `claim`): only one process may replay a state directory's events."""
+        `claim`): only one process may replay a state directory's events.
+
+        `own_runs` (a server): also drive every run of the state directory to its end — runs
+        a stopped process left, runs whose approvals or decisions arrive, timers as they fall
+        due (runtime/driver.py) — and park long waits instead of sleeping through them."""
         self.claim(holder)
+        if own_runs:
+            from opsdsl.runtime.driver import Driver
+
+            self.runtime.park_after = PARK_AFTER
+            self.driver = Driver(self.store, self.drive_existing, lambda: list(self.driving), clock=self.clock)
+            self._driver_task = asyncio.create_task(self.driver.run(), name="opsdsl-driver")
         self.queue = asyncio.Queue()
         self.waiting, self.waiting_bytes = self.store.conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE status = 'accepted'"
@@ -351,6 +370,10 @@ class Service:
 
     async def drain(self, timeout: float | None = None) -> None:
         """Handle every queued event, then wait for the runs they started (up to `timeout`)."""
+        if self._driver_task is not None:  # no run starts driving from here on
+            self._driver_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._driver_task
         if self.queue is not None:
             await self.queue.join()
         if self._worker is not None:
@@ -490,15 +513,70 @@ class Service:
                 return run.id
         else:
             run = self.runtime.create_run(
-                plan, selection, self.params[index], inputs, event, self.secrets, also=((TRIGGER_FIRED, data),)
+                plan,
+                selection,
+                self.params[index],
+                inputs,
+                event,
+                self.secrets,
+                also=((TRIGGER_FIRED, data),),
+                owner=SERVE if self.driver is not None else None,
+                requested_by=self._requester(selection.event_id),
             )
         self.metrics.inc("opsdsl_runs_started_total", hook=selection.hook or "")
-        task = asyncio.create_task(self._drive(run, selection), name=run.id)
-        self.runs.add(task)
-        task.add_done_callback(self.runs.discard)
+        if run.id not in self.driving:
+            self._spawn(run, "resume" if run.status != "running" else "start")
         return run.id
 
-    async def _drive(self, run, selection: runner.Selection) -> None:
+    def _requester(self, event_id: int | None) -> str | None:
+        """The person whose request brought the event (source `user:NAME`), or None."""
+        if event_id is None:
+            return None
+        row = self.store.conn.execute("SELECT source FROM events WHERE id = ?", (event_id,)).fetchone()
+        source = row[0] if row else ""
+        return source[len(PERSON_SOURCE) :] if source.startswith(PERSON_SOURCE) else None
+
+    # ---- driving runs ------------------------------------------------------------------
+
+    def wake(self, run_id: str | None = None) -> None:
+        """Something a run waits for was just recorded (an approval, a decision, a
+        cancellation): have the driver look now rather than at its next poll."""
+        if self.driver is not None:
+            self.driver.wake()
+
+    def resume(self, run_id: str, by: str | None = None) -> str:
+        """Drive a run now (one `interrupted`, or paused, which pauses again if it must still
+        wait): the top-level run's id. Raises UsageError for a finished run."""
+        run = self.runtime.resumable(run_id)
+        if run.id not in self.driving:
+            self.drive_existing(run.id, "resume", by)
+        return run.id
+
+    def drive_existing(self, run_id: str, reason: str, by: str | None = None) -> asyncio.Task | None:
+        """Start driving a run of the state directory (the driver's way in): its secret
+        params are looked up again, as `opsdsl resume` does. None when it cannot start."""
+        from opsdsl.errors import OpsdslError
+
+        if run_id in self.driving:
+            return self.driving[run_id]
+        try:
+            run = self.store.run(run_id)
+            plan = json.loads(runner._payload_of(run.envelope))
+            run.params = runner.restore_params(plan, run.params, {}, self.secrets)
+        except OpsdslError as error:
+            log.error("run %s cannot be driven: %s", run_id, error.message)
+            return None
+        return self._spawn(run, reason, by)
+
+    def _spawn(self, run, reason: str, by: str | None = None) -> asyncio.Task:
+        task = asyncio.create_task(self._drive(run, reason, by), name=run.id)
+        self.runs.add(task)
+        self.driving[run.id] = task
+        task.add_done_callback(self.runs.discard)
+        task.add_done_callback(lambda _: self.driving.pop(run.id, None))
+        return task
+
+    async def _drive(self, run, reason: str, by: str | None = None) -> None:
         try:
             await self.run_slots.acquire()
         except asyncio.CancelledError:  # shut down before it could start: resumable, and said so
@@ -509,20 +587,23 @@ class Service:
                 self.store.update_run(run.id, status="interrupted", updated_at=self.clock())
             raise
         try:
-            outcome = await self.runtime.drive(run, self.secrets, "resume" if run.status != "running" else "start")
+            outcome = await self.runtime.drive(run, self.secrets, reason, by)
+        except runner.RunBusy as error:  # a CLI process drives it: it goes on there
+            log.info("run %s: %s", run.id, error.message)
+            return
         finally:
             self.run_slots.release()
         self.metrics.inc("opsdsl_runs_finished_total", status=outcome.status)
-        if outcome.status == "failed" and selection.escalate:
-            await self._escalate(run, selection, outcome)
+        if outcome.status == "failed" and run.escalate:
+            await self._escalate(run, outcome)
 
-    async def _escalate(self, run, selection: runner.Selection, outcome) -> None:
+    async def _escalate(self, run, outcome) -> None:
         delivered, detail = False, "no escalation URL configured; recorded only"
         if self.escalation_url:
             import httpx
 
             payload = {
-                "escalate": selection.escalate,
+                "escalate": run.escalate,
                 "run": run.id,
                 "incident_id": run.incident_id,
                 "pack": run.pack,
@@ -542,7 +623,7 @@ class Service:
                 RUN_ESCALATED,
                 run.id,
                 {
-                    "to": selection.escalate,
+                    "to": run.escalate,
                     "incident_id": run.incident_id,
                     "error": outcome.error,
                     "delivered": delivered,

@@ -27,10 +27,14 @@ DB_NAME = "state.db"
 RUNNING, PAUSED, INTERRUPTED = "running", "paused", "interrupted"
 SUCCEEDED, FAILED, REFUSED, CANCELLED = "succeeded", "failed", "refused", "cancelled"
 FINAL_RUN_STATUSES = (SUCCEEDED, FAILED, REFUSED, CANCELLED)
+_FINAL_MARKS = ", ".join("?" for _ in FINAL_RUN_STATUSES)
 
 # Step statuses. "Finished" for `needs` means succeeded, skipped, or failed with continue_on_error.
 PENDING, STARTED = "pending", "running"
 AWAITING_APPROVAL, IN_DOUBT, SKIPPED = "awaiting_approval", "in_doubt", "skipped"
+# A `wait` step, or a step between two attempts, until `wake_at`: durable, so that a
+# restarted process neither runs it early nor takes a finished attempt for one in flight.
+WAITING = "waiting"
 FINAL_STEP_STATUSES = (SUCCEEDED, FAILED, SKIPPED)
 
 _DDL = """
@@ -194,6 +198,7 @@ class RunRow:
     event_id: int | None = None
     requested_by: str | None = None  # who started the run: a person's recorded name, or None (an event)
     owner: str | None = None  # "serve" while a server owns the run (drives it, fires its timers)
+    cancel_requested: str | None = None  # who asked to cancel the run (recorded name); it ends `cancelled`
 
 
 @dataclass
@@ -290,7 +295,7 @@ class Store:
 
     def live_runs(self, hook: str, dedupe_key: str | None = None) -> int:
         """Runs a hook started that are not finished (running, paused or interrupted)."""
-        query = "SELECT COUNT(*) FROM runs WHERE hook = ? AND status NOT IN (?, ?, ?)"
+        query = f"SELECT COUNT(*) FROM runs WHERE hook = ? AND status NOT IN ({_FINAL_MARKS})"
         args: list[Any] = [hook, *FINAL_RUN_STATUSES]
         if dedupe_key is not None:
             query += " AND dedupe_key = ?"
@@ -401,6 +406,37 @@ class Store:
             )
         return out
 
+    # timers ---------------------------------------------------------------------------------
+
+    def set_timer(self, run_id: str, step_id: str, kind: str, due_at: float) -> None:
+        """A moment a server must look at the run again (inside the caller's transaction)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO timers (run_id, step_id, kind, due_at) VALUES (?, ?, ?, ?)",
+            (run_id, step_id, kind, due_at),
+        )
+
+    def due_timers(self, now: float) -> list[tuple[str, str, str, float]]:
+        """(run, step, kind, due) of the timers due by `now`, earliest first."""
+        return self.conn.execute(
+            "SELECT run_id, step_id, kind, due_at FROM timers WHERE due_at <= ? ORDER BY due_at", (now,)
+        ).fetchall()
+
+    def next_timer(self) -> float | None:
+        (due,) = self.conn.execute("SELECT MIN(due_at) FROM timers").fetchone()
+        return due
+
+    def drop_timers(self, run_ids: list[str], now: float) -> None:
+        """Forget the timers of these runs that are due: driving the run acts on them."""
+        self.conn.executemany("DELETE FROM timers WHERE run_id = ? AND due_at <= ?", [(r, now) for r in run_ids])
+
+    def root_run(self, run_id: str) -> str:
+        """The top-level run a sub-run belongs to (a sub-run is driven through its caller)."""
+        while True:
+            row = self.conn.execute("SELECT parent_run FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or row[0] is None:
+                return run_id
+            run_id = row[0]
+
     def pending_approvals(self, run_id: str) -> list[str]:
         rows = self.conn.execute(
             "SELECT step_id FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY step_id",
@@ -433,6 +469,7 @@ _LATER_COLUMNS = (
     ("runs", "event_id", "INTEGER"),
     ("runs", "requested_by", "TEXT"),
     ("runs", "owner", "TEXT"),
+    ("runs", "cancel_requested", "TEXT"),
 )
 
 

@@ -62,6 +62,7 @@ SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-Opsdsl-Signature", "X-Opsdsl-Timestamp"
 SIGNATURE_V2, SIGNATURE_V1 = "v2", "sha256"  # the schemes of X-Opsdsl-Signature: SCHEME=HEX[, SCHEME=HEX]
 MAX_DEPTH = 64  # nesting of an event's JSON; Alertmanager's is 3
 RETRY_AFTER_BUSY, RETRY_AFTER_UNAVAILABLE = "1", "5"
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")  # a closed terminal stops the server as SIGTERM does
 PARSE_THREADS = 2  # bodies parsed and checked at once, off the event loop
 LOG_LIMITER = LogLimiter(burst=20, window=10.0)  # on the handler configure_logging installs
 
@@ -279,6 +280,7 @@ class Server:
         app.router.add_post("/v1/events", self.receive)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
+        __import__("opsdsl.serve.api").serve.api.add_routes(app, self)  # the operator API (docs/api.md)
         return app
 
     @web.middleware
@@ -508,7 +510,7 @@ class Server:
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT, then drain; the exit code."""
         loop = asyncio.get_running_loop()
-        for name in ("SIGTERM", "SIGINT"):
+        for name in STOP_SIGNALS:
             loop.add_signal_handler(getattr(signal, name), self._on_signal, name)
         # auto_decompress off: bodies with a content coding are refused (415), and aiohttp must
         # not inflate one while discarding it; lingering: how long an unread body is drained.
@@ -540,7 +542,7 @@ class Server:
             await self.stop_requested.wait()
             await self._shutdown()
         finally:
-            for name in ("SIGTERM", "SIGINT"):
+            for name in STOP_SIGNALS:
                 loop.remove_signal_handler(getattr(signal, name))
             await runner.cleanup()
             self.parsers.shutdown(wait=False, cancel_futures=True)
@@ -550,18 +552,14 @@ class Server:
 
     async def _start_worker(self) -> None:
         """Start the engine's worker (replaying events an earlier process left) and say what was left."""
-        replayed = await self.service.start()
-        if replayed:
-            log.info("replaying %d events accepted before the last stop", replayed)
         (left,) = self.service.store.conn.execute(
             "SELECT COUNT(*) FROM runs WHERE status IN ('running', 'interrupted') AND parent_run IS NULL"
         ).fetchone()
+        replayed = await self.service.start("serve", own_runs=True)
+        if replayed:
+            log.info("replaying %d events accepted before the last stop", replayed)
         if left:
-            log.warning(
-                "%d runs were left unfinished by an earlier process (they hold their dedupe keys); "
-                "see `opsdsl runs --status interrupted` (and `--status running`) and `opsdsl resume RUN`",
-                left,
-            )
+            log.info("continuing %d runs an earlier process left unfinished", left)
         worker = getattr(self.service, "_worker", None)  # Service offers no public way to watch it
         if worker is not None:
             worker.add_done_callback(self._worker_done)

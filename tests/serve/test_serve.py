@@ -476,7 +476,7 @@ def test_sigterm_refuses_new_events_drains_the_rest_and_exits_0(start):
     assert "stopped" in server.log()
 
 
-def test_a_drain_timeout_leaves_runs_interrupted_and_resumable(start):
+def test_a_drain_timeout_leaves_runs_interrupted_and_the_next_start_continues_them(start):
     server = start("--drain-timeout", "1")
     assert server.post("/v1/events", slow_job(30)).status_code == 202
     wait_until(
@@ -488,7 +488,11 @@ def test_a_drain_timeout_leaves_runs_interrupted_and_resumable(start):
     (run,) = server.runs()
     assert run["status"] == "interrupted"
     again = start("--drain-timeout", "1", state=server.state)
-    assert "1 runs were left unfinished" in again.log() and "opsdsl resume RUN" in again.log()
+    wait_until(
+        lambda: again.query("SELECT 1 FROM ledger WHERE kind = 'run.started' AND data LIKE '%\"recover\"%'"),
+        what="the run continued with no `opsdsl resume`",
+    )
+    assert "continuing 1 runs an earlier process left unfinished" in again.log()
 
 
 def post_until_killed(server: Server, enough: int) -> list[int]:

@@ -1,0 +1,207 @@
+"""A server owns its runs: it drives each one to its end, with nobody at a shell.
+
+The scheduler stops a run whenever it must wait for the world: people (an approval, a
+decision on a step left in doubt, a cancellation) or the clock (an approval's deadline, a
+`wait`, a retry's back-off). A paused run holds no task and no lock; what it waits for is in
+the state database, written by whoever acted (the operator API, the CLI on the same state
+directory, the scheduler's own timers). The driver looks there, every `POLL` seconds and
+whenever it is nudged (`wake`), and drives again the runs that can go on:
+
+- a timer is due (`timers` table; one due while the server was down fires at start);
+- a waiting step got its verdict: enough distinct approvers, a denial, or a decision;
+- someone asked to cancel the run.
+
+At start it adopts the state directory's unfinished runs (a server owns them all) and
+continues those a stopped process left `running` or `interrupted`: the scheduler's own
+recovery re-runs idempotent steps with their key and puts the others in doubt.
+
+A paused run whose waiting state has not changed since the driver last looked is left
+alone, so that a run that cannot go on yet is never driven in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opsdsl.runtime import store as S
+from opsdsl.runtime.approvals import approval_verdict
+
+POLL = 0.5  # seconds between two looks at the database when nothing nudges the driver
+SERVE = "serve"  # runs.owner of a run a server owns
+
+log = logging.getLogger("opsdsl.serve")
+
+# (run, step, status, verdict or None) of every step a paused run waits on; plus cancellation.
+Waiting = frozenset
+
+
+class Driver:
+    """Finds the runs a server must drive now; `drive(run_id, reason)` (the service's) drives one."""
+
+    def __init__(
+        self,
+        store: S.Store,
+        drive: Callable[[str, str], Any],
+        driving: Callable[[], Iterable[str]],
+        clock: Callable[[], float] = time.time,
+        poll: float = POLL,
+    ) -> None:
+        self.store = store
+        self.drive = drive  # (run id, reason) -> starts driving it (a task); None if it cannot now
+        self.driving = driving  # the run ids being driven in this process
+        self.clock = clock
+        self.poll = poll
+        self.nudged = asyncio.Event()
+        self._seen: dict[str, Waiting] = {}  # a paused run's waiting state when last looked at
+
+    # ---- starting -------------------------------------------------------------------------
+
+    def adopt(self) -> list[str]:
+        """Own every unfinished top-level run of the state directory; the ids of those left
+        `running` or `interrupted` by a process that stopped, to drive at once."""
+        final = tuple(S.FINAL_RUN_STATUSES)
+        marks = ", ".join("?" for _ in final)
+        with self.store.transaction():
+            self.store.conn.execute(
+                f"UPDATE runs SET owner = ? WHERE parent_run IS NULL AND status NOT IN ({marks})", (SERVE, *final)
+            )
+        rows = self.store.conn.execute(
+            "SELECT id FROM runs WHERE parent_run IS NULL AND status IN (?, ?) ORDER BY created_at",
+            (S.RUNNING, S.INTERRUPTED),
+        ).fetchall()
+        return [run_id for (run_id,) in rows]
+
+    async def run(self) -> None:
+        """Drive what a stopped process left, then look for runs to drive until cancelled."""
+        for run_id in self.adopt():
+            self.drive(run_id, "recover")
+        while True:
+            try:
+                self.look()
+            except Exception as error:  # a locked or failing database: look again later
+                log.error("driver: %s: %s", type(error).__name__, error)
+            await self._sleep()
+
+    def wake(self) -> None:
+        """Look now (an approval or a decision was just recorded in this process)."""
+        self.nudged.set()
+
+    async def _sleep(self) -> None:
+        timeout = self.poll
+        due = self.store.next_timer()
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - self.clock()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.nudged.wait(), timeout)
+        self.nudged.clear()
+
+    # ---- looking --------------------------------------------------------------------------
+
+    def look(self) -> list[str]:
+        """Start driving every run that can go on now; their ids."""
+        busy = set(self.driving())
+        started = []
+        for run_id, reason in self.due(busy):
+            if run_id not in busy and self.drive(run_id, reason) is not None:
+                busy.add(run_id)
+                started.append(run_id)
+        return started
+
+    def due(self, busy: set[str]) -> list[tuple[str, str]]:
+        """(top-level run, why) for each run to drive now, timers first."""
+        now = self.clock()
+        found: dict[str, str] = {}
+        timers = self.store.due_timers(now)
+        if timers:
+            owned = self._owned_live({self.store.root_run(run_id) for run_id, *_ in timers})
+            fired = sorted(owned - busy)
+            with self.store.transaction():
+                self.store.drop_timers(fired, now)
+            for run_id, _step, kind, _due in timers:
+                root = self.store.root_run(run_id)
+                if root in fired:
+                    found.setdefault(root, "cancel" if kind == "cancel" else "timer")
+        for root, reason in self._ready_paused(busy):
+            found.setdefault(root, reason)
+        return list(found.items())
+
+    def _owned_live(self, run_ids: set[str]) -> set[str]:
+        if not run_ids:
+            return set()
+        marks = ", ".join("?" for _ in run_ids)
+        final = tuple(S.FINAL_RUN_STATUSES)
+        rows = self.store.conn.execute(
+            f"SELECT id FROM runs WHERE id IN ({marks}) AND owner = ? "
+            f"AND status NOT IN ({', '.join('?' for _ in final)})",
+            (*run_ids, SERVE, *final),
+        ).fetchall()
+        return {run_id for (run_id,) in rows}
+
+    def _ready_paused(self, busy: set[str]) -> list[tuple[str, str]]:
+        """Paused runs (this server's) whose waiting state changed so that they can go on."""
+        conn = self.store.conn
+        paused = conn.execute("SELECT id, parent_run, owner, cancel_requested FROM runs WHERE status = ?", (S.PAUSED,))
+        roots: dict[str, str] = {}  # paused run -> its top-level run
+        cancelled: set[str] = set()
+        owned: set[str] = set()
+        for run_id, parent, owner, cancel in paused.fetchall():
+            root = run_id if parent is None else self.store.root_run(run_id)
+            roots[run_id] = root
+            if parent is None and owner == SERVE:
+                owned.add(run_id)
+            if cancel:
+                cancelled.add(root)
+        waiting: dict[str, set[tuple]] = {root: set() for root in owned}
+        rows = conn.execute(
+            "SELECT s.run_id, s.step_id, s.status, s.approvals_needed FROM steps s JOIN runs r ON r.id = s.run_id "
+            "WHERE r.status = ? AND s.status IN (?, ?, ?)",
+            (S.PAUSED, S.AWAITING_APPROVAL, S.IN_DOUBT, S.WAITING),
+        ).fetchall()
+        awaiting = [(run_id, step) for run_id, step, status, _ in rows if status == S.AWAITING_APPROVAL]
+        votes = self._votes(awaiting)
+        for run_id, step, status, needed in rows:
+            root = roots.get(run_id)
+            if root not in waiting:
+                continue
+            verdict = approval_verdict(votes.get((run_id, step), []), needed) if status == S.AWAITING_APPROVAL else None
+            waiting[root].add((run_id, step, status, verdict))
+        ready = []
+        for root, items in waiting.items():
+            state: Waiting = frozenset(items | ({("cancel",)} if root in cancelled else set()))
+            before = self._seen.get(root)
+            self._seen[root] = state
+            if root in busy or state == before:
+                continue
+            if root in cancelled:
+                ready.append((root, "cancel"))
+            elif any(item[3] is not None for item in items):
+                ready.append((root, "approval"))
+            elif not items:
+                ready.append((root, "resume"))  # nothing left to wait for
+            elif before is not None and _waited_on(before) - _waited_on(state):
+                ready.append((root, "decision"))  # a step stopped waiting (a decision)
+        for gone in set(self._seen) - set(waiting):
+            del self._seen[gone]
+        return ready
+
+    def _votes(self, steps: list[tuple[str, str]]) -> dict[tuple[str, str], list[dict]]:
+        found: dict[tuple[str, str], list[dict]] = {}
+        runs = sorted({run_id for run_id, _ in steps})
+        if not runs:
+            return found
+        marks = ", ".join("?" for _ in runs)
+        rows = self.store.conn.execute(
+            f"SELECT run_id, step_id, by, decision FROM approvals WHERE run_id IN ({marks})", runs
+        ).fetchall()
+        for run_id, step, by, decision in rows:
+            found.setdefault((run_id, step), []).append({"by": by, "decision": decision})
+        return found
+
+
+def _waited_on(state: Waiting) -> set[tuple[str, str]]:
+    return {(item[0], item[1]) for item in state if len(item) == 4 and item[2] in (S.AWAITING_APPROVAL, S.IN_DOUBT)}
