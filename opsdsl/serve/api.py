@@ -1,0 +1,1012 @@
+"""The operator API: runs, approvals, incidents, the ledger and the report, as JSON under `/v1/`.
+
+It lives on the same aiohttp application as the event intake (`intake.Server.application`
+calls `add_routes`), and is described by `openapi.json` beside this module (served at
+`/v1/openapi.json`, shipped in the wheel). Users' guide: docs/api.md.
+
+- **People, not the machine token.** Every endpoint needs a person (`serve.auth.identify`:
+  a user's bearer token, or the trusted proxy's header) and checks the person's role for
+  what the endpoint does (`people.allowed`: viewer reads; responder fires, acks, resumes,
+  cancels; approver approves and decides). The machine intake (`POST /v1/events`,
+  `/v1/alertmanager`) keeps its bearer token and HMAC; a person fires at `POST /v1/fire`,
+  and the event's source is `user:NAME`.
+- **Errors are RFC 9457 problem details** (`application/problem+json`) everywhere under
+  `/v1/` but the machine intake, whose answers stay as documented in docs/serve.md.
+- **The event loop stays free for the intake.** Reads (lists, a run's detail, ledger
+  verification, the report, incident files and exports) run on a small pool of threads,
+  each with its own read connection to the state database (WAL: readers never block the
+  writer); verification, the report and exports are also bounded to one or two at a time.
+  Writes (an approval, a decision, a cancel) are one short transaction on the service's
+  own connection, on the loop, beside the runs it drives, which are woken at once.
+- **Idempotent POSTs.** A POST with an `Idempotency-Key` header is stored (person, key,
+  method, path, a digest of the body → the response) in the table `api_idempotency`; the
+  same request again gets the stored response (`Idempotent-Replayed: true`), the same key
+  with another request 422, and while the first is still being answered 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import inspect as pyinspect
+import json
+import logging
+import os
+import re
+import sqlite3
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from opsdsl.errors import OpsdslError, UsageError
+from opsdsl.runtime import store as S
+from opsdsl.runtime.service import QueueFull
+from opsdsl.runtime.store import StateError
+
+if TYPE_CHECKING:
+    from opsdsl.serve.intake import Server
+
+log = logging.getLogger("opsdsl.serve")
+
+PROBLEM_TYPE = "application/problem+json"
+MAX_BODY = 64 * 1024  # an approval, a decision, an ack: small JSON; `fire` takes up to --max-body
+READ_THREADS = 2  # reads at once, off the event loop
+HEAVY_AT_ONCE = 1  # ledger verifications, reports and exports at once (each reads everything)
+LEDGER_CACHE_SECONDS = 5.0  # a dashboard polling /v1/ledger does not re-verify each time
+IDEMPOTENCY_TTL = 24 * 3600.0  # a stored response is replayed for a day
+MAX_KEY = 200
+CHUNK = 64 * 1024
+
+RUN_TEXT = re.compile(r"latest|[0-9a-f-]{1,64}")  # a run id (YYYYMMDD-HHMMSS-hex), a prefix, or latest
+STEP_TEXT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")
+INCIDENT_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # audit.incident.folder's safe id
+EVIDENCE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+=,-]{0,254}")
+KEY_TEXT = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY}}}")
+RUN_STATUSES = (S.RUNNING, S.PAUSED, S.INTERRUPTED, *S.FINAL_RUN_STATUSES)
+OUTCOMES = ("retry", "succeeded", "failed")
+
+IDEMPOTENCY_DDL = """
+CREATE TABLE IF NOT EXISTS api_idempotency (
+    person TEXT NOT NULL,
+    key TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (person, key)
+);
+CREATE INDEX IF NOT EXISTS api_idempotency_at ON api_idempotency(at);
+"""
+
+
+# ---- problems --------------------------------------------------------------------------
+
+
+class Problem(Exception):
+    """An RFC 9457 problem: answered as `application/problem+json`."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        return problem_response(self.status, self.detail, self.headers, **self.extra)
+
+
+def problem_response(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
+    """`{type, title, status, detail}`: type about:blank, so the title is the status' phrase (RFC 9457 §4.2.1)."""
+    from http import HTTPStatus
+
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return web.Response(
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        status=status,
+        headers={"Content-Type": PROBLEM_TYPE, **(headers or {})},
+    )
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, ensure_ascii=False, sort_keys=True).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+# ---- people and runs: PEOPLE's and INSPECT's modules ------------------------------------
+# INTERIM (delete when opsdsl/serve/auth.py, runtime/people.py and runtime/inspect.py land):
+# thin stand-ins so that the API can be exercised before those modules exist.
+
+
+def _identify(request: web.Request, server: Server) -> Any:
+    try:
+        from opsdsl.serve import auth
+    except ImportError:
+        return _interim_identify(request, server)
+    return auth.identify(request, server)
+
+
+def _allowed(person: Any, act: str) -> bool:
+    try:
+        from opsdsl.runtime import people
+    except ImportError:
+        return _interim_allowed(person, act)
+    return people.allowed(person, act)
+
+
+def _inspect() -> Any:
+    try:
+        from opsdsl.runtime import inspect as runs
+    except ImportError:
+        return _Interim
+    return runs
+
+
+@dataclass(frozen=True)
+class _InterimPerson:
+    name: str
+    role: str
+    groups: tuple[str, ...] = ()
+    via: str = "token"
+
+    @property
+    def recorded(self) -> str:
+        return self.name
+
+
+def _interim_identify(request: web.Request, server: Server) -> Any:
+    import hmac
+
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    token = server.options.token
+    if scheme.lower() == "bearer" and token and hmac.compare_digest(given.strip().encode(), token):
+        return _InterimPerson("operator", "admin")
+    raise Problem(401, "no valid credentials", {"WWW-Authenticate": 'Bearer realm="opsdsl"'})
+
+
+def _interim_allowed(person: Any, act: str) -> bool:
+    ranks = {"viewer": 0, "responder": 1, "approver": 2, "admin": 3}
+    needed = {"read": 0, "fire": 1, "ack": 1, "resume": 1, "cancel": 1, "approve": 2, "decide": 2, "admin": 3}
+    return ranks.get(person.role, -1) >= needed.get(act, 99)
+
+
+class _Interim:
+    @staticmethod
+    def resolve_run(store: S.Store, text: str) -> str:
+        if text == "latest":
+            row = store.conn.execute("SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
+            if row is None:
+                raise UsageError("no runs yet")
+            return row[0]
+        rows = store.conn.execute(
+            "SELECT id FROM runs WHERE substr(id, 1, ?) = ? LIMIT 2", (len(text), text)
+        ).fetchall()
+        if len(rows) != 1:
+            raise UsageError(f"no run {text!r}" if not rows else f"{text!r} matches several runs")
+        return rows[0][0]
+
+    @staticmethod
+    def _summary(run: S.RunRow) -> dict[str, Any]:
+        keys = ("id", "incident_id", "pack", "playbook", "severity", "status", "created_at", "finished_at")
+        return {k: getattr(run, k) for k in keys}
+
+    @staticmethod
+    def list_runs(
+        store: S.Store, *, status=None, pack=None, playbook=None, severity=None, since=None, limit=50, cursor=None
+    ):
+        runs = [
+            r
+            for r in store.runs(status)
+            if (pack is None or r.pack == pack)
+            and (playbook is None or r.playbook == playbook)
+            and (severity is None or r.severity == severity)
+            and (since is None or r.created_at >= since)
+        ]
+        start = int(cursor) if cursor and cursor.isdigit() else 0
+        page = runs[start : start + limit]
+        more = str(start + limit) if start + limit < len(runs) else None
+        return [_Interim._summary(r) for r in page], more
+
+    @staticmethod
+    def run_detail(store: S.Store, run_id: str) -> dict[str, Any]:
+        run = store.run(run_id)
+        steps = [
+            {"id": s.step_id, "status": s.status, "attempts": s.attempts, "outputs": s.outputs, "error": s.error}
+            for s in store.steps(run_id).values()
+        ]
+        entries = [e.to_dict() for e in store.ledger.entries(run=run_id)]
+        return {**_Interim._summary(run), "steps": steps, "ledger": entries}
+
+
+def _with_person(method: Callable[..., Any], *args: Any, person: Any, **kwargs: Any) -> Any:
+    """Call a Runtime method with `person=` once PEOPLE's version takes it."""
+    if "person" in pyinspect.signature(method).parameters:
+        kwargs["person"] = person
+    return method(*args, **kwargs)
+
+
+# ---- the routes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    act: str  # what people.allowed must grant; "" for any authenticated person
+    handler: str  # the Api method
+    idempotent: bool = False  # POSTs that honour Idempotency-Key
+    max_body: int = MAX_BODY
+
+
+ROUTES = (
+    Route("GET", "/v1/me", "", "me"),
+    Route("GET", "/v1/openapi.json", "", "openapi"),
+    Route("GET", "/v1/runs", "read", "list_runs"),
+    Route("GET", "/v1/runs/{run}", "read", "run_detail"),
+    Route("POST", "/v1/runs/{run}/steps/{step}/approve", "approve", "approve", True),
+    Route("POST", "/v1/runs/{run}/steps/{step}/deny", "approve", "deny", True),
+    Route("POST", "/v1/runs/{run}/steps/{step}/decide", "decide", "decide", True),
+    Route("POST", "/v1/runs/{run}/ack", "ack", "ack", True),
+    Route("POST", "/v1/runs/{run}/cancel", "cancel", "cancel", True),
+    Route("POST", "/v1/runs/{run}/resume", "resume", "resume", True),
+    Route("POST", "/v1/fire", "fire", "fire", True, max_body=0),  # 0: the server's --max-body
+    Route("GET", "/v1/incidents/{incident}", "read", "incident"),
+    Route("GET", "/v1/incidents/{incident}/rca", "read", "incident_rca"),
+    Route("GET", "/v1/incidents/{incident}/evidence", "read", "incident_evidence"),
+    Route("GET", "/v1/incidents/{incident}/evidence/{name:.+}", "read", "evidence_file"),
+    Route("GET", "/v1/incidents/{incident}/export", "read", "incident_export"),
+    Route("GET", "/v1/ledger", "read", "ledger"),
+    Route("GET", "/v1/report", "read", "report"),
+)
+
+
+def add_routes(app: web.Application, server: Server) -> Api:
+    """Add the operator API to the server's application (before it starts)."""
+    api = Api(server)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, api.endpoint(route))
+    app.middlewares.append(api.problems)
+    app.on_cleanup.append(api.close)
+    return api
+
+
+@dataclass
+class _Heavy:
+    """A bounded queue for work that reads everything (verify, report, export)."""
+
+    slots: asyncio.Semaphore | None = None
+    cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+
+    def semaphore(self) -> asyncio.Semaphore:
+        if self.slots is None:
+            self.slots = asyncio.Semaphore(HEAVY_AT_ONCE)
+        return self.slots
+
+
+class Api:
+    """The handlers of the operator API over one server's Service."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.service = server.service
+        self.state: Path = server.service.runtime.state
+        self.readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="opsdsl-api")
+        self._local = threading.local()
+        self._stores: list[S.Store] = []
+        self._stores_lock = threading.Lock()
+        self._heavy = _Heavy()
+        self._keys_ready = False
+        self._keys_in_flight: set[tuple[str, str]] = set()
+
+    async def close(self, app: web.Application) -> None:
+        self.readers.shutdown(wait=False, cancel_futures=True)
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    @web.middleware
+    async def problems(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Under /v1/ (but the machine intake), every error is a problem+json answer."""
+        from opsdsl.serve.intake import INTAKE_PATHS
+
+        if not (request.path + "/").startswith("/v1/") or request.path in INTAKE_PATHS:
+            return await handler(request)
+        try:
+            return await handler(request)
+        except Problem as problem:
+            return problem.response()
+        except web.HTTPException as error:
+            if error.content_type == PROBLEM_TYPE:
+                return error
+            headers = {k: v for k, v in error.headers.items() if k.lower() in ("allow", "www-authenticate")}
+            detail = {404: "no such endpoint", 405: "method not allowed"}.get(error.status, error.reason)
+            if error.status == 413:
+                detail = f"request body too large (over {self.server.options.max_body} bytes)"
+            return problem_response(error.status, detail, headers)
+        except sqlite3.OperationalError as error:
+            log.warning("api: %s %s: the state database is busy: %s", request.method, request.path[:200], error)
+            return problem_response(503, "the state database is busy; retry", {"Retry-After": "1"})
+        except Exception as error:
+            log.error(
+                "api: internal error on %s %s: %s: %s", request.method, request.path[:200], type(error).__name__, error
+            )
+            return problem_response(500, "internal error")
+
+    def endpoint(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        handler = getattr(self, route.handler)
+
+        async def answer(request: web.Request) -> web.StreamResponse:
+            person = self.person(request, route.act)
+            if route.method != "POST":
+                return await handler(request, person)
+            body = await self._body(request, route.max_body or self.server.options.max_body)
+            key = request.headers.get("Idempotency-Key")
+            if key is None or not route.idempotent:
+                return await self._post(handler, request, person, body)
+            return await self._idempotent(handler, request, person, body, key)
+
+        return answer
+
+    def person(self, request: web.Request, act: str) -> Any:
+        """The person making the request (401 if none), allowed to do `act` (403 if not)."""
+        person = _identify(request, self.server)
+        self.server.guard.authenticated(request.protocol)
+        if act and not _allowed(person, act):
+            raise Problem(403, f"{person.name} ({person.role}) may not {act}", person=person.name, role=person.role)
+        return person
+
+    async def _post(self, handler: Any, request: web.Request, person: Any, body: bytes) -> web.StreamResponse:
+        try:
+            return await handler(request, person, body)
+        except Problem as problem:
+            return problem.response()
+
+    async def _body(self, request: web.Request, limit: int) -> bytes:
+        """The request body, at most `limit` bytes, JSON; 413 / 415 / 408 otherwise."""
+        if request.content_length is not None and request.content_length > limit:
+            raise Problem(413, f"request body over {limit} bytes")
+        if request.body_exists:
+            media = request.content_type
+            if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+                raise Problem(415, f"content type {media!r}; send application/json")
+            coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+            if coding != "identity":
+                raise Problem(415, f"content encoding {coding!r}; send the body uncompressed")
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.server.options.body_timeout):
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise Problem(413, f"request body over {limit} bytes", {"Connection": "close"})
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Problem(408, "the body did not arrive in time", {"Connection": "close"}) from None
+        return b"".join(chunks)
+
+    async def read(self, work: Callable[..., Any], *args: Any) -> Any:
+        """`work(store, *args)` on a reader thread, with that thread's own connection."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.readers, self._with_store, work, args)
+
+    def _with_store(self, work: Callable[..., Any], args: tuple) -> Any:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = S.Store(self.state, create=False)
+            self._local.store = store
+            with self._stores_lock:
+                self._stores.append(store)
+        return work(store, *args)
+
+    async def heavy(self, name: str, work: Callable[..., Any], *args: Any, cache: float = 0.0) -> Any:
+        """Whole-state work, one at a time, its result reused for `cache` seconds."""
+        now = time.monotonic()
+        if cache and name in self._heavy.cache and now - self._heavy.cache[name][0] < cache:
+            return self._heavy.cache[name][1]
+        async with self._heavy.semaphore():
+            if cache and name in self._heavy.cache and time.monotonic() - self._heavy.cache[name][0] < cache:
+                return self._heavy.cache[name][1]
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self.readers, work, *args)
+        if cache:
+            self._heavy.cache[name] = (time.monotonic(), result)
+        return result
+
+    async def resolve(self, request: web.Request) -> str:
+        """The full id of the run named in the path (an id, a unique prefix, or `latest`); 404 if none."""
+        text = request.match_info["run"]
+        if not RUN_TEXT.fullmatch(text):
+            raise Problem(404, "no such run: a run id is digits, a-f and '-' (a unique prefix will do), or latest")
+        try:
+            return await self.read(_inspect().resolve_run, text)
+        except (UsageError, StateError) as error:
+            raise Problem(404, _message(error)) from None
+
+    # ---- who am I, what is there ----------------------------------------------------------
+
+    async def me(self, request: web.Request, person: Any) -> web.Response:
+        acts = [act for act in ACTS if _allowed(person, act)]
+        return _json(
+            {
+                "name": person.name,
+                "role": person.role,
+                "groups": list(person.groups),
+                "via": person.via,
+                "recorded_as": person.recorded,
+                "may": acts,
+            }
+        )
+
+    async def openapi(self, request: web.Request, person: Any) -> web.Response:
+        return web.Response(body=openapi_bytes(), headers={"Content-Type": "application/json"})
+
+    # ---- runs ----------------------------------------------------------------------------
+
+    async def list_runs(self, request: web.Request, person: Any) -> web.Response:
+        query = request.query
+        unknown = sorted(set(query) - {"status", "pack", "playbook", "severity", "since", "limit", "cursor"})
+        if unknown:
+            raise Problem(422, f"unknown query parameter {unknown[0]!r}")
+        status = query.get("status")
+        if status is not None and status not in RUN_STATUSES:
+            raise Problem(422, f"status {status!r}: one of {', '.join(RUN_STATUSES)}")
+        limit = _int_param(query.get("limit"), "limit", 1, 200, 50)
+        since = _since(query.get("since")) if "since" in query else None
+        filters = {name: query.get(name) for name in ("pack", "playbook", "severity")}
+        for name, value in filters.items():
+            if value is not None and (not value or len(value) > 200):
+                raise Problem(422, f"{name}: 1 to 200 characters")
+        cursor = query.get("cursor")
+        if cursor is not None and (not cursor or len(cursor) > 500):
+            raise Problem(422, "cursor: as given by next_cursor")
+
+        def work(store: S.Store) -> tuple[list[dict], str | None]:
+            return _inspect().list_runs(store, status=status, since=since, limit=limit, cursor=cursor, **filters)
+
+        try:
+            runs, next_cursor = await self.read(work)
+        except UsageError as error:
+            raise Problem(422, _message(error)) from None
+        return _json({"runs": runs, "next_cursor": next_cursor})
+
+    async def run_detail(self, request: web.Request, person: Any) -> web.Response:
+        run_id = await self.resolve(request)
+        try:
+            detail = await self.read(_inspect().run_detail, run_id)
+        except (UsageError, StateError) as error:
+            raise Problem(404, _message(error)) from None
+        return _json(detail)
+
+    async def approve(self, request: web.Request, person: Any, body: bytes) -> web.Response:
+        return await self._answer(request, person, body, deny=False)
+
+    async def deny(self, request: web.Request, person: Any, body: bytes) -> web.Response:
+        return await self._answer(request, person, body, deny=True)
+
+    async def _answer(self, request: web.Request, person: Any, body: bytes, deny: bool) -> web.Response:
+        fields = _object(body, {"answers", "comment"})
+        answers = fields.get("answers") or {}
+        if not isinstance(answers, dict):
+            raise Problem(422, "answers: an object of input name → value")
+        texts = {}
+        for name, value in answers.items():
+            if isinstance(value, bool):
+                texts[name] = "true" if value else "false"
+            elif isinstance(value, (str, int, float)):
+                texts[name] = str(value)
+            else:
+                raise Problem(422, f"answers.{name}: a string, number or boolean")
+        comment = _comment(fields)
+        run_id, step = await self.resolve(request), self._step(request)
+        await self._expect_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
+        runtime = self.service.runtime
+        try:
+            result = _with_person(
+                runtime.approve,
+                run_id,
+                step,
+                person.recorded,
+                deny=deny,
+                answers=texts or None,
+                comment=comment,
+                person=person,
+            )
+        except UsageError as error:
+            await self._expect_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
+            status = 422 if error.message.startswith("--input") else 403
+            raise Problem(status, _message(error)) from None
+        self._wake(run_id)
+        return _json({"run": run_id, "step": step, "by": person.name, **result})
+
+    async def decide(self, request: web.Request, person: Any, body: bytes) -> web.Response:
+        fields = _object(body, {"outcome", "comment"})
+        outcome = fields.get("outcome")
+        if outcome not in OUTCOMES:
+            raise Problem(422, f"outcome: one of {', '.join(OUTCOMES)}")
+        run_id, step = await self.resolve(request), self._step(request)
+        await self._expect_step(run_id, step, S.IN_DOUBT, "a decision")
+        try:
+            _with_person(self.service.runtime.decide, run_id, step, person.recorded, outcome, person=person)
+        except UsageError as error:
+            await self._expect_step(run_id, step, S.IN_DOUBT, "a decision")
+            raise Problem(403, _message(error)) from None
+        self._wake(run_id)
+        return _json({"run": run_id, "step": step, "by": person.name, "outcome": outcome})
+
+    async def ack(self, request: web.Request, person: Any, body: bytes) -> web.Response:
+        _object(body, set())
+        run_id = await self.resolve(request)
+        try:
+            first = _with_person(self.service.runtime.acknowledge, run_id, person.recorded, person=person)
+        except UsageError as error:
+            raise Problem(403, _message(error)) from None
+        return _json({"run": run_id, **first})
+
+    async def cancel(self, request: web.Request, person: Any, body: bytes) -> web.Response:
+        fields = _object(body, {"comment"})
+        _comment(fields)
+        run_id = await self.resolve(request)
+        await self._expect_live(run_id, "cancel")
+        runtime = self.service.runtime
+        try:
+            await _maybe_await(runtime.cancel(run_id, person.recorded, person.via))
+        except UsageError as error:
+            await self._expect_live(run_id, "cancel")
+            raise Problem(409, _message(error)) from None
+        self._wake(run_id)
+        status = await self.read(lambda store: store.run(run_id).status)
+        return _json({"run": run_id, "status": status, "by": person.name})
+
+    async def resume(self, request: web.Request, person: Any, body: bytes) -> web.Response:
+        _object(body, set())
+        run_id = await self.resolve(request)
+        await self._expect_live(run_id, "resume")
+        try:
+            await _maybe_await(self.service.resume(run_id, person))
+        except UsageError as error:
+            await self._expect_live(run_id, "resume")
+            raise Problem(409, _message(error)) from None
+        status = await self.read(lambda store: store.run(run_id).status)
+        return _json({"run": run_id, "status": status, "by": person.name}, status=202)
+
+    async def fire(self, request: web.Request, person: Any, body: bytes) -> web.Response:
+        """Events into the packs, as a person: the machine intake's checks, source `user:NAME`."""
+        from opsdsl.serve.intake import Refusal, checked_events
+
+        if self.server.stopping:
+            raise Problem(503, "shutting down", {"Retry-After": "5", "Connection": "close"})
+        if not body:
+            raise Problem(422, "no event: send a JSON object (one event) or a list of objects")
+        loop = asyncio.get_running_loop()
+        try:
+            events = await loop.run_in_executor(
+                self.server.parsers, checked_events, body, "http", self.server.options.queue_size
+            )
+        except Refusal as refusal:
+            raise Problem(422 if refusal.status == 400 else refusal.status, refusal.reason) from None
+        try:
+            ids = await self.server.intake.accept(events, f"user:{person.name}")
+        except QueueFull:
+            raise Problem(429, "backlog full; retry later", {"Retry-After": "1"}) from None
+        except (sqlite3.Error, OpsdslError) as error:
+            log.error("api: could not persist %d events: %s", len(events), error)
+            raise Problem(503, "could not store the events", {"Retry-After": "5"}) from None
+        return _json({"accepted": len(ids), "ids": ids, "source": f"user:{person.name}"}, status=202)
+
+    def _step(self, request: web.Request) -> str:
+        step = request.match_info["step"]
+        if not STEP_TEXT.fullmatch(step):
+            raise Problem(404, "no such step: a step id is letters, digits, '_', '-', '.' and ':'")
+        return step
+
+    async def _expect_step(self, run_id: str, step: str, status: str, what: str) -> None:
+        """404 if the run has no such step, 409 if the step is not waiting for `what`."""
+
+        def work(store: S.Store) -> tuple[str, str | None]:
+            run = store.run(run_id)
+            row = store.conn.execute(
+                "SELECT status FROM steps WHERE run_id = ? AND step_id = ?", (run_id, step)
+            ).fetchone()
+            return run.status, None if row is None else row[0]
+
+        run_status, step_status = await self.read(work)
+        if step_status is None:
+            raise Problem(404, f"run {run_id} has no step {step!r}")
+        if step_status != status:
+            raise Problem(
+                409,
+                f"step {step} of run {run_id} is {step_status}, not waiting for {what}",
+                run_status=run_status,
+                step_status=step_status,
+            )
+
+    async def _expect_live(self, run_id: str, what: str) -> None:
+        status = await self.read(lambda store: store.run(run_id).status)
+        if status in S.FINAL_RUN_STATUSES:
+            raise Problem(409, f"run {run_id} already {status}; there is nothing to {what}", run_status=status)
+
+    def _wake(self, run_id: str) -> None:
+        """Nudge the server's driver: the run goes on now, not at its next timer."""
+        wake = getattr(self.service, "wake", None)
+        if wake is not None:
+            wake(run_id)
+
+    # ---- idempotency ---------------------------------------------------------------------
+
+    async def _idempotent(
+        self, handler: Any, request: web.Request, person: Any, body: bytes, key: str
+    ) -> web.StreamResponse:
+        if not KEY_TEXT.fullmatch(key):
+            raise Problem(422, f"Idempotency-Key: 1 to {MAX_KEY} printable ASCII characters")
+        digest = hashlib.sha256(b"\n".join([request.method.encode(), request.path.encode(), body])).hexdigest()
+        who = person.name
+        stored = await self.read(_stored_response, who, key)
+        if stored is not None:
+            method, path, was, status, content_type, answer = stored
+            if (method, path, was) != (request.method, request.path, digest):
+                raise Problem(422, "Idempotency-Key already used for another request; use a new key")
+            return web.Response(
+                body=answer, status=status, headers={"Content-Type": content_type, "Idempotent-Replayed": "true"}
+            )
+        if (who, key) in self._keys_in_flight:
+            raise Problem(409, "a request with this Idempotency-Key is still being answered; retry")
+        self._keys_in_flight.add((who, key))
+        try:
+            response = await self._post(handler, request, person, body)
+            if response.status < 500 and isinstance(response, web.Response) and response.body is not None:
+                self._store_response(who, key, request, digest, response)
+            return response
+        finally:
+            self._keys_in_flight.discard((who, key))
+
+    def _store_response(self, who: str, key: str, request: web.Request, digest: str, response: web.Response) -> None:
+        store = self.service.store
+        now = time.time()
+        if not self._keys_ready:
+            store.conn.executescript(IDEMPOTENCY_DDL)
+            self._keys_ready = True
+        with store.transaction():
+            store.conn.execute("DELETE FROM api_idempotency WHERE at < ?", (now - IDEMPOTENCY_TTL,))
+            store.conn.execute(
+                "INSERT OR REPLACE INTO api_idempotency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    who,
+                    key,
+                    request.method,
+                    request.path,
+                    digest,
+                    response.status,
+                    response.content_type,
+                    bytes(response.body),
+                    now,
+                ),
+            )
+
+    # ---- incidents -----------------------------------------------------------------------
+
+    async def _incident_folder(self, request: web.Request) -> Path:
+        from opsdsl.runtime.state_audit import find_incident
+
+        incident = request.match_info["incident"]
+        if not INCIDENT_TEXT.fullmatch(incident) or ".." in incident:
+            raise Problem(404, "no such incident: an incident id is letters, digits, '.', '_' and '-'")
+        try:
+            folder = await asyncio.get_running_loop().run_in_executor(
+                self.readers, find_incident, self.state, None, incident
+            )
+        except UsageError:
+            raise Problem(404, f"no incident {incident}") from None
+        if folder.is_symlink() or not folder.is_dir():
+            raise Problem(404, f"no incident {incident}")
+        return folder
+
+    async def incident(self, request: web.Request, person: Any) -> web.Response:
+        from opsdsl.audit.incident import RECORD_FILE
+
+        folder = await self._incident_folder(request)
+        data = await self._file(folder, RECORD_FILE, "its record is not written yet (the run is still live)")
+        try:
+            document = json.loads(data)
+        except ValueError:
+            raise Problem(500, "the incident's record.json is not JSON") from None
+        return _json(document)
+
+    async def incident_rca(self, request: web.Request, person: Any) -> web.Response:
+        from opsdsl.audit.incident import RCA_FILE
+
+        folder = await self._incident_folder(request)
+        data = await self._file(folder, RCA_FILE, "its rca.md is not written yet (the run is still live)")
+        return web.Response(body=data, headers={"Content-Type": "text/markdown; charset=utf-8"})
+
+    async def incident_evidence(self, request: web.Request, person: Any) -> web.Response:
+        folder = await self._incident_folder(request)
+        files = await asyncio.get_running_loop().run_in_executor(self.readers, _evidence_files, folder)
+        return _json({"incident_id": folder.name, "files": files})
+
+    async def evidence_file(self, request: web.Request, person: Any) -> web.StreamResponse:
+        from opsdsl.audit.incident import EVIDENCE_DIR
+
+        folder = await self._incident_folder(request)
+        parts = request.match_info["name"].split("/")
+        if not all(EVIDENCE_PART.fullmatch(part) and part not in (".", "..") for part in parts):
+            raise Problem(404, "no such evidence file")
+        relative = "/".join([EVIDENCE_DIR, *parts])
+        data = await self._file(folder, relative, "no such evidence file")
+        digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        return web.Response(
+            body=data,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Repr-Digest": f"sha-256=:{digest}:",
+                "Content-Disposition": f'attachment; filename="{parts[-1]}"',
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    async def incident_export(self, request: web.Request, person: Any) -> web.StreamResponse:
+        from opsdsl.audit.incident import IncidentError, export_incident
+
+        folder = await self._incident_folder(request)
+        scratch = Path(tempfile.mkdtemp(prefix="opsdsl-export-"))
+        archive = scratch / f"{folder.name}.tar.gz"
+        try:
+            try:
+                await self.heavy("export", export_incident, folder, archive)
+            except IncidentError as error:
+                raise Problem(409, _message(error)) from None
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "application/gzip",
+                    "Content-Disposition": f'attachment; filename="{folder.name}.tar.gz"',
+                }
+            )
+            response.content_length = archive.stat().st_size
+            await response.prepare(request)
+            loop = asyncio.get_running_loop()
+            with open(archive, "rb") as handle:
+                while chunk := await loop.run_in_executor(self.readers, handle.read, CHUNK):
+                    await response.write(chunk)
+            await response.write_eof()
+            return response
+        finally:
+            with contextlib.suppress(OSError):
+                archive.unlink()
+            with contextlib.suppress(OSError):
+                scratch.rmdir()
+
+    async def _file(self, folder: Path, relative: str, missing: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(self.readers, _read_inside, folder, relative)
+        if data is None:
+            raise Problem(404, f"incident {folder.name}: {missing}")
+        return data
+
+    # ---- the ledger and the report -----------------------------------------------------------
+
+    async def ledger(self, request: web.Request, person: Any) -> web.Response:
+        body = await self.heavy("ledger", _ledger_status, self.state, cache=LEDGER_CACHE_SECONDS)
+        return _json(body)
+
+    async def report(self, request: web.Request, person: Any) -> web.Response:
+        from opsdsl.runtime.state_audit import compute_state_report
+
+        unknown = sorted(set(request.query) - {"since"})
+        if unknown:
+            raise Problem(422, f"unknown query parameter {unknown[0]!r}")
+        since = request.query.get("since")
+        if since is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", since):
+            raise Problem(422, "since: a date, YYYY-MM-DD")
+        try:
+            report = await self.heavy(f"report {since}", compute_state_report, self.state, since)
+        except UsageError as error:
+            raise Problem(422, _message(error)) from None
+        return _json(report.to_dict())
+
+
+ACTS = ("read", "fire", "ack", "resume", "cancel", "approve", "decide", "admin")
+
+
+# ---- helpers (run on reader threads where they read files or the database) --------------
+
+
+def openapi_bytes() -> bytes:
+    """The OpenAPI 3.1 document shipped beside this module."""
+    return _openapi()
+
+
+_OPENAPI: list[bytes] = []
+
+
+def _openapi() -> bytes:
+    if not _OPENAPI:
+        _OPENAPI.append(resources.files("opsdsl.serve").joinpath("openapi.json").read_bytes())
+    return _OPENAPI[0]
+
+
+def openapi_document() -> dict[str, Any]:
+    return json.loads(openapi_bytes())
+
+
+def _message(error: Exception) -> str:
+    return getattr(error, "message", None) or str(error)
+
+
+async def _maybe_await(value: Any) -> Any:
+    if pyinspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _object(body: bytes, allowed: set[str]) -> dict[str, Any]:
+    """The body as a JSON object with only `allowed` fields ({} for an empty body); 422 otherwise."""
+    if not body.strip():
+        return {}
+    from opsdsl.lang.untrusted import json_problem, loads_finite
+
+    try:
+        value = loads_finite(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Problem(422, "the body is not UTF-8") from None
+    except (ValueError, RecursionError) as error:
+        raise Problem(422, f"the body is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise Problem(422, f"the body is a JSON object, not {type(value).__name__}")
+    problem = json_problem(value, 8)
+    if problem:
+        raise Problem(422, problem)
+    extra = sorted(set(value) - allowed)
+    if extra:
+        fields = ", ".join(sorted(allowed)) or "none"
+        raise Problem(422, f"unknown field {extra[0]!r} (fields: {fields})")
+    return value
+
+
+def _comment(fields: dict[str, Any]) -> str | None:
+    comment = fields.get("comment")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > 4000):
+        raise Problem(422, "comment: a string of at most 4000 characters")
+    return comment
+
+
+def _int_param(text: str | None, name: str, low: int, high: int, default: int) -> int:
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+        raise Problem(422, f"{name}: a whole number from {low} to {high}")
+    return int(text)
+
+
+def _since(text: str | None) -> float:
+    """`since` as epoch seconds: unix seconds, or an ISO 8601 date or time (UTC unless it says)."""
+    text = (text or "").strip()
+    try:
+        if re.fullmatch(r"\d{1,12}(\.\d+)?", text):
+            return float(text)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise Problem(422, "since: unix seconds, or an ISO 8601 date or time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _stored_response(store: S.Store, who: str, key: str) -> tuple | None:
+    try:
+        return store.conn.execute(
+            "SELECT method, path, digest, status, content_type, body FROM api_idempotency"
+            " WHERE person = ? AND key = ? AND at >= ?",
+            (who, key, time.time() - IDEMPOTENCY_TTL),
+        ).fetchone()
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return None
+        raise
+
+
+def _read_inside(folder: Path, relative: str) -> bytes | None:
+    """A regular file below `folder`, never through a symlink; None if there is none."""
+    current = folder
+    for part in relative.split("/"):
+        current = current / part
+        try:
+            mode = current.lstat().st_mode
+        except OSError:
+            return None
+        if stat.S_ISLNK(mode):
+            return None
+    if not stat.S_ISREG(mode):
+        return None
+    try:
+        fd = os.open(current, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def _evidence_files(folder: Path) -> list[dict[str, Any]]:
+    """Every regular file below the folder's evidence/ (links and special files left out), with its digest."""
+    from opsdsl.audit.incident import EVIDENCE_DIR
+
+    root = folder / EVIDENCE_DIR
+    if root.is_symlink() or not root.is_dir():
+        return []
+    found = []
+    for current, dirs, names in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in sorted(names):
+            full = Path(current) / name
+            info = full.lstat()
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            digest = hashlib.sha256()
+            with open(full, "rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    digest.update(chunk)
+            found.append(
+                {
+                    "name": full.relative_to(root).as_posix(),
+                    "size": info.st_size,
+                    "digest": f"sha256:{digest.hexdigest()}",
+                }
+            )
+    return found
+
+
+def _ledger_status(state: Path) -> dict[str, Any]:
+    """`opsdsl ledger verify` with the state directory's own key, plus the last checkpoint and the key."""
+    from opsdsl.audit.ledger import LedgerError
+    from opsdsl.build.signing import keyid
+    from opsdsl.runtime.state_audit import verify_state
+    from opsdsl.runtime.state_config import read_config, state_public_key
+
+    try:
+        report = verify_state(state, [], [])
+        verdict = report.to_dict()
+    except (LedgerError, UsageError) as error:
+        verdict = {"ok": False, "problem": _message(error), "problems": [_message(error)]}
+    key = None
+    with contextlib.suppress(OpsdslError, OSError, ValueError):
+        found = state_public_key(state)
+        if found is not None:
+            key = {"keyid": keyid(found[0]), "mode": read_config(state).mode}
+    checkpoint = None
+    database = (state / S.DB_NAME).resolve().as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(database, uri=True)) as conn, contextlib.suppress(sqlite3.DatabaseError):
+        row = conn.execute("SELECT seq, ts, keyid FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            checkpoint = {"seq": row[0], "ts": row[1], "keyid": row[2]}
+    return {
+        "ok": bool(verdict.get("ok")),
+        "entries": verdict.get("entries"),
+        "checkpoints": verdict.get("checkpoints"),
+        "first_bad": verdict.get("first_bad"),
+        "problem": verdict.get("problem"),
+        "problems": verdict.get("problems", []),
+        "warnings": verdict.get("warnings", []),
+        "notes": verdict.get("notes", []),
+        "last_checkpoint": checkpoint,
+        "key": key,
+        "checked_at": time.time(),
+    }
