@@ -133,6 +133,12 @@ def test_the_shipped_example_loads():
     assert config.port == 8095 and config.log_format == "json"
 
 
+def test_the_docs_show_the_shipped_example_whole():
+    docs = (ROOT / "docs" / "serve.md").read_text(encoding="utf-8")
+    shown = docs.split("<!-- config-example -->\n```toml\n", 1)[1].split("```", 1)[0]
+    assert shown == EXAMPLE.read_text(encoding="utf-8")
+
+
 def test_flags_given_override_the_file_and_the_file_overrides_defaults(tmp_path):
     config = ServiceConfig(origin=tmp_path / "f.toml", host="0.0.0.0", port=9000, limits={"max_body": 10})
     flags = {"host": "127.0.0.1", "port": 8095, "max_body": 1 << 20, "queue_size": 10_000}
