@@ -248,7 +248,7 @@ def test_values(text, expected):
         ("l.x", "cannot select field `x` of list"),
         ("l[3]", "index out of range: 3"),
         ("l[-1]", "index out of range: -1"),
-        ("l[1.0]", "list index must be an int"),
+        ("l[1.5]", "list index must be an int"),
         ("l[true]", "list index must be an int"),
         ("'abc'[0]", "cannot index into string"),
         ("{[1]: 2}", "unsupported map key type list"),

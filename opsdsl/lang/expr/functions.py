@@ -309,6 +309,29 @@ def to_string_checked(value: Any) -> str:
 ANY = frozenset(("int", "double", "string", "bool", "null", "list", "map"))
 
 
+def dyn(value: Any) -> Any:
+    """The value itself: CEL's dyn() turns off static typing, which here is only ever
+    certain-type checks, so it is the identity (and the checker knows nothing of its result)."""
+    return value
+
+
+_BOOL_TEXTS = {"1": True, "t": True, "true": True, "TRUE": True, "True": True}
+_BOOL_TEXTS.update({"0": False, "f": False, "false": False, "FALSE": False, "False": False})
+
+
+def to_bool(value: Any) -> bool:
+    """CEL's bool(): a bool, or one of the strings CEL spells bools with."""
+    value_kind = kind(value)
+    if value_kind == "bool":
+        return value
+    if value_kind == "string":
+        found = _BOOL_TEXTS.get(value)
+        if found is not None:
+            return found
+        raise EvalError(f"cannot convert {describe(value)} to bool")
+    raise EvalError(f"no such overload: bool() on {value_kind}")
+
+
 def raw(value: Any) -> Any:
     """The value itself. In a URL, `${{ raw(x) }}` is inserted as it is instead of
     percent-encoded: a choice lint can see (OPS051 refuses it for event data)."""
@@ -338,6 +361,8 @@ BUILTINS: dict[str, Builtin] = {
             to_string_checked,
         ),
         Builtin("duration", True, False, (STRING | {"double"},), frozenset(("double",)), duration),
+        Builtin("bool", True, False, (BOOL | STRING,), BOOL, to_bool),
+        Builtin("dyn", True, False, (ANY,), ANY, dyn),
         Builtin("raw", True, False, (ANY,), ANY, raw),
         # cel-go's strings extension; the receiver is the first param
         Builtin("lowerAscii", False, True, (STRING,), STRING, strings.lower_ascii),

@@ -306,7 +306,7 @@ _SIMPLE_ESCAPES = {
     "`": "`",
     "?": "?",
 }
-_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+_HEX_ESCAPES = {"x": 2, "X": 2, "u": 4, "U": 8}
 _ESCAPE_HINT = r"valid escapes: \n \t \r \\ \" \' \xHH \uHHHH \UHHHHHHHH, or use a raw string r'...'"
 
 

@@ -275,6 +275,8 @@ def index(container: Any, key: Any, key_is_literal: bool = False) -> Any:
     when the pack spells it (`key_is_literal`); a key computed from data is described."""
     container_kind = kind(container)
     if container_kind == "list":
+        if type(key) is float and key.is_integer():  # CEL accepts an integral double
+            key = int(key)
         if kind(key) != "int":
             raise EvalError(f"list index must be an int, got {kind(key)}")
         if 0 <= key < len(container):
