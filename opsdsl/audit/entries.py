@@ -61,10 +61,11 @@ APPROVAL_REQUESTED = "approval.requested"
 APPROVAL_RECORDED = "approval.recorded"
 # data: step, outcome ("approve" | "deny")
 APPROVAL_TIMED_OUT = "approval.timed_out"
-# The server told people about an approval (opsdsl.runtime.announce), one entry per notifier
-# and attempt, sent or not: data: step, notifier (its name), notifier_kind ("slack" |
-#       "pagerduty" | "webhook"), what ("request" | "reminder" | "outcome"), delivered (bool),
-#       attempt, detail (the answer's status, or why it failed and whether it is retried)
+# The server told people about an approval, or a step left in doubt (opsdsl.runtime.announce):
+# one entry per notifier and attempt, sent or not. data: step, asks ("approval" | "decision"),
+#       notifier (its name), notifier_kind ("slack" | "pagerduty" | "webhook"), what ("request" |
+#       "reminder" | "outcome"), delivered (bool), attempt, detail (the answer's status, or why
+#       it failed and whether it is retried)
 APPROVAL_ANNOUNCED = "approval.announced"
 # A person acknowledged the incident: data: by
 RUN_ACKNOWLEDGED = "run.acknowledged"

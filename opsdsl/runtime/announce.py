@@ -78,6 +78,7 @@ _DDL = """
 CREATE TABLE IF NOT EXISTS announcements (
     run_id TEXT NOT NULL,
     step_id TEXT NOT NULL,
+    topic TEXT NOT NULL,                      -- approval | decision:ATTEMPT (a step left in doubt)
     what TEXT NOT NULL,                       -- request | reminder | outcome
     notifier TEXT NOT NULL,                   -- the notifier's name
     facts TEXT NOT NULL,                      -- JSON: what the announcement says
@@ -85,7 +86,7 @@ CREATE TABLE IF NOT EXISTS announcements (
     attempts INTEGER NOT NULL DEFAULT 0,
     status TEXT NOT NULL DEFAULT 'pending',   -- pending | sent | failed | dropped
     seq INTEGER NOT NULL,                     -- the ledger entry it comes from
-    PRIMARY KEY (run_id, step_id, what, notifier)
+    PRIMARY KEY (run_id, step_id, topic, what, notifier)
 );
 CREATE INDEX IF NOT EXISTS announcements_due ON announcements(status, due_at);
 CREATE TABLE IF NOT EXISTS announcement_cursor (
@@ -94,7 +95,15 @@ CREATE TABLE IF NOT EXISTS announcement_cursor (
 );
 """
 
-_KINDS_READ = (E.APPROVAL_REQUESTED, E.APPROVAL_RECORDED, E.APPROVAL_TIMED_OUT, E.RUN_FINISHED)
+_KINDS_READ = (
+    E.APPROVAL_REQUESTED,
+    E.APPROVAL_RECORDED,
+    E.APPROVAL_TIMED_OUT,
+    E.STEP_IN_DOUBT,
+    E.STEP_DECIDED,
+    E.RUN_FINISHED,
+)
+APPROVAL = "approval"  # the topic of an approval; a decision's is "decision:ATTEMPT"
 
 
 # --- the announcer ------------------------------------------------------------------------
@@ -228,19 +237,19 @@ class Announcer:
             self._ready = True
 
     def _catch_up(self, conn) -> None:
-        """Announce the approvals live runs wait for now (the first start on a used state dir)."""
+        """Announce what live runs wait for now (the first start on a used state dir)."""
         waiting = conn.execute(
-            "SELECT s.run_id, s.step_id FROM steps s JOIN runs r ON r.id = s.run_id"
-            f" WHERE s.status = ? AND r.status NOT IN ({','.join('?' * len(S.FINAL_RUN_STATUSES))})",
-            (S.AWAITING_APPROVAL, *S.FINAL_RUN_STATUSES),
+            "SELECT s.run_id, s.step_id, s.status FROM steps s JOIN runs r ON r.id = s.run_id"
+            f" WHERE s.status IN (?, ?) AND r.status NOT IN ({','.join('?' * len(S.FINAL_RUN_STATUSES))})",
+            (S.AWAITING_APPROVAL, S.IN_DOUBT, *S.FINAL_RUN_STATUSES),
         ).fetchall()
-        for run, step in waiting:
+        for run, step, status in waiting:
+            kind = E.APPROVAL_REQUESTED if status == S.AWAITING_APPROVAL else E.STEP_IN_DOUBT
             for seq, ts, data in conn.execute(
-                "SELECT seq, ts, data FROM ledger WHERE run = ? AND kind = ? ORDER BY seq DESC",
-                (run, E.APPROVAL_REQUESTED),
+                "SELECT seq, ts, data FROM ledger WHERE run = ? AND kind = ? ORDER BY seq DESC", (run, kind)
             ).fetchall():
                 if json.loads(data).get("step") == step:
-                    self._read_entry(conn, seq, ts, run, E.APPROVAL_REQUESTED, data)
+                    self._read_entry(conn, seq, ts, run, kind, data)
                     break
 
     def _read_entry(self, conn, seq: int, ts: float, run: str, kind: str, text: str) -> None:
@@ -255,34 +264,50 @@ class Announcer:
         conn.execute("RELEASE announce_entry")
 
     def _read_data(self, conn, seq: int, ts: float, run: str, kind: str, data: dict[str, Any]) -> None:
-        if kind == E.APPROVAL_REQUESTED:
-            self._requested(conn, seq, ts, run, data)
+        step = str(data.get("step"))
+        if kind in (E.APPROVAL_REQUESTED, E.STEP_IN_DOUBT):
+            self._requested(conn, seq, ts, run, kind, data)
         elif kind == E.RUN_FINISHED:
             status = clean_text(data.get("status"), 40)
-            for (step,) in conn.execute(
-                "SELECT DISTINCT step_id FROM announcements WHERE run_id = ? AND what = ?", (run, REQUEST)
+            for open_step, topic in conn.execute(
+                "SELECT DISTINCT step_id, topic FROM announcements WHERE run_id = ? AND what = ?", (run, REQUEST)
             ).fetchall():
-                self._settled(conn, seq, run, step, {"decision": "closed", "run_status": status})
+                self._settled(conn, seq, run, open_step, topic, {"decision": "closed", "run_status": status})
         elif kind == E.APPROVAL_TIMED_OUT:
-            outcome = clean_text(data.get("outcome"), 40)
-            self._settled(conn, seq, run, str(data.get("step")), {"decision": "timed_out", "on_timeout": outcome})
+            outcome = {"decision": "timed_out", "on_timeout": clean_text(data.get("outcome"), 40)}
+            self._settled(conn, seq, run, step, APPROVAL, outcome)
         elif kind == E.APPROVAL_RECORDED:
             self._recorded(conn, seq, run, data)
+        elif kind == E.STEP_DECIDED:
+            outcome = {
+                "decision": "decided",
+                "by": [clean_text(data.get("by"))],
+                "choice": clean_text(data.get("decision"), 40),
+            }
+            for (topic,) in conn.execute(
+                "SELECT DISTINCT topic FROM announcements WHERE run_id = ? AND step_id = ? AND what = ? AND topic != ?",
+                (run, step, REQUEST, APPROVAL),
+            ).fetchall():
+                self._settled(conn, seq, run, step, topic, outcome)
 
-    def _requested(self, conn, seq: int, ts: float, run_id: str, data: dict[str, Any]) -> None:
+    def _requested(self, conn, seq: int, ts: float, run_id: str, kind: str, data: dict[str, Any]) -> None:
         try:
             run = self.store.run(run_id)
         except S.StateError:
             return
-        facts = self._request_facts(conn, seq, ts, run, data)
+        if kind == E.APPROVAL_REQUESTED:
+            facts = self._request_facts(conn, seq, ts, run, data)
+        else:
+            facts = self._decision_facts(ts, run, data)
+        step, topic = facts["step"]["id"], facts["topic"]
         now = self.clock()
         remind_at = reminder_time(ts, facts["deadline"]["at"] if facts["deadline"] else None)
         for notifier in self.notifiers:
             if not notifier.takes(run.pack):
                 continue
-            self._enqueue(conn, run_id, facts["step"]["id"], REQUEST, notifier.name, facts, now, seq)
+            self._enqueue(conn, run_id, step, topic, REQUEST, notifier.name, facts, now, seq)
             if remind_at is not None and remind_at > now:
-                self._enqueue(conn, run_id, facts["step"]["id"], REMINDER, notifier.name, facts, remind_at, seq)
+                self._enqueue(conn, run_id, step, topic, REMINDER, notifier.name, facts, remind_at, seq)
 
     def _recorded(self, conn, seq: int, run: str, data: dict[str, Any]) -> None:
         step = str(data.get("step"))
@@ -291,7 +316,7 @@ class Announcer:
             return
         if data.get("decision") == "deny":
             outcome = {"decision": "denied", "by": [clean_text(data.get("by"))], "comment": comment_of(data)}
-            return self._settled(conn, seq, run, step, outcome)
+            return self._settled(conn, seq, run, step, APPROVAL, outcome)
         votes = [
             json.loads(row[0])
             for row in conn.execute(
@@ -305,43 +330,41 @@ class Announcer:
                 people.setdefault(same_person_key(vote["by"]), clean_text(vote["by"]))
         if len(people) >= max(1, int(request["approvals"]["needed"])):
             outcome = {"decision": "approved", "by": list(people.values()), "comment": comment_of(data)}
-            self._settled(conn, seq, run, step, outcome)
+            self._settled(conn, seq, run, step, APPROVAL, outcome)
 
-    def _settled(self, conn, seq: int, run: str, step: str, outcome: dict[str, Any]) -> None:
+    def _settled(self, conn, seq: int, run: str, step: str, topic: str, outcome: dict[str, Any]) -> None:
         """The outcome, to every notifier that was told of the request; reminders are off."""
         requests = conn.execute(
-            "SELECT notifier, facts FROM announcements WHERE run_id = ? AND step_id = ? AND what = ?",
-            (run, step, REQUEST),
+            "SELECT notifier, facts FROM announcements WHERE run_id = ? AND step_id = ? AND topic = ? AND what = ?",
+            (run, step, topic, REQUEST),
         ).fetchall()
-        if (
-            not requests
-            or conn.execute(
-                "SELECT 1 FROM announcements WHERE run_id = ? AND step_id = ? AND what = ?", (run, step, OUTCOME)
-            ).fetchone()
-        ):
+        if not requests or _has_outcome(conn, run, step, topic):
             return
         now = self.clock()
         for notifier, facts in requests:
-            self._enqueue(conn, run, step, OUTCOME, notifier, {**json.loads(facts), "outcome": outcome}, now, seq)
+            told = {**json.loads(facts), "outcome": outcome}
+            self._enqueue(conn, run, step, topic, OUTCOME, notifier, told, now, seq)
         conn.execute(
-            "UPDATE announcements SET status = 'dropped' WHERE run_id = ? AND step_id = ? AND what != ?"
-            " AND status = 'pending'",
-            (run, step, OUTCOME),
+            "UPDATE announcements SET status = 'dropped' WHERE run_id = ? AND step_id = ? AND topic = ?"
+            " AND what != ? AND status = 'pending'",
+            (run, step, topic, OUTCOME),
         )
 
     @staticmethod
-    def _enqueue(conn, run: str, step: str, what: str, notifier: str, facts: dict, due: float, seq: int) -> None:
+    def _enqueue(
+        conn, run: str, step: str, topic: str, what: str, notifier: str, facts: dict, due: float, seq: int
+    ) -> None:
         conn.execute(
-            "INSERT OR IGNORE INTO announcements (run_id, step_id, what, notifier, facts, due_at, seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (run, step, what, notifier, json.dumps({**facts, "what": what}, sort_keys=True), due, seq),
+            "INSERT OR IGNORE INTO announcements (run_id, step_id, topic, what, notifier, facts, due_at, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (run, step, topic, what, notifier, json.dumps({**facts, "what": what}, sort_keys=True), due, seq),
         )
 
     @staticmethod
     def _request_row(conn, run: str, step: str) -> dict[str, Any] | None:
         row = conn.execute(
-            "SELECT facts FROM announcements WHERE run_id = ? AND step_id = ? AND what = ? LIMIT 1",
-            (run, step, REQUEST),
+            "SELECT facts FROM announcements WHERE run_id = ? AND step_id = ? AND topic = ? AND what = ? LIMIT 1",
+            (run, step, APPROVAL, REQUEST),
         ).fetchone()
         return None if row is None else json.loads(row[0])
 
@@ -362,6 +385,7 @@ class Announcer:
         needed = data.get("min_approvals")
         return {
             "kind": "opsdsl.approval",
+            "topic": APPROVAL,
             "run": run.id,
             "incident": run.incident_id,
             "pack": run.pack,
@@ -382,6 +406,40 @@ class Announcer:
             "approve": {"url": self._link(run.id), "cli": f"opsdsl approve {run.id} {step} --by NAME"},
         }
 
+    def _decision_facts(self, ts: float, run: S.RunRow, data: dict[str, Any]) -> dict[str, Any]:
+        """What the announcement of a step left in doubt says: a crash caught it mid-flight,
+        it is not idempotent, and a person must say what happened."""
+        step = str(data.get("step"))
+        node = _plan_node(run, step) or {}
+        attempt = data.get("attempt") if isinstance(data.get("attempt"), int) else 0
+        name = clean_text(node.get("name") or step)
+        return {
+            "kind": "opsdsl.decision",
+            "topic": f"decision:{attempt}",
+            "run": run.id,
+            "incident": run.incident_id,
+            "pack": run.pack,
+            "playbook": run.playbook,
+            "severity": run.severity,
+            "step": {"id": step, "name": name},
+            "ask": {
+                "message": (
+                    f"{name} was interrupted mid-flight (attempt {attempt}) and is not idempotent, so it may or may"
+                    " not have taken effect: check, then retry it or record it as succeeded or failed."
+                ),
+                "inputs": {},
+                "choices": ["retry", "succeeded", "failed"],
+            },
+            "why": {"reason": "in_doubt", "policies": []},
+            "approvals": {"needed": 1, "approvers": []},
+            "deadline": None,
+            "requested_at": ts,
+            "approve": {
+                "url": self._link(run.id),
+                "cli": f"opsdsl decide {run.id} {step} --as retry|succeeded|failed --by NAME",
+            },
+        }
+
     def _link(self, run: str) -> str | None:
         return f"{self.public_url}/v1/runs/{quote(run, safe='')}" if self.public_url else None
 
@@ -391,17 +449,17 @@ class Announcer:
         """Send the announcements that are due (concurrently); record each attempt. How many were tried."""
         now = self.clock()
         rows = self.store.conn.execute(
-            "SELECT run_id, step_id, what, notifier, facts, attempts FROM announcements"
+            "SELECT run_id, step_id, topic, what, notifier, facts, attempts FROM announcements"
             " WHERE status = 'pending' AND due_at <= ? ORDER BY due_at, seq LIMIT ?",
             (now, SEND_BATCH),
         ).fetchall()
         by_name = {n.name: n for n in self.notifiers}
         tried = []
-        for run, step, what, name, facts, attempts in rows:
+        for run, step, topic, what, name, facts, attempts in rows:
             notifier = by_name.get(name)
             facts = json.loads(facts)
-            if notifier is None or not self._still_relevant(run, step, what):
-                self._drop(run, step, what, name)
+            if notifier is None or not self._still_relevant(run, step, topic, what):
+                self._drop(run, step, topic, what, name)
                 continue
             tried.append((notifier, facts, attempts + 1))
         results = await asyncio.gather(*(self._send(n, facts) for n, facts, _ in tried))
@@ -409,39 +467,40 @@ class Announcer:
             self._record(notifier, facts, attempt, delivered, detail, retryable)
         return len(tried)
 
-    def _still_relevant(self, run: str, step: str, what: str) -> bool:
+    def _still_relevant(self, run: str, step: str, topic: str, what: str) -> bool:
+        """An outcome always is; a request or reminder while the step still waits, undecided."""
         if what == OUTCOME:
             return True
         conn = self.store.conn
-        if conn.execute(
-            "SELECT 1 FROM announcements WHERE run_id = ? AND step_id = ? AND what = ?", (run, step, OUTCOME)
-        ).fetchone():
+        if _has_outcome(conn, run, step, topic):
             return False
         row = conn.execute(
             "SELECT s.status, r.status FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ? AND s.step_id = ?",
             (run, step),
         ).fetchone()
-        return row is not None and row[0] == S.AWAITING_APPROVAL and row[1] not in S.FINAL_RUN_STATUSES
+        waits = S.AWAITING_APPROVAL if topic == APPROVAL else S.IN_DOUBT
+        return row is not None and row[0] == waits and row[1] not in S.FINAL_RUN_STATUSES
 
-    def _drop(self, run: str, step: str, what: str, notifier: str) -> None:
+    def _drop(self, run: str, step: str, topic: str, what: str, notifier: str) -> None:
         with self.store.transaction() as conn:
             conn.execute(
-                "UPDATE announcements SET status = 'dropped' WHERE run_id = ? AND step_id = ? AND what = ?"
-                " AND notifier = ? AND status = 'pending'",
-                (run, step, what, notifier),
+                "UPDATE announcements SET status = 'dropped' WHERE run_id = ? AND step_id = ? AND topic = ?"
+                " AND what = ? AND notifier = ? AND status = 'pending'",
+                (run, step, topic, what, notifier),
             )
 
     async def _send(self, notifier: Notifier, facts: dict[str, Any]) -> tuple[bool, str, bool]:
         """(delivered, detail, retryable) of one attempt; never raises but for cancellation."""
         response = None
         try:
-            if facts["what"] == REMINDER:
+            if facts["what"] == REMINDER and facts["topic"] == APPROVAL:
                 facts = {**facts, "approvals": {**facts["approvals"], "received": self._received(facts)}}
             url, payload, headers = self._message(notifier, facts)
             body = encode_payload(payload)
             if notifier.spec.get("hmac_secret"):
                 headers.update(sign(self._secret(notifier.spec["hmac_secret"]), url, body, int(time.time())))
-            key = f"opsdsl-announce:{facts['run']}:{facts['step']['id']}:{facts['what']}:{notifier.name}"
+            key = ":".join(("opsdsl-announce", facts["run"], facts["step"]["id"], facts["topic"], facts["what"]))
+            key += f":{notifier.name}"
             response = await send_notification(
                 url, body, idempotency_key=key, timeout=notifier.timeout, headers=headers
             )
@@ -461,7 +520,7 @@ class Announcer:
 
     def _record(self, notifier: Notifier, facts: dict, attempt: int, delivered: bool, detail: str, retry: bool) -> None:
         now = self.clock()
-        run, step, what = facts["run"], facts["step"]["id"], facts["what"]
+        run, step, topic, what = facts["run"], facts["step"]["id"], facts["topic"], facts["what"]
         if delivered:
             status, due = "sent", now
         elif retry and attempt < MAX_ATTEMPTS:
@@ -474,6 +533,7 @@ class Announcer:
             detail = clean_text(f"{detail}; {why}", DETAIL_LIMIT)
         data = {
             "step": step,
+            "asks": APPROVAL if topic == APPROVAL else "decision",
             "notifier": notifier.name,
             "notifier_kind": notifier.kind,
             "what": what,
@@ -485,8 +545,8 @@ class Announcer:
             self.store.ledger.append(E.APPROVAL_ANNOUNCED, run, data, ts=float(now))
             conn.execute(
                 "UPDATE announcements SET status = ?, attempts = ?, due_at = ? WHERE run_id = ? AND step_id = ?"
-                " AND what = ? AND notifier = ?",
-                (status, attempt, due, run, step, what, notifier.name),
+                " AND topic = ? AND what = ? AND notifier = ?",
+                (status, attempt, due, run, step, topic, what, notifier.name),
             )
         if not delivered:
             log.warning(
@@ -529,7 +589,7 @@ class Announcer:
                 public_facts(facts),
                 url=url,
                 routing_key=spec.get("routing_key") or self._secret(spec["routing_key_secret"]),
-                dedup_key=f"opsdsl-approval:{facts['run']}:{facts['step']['id']}",
+                dedup_key=f"opsdsl-{facts['topic']}:{facts['run']}:{facts['step']['id']}",
                 event_action="resolve" if facts["what"] == OUTCOME else "trigger",
             )
         else:
@@ -539,6 +599,11 @@ class Announcer:
 
 
 # --- reading the run ------------------------------------------------------------------------------
+
+
+def _has_outcome(conn, run: str, step: str, topic: str) -> bool:
+    query = "SELECT 1 FROM announcements WHERE run_id = ? AND step_id = ? AND topic = ? AND what = ? LIMIT 1"
+    return conn.execute(query, (run, step, topic, OUTCOME)).fetchone() is not None
 
 
 def _policy_messages(conn, run: str, step: str, seq: int, ids: list[Any]) -> list[dict[str, str]]:

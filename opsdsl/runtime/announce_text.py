@@ -192,14 +192,21 @@ def origin_fields(facts: dict[str, Any]) -> tuple[str, str, str, str]:
     return facts["run"], facts["step"]["id"], facts["playbook"], facts["pack"]
 
 
+def headline(facts: dict[str, Any]) -> str:
+    """ "Approval needed", "Reminder: decision still needed", "Approved by alice", …"""
+    if facts["what"] == OUTCOME:
+        return outcome_line(facts["outcome"])
+    asked = "decision" if facts["kind"] == "opsdsl.decision" else "approval"
+    return f"Reminder: {asked} still needed" if facts["what"] == REMINDER else f"{asked.capitalize()} needed"
+
+
 def plain_summary(facts: dict[str, Any]) -> str:
     """One line: what happened to which approval (the webhook's `message`, PagerDuty's summary)."""
     step = facts["step"]["name"]
     where = f"{facts['pack']}/{facts['playbook']} ({facts['severity']}), run {facts['run']}"
-    what = facts["what"]
-    if what == OUTCOME:
-        return f"{outcome_line(facts['outcome'])}: {step} in {where}"
-    prefix = "Reminder: approval still needed" if what == REMINDER else "Approval needed"
+    if facts["what"] == OUTCOME:
+        return f"{headline(facts)}: {step} in {where}"
+    prefix = headline(facts)
     deadline = facts["deadline"]
     by = f", by {deadline['iso']} (then {deadline['on_timeout']})" if deadline else ""
     return f"{prefix}: {step} in {where}{by}: {clean_text(facts['ask']['message'], 300)}"
@@ -213,6 +220,8 @@ def outcome_line(outcome: dict[str, Any]) -> str:
         return "Denied by " + ", ".join(outcome.get("by") or ["?"])
     if decision == "timed_out":
         return f"Timed out, so on_timeout decided: {outcome.get('on_timeout')}"
+    if decision == "decided":
+        return f"Decided by {', '.join(outcome.get('by') or ['?'])}: {outcome.get('choice')}"
     return f"No longer needed: the run ended {outcome.get('run_status')}"
 
 
@@ -222,9 +231,9 @@ def slack_text(facts: dict[str, Any]) -> tuple[str, dict[str, str]]:
     e = slack_escape
     step = facts["step"]
     what = facts["what"]
-    head = {REQUEST: "Approval needed", REMINDER: "Reminder: approval still needed"}.get(what)
-    title = f"*{e(outcome_line(facts['outcome']))}*" if what == OUTCOME else f"*{head}*"
-    lines = [f"{title}: {e(step['name'])} (`{e(step['id'])}`) in {e(facts['pack'])}/{e(facts['playbook'])}"]
+    lines = [
+        f"*{e(headline(facts))}*: {e(step['name'])} (`{e(step['id'])}`) in {e(facts['pack'])}/{e(facts['playbook'])}"
+    ]
     message = facts["ask"]["message"]
     if message:
         lines += ["> " + e(line) for line in message.split("\n")]
@@ -232,6 +241,12 @@ def slack_text(facts: dict[str, Any]) -> tuple[str, dict[str, str]]:
     if comment:
         lines.append(f"Comment: {e(comment)}")
     fields: dict[str, str] = {}
+    if facts["kind"] == "opsdsl.decision":
+        fields["Why"] = "a crash caught the step mid-flight, and it is not idempotent"
+        fields["Choices"] = "retry, succeeded, failed"
+        if what != OUTCOME:
+            fields["Decide"] = _where_to_answer(facts)
+        return "\n".join(lines), fields
     why = facts["why"]
     policies = "; ".join(f"{p['id']}: {p['message']}" if p["message"] else p["id"] for p in why["policies"])
     fields["Why"] = e(policies or "the playbook's approval step")
@@ -246,11 +261,16 @@ def slack_text(facts: dict[str, Any]) -> tuple[str, dict[str, str]]:
     deadline = facts["deadline"]
     fields["Deadline"] = e(f"{deadline['iso']}, then {deadline['on_timeout']}" if deadline else "none")
     if what != OUTCOME:
-        link = facts["approve"]["url"]
-        fields["Approve"] = (
-            f"<{link}|Open run {e(facts['run'])}>" if link else e(f"on the server: {facts['approve']['cli']}")
-        )
+        fields["Approve"] = _where_to_answer(facts)
     return "\n".join(lines), fields
+
+
+def _where_to_answer(facts: dict[str, Any]) -> str:
+    """Our link (the only one in the message), or the CLI command on the server."""
+    link = facts["approve"]["url"]
+    if link:
+        return f"<{link}|Open run {slack_escape(facts['run'])}>"
+    return slack_escape(f"on the server: {facts['approve']['cli']}")
 
 
 def sign(secret: str, url: str, body: bytes, ts: int) -> dict[str, str]:

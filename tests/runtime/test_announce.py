@@ -57,6 +57,16 @@ playbooks:
         with:
           message: "${{ inputs.text }}"
         timeout: 10m
+  charge:
+    severity: SEV-2
+    inputs:
+      url: {type: string}
+    steps:
+      - id: charge
+        name: Charge the card
+        action: http.request
+        with: {method: POST, url: "${{ inputs.url }}"}
+        timeout: 5s
   risky:
     severity: SEV-2
     steps:
@@ -110,7 +120,12 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.seen.append(
-            {"path": request.path_qs, "headers": dict(request.headers), "body": body, "json": json.loads(body)}
+            {
+                "path": request.path_qs,
+                "headers": dict(request.headers),
+                "body": body,
+                "json": json.loads(body) if body else None,
+            }
         )
         statuses = self.fail.get(request.path, [])
         if statuses:
@@ -219,7 +234,7 @@ async def test_a_paused_run_is_announced_to_every_notifier(world: World) -> None
     headers = hook["headers"]
     expected = v2_signature(HMAC_KEY.encode(), "POST", "/hook?team=db", headers["X-Opsdsl-Timestamp"], hook["body"])
     assert headers["X-Opsdsl-Signature"] == expected
-    assert headers["Idempotency-Key"] == f"opsdsl-announce:{run}:ask:request:webhook"
+    assert headers["Idempotency-Key"] == f"opsdsl-announce:{run}:ask:approval:request:webhook"
 
     (slack,) = receiver.at("/slack/T0/B0/secretpart")
     text = slack["json"]["text"]
@@ -417,7 +432,7 @@ async def test_a_failing_notifier_is_recorded_and_retried_with_back_off(world: W
     assert attempts == [(1, False), (2, False), (3, True)]
     assert "retrying in 10s" in world.announced(notifier="webhook")[1]["detail"]
     assert {h["headers"]["Idempotency-Key"] for h in world.receiver.at("/hook")} == {
-        f"opsdsl-announce:{h['json']['run_id']}:ask:request:webhook" for h in world.receiver.at("/hook")
+        f"opsdsl-announce:{h['json']['run_id']}:ask:approval:request:webhook" for h in world.receiver.at("/hook")
     }
 
 
@@ -670,3 +685,42 @@ def test_runs_driven_and_approved_by_the_cli_are_announced(tmp_path: Path) -> No
     assert request["fields"]["approve"] == {"url": None, "cli": f"opsdsl approve {run} drop_table --by NAME"}
     assert outcome["fields"]["outcome"]["decision"] == "approved"
     assert [name.removeprefix("local:") for name in outcome["fields"]["outcome"]["by"]] == ["carol"]
+
+
+@scenario
+async def test_a_step_left_in_doubt_is_announced_and_so_is_the_decision(world: World) -> None:
+    secrets = Secrets(world.state)
+    inputs = {"url": world.receiver.url("/kernel/charge")}
+    run = world.runtime.create_run(world.plan, runner.Selection("charge"), {}, inputs, {}, secrets)
+    assert (await world.runtime.drive(run, secrets)).status == "succeeded"
+    store = world.runtime.store
+    with store.transaction() as conn:  # as a crash mid-flight leaves it
+        conn.execute("UPDATE steps SET status = 'running' WHERE run_id = ?", (run.id,))
+        conn.execute("UPDATE runs SET status = 'running', phase = 'steps' WHERE id = ?", (run.id,))
+    recovered = await world.runtime.drive(store.run(run.id), secrets, "resume")
+    assert recovered.status == "paused" and recovered.in_doubt == ["charge"]
+
+    announcer = world.announcer(public_url=None)
+    await announcer.tick()
+    (hook,) = world.receiver.at("/hook")
+    facts = hook["json"]["fields"]
+    assert (facts["kind"], facts["topic"], facts["what"]) == ("opsdsl.decision", "decision:1", "request")
+    assert facts["ask"]["choices"] == ["retry", "succeeded", "failed"]
+    assert facts["approve"]["cli"] == f"opsdsl decide {run.id} charge --as retry|succeeded|failed --by NAME"
+    assert hook["json"]["message"].startswith("Decision needed: Charge the card in announce/charge (SEV-2)")
+    (slack,) = world.receiver.at("/slack")
+    fields = {f["title"]: f["value"] for f in slack["json"]["attachments"][0]["fields"]}
+    assert fields["Decide"] == f"on the server: {facts['approve']['cli']}"
+    (page,) = world.receiver.at("/pd")
+    assert page["json"]["dedup_key"] == f"opsdsl-decision:1:{run.id}:charge"
+    assert {e["asks"] for e in world.announced()} == {"decision"}
+
+    world.runtime.decide(run.id, "charge", "carol", "succeeded")
+    await announcer.tick()
+    outcome = world.receiver.at("/hook")[1]["json"]
+    assert outcome["fields"]["outcome"] == {"decision": "decided", "by": ["carol"], "choice": "succeeded"}
+    assert outcome["message"].startswith("Decided by carol: succeeded: Charge the card")
+    assert world.receiver.at("/pd")[1]["json"]["event_action"] == "resolve"
+    assert await world.resume(run.id) == "succeeded"
+    await announcer.tick()
+    assert len(world.receiver.at("/hook")) == 2
