@@ -79,7 +79,9 @@ def ledger_show(run_id: str | None, kind: str | None, limit: int | None, fmt: st
 
 def _kind_recorded(store, kind: str) -> bool:
     """A kind this version does not list may still be in the ledger (written by a newer one)."""
-    if len(kind) > 100:
+    from opsdsl.runtime.inspect import _encodable
+
+    if len(kind) > 100 or not _encodable(kind):
         return False
     return store.conn.execute("SELECT 1 FROM ledger WHERE kind = ? LIMIT 1", (kind,)).fetchone() is not None
 

@@ -94,7 +94,7 @@ def resolve_run(store: S.Store, text: str) -> str:
         if row is None:
             raise UsageError(f"no runs in {store.root} yet, so no `latest` run")
         return row[0]
-    if len(text) > MAX_RUN_TEXT:
+    if len(text) > MAX_RUN_TEXT or not _encodable(text):
         raise UsageError(f"{_quoted(text)} is not a run id (run ids are 28 characters)")
     if conn.execute("SELECT 1 FROM runs WHERE id = ?", (text,)).fetchone():
         return text
@@ -113,6 +113,22 @@ def resolve_run(store: S.Store, text: str) -> str:
         shown = ", ".join(matches[:_CANDIDATES]) + (", …" if len(matches) > _CANDIDATES else "")
         raise UsageError(f"{_quoted(text)} names several runs ({shown}); give more of the id")
     return matches[0]
+
+
+def _encodable(text: str) -> bool:
+    """Text SQLite can take: no lone surrogate (argv decodes undecodable bytes to those)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _filter_text(value: Any, what: str) -> str:
+    text = str(value)
+    if len(text) > MAX_RUN_TEXT or not _encodable(text):
+        raise UsageError(f"{what} {_quoted(text)}: no such {what.lstrip('-')}")
+    return text
 
 
 def _quoted(text: str, limit: int = 60) -> str:
@@ -202,7 +218,7 @@ def list_runs(
     for column, value in (("status", status), ("pack", pack), ("playbook", playbook), ("severity", severity)):
         if value is not None:
             where.append(f"{column} = ?")
-            args.append(str(value))
+            args.append(_filter_text(value, column))
     if since is not None:
         where.append("created_at >= ?")
         args.append(float(since))
@@ -518,10 +534,10 @@ def ledger_entries(
     where, args = [], []
     if run is not None:
         where.append("run = ?")
-        args.append(run)
+        args.append(_filter_text(run, "run"))
     if kind is not None:
         where.append("kind = ?")
-        args.append(kind)
+        args.append(_filter_text(kind, "kind"))
     query = "SELECT seq, ts, run, kind, data, prev, hash FROM ledger"
     if where:
         query += " WHERE " + " AND ".join(where)
