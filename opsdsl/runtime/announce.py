@@ -463,8 +463,8 @@ class Announcer:
                 continue
             tried.append((notifier, facts, attempts + 1))
         results = await asyncio.gather(*(self._send(n, facts) for n, facts, _ in tried))
-        for (notifier, facts, attempt), (delivered, detail, retryable) in zip(tried, results, strict=True):
-            self._record(notifier, facts, attempt, delivered, detail, retryable)
+        if tried:
+            self._record([(*sent, *result) for sent, result in zip(tried, results, strict=True)])
         return len(tried)
 
     def _still_relevant(self, run: str, step: str, topic: str, what: str) -> bool:
@@ -518,8 +518,17 @@ class Announcer:
             message += f": {response.text()[:120]}"
         return clean_text(self._redactor.text(message), DETAIL_LIMIT)
 
-    def _record(self, notifier: Notifier, facts: dict, attempt: int, delivered: bool, detail: str, retry: bool) -> None:
+    def _record(self, attempts: list[tuple[Notifier, dict, int, bool, str, bool]]) -> None:
+        """One pass's attempts, in one transaction: an approval.announced entry each, and the
+        outbox row sent, due again after its back-off, or given up."""
         now = self.clock()
+        with self.store.transaction():
+            for notifier, facts, attempt, delivered, detail, retry in attempts:
+                self._record_one(notifier, facts, attempt, delivered, detail, retry, now)
+
+    def _record_one(
+        self, notifier: Notifier, facts: dict, attempt: int, delivered: bool, detail: str, retry: bool, now: float
+    ) -> None:
         run, step, topic, what = facts["run"], facts["step"]["id"], facts["topic"], facts["what"]
         if delivered:
             status, due = "sent", now
@@ -541,13 +550,12 @@ class Announcer:
             "attempt": attempt,
             "detail": detail,
         }
-        with self.store.transaction() as conn:
-            self.store.ledger.append(E.APPROVAL_ANNOUNCED, run, data, ts=float(now))
-            conn.execute(
-                "UPDATE announcements SET status = ?, attempts = ?, due_at = ? WHERE run_id = ? AND step_id = ?"
-                " AND topic = ? AND what = ? AND notifier = ?",
-                (status, attempt, due, run, step, topic, what, notifier.name),
-            )
+        self.store.ledger.append(E.APPROVAL_ANNOUNCED, run, data, ts=float(now))
+        self.store.conn.execute(
+            "UPDATE announcements SET status = ?, attempts = ?, due_at = ? WHERE run_id = ? AND step_id = ?"
+            " AND topic = ? AND what = ? AND notifier = ?",
+            (status, attempt, due, run, step, topic, what, notifier.name),
+        )
         if not delivered:
             log.warning(
                 "announcement to %s not delivered (%s %s of run %s): %s", notifier.name, what, step, run, detail
