@@ -192,7 +192,7 @@ def _safe_data(text: str) -> object:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except Exception:
         return None
 
@@ -247,14 +247,14 @@ def step_ancestors(data: object, playbook: str, index: int) -> list[str]:
     return sorted(ancestors(preds, me))
 
 
-def complete(path: Path, text: str, line: int, col: int, last_good: Outline | None) -> list[lsp.CompletionItem]:
-    """Completions at (line, col) of a YAML pack or pack test."""
+def complete(path: Path, text: str, line: int, col: int, info: Outline | None) -> list[lsp.CompletionItem]:
+    """Completions at (line, col) of a YAML pack or pack test; `info` is the outline of
+    this text, or of the last version that parsed (names survive a half-typed line)."""
     if is_ops(path):
         return []
     cursor = cursor_at(text, line, col)
     current = text.splitlines()[line] if line < len(text.splitlines()) else ""
     before = current[:col]
-    info = outline(text, expression_keys()) or last_good
     data = info.data if info else None
     expression = _expression_items(before, cursor, data, info)
     if expression is not None:

@@ -2,8 +2,10 @@
 
 The protocol work (JSON-RPC framing, document sync, position encodings) is pygls's; this
 module maps requests to `opsdsl.lsp.features`. Diagnostics are debounced per document:
-an edit schedules a lint of the latest text after `DEBOUNCE` seconds, and a newer edit
-replaces the scheduled one, so a burst of keystrokes costs one lint. Every handler turns an
+an edit after a quiet spell (no lint of the document in the last `DEBOUNCE` seconds) is
+linted at once, so a single change shows its findings as fast as lint runs; an edit that
+follows closer schedules a lint of the latest text `DEBOUNCE` seconds later, and each newer
+edit replaces the scheduled one, so a burst of keystrokes costs one lint. Every handler turns an
 unexpected exception into a log message and an empty answer: a half-typed pack must never
 take the server down.
 """
@@ -26,7 +28,7 @@ from opsdsl import __version__
 from opsdsl.lsp import features
 from opsdsl.lsp.structure import Outline, Range, outline
 
-DEBOUNCE = 0.02  # seconds; an edit's diagnostics arrive this long after the last keystroke, plus the lint
+DEBOUNCE = 0.05  # seconds: the quiet spell after which an edit is linted at once, and the wait in a burst
 T = TypeVar("T")
 
 log = logging.getLogger("opsdsl.lsp")
@@ -36,6 +38,7 @@ class OpsServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("opsdsl", __version__, text_document_sync_kind=lsp.TextDocumentSyncKind.Incremental)
         self.pending: dict[str, asyncio.TimerHandle] = {}
+        self.linted_at: dict[str, float] = {}  # when each document's last lint finished (loop time)
         self.last_good: dict[str, Outline] = {}
         self._scopes: dict[Path, features.Scope] = {}
 
@@ -113,11 +116,16 @@ class OpsServer(LanguageServer):
 
     # ------------------------------------------------------------ diagnostics
 
-    def schedule(self, uri: str, delay: float = DEBOUNCE) -> None:
+    def schedule(self, uri: str, delay: float | None = None) -> None:
+        """Lint `uri` after `delay` seconds; by default at once after a quiet spell, else
+        `DEBOUNCE` after this edit (replacing a lint already scheduled)."""
+        loop = asyncio.get_running_loop()
         previous = self.pending.pop(uri, None)
         if previous is not None:
             previous.cancel()
-        loop = asyncio.get_running_loop()
+        if delay is None:
+            quiet = previous is None and loop.time() - self.linted_at.get(uri, float("-inf")) >= DEBOUNCE
+            delay = 0 if quiet else DEBOUNCE
         self.pending[uri] = loop.call_later(delay, self.publish, uri)
 
     def publish(self, uri: str) -> None:
@@ -127,6 +135,7 @@ class OpsServer(LanguageServer):
         doc = self.workspace.get_text_document(uri)
         version = doc.version
         found = self.safely("diagnostics", lambda: self.diagnostics(uri, doc.source), None)
+        self.linted_at[uri] = asyncio.get_running_loop().time()
         if found is None:
             return
         self.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri, found, version))
@@ -135,10 +144,6 @@ class OpsServer(LanguageServer):
         path = self.path_of(uri)
         if features.is_test(path) or not path.name.endswith((".yaml", ".yml", ".ops")):
             return []
-        if not features.is_ops(path):
-            info = outline(text, features.expression_keys())
-            if info is not None:
-                self.last_good[uri] = info
         out = []
         doc = self.workspace.get_text_document(uri)
         for d in features.lint_diagnostics(path, text, self.scope_for(path)):
@@ -210,6 +215,7 @@ def did_close(ls: OpsServer, params: lsp.DidCloseTextDocumentParams) -> None:
     if pending is not None:
         pending.cancel()
     ls.last_good.pop(uri, None)
+    ls.linted_at.pop(uri, None)
     ls.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri, []))
 
 
@@ -222,7 +228,11 @@ def completion(ls: OpsServer, params: lsp.CompletionParams) -> lsp.CompletionLis
 
     def run() -> lsp.CompletionList:
         line, col = ls.from_client(uri, params.position)
-        items = features.complete(ls.path_of(uri), ls.text_of(uri), line, col, ls.last_good.get(uri))
+        text = ls.text_of(uri)
+        info = outline(text, features.expression_keys())
+        if info is not None:
+            ls.last_good[uri] = info
+        items = features.complete(ls.path_of(uri), text, line, col, info or ls.last_good.get(uri))
         return lsp.CompletionList(is_incomplete=False, items=items)
 
     return ls.safely("completion", run, lsp.CompletionList(is_incomplete=False, items=[]))
