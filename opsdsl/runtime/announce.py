@@ -5,8 +5,9 @@ tells each configured notifier (a Slack incoming webhook, PagerDuty Events v2, a
 JSON webhook; the `notify` action's payloads and sending) what is asked, why, by when,
 how many people must answer and where to answer; then a reminder before the deadline
 while nobody has decided; then the outcome (approved by whom, denied, timed out, or no
-longer needed because the run ended). Every attempt is an `approval.announced` ledger
-entry, delivered or not.
+longer needed because the run ended). A step a crash left in doubt (`step.in_doubt`) is
+announced the same way, as a decision to make, closed by `step.decided`. Every attempt is
+an `approval.announced` ledger entry, delivered or not.
 
 It works as an outbox. Reading the ledger turns entries into rows of the `announcements`
 table (what to send to whom, and when) in the same transaction that moves the cursor
@@ -134,6 +135,11 @@ class Announcer:
     `{public_url}/v1/runs/{run}`; None: the announcement says how to approve with the CLI).
     `secrets` resolves the specs' `*_secret` names (default: the state directory's
     sources, `OPSDSL_SECRET_NAME` and `STATE/secrets/NAME`). `clock` is for tests.
+
+    In `opsdsl serve`: `Announcer(service.store, options.notifiers, options.public_url,
+    secrets=service.secrets)` before listening (a bad spec is exit 2), then
+    `asyncio.create_task(announcer.run(stop))` beside the event worker, and `stop.set()`
+    plus an await of the task after the drain, so outcomes of runs ending in it go out.
     """
 
     def __init__(
