@@ -32,6 +32,16 @@ OTHER_FORMS = [
     "a in [b, c]",
     "a in ['x', 'y']",
     "a + b + c",
+    "a.all(x, x == b)",
+    "a.exists(x, x in b)",
+    "a.exists_one(x, x < c)",
+    "a.map(x, x + b)",
+    "a.map(x, x != c, [x, b])",
+    "a.filter(x, x.startsWith(b))",
+    "a.all(i, v, v == b[i])",
+    "a.transformList(i, v, {v: i})",
+    "a.transformMap(k, v, v.size() > 0, b)",
+    "a.map(x, b.filter(y, y == x))",
 ]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from . import functions, values
 from .evaluator import build_exact
 from .functions import Builtin, resolve
-from .macros import Meter, body_cost, charged_operands, has_macro, iteration_pairs, iteration_range
+from .macros import BudgetExceeded, Meter, body_cost, charged_operands, has_macro, iteration_pairs, iteration_range
 from .nodes import (
     Binary,
     Call,
@@ -69,13 +69,17 @@ def _function(body: ast.expr, with_meter: bool) -> ast.Module:
     fallback = ast.Return(_call("_exact", _load("a")), **_AT)
     handler = ast.ExceptHandler(_load("Exception"), None, [fallback], **_AT)
     statements: list[ast.stmt] = [ast.Return(body, **_AT)]
+    handlers = [handler]
     if with_meter:
         meter = ast.Assign([ast.Name("m", ast.Store(), **_AT)], _call("_Meter"), **_AT)
         statements.insert(0, meter)
+        # Over budget, the exact evaluator would be too: it charges the same operations in
+        # the same order, and the fast path got this far without an error to fall back on.
+        handlers.insert(0, ast.ExceptHandler(_load("_BudgetExceeded"), None, [ast.Raise(None, None, **_AT)], **_AT))
     function = ast.FunctionDef(
         name="evaluate",
         args=ast.arguments([], [ast.arg("a", **_AT)], None, [], [], None, []),
-        body=[ast.Try(statements, [handler], [], [], **_AT)],
+        body=[ast.Try(statements, handlers, [], [], **_AT)],
         decorator_list=[],
         returns=None,
         **_AT,
@@ -273,6 +277,7 @@ _HELPERS: dict[str, Any] = {
     "_contains": _contains,
     "_unresolved": _unresolved,
     "_Meter": Meter,
+    "_BudgetExceeded": BudgetExceeded,
     "_range": iteration_range,
     "_pairs": iteration_pairs,
     "_all": all,
