@@ -691,6 +691,76 @@ def bench_expr_vs_cel(ctx: Ctx) -> Row:
     )
 
 
+# Macros over an Alertmanager group of 100 alerts: the same logic as Python any()/all() and
+# comprehensions over the dicts. The critical alert, if any, sits anywhere (or nowhere), so
+# exists() scans on average most of the list.
+MACRO_EXPRESSIONS: list[tuple[str, Callable[[dict], Any]]] = [
+    (
+        'event.alerts.exists(a, a.labels.severity == "critical")',
+        lambda c: any(a["labels"]["severity"] == "critical" for a in c["event"]["alerts"]),
+    ),
+    (
+        "event.alerts.all(a, a.labels.cluster == event.commonLabels.cluster)",
+        lambda c: all(a["labels"]["cluster"] == c["event"]["commonLabels"]["cluster"] for a in c["event"]["alerts"]),
+    ),
+    (
+        'event.alerts.filter(a, a.status == "firing").map(a, a.labels.instance)',
+        lambda c: [a["labels"]["instance"] for a in [a for a in c["event"]["alerts"] if a["status"] == "firing"]],
+    ),
+    (
+        'event.alerts.map(a, a.labels.severity != "info", a.labels.instance)',
+        lambda c: [a["labels"]["instance"] for a in c["event"]["alerts"] if a["labels"]["severity"] != "info"],
+    ),
+]
+
+
+def make_alert_groups(seed: int, groups: int = 16, size: int = 100) -> list[dict]:
+    rng = random.Random(seed + 19)
+    acts = []
+    for _ in range(groups):
+        cluster = rng.choice(generate.CLUSTERS)
+        critical_at = rng.choice([None, rng.randrange(size)])
+        alerts = [
+            {
+                "status": rng.choice(["firing", "firing", "resolved"]),
+                "labels": {
+                    "alertname": "NodeDiskPressure",
+                    "severity": "critical" if i == critical_at else rng.choice(["warning", "info", "page"]),
+                    "cluster": cluster if rng.random() < 0.98 else rng.choice(generate.CLUSTERS),
+                    "instance": f"node-{i}:9100",
+                },
+            }
+            for i in range(size)
+        ]
+        acts.append({"event": {"alerts": alerts, "commonLabels": {"cluster": cluster}}})
+    return acts
+
+
+def bench_expr_macro_vs_python(ctx: Ctx) -> Row:
+    """Evaluations/s of macros over a 100-element list vs Python any()/all()/comprehensions."""
+    acts = make_alert_groups(ctx.args.seed)
+    per_round = len(MACRO_EXPRESSIONS) * len(acts)
+
+    def python() -> Rate:
+        calls = [(fn, a) for _, fn in MACRO_EXPRESSIONS for a in acts]
+        return Rate(_calls_loop(calls), per_round, "Python any()/all()/comprehensions")
+
+    def opsdsl() -> Rate:
+        fns = [opsdsl_evaluator(text) for text, _ in MACRO_EXPRESSIONS]
+        for (text, reference), fn in zip(MACRO_EXPRESSIONS, fns, strict=True):
+            for act in acts:
+                if fn(act) != reference(act):
+                    raise Failed(f"opsdsl disagrees with Python on {text!r}")
+        calls = [(fn, a) for fn in fns for a in acts]
+        return Rate(_calls_loop(calls), per_round, "opsdsl.expr compiled macros")
+
+    return ctx.compare(
+        Row("macro over a 100-element list vs Python any()/comprehension", RATE, ">=", 0.2, unit="eval/s"),
+        opsdsl=opsdsl,
+        baseline=python,
+    )
+
+
 # --- compile, sign, verify ---------------------------------------------------------------
 
 
@@ -1319,6 +1389,7 @@ BENCHES: tuple[Callable[[Ctx], Row | list[Row]], ...] = (
     bench_lint1_vs_cjs,
     bench_expr_vs_lambda,
     bench_expr_vs_cel,
+    bench_expr_macro_vs_python,
     bench_compile500_vs_lint,
     bench_recompile500_vs_lint,
     bench_compile500_memory,
