@@ -253,7 +253,6 @@ def resume(
     $OPSDSL_SECRET_NAME or STATE_DIR/secrets/NAME.
     """
     from opsdsl.runtime import runner
-    from opsdsl.runtime.inputs import refuse_secret_params
     from opsdsl.runtime.secrets import Secrets, parse_references
     from opsdsl.runtime.store import state_dir as resolve_state
 
@@ -261,6 +260,14 @@ def resume(
     secrets = Secrets(state, parse_references(secret_refs))
     view = _view(log_format)
     runtime = runner.Runtime(state, view=view, create=False)
+    _drive_here(ctx, runtime, view, secrets, run_id, params, by, "resume")
+
+
+def _drive_here(ctx, runtime, view, secrets, run_id: str, params: tuple[str, ...], by, reason: str) -> None:
+    """Drive a run in this process to its end (or pause) with the terminal view; exits with its code."""
+    from opsdsl.runtime import runner
+    from opsdsl.runtime.inputs import refuse_secret_params
+
     try:
         row = runtime.resumable(run_id)
         plan = json.loads(runner._payload_of(row.envelope))
@@ -268,14 +275,18 @@ def resume(
         refuse_secret_params(plan, given_params)
         for name in given_params:
             raise UsageError(f"--param {name}: a run's params are fixed when it starts; resume cannot change them")
+        runtime.refuse_if_served(row)
         row.params = runner.restore_params(plan, row.params, {}, secrets)
         runtime.ensure_not_driven(row.id)  # a run another process drives is not ours to show as failed
-        view.begin(runner._run_summary(row), runner._ordered_nodes(plan["playbooks"][row.playbook]))
-        for entry in runtime.store.ledger.entries(run=row.id):  # the story so far
-            view.entry(entry.to_dict())
+        try:
+            view.begin(runner._run_summary(row), runner._ordered_nodes(plan["playbooks"][row.playbook]))
+            for entry in runtime.store.ledger.entries(run=row.id):  # the story so far
+                view.entry(entry.to_dict())
+        except OSError:  # stdout is gone: the drive stops at once, the run stays resumable
+            runtime.view, runtime.view_gone = None, True
         outcome, code, busy = None, 3, None
         try:
-            outcome = runner.run_until_done(lambda: runtime.drive(row, secrets, "resume", by))
+            outcome = runner.run_until_done(lambda: runtime.drive(row, secrets, reason, by))
             code = runner.exit_code(outcome)
         except runner.RunBusy as error:  # another process took it after the check: exit 2, the run goes on
             busy, code = error, error.exit_code
