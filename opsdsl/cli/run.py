@@ -640,4 +640,58 @@ def _add_ledger_show() -> None:
 
 _add_ledger_show()
 
-COMMANDS = (init, run, resume, approve, decide, ack, runs, ledger, incident, report)
+@click.command()
+@click.argument("run_id", metavar="RUN", callback=run_reference)
+@click.option("--by", required=True, callback=_person, help="Who cancels the run (recorded in the ledger).")
+@click.option("--reason", help="Why (kept in the ledger).")
+@click.option(
+    "--secret", "secret_refs", multiple=True, metavar="NAME=env:VAR|file:PATH", help="Where a secret's value is."
+)
+@click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text", "quiet"]), default="auto")
+@_state_option
+@click.pass_context
+def cancel(
+    ctx: click.Context,
+    run_id: str,
+    by: str,
+    reason: str | None,
+    secret_refs: tuple[str, ...],
+    log_format: str,
+    state_dir: Path | None,
+) -> None:
+    """Stop a live run: no new step starts, what was done is compensated as for a failure,
+    and the run ends `cancelled`. A step already running finishes (or hits its timeout) first.
+
+    The request is recorded at once. A run `opsdsl serve` owns is stopped there; any other
+    run is driven to its end here, as `opsdsl resume` would (exit 1 when it ends cancelled).
+    """
+    from opsdsl.runtime import runner
+    from opsdsl.runtime.people import local_person
+    from opsdsl.runtime.secrets import Secrets, parse_references
+    from opsdsl.runtime.store import state_dir as resolve_state
+
+    state = resolve_state(state_dir)
+    view = _view(log_format)
+    runtime = runner.Runtime(state, view=view, create=False)
+    try:
+        person = local_person(runtime.store, by)
+        row = runtime.cancel(run_id, person.recorded, person.via, reason)
+        _say_local(person)
+        try:
+            runtime.refuse_if_served(row, "cancel")
+        except UsageError:
+            click.echo(f"{row.id}: cancellation recorded; `opsdsl serve` stops the run and compensates it now")
+            ctx.exit(0)
+        if row.status == "running":  # another process drives it: it stops at its next step
+            try:
+                runtime.ensure_not_driven(row.id)
+            except runner.RunBusy:
+                click.echo(f"{row.id}: cancellation recorded; the process driving the run stops it at its next step")
+                ctx.exit(0)
+        secrets = Secrets(state, parse_references(secret_refs))
+        _drive_here(ctx, runtime, view, secrets, row.id, (), person.recorded, "cancel")
+    finally:
+        runtime.close()
+
+
+COMMANDS = (init, run, resume, approve, decide, ack, cancel, runs, ledger, incident, report)
