@@ -99,6 +99,7 @@ class Runtime:
         self.jitter = jitter
         self.write_incidents = write_incidents
         self.park_after = park_after  # a server's: see RunEnv.park_after
+        self.view_gone = False  # the view's stdout was closed (RunEnv.view_gone)
 
     @property
     def signer(self):
@@ -132,6 +133,7 @@ class Runtime:
             start_child=self._start_child,
             write_incidents=self.write_incidents,
             park_after=self.park_after,
+            view_gone=self.view_gone,
         )
         if self.sleep is not None:
             env.sleep = self.sleep
@@ -235,9 +237,12 @@ class Runtime:
             for kind, data in also:
                 appended.append(self.store.ledger.append(kind, run_id, {**data, "run": run_id}, ts=now))
         if self.view is not None and parent is None:
-            self.view.begin(_run_summary(run), _ordered_nodes(playbook))
-            for entry in appended:
-                self.view.entry(entry.to_dict())
+            try:
+                self.view.begin(_run_summary(run), _ordered_nodes(playbook))
+                for entry in appended:
+                    self.view.entry(entry.to_dict())
+            except OSError:  # stdout is gone: the drive stops at once (RunEnv.view_gone)
+                self.view, self.view_gone = None, True
         run.params = params  # the real values, for this process only
         return run
 
@@ -333,6 +338,20 @@ class Runtime:
                 handle.truncate(0)
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def refuse_if_served(self, run: S.RunRow, what: str = "resume") -> None:
+        """A run a running `opsdsl serve` owns is driven there, never by a second process:
+        UsageError saying how to act on it instead."""
+        from opsdsl.runtime.driver import SERVE, engine_holder
+
+        holder = engine_holder(self.state) if run.owner == SERVE else None
+        if holder and holder.get("command") == SERVE:
+            raise UsageError(
+                f"run {run.id} is owned by `opsdsl serve` (pid {holder.get('pid')}) on this state directory, "
+                f"which drives it to its end by itself: record what it waits for with `opsdsl approve`, "
+                f"`opsdsl decide` or `opsdsl cancel` (or the operator API) and the server goes on at once; "
+                f"a second process may not {what} it"
+            )
+
     def ensure_not_driven(self, run_id: str) -> None:
         """Raise RunBusy (exit 2, naming the pid) when another process is driving `run_id`."""
         with self._lock(run_id):
@@ -367,8 +386,8 @@ class Runtime:
         used: the person's role must allow approving, `group:` approvers match their
         groups, and the ledger records `by` (Person.recorded) and `via`. Without it, `by`
         is a bare name (rehearsals, older callers). UsageError for a rule broken."""
-        run, row = self._waiting_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
         actor = _actor(by, person, "approve", "approving")
+        run, row = self._waiting_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
         name = actor.name  # one spelling per person: the two-person rule counts people
         if row.approvers and not may_approve(actor, row.approvers):
             groups = f" (groups: {', '.join(actor.groups)})" if actor.groups else ""
@@ -425,8 +444,8 @@ class Runtime:
 
     def decide(self, run_id: str, step: str, by: str, outcome: str, *, person: Person | None = None) -> None:
         """Settle a step left in doubt by a crash: retry it, or record it as succeeded or failed."""
-        run, row = self._waiting_step(run_id, step, S.IN_DOUBT, "a decision")
         actor = _actor(by, person, "decide", "deciding")
+        run, row = self._waiting_step(run_id, step, S.IN_DOUBT, "a decision")
         now = self.clock()
         if outcome == "retry":
             row.status = S.PENDING
@@ -568,12 +587,13 @@ def exit_code(outcome: Outcome) -> int:
 
 
 def run_until_done(coroutine_factory) -> Any:
-    """Run a coroutine with Ctrl-C and SIGTERM cancelling it cleanly (state is saved)."""
+    """Run a coroutine with Ctrl-C, SIGTERM and SIGHUP (a closed terminal) cancelling it
+    cleanly: the run is marked interrupted and stays resumable."""
 
     async def main():
         task = asyncio.ensure_future(coroutine_factory())
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, task.cancel)
         return await task

@@ -61,6 +61,7 @@ class RunEnv:
     # the run pauses, holding no task, and the server's timers wake it when it is due. None
     # (the CLI): the process sleeps through it, as the one driving the run.
     park_after: float | None = None
+    view_gone: bool = False  # stdout was closed before the drive: it stops as on SIGTERM
 
 
 class Scheduler(ApprovalSteps, RunEndings):
@@ -93,6 +94,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         self._rendered: dict[str, dict[str, Any]] = {}
         self._later_fields: dict[str, Any] = {}
         self._cancelled_by: str | None = run.cancel_requested
+        self._drive_task: asyncio.Task | None = None  # cancelled (as by SIGTERM) when stdout is gone
 
     # ---- entry points ----------------------------------------------------------------
 
@@ -107,11 +109,14 @@ class Scheduler(ApprovalSteps, RunEndings):
                 self._note_failure(sid)
         if self.run.error == TIMED_OUT or self._cancel_seen():
             self._failed_main = True
+        self._drive_task = asyncio.current_task()
         recovered = self._recover_in_flight()
         self._commit(
             [(E.RUN_STARTED, {"reason": reason, "by": by, **recovered})],
             run_fields={"status": S.RUNNING, "owner_pid": _pid()},
         )
+        if self.env.view_gone:  # nobody reads this run's progress any more: interrupted, resumable
+            self._drive_task.cancel()
         try:
             outcome = await self._drive_phases()
         except asyncio.CancelledError:
@@ -724,8 +729,13 @@ class Scheduler(ApprovalSteps, RunEndings):
         for name, value in fields.items():
             setattr(self.run, name, value)
         if self.env.view is not None:
-            for entry in appended:
-                self.env.view.entry(entry.to_dict())
+            try:
+                for entry in appended:
+                    self.env.view.entry(entry.to_dict())
+            except OSError:  # stdout was closed (`| head`, a dropped SSH session): stop as SIGTERM does
+                self.env.view, self.env.view_gone = None, True
+                if self._drive_task is not None:
+                    self._drive_task.cancel()
 
 
 def render_with(action: str, with_: dict[str, Any], activation: dict[str, Any]) -> dict[str, Any]:

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +30,8 @@ from typing import Any, ClassVar
 from opsdsl.errors import EvalError
 from opsdsl.runtime import runner
 from opsdsl.runtime import store as S
-from opsdsl.runtime.driver import SERVE
+from opsdsl.runtime.driver import SERVE, EngineLock, StateBusy, engine_holder  # noqa: F401 (re-exported)
 from opsdsl.runtime.secrets import Secrets
-from opsdsl.runtime.store import StateError
 from opsdsl.runtime.triggers import TriggerEngine
 
 PARK_AFTER = 2.0  # seconds: a server parks a run whose wait or back-off is longer (RunEnv.park_after)
@@ -114,69 +111,6 @@ class Metrics:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class StateBusy(StateError):
-    """Another process's engine holds the state directory (exit 2)."""
-
-
-class EngineLock:
-    """The single-instance lock of a state directory's events engine: `flock` on
-    `STATE/engine.lock`, whose content names the holder (pid and command).
-
-    The kernel releases the lock when its holder dies, even by SIGKILL, so a crash never
-    blocks the next start. The file itself is never removed: unlinking a lock file lets
-    two processes lock two different files of the same name.
-    """
-
-    NAME = "engine.lock"
-
-    def __init__(self, state: Path) -> None:
-        self.path = state / self.NAME
-        self._fd: int | None = None
-
-    def acquire(self, holder: str) -> None:
-        """Take the lock for `holder` (a command name); StateBusy at once if another process has it."""
-        if self._fd is not None:
-            return
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as error:
-            raise StateError(f"cannot open {self.path}: {error.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateBusy(self._busy_message()) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": holder, "since": time.time()}).encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the only descriptor drops the flock
-            self._fd = None
-
-    def holder(self) -> dict[str, Any]:
-        """What the lock file says about its holder ({} if it says nothing readable yet)."""
-        for _ in range(20):  # the holder writes its name just after taking the lock
-            try:
-                found = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                found = None
-            if isinstance(found, dict) and isinstance(found.get("pid"), int):
-                return found
-            time.sleep(0.01)
-        return {}
-
-    def _busy_message(self) -> str:
-        found = self.holder()
-        state = self.path.parent
-        who = f"`opsdsl {found.get('command', '?')}` (pid {found['pid']})" if found else "another process"
-        return (
-            f"state directory {state} is in use by {who}: one `opsdsl serve`, `watch` or `fire` "
-            f"at a time drives its events; stop it first, send the events to it, or use another --state-dir"
-        )
 
 
 class QueueFull(Exception):
