@@ -136,6 +136,8 @@ class Policy(Frozen):
     message: str
     description: str | None = None
     approvals: int = 1
+    # Left out of dumps when false, so the plans and model digests of packs without it do not change.
+    distinct_from_requester: bool = Field(default=False, exclude_if=lambda value: value is False)
 
 
 class Pack(Frozen):

@@ -346,7 +346,7 @@ class PackBuilder(DataBuilder):
             self.put(entry, path, self.expression(args[0], path), args[0], keyword)
         elif kind in ("labels", "with", "needs", "enum", "max_concurrent", "approvals", "max_length"):
             self.put(entry, path, self.value(args[0], path), args[0], keyword)
-        elif kind in ("secret", "continue_on_error", "idempotent"):
+        elif kind in ("secret", "continue_on_error", "idempotent", "distinct_from_requester"):
             flag = args[0].children[0].type == "TRUE" if args else True
             self.put(entry, path, flag, args[0] if args else keyword, keyword)
         elif kind == "threshold":

@@ -259,7 +259,7 @@ def _compensate(comp: Any, where: str) -> list[str]:
 
 def _policy(policy: Any, index: int) -> list[str]:
     where = f"policies[{index}]"
-    _check(policy, ("id", "description", "when", "effect", "message", "approvals"), where)
+    _check(policy, ("id", "description", "when", "effect", "message", "approvals", "distinct_from_requester"), where)
     out = [f"policy {word(_text(policy.get('id'), where))} {word(_text(policy.get('effect'), where))} {{"]
     if "description" in policy:
         out.append("description " + quote(_text(policy["description"], where)))
@@ -267,6 +267,8 @@ def _policy(policy: Any, index: int) -> list[str]:
         out.append("when " + _expr(policy["when"], where + ".when"))
     if "approvals" in policy:
         out.append("approvals " + literal(policy["approvals"]))
+    if "distinct_from_requester" in policy:
+        out.append("distinct_from_requester " + literal(policy["distinct_from_requester"]))
     if "message" in policy:
         out.append("message " + quote(_text(policy["message"], where)))
     return [*out, "}"]

@@ -68,6 +68,7 @@ KEYWORDS = frozenset(
         "policy",
         "message",
         "approvals",
+        "distinct_from_requester",
         "true",
         "false",
         "null",
