@@ -4,6 +4,8 @@ attack (huge lists, nested macros, growing values, deep nesting)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -313,3 +315,33 @@ def test_macro_errors_never_quote_data() -> None:
         for outcome in both(text, activation):
             assert isinstance(outcome, tuple), (text, outcome)
             assert secret not in outcome[1] and "t0ken" not in outcome[1]
+
+
+# -- the examples of docs/expressions.md -------------------------------------------------------
+
+
+def test_the_docs_macro_examples_do_what_they_say() -> None:
+    import yaml
+
+    from opsdsl.lang.expr import parse_template
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "expressions.md").read_text(encoding="utf-8")
+    block = docs.split("```yaml\n# a generic event (`on: event`)", 1)[1].split("```", 1)[0].split("\n", 1)[1]
+    group = {"alerts": EVENT["alerts"], "nodes": EVENT["nodes"], "labels": {"track": "canary-7", "team": "db"}}
+    group["pods"] = [{"restarts": n} for n in (6, 7, 8, 0)]
+    active = [{"status": {"state": "active"}, "labels": {"cluster": "eu-1"}}] * 3
+    activation = {"event": group, "inputs": {"cluster": "eu-1"}, "steps": {"active": {"outputs": {"json": active}}}}
+    seen = 0
+    for line in block.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        ((key, value),) = yaml.safe_load(line).items()
+        assert key in ("when", "inputs", "with"), line
+        if key == "when":
+            assert both(value, activation) == [True, True], value
+        elif key == "inputs":
+            assert both(value["down"]["from"], activation) == [["node-b"], ["node-b"]]
+        else:
+            assert parse_template(value["message"]).render(activation) == "down: node-b"
+        seen += 1
+    assert seen == 7
