@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from opsdsl.cli import incidents as incident_commands
 from opsdsl.cli.common import run_reference
 from opsdsl.cli.init import init
 from opsdsl.cli.paths import input_file, pack_file
@@ -574,6 +575,9 @@ def incident_export(incident: str, out: Path, incidents_dir: Path | None, state_
     from opsdsl.runtime.state_audit import find_incident
 
     folder = Path(incident) if Path(incident).is_dir() else find_incident(state_dir, incidents_dir, incident)
+    note = incident_commands.pdf_before_export(state_dir, folder)  # rca.pdf is rendered on demand
+    if note:
+        click.echo(note, err=True)
     export_incident(folder, out)
     click.echo(f"{out}: incident {folder.name}")
 
@@ -611,6 +615,8 @@ def incident_verify(
     else:
         click.echo("not reviewed yet: no person has recorded a root cause (opsdsl incident review)")
     for line in report.provenance:
+        click.echo(f"  {line}")
+    for line in getattr(report, "pack", ()):  # the evidence pack: ledger excerpt, plan, follow-ups, PDF
         click.echo(f"  {line}")
 
 
@@ -693,5 +699,8 @@ def cancel(
     finally:
         runtime.close()
 
+
+for _command in incident_commands.COMMANDS:  # incident pdf, incident follow-ups
+    incident.add_command(_command)
 
 COMMANDS = (init, run, resume, approve, decide, ack, cancel, runs, ledger, incident, report)

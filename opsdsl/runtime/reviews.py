@@ -81,8 +81,11 @@ def record_review(runtime: Any, incident: str, review: Review) -> Path:
         return rewrite_incident(runtime, run, checkpoint.to_dict())
 
 
-def rewrite_incident(runtime: Any, run: S.RunRow, checkpoint: dict | None) -> Path:
-    """Write the run's incident folder again from its ledger entries (as the run itself does)."""
+def rewrite_incident(runtime: Any, run: S.RunRow, checkpoint: dict | None, *, pdf: bool | None = None) -> Path:
+    """Write the run's incident folder again from its ledger entries (as the run itself does).
+
+    `pdf` as write_incident takes it: True renders rca.pdf, None keeps an existing one current.
+    """
     from opsdsl.audit.incident import write_incident
 
     entries = [entry.to_dict() for entry in runtime.store.ledger.entries(run=run.id)]
@@ -95,6 +98,9 @@ def rewrite_incident(runtime: Any, run: S.RunRow, checkpoint: dict | None) -> Pa
         checkpoint=checkpoint,
         signer=runtime.signer,
         rca=_rca_settings(entries),
+        pdf=pdf,
+        plan_envelope=run.envelope,
+        ledger=runtime.store.ledger,
         **named,
     )
 

@@ -18,6 +18,9 @@ MANIFEST_PAYLOAD_TYPE = "application/vnd.opsdsl.manifest+json"
 RECORD_FILE = "record.json"
 RCA_FILE = "rca.md"
 MANIFEST_FILE = "manifest.json"
+PDF_FILE = "rca.pdf"
+FOLLOW_UPS_FILE = "follow-ups.json"
+EXCERPT_FILE = "ledger/excerpt.json"
 EVIDENCE_DIR = "evidence"
 _MAX_SAFE_INT = 2**53 - 1
 _MAX_SIGNED_FILE = 64 * 1024 * 1024  # record.json / manifest.json kept in memory while verifying
@@ -33,6 +36,11 @@ class IncidentFileError(IncidentError):
     """The folder or archive to check cannot be read at all: missing, unreadable, not a tar.gz."""
 
     exit_code = 2
+
+
+def kept_in_memory(relpath: str) -> bool:
+    """Files verification reads (not only hashes): the signed files and the evidence pack's structured files."""
+    return relpath in (RECORD_FILE, MANIFEST_FILE, FOLLOW_UPS_FILE, EXCERPT_FILE) or relpath.startswith("plan/")
 
 
 def iso_time(ts: float | None) -> str | None:

@@ -27,11 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from opsdsl.audit.incident._common import (
     _MAX_SIGNED_FILE,
-    MANIFEST_FILE,
-    RECORD_FILE,
     IncidentError,
     IncidentFileError,
     _describe_mode,
+    kept_in_memory,
 )
 from opsdsl.audit.incident.verify import (
     VerifyReport,
@@ -136,7 +135,7 @@ def verify_archive(
                 if not rest:
                     refusals.append(f"member {name!r}: a file outside the incident folder")
                     continue
-                tree[rest] = _read_member(reader, member, keep=rest in (RECORD_FILE, MANIFEST_FILE))
+                tree[rest] = _read_member(reader, member, keep=kept_in_memory(rest))
     except FileNotFoundError:
         raise IncidentFileError(f"{source}: no such file") from None
     except IsADirectoryError:

@@ -8,14 +8,18 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opsdsl.audit import entries as kinds
 from opsdsl.audit.incident._common import (
     EVIDENCE_DIR,
+    EXCERPT_FILE,
+    FOLLOW_UPS_FILE,
     MANIFEST_FILE,
     MANIFEST_PAYLOAD_TYPE,
+    PDF_FILE,
     RCA_FILE,
     RECORD_FILE,
     RECORD_PAYLOAD_TYPE,
@@ -24,6 +28,12 @@ from opsdsl.audit.incident._common import (
     _file_digest,
     _walk_files,
 )
+from opsdsl.audit.incident.followups import (
+    FOLLOW_UPS_PAYLOAD_TYPE,
+    follow_up_links,
+    follow_ups_amendment,
+)
+from opsdsl.audit.incident.pack import excerpt_bytes, iter_pack_files, ledger_excerpt
 from opsdsl.audit.incident.rca import (
     DEFAULT_SECTIONS,
     RCA_SECTIONS,
@@ -62,6 +72,9 @@ def write_incident(
     signing: dict | None = None,
     rca: dict | None = None,
     redact: Callable[[str], str] | None = None,
+    pdf: bool | None = None,
+    plan_envelope: bytes | None = None,
+    ledger: Any = None,
 ) -> Path:
     """Write (or rewrite) a run's incident folder: record.json, rca.md, then manifest.json last.
 
@@ -72,6 +85,13 @@ def write_incident(
     from `${{ }}` and may carry one. Each file is replaced atomically; a reader between
     two files sees an old manifest that no longer matches, which verification reports.
     The folder is 0700 and its files 0600: evidence and the record are nobody else's.
+
+    The evidence pack (pack.py): `plan_envelope` (the signed plan the run verified) gives
+    plan/; `ledger` (an opsdsl.audit.ledger.Ledger) gives ledger/excerpt.json, anchored at
+    `checkpoint`. Links to follow-ups opened in a tracker (incident.follow_up_opened
+    entries) go into the signed amendment follow-ups.json.
+    `pdf`: True renders rca.pdf (about a second: WeasyPrint), False removes it, None keeps
+    it current: re-rendered if it exists and the record or rca.md changed.
     """
     run = run_entries(entries)
     folder = incident_folder(root, run)
@@ -93,14 +113,55 @@ def write_incident(
     if redact is not None:
         title = redact(title) if title is not None else None
         summary = redact(summary) if summary is not None else None
-    markdown = render_rca(run, record, title=title, summary=summary, include=sections)
+    links = follow_up_links(run)
+    markdown = render_rca(run, record, title=title, summary=summary, include=sections, links=links)
     record_bytes = signed_file_bytes(RECORD_PAYLOAD_TYPE, "record", record, [signer])
+    markdown_bytes = markdown.encode("utf-8")
+    pdf_path = folder / PDF_FILE
+    changed = _read_or_none(folder / RECORD_FILE) != record_bytes or _read_or_none(folder / RCA_FILE) != markdown_bytes
+    render = pdf is True or (pdf is None and pdf_path.is_file() and changed)
+    rendered = None
+    if render:  # before anything is written: a PDF that cannot be made leaves the folder as it was
+        from opsdsl.audit.incident.pdf import render_rca_pdf
+
+        rendered = render_rca_pdf(run, record, title=title, summary=summary, include=sections, links=links)
+    for relpath, data in _pack_files(run, checkpoint, plan_envelope, ledger):
+        make_private_dirs((folder / relpath).parent)
+        write_atomic_bytes(folder / relpath, data, mode=0o600)
     write_atomic_bytes(folder / RECORD_FILE, record_bytes, mode=0o600)
-    write_atomic_bytes(folder / RCA_FILE, markdown.encode("utf-8"), mode=0o600)
+    write_atomic_bytes(folder / RCA_FILE, markdown_bytes, mode=0o600)
+    if rendered is not None:
+        write_atomic_bytes(pdf_path, rendered, mode=0o600)
+    elif pdf is False or (pdf is None and changed):
+        pdf_path.unlink(missing_ok=True)  # a PDF of another version of the record would mislead
+    if links:
+        amendment = follow_ups_amendment(record, record_bytes, links)
+        write_atomic_bytes(
+            folder / FOLLOW_UPS_FILE,
+            signed_file_bytes(FOLLOW_UPS_PAYLOAD_TYPE, "amendment", amendment, [signer]),
+            mode=0o600,
+        )
     manifest = {"files": digest_folder(folder)}
     manifest_bytes = signed_file_bytes(MANIFEST_PAYLOAD_TYPE, "manifest", manifest, [signer])
     write_atomic_bytes(folder / MANIFEST_FILE, manifest_bytes, mode=0o600)
     return folder
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _pack_files(
+    run: list[dict], checkpoint: dict | None, plan_envelope: bytes | None, ledger: Any
+) -> list[tuple[str, bytes]]:
+    """The evidence pack's files: the plan and its packs, and the ledger excerpt, as far as given."""
+    files = list(iter_pack_files(plan_envelope))
+    if ledger is not None:
+        files.append((EXCERPT_FILE, excerpt_bytes(ledger_excerpt(ledger, run, checkpoint))))
+    return files
 
 
 def signed_file_bytes(payload_type: str, field: str, body: dict, signers: Sequence[Ed25519PrivateKey]) -> bytes:

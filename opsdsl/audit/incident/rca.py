@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from opsdsl.audit import entries as kinds
@@ -27,11 +27,13 @@ def render_rca(
     title: str | None = None,
     summary: str | None = None,
     include: Sequence[str] = DEFAULT_SECTIONS,
+    links: Mapping[str, Mapping] | None = None,
 ) -> str:
     """The RCA report in Markdown; the same entries give the same bytes.
 
     Failures, compensations and follow-ups always appear (when there are any); `include`
     picks the other sections from RCA_SECTIONS. `record` saves rebuilding it from `entries`.
+    `links` ({follow-up key: {url, ...}}) names the tracker issue a follow-up became.
     """
     unknown = [name for name in include if name not in RCA_SECTIONS]
     if unknown:
@@ -83,7 +85,7 @@ def render_rca(
             ]
     out += _review_lines(record)
     out += ["## Follow-ups", ""]
-    out += [f"- [ ] {_md_line(item['summary'])}" for item in record["follow_ups"]] or ["None."]
+    out += [_follow_up_line(item, links or {}) for item in record["follow_ups"]] or ["None."]
     ledger = record["ledger"]
     checkpoint = ledger["checkpoint"]
     sealed = (
@@ -96,6 +98,15 @@ def render_rca(
         f"Ledger entries {ledger['first_seq']}–{ledger['last_seq']} ({ledger['entries']}), digest `{ledger['entries_digest']}`{sealed}.",
     ]
     return "\n".join(out) + "\n"
+
+
+def _follow_up_line(item: dict, links: Mapping[str, Mapping]) -> str:
+    from opsdsl.audit.incident.followups import follow_up_key
+
+    link = links.get(follow_up_key(item)) or {}
+    url = link.get("url")
+    shown = isinstance(url, str) and url.startswith(("https://", "http://")) and len(url) <= 2000
+    return f"- [ ] {_md_line(item['summary'])}" + (f" — <{_md_line(url)}>" if shown else "")
 
 
 def default_title(record: dict) -> str:

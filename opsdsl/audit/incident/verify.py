@@ -15,8 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from opsdsl.audit.incident._common import (
     _MAX_SIGNED_FILE,
+    EXCERPT_FILE,
+    FOLLOW_UPS_FILE,
     MANIFEST_FILE,
     MANIFEST_PAYLOAD_TYPE,
+    PDF_FILE,
     RCA_FILE,
     RECORD_FILE,
     RECORD_PAYLOAD_TYPE,
@@ -25,7 +28,10 @@ from opsdsl.audit.incident._common import (
     _describe_mode,
     _file_digest,
     _walk_files,
+    kept_in_memory,
 )
+from opsdsl.audit.incident.followups import FOLLOW_UPS_PAYLOAD_TYPE
+from opsdsl.audit.incident.pack import PLAN_DIR, check_excerpt, check_plan_files
 from opsdsl.build.signing import decode_base64, pae
 from opsdsl.canonical import canonical_json
 
@@ -44,6 +50,7 @@ class VerifyReport:
     problems: tuple[str, ...]
     provenance: tuple[str, ...] = ()  # how the plan was verified and which key signed, as the record says
     review: dict | None = None  # the signed record's review (a person's RCA), when there is one
+    pack: tuple[str, ...] = ()  # what the evidence pack holds and how it checked (ledger excerpt, plan, PDF)
 
     @property
     def ok(self) -> bool:
@@ -87,7 +94,7 @@ def verify_folder_report(folder: Path, trusted: Mapping[str, Ed25519PublicKey]) 
             if not stat.S_ISREG(mode):
                 tree[relpath] = _Member(_describe_mode(mode), None, None)
                 continue
-            keep = relpath in (RECORD_FILE, MANIFEST_FILE) and full.stat().st_size <= _MAX_SIGNED_FILE
+            keep = kept_in_memory(relpath) and full.stat().st_size <= _MAX_SIGNED_FILE
             tree[relpath] = _Member("file", _file_digest(full), full.read_bytes() if keep else None)
         except OSError as exc:
             tree[relpath] = _Member(f"unreadable ({exc.strerror or exc})", None, None)
@@ -157,8 +164,14 @@ def _verify_tree(
                 problems.append(
                     f"{item.get('path')}: the ledger recorded {item.get('sha256')}, the manifest does not agree"
                 )
+    pack_lines: list[str] = []
+    if record is not None and manifest is not None:
+        # 7. The evidence pack: the follow-up amendment, the ledger excerpt and the plan files
+        #    agree with the signed record (pack.py, followups.py).
+        pack_lines = _check_pack(tree, record, trusted, problems)
     return VerifyReport(
         source=source,
+        pack=tuple(pack_lines),
         incident_id=record.get("incident_id") if record else None,
         run=record.get("run") if record else None,
         signers=tuple(sorted(set(record_signers) | set(manifest_signers))),
@@ -167,6 +180,60 @@ def _verify_tree(
         provenance=describe_provenance(record) if record else (),
         review=record.get("review") if record and isinstance(record.get("review"), dict) else None,
     )
+
+
+def _check_pack(
+    tree: Mapping[str, _Member], record: dict, trusted: Mapping[str, Ed25519PublicKey], problems: list[str]
+) -> list[str]:
+    """Check the evidence pack's structured files against the record; returns lines describing it."""
+    lines: list[str] = []
+    excerpt_member = tree.get(EXCERPT_FILE)
+    if excerpt_member is None:
+        lines.append("ledger excerpt: none in this folder (written before opsdsl kept one, or by a rehearsal)")
+    else:
+        excerpt = _json_of(excerpt_member, EXCERPT_FILE, problems)
+        if excerpt is not None:
+            found, summary = check_excerpt(excerpt, record, trusted)
+            problems.extend(found)
+            lines.append(summary if not found else f"ledger excerpt: {len(found)} problem(s)")
+    plan = {path: member.data for path, member in tree.items() if path.startswith(f"{PLAN_DIR}/")}
+    if plan:
+        if any(data is None for data in plan.values()):
+            problems.append(f"{PLAN_DIR}/: a file too large to check")
+        else:
+            found = check_plan_files(plan, record)
+            problems.extend(found)
+            packs = len(plan) - 1
+            lines.append(
+                f"plan: {record.get('plan_digest')} with {packs} pack file(s)" + (" (problems)" if found else "")
+            )
+    else:
+        lines.append("plan: not in this folder")
+    amendment_member = tree.get(FOLLOW_UPS_FILE)
+    if amendment_member is not None:
+        amendment, _ = _open_signed(tree, FOLLOW_UPS_FILE, FOLLOW_UPS_PAYLOAD_TYPE, "amendment", trusted, problems)
+        if amendment is not None:
+            record_member = tree.get(RECORD_FILE)
+            bound = amendment.get("record")
+            if record_member is None or bound != record_member.digest:
+                problems.append(f"{FOLLOW_UPS_FILE}: amends record {bound}, not this record.json")
+            links = amendment.get("links") if isinstance(amendment.get("links"), list) else []
+            lines.append(f"follow-ups: {len(links)} opened in a tracker")
+    lines.append("RCA PDF: rca.pdf" if PDF_FILE in tree else "RCA PDF: not rendered (opsdsl incident pdf)")
+    return lines
+
+
+def _json_of(member: _Member, relpath: str, problems: list[str]) -> object:
+    if member.kind != "file":
+        return None
+    if member.data is None:
+        problems.append(f"{relpath}: larger than {_MAX_SIGNED_FILE // (1024 * 1024)} MiB")
+        return None
+    try:
+        return json.loads(member.data, object_pairs_hook=_refuse_duplicate_keys)
+    except (ValueError, RecursionError) as exc:
+        problems.append(f"{relpath}: not valid JSON ({exc})")
+        return None
 
 
 def describe_provenance(record: dict) -> tuple[str, ...]:
