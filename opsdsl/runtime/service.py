@@ -183,6 +183,7 @@ class Service:
         self.runs: set[asyncio.Task] = set()
         self.driving: dict[str, asyncio.Task] = {}  # run id -> the task driving it
         self.driver: Any = None  # driver.Driver, when this service owns its runs (`serve`)
+        self.announcer: Any = None  # announce.Announcer, when `serve` has notifiers
         self._driver_task: asyncio.Task | None = None
         self.run_slots = asyncio.Semaphore(max_runs)
         self.escalation_url = escalation_url
@@ -477,6 +478,8 @@ class Service:
         cancellation): have the driver look now rather than at its next poll."""
         if self.driver is not None:
             self.driver.wake()
+        if self.announcer is not None:
+            self.announcer.wake()
 
     def resume(self, run_id: str, by: str | None = None) -> str:
         """Drive a run now (one `interrupted`, or paused, which pauses again if it must still

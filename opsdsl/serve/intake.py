@@ -63,6 +63,7 @@ SIGNATURE_V2, SIGNATURE_V1 = "v2", "sha256"  # the schemes of X-Opsdsl-Signature
 MAX_DEPTH = 64  # nesting of an event's JSON; Alertmanager's is 3
 RETRY_AFTER_BUSY, RETRY_AFTER_UNAVAILABLE = "1", "5"
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")  # a closed terminal stops the server as SIGTERM does
+ANNOUNCE_GRACE = 5.0  # seconds the announcer gets at shutdown to send the last outcomes
 PARSE_THREADS = 2  # bodies parsed and checked at once, off the event loop
 LOG_LIMITER = LogLimiter(burst=20, window=10.0)  # on the handler configure_logging installs
 
@@ -525,7 +526,11 @@ class Server:
         )
         self.parsers = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="opsdsl-parse")
         summaries = asyncio.create_task(_log_summaries(), name="opsdsl-log-summaries")
+        announcing, done_announcing = None, asyncio.Event()
         try:
+            announcer = self._announcer()
+            if announcer is not None:  # a bad notifier spec stops the start (exit 2), before listening
+                announcing = asyncio.create_task(announcer.run(done_announcing), name="opsdsl-announcer")
             await self._start_worker()
             await runner.setup()
             assert runner.server is not None
@@ -541,6 +546,9 @@ class Server:
             log.info("listening on http://%s:%d (%s; auth: %s)", shown, port, self._describe(), self._auth_kind())
             await self.stop_requested.wait()
             await self._shutdown()
+            done_announcing.set()  # after the drain: the outcomes of runs that ended in it go out
+            if announcing is not None:
+                await self._until(announcing, asyncio.get_running_loop().time() + ANNOUNCE_GRACE)
         finally:
             for name in STOP_SIGNALS:
                 loop.remove_signal_handler(getattr(signal, name))
@@ -549,6 +557,18 @@ class Server:
             summaries.cancel()
             LOG_LIMITER.flush(everything=True)
         return self.exit_code
+
+    def _announcer(self) -> Any:
+        """The announcer of approval requests (runtime/announce.py), when notifiers are set."""
+        if not self.options.notifiers:
+            return None
+        from opsdsl.runtime.announce import Announcer
+
+        announcer = Announcer(
+            self.service.store, self.options.notifiers, self.options.public_url, secrets=self.service.secrets
+        )
+        self.service.announcer = announcer
+        return announcer
 
     async def _start_worker(self) -> None:
         """Start the engine's worker (replaying events an earlier process left) and say what was left."""

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import httpx
-import pytest
 import test_serve
 from test_serve import SECRET, wait_until
 
@@ -106,9 +105,6 @@ class Hook(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.xfail(
-    strict=True, reason="until `opsdsl serve` starts the Announcer (serve/intake.py): then drop this mark"
-)
 def test_serve_announces_a_paused_run_to_a_loopback_webhook(tmp_path: Path) -> None:
     Hook.bodies = []
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
