@@ -30,7 +30,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import inspect as pyinspect
 import json
 import logging
 import os
@@ -43,7 +42,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,16 +49,18 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from opsdsl.errors import OpsdslError, UsageError
+from opsdsl.runtime import inspect as runview
+from opsdsl.runtime import people
 from opsdsl.runtime import store as S
 from opsdsl.runtime.service import QueueFull
 from opsdsl.runtime.store import StateError
+from opsdsl.serve import auth
 
 if TYPE_CHECKING:
     from opsdsl.serve.intake import Server
 
 log = logging.getLogger("opsdsl.serve")
 
-PROBLEM_TYPE = "application/problem+json"
 MAX_BODY = 64 * 1024  # an approval, a decision, an ack: small JSON; `fire` takes up to --max-body
 READ_THREADS = 2  # reads at once, off the event loop
 HEAVY_AT_ONCE = 1  # ledger verifications, reports and exports at once (each reads everything)
@@ -68,13 +68,13 @@ LEDGER_CACHE_SECONDS = 5.0  # a dashboard polling /v1/ledger does not re-verify 
 IDEMPOTENCY_TTL = 24 * 3600.0  # a stored response is replayed for a day
 MAX_KEY = 200
 CHUNK = 64 * 1024
+MAX_PAGE = 200  # runs in one page of GET /v1/runs
 
 RUN_TEXT = re.compile(r"latest|[0-9a-f-]{1,64}")  # a run id (YYYYMMDD-HHMMSS-hex), a prefix, or latest
 STEP_TEXT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")
 INCIDENT_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # audit.incident.folder's safe id
 EVIDENCE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+=,-]{0,254}")
 KEY_TEXT = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY}}}")
-RUN_STATUSES = (S.RUNNING, S.PAUSED, S.INTERRUPTED, *S.FINAL_RUN_STATUSES)
 OUTCOMES = ("retry", "succeeded", "failed")
 
 IDEMPOTENCY_DDL = """
@@ -97,31 +97,22 @@ CREATE INDEX IF NOT EXISTS api_idempotency_at ON api_idempotency(at);
 # ---- problems --------------------------------------------------------------------------
 
 
-class Problem(Exception):
-    """An RFC 9457 problem: answered as `application/problem+json`."""
+class Problem(auth.Problem):
+    """An RFC 9457 problem (`serve.auth`'s), titled by its status: `type` is about:blank, so
+    the title is the status' phrase (RFC 9457 §4.2.1)."""
 
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers or {}
-        self.extra = extra
-
-    def response(self) -> web.Response:
-        return problem_response(self.status, self.detail, self.headers, **self.extra)
+        super().__init__(status, _phrase(status), detail, headers=headers, **extra)
 
 
-def problem_response(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
-    """`{type, title, status, detail}`: type about:blank, so the title is the status' phrase (RFC 9457 §4.2.1)."""
+def problem_response(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    return auth.problem(status, _phrase(status), detail, headers=headers)
+
+
+def _phrase(status: int) -> str:
     from http import HTTPStatus
 
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return web.Response(
-        body=json.dumps(body, ensure_ascii=False).encode(),
-        status=status,
-        headers={"Content-Type": PROBLEM_TYPE, **(headers or {})},
-    )
+    return HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -130,118 +121,6 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
         status=status,
         headers={"Content-Type": "application/json", **(headers or {})},
     )
-
-
-# ---- people and runs: PEOPLE's and INSPECT's modules ------------------------------------
-# INTERIM (delete when opsdsl/serve/auth.py, runtime/people.py and runtime/inspect.py land):
-# thin stand-ins so that the API can be exercised before those modules exist.
-
-
-def _identify(request: web.Request, server: Server) -> Any:
-    try:
-        from opsdsl.serve import auth
-    except ImportError:
-        return _interim_identify(request, server)
-    return auth.identify(request, server)
-
-
-def _allowed(person: Any, act: str) -> bool:
-    try:
-        from opsdsl.runtime import people
-    except ImportError:
-        return _interim_allowed(person, act)
-    return people.allowed(person, act)
-
-
-def _inspect() -> Any:
-    try:
-        from opsdsl.runtime import inspect as runs
-    except ImportError:
-        return _Interim
-    return runs
-
-
-@dataclass(frozen=True)
-class _InterimPerson:
-    name: str
-    role: str
-    groups: tuple[str, ...] = ()
-    via: str = "token"
-
-    @property
-    def recorded(self) -> str:
-        return self.name
-
-
-def _interim_identify(request: web.Request, server: Server) -> Any:
-    import hmac
-
-    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-    token = server.options.token
-    if scheme.lower() == "bearer" and token and hmac.compare_digest(given.strip().encode(), token):
-        return _InterimPerson("operator", "admin")
-    raise Problem(401, "no valid credentials", {"WWW-Authenticate": 'Bearer realm="opsdsl"'})
-
-
-def _interim_allowed(person: Any, act: str) -> bool:
-    ranks = {"viewer": 0, "responder": 1, "approver": 2, "admin": 3}
-    needed = {"read": 0, "fire": 1, "ack": 1, "resume": 1, "cancel": 1, "approve": 2, "decide": 2, "admin": 3}
-    return ranks.get(person.role, -1) >= needed.get(act, 99)
-
-
-class _Interim:
-    @staticmethod
-    def resolve_run(store: S.Store, text: str) -> str:
-        if text == "latest":
-            row = store.conn.execute("SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
-            if row is None:
-                raise UsageError("no runs yet")
-            return row[0]
-        rows = store.conn.execute(
-            "SELECT id FROM runs WHERE substr(id, 1, ?) = ? LIMIT 2", (len(text), text)
-        ).fetchall()
-        if len(rows) != 1:
-            raise UsageError(f"no run {text!r}" if not rows else f"{text!r} matches several runs")
-        return rows[0][0]
-
-    @staticmethod
-    def _summary(run: S.RunRow) -> dict[str, Any]:
-        keys = ("id", "incident_id", "pack", "playbook", "severity", "status", "created_at", "finished_at")
-        return {k: getattr(run, k) for k in keys}
-
-    @staticmethod
-    def list_runs(
-        store: S.Store, *, status=None, pack=None, playbook=None, severity=None, since=None, limit=50, cursor=None
-    ):
-        runs = [
-            r
-            for r in store.runs(status)
-            if (pack is None or r.pack == pack)
-            and (playbook is None or r.playbook == playbook)
-            and (severity is None or r.severity == severity)
-            and (since is None or r.created_at >= since)
-        ]
-        start = int(cursor) if cursor and cursor.isdigit() else 0
-        page = runs[start : start + limit]
-        more = str(start + limit) if start + limit < len(runs) else None
-        return [_Interim._summary(r) for r in page], more
-
-    @staticmethod
-    def run_detail(store: S.Store, run_id: str) -> dict[str, Any]:
-        run = store.run(run_id)
-        steps = [
-            {"id": s.step_id, "status": s.status, "attempts": s.attempts, "outputs": s.outputs, "error": s.error}
-            for s in store.steps(run_id).values()
-        ]
-        entries = [e.to_dict() for e in store.ledger.entries(run=run_id)]
-        return {**_Interim._summary(run), "steps": steps, "ledger": entries}
-
-
-def _with_person(method: Callable[..., Any], *args: Any, person: Any, **kwargs: Any) -> Any:
-    """Call a Runtime method with `person=` once PEOPLE's version takes it."""
-    if "person" in pyinspect.signature(method).parameters:
-        kwargs["person"] = person
-    return method(*args, **kwargs)
 
 
 # ---- the routes ------------------------------------------------------------------------
@@ -331,11 +210,9 @@ class Api:
             return await handler(request)
         try:
             return await handler(request)
-        except Problem as problem:
+        except auth.Problem as problem:
             return problem.response()
         except web.HTTPException as error:
-            if error.content_type == PROBLEM_TYPE:
-                return error
             headers = {k: v for k, v in error.headers.items() if k.lower() in ("allow", "www-authenticate")}
             detail = {404: "no such endpoint", 405: "method not allowed"}.get(error.status, error.reason)
             if error.status == 413:
@@ -365,18 +242,18 @@ class Api:
 
         return answer
 
-    def person(self, request: web.Request, act: str) -> Any:
+    def person(self, request: web.Request, act: str) -> people.Person:
         """The person making the request (401 if none), allowed to do `act` (403 if not)."""
-        person = _identify(request, self.server)
+        person = auth.identify(request, self.server)
         self.server.guard.authenticated(request.protocol)
-        if act and not _allowed(person, act):
-            raise Problem(403, f"{person.name} ({person.role}) may not {act}", person=person.name, role=person.role)
+        if act:
+            auth.require(person, act)
         return person
 
     async def _post(self, handler: Any, request: web.Request, person: Any, body: bytes) -> web.StreamResponse:
         try:
             return await handler(request, person, body)
-        except Problem as problem:
+        except auth.Problem as problem:
             return problem.response()
 
     async def _body(self, request: web.Request, limit: int) -> bytes:
@@ -439,14 +316,14 @@ class Api:
         if not RUN_TEXT.fullmatch(text):
             raise Problem(404, "no such run: a run id is digits, a-f and '-' (a unique prefix will do), or latest")
         try:
-            return await self.read(_inspect().resolve_run, text)
+            return await self.read(runview.resolve_run, text)
         except (UsageError, StateError) as error:
             raise Problem(404, _message(error)) from None
 
     # ---- who am I, what is there ----------------------------------------------------------
 
     async def me(self, request: web.Request, person: Any) -> web.Response:
-        acts = [act for act in ACTS if _allowed(person, act)]
+        acts = [act for act in people.ACTS if people.allowed(person, act)]
         return _json(
             {
                 "name": person.name,
@@ -469,10 +346,13 @@ class Api:
         if unknown:
             raise Problem(422, f"unknown query parameter {unknown[0]!r}")
         status = query.get("status")
-        if status is not None and status not in RUN_STATUSES:
-            raise Problem(422, f"status {status!r}: one of {', '.join(RUN_STATUSES)}")
-        limit = _int_param(query.get("limit"), "limit", 1, 200, 50)
-        since = _since(query.get("since")) if "since" in query else None
+        limit = _int_param(query.get("limit"), "limit", 1, MAX_PAGE, 50)
+        try:
+            since = runview.parse_since(query["since"]) if "since" in query else None
+        except UsageError:
+            raise Problem(
+                422, "since: a date (2026-11-27), a UTC time (2026-11-27T08:00:00Z), or how long ago (15m, 2h, 7d)"
+            ) from None
         filters = {name: query.get(name) for name in ("pack", "playbook", "severity")}
         for name, value in filters.items():
             if value is not None and (not value or len(value) > 200):
@@ -482,7 +362,7 @@ class Api:
             raise Problem(422, "cursor: as given by next_cursor")
 
         def work(store: S.Store) -> tuple[list[dict], str | None]:
-            return _inspect().list_runs(store, status=status, since=since, limit=limit, cursor=cursor, **filters)
+            return runview.list_runs(store, status=status, since=since, limit=limit, cursor=cursor, **filters)
 
         try:
             runs, next_cursor = await self.read(work)
@@ -493,7 +373,7 @@ class Api:
     async def run_detail(self, request: web.Request, person: Any) -> web.Response:
         run_id = await self.resolve(request)
         try:
-            detail = await self.read(_inspect().run_detail, run_id)
+            detail = await self.read(runview.run_detail, run_id)
         except (UsageError, StateError) as error:
             raise Problem(404, _message(error)) from None
         return _json(detail)
@@ -522,15 +402,8 @@ class Api:
         await self._expect_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
         runtime = self.service.runtime
         try:
-            result = _with_person(
-                runtime.approve,
-                run_id,
-                step,
-                person.recorded,
-                deny=deny,
-                answers=texts or None,
-                comment=comment,
-                person=person,
+            result = runtime.approve(
+                run_id, step, person.recorded, deny=deny, answers=texts or None, comment=comment, person=person
             )
         except UsageError as error:
             await self._expect_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
@@ -547,7 +420,7 @@ class Api:
         run_id, step = await self.resolve(request), self._step(request)
         await self._expect_step(run_id, step, S.IN_DOUBT, "a decision")
         try:
-            _with_person(self.service.runtime.decide, run_id, step, person.recorded, outcome, person=person)
+            self.service.runtime.decide(run_id, step, person.recorded, outcome, person=person)
         except UsageError as error:
             await self._expect_step(run_id, step, S.IN_DOUBT, "a decision")
             raise Problem(403, _message(error)) from None
@@ -558,19 +431,18 @@ class Api:
         _object(body, set())
         run_id = await self.resolve(request)
         try:
-            first = _with_person(self.service.runtime.acknowledge, run_id, person.recorded, person=person)
+            first = self.service.runtime.acknowledge(run_id, person.recorded, person=person)
         except UsageError as error:
             raise Problem(403, _message(error)) from None
         return _json({"run": run_id, **first})
 
     async def cancel(self, request: web.Request, person: Any, body: bytes) -> web.Response:
-        fields = _object(body, {"comment"})
-        _comment(fields)
+        reason = _comment(_object(body, {"comment"}))
         run_id = await self.resolve(request)
         await self._expect_live(run_id, "cancel")
         runtime = self.service.runtime
         try:
-            await _maybe_await(runtime.cancel(run_id, person.recorded, person.via))
+            runtime.cancel(run_id, person.recorded, person.via, reason=reason)
         except UsageError as error:
             await self._expect_live(run_id, "cancel")
             raise Problem(409, _message(error)) from None
@@ -583,7 +455,7 @@ class Api:
         run_id = await self.resolve(request)
         await self._expect_live(run_id, "resume")
         try:
-            await _maybe_await(self.service.resume(run_id, person))
+            self.service.resume(run_id, person.recorded)
         except UsageError as error:
             await self._expect_live(run_id, "resume")
             raise Problem(409, _message(error)) from None
@@ -824,9 +696,6 @@ class Api:
         return _json(report.to_dict())
 
 
-ACTS = ("read", "fire", "ack", "resume", "cancel", "approve", "decide", "admin")
-
-
 # ---- helpers (run on reader threads where they read files or the database) --------------
 
 
@@ -850,12 +719,6 @@ def openapi_document() -> dict[str, Any]:
 
 def _message(error: Exception) -> str:
     return getattr(error, "message", None) or str(error)
-
-
-async def _maybe_await(value: Any) -> Any:
-    if pyinspect.isawaitable(value):
-        return await value
-    return value
 
 
 def _object(body: bytes, allowed: set[str]) -> dict[str, Any]:
@@ -895,20 +758,6 @@ def _int_param(text: str | None, name: str, low: int, high: int, default: int) -
     if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
         raise Problem(422, f"{name}: a whole number from {low} to {high}")
     return int(text)
-
-
-def _since(text: str | None) -> float:
-    """`since` as epoch seconds: unix seconds, or an ISO 8601 date or time (UTC unless it says)."""
-    text = (text or "").strip()
-    try:
-        if re.fullmatch(r"\d{1,12}(\.\d+)?", text):
-            return float(text)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise Problem(422, "since: unix seconds, or an ISO 8601 date or time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def _stored_response(store: S.Store, who: str, key: str) -> tuple | None:
