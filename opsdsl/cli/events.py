@@ -394,7 +394,7 @@ def serve(ctx: click.Context, config_file: Path | None, **flags) -> None:
         max_runs=merged["max_runs"],
         trusted_proxies=tuple(merged.pop("trusted_proxies")),
     )
-    server.configure_logging()
+    server.configure_logging(settings.log_format)
     service = build_service(**merged, config=config, queue_size=settings.queue_size)
     _claim(service, "serve")  # before listening: a second server exits 2 at once
     try:

@@ -135,12 +135,14 @@ class Driver:
         driving: Callable[[], Iterable[str]],
         clock: Callable[[], float] = time.time,
         poll: float = POLL,
+        after_look: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.drive = drive  # (run id, reason) -> starts driving it (a task); None if it cannot now
         self.driving = driving  # the run ids being driven in this process
         self.clock = clock
         self.poll = poll
+        self.after_look = after_look  # e.g. the service's milestone log, after every look
         self.nudged = asyncio.Event()
         self._seen: dict[str, Waiting] = {}  # a paused run's waiting state when last looked at
 
@@ -168,6 +170,8 @@ class Driver:
         while True:
             try:
                 self.look()
+                if self.after_look is not None:
+                    self.after_look()
             except Exception as error:  # a locked or failing database: look again later
                 log.error("driver: %s: %s", type(error).__name__, error)
             await self._sleep()

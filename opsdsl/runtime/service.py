@@ -37,6 +37,20 @@ from opsdsl.runtime.triggers import TriggerEngine
 PARK_AFTER = 2.0  # seconds: a server parks a run whose wait or back-off is longer (RunEnv.park_after)
 PERSON_SOURCE = "user:"  # events.source of an event a person fired through the operator API
 log = logging.getLogger("opsdsl.serve")
+# One line per accepted event and per milestone of a run (started, paused, approval,
+# decision, cancellation, end), with its fields in `record.fields` (JSON lines in `serve`).
+lifecycle = logging.getLogger("opsdsl.runs")
+# Ledger kinds logged as milestones, and the fields of their data each line carries.
+MILESTONES: dict[str, tuple[str, ...]] = {
+    "run.created": ("pack", "playbook", "severity", "hook", "event_id", "incident_id"),
+    "run.started": ("reason", "by"),
+    "run.paused": ("waiting",),
+    "approval.recorded": ("step", "by", "via", "decision"),
+    "approval.timed_out": ("step", "outcome"),
+    "step.decided": ("step", "by", "via", "decision"),
+    "run.cancel_requested": ("by", "via", "reason"),
+    "run.finished": ("status", "error"),
+}
 
 TRIGGER_FIRED = "trigger.fired"  # data: pack, trigger, hook, reason, event_id, run, dedupe_key
 HOOK_SUPPRESSED = "hook.suppressed"  # data: pack, trigger, hook, reason, event_id, dedupe_key
@@ -142,6 +156,42 @@ class _ViewTap:
                 self.metrics.inc("opsdsl_policy_denials_total", policy=str(data["denied_by"]))
 
 
+class MilestoneLog:
+    """Logs the run milestones the ledger gains, whoever appended them (this server, the
+    API, the CLI on the same state directory): `tail()` reads what is new since last time."""
+
+    def __init__(self, store: S.Store) -> None:
+        self.store = store
+        (self.cursor,) = store.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()
+
+    def tail(self) -> None:
+        if not lifecycle.isEnabledFor(logging.INFO):
+            return
+        marks = ", ".join("?" for _ in MILESTONES)
+        rows = self.store.conn.execute(
+            f"SELECT seq, ts, run, kind, data FROM ledger WHERE seq > ? AND kind IN ({marks}) ORDER BY seq LIMIT 1000",
+            (self.cursor, *MILESTONES),
+        ).fetchall()
+        for seq, ts, run, kind, text in rows:
+            data = json.loads(text)
+            fields = {"event": kind, "run": run, "at": ts, **{k: data.get(k) for k in MILESTONES[kind]}}
+            lifecycle.info("%s", _line(fields), extra={"fields": fields})
+            self.cursor = seq
+        if len(rows) < 1000:  # past milestones of other kinds too: the next read starts at the head
+            (self.cursor,) = self.store.conn.execute(
+                "SELECT COALESCE(MAX(seq), ?) FROM ledger", (self.cursor,)
+            ).fetchone()
+
+
+def _line(fields: dict[str, Any]) -> str:
+    """`run.paused run=… waiting=[…]`: the text form of a milestone (values as JSON, cut at 300)."""
+    parts = [str(fields["event"])]
+    for name, value in fields.items():
+        if name not in ("event", "at") and value is not None:
+            parts.append(f"{name}={json.dumps(value, ensure_ascii=True, default=str)[:300]}")
+    return " ".join(parts)
+
+
 class Service:
     """Triggers and hooks of a set of packs over one state directory."""
 
@@ -184,6 +234,7 @@ class Service:
         self.driving: dict[str, asyncio.Task] = {}  # run id -> the task driving it
         self.driver: Any = None  # driver.Driver, when this service owns its runs (`serve`)
         self.announcer: Any = None  # announce.Announcer, when `serve` has notifiers
+        self.milestones: MilestoneLog | None = None  # `serve`'s log of run milestones
         self._driver_task: asyncio.Task | None = None
         self.run_slots = asyncio.Semaphore(max_runs)
         self.escalation_url = escalation_url
@@ -233,6 +284,10 @@ class Service:
                     self.store.conn.execute("DELETE FROM spent_signatures WHERE expires_at < ?", (now,))
                     self._pruned = now
         self.metrics.inc("opsdsl_events_received_total", len(ids), source=source)
+        if lifecycle.isEnabledFor(logging.INFO):
+            for event_id in ids:
+                fields = {"event": "event.accepted", "event_id": event_id, "source": source, "at": now}
+                lifecycle.info("%s", _line(fields), extra={"fields": fields})
         if self.queue is not None:
             self.waiting += len(ids)
             self.waiting_bytes += sum(len(body) for body in bodies)
@@ -271,7 +326,14 @@ class Service:
             from opsdsl.runtime.driver import Driver
 
             self.runtime.park_after = PARK_AFTER
-            self.driver = Driver(self.store, self.drive_existing, lambda: list(self.driving), clock=self.clock)
+            self.milestones = milestones = MilestoneLog(self.store)
+            self.driver = Driver(
+                self.store,
+                self.drive_existing,
+                lambda: list(self.driving),
+                clock=self.clock,
+                after_look=milestones.tail,
+            )
             self._driver_task = asyncio.create_task(self.driver.run(), name="opsdsl-driver")
         self.queue = asyncio.Queue()
         self.waiting, self.waiting_bytes = self.store.conn.execute(
@@ -321,6 +383,9 @@ class Service:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+        if self.milestones is not None:
+            with contextlib.suppress(Exception):  # the last milestones, e.g. runs that ended in the drain
+                self.milestones.tail()
 
     def close(self) -> None:
         self.runtime.close()

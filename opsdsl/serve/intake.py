@@ -753,18 +753,44 @@ def _path(request: web.Request) -> str:
     return request.rel_url.raw_path[:200]
 
 
-def configure_logging() -> None:
-    """One line per message on stderr, prefixed `opsdsl serve:`; aiohttp's own warnings too."""
+def configure_logging(log_format: str = "text") -> None:
+    """One line per message on stderr: text prefixed `opsdsl serve:`, or JSON lines
+    (`{"ts", "level", "logger", "message", ...fields}`); aiohttp's own warnings too. The
+    run milestones (`opsdsl.runs`: one line per accepted event, run start, pause, approval,
+    decision, cancellation and end) are never rate-limited; the rest is (LOG_LIMITER)."""
     import sys
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("opsdsl serve: %(message)s"))
-    handler.addFilter(LOG_LIMITER)
-    for name, level in (("opsdsl.serve", logging.INFO), ("aiohttp", logging.WARNING), ("asyncio", logging.WARNING)):
+    formatter = JsonLines() if log_format == "json" else logging.Formatter("opsdsl serve: %(message)s")
+    limited = logging.StreamHandler(sys.stderr)
+    limited.setFormatter(formatter)
+    limited.addFilter(LOG_LIMITER)
+    every = logging.StreamHandler(sys.stderr)
+    every.setFormatter(formatter)
+    loggers = (
+        ("opsdsl.serve", logging.INFO, limited),
+        ("opsdsl.runs", logging.INFO, every),
+        ("aiohttp", logging.WARNING, limited),
+        ("asyncio", logging.WARNING, limited),
+    )
+    for name, level, handler in loggers:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+
+
+class JsonLines(logging.Formatter):
+    """A log record as one JSON object on one line (ASCII: no terminal escapes from event data)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        return json.dumps(line, ensure_ascii=True, default=str)
 
 
 async def serve(service: Service, options: ServeOptions) -> int:

@@ -61,8 +61,8 @@ def serve(tmp_path: Path, api: KernelAPI) -> Iterator[Callable[..., Server]]:
     """serve(state=None, env=None) → a running `opsdsl serve` of the pack above; all stopped at the end."""
     servers: list[Server] = []
 
-    def starter(state: Path | None = None, env: dict[str, str] | None = None) -> Server:
-        server = Server(tmp_path, "--param", f"kernel_url={api.url}", pack=PACK, state=state, env=env)
+    def starter(*args: str, state: Path | None = None, env: dict[str, str] | None = None) -> Server:
+        server = Server(tmp_path, "--param", f"kernel_url={api.url}", *args, pack=PACK, state=state, env=env)
         servers.append(server)
         return server.start()
 
@@ -129,6 +129,31 @@ def test_two_approvals_recorded_from_the_cli_continue_the_run_in_the_server(serv
     assert [r.path for r in api.seen("POST")] == ["/v1/migrations/rollback"]
     started = entries(server, run, "run.started")
     assert [s["reason"] for s in started] == ["start", "approval"]  # no `opsdsl resume` anywhere
+
+
+def test_the_log_has_one_json_line_per_accepted_event_and_run_milestone(serve):
+    server = serve("--log-format", "json")
+    run = fire(server, "needs-two")
+    until_status(server, run, "paused")
+    for person in ("alice", "bob"):
+        assert cli(server, "approve", run, "agree", "--by", person).returncode == 0
+    until_status(server, run, "succeeded")
+    server.stop(timeout=30)
+    lines = [json.loads(line) for line in server.log().splitlines()]
+    milestones = [(line["event"], line.get("run")) for line in lines if line["logger"] == "opsdsl.runs"]
+    assert milestones[0][0] == "event.accepted"
+    assert [event for event, _ in milestones[1:]] == [
+        "run.created", "run.started", "run.paused", "approval.recorded", "approval.recorded",
+        "run.started", "run.finished",
+    ]  # fmt: skip
+    assert {r for _, r in milestones[1:]} == {run}
+    votes = [line for line in lines if line.get("event") == "approval.recorded"]
+    assert [(v["by"], v["via"], v["decision"]) for v in votes] == [
+        ("local:alice", "local", "approve"),
+        ("local:bob", "local", "approve"),
+    ]
+    assert lines[-1]["message"] == "stopped"
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
 
 
 def test_the_cli_refuses_to_resume_a_run_the_server_owns(serve):
