@@ -16,6 +16,7 @@ import json
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS users (
     token_hash TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL,
     revoked_at REAL
-);
+)
 """
 
 
@@ -72,7 +73,12 @@ class Person:
         return f"{LOCAL_PREFIX}{self.name}" if self.via == "local" else self.name
 
     def in_group(self, group: str) -> bool:
-        return same_person_key(group) in {same_person_key(g) for g in self.groups}
+        return _group_key(group) in {_group_key(g) for g in self.groups}
+
+
+def _group_key(text: str) -> str:
+    """A group's name as compared: NFKC, case-folded, trimmed (`OnCall` is `oncall`)."""
+    return unicodedata.normalize("NFKC", str(text)).casefold().strip()
 
 
 def allowed(person: Person, act: str) -> bool:
@@ -131,7 +137,7 @@ class People:
     def __init__(self, store: Any, clock: Any = time.time) -> None:
         self.store = store
         self.clock = clock
-        store.conn.executescript(_DDL)
+        store.conn.execute(_DDL)  # one statement: never commits a caller's open transaction as executescript would
 
     def add(self, name: str, role: str, groups: Iterable[str] = ()) -> str:
         """Add a person (or re-admit a revoked one) and return their new token; only its hash is kept."""

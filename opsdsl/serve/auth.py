@@ -161,7 +161,12 @@ def is_trusted_proxy(peer: str | None, trusted: tuple[str, ...]) -> bool:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return any(address in network for network in trusted_networks(trusted))
+    try:
+        networks = trusted_networks(trusted)
+    except UsageError as error:  # checked at start; should one slip through, trust nobody
+        log.error("%s", error.message)
+        return False
+    return any(address in network for network in networks)
 
 
 @functools.lru_cache(maxsize=16)

@@ -122,6 +122,7 @@ def test_approvers_hold_names_and_groups() -> None:
     assert not may_approve(carol, ["alice", "group:dba"])
     assert not may_approve(Person("oncall", "approver"), ["group:oncall"])  # a name is not a group
     assert may_approve(Person("dave", "approver", ("OnCall",)), ["group:oncall"])
+    assert not may_approve(Person("dave", "approver", ("oncall",)), ["group:local:oncall"])
 
 
 def test_local_and_authenticated_spellings_are_one_person() -> None:

@@ -242,6 +242,7 @@ def test_trusted_proxies_are_exact_addresses_or_networks() -> None:
     assert not is_trusted_proxy(None, ("10.0.0.7",))
     assert not is_trusted_proxy("not-an-address", ("10.0.0.7",))
     assert not is_trusted_proxy("10.0.0.7", ())
+    assert not is_trusted_proxy("10.0.0.7", ("proxy.internal",))  # a bad entry trusts nobody
     from opsdsl.errors import UsageError
 
     with pytest.raises(UsageError, match="not an IP address"):
