@@ -103,7 +103,8 @@ def build_service(
     from opsdsl.serve.config import pack_params, read_params_file
 
     if not packs and not plans:
-        raise UsageError("give at least one --pack FILE or --plan SIGNED_PLAN")
+        where = f" (or [packs] paths or plans in {config.origin})" if config is not None else ""
+        raise UsageError(f"give at least one --pack FILE or --plan SIGNED_PLAN{where}")
     state = resolve_state(state_dir)
     given = read_params_file(params_file) if params_file else {}
     given.update(_pairs(params, "--param"))

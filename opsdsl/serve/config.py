@@ -37,7 +37,10 @@ from opsdsl.serve.toml_positions import key_positions, locate
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_PARAMS_FILE_BYTES = 1024 * 1024
-MAX_FOLDER_ENTRIES = 20_000  # files and folders looked at under one folder of packs
+MAX_FOLDER_ENTRIES = 20_000
+SHOWN_WIDTH = (
+    160  # characters of a config line shown under an error  # files and folders looked at under one folder of packs
+)
 LOG_FORMATS = ("text", "json")
 
 KeyPath = tuple[str | int, ...]
@@ -202,7 +205,10 @@ class ServiceConfig:
 
 def config_error(origin: Path, text: str, path: KeyPath, problem: str, hint: str | None = None) -> ConfigError:
     """`FILE:LINE:COL: [table] key: problem`, the line with a caret under the key, and the hint."""
-    line, col = locate(key_positions(text), path) if text else (1, 1)
+    try:
+        line, col = locate(key_positions(text), path) if text else (1, 1)
+    except RecursionError:  # nested as deep as tomllib allows: the table's header will do
+        line, col = 1, 1
     return ConfigError(_render(origin, text, line, col, f"{_name(path)}: {problem}", hint))
 
 
@@ -210,7 +216,9 @@ def _render(origin: Path, text: str, line: int, col: int, message: str, hint: st
     lines = text.splitlines()
     shown = lines[line - 1] if 0 < line <= len(lines) else ""
     out = [f"{origin}:{line}:{col}: {message}"]
-    if shown:
+    if len(shown) > SHOWN_WIDTH or col > SHOWN_WIDTH:  # a line of a hostile file: cut, no caret
+        out.append(f"{line:>5} | {shown[:SHOWN_WIDTH]}…")
+    elif shown:
         gutter = f"{line:>5} | "
         out += [gutter + shown.expandtabs(1), " " * (len(gutter) - 2) + "| " + " " * (col - 1) + "^"]
     if hint:

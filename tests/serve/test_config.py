@@ -399,6 +399,11 @@ def test_a_huge_config_is_refused_unread(tmp_path):
         handle.write(("# padding " + "y" * 100 + "\n") * (MAX_CONFIG_BYTES // 100))
     with pytest.raises(ConfigError, match=r"larger than 1024 KiB"):
         load_config(path)
+    long_line = write(tmp_path, "a = " + "[" * 300 + "]" * 300 + "\n", "long.toml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(long_line)
+    first, shown, _hint = caught.value.message.splitlines()
+    assert first == f"{long_line}:1:1: a: unknown key" and len(shown) < 200 and shown.endswith("…")
     deep = write(tmp_path, "a = " + "[" * 5000 + "]" * 5000 + "\n", "deep.toml")
     with pytest.raises(ConfigError) as caught:
         load_config(deep)
