@@ -91,7 +91,7 @@ def incident_follow_ups(
     """
     from opsdsl.lang.names import person_name
     from opsdsl.runtime.incidents import open_follow_ups, tracker_from_options
-    from opsdsl.runtime.secrets import Secrets, parse_references
+    from opsdsl.runtime.secrets import SecretError, Secrets, parse_references
     from opsdsl.runtime.store import state_dir as resolve_state
 
     tracker = tracker_from_options(
@@ -109,7 +109,10 @@ def incident_follow_ups(
     secrets = Secrets(resolve_state(state_dir), parse_references(secret_refs))
 
     def token() -> str:
-        value = secrets.require(tracker.secret)
+        try:
+            value = secrets.require(tracker.secret)
+        except SecretError as error:  # how the command was called, not a failure of the tracker
+            raise UsageError(error.message) from None
         if not value.strip():
             raise UsageError(f"secret `{tracker.secret}` is empty")
         return value.strip()

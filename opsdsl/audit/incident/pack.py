@@ -187,6 +187,7 @@ def check_excerpt(
         return [f"{where}: `entries` (non-empty) and `before` are required"], "unreadable"
     problems: list[str] = []
     # 1-2. Shape, then the chain: each hash recomputed, each link to the previous hash.
+    complete = excerpt.get("complete") is True  # else only the run's entries: no links to follow between them
     prev = before.get("hash")
     expected_seq = before.get("seq")
     run = record.get("run")
@@ -197,10 +198,10 @@ def check_excerpt(
             problems.append(f"{label}: not a ledger entry {{seq, ts, run, kind, data, prev, hash}}")
             return problems, "broken"
         label = f"{where}: seq {entry['seq']}"
-        if isinstance(expected_seq, int) and entry["seq"] != expected_seq + 1:
+        if complete and isinstance(expected_seq, int) and entry["seq"] != expected_seq + 1:
             problems.append(f"{label}: follows seq {expected_seq} (entries missing or reordered)")
         expected_seq = entry["seq"]
-        if entry["prev"] != prev:
+        if complete and entry["prev"] != prev:
             problems.append(f"{label}: its link to the entry before does not match (chain broken)")
         try:
             text = _canonical(entry["data"]).decode("utf-8")
@@ -237,7 +238,7 @@ def check_excerpt(
             problems.append(
                 f"{where}: the run's entries digest to {digest}, the record says {ledger.get('entries_digest')}"
             )
-    if not excerpt.get("complete", False):
+    if not complete:
         problems_text = (
             "incomplete (too many interleaved entries): the run's entries match the record; the chain was not exported"
         )
