@@ -325,14 +325,16 @@ def run_detail(store: S.Store, run_id: str, *, now: float | None = None) -> dict
     _ensure_indexes(store)
     now = time.time() if now is None else now
     row = store.run(run_id)
-    plan = json.loads(_payload_of(row.envelope))
-    playbook = plan["playbooks"][row.playbook]
-    nodes = _ordered_nodes(playbook)
+    stored = store.steps(row.id)
+    try:
+        plan = json.loads(_payload_of(row.envelope))
+        nodes = _ordered_nodes(plan["playbooks"][row.playbook])
+    except Exception:  # a damaged row must not hide the rest of the story: steps by name, unordered
+        plan, nodes = {}, [{"id": sid, "section": "steps"} for sid in sorted(stored)]
     entries = [entry.to_dict() for entry in store.ledger.entries(run=row.id)]
     board = B.Board(_run_head(row), nodes)
     for entry in entries:
         board.apply(entry)
-    stored = store.steps(row.id)
     created = next((e["data"] for e in entries if e["kind"] == E.RUN_CREATED), {})
     detail = run_summary(row, now=now)
     detail["pending_approvals"] = sorted(

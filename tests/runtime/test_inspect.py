@@ -170,3 +170,15 @@ def test_parse_since():
     for bad in ("", "yesterday", "-1h", "1y", "2026-02-30", "9" * 100):
         with pytest.raises(UsageError, match="--since"):
             I.parse_since(bad)
+
+
+def test_a_run_whose_plan_cannot_be_read_still_shows(store: S.Store):
+    run_id = "20261201-100000-aaaaaaaaaaaa"
+    _add(store, _row(run_id, 100.0, envelope=b"not a signed plan", params={"token": "***"}))
+    with store.transaction():
+        store.insert_steps(run_id, ["b", "a"])
+        store.ledger.append("run.created", run_id, {"params": {"token": "***"}, "inputs": {}, "event": {}})
+    detail = I.run_detail(store, run_id)
+    assert [step["id"] for step in detail["steps"]] == ["a", "b"]
+    assert detail["params"] == {"token": "***"} and len(detail["ledger"]) == 1
+    assert "run " + run_id in I.render_detail(detail)
