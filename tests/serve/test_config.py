@@ -355,6 +355,16 @@ def test_a_params_file_in_yaml_json_and_toml(tmp_path):
     assert read_params_file(tmp_path / "p.yaml") == {"threshold": "7", "targets": '["a", "b"]', "mode": "loud"}
     assert read_params_file(tmp_path / "p.json") == {"threshold": "7", "flag": "true"}
     assert read_params_file(tmp_path / "p.toml") == {"threshold": "7", "map": '{"a": 1}'}
+    for name, text, problem in [
+        ("list.yaml", "- a\n- b\n", "a mapping of param names to values, not an array"),
+        ("empty.yaml", "threshold:\n", "'threshold': a param's value is a string, number, boolean, list or map"),
+        ("date.toml", "when = 1979-05-27\n", "'when': a param's value is a string"),
+        ("bad.toml", "threshold = \n", "bad.toml:1:13: not valid TOML"),
+        ("bad.json", '{"a": ', "not valid YAML or JSON"),
+    ]:
+        with pytest.raises(UsageError) as caught:
+            read_params_file(write(tmp_path, text, name))
+        assert problem in caught.value.message, caught.value.message
 
 
 # ---- attacks --------------------------------------------------------------------------------
