@@ -133,6 +133,20 @@ def test_the_shipped_example_loads():
     assert config.port == 8095 and config.log_format == "json"
 
 
+def test_the_shipped_examples_params_fit_the_packs_it_serves(tmp_path):
+    from opsdsl.runtime.plans import plan_from_pack
+    from opsdsl.runtime.secrets import Secrets
+    from opsdsl.serve.config import pack_params
+
+    config = load_config(EXAMPLE)
+    plans = [plan_from_pack(pack, config.policies, tmp_path / "state") for pack in config.packs]
+    values = dict(zip([p.payload["pack"]["name"] for p in plans], pack_params(
+        plans, {}, Secrets(tmp_path / "state"), config, config.environment
+    ), strict=True))  # fmt: skip
+    assert values["sqlx-sev2"]["kernel_url"] == "http://kernel.internal:8080"  # the production table
+    assert values["sqlx-sev2"]["pool_scale_step"] == 4 and values["sqlx-sev3"]["buffer_max_mb"] == 1024
+
+
 def test_the_docs_show_the_shipped_example_whole():
     docs = (ROOT / "docs" / "serve.md").read_text(encoding="utf-8")
     shown = docs.split("<!-- config-example -->\n```toml\n", 1)[1].split("```", 1)[0]
