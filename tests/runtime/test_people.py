@@ -225,3 +225,23 @@ def test_a_revoked_user_cannot_act_from_the_cli_either(state: Path) -> None:
     store.close()
     refused = opsdsl("approve", run, "ask", "--by", "carol", "--state-dir", state)
     assert refused.code == 2 and "revoked" in refused.stderr
+
+
+def test_group_approvers_and_distinct_from_requester_lint_clean_in_yaml_and_ops(tmp_path: Path) -> None:
+    assert opsdsl("lint", PACK).code == 0
+    converted = opsdsl("fmt", "--to", "ops", "-o", tmp_path, PACK)
+    assert converted.code == 0, converted.stderr
+    ops = tmp_path / "people.ops"
+    assert "distinct_from_requester true" in ops.read_text()
+    assert opsdsl("lint", ops).code == 0
+    models = [opsdsl("compile", "--emit", "model", path) for path in (PACK, ops)]
+    assert models[0].stdout == models[1].stdout and '"distinct_from_requester": true' in models[0].stdout
+
+
+def test_a_policy_without_the_flag_dumps_as_before_so_plans_keep_their_digests() -> None:
+    from opsdsl.lang.model import Policy
+
+    plain = Policy(id="p", when="true", effect="require_approval", message="m")
+    assert "distinct_from_requester" not in plain.model_dump(mode="json")
+    strict = Policy(id="p", when="true", effect="require_approval", message="m", distinct_from_requester=True)
+    assert strict.model_dump(mode="json")["distinct_from_requester"] is True
