@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -50,7 +51,7 @@ from aiohttp import web
 
 from opsdsl.errors import OpsdslError, UsageError
 from opsdsl.runtime import inspect as runview
-from opsdsl.runtime import people
+from opsdsl.runtime import people, runner
 from opsdsl.runtime import store as S
 from opsdsl.runtime.service import QueueFull
 from opsdsl.runtime.store import StateError
@@ -189,6 +190,8 @@ class Api:
         self.service = server.service
         self.state: Path = server.service.runtime.state
         self.readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="opsdsl-api")
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="opsdsl-api-write")  # one writer: writes in order
+        self._runtime: runner.Runtime | None = None  # the writer thread's
         self._local = threading.local()
         self._stores: list[S.Store] = []
         self._stores_lock = threading.Lock()
@@ -198,6 +201,7 @@ class Api:
 
     async def close(self, app: web.Application) -> None:
         self.readers.shutdown(wait=False, cancel_futures=True)
+        self.writer.shutdown(wait=True)  # a write in flight commits before the process ends
 
     # ---- plumbing ------------------------------------------------------------------------
 
@@ -282,6 +286,36 @@ class Api:
             raise Problem(408, "the body did not arrive in time", {"Connection": "close"}) from None
         return b"".join(chunks)
 
+    async def act(self, request: web.Request, expect: Expect, method: str, *args: Any, **kwargs: Any) -> tuple:
+        """(run id, `Runtime.method(run id, *args, **kwargs)`) for the run in the path, on the
+        writer thread in one go: the run is resolved (404), `expect` checked (404, 409), the
+        change made and committed there, so its commit (an fsync) never holds the event loop,
+        which the intake's group commits and the runs share. A UsageError of the change is a
+        problem: 409 if the state changed meanwhile, else `expect.refused(error)`."""
+        text = self._run_text(request)
+        loop = asyncio.get_running_loop()
+        work = functools.partial(self._act, text, expect, method, args, kwargs)
+        return await loop.run_in_executor(self.writer, work)
+
+    def _act(self, text: str, expect: Expect, method: str, args: tuple, kwargs: dict[str, Any]) -> tuple:
+        runtime = self._writer_runtime()
+        try:
+            run_id = runview.resolve_run(runtime.store, text)
+        except (UsageError, StateError) as error:
+            raise Problem(404, _message(error)) from None
+        expect.check(runtime.store, run_id)
+        try:
+            return run_id, getattr(runtime, method)(run_id, *args, **kwargs)
+        except UsageError as error:
+            expect.check(runtime.store, run_id)
+            raise Problem(expect.refused(error), _message(error)) from None
+
+    def _writer_runtime(self) -> runner.Runtime:
+        """The writer thread's own Runtime over the state directory (made there, used only there)."""
+        if self._runtime is None:
+            self._runtime = runner.Runtime(self.state, clock=self.service.runtime.clock, create=False)
+        return self._runtime
+
     async def read(self, work: Callable[..., Any], *args: Any) -> Any:
         """`work(store, *args)` on a reader thread, with that thread's own connection."""
         loop = asyncio.get_running_loop()
@@ -312,13 +346,17 @@ class Api:
 
     async def resolve(self, request: web.Request) -> str:
         """The full id of the run named in the path (an id, a unique prefix, or `latest`); 404 if none."""
-        text = request.match_info["run"]
-        if not RUN_TEXT.fullmatch(text):
-            raise Problem(404, "no such run: a run id is digits, a-f and '-' (a unique prefix will do), or latest")
+        text = self._run_text(request)
         try:
             return await self.read(runview.resolve_run, text)
         except (UsageError, StateError) as error:
             raise Problem(404, _message(error)) from None
+
+    def _run_text(self, request: web.Request) -> str:
+        text = request.match_info["run"]
+        if not RUN_TEXT.fullmatch(text):
+            raise Problem(404, "no such run: a run id is digits, a-f and '-' (a unique prefix will do), or latest")
+        return text
 
     # ---- who am I, what is there ----------------------------------------------------------
 
@@ -398,17 +436,18 @@ class Api:
             else:
                 raise Problem(422, f"answers.{name}: a string, number or boolean")
         comment = _comment(fields)
-        run_id, step = await self.resolve(request), self._step(request)
-        await self._expect_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
-        runtime = self.service.runtime
-        try:
-            result = runtime.approve(
-                run_id, step, person.recorded, deny=deny, answers=texts or None, comment=comment, person=person
-            )
-        except UsageError as error:
-            await self._expect_step(run_id, step, S.AWAITING_APPROVAL, "an approval")
-            status = 422 if error.message.startswith("--input") else 403
-            raise Problem(status, _message(error)) from None
+        step = self._step(request)
+        run_id, result = await self.act(
+            request,
+            Expect(step, S.AWAITING_APPROVAL, "an approval", lambda e: 422 if e.message.startswith("--input") else 403),
+            "approve",
+            step,
+            person.recorded,
+            deny=deny,
+            answers=texts or None,
+            comment=comment,
+            person=person,
+        )
         self._wake(run_id)
         return _json({"run": run_id, "step": step, "by": person.name, **result})
 
@@ -417,47 +456,34 @@ class Api:
         outcome = fields.get("outcome")
         if outcome not in OUTCOMES:
             raise Problem(422, f"outcome: one of {', '.join(OUTCOMES)}")
-        run_id, step = await self.resolve(request), self._step(request)
-        await self._expect_step(run_id, step, S.IN_DOUBT, "a decision")
-        try:
-            self.service.runtime.decide(run_id, step, person.recorded, outcome, person=person)
-        except UsageError as error:
-            await self._expect_step(run_id, step, S.IN_DOUBT, "a decision")
-            raise Problem(403, _message(error)) from None
+        step = self._step(request)
+        expect = Expect(step, S.IN_DOUBT, "a decision", lambda _: 403)
+        run_id, _ = await self.act(request, expect, "decide", step, person.recorded, outcome, person=person)
         self._wake(run_id)
         return _json({"run": run_id, "step": step, "by": person.name, "outcome": outcome})
 
     async def ack(self, request: web.Request, person: Any, body: bytes) -> web.Response:
         _object(body, set())
-        run_id = await self.resolve(request)
-        try:
-            first = self.service.runtime.acknowledge(run_id, person.recorded, person=person)
-        except UsageError as error:
-            raise Problem(403, _message(error)) from None
+        run_id, first = await self.act(
+            request, Expect(None, None, "", lambda _: 403), "acknowledge", person.recorded, person=person
+        )
         return _json({"run": run_id, **first})
 
     async def cancel(self, request: web.Request, person: Any, body: bytes) -> web.Response:
         reason = _comment(_object(body, {"comment"}))
-        run_id = await self.resolve(request)
-        await self._expect_live(run_id, "cancel")
-        runtime = self.service.runtime
-        try:
-            runtime.cancel(run_id, person.recorded, person.via, reason=reason)
-        except UsageError as error:
-            await self._expect_live(run_id, "cancel")
-            raise Problem(409, _message(error)) from None
+        expect = Expect(None, None, "cancel", lambda _: 409, live=True)
+        run_id, run = await self.act(request, expect, "cancel", person.recorded, person.via, reason=reason)
         self._wake(run_id)
-        status = await self.read(lambda store: store.run(run_id).status)
-        return _json({"run": run_id, "status": status, "by": person.name})
+        return _json({"run": run_id, "status": run.status, "by": person.name})
 
     async def resume(self, request: web.Request, person: Any, body: bytes) -> web.Response:
         _object(body, set())
         run_id = await self.resolve(request)
-        await self._expect_live(run_id, "resume")
+        await self.read(_expect_live, run_id, "resume")
         try:
             self.service.resume(run_id, person.recorded)
         except UsageError as error:
-            await self._expect_live(run_id, "resume")
+            await self.read(_expect_live, run_id, "resume")
             raise Problem(409, _message(error)) from None
         status = await self.read(lambda store: store.run(run_id).status)
         return _json({"run": run_id, "status": status, "by": person.name}, status=202)
@@ -492,32 +518,6 @@ class Api:
             raise Problem(404, "no such step: a step id is letters, digits, '_', '-', '.' and ':'")
         return step
 
-    async def _expect_step(self, run_id: str, step: str, status: str, what: str) -> None:
-        """404 if the run has no such step, 409 if the step is not waiting for `what`."""
-
-        def work(store: S.Store) -> tuple[str, str | None]:
-            run = store.run(run_id)
-            row = store.conn.execute(
-                "SELECT status FROM steps WHERE run_id = ? AND step_id = ?", (run_id, step)
-            ).fetchone()
-            return run.status, None if row is None else row[0]
-
-        run_status, step_status = await self.read(work)
-        if step_status is None:
-            raise Problem(404, f"run {run_id} has no step {step!r}")
-        if step_status != status:
-            raise Problem(
-                409,
-                f"step {step} of run {run_id} is {step_status}, not waiting for {what}",
-                run_status=run_status,
-                step_status=step_status,
-            )
-
-    async def _expect_live(self, run_id: str, what: str) -> None:
-        status = await self.read(lambda store: store.run(run_id).status)
-        if status in S.FINAL_RUN_STATUSES:
-            raise Problem(409, f"run {run_id} already {status}; there is nothing to {what}", run_status=status)
-
     def _wake(self, run_id: str) -> None:
         """Nudge the server's driver: the run goes on now, not at its next timer."""
         wake = getattr(self.service, "wake", None)
@@ -547,33 +547,23 @@ class Api:
         try:
             response = await self._post(handler, request, person, body)
             if response.status < 500 and isinstance(response, web.Response) and response.body is not None:
-                self._store_response(who, key, request, digest, response)
+                loop = asyncio.get_running_loop()
+                stored = (who, key, request.method, request.path, digest, response.status, response.content_type)
+                await loop.run_in_executor(self.writer, self._store_response, (*stored, bytes(response.body)))
             return response
         finally:
             self._keys_in_flight.discard((who, key))
 
-    def _store_response(self, who: str, key: str, request: web.Request, digest: str, response: web.Response) -> None:
-        store = self.service.store
+    def _store_response(self, row: tuple) -> None:
+        """Keep an answer for its Idempotency-Key (on the writer thread, with its connection)."""
+        store = self._writer_runtime().store
         now = time.time()
         if not self._keys_ready:
             store.conn.executescript(IDEMPOTENCY_DDL)
             self._keys_ready = True
         with store.transaction():
             store.conn.execute("DELETE FROM api_idempotency WHERE at < ?", (now - IDEMPOTENCY_TTL,))
-            store.conn.execute(
-                "INSERT OR REPLACE INTO api_idempotency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    who,
-                    key,
-                    request.method,
-                    request.path,
-                    digest,
-                    response.status,
-                    response.content_type,
-                    bytes(response.body),
-                    now,
-                ),
-            )
+            store.conn.execute("INSERT OR REPLACE INTO api_idempotency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, now))
 
     # ---- incidents -----------------------------------------------------------------------
 
@@ -694,6 +684,46 @@ class Api:
         except UsageError as error:
             raise Problem(422, _message(error)) from None
         return _json(report.to_dict())
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a change needs of its run: a step waiting for something (`step`, `status`,
+    `what`), or a live run (`live`); and the status of a refusal the runtime raises."""
+
+    step: str | None
+    status: str | None
+    what: str
+    refused: Callable[[UsageError], int]
+    live: bool = False
+
+    def check(self, store: S.Store, run_id: str) -> None:
+        if self.step is not None:
+            _expect_step(store, run_id, self.step, self.status or "", self.what)
+        if self.live:
+            _expect_live(store, run_id, self.what)
+
+
+def _expect_step(store: S.Store, run_id: str, step: str, status: str, what: str) -> None:
+    """404 if the run has no such step, 409 if the step is not waiting for `what`."""
+    run = store.run(run_id)
+    row = store.conn.execute("SELECT status FROM steps WHERE run_id = ? AND step_id = ?", (run_id, step)).fetchone()
+    if row is None:
+        raise Problem(404, f"run {run_id} has no step {step!r}")
+    if row[0] != status:
+        raise Problem(
+            409,
+            f"step {step} of run {run_id} is {row[0]}, not waiting for {what}",
+            run_status=run.status,
+            step_status=row[0],
+        )
+
+
+def _expect_live(store: S.Store, run_id: str, what: str) -> None:
+    """409 if the run is finished."""
+    status = store.run(run_id).status
+    if status in S.FINAL_RUN_STATUSES:
+        raise Problem(409, f"run {run_id} already {status}; there is nothing to {what}", run_status=status)
 
 
 # ---- helpers (run on reader threads where they read files or the database) --------------
