@@ -60,7 +60,7 @@ def ledger_show(run_id: str | None, kind: str | None, limit: int | None, fmt: st
     `prev` and `hash`); `opsdsl ledger verify` checks them.
     """
     from opsdsl.audit.entries import RUN_KINDS
-    from opsdsl.runtime.inspect import ledger_entries, render_entries
+    from opsdsl.runtime.inspect import entry_line, iter_ledger_entries
     from opsdsl.runtime.store import Store
     from opsdsl.runtime.store import state_dir as resolve_state
 
@@ -71,10 +71,24 @@ def ledger_show(run_id: str | None, kind: str | None, limit: int | None, fmt: st
 
             shown = escape(kind)[:60]
             raise UsageError(f"--kind {shown}: no such entry kind (kinds: {', '.join(RUN_KINDS)})")
-        entries = ledger_entries(store, run=run_id, kind=kind, limit=limit)
+        width = len(str(store.ledger.head()[0]))
+        count = 0
+        for count, entry in enumerate(iter_ledger_entries(store, run=run_id, kind=kind, limit=limit), 1):
+            if fmt == "json":  # a JSON array written one entry at a time: a big ledger is streamed
+                click.echo(("[\n" if count == 1 else ",\n") + _indented(entry), nl=False)
+            else:
+                click.echo(entry_line(entry, width))
     finally:
         store.close()
-    click.echo(_json(entries) if fmt == "json" else render_entries(entries))
+    if fmt == "json":
+        click.echo("\n]" if count else "[]")
+    elif not count:
+        click.echo("no ledger entries")
+
+
+def _indented(entry: dict[str, Any]) -> str:
+    """One entry as an element of an indented JSON array (as `json.dumps(list, indent=2)` writes it)."""
+    return "\n".join("  " + line for line in _json(entry).split("\n"))
 
 
 def _kind_recorded(store, kind: str) -> bool:

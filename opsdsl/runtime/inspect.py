@@ -26,7 +26,7 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -531,6 +531,14 @@ def ledger_entries(
 ) -> list[dict[str, Any]]:
     """Ledger entries in seq order (each `Entry.to_dict()`): all, one run's, one kind's; with
     `limit`, the last `limit` of them."""
+    return list(iter_ledger_entries(store, run=run, kind=kind, limit=limit))
+
+
+def iter_ledger_entries(
+    store: S.Store, *, run: str | None = None, kind: str | None = None, limit: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """`ledger_entries`, streamed: a whole ledger of millions of entries is never in memory
+    (with `limit`, at most `limit` rows are)."""
     if limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_LIMIT):
         raise UsageError(f"limit must be a whole number from 1 to {MAX_LIMIT:,}, not {limit!r}")
     where, args = [], []
@@ -547,11 +555,11 @@ def ledger_entries(
     if limit is not None:
         query += " LIMIT ?"
         args.append(limit)
-    rows = store.conn.execute(query, args).fetchall()
+    rows: Iterable[tuple] = store.conn.execute(query, args)
     if limit is not None:
-        rows.reverse()
-    return [
-        {
+        rows = reversed(list(rows))
+    for seq, ts, run_id, k, data, prev, digest in rows:
+        yield {
             "seq": seq,
             "ts": ts,
             "run": run_id,
@@ -560,8 +568,6 @@ def ledger_entries(
             "prev": bytes(prev).hex(),
             "hash": bytes(digest).hex(),
         }
-        for seq, ts, run_id, k, data, prev, digest in rows
-    ]
 
 
 # ---- words ------------------------------------------------------------------------------------
@@ -844,10 +850,13 @@ def render_entries(entries: list[Mapping[str, Any]]) -> str:
     if not entries:
         return "no ledger entries"
     width = len(str(entries[-1]["seq"]))
-    lines = []
-    for entry in entries:
-        stamp = datetime.fromtimestamp(entry["ts"], UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-        run = escape(entry["run"]) if entry.get("run") else "-"
-        data = cut(compact(entry["data"]), LINE_LIMIT)
-        lines.append(f"{entry['seq']:>{width}}  {stamp}  {run}  {escape(entry['kind'])}  {data}")
-    return "\n".join(lines)
+    return "\n".join(entry_line(entry, width) for entry in entries)
+
+
+def entry_line(entry: Mapping[str, Any], width: int = 0) -> str:
+    """One ledger entry on one line: seq (right-aligned to `width`), UTC time to the
+    millisecond, run, kind, data as JSON (cut, escaped)."""
+    stamp = datetime.fromtimestamp(entry["ts"], UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    run = escape(entry["run"]) if entry.get("run") else "-"
+    data = cut(compact(entry["data"]), LINE_LIMIT)
+    return f"{entry['seq']:>{width}}  {stamp}  {run}  {escape(entry['kind'])}  {data}"
