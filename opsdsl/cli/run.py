@@ -318,7 +318,8 @@ def _drive_here(ctx, runtime, view, secrets, run_id: str, params: tuple[str, ...
 def approve(
     run_id: str, step: str, by: str, deny: bool, answers: tuple[str, ...], comment: str | None, state_dir: Path | None
 ) -> None:
-    """Approve (or --deny) STEP of a paused run; then `opsdsl resume RUN` continues it."""
+    """Approve (or --deny) STEP of a paused run; then `opsdsl resume RUN` continues it (a
+    run `opsdsl serve` owns goes on there by itself)."""
     from opsdsl.runtime import runner
     from opsdsl.runtime.people import local_person
     from opsdsl.runtime.store import state_dir as resolve_state
@@ -327,16 +328,17 @@ def approve(
     try:
         person = local_person(runtime.store, by)
         result = runtime.approve(run_id, step, by, deny, _pairs(answers, "--input"), comment, person=person)
+        served = runtime.served_by(run_id)
     finally:
         runtime.close()
     by = person.name
     _say_local(person)
     if result["decision"] == "deny":
-        click.echo(f"{step}: denied by {by}; `opsdsl resume {run_id}` fails the step and compensates")
+        then = "`opsdsl serve` now fails" if served else f"`opsdsl resume {run_id}` fails"
+        click.echo(f"{step}: denied by {by}; {then} the step and compensates")
     elif result["approved"] >= result["needed"]:
-        click.echo(
-            f"{step}: approved ({result['approved']} of {result['needed']}); continue with `opsdsl resume {run_id}`"
-        )
+        then = "`opsdsl serve` continues the run now" if served else f"continue with `opsdsl resume {run_id}`"
+        click.echo(f"{step}: approved ({result['approved']} of {result['needed']}); {then}")
     else:
         click.echo(f"{step}: approved by {by} ({result['approved']} of {result['needed']} needed)")
 
@@ -357,11 +359,13 @@ def decide(run_id: str, step: str, outcome: str, by: str, state_dir: Path | None
     try:
         person = local_person(runtime.store, by)
         runtime.decide(run_id, step, by, outcome, person=person)
+        served = runtime.served_by(run_id)
     finally:
         runtime.close()
     by = person.name
     _say_local(person)
-    click.echo(f"{step}: {outcome} (by {by}); continue with `opsdsl resume {run_id}`")
+    then = "`opsdsl serve` continues the run now" if served else f"continue with `opsdsl resume {run_id}`"
+    click.echo(f"{step}: {outcome} (by {by}); {then}")
 
 
 @click.command()
