@@ -338,13 +338,19 @@ class Runtime:
                 handle.truncate(0)
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def served_by(self, run_id: str) -> dict[str, Any] | None:
+        """The running `opsdsl serve` that owns this run (`{pid, command, since}`), or None."""
+        from opsdsl.runtime.driver import SERVE, engine_holder
+
+        run = self.store.run(self.store.root_run(run_id))
+        holder = engine_holder(self.state) if run.owner == SERVE else None
+        return holder if holder and holder.get("command") == SERVE else None
+
     def refuse_if_served(self, run: S.RunRow, what: str = "resume") -> None:
         """A run a running `opsdsl serve` owns is driven there, never by a second process:
         UsageError saying how to act on it instead."""
-        from opsdsl.runtime.driver import SERVE, engine_holder
-
-        holder = engine_holder(self.state) if run.owner == SERVE else None
-        if holder and holder.get("command") == SERVE:
+        holder = self.served_by(run.id)
+        if holder:
             raise UsageError(
                 f"run {run.id} is owned by `opsdsl serve` (pid {holder.get('pid')}) on this state directory, "
                 f"which drives it to its end by itself: record what it waits for with `opsdsl approve`, "

@@ -125,6 +125,7 @@ def test_two_approvals_recorded_from_the_cli_continue_the_run_in_the_server(serv
     assert api.seen("POST") == []
     second = cli(server, "approve", run, "agree", "--by", "bob", "--comment", "checked the dashboards")
     assert second.returncode == 0, second.stderr
+    assert "`opsdsl serve` continues the run now" in second.stdout
     until_status(server, run, "succeeded")
     assert [r.path for r in api.seen("POST")] == ["/v1/migrations/rollback"]
     started = entries(server, run, "run.started")
