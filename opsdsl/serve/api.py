@@ -118,7 +118,7 @@ def _phrase(status: int) -> str:
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=json.dumps(body, ensure_ascii=False, sort_keys=True).encode(),
+        body=json.dumps(body, ensure_ascii=False, sort_keys=True).encode() + b"\n",  # a line, for curl
         status=status,
         headers={"Content-Type": "application/json", **(headers or {})},
     )
