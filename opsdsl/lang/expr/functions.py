@@ -21,6 +21,7 @@ from typing import Any
 from opsdsl.errors import EvalError
 
 from . import strings
+from .nodes import MACROS
 from .values import INT_MAX, INT_MIN, checked_int, describe, kind, to_string
 
 NUMBER = frozenset(("int", "double"))
@@ -377,8 +378,8 @@ BUILTINS: dict[str, Builtin] = {
     )
 }
 
-# Every name a call may use, for did-you-mean hints; `has` is the macro.
-KNOWN_FUNCTIONS = (*BUILTINS, "has")
+# Every name a call may use, for did-you-mean hints; `has` and the comprehensions are macros.
+KNOWN_FUNCTIONS = (*BUILTINS, "has", *MACROS)
 
 
 def resolve(name: str, method: bool, arity: int) -> Builtin | str:
