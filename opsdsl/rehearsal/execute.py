@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from opsdsl.errors import OpsdslError
+from opsdsl.lang.names import person_name
 from opsdsl.runtime import runner
 from opsdsl.runtime import store as S
+from opsdsl.runtime.people import Person
 
 from .checks import as_text
 from .clock import Stalled, VirtualClock, run_virtual
@@ -272,7 +274,10 @@ class _Rehearsal:
             return
         try:
             texts = {k: as_text(v) for k, v in answer.answers.items()}
-            self.runtime.approve(run_id, step, answer.by, answer.deny, texts, answer.comment)
+            person = None
+            if answer.groups:  # a person with groups, as `opsdsl users` would know them
+                person = Person(person_name(answer.by), "admin", answer.groups, "rehearsal")
+            self.runtime.approve(run_id, step, answer.by, answer.deny, texts, answer.comment, person=person)
         except OpsdslError as error:
             self.result.problems.append(CaseProblem(answer.path, f"the answer was refused: {error.message}"))
 

@@ -57,6 +57,7 @@ class Answer:
     answers: dict[str, Any] = field(default_factory=dict)
     comment: str | None = None
     after: float = 0.0
+    groups: tuple[str, ...] = ()  # the answering person's, for `approvers: [group:NAME]`
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ def _answer(path: Path_, spec: dict[str, Any]) -> Answer:
         answers=dict(spec.get("answers") or {}),
         comment=spec.get("comment"),
         after=seconds(spec["after"]) if "after" in spec else 0.0,
+        groups=tuple(spec.get("groups") or ()),
     )
 
 

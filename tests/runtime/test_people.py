@@ -245,3 +245,15 @@ def test_a_policy_without_the_flag_dumps_as_before_so_plans_keep_their_digests()
     assert "distinct_from_requester" not in plain.model_dump(mode="json")
     strict = Policy(id="p", when="true", effect="require_approval", message="m", distinct_from_requester=True)
     assert strict.model_dump(mode="json")["distinct_from_requester"] is True
+
+
+def test_rehearsals_answer_as_people_with_groups(tmp_path: Path) -> None:
+    rehearsal = PACK.with_name("people.test.yaml")
+    passed = opsdsl("test", rehearsal)
+    assert passed.code == 0, passed.stdout + passed.stderr
+    outsider = tmp_path / "people.test.yaml"
+    text = rehearsal.read_text().replace("{by: carol, groups: [oncall]}", "{by: bob, groups: [dba]}")
+    outsider.write_text(text.replace("pack: people.yaml", f"pack: {PACK}"))
+    failed = opsdsl("test", outsider)
+    assert failed.code == 1
+    assert "bob (groups: dba) may not approve ask: its approvers are alice, group:oncall" in failed.stdout
