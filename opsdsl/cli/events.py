@@ -375,7 +375,7 @@ def serve(ctx: click.Context, config_file: Path | None, **flags) -> None:
     import os
 
     from opsdsl.serve import intake as server
-    from opsdsl.serve.config import load_config, merged_settings
+    from opsdsl.serve.config import addresses_problem, load_config, merged_settings
 
     config = load_config(config_file) if config_file is not None else None
     given = [name for name in flags if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
@@ -387,6 +387,8 @@ def serve(ctx: click.Context, config_file: Path | None, **flags) -> None:
         raise UsageError("--accept-legacy-signatures needs --hmac-secret-file")
     if merged["trusted_proxies"] and not merged["trusted_user_header"]:
         raise UsageError("--trusted-proxy needs --trusted-user-header")
+    if "trusted_proxies" in given and (wrong := addresses_problem(list(merged["trusted_proxies"]))):
+        raise UsageError(f"--trusted-proxy: {wrong}")
     settings = server.ServeOptions(
         token=token,
         hmac_secret=secret,

@@ -108,7 +108,8 @@ def _header_name(value: Any) -> str | None:
     return None
 
 
-def _addresses(value: Any) -> str | None:
+def addresses_problem(value: Any) -> str | None:
+    """Why `value` is not a list of IP addresses and networks (`trusted_proxies`), or None."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return "a list of IP addresses or networks"
     for item in value:
@@ -150,7 +151,7 @@ TABLES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "insecure_no_auth": _boolean,
         "metrics_no_auth": _boolean,
     },
-    "auth": {"trusted_user_header": _header_name, "trusted_proxies": _addresses},
+    "auth": {"trusted_user_header": _header_name, "trusted_proxies": addresses_problem},
     "limits": {
         "max_body": _integer(1),
         "queue_size": _integer(1),

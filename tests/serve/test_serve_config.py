@@ -239,3 +239,13 @@ def test_a_params_file_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
     (tmp_path / "params.d").mkdir()
     fired = opsdsl("fire", "--pack", str(pack), "--params-file", "params.d", "event.json", cwd=tmp_path)
     assert fired.returncode == 2 and "Traceback" not in fired.stderr
+
+
+def test_people_flags_are_checked_before_it_listens(site):
+    for args, message in [
+        (("--trusted-user-header", "X-Email", "--trusted-proxy", "proxy.internal"), "'proxy.internal' is neither"),
+        (("--trusted-proxy", "10.0.0.1"), "--trusted-proxy needs --trusted-user-header"),
+    ]:
+        server = Serving(site, "--port", "0", *args)
+        assert server.exit_code() == 2
+        assert message in server.log() and "Traceback" not in server.log()
