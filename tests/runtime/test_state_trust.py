@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -224,8 +225,8 @@ def test_a_rewritten_chain_resigned_with_a_planted_key_fails_an_audit_with_the_r
     Ledger(conn).checkpoint(planted)
     conn.close()
     for record in (state / "incidents").glob("*/*/record.json"):
-        for item in record.parent.iterdir():
-            item.unlink()
+        for item in record.parent.iterdir():  # the evidence pack has folders (plan/, ledger/)
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
         record.parent.rmdir()
 
     naive = opsdsl("ledger", "verify", "--state-dir", state)

@@ -284,6 +284,9 @@ class _RecordBuilder:
     def on_incident_reviewed(self, entry: dict, data: dict) -> None:
         self.line(entry, f"Reviewed by {data.get('by')}: root cause {_brief(data.get('root_cause'), 160)}")
 
+    def on_incident_follow_up_opened(self, entry: dict, data: dict) -> None:
+        self.line(entry, f"Follow-up opened in {data.get('tracker')}: {_brief(data.get('url'), 200)}")
+
     def on_evidence_added(self, entry: dict, data: dict) -> None:
         files = data.get("files") or []
         for item in files:
