@@ -322,7 +322,7 @@ class TextView:
         return text
 
 
-_RUN_ICONS = {"succeeded": "✓", "failed": "✗", "refused": "✗", "paused": "⏸", "interrupted": "⊘"}
+_RUN_ICONS = {"succeeded": "✓", "failed": "✗", "refused": "✗", "cancelled": "⊘", "paused": "⏸", "interrupted": "⊘"}
 
 _DESCRIBE: dict[str, Callable[[TextView, dict[str, Any]], str | None]] = {
     E.RUN_STARTED: TextView._run_started,
@@ -359,7 +359,13 @@ _LOOK = {
 }
 
 
-_RUN_STYLES = {"succeeded": "bold green", "failed": "bold red", "refused": "bold red", "paused": "bold yellow"}
+_RUN_STYLES = {
+    "succeeded": "bold green",
+    "failed": "bold red",
+    "refused": "bold red",
+    "cancelled": "bold magenta",
+    "paused": "bold yellow",
+}
 
 
 def format_elapsed(seconds: float | None) -> str:
