@@ -406,6 +406,11 @@ def _step(
     requested = [e["data"] for e in entries if e["kind"] == E.APPROVAL_REQUESTED and e["data"].get("step") == sid]
     policy = [e["data"] for e in entries if e["kind"] == E.POLICY_DECISION and e["data"].get("step") == sid]
     request = requested[-1] if requested else None
+    retried = [
+        {**_with_ts(e, ("attempt", "error")), "retry_in": e["data"].get("retry_in")}
+        for e in entries
+        if e["kind"] == E.ATTEMPT_FAILED and e["data"].get("step") == sid
+    ]
     return {
         "id": sid,
         "name": node.get("name"),
@@ -421,6 +426,7 @@ def _step(
         "duration_seconds": None if started is None or finished is None else round(max(0.0, finished - started), 3),
         "outputs": (stored.outputs if stored else None) or {},
         "error": stored.error if stored else None,
+        "failed_attempts": retried,
         "note": row.note,
         "policy": policy[-1].get("decision") if policy else None,
         "approvals_needed": (stored.approvals_needed if stored else 0) or (request or {}).get("min_approvals", 0),
@@ -816,6 +822,9 @@ def _step_block(
         if approval.get("comment"):
             text += f": {approval['comment']}"
         field("answer", text)
+    for failed in step.get("failed_attempts") or []:
+        retry = f"; retried in {float(failed['retry_in'] or 0):.1f}s" if failed.get("retry_in") is not None else ""
+        field("attempt", f"{failed['attempt']} failed at {failed['at']}: {failed['error']}{retry}")
     outputs = step.get("outputs") or {}
     for i, (name, value) in enumerate(sorted(outputs.items())):
         lines.extend(_output_lines("outputs" if i == 0 else "", name, value))

@@ -343,3 +343,17 @@ def test_without_state_show_and_ledger_show_say_so(tmp_path: Path):
         result = opsdsl(tmp_path, *args, "--state-dir", tmp_path / "nothing")
         assert result.code == 2 and "no opsdsl state" in result.stderr, (args, result)
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_failed_run_shows_its_retries_and_compensation(tmp_path: Path):
+    shutil.copy(FIXTURES / "compensate.yaml", tmp_path / "compensate.yaml")
+    assert opsdsl(tmp_path, "run", "--pack", "compensate.yaml", "--log-format", "quiet").code == 1
+    text = opsdsl(tmp_path, "show", "latest").stdout
+    assert "✗ flaky (shell, risk low)  failed" in text and "attempts   2 of 2" in text
+    assert re.search(r"attempt    1 failed at \S+: sh exited with 1 \(expected 0\): no; retried in 0\.\ds", text)
+    assert "✓ make.compensate (shell)  succeeded  [compensation]" in text
+    detail = json.loads(opsdsl(tmp_path, "show", "latest", "--format", "json").stdout)
+    flaky = next(step for step in detail["steps"] if step["id"] == "flaky")
+    assert [f["attempt"] for f in flaky["failed_attempts"]] == [1]
+    assert 0.05 <= flaky["failed_attempts"][0]["retry_in"] < 1  # 100 ms, with jitter
+    assert detail["status"] == "failed" and detail["waiting_for"] == []
