@@ -15,6 +15,7 @@ from opsdsl.lang.expr.functions import parse_duration
 from opsdsl.lang.expr.nodes import (
     Binary,
     Call,
+    Comprehension,
     Conditional,
     Has,
     Ident,
@@ -32,7 +33,7 @@ from opsdsl.lang.expr.printer import unparse
 # Generated code must compile silently, whatever the expression.
 pytestmark = pytest.mark.filterwarnings("error::SyntaxWarning")
 
-NAMES = ["a", "b", "m", "l", "s", "n", "x_1", "_y", "index", "nullable", "r"]
+NAMES = ["a", "b", "m", "l", "s", "n", "x_1", "_y", "index", "nullable", "r", "i", "v", "k"]
 FIELDS = ["a", "b", "c", "k", "size", "r"]
 OPERATORS = ["||", "&&", "==", "!=", "<", "<=", ">", ">=", "in", "+", "-", "*", "/", "%"]
 METHODS = ["size", "startsWith", "endsWith", "contains", "matches", "int", "foo"]
@@ -63,9 +64,33 @@ def _negatable(node):
     return not (isinstance(node, Literal) and node.kind == "int" and node.value >= 0)
 
 
+# (macro, variables, with a filter): every form the parser builds; `a` and `n` are roots too
+MACRO_FORMS = [
+    ("all", ("x_1",), False),
+    ("all", ("index", "a"), False),
+    ("exists", ("a",), False),
+    ("exists", ("i", "v"), False),
+    ("exists_one", ("v",), False),
+    ("existsOne", ("i", "n"), False),
+    ("map", ("x_1",), False),
+    ("map", ("v",), True),
+    ("filter", ("a",), False),
+    ("transformList", ("i", "v"), False),
+    ("transformList", ("i", "v"), True),
+    ("transformMap", ("k", "v"), False),
+    ("transformMap", ("k", "a"), True),
+]
+
+
+def _comprehension(form, source, body, condition):
+    macro, variables, filtered = form
+    return Comprehension(macro, source, variables, body, condition if filtered else None)
+
+
 def _extend(children):
     small_lists = st.lists(children, max_size=2).map(tuple)
     return st.one_of(
+        st.builds(_comprehension, st.sampled_from(MACRO_FORMS), children, children, children),
         st.builds(Select, children, st.sampled_from(FIELDS)),
         st.builds(Index, children, children),
         st.builds(

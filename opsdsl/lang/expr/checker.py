@@ -340,8 +340,6 @@ class _Checker:
                     where,
                     "name the variable something else, e.g. `x` or `item`",
                 )
-            elif name in scope:
-                self.report("OPS021", f"{macro}() names both of its variables `{name}`", where)
             scope[name] = typed
         self.scopes.append(scope)
         try:

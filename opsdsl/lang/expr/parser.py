@@ -274,6 +274,12 @@ def _comprehension(operand: Node, name: Any, args: tuple[Node, ...], count: int,
                 variable.offset,
                 f"write e.g. list.{name}(x, x > 0)",
             )
+    if count == 2 and variables[0].name == variables[1].name:
+        raise _SyntaxProblem(
+            f"the two variables of {name}() must have different names",
+            variables[1].offset,
+            f"write e.g. list.{name}(i, v, v > i)",
+        )
     rest = args[count:]
     return Comprehension(
         str(name),
