@@ -57,7 +57,9 @@ STEP_IN_DOUBT = "step.in_doubt"
 # data: step, reason ("action" | "policy"), message, approvers (list), min_approvals,
 #       policies (ids), inputs (the structured answers asked for, or {})
 APPROVAL_REQUESTED = "approval.requested"
-# data: step, by, decision ("approve" | "deny"), answers (map), comment (or null)
+# data: step, by, decision ("approve" | "deny"), answers (map), comment (or null), and via
+#       ("token" | "proxy" | "local") when a person was identified: by is then `local:NAME` for
+#       the CLI's unauthenticated `--by`, else the authenticated name (opsdsl.runtime.people)
 APPROVAL_RECORDED = "approval.recorded"
 # data: step, outcome ("approve" | "deny")
 APPROVAL_TIMED_OUT = "approval.timed_out"
@@ -67,17 +69,29 @@ APPROVAL_TIMED_OUT = "approval.timed_out"
 #       "reminder" | "outcome"), delivered (bool), attempt, detail (the answer's status, or why
 #       it failed and whether it is retried)
 APPROVAL_ANNOUNCED = "approval.announced"
-# A person acknowledged the incident: data: by
+# A person acknowledged the incident: data: by, via (as for approval.recorded)
 RUN_ACKNOWLEDGED = "run.acknowledged"
-# A person resolved a step left in doubt: data: step, by, decision ("retry" | "succeeded" | "failed")
+# A person resolved a step left in doubt: data: step, by, decision ("retry" | "succeeded" | "failed"),
+# via (as for approval.recorded)
 STEP_DECIDED = "step.decided"
 # A person asked to stop the run: no new step starts, compensation runs as for a failure, and
 # the run ends `cancelled`. data: by, via ("token" | "proxy" | "local"), reason (or null)
 RUN_CANCEL_REQUESTED = "run.cancel_requested"
+# Nobody acknowledged the incident within its severity's response time, or its severity is
+# paged at once: it escalated to a level (runtime/escalation.py). data: level, index (1 = the
+# first level), of (how many levels), who, notifiers (names), reason, severity, incident_id,
+# response_seconds
+INCIDENT_ESCALATED = "incident.escalated"
 
 # A person reviewed the incident (its RCA): data: by, root_cause, impact, follow_ups (list of text).
 # A later review amends an earlier one; the first counts for RCA completion.
 INCIDENT_REVIEWED = "incident.reviewed"
+
+# The people of the state directory (`opsdsl users`), about no run: who may use the API, with
+# which role, from when to when. data: name, role, groups (user.added); name (user.revoked).
+# Never a token or its hash.
+USER_ADDED = "user.added"
+USER_REVOKED = "user.revoked"
 # A follow-up of the incident was opened as an issue in a tracker (opsdsl incident follow-ups):
 # data: key (fu-…), kind, step, summary, tracker ("github" | "gitlab" | "jira"), url, id, by
 INCIDENT_FOLLOW_UP_OPENED = "incident.follow_up_opened"
@@ -106,6 +120,7 @@ RUN_KINDS = (
     RUN_ACKNOWLEDGED,
     STEP_DECIDED,
     RUN_CANCEL_REQUESTED,
+    INCIDENT_ESCALATED,
     EVIDENCE_ADDED,
     INCIDENT_REVIEWED,
     INCIDENT_FOLLOW_UP_OPENED,

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from opsdsl.audit import entries as E
 from opsdsl.errors import UsageError
 from opsdsl.lang.names import LOCAL_PREFIX, person_name, same_person_key
 
@@ -152,11 +153,13 @@ class People:
                 raise UsageError(
                     f"user {name} exists; `opsdsl users revoke {name}` first to give them a new token or role"
                 )
+            now = self.clock()
             conn.execute(
                 "INSERT OR REPLACE INTO users (name, role, groups, token_hash, created_at, revoked_at)"
                 " VALUES (?, ?, ?, ?, ?, NULL)",
-                (name, role, json.dumps(folded), token_digest(token), self.clock()),
+                (name, role, json.dumps(folded), token_digest(token), now),
             )
+            self.store.ledger.append(E.USER_ADDED, None, {"name": name, "role": role, "groups": list(folded)}, ts=now)
         return token
 
     def list(self) -> list[dict[str, Any]]:
@@ -183,7 +186,9 @@ class People:
                 raise UsageError(f"no user {name} (see `opsdsl users list`)")
             if row[0] is not None:
                 return False
-            conn.execute("UPDATE users SET revoked_at = ? WHERE name = ?", (self.clock(), name))
+            now = self.clock()
+            conn.execute("UPDATE users SET revoked_at = ? WHERE name = ?", (now, name))
+            self.store.ledger.append(E.USER_REVOKED, None, {"name": name}, ts=now)
         return True
 
     def authenticate(self, token: object) -> Person | None:

@@ -44,6 +44,11 @@ def test_users_add_prints_the_token_once_and_list_never_shows_it(tmp_path: Path)
     store = Store(state)
     assert People(store).authenticate(token) is None
     store.close()
+    kept = [(r["kind"], r["run"], r["data"]) for r in ledger_rows(state) if r["kind"].startswith("user.")]
+    assert kept == [
+        ("user.added", None, {"name": "alice", "role": "approver", "groups": ["oncall"]}),
+        ("user.revoked", None, {"name": "alice"}),
+    ]
 
 
 def test_users_refuses_bad_input_with_exit_2(tmp_path: Path) -> None:
@@ -91,3 +96,4 @@ def test_the_cli_approves_as_a_local_user_with_the_rows_role_and_groups(tmp_path
     done = opsdsl("resume", run, "--state-dir", state, "--log-format", "json")
     assert done.code == 0, done.stdout + done.stderr
     assert done.end["status"] == "succeeded"
+    assert opsdsl("ledger", "verify", "--state-dir", state).code == 0
