@@ -90,7 +90,7 @@ def incident_follow_ups(
     --secret NAME=env:VAR|file:PATH, $OPSDSL_SECRET_NAME or STATE_DIR/secrets/NAME.
     """
     from opsdsl.lang.names import person_name
-    from opsdsl.runtime.incidents import open_follow_ups, tracker_from_options
+    from opsdsl.runtime.incidents import MAX_OPENED, open_follow_ups, tracker_from_options
     from opsdsl.runtime.secrets import SecretError, Secrets, parse_references
     from opsdsl.runtime.store import state_dir as resolve_state
 
@@ -126,6 +126,8 @@ def incident_follow_ups(
     for item in results:
         if dry_run and item.url is None:
             click.echo(f"would open: {item.summary}")
+        elif item.url is None:
+            click.echo(f"not opened yet (at most {MAX_OPENED} per run; run the command again): {item.summary}")
         elif item.new:
             click.echo(f"opened {item.url}: {item.summary}")
         else:
@@ -133,7 +135,8 @@ def incident_follow_ups(
     if not results:
         click.echo(f"{incident_id}: no follow-ups")
     elif not dry_run:
-        click.echo(f"{incident_id}: {len(new)} issue(s) opened in {kind}, {len(results) - len(new)} already linked")
+        linked = sum(1 for item in results if not item.new and item.url is not None)
+        click.echo(f"{incident_id}: {len(new)} issue(s) opened in {kind}, {linked} already linked")
 
 
 def pdf_before_export(state_dir: Path | None, folder: Path) -> str | None:

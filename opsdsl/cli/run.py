@@ -501,7 +501,7 @@ def ledger_verify(
 
 @click.group()
 def incident() -> None:
-    """Incident folders: review, export and verify."""
+    """Incident folders: review, export and verify; the RCA as PDF; follow-ups in a tracker."""
 
 
 @incident.command("review")
@@ -649,6 +649,7 @@ def _add_ledger_show() -> None:
 
 
 _add_ledger_show()
+
 
 @click.command()
 @click.argument("run_id", metavar="RUN", callback=run_reference)

@@ -25,6 +25,7 @@ from opsdsl.runtime.reviews import find_run, rewrite_incident
 DEFAULT_BASE_URLS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com"}
 DEFAULT_TOKEN_SECRETS = {"github": "github_token", "gitlab": "gitlab_token", "jira": "jira_token"}
 MAX_RESPONSE = 1024 * 1024  # a tracker's answer to one POST; more is refused, not read
+MAX_OPENED = 100  # issues one invocation opens; a record with more is finished by running it again
 TIMEOUT = 20.0
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _JIRA_PROJECT = re.compile(r"[A-Z][A-Z0-9_]{0,49}")
@@ -190,6 +191,7 @@ def open_follow_ups(
     by: str | None = None,
     dry_run: bool = False,
     post: Callable[[str, dict, dict], Mapping] | None = None,
+    limit: int = MAX_OPENED,
 ) -> list[Opened]:
     """Open one issue per follow-up of the incident not yet linked to one; record each link.
 
@@ -198,6 +200,8 @@ def open_follow_ups(
     soon as its issue exists; then a checkpoint is signed and the folder rewritten with
     follow-ups.json (also when a later request failed: what was opened stays recorded).
     `token` is called only when there is something to open. `post` replaces the HTTP call.
+    At most `limit` issues are opened per call (a failing playbook can list thousands of
+    follow-ups); the rest come back unopened (url None) for the next call.
     """
     from opsdsl.audit.incident import build_record
     from opsdsl.audit.incident.followups import follow_up_links
@@ -213,8 +217,10 @@ def open_follow_ups(
         links = follow_up_links(entries)
         done = [Opened(key, str(link.get("summary")), link.get("url"), False) for key, link in links.items()]
         pending = pending_of(record, links)
+        later = [Opened(item["key"], item["summary"], None, False) for item in pending[limit:]]
+        pending = pending[:limit]
         if dry_run or not pending:
-            return done + [Opened(item["key"], item["summary"], None, False) for item in pending]
+            return done + [Opened(item["key"], item["summary"], None, False) for item in pending] + later
         secret = token()
         send = post or _poster(secret)
         opened: list[Opened] = []
@@ -246,7 +252,7 @@ def open_follow_ups(
         if failure is not None:
             count = f"{len(opened)} opened and recorded before it; " if opened else ""
             raise TrackerError(f"{failure.message} ({count}run the command again to open the rest)")
-    return done + opened
+    return done + opened + later
 
 
 def _poster(token: str) -> Callable[[str, dict, dict], Mapping]:

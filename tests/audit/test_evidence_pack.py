@@ -248,3 +248,16 @@ def test_hostile_excerpts_are_problems_not_crashes(served) -> None:
 
 def test_folder_name_is_the_incident(served) -> None:
     assert served[0].name == INCIDENT
+
+
+def test_a_pack_name_that_is_no_file_name_becomes_its_digest() -> None:
+    from opsdsl.audit.incident.pack import plan_files
+
+    hostile = dict(PLAN, pack=PLAN["pack"] | {"name": "../../etc/passwd"})
+    hostile["policyPacks"] = [{"name": "a/b", "version": "1", "digest": "sha256:" + "44" * 32}]
+    files = plan_files(envelope_bytes(sign_envelope(canonical_json(hostile), [SIGNER])))
+    assert sorted(files) == [
+        "plan/packs/" + "11" * 32 + ".json",
+        "plan/plan.dsse.json",
+        "plan/policy-packs/" + "44" * 32 + ".json",
+    ]

@@ -318,3 +318,12 @@ def test_usage_errors_and_dry_run(incidents, tracker: Tracker_) -> None:
     assert tracker.requests == []
     with pytest.raises(UsageError):
         Tracker("gitlab", "", base_url=tracker.url)
+
+
+def test_at_most_limit_issues_per_call_the_rest_next_time(incidents, tracker: Tracker_) -> None:
+    state, (*_, incident) = incidents  # its two follow-ups are still open (hostile answers opened none)
+    first = in_process(state, incident, Tracker("github", "acme/sqlx", base_url=tracker.url), limit=1)
+    assert [(item.new, item.url is None) for item in first] == [(True, False), (False, True)]
+    second = in_process(state, incident, Tracker("github", "acme/sqlx", base_url=tracker.url), limit=1)
+    assert sum(item.new for item in second) == 1 and all(item.url for item in second)
+    assert len(tracker.requests) == 2

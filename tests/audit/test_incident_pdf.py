@@ -217,3 +217,30 @@ def test_a_review_of_twenty_thousand_characters_in_one_word_renders(tmp_path: Pa
     record = build_record(entries, checkpoint=CHECKPOINT, evidence_dir=None)
     text = pdf_text(render_rca_pdf(entries, record), tmp_path)
     assert text.count("A") >= 20_000  # wrapped across lines and pages, none of it lost
+
+
+@needs_pdf
+def test_cli_incident_pdf_then_export_and_verify(tmp_path: Path) -> None:
+    from kernel_api import FIXTURES, KernelAPI, opsdsl, param_args, shell_params
+
+    state = tmp_path / "state"
+    with KernelAPI() as api:
+        result = opsdsl(
+            "run", "--pack", FIXTURES / "driver_failure.yaml", "--state-dir", state, "--log-format", "json",
+            *param_args(**shell_params(api)),
+        )  # fmt: skip
+    assert result.code == 0, result.stderr
+    folder = Path(result.end["incident_folder"])
+    record_before = (folder / "record.json").read_bytes()
+    made = opsdsl("incident", "pdf", folder.name, "--state-dir", state)
+    assert made.code == 0, made.stderr
+    assert (folder / "record.json").read_bytes() == record_before  # the PDF is added, the record unchanged
+    text = " ".join(pdf_text((folder / "rca.pdf").read_bytes(), tmp_path).split())
+    assert folder.name in text and "driver-connection-failure" in text and "T+24h" in text
+    archive = tmp_path / "inc.tar.gz"
+    assert opsdsl("incident", "export", folder.name, "-o", archive, "--state-dir", state).code == 0
+    verified = opsdsl("incident", "verify", archive, "--state-dir", state)
+    assert verified.code == 0, verified.stdout + verified.stderr
+    assert "RCA PDF: rca.pdf" in verified.stdout and "chained to checkpoint" in verified.stdout
+    missing = opsdsl("incident", "pdf", "INC-nope", "--state-dir", state)
+    assert missing.code == 2 and "no incident" in missing.stderr and "Traceback" not in missing.stderr
