@@ -123,8 +123,8 @@ def may_approve(person: Person, approvers: Iterable[str]) -> bool:
         return True
     key = same_person_key(person.name)
     for entry in listed:
-        text = str(entry)
-        if text.startswith(GROUP_PREFIX):
+        text = str(entry).strip()
+        if text[: len(GROUP_PREFIX)].casefold() == GROUP_PREFIX:  # `Group:OnCall` too
             if person.in_group(text[len(GROUP_PREFIX) :]):
                 return True
         elif same_person_key(text) == key:

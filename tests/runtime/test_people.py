@@ -123,6 +123,7 @@ def test_approvers_hold_names_and_groups() -> None:
     assert not may_approve(Person("oncall", "approver"), ["group:oncall"])  # a name is not a group
     assert may_approve(Person("dave", "approver", ("OnCall",)), ["group:oncall"])
     assert not may_approve(Person("dave", "approver", ("oncall",)), ["group:local:oncall"])
+    assert may_approve(Person("dave", "approver", ("oncall",)), ["Group:OnCall"])
 
 
 def test_local_and_authenticated_spellings_are_one_person() -> None:
