@@ -20,7 +20,7 @@ from lsprotocol import types as lsp
 
 from opsdsl.errors import Diagnostic, Severity
 from opsdsl.lang.config import Config
-from opsdsl.lsp.structure import Cursor, Outline, Range, Symbol, cursor_at, outline, test_outline
+from opsdsl.lsp.structure import Cursor, Outline, Range, Symbol, block_keys, cursor_at, outline, test_outline
 
 SOURCE = "opsdsl"
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
@@ -181,13 +181,14 @@ def _action_for(path: tuple, text: str) -> str | None:
 
 def _action_from_lines(path: tuple, text: str) -> str | None:
     lines = text.splitlines()
-    for number, line in enumerate(lines):
-        match = re.match(r"^(\s*(?:-\s+)?)action:\s*([\w.]+)", line)
-        if match and cursor_at(text, number, match.end(1) + len("action:")).path == path:
-            return match.group(2)
+    for number, key, holder in block_keys(text):
+        if key == "action" and holder == path:
+            match = re.search(r"action:\s*([\w.]+)", lines[number])
+            return match.group(1) if match else None
     return None
 
 
+@functools.lru_cache(maxsize=4)
 def _safe_data(text: str) -> object:
     import yaml
 
@@ -359,13 +360,7 @@ def _key_items(cursor: Cursor, text: str, test: bool = False) -> list[lsp.Comple
 
 def _sibling_keys(text: str, cursor: Cursor) -> set[str]:
     """Keys already in the mapping the cursor is in (each is offered once)."""
-    present = set()
-    lines = text.splitlines()
-    for number, line in enumerate(lines):
-        match = re.match(r"^(\s*(?:-\s+)*)([\w.-]+):", line)
-        if match and cursor_at(text, number, match.end(2) + 1).path == cursor.path:
-            present.add(match.group(2))
-    return present
+    return {key for _, key, holder in block_keys(text) if holder == cursor.path}
 
 
 def _value_items(cursor: Cursor, text: str, info: Outline | None) -> list[lsp.CompletionItem]:
@@ -549,13 +544,16 @@ def _resolved_default(path: tuple, key: str, text: str) -> str | None:
 # ---------------------------------------------------------------- definitions, references, rename
 
 
-def symbols_in(path: Path, text: str) -> list[Symbol]:
+@functools.lru_cache(maxsize=128)
+def symbols_in(path: Path, text: str) -> tuple[Symbol, ...]:
+    """The names a file defines and uses; cached by content, since definitions and
+    references read every pack and pack test of the workspace on each request."""
     if is_ops(path):
-        return []
+        return ()
     if is_test(path):
-        return test_outline(text)
+        return tuple(test_outline(text))
     info = outline(text, expression_keys())
-    return info.symbols if info else []
+    return tuple(info.symbols) if info else ()
 
 
 def symbol_at(path: Path, text: str, line: int, col: int) -> Symbol | None:

@@ -8,6 +8,7 @@ PyYAML's marks count them; the server converts columns to the client's encoding.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -60,12 +61,13 @@ class _Frame:
     items: int = 0  # sequence items seen directly below this frame
 
 
-def _walk(lines: list[str], upto: int) -> list[_Frame]:
-    """The stack of open keys and items after reading lines [0, upto)."""
+def _walk(lines: list[str], upto: int, keys: list | None = None) -> list[_Frame]:
+    """The stack of open keys and items after reading lines [0, upto); each block key met
+    is appended to `keys` as (line, key, path of the mapping holding it)."""
     stack: list[_Frame] = []
     top = _Frame(-1, "")
     block_indent: int | None = None  # inside a block scalar started by a key at this indent
-    for line in lines[:upto]:
+    for number, line in enumerate(lines[:upto]):
         stripped = line.strip()
         indent = len(line) - len(line.lstrip(" "))
         if block_indent is not None:
@@ -82,10 +84,22 @@ def _walk(lines: list[str], upto: int) -> list[_Frame]:
                 stack.append(_Frame(col, parent.items))
                 parent.items += 1
             else:
+                if keys is not None:
+                    keys.append((number, key or "", tuple(f.part for f in stack)))
                 stack.append(_Frame(col, key or ""))
         if _BLOCK_SCALAR.search(line.split(" #", 1)[0] if " #" in line else line) and stack:
             block_indent = stack[-1].indent
     return stack
+
+
+@functools.lru_cache(maxsize=4)
+def block_keys(text: str) -> tuple[tuple[int, str, Path_], ...]:
+    """Every block-mapping key of `text`: (line, key, path of the mapping holding it), in
+    one pass (what sibling keys and a step's `action:` are looked up in)."""
+    keys: list = []
+    lines = text.splitlines()
+    _walk(lines, len(lines), keys)
+    return tuple(keys)
 
 
 def cursor_at(text: str, line: int, col: int) -> Cursor:
@@ -323,7 +337,10 @@ def compose(text: str) -> yaml.Node | None:
         return None
 
 
+@functools.lru_cache(maxsize=4)
 def outline(text: str, expression_keys: frozenset[str]) -> Outline | None:
+    """The pack's symbols and data; cached for the last few texts (every request on an
+    unchanged document asks for the same one)."""
     root = compose(text)
     if not isinstance(root, yaml.MappingNode):
         return None
