@@ -397,7 +397,12 @@ class Runtime:
         name = actor.name  # one spelling per person: the two-person rule counts people
         if row.approvers and not may_approve(actor, row.approvers):
             groups = f" (groups: {', '.join(actor.groups)})" if actor.groups else ""
-            raise UsageError(f"{name}{groups} may not approve {step}: its approvers are {', '.join(row.approvers)}")
+            hint = ""
+            if not actor.groups and any(str(a).strip().casefold().startswith("group:") for a in row.approvers):
+                hint = "; a group's members are the people `opsdsl users add --group` puts in it"
+            raise UsageError(
+                f"{name}{groups} may not approve {step}: its approvers are {', '.join(row.approvers)}{hint}"
+            )
         votes = self.store.approvals(run.id, step)
         if any(same_person_key(v["by"]) == same_person_key(name) for v in votes):
             raise UsageError(f"{name} has already answered for {step}; approvals count distinct people")
