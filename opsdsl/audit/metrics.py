@@ -26,6 +26,9 @@ RCA_WINDOW = 24 * 3600.0  # seed §8: "T+24h RCA & prevention measures published
 MAX_DETECTION_LEAD = 24 * 3600.0
 FINISHED = ("succeeded", "failed", "refused", "cancelled")
 # Entries by which a person acknowledges an incident (an approval or decision is one too).
+# The seed runbook's section 3: each severity's initial response time, in seconds. A person
+# should acknowledge the incident within it; runtime/escalation.py escalates when nobody does.
+RESPONSE_TIMES = {"SEV-1": 300.0, "SEV-2": 900.0, "SEV-3": 3600.0, "SEV-4": 86400.0}
 PERSON_ACKS = (kinds.RUN_ACKNOWLEDGED, kinds.APPROVAL_RECORDED, kinds.STEP_DECIDED)
 # Entries that show a run needed a person: it asked for one, or one steered it.
 NEEDS_PERSON = (kinds.APPROVAL_REQUESTED, kinds.APPROVAL_RECORDED, kinds.STEP_IN_DOUBT, kinds.STEP_DECIDED)
@@ -217,6 +220,7 @@ class Figures:
     rca_late: int
     rca_missing: int  # finished, unreviewed, and the 24 h are over
     rca_pending: int  # finished, unreviewed, still inside the 24 h: not yet counted
+    ack_in_time: int = 0  # acknowledged within the severity's response time (RESPONSE_TIMES)
 
     @property
     def auto_mitigation(self) -> float | None:
@@ -250,6 +254,12 @@ class Figures:
                 "finished": self.auto_finished,
             },
             "with_people": {"succeeded": self.person_succeeded, "finished": self.person_finished},
+            "response": {
+                "target_seconds": RESPONSE_TIMES.get(self.severity),
+                "acknowledged_in_time": self.ack_in_time,
+                "acknowledged_late": self.acknowledged - self.ack_in_time,
+                "never_acknowledged": self.unacknowledged,
+            },
             "rca_completion": {
                 "rate": _round(self.rca_completion),
                 "within_24h": self.rca_on_time,
@@ -292,6 +302,10 @@ def figures_of(severity: str, runs: Sequence[RunSummary], now: float) -> Figures
         rca_late=len(late),
         rca_missing=sum(now - run.detected > RCA_WINDOW for run in unreviewed),
         rca_pending=sum(now - run.detected <= RCA_WINDOW for run in unreviewed),
+        ack_in_time=sum(
+            run.acknowledge_delay is not None and run.acknowledge_delay <= RESPONSE_TIMES.get(run.severity, 0.0)
+            for run in runs
+        ),
     )
 
 
@@ -570,6 +584,16 @@ def render_text(report: Report) -> str:
                 f"detection clamped to receipt for {report.overall.clamped} run(s): the event's time was in the "
                 "future or more than 24 h before opsdsl received it",
             ]
+    response = [f for f in report.severities if f.severity in RESPONSE_TIMES and f.runs]
+    if response:
+        lines += ["", "Time to acknowledge against the response times (seed runbook §3)"]
+        for figures in response:
+            target = format_duration(RESPONSE_TIMES[figures.severity])
+            late = figures.acknowledged - figures.ack_in_time
+            lines.append(
+                f"  {figures.severity} < {target}: {figures.ack_in_time} of {figures.runs} acknowledged in time, "
+                f"{late} late, {figures.unacknowledged} never"
+            )
     lines += ["", "Targets (seed runbook §12)"]
     width = max(len(verdict.target.label) for verdict in report.verdicts)
     for verdict in report.verdicts:

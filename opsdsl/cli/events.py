@@ -119,7 +119,14 @@ def build_service(
     secrets = Secrets(state, references)
     values = pack_params(loaded, given, secrets, config, environment)
     return Service(
-        state, loaded, params=values, secrets=secrets, max_runs=max_runs, escalation_url=escalation_url, **extra
+        state,
+        loaded,
+        params=values,
+        secrets=secrets,
+        max_runs=max_runs,
+        escalation_url=escalation_url,
+        escalation=config.escalation if config is not None else None,
+        **extra,
     )
 
 

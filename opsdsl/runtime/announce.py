@@ -103,8 +103,11 @@ _KINDS_READ = (
     E.STEP_IN_DOUBT,
     E.STEP_DECIDED,
     E.RUN_FINISHED,
+    E.INCIDENT_ESCALATED,
+    E.RUN_ACKNOWLEDGED,
 )
 APPROVAL = "approval"  # the topic of an approval; a decision's is "decision:ATTEMPT"
+ESCALATION = "escalation:"  # the topic of an escalation is "escalation:LEVEL" (step "": the whole run)
 
 
 # --- the announcer ------------------------------------------------------------------------
@@ -271,7 +274,11 @@ class Announcer:
 
     def _read_data(self, conn, seq: int, ts: float, run: str, kind: str, data: dict[str, Any]) -> None:
         step = str(data.get("step"))
-        if kind in (E.APPROVAL_REQUESTED, E.STEP_IN_DOUBT):
+        if kind in (E.RUN_ACKNOWLEDGED, E.APPROVAL_RECORDED, E.STEP_DECIDED) and data.get("by"):
+            self._acknowledged(conn, seq, run, data)  # a person looked: escalations are closed
+        if kind == E.INCIDENT_ESCALATED:
+            self._escalated(conn, seq, ts, run, data)
+        elif kind in (E.APPROVAL_REQUESTED, E.STEP_IN_DOUBT):
             self._requested(conn, seq, ts, run, kind, data)
         elif kind == E.RUN_FINISHED:
             status = clean_text(data.get("status"), 40)
@@ -314,6 +321,61 @@ class Announcer:
             self._enqueue(conn, run_id, step, topic, REQUEST, notifier.name, facts, now, seq)
             if remind_at is not None and remind_at > now:
                 self._enqueue(conn, run_id, step, topic, REMINDER, notifier.name, facts, remind_at, seq)
+
+    def _escalated(self, conn, seq: int, ts: float, run_id: str, data: dict[str, Any]) -> None:
+        """An escalation (runtime/escalation.py), to the notifiers its level names."""
+        try:
+            run = self.store.run(run_id)
+        except S.StateError:
+            return
+        level = clean_text(data.get("level"), 40)
+        names = {str(n) for n in data.get("notifiers") or []}
+        topic = ESCALATION + level
+        facts = {
+            "kind": "opsdsl.escalation",
+            "topic": topic,
+            "run": run.id,
+            "incident": run.incident_id,
+            "pack": run.pack,
+            "playbook": run.playbook,
+            "severity": run.severity,
+            "step": {"id": "", "name": f"incident {run.incident_id}"},
+            "ask": {
+                "message": clean_text(
+                    f"Incident {run.incident_id} ({run.severity}, {run.pack}/{run.playbook}) escalated to "
+                    f"{level} ({data.get('who') or 'no one named'}): {data.get('reason')}. Acknowledge it.",
+                    MESSAGE_LIMIT,
+                ),
+                "inputs": {},
+            },
+            "why": {"reason": "escalation", "policies": []},
+            "escalation": {
+                "level": level,
+                "index": data.get("index"),
+                "of": data.get("of"),
+                "who": clean_text(data.get("who") or ""),
+                "reason": clean_text(data.get("reason") or ""),
+            },
+            "approvals": {"needed": 1, "approvers": []},
+            "deadline": None,
+            "requested_at": ts,
+            "approve": {
+                "url": self._link(run.id),
+                "cli": f"opsdsl ack {run.id} --by NAME",
+            },
+        }
+        now = self.clock()
+        for notifier in self.notifiers:
+            if notifier.name in names and notifier.takes(run.pack):
+                self._enqueue(conn, run.id, "", topic, REQUEST, notifier.name, facts, now, seq)
+
+    def _acknowledged(self, conn, seq: int, run: str, data: dict[str, Any]) -> None:
+        topics = conn.execute(
+            "SELECT DISTINCT topic FROM announcements WHERE run_id = ? AND step_id = '' AND what = ? AND topic LIKE ?",
+            (run, REQUEST, ESCALATION + "%"),
+        ).fetchall()
+        for (topic,) in topics:
+            self._settled(conn, seq, run, "", topic, {"decision": "acknowledged", "by": [clean_text(data.get("by"))]})
 
     def _recorded(self, conn, seq: int, run: str, data: dict[str, Any]) -> None:
         step = str(data.get("step"))
@@ -480,6 +542,8 @@ class Announcer:
         conn = self.store.conn
         if _has_outcome(conn, run, step, topic):
             return False
+        if topic.startswith(ESCALATION):  # until a person acknowledges (then it has an outcome)
+            return True
         row = conn.execute(
             "SELECT s.status, r.status FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ? AND s.step_id = ?",
             (run, step),

@@ -196,6 +196,8 @@ def headline(facts: dict[str, Any]) -> str:
     """ "Approval needed", "Reminder: decision still needed", "Approved by alice", …"""
     if facts["what"] == OUTCOME:
         return outcome_line(facts["outcome"])
+    if facts["kind"] == "opsdsl.escalation":
+        return f"Escalated to {facts['escalation']['level']}"
     asked = "decision" if facts["kind"] == "opsdsl.decision" else "approval"
     return f"Reminder: {asked} still needed" if facts["what"] == REMINDER else f"{asked.capitalize()} needed"
 
@@ -220,6 +222,8 @@ def outcome_line(outcome: dict[str, Any]) -> str:
         return "Denied by " + ", ".join(outcome.get("by") or ["?"])
     if decision == "timed_out":
         return f"Timed out, so on_timeout decided: {outcome.get('on_timeout')}"
+    if decision == "acknowledged":
+        return f"Acknowledged by {', '.join(outcome.get('by') or ['?'])}"
     if decision == "decided":
         return f"Decided by {', '.join(outcome.get('by') or ['?'])}: {outcome.get('choice')}"
     return f"No longer needed: the run ended {outcome.get('run_status')}"
@@ -241,6 +245,14 @@ def slack_text(facts: dict[str, Any]) -> tuple[str, dict[str, str]]:
     if comment:
         lines.append(f"Comment: {e(comment)}")
     fields: dict[str, str] = {}
+    if facts["kind"] == "opsdsl.escalation":
+        escalation = facts["escalation"]
+        fields["Level"] = e(f"{escalation['level']} ({escalation['index']} of {escalation['of']}): {escalation['who']}")
+        fields["Why"] = e(escalation["reason"])
+        fields["Severity"] = e(facts["severity"])
+        if what != OUTCOME:
+            fields["Acknowledge"] = _where_to_answer(facts)
+        return "\n".join(lines), fields
     if facts["kind"] == "opsdsl.decision":
         fields["Why"] = "a crash caught the step mid-flight, and it is not idempotent"
         fields["Choices"] = "retry, succeeded, failed"

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,7 @@ class Driver:
         clock: Callable[[], float] = time.time,
         poll: float = POLL,
         after_look: Callable[[], None] | None = None,
+        handlers: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
         self.store = store
         self.drive = drive  # (run id, reason) -> starts driving it (a task); None if it cannot now
@@ -143,6 +144,7 @@ class Driver:
         self.clock = clock
         self.poll = poll
         self.after_look = after_look  # e.g. the service's milestone log, after every look
+        self.handlers = dict(handlers or {})  # timer kind -> what to call with the run (not a drive)
         self.nudged = asyncio.Event()
         self._seen: dict[str, Waiting] = {}  # a paused run's waiting state when last looked at
 
@@ -206,6 +208,10 @@ class Driver:
         now = self.clock()
         found: dict[str, str] = {}
         timers = self.store.due_timers(now)
+        handled = [timer for timer in timers if timer[2] in self.handlers]
+        if handled:
+            self._handle(handled, now)
+            timers = [timer for timer in timers if timer[2] not in self.handlers]
         if timers:
             owned = self._owned_live({self.store.root_run(run_id) for run_id, *_ in timers})
             fired = sorted(owned - busy)
@@ -218,6 +224,20 @@ class Driver:
         for root, reason in self._ready_paused(busy):
             found.setdefault(root, reason)
         return list(found.items())
+
+    def _handle(self, timers: list[tuple[str, str, str, float]], now: float) -> None:
+        """Timers that are not a drive (an escalation clock): forget each, then call its handler
+        (which may set the next one); a failing handler is logged, never retried in a loop."""
+        with self.store.transaction():
+            self.store.conn.executemany(
+                "DELETE FROM timers WHERE run_id = ? AND step_id = ? AND kind = ? AND due_at <= ?",
+                [(run_id, step, kind, now) for run_id, step, kind, _ in timers],
+            )
+        for run_id, _step, kind, _due in timers:
+            try:
+                self.handlers[kind](run_id)
+            except Exception as error:
+                log.error("timer %s of run %s: %s: %s", kind, run_id, type(error).__name__, error)
 
     def _owned_live(self, run_ids: set[str]) -> set[str]:
         if not run_ids:

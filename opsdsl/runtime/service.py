@@ -205,6 +205,7 @@ class Service:
         max_runs: int = 64,
         queue_size: int = 10_000,
         escalation_url: str | None = None,
+        escalation: Any = None,
         clock: Callable[[], float] = time.time,
         view: Any = None,
         runtime: runner.Runtime | None = None,
@@ -238,6 +239,8 @@ class Service:
         self._driver_task: asyncio.Task | None = None
         self.run_slots = asyncio.Semaphore(max_runs)
         self.escalation_url = escalation_url
+        self.escalation = escalation  # escalation.EscalationPolicy: response clocks of a server's incidents
+        self.escalator: Any = None
         self._worker: asyncio.Task | None = None
         self.lock = EngineLock(state)
         self._pruned = 0.0  # when expired spent signatures were last deleted
@@ -326,13 +329,17 @@ class Service:
             from opsdsl.runtime.driver import Driver
 
             self.runtime.park_after = PARK_AFTER
+            from opsdsl.runtime.escalation import TIMER, EscalationPolicy, Escalator
+
             self.milestones = milestones = MilestoneLog(self.store)
+            self.escalator = Escalator(self.store, self.escalation or EscalationPolicy(), clock=self.clock)
             self.driver = Driver(
                 self.store,
                 self.drive_existing,
                 lambda: list(self.driving),
                 clock=self.clock,
                 after_look=milestones.tail,
+                handlers={TIMER: self.escalator.fire},
             )
             self._driver_task = asyncio.create_task(self.driver.run(), name="opsdsl-driver")
         self.queue = asyncio.Queue()
@@ -524,6 +531,8 @@ class Service:
                 requested_by=self._requester(selection.event_id),
             )
         self.metrics.inc("opsdsl_runs_started_total", hook=selection.hook or "")
+        if existing is None and self.escalator is not None:
+            self.escalator.start(run)  # the incident's response clock (and an auto-page)
         if run.id not in self.driving:
             self._spawn(run, "resume" if run.status != "running" else "start")
         return run.id

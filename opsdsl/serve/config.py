@@ -163,7 +163,7 @@ TABLES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "drain_timeout": _seconds(0),
     },
 }
-FREE_TABLES = ("params", "secrets", "notifiers")  # tables whose keys are names the user chooses
+FREE_TABLES = ("params", "secrets", "notifiers", "escalation")  # tables whose keys are names the user chooses
 TOP_LEVEL = sorted([k for k in TABLES[""]] + [t for t in TABLES if t] + list(FREE_TABLES))
 
 
@@ -196,6 +196,7 @@ class ServiceConfig:
     trusted_user_header: str | None = None
     trusted_proxies: tuple[str, ...] | None = None
     notifiers: tuple[dict[str, Any], ...] = ()
+    escalation: Any = None  # runtime.escalation.EscalationPolicy, from [escalation]; None: the seed's levels
     limits: dict[str, float] = field(default_factory=dict)
     text: str = field(default="", repr=False)  # the file, for positions of later errors
 
@@ -347,6 +348,7 @@ class _Checker:
             trusted_user_header=values.get("auth.trusted_user_header"),
             trusted_proxies=tuple(values["auth.trusted_proxies"]) if "auth.trusted_proxies" in values else None,
             notifiers=self.notifiers(),
+            escalation=self.escalation(),
             limits=limits,
             text=self.text,
         )
@@ -463,6 +465,25 @@ class _Checker:
             kind, _, where = value.partition(":")
             references[name] = (kind, str(self.path(where)) if kind == "file" else where)
         return references
+
+    def escalation(self) -> Any:
+        """`[escalation]`: response times and levels (runtime/escalation.py), or None."""
+        table = self.document.get("escalation")
+        if table is None:
+            return None
+        from opsdsl.runtime.escalation import policy_from_table
+
+        if not isinstance(table, dict):
+            raise self.fail(("escalation",), "a table ([escalation])")
+        from opsdsl.runtime.announce_text import notifiers_from_specs
+
+        names = [notifier.name for notifier in notifiers_from_specs(self.notifiers())]
+        try:
+            return policy_from_table(table, names)
+        except UsageError as error:  # "escalation.levels[1].notifiers: …": point at that key
+            key, _, problem = error.message.partition(": ")
+            path = tuple(int(part) if part.isdigit() else part for part in re.findall(r"[A-Za-z_-]+|\d+", key))
+            raise self.fail(path or ("escalation",), problem) from None
 
     def notifiers(self) -> tuple[dict[str, Any], ...]:
         found = self.document.get("notifiers", [])
