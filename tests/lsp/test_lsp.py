@@ -451,3 +451,36 @@ def test_formatting_an_ops_file_is_opsdsl_fmt(workspace: Path, tmp_path: Path):
         )
     finally:
         c.close()
+
+
+def test_hover_on_a_function_a_rule_code_and_a_pack_test_key(client: Client):
+    text = (
+        (FIXTURES / "pack.yaml")
+        .read_text()
+        .replace(
+            "        when: steps.inspect.outputs.json.p95_ms > params.limit\n",
+            "        when: size(steps.inspect.outputs) > 0 && steps.inspect.status.matches('^ok')  # opsdsl: ignore[OPS048]\n",
+        )
+    )
+    client.change("pack.yaml", text)
+    client.diagnostics("pack.yaml")
+    for needle, offset, expected in (
+        ("size(", 1, "`size(list|map|string) → int`"),
+        (".matches(", 3, "`string.matches(string) → bool`"),
+        ("OPS048", 2, "**OPS048 constant-condition** (warning)"),
+    ):
+        line, col = position_of(text, needle, 0, offset)
+        result = client.request("textDocument/hover", client.at("pack.yaml", line, col))
+        assert expected in result["contents"]["value"], result
+    client.change("pack.yaml", (FIXTURES / "pack.yaml").read_text())
+    client.diagnostics("pack.yaml")
+
+    test = (FIXTURES / "pack.test.yaml").read_text().replace("    expect:\n", "    expect:\n      \n")
+    client.open("hover.test.yaml", test)
+    line, col = position_of(test, "mocks:", 0, 1)
+    result = client.request("textDocument/hover", client.at("hover.test.yaml", line, col))
+    assert result and "mock" in result["contents"]["value"].lower(), result
+    line, col = position_of(test, "    expect:\n", 0, len("    expect:\n      "))
+    labels = _labels(client.request("textDocument/completion", client.at("hover.test.yaml", line, col)))
+    assert {"skipped", "decisions", "outputs", "compensated"} <= set(labels)
+    assert "started" not in labels  # already there
