@@ -244,3 +244,11 @@ def test_cli_incident_pdf_then_export_and_verify(tmp_path: Path) -> None:
     assert "RCA PDF: rca.pdf" in verified.stdout and "chained to checkpoint" in verified.stdout
     missing = opsdsl("incident", "pdf", "INC-nope", "--state-dir", state)
     assert missing.code == 2 and "no incident" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_failed_run_missed_recovery_for_good() -> None:
+    marks, response = incident_marks(sev2_run(outcome="failed"))  # finished failed at T+4m12s
+    verdicts = {mark.key: mark.status for mark in marks}
+    assert verdicts["recovery"] == "missed"  # it ended: it will never be validated
+    assert verdicts["rca"] == "open"  # a person can still review it within 24 h
+    assert response is not None and response.status == "open"  # and acknowledge it within 15 min

@@ -26,6 +26,10 @@ SECTION_8_MARKS: tuple[tuple[str, str, str, float], ...] = (
     ("rca", "T+24h", "RCA published", 86400.0),
 )
 
+# Marks only the run itself reaches: once it has ended without them, they are missed for good.
+# (A person can still acknowledge or review a finished run.)
+_RUN_MARKS = frozenset({"triage", "mitigation", "recovery", "report"})
+
 # Seed section 3: initial response time per severity, in seconds.
 RESPONSE_TARGETS: dict[str, float] = {"SEV-1": 300.0, "SEV-2": 900.0, "SEV-3": 3600.0, "SEV-4": 86400.0}
 
@@ -93,8 +97,11 @@ def incident_marks(entries: Sequence[dict]) -> tuple[list[Mark], Mark | None]:
         "report": (summary.finished, "record and rca.md written at the run's end"),
         "rca": (summary.reviewed, f"reviewed by {summary.review['by']}" if summary.review else ""),
     }
+    ended = summary.status in ("succeeded", "failed", "refused")
     marks = [
-        _judge(key, label, meaning, deadline, since(reached[key][0]), reached[key][1], span)
+        _judge(
+            key, label, meaning, deadline, since(reached[key][0]), reached[key][1], span, ended and key in _RUN_MARKS
+        )
         for key, label, meaning, deadline in SECTION_8_MARKS
     ]
     target = RESPONSE_TARGETS.get(summary.severity)
@@ -127,9 +134,19 @@ def _first_steps(entries: Sequence[dict]) -> tuple[tuple[float, str] | None, tup
     return first, acting
 
 
-def _judge(key: str, label: str, meaning: str, deadline: float, reached: float | None, how: str, span: float) -> Mark:
+def _judge(
+    key: str,
+    label: str,
+    meaning: str,
+    deadline: float,
+    reached: float | None,
+    how: str,
+    span: float,
+    never: bool = False,
+) -> Mark:
+    """`never`: the mark can no longer be reached (the run that would reach it has ended)."""
     if reached is not None:
         status = "met" if reached <= deadline else "late"
     else:
-        status = "missed" if span > deadline else "open"
+        status = "missed" if never or span > deadline else "open"
     return Mark(key, label, meaning, deadline, reached, how if reached is not None else "", status)
