@@ -441,6 +441,14 @@ def test_docs_feature_table_is_the_codes() -> None:
     assert documented == feature_markdown()
 
 
+def test_docs_state_the_figure_this_test_measures() -> None:
+    passing = sum(1 for o in outcomes() if o.status == "pass")
+    deviations = sum(1 for o in outcomes() if o.status == "deviation")
+    text = " ".join(DOCS.read_text(encoding="utf-8").split())
+    assert f"**{passing} of {passing} in-scope tests pass (100 %)**" in text
+    assert f"{deviations} more contradict the deliberate deviations" in text
+
+
 def test_textproto_reader() -> None:
     message = read_textproto('a: 1 b { c: "x\\101\\n" c: \'y\' "z" } d: [1, 2] e < f: NULL_VALUE >')
     assert message["a"] == ["1"]

@@ -49,11 +49,12 @@ def _call_forms() -> list[str]:
     """Every builtin in every form it has, fed from the roots a, b, c."""
     forms = []
     for builtin in BUILTINS.values():
-        args = ["a", "b", "c"][: len(builtin.params)]
-        if builtin.is_global:
-            forms.append(f"{builtin.name}({', '.join(args)})")
-        if builtin.is_method:
-            forms.append(f"{args[0]}.{builtin.name}({', '.join(args[1:])})")
+        for count in range(len(builtin.params) - builtin.optional, len(builtin.params) + 1):
+            args = ["a", "b", "c", "a"][:count]  # the optional arguments left out, and given
+            if builtin.is_global:
+                forms.append(f"{builtin.name}({', '.join(args)})")
+            if builtin.is_method:
+                forms.append(f"{args[0]}.{builtin.name}({', '.join(args[1:])})")
     return forms
 
 
