@@ -104,7 +104,18 @@ def _view(log_format: str):
 )
 @click.option("--playbook", help="Playbook to run (default: the hooks matching --event, else the only one).")
 @click.option("--event", "event_source", metavar="FILE|-", help="The event (JSON) that starts the run.")
-@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Set a pack param (repeatable).")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set a pack param (repeatable; wins over --params-file).",
+)
+@click.option(
+    "--params-file",
+    type=_EXISTING,
+    help="Params as a YAML or JSON mapping (TOML if it ends in .toml), NAME: VALUE.",
+)
 @click.option("--input", "inputs", multiple=True, metavar="NAME=VALUE", help="Set a playbook input (repeatable).")
 @click.option(
     "--secret", "secret_refs", multiple=True, metavar="NAME=env:VAR|file:PATH", help="Where a secret's value is."
@@ -130,6 +141,7 @@ def run(
     playbook: str | None,
     event_source: str | None,
     params: tuple[str, ...],
+    params_file: Path | None,
     inputs: tuple[str, ...],
     secret_refs: tuple[str, ...],
     dry_run: bool,
@@ -151,7 +163,12 @@ def run(
     state = resolve_state(state_dir)
     event = _read_event(event_source)
     secrets = Secrets(state, parse_references(secret_refs))
-    given_params = _pairs(params, "--param")
+    given_params = {}
+    if params_file is not None:
+        from opsdsl.serve.config import read_params_file
+
+        given_params = read_params_file(params_file)
+    given_params.update(_pairs(params, "--param"))
     given_inputs = _pairs(inputs, "--input")
     scope = list(policies) if policies else None
     if dry_run:
