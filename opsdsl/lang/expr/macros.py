@@ -8,8 +8,9 @@ its length: `l.map(x, l.map(y, l + l))` over an event's 10,000-element list woul
 - a macro, when it starts: (the number of elements or entries + 1) x (the number of nodes
   in its body and filter), so a nested macro is charged again for every outer element;
 - inside a macro's body, an operation whose work grows with the size of its operands
-  (`==`, `!=`, ordering and `in` between data, `+`, function arguments): the size of each
-  operand that is not a literal (`size_cost`): its elements or entries, or its characters / 32.
+  (`==`, `!=`, ordering and `in` between data, `+`, function arguments but those of
+  `size()`): the size of each operand that is not a literal (`size_cost`): its elements or
+  entries, or its characters / 32.
 
 Outside macros each operator runs once, so the expression's length bounds the work and no
 charge is made. Running out raises `BudgetExceeded`, an EvalError that nothing absorbs:
@@ -107,8 +108,14 @@ def charged_operands(node: Node) -> frozenset[int]:
             return frozenset(i for i, side in enumerate((node.left, node.right)) if not isinstance(side, Literal))
         return frozenset()
     if isinstance(node, Call):
+        if node.function in _CONSTANT_TIME:
+            return frozenset()
         return frozenset(i for i, arg in enumerate(node.children()) if not isinstance(arg, Literal))
     return frozenset()
+
+
+# Functions whose work does not grow with their argument: `size(l)` is len(l).
+_CONSTANT_TIME = frozenset(("size", "dyn", "raw"))
 
 
 def iteration_range(value: Any, meter: Meter, per_item: int, macro: str) -> Iterable[Any]:
