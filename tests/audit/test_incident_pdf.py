@@ -252,3 +252,26 @@ def test_a_failed_run_missed_recovery_for_good() -> None:
     assert verdicts["recovery"] == "missed"  # it ended: it will never be validated
     assert verdicts["rca"] == "open"  # a person can still review it within 24 h
     assert response is not None and response.status == "open"  # and acknowledge it within 15 min
+
+
+def test_keeping_a_pdf_current_never_costs_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder with a PDF, rewritten where WeasyPrint fails: the record is written, the stale PDF goes."""
+    import opsdsl.audit.incident.pdf as pdf
+    from opsdsl.audit.incident.pdf import PdfUnavailable
+
+    root = tmp_path / "incidents"
+    entries = sev2_run()
+    place_evidence(root, entries)
+    folder = write_incident(root, entries, checkpoint=CHECKPOINT, signer=SIGNER)
+    (folder / "rca.pdf").write_bytes(b"%PDF-1.7 stale")  # as if rendered before
+
+    def broken(*_args, **_kwargs):
+        raise PdfUnavailable("cannot render the RCA as PDF: no Pango here")
+
+    monkeypatch.setattr(pdf, "render_rca_pdf", broken)
+    write_incident(root, reviewed(entries, 600), checkpoint=CHECKPOINT, signer=SIGNER)
+    assert not (folder / "rca.pdf").exists()
+    assert "Reviewed by carol" in (folder / "rca.md").read_text()
+    assert verify_folder(folder, TRUSTED) == []
+    with pytest.raises(PdfUnavailable, match="no Pango"):
+        write_incident(root, entries, checkpoint=CHECKPOINT, signer=SIGNER, pdf=True)

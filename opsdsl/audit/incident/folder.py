@@ -124,7 +124,14 @@ def write_incident(
     if render:  # before anything is written: a PDF that cannot be made leaves the folder as it was
         from opsdsl.audit.incident.pdf import render_rca_pdf
 
-        rendered = render_rca_pdf(run, record, title=title, summary=summary, include=sections, links=links)
+        try:
+            rendered = render_rca_pdf(run, record, title=title, summary=summary, include=sections, links=links)
+        except Exception:
+            if pdf is True:
+                raise
+            # Keeping an existing PDF current must never cost the record (a run's end, a review):
+            # the stale PDF goes, and `opsdsl incident pdf` says what is wrong when asked.
+            rendered = None
     for relpath, data in _pack_files(run, checkpoint, plan_envelope, ledger):
         make_private_dirs((folder / relpath).parent)
         write_atomic_bytes(folder / relpath, data, mode=0o600)
