@@ -346,3 +346,58 @@ def test_the_docs_macro_examples_do_what_they_say() -> None:
             assert parse_template(value["message"]).render(activation) == "down: node-b"
         seen += 1
     assert seen == 7
+
+
+# -- through the real linter ---------------------------------------------------------------------
+
+LINTED_PACK = """\
+apiVersion: opsdsl/v1
+kind: Pack
+metadata: {name: macro-lint, version: 1.0.0, owner: sre}
+params:
+  limit: {type: number, default: 3}
+triggers:
+  group:
+    on: event
+    when: event.alerts.exists(a, a.labels.severity == "critical") && event.alerts.all(event, evnt.ok)
+  numbers:
+    on: event
+    when: params.limit.all(x, x > 1)
+hooks:
+  onGroup: {trigger: group, run: drain, cooldown: 10m}
+  onNumbers: {trigger: numbers, run: drain, cooldown: 10m}
+playbooks:
+  drain:
+    severity: SEV-2
+    inputs:
+      down: {type: list, from: "event.nodes.filter(n, !n.ready).map(n, n.name)"}
+    steps:
+      - id: tell
+        action: notify
+        with: {kind: webhook, url: "http://127.0.0.1:9/x", message: "down: ${{ inputs.down.join(', ') }}"}
+        timeout: 5s
+"""
+
+
+def test_the_linter_reports_macro_problems_at_their_positions(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(LINTED_PACK, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "opsdsl", "lint", str(pack), "--format", "json", "-j", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr
+    found = {(d["code"], d["line"], d["column"], d["message"]) for d in json.loads(result.stdout)["diagnostics"]}
+    line9 = LINTED_PACK.splitlines()[8]
+    assert found == {
+        ("OPS021", 9, line9.index("(event,") + 2, "the variable `event` of all() hides the root `event`"),
+        ("OPS021", 9, line9.index("evnt") + 1, "unknown name `evnt`"),
+        ("OPS024", 12, 11, "all() needs a list or a map, not a number"),
+    }
