@@ -275,3 +275,18 @@ def test_keeping_a_pdf_current_never_costs_the_record(tmp_path: Path, monkeypatc
     assert verify_folder(folder, TRUSTED) == []
     with pytest.raises(PdfUnavailable, match="no Pango"):
         write_incident(root, entries, checkpoint=CHECKPOINT, signer=SIGNER, pdf=True)
+
+
+@needs_pdf
+def test_the_renderer_fetches_nothing(tmp_path: Path) -> None:
+    """Even markup that escaped the template could not read a local file or reach the network."""
+    from opsdsl.audit.incident.pdf import pdf_bytes
+
+    stylesheet = tmp_path / "local.css"  # WeasyPrint's default fetcher would read it: "xLEAKED" in the text
+    stylesheet.write_text("p::after { content: 'LEAKED' }")
+    html = (
+        f'<p>x</p><link rel="stylesheet" href="file://{stylesheet}"><img src="file://{stylesheet}">'
+        '<link rel="stylesheet" href="http://127.0.0.1:9/x.css">'
+    )
+    data = pdf_bytes(html, title="t", created=None, modified=None, identifier=b"x")
+    assert "LEAKED" not in pdf_text(data, tmp_path)

@@ -48,13 +48,32 @@ def pdf_bytes(html: str, *, title: str, created: str | None, modified: str | Non
             f"cannot render the RCA as PDF: WeasyPrint is not usable here ({exc}); install it with its "
             "system libraries (Debian: libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core)"
         ) from None
-    document = weasyprint.HTML(string=html, base_url=str(_HERE)).render()
+    document = weasyprint.HTML(string=html, base_url=str(_HERE), url_fetcher=_no_fetcher(weasyprint)).render()
     metadata = document.metadata
     metadata.title = title
     metadata.authors = ["opsdsl"]
     metadata.created = created
     metadata.modified = modified
     return document.write_pdf(pdf_identifier=identifier)
+
+
+def _no_fetcher(weasyprint: Any) -> Any:
+    """A URL fetcher that fetches nothing: the template needs no resource, so a file:// or
+    http:// reference that got into the document anyway (it cannot: autoescaping) reads nothing."""
+    urls = weasyprint.urls
+    base = getattr(urls, "URLFetcher", None)
+    if base is None:  # WeasyPrint before the URLFetcher class took plain functions
+
+        def refuse(url: str, *_args: Any, **_kwargs: Any) -> Any:
+            raise ValueError(f"the RCA fetches nothing ({url})")
+
+        return refuse
+
+    class NoFetch(base):
+        def fetch(self, url: str, headers: Any = None) -> Any:
+            raise urls.URLFetchingError(f"the RCA fetches nothing ({url})")
+
+    return NoFetch()
 
 
 def render_rca_pdf(
