@@ -290,3 +290,29 @@ def test_the_renderer_fetches_nothing(tmp_path: Path) -> None:
     )
     data = pdf_bytes(html, title="t", created=None, modified=None, identifier=b"x")
     assert "LEAKED" not in pdf_text(data, tmp_path)
+
+
+def test_an_escalation_is_on_the_timeline_and_in_the_pdf_html() -> None:
+    entries = sev2_run()
+    last = entries[-1]
+    escalated = {
+        "level": "L2",
+        "index": 2,
+        "of": 3,
+        "who": "Engineering leads <script>",
+        "notifiers": ["email"],
+        "reason": "not acknowledged within 15m",
+        "severity": "SEV-2",
+        "incident_id": "INC-2025-0042",
+        "response_seconds": 900,
+    }
+    entries = [
+        *entries,
+        {"seq": last["seq"] + 1, "ts": T0 + 901, "run": last["run"], "kind": "incident.escalated", "data": escalated},
+    ]
+    record = build_record(entries, checkpoint=CHECKPOINT, evidence_dir=None)
+    assert any(
+        item["summary"].startswith("Escalated to L2 (Engineering leads <script>)") for item in record["timeline"]
+    )
+    html = render_rca_html(entries, record)
+    assert "Escalated to L2 (Engineering leads &lt;script&gt;)" in html

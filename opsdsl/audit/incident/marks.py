@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opsdsl.audit import entries as kinds
-from opsdsl.audit.metrics import PASSIVE_ACTIONS, format_duration, summarize_run
+from opsdsl.audit.metrics import PASSIVE_ACTIONS, RESPONSE_TIMES, format_duration, summarize_run
 
 # (key, label in the template, what it means, deadline in seconds after detection)
 SECTION_8_MARKS: tuple[tuple[str, str, str, float], ...] = (
@@ -30,8 +30,8 @@ SECTION_8_MARKS: tuple[tuple[str, str, str, float], ...] = (
 # (A person can still acknowledge or review a finished run.)
 _RUN_MARKS = frozenset({"triage", "mitigation", "recovery", "report"})
 
-# Seed section 3: initial response time per severity, in seconds.
-RESPONSE_TARGETS: dict[str, float] = {"SEV-1": 300.0, "SEV-2": 900.0, "SEV-3": 3600.0, "SEV-4": 86400.0}
+# Seed section 3: initial response time per severity, in seconds (the escalation clocks' defaults too).
+RESPONSE_TARGETS: dict[str, float] = RESPONSE_TIMES
 
 
 @dataclass(frozen=True)

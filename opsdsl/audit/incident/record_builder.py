@@ -284,6 +284,12 @@ class _RecordBuilder:
     def on_incident_reviewed(self, entry: dict, data: dict) -> None:
         self.line(entry, f"Reviewed by {data.get('by')}: root cause {_brief(data.get('root_cause'), 160)}")
 
+    def on_incident_escalated(self, entry: dict, data: dict) -> None:
+        who = data.get("who")
+        who = ", ".join(map(str, who)) if isinstance(who, list) else _brief(who or "nobody named", 120)
+        reason = f" ({_brief(data.get('reason'), 160)})" if data.get("reason") else ""
+        self.line(entry, f"Escalated to {data.get('level')} ({who}){reason}")
+
     def on_incident_follow_up_opened(self, entry: dict, data: dict) -> None:
         self.line(entry, f"Follow-up opened in {data.get('tracker')}: {_brief(data.get('url'), 200)}")
 
