@@ -145,16 +145,17 @@ class Escalator:
         self.clock = clock
 
     def start(self, run: S.RunRow) -> None:
-        """A new incident (a top-level run): page the levels that page at once for its
-        severity, and start its clock."""
+        """A new incident (a top-level run), inside the transaction that creates it: page the
+        levels that page at once for its severity, and start its clock."""
         now = self.clock()
         response = self.policy.response_time(run.severity)
-        with self.store.transaction():
-            for index, level in enumerate(self.policy.levels):
-                if run.severity in level.page_at_start:
-                    self._escalate(run, index, f"auto-page for {run.severity}", now)
-            if response is not None and self._next_level(run.id) < len(self.policy.levels):
-                self.store.set_timer(run.id, "", TIMER, run.created_at + response)
+        paged = 0
+        for index, level in enumerate(self.policy.levels):
+            if run.severity in level.page_at_start:
+                self._escalate(run, index, f"auto-page for {run.severity}", now)
+                paged = index + 1
+        if response is not None and paged < len(self.policy.levels):
+            self.store.set_timer(run.id, "", TIMER, run.created_at + response)
 
     def fire(self, run_id: str) -> None:
         """The clock of `run_id` ran out: escalate one level, unless a person acknowledged it

@@ -16,7 +16,7 @@ import os
 import secrets as _random
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,7 @@ class Runtime:
         also: tuple[tuple[str, dict[str, Any]], ...] = (),
         owner: str | None = None,
         requested_by: str | None = None,
+        within: Callable[[S.RunRow], None] | None = None,
     ) -> S.RunRow:
         """Create a run (its row, its steps, run.created and plan.verified) in one transaction;
         `also` adds more of the run's ledger entries to it (their data gets `run`)."""
@@ -236,6 +237,8 @@ class Runtime:
             ]
             for kind, data in also:
                 appended.append(self.store.ledger.append(kind, run_id, {**data, "run": run_id}, ts=now))
+            if within is not None:  # more of the run's first writes, in its transaction (one fsync)
+                within(run)
         if self.view is not None and parent is None:
             try:
                 self.view.begin(_run_summary(run), _ordered_nodes(playbook))

@@ -529,10 +529,9 @@ class Service:
                 also=((TRIGGER_FIRED, data),),
                 owner=SERVE if self.driver is not None else None,
                 requested_by=self._requester(selection.event_id),
+                within=self.escalator.start if self.escalator is not None else None,
             )
         self.metrics.inc("opsdsl_runs_started_total", hook=selection.hook or "")
-        if existing is None and self.escalator is not None:
-            self.escalator.start(run)  # the incident's response clock (and an auto-page)
         if run.id not in self.driving:
             self._spawn(run, "resume" if run.status != "running" else "start")
         return run.id
