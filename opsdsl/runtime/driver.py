@@ -185,8 +185,8 @@ class Driver:
     async def _sleep(self) -> None:
         timeout = self.poll
         due = self.store.next_timer()
-        if due is not None:
-            timeout = min(timeout, max(0.0, due - self.clock()))
+        if due is not None and due > self.clock():  # one due already was seen by the look just done
+            timeout = min(timeout, due - self.clock())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.nudged.wait(), timeout)
         self.nudged.clear()
@@ -213,10 +213,13 @@ class Driver:
             self._handle(handled, now)
             timers = [timer for timer in timers if timer[2] not in self.handlers]
         if timers:
-            owned = self._owned_live({self.store.root_run(run_id) for run_id, *_ in timers})
+            roots = {self.store.root_run(run_id) for run_id, *_ in timers}
+            owned = self._owned_live(roots)
             fired = sorted(owned - busy)
+            over = sorted(self._over(roots))  # finished (or gone): their timers have nothing left to wake
             with self.store.transaction():
                 self.store.drop_timers(fired, now)
+                self.store.drop_timers(over, now)
             for run_id, _step, kind, _due in timers:
                 root = self.store.root_run(run_id)
                 if root in fired:
@@ -238,6 +241,15 @@ class Driver:
                 self.handlers[kind](run_id)
             except Exception as error:
                 log.error("timer %s of run %s: %s: %s", kind, run_id, type(error).__name__, error)
+
+    def _over(self, run_ids: set[str]) -> set[str]:
+        """The runs among these that finished, or that are not in the database."""
+        if not run_ids:
+            return set()
+        marks = ", ".join("?" for _ in run_ids)
+        rows = self.store.conn.execute(f"SELECT id, status FROM runs WHERE id IN ({marks})", tuple(run_ids))
+        live = {run_id for run_id, status in rows.fetchall() if status not in S.FINAL_RUN_STATUSES}
+        return set(run_ids) - live
 
     def _owned_live(self, run_ids: set[str]) -> set[str]:
         if not run_ids:
