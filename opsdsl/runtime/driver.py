@@ -38,6 +38,7 @@ from opsdsl.runtime.store import StateError
 
 POLL = 0.5  # seconds between two looks at the database when nothing nudges the driver
 SERVE = "serve"  # runs.owner of a run a server owns
+RETRY_AFTER = 60.0  # seconds before a run that could not start (its secret params missing) is tried again
 
 log = logging.getLogger("opsdsl.serve")
 
@@ -198,9 +199,14 @@ class Driver:
         busy = set(self.driving())
         started = []
         for run_id, reason in self.due(busy):
-            if run_id not in busy and self.drive(run_id, reason) is not None:
-                busy.add(run_id)
-                started.append(run_id)
+            if run_id in busy:
+                continue
+            if self.drive(run_id, reason) is None:  # it cannot start now (a secret is missing): try later
+                with self.store.transaction():
+                    self.store.set_timer(run_id, "", "retry", self.clock() + RETRY_AFTER)
+                continue
+            busy.add(run_id)
+            started.append(run_id)
         return started
 
     def due(self, busy: set[str]) -> list[tuple[str, str]]:

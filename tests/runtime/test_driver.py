@@ -207,3 +207,78 @@ def test_a_due_timer_the_driver_cannot_act_on_does_not_make_it_look_in_a_loop(tm
     finally:
         svc.close()
     assert 2 <= looks <= 7  # ~5 looks in a second at a 0.2 s poll, not thousands
+
+
+SECRET_PACK = """\
+apiVersion: opsdsl/v1
+kind: Pack
+metadata: {name: secretive, version: 1.0.0, owner: sre}
+params:
+  token: {type: string, secret: true}
+triggers:
+  go:
+    on: event
+    when: event.name == "go"
+hooks:
+  # opsdsl: ignore[OPS042]: every event is meant to start a run
+  onGo: {trigger: go, run: guarded}
+playbooks:
+  guarded:
+    severity: SEV-3
+    steps:
+      - id: agree
+        action: approval
+        with: {message: "Go?"}
+        timeout: 1h
+      - id: done
+        action: assert
+        with: {that: "size(params.token) > 0"}
+"""
+
+
+def test_a_run_that_cannot_start_for_a_missing_secret_is_tried_again_later_not_at_every_look(tmp_path, monkeypatch):
+    clock = Clock()
+    pack = tmp_path / "secretive.yaml"
+    pack.write_text(SECRET_PACK)
+    state = tmp_path / "state"
+
+    def served() -> Service:
+        plan = runner.plan_from_pack(pack, [], state)
+        return Service(state, [plan], params=[{}], clock=clock, runtime=runner.Runtime(state, clock=clock))
+
+    async def first() -> str:  # a server with the secret starts the run, which pauses
+        svc = served()
+        svc.params = [{"token": "s3cret"}]
+        try:
+            await svc.start("serve", own_runs=True)
+            svc.accept([{"name": "go"}], "test")
+            await svc.queue.join()
+            await settle(svc)
+            (run,) = svc.store.runs()
+            assert run.status == "paused"
+            await svc.drain()
+            return run.id
+        finally:
+            svc.close()
+
+    async def second(run_id: str) -> None:  # the next server has no value for it
+        svc = served()
+        try:
+            await svc.start("serve", own_runs=True)
+            svc.runtime.approve(run_id, "agree", "alice")
+            assert svc.driver.look() == []  # the secret is missing: it cannot start
+            (retry,) = svc.store.conn.execute("SELECT due_at FROM timers WHERE kind = 'retry'").fetchall()
+            assert retry[0] == clock.now + 60
+            assert svc.driver.look() == []  # and it is not tried again at once
+            monkeypatch.setenv("OPSDSL_SECRET_TOKEN", "s3cret")
+            clock.now += 61
+            assert svc.driver.look() == [run_id]
+            await settle(svc)
+            assert svc.store.run(run_id).status == "succeeded"
+            await svc.drain()
+        finally:
+            svc.close()
+
+    monkeypatch.delenv("OPSDSL_SECRET_TOKEN", raising=False)
+    run_id = asyncio.run(first())
+    asyncio.run(second(run_id))
