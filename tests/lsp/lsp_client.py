@@ -79,10 +79,10 @@ class Client:
             except queue.Empty:
                 code = self.process.poll()
                 raise TimeoutError(f"no answer from opsdsl lsp (exit code {code})") from None
+            if predicate(message):
+                return message  # consumed: a later wait for the same thing needs a new message
             if "method" in message and "id" not in message:
                 self.notifications.append(message)
-            if predicate(message):
-                return message
             if "method" in message and "id" in message:  # a request from the server
                 self._send({"jsonrpc": "2.0", "id": message["id"], "result": None})
 

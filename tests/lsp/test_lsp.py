@@ -484,3 +484,35 @@ def test_hover_on_a_function_a_rule_code_and_a_pack_test_key(client: Client):
     labels = _labels(client.request("textDocument/completion", client.at("hover.test.yaml", line, col)))
     assert {"skipped", "decisions", "outputs", "compensated"} <= set(labels)
     assert "started" not in labels  # already there
+
+
+def test_editing_a_policy_pack_rechecks_the_open_packs(tmp_path: Path):
+    """The organisation's policy pack requires an approval for high-risk steps outside
+    SEV-1, so a risky step needs no guard of its own; weaken the policy in the editor
+    (unsaved) and the open pack gets OPS040 at once, as lint would with that policy pack."""
+    pack = (
+        (FIXTURES / "pack.yaml")
+        .read_text()
+        .replace("        needs: [scale]\n", "        needs: [scale]\n        risk: high\n")
+    )
+    (tmp_path / "pack.yaml").write_text(pack)
+    policies = (ROOT / "packs" / "org-policies.yaml").read_text()
+    shutil.copy(ROOT / "packs" / "org-policies.yaml", tmp_path / "org-policies.yaml")
+    weakened = policies.replace(
+        'when: step.risk == "high" && run.severity != "SEV-1"',
+        'when: step.risk == "high" && run.severity == "SEV-1"',
+        1,
+    )
+    assert weakened != policies
+    c = Client(tmp_path)
+    try:
+        c.open("pack.yaml")
+        assert "OPS040" not in [d["code"] for d in c.diagnostics("pack.yaml")]
+        c.open("org-policies.yaml")
+        c.diagnostics("org-policies.yaml")
+        c.change("org-policies.yaml", weakened)
+        assert "OPS040" in [d["code"] for d in c.diagnostics("pack.yaml")]
+        c.change("org-policies.yaml", policies)
+        assert "OPS040" not in [d["code"] for d in c.diagnostics("pack.yaml")]
+    finally:
+        c.close()
