@@ -327,3 +327,23 @@ def test_at_most_limit_issues_per_call_the_rest_next_time(incidents, tracker: Tr
     second = in_process(state, incident, Tracker("github", "acme/sqlx", base_url=tracker.url), limit=1)
     assert sum(item.new for item in second) == 1 and all(item.url for item in second)
     assert len(tracker.requests) == 2
+
+
+def test_endpoints_and_auth_per_tracker() -> None:
+    import base64
+
+    enterprise = Tracker("github", "acme/sqlx", base_url="https://ghe.example/api/v3/")
+    assert enterprise.endpoint() == "https://ghe.example/api/v3/repos/acme/sqlx/issues"
+    assert Tracker("github", "acme/sqlx").endpoint() == "https://api.github.com/repos/acme/sqlx/issues"
+    assert Tracker("gitlab", "42").endpoint() == "https://gitlab.com/api/v4/projects/42/issues"
+    assert (
+        Tracker("gitlab", "g/p", base_url="https://gl.example/api/v4").endpoint()
+        == "https://gl.example/api/v4/projects/g%2Fp/issues"
+    )
+    cloud = Tracker("jira", "OPS", base_url="https://x.atlassian.net", jira_user="me@example.com", jira_api=3)
+    assert cloud.endpoint() == "https://x.atlassian.net/rest/api/3/issue"
+    assert cloud.headers("t")["Authorization"] == "Basic " + base64.b64encode(b"me@example.com:t").decode()
+    assert Tracker("jira", "OPS", base_url="https://jira.example").headers("t")["Authorization"] == "Bearer t"
+    assert cloud.link_of({"id": "1", "key": "OPS-7"}) == ("https://x.atlassian.net/browse/OPS-7", "OPS-7")
+    with pytest.raises(TrackerError):
+        cloud.link_of({"id": "1", "key": "OPS-7/../../x"})
