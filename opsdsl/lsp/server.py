@@ -159,26 +159,70 @@ class OpsServer(LanguageServer):
             if other != uri:
                 self.schedule(other)
 
-    def documents(self):
-        """(uri, path, text) of the open documents and the workspace's packs and tests."""
-        seen = set()
-        for uri, doc in list(self.workspace.text_documents.items()):
-            seen.add(self.path_of(uri))
-            yield uri, self.path_of(uri), doc.source
+    def documents(self, uri: str):
+        """(uri, path, text) of the files that share names with `uri`: its pack (names are
+        pack-local) and the pack tests of the workspace whose `pack:` is that pack; open
+        buffers as the editor holds them, other files from disk."""
         from pygls.uris import from_fs_path
 
-        for folder in {self._folder_of(p) for p in seen}:
-            for path in sorted(folder.rglob("*")):
-                if path in seen or not path.name.endswith((".yaml", ".yml")) or not path.is_file():
-                    continue
-                if any(part.startswith(".") for part in path.relative_to(folder).parts):
-                    continue
-                try:
-                    text = path.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError):
-                    continue
-                seen.add(path)
-                yield from_fs_path(str(path)), path, text
+        here = self.path_of(uri)
+        pack = _tested_pack(here, self.text_of(uri)) if features.is_test(here) else here
+        open_docs = {self.path_of(u): (u, d.source) for u, d in list(self.workspace.text_documents.items())}
+        if pack is not None:
+            found = open_docs.get(pack)
+            text = found[1] if found else _read(pack)
+            if text is not None:
+                yield (found[0] if found else from_fs_path(str(pack))), pack, text
+        for path in _workspace_files(self._folder_of(here), features.TEST_SUFFIXES):
+            found = open_docs.get(path)
+            text = found[1] if found else _read(path)
+            if text is not None and pack is not None and _tested_pack(path, text) == pack:
+                yield (found[0] if found else from_fs_path(str(path))), path, text
+
+
+_HEAVY = {"node_modules", "venv", "__pycache__", "site-packages", "build", "dist"}
+MAX_WORKSPACE_FILES = 5000
+MAX_READ = 8 * 1024 * 1024
+
+
+def _workspace_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Regular files below `folder` with these suffixes, skipping hidden folders and
+    virtual environments, at most MAX_WORKSPACE_FILES of them."""
+    import os
+
+    out: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _HEAVY)
+        for name in sorted(files):
+            if name.endswith(suffixes) and not name.startswith("."):
+                out.append(Path(root, name))
+                if len(out) >= MAX_WORKSPACE_FILES:
+                    return out
+    return out
+
+
+def _read(path: Path) -> str | None:
+    """A workspace file's text, if it is a regular UTF-8 file within MAX_READ (a FIFO or a
+    device is never opened)."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_READ:
+            return None
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _tested_pack(test: Path, text: str) -> Path | None:
+    """The pack a pack test names in `pack:` (relative to the test file)."""
+    import re
+
+    match = re.search(r"^pack:\s*['\"]?([^'\"#\n]+?)['\"]?\s*(?:#.*)?$", text, re.MULTILINE)
+    if match is None:
+        return None
+    try:
+        return (test.parent / match.group(1).strip()).resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None
 
 
 server = OpsServer()
@@ -278,7 +322,7 @@ def definition(ls: OpsServer, params: lsp.DefinitionParams) -> list[lsp.Location
         target = _target(ls, uri, params.position)
         if target is None:
             return []
-        return _locations(ls, features.find(ls.documents(), target, definitions=True))
+        return _locations(ls, features.find(ls.documents(uri), target, definitions=True))
 
     return ls.safely("definition", run, [])
 
@@ -292,7 +336,7 @@ def references(ls: OpsServer, params: lsp.ReferenceParams) -> list[lsp.Location]
         if target is None:
             return []
         wanted = None if params.context.include_declaration else False
-        return _locations(ls, features.find(ls.documents(), target, definitions=wanted))
+        return _locations(ls, features.find(ls.documents(uri), target, definitions=wanted))
 
     return ls.safely("references", run, [])
 
@@ -313,27 +357,33 @@ def prepare_rename(ls: OpsServer, params: lsp.PrepareRenameParams) -> lsp.Range 
 @server.feature(lsp.TEXT_DOCUMENT_RENAME)
 def rename(ls: OpsServer, params: lsp.RenameParams) -> lsp.WorkspaceEdit | None:
     uri = params.text_document.uri
-    target = ls.safely("rename", lambda: _target(ls, uri, params.position), None)
-    if target is None:
-        return None
-    docs = list(ls.documents())
-    existing = [s.name for _, s in features.find(docs, target, definitions=True)]
-    pack_steps = [
-        s.name
-        for u, p, t in docs
-        if u == uri
-        for s in features.symbols_in(p, t)
-        if s.kind == "step" and s.definition and s.scope == target.scope
-    ]
-    problem = features.rename_problem(target, params.new_name, pack_steps if existing else [])
-    if problem:
+
+    def run() -> lsp.WorkspaceEdit | str | None:
+        target = _target(ls, uri, params.position)
+        if target is None:
+            return None
+        docs = list(ls.documents(uri))
+        steps = [
+            s.name
+            for _, p, t in docs
+            if not features.is_test(p)
+            for s in features.symbols_in(p, t)
+            if s.kind == "step" and s.definition and s.scope == target.scope
+        ]
+        problem = features.rename_problem(target, params.new_name, steps)
+        if problem:
+            return problem
+        changes: dict[str, list[lsp.TextEdit]] = {}
+        for where in _locations(ls, features.find(docs, target)):
+            changes.setdefault(where.uri, []).append(lsp.TextEdit(where.range, params.new_name))
+        return lsp.WorkspaceEdit(changes=changes)
+
+    answer = ls.safely("rename", run, None)
+    if isinstance(answer, str):
         from pygls.exceptions import JsonRpcInvalidParams
 
-        raise JsonRpcInvalidParams(problem)
-    changes: dict[str, list[lsp.TextEdit]] = {}
-    for where in _locations(ls, features.find(docs, target)):
-        changes.setdefault(where.uri, []).append(lsp.TextEdit(where.range, params.new_name))
-    return lsp.WorkspaceEdit(changes=changes)
+        raise JsonRpcInvalidParams(answer)
+    return answer
 
 
 @server.feature(

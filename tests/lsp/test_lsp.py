@@ -308,6 +308,10 @@ def test_completion_of_steps_offers_ancestors_only():
 def test_rename_a_step_id_across_needs_expressions_compensations_and_tests(workspace: Path, tmp_path: Path):
     for name in ("pack.yaml", "pack.test.yaml", "org-policies.yaml"):
         shutil.copy(workspace / name, tmp_path / name)
+    # another pack with the same playbook and step names, and its test: names are pack-local
+    (tmp_path / "other").mkdir()
+    shutil.copy(workspace / "pack.yaml", tmp_path / "other" / "pack.yaml")
+    shutil.copy(workspace / "pack.test.yaml", tmp_path / "other" / "pack.test.yaml")
     c = Client(tmp_path)
     try:
         text = (tmp_path / "pack.yaml").read_text()
@@ -327,6 +331,7 @@ def test_rename_a_step_id_across_needs_expressions_compensations_and_tests(works
         c.close()
     changes = {Path(uri).name: edits for uri, edits in edit["changes"].items()}
     assert sorted(changes) == ["pack.test.yaml", "pack.yaml"]
+    assert all("/other/" not in uri for uri in edit["changes"])
     for name, edits in changes.items():
         path = tmp_path / name
         path.write_text(_apply(path.read_text(), edits))
