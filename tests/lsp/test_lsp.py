@@ -521,3 +521,27 @@ def test_editing_a_policy_pack_rechecks_the_open_packs(tmp_path: Path):
         assert "OPS040" not in [d["code"] for d in c.diagnostics("pack.yaml")]
     finally:
         c.close()
+
+
+def test_half_typed_ops_files_get_lints_syntax_errors_and_no_crash(tmp_path: Path):
+    text = (ROOT / "examples" / "ops" / "sev4.ops").read_text()
+    c = Client(tmp_path)
+    try:
+        c.open("typing.ops", "")
+        c.diagnostics("typing.ops")
+        for cut in range(0, len(text), max(1, len(text) // 40)):
+            version = text[:cut]
+            c.change("typing.ops", version)
+            line = version.count("\n")
+            col = len(version) - (version.rfind("\n") + 1)
+            c.request("textDocument/completion", c.at("typing.ops", line, col))
+            c.request("textDocument/hover", c.at("typing.ops", line, col))
+            c.request(
+                "textDocument/formatting",
+                {"textDocument": {"uri": c.uri("typing.ops")}, "options": {"tabSize": 2, "insertSpaces": True}},
+            )
+        assert all(d["code"].startswith("OPS") for d in c.diagnostics("typing.ops"))
+        c.change("typing.ops", text)
+        assert c.diagnostics("typing.ops") == []
+    finally:
+        assert c.close() == 0
