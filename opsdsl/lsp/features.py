@@ -597,7 +597,8 @@ def rename_problem(symbol: Symbol, new_name: str, existing: Iterable[str]) -> st
 _DID_YOU_MEAN = re.compile(r"did you mean `([^`]+)`\?")
 
 
-def code_actions(uri: str, text: str, diagnostics: list[lsp.Diagnostic]) -> list[lsp.CodeAction]:
+def code_actions(uri: str, text: str, diagnostics: list[lsp.Diagnostic], ops: bool = False) -> list[lsp.CodeAction]:
+    """Quick fixes for lint's findings in `diagnostics` (those this server published)."""
     lines = text.splitlines()
     out: list[lsp.CodeAction] = []
     for d in diagnostics:
@@ -607,18 +608,39 @@ def code_actions(uri: str, text: str, diagnostics: list[lsp.Diagnostic]) -> list
         if hint is None and "\nhint: " in d.message:
             hint = d.message.split("\nhint: ", 1)[1]
         match = _DID_YOU_MEAN.search(hint or "")
-        if match and d.range.start.line == d.range.end.line:
+        if match and _is_word(lines, d.range):
             out.append(_fix(f"Change to `{match.group(1)}`", uri, d, [lsp.TextEdit(d.range, match.group(1))], True))
-        if d.code == "OPS041":
-            edit = _add_setting(lines, d.range, "timeout", "10s")
+        for code, key, value in (("OPS041", "timeout", "10s"), ("OPS042", "cooldown", "10m")):
+            if d.code != code:
+                continue
+            if ops:
+                edit = _add_ops_line(lines, d.range.start.line, f"{key} {value}")
+            elif code == "OPS041":
+                edit = _add_setting(lines, d.range, key, value)
+            else:
+                edit = _add_to_mapping(lines, d.range, key, value)
             if edit:
-                out.append(_fix("Add `timeout: 10s`", uri, d, [edit], True))
-        if d.code == "OPS042":
-            edit = _add_to_mapping(lines, d.range, "cooldown", "10m")
-            if edit:
-                out.append(_fix("Add `cooldown: 10m`", uri, d, [edit], True))
+                out.append(_fix(f"Add `{key}: {value}`" if not ops else f"Add `{key} {value}`", uri, d, [edit], True))
         out.append(_fix(f"Ignore {d.code} on this line", uri, d, [_suppress(lines, d.range.start.line, d.code)], False))
     return out
+
+
+def _is_word(lines: list[str], at: lsp.Range) -> bool:
+    """Whether the range is one name (a did-you-mean replaces exactly that name)."""
+    if at.start.line != at.end.line or at.start.line >= len(lines):
+        return False
+    word = lines[at.start.line][at.start.character : at.end.character]
+    return bool(re.fullmatch(r"[\w.$/-]+", word))
+
+
+def _add_ops_line(lines: list[str], line: int, setting: str) -> lsp.TextEdit | None:
+    """`setting` as the first line inside the `{ ... }` block opened on `line` (.ops)."""
+    current = lines[line] if line < len(lines) else ""
+    if not current.split(" #", 1)[0].rstrip().endswith("{"):
+        return None
+    indent = len(current) - len(current.lstrip(" ")) + 2
+    pos = lsp.Position(line + 1, 0)
+    return lsp.TextEdit(lsp.Range(pos, pos), f"{' ' * indent}{setting}\n")
 
 
 def _fix(title: str, uri: str, d: lsp.Diagnostic, edits: list[lsp.TextEdit], preferred: bool) -> lsp.CodeAction:

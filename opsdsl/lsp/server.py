@@ -402,7 +402,7 @@ def code_action(ls: OpsServer, params: lsp.CodeActionParams) -> list[lsp.CodeAct
             diagnostics.append(
                 lsp.Diagnostic(where, d.message, severity=d.severity, code=d.code, source=d.source, data=d.data)
             )
-        actions = features.code_actions(uri, doc.source, diagnostics)
+        actions = features.code_actions(uri, doc.source, diagnostics, ops=features.is_ops(ls.path_of(uri)))
         for action, original in zip(actions, _originals(actions, params.context.diagnostics, diagnostics), strict=True):
             action.diagnostics = [original]
             for edits in (action.edit.changes or {}).values():

@@ -545,3 +545,23 @@ def test_half_typed_ops_files_get_lints_syntax_errors_and_no_crash(tmp_path: Pat
         assert c.diagnostics("typing.ops") == []
     finally:
         assert c.close() == 0
+
+
+def test_quick_fixes_in_an_ops_file_write_ops_syntax(tmp_path: Path):
+    original = (ROOT / "examples" / "ops" / "sev4.ops").read_text()
+    text = original.replace("    cooldown 6h\n", "", 1).replace("      timeout 10s\n", "", 1)
+    c = Client(tmp_path)
+    try:
+        c.open("sev4.ops", text)
+        diagnostics, actions = _fixes(c, "sev4.ops", text)
+        assert sorted(d["code"] for d in diagnostics) == ["OPS041", "OPS042"]
+        adds = [a for a in actions if a["title"] in ("Add `cooldown 10m`", "Add `timeout 10s`")]
+        assert len(adds) == 2
+        edits = [e for a in adds for e in a["edit"]["changes"][c.uri("sev4.ops")]]
+        fixed = _apply(text, edits)
+        c.change("sev4.ops", fixed)
+        assert c.diagnostics("sev4.ops") == []
+        assert "    cooldown 10m\n" in fixed
+        assert fixed.count("timeout 10s") == original.count("timeout 10s")
+    finally:
+        c.close()
