@@ -282,6 +282,7 @@ class Server:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         __import__("opsdsl.serve.api").serve.api.add_routes(app, self)  # the operator API (docs/api.md)
+        __import__("opsdsl.serve.console").serve.console.add_routes(app, self)  # the web console (docs/console.md)
         return app
 
     @web.middleware
