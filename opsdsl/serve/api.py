@@ -13,11 +13,12 @@ calls `add_routes`), and is described by `openapi.json` beside this module (serv
 - **Errors are RFC 9457 problem details** (`application/problem+json`) everywhere under
   `/v1/` but the machine intake, whose answers stay as documented in docs/serve.md.
 - **The event loop stays free for the intake.** Reads (lists, a run's detail, ledger
-  verification, the report, incident files and exports) run on a small pool of threads,
-  each with its own read connection to the state database (WAL: readers never block the
-  writer); verification, the report and exports are also bounded to one or two at a time.
-  Writes (an approval, a decision, a cancel) are one short transaction on the service's
-  own connection, on the loop, beside the runs it drives, which are woken at once.
+  verification, the report, incident files and exports) run on two threads, each with its
+  own connection to the state database (WAL: readers never block the writer); the
+  whole-state ones (verification, the report, exports) one at a time. A change (approve,
+  deny, decide, ack, cancel) is resolved, checked and committed on one writer thread with
+  its own connection, so its fsync never holds the loop; then the server's driver is woken
+  and continues the run at once.
 - **Idempotent POSTs.** A POST with an `Idempotency-Key` header is stored (person, key,
   method, path, a digest of the body → the response) in the table `api_idempotency`; the
   same request again gets the stored response (`Idempotent-Replayed: true`), the same key
@@ -189,12 +190,11 @@ class Api:
         self.server = server
         self.service = server.service
         self.state: Path = server.service.runtime.state
+        self.intake_paths = _intake_paths()
         self.readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="opsdsl-api")
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="opsdsl-api-write")  # one writer: writes in order
         self._runtime: runner.Runtime | None = None  # the writer thread's
-        self._local = threading.local()
-        self._stores: list[S.Store] = []
-        self._stores_lock = threading.Lock()
+        self._local = threading.local()  # a reader thread's Store
         self._heavy = _Heavy()
         self._keys_ready = False
         self._keys_in_flight: set[tuple[str, str]] = set()
@@ -208,10 +208,8 @@ class Api:
     @web.middleware
     async def problems(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Under /v1/ (but the machine intake), every error is a problem+json answer."""
-        from opsdsl.serve.intake import INTAKE_PATHS
-
-        if not (request.path + "/").startswith("/v1/") or request.path in INTAKE_PATHS:
-            return await handler(request)
+        if request.path in self.intake_paths or not (request.path + "/").startswith("/v1/"):
+            return await handler(request)  # the intake's requests pass straight through
         try:
             return await handler(request)
         except auth.Problem as problem:
@@ -326,8 +324,6 @@ class Api:
         if store is None:
             store = S.Store(self.state, create=False)
             self._local.store = store
-            with self._stores_lock:
-                self._stores.append(store)
         return work(store, *args)
 
     async def heavy(self, name: str, work: Callable[..., Any], *args: Any, cache: float = 0.0) -> Any:
@@ -727,6 +723,12 @@ def _expect_live(store: S.Store, run_id: str, what: str) -> None:
 
 
 # ---- helpers (run on reader threads where they read files or the database) --------------
+
+
+def _intake_paths() -> frozenset[str]:
+    from opsdsl.serve.intake import INTAKE_PATHS  # intake imports this module: not at import time
+
+    return frozenset(INTAKE_PATHS)
 
 
 def openapi_bytes() -> bytes:
