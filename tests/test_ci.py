@@ -259,6 +259,21 @@ def test_a_built_wheel_passes_the_readme_quickstart_in_a_fresh_venv(tmp_path: Pa
         [str(venv / "bin" / "opsdsl"), "schema"], cwd=work, env=env, capture_output=True, text=True, timeout=120
     )
     assert json.loads(schema_out.stdout)["$schema"].startswith("https://json-schema.org/")
+    # and the language server answers an editor's handshake (pygls came with the wheel)
+    messages = b""
+    for ident, method, params in (
+        (1, "initialize", {"processId": None, "rootUri": None, "capabilities": {}}),
+        (2, "shutdown", None),
+    ):
+        body = json.dumps({"jsonrpc": "2.0", "id": ident, "method": method, "params": params}).encode()
+        messages += b"Content-Length: %d\r\n\r\n" % len(body) + body
+    body = json.dumps({"jsonrpc": "2.0", "method": "exit"}).encode()
+    messages += b"Content-Length: %d\r\n\r\n" % len(body) + body
+    server = subprocess.run(
+        [str(venv / "bin" / "opsdsl"), "lsp"], input=messages, cwd=work, env=env, capture_output=True, timeout=120
+    )
+    assert server.returncode == 0, server.stderr.decode()[-3000:]
+    assert b'"definitionProvider": true' in server.stdout or b'"definitionProvider":true' in server.stdout
 
 
 # ---------------------------------------------------------------- examples/ci and docs/lint.md
