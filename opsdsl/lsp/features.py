@@ -301,6 +301,14 @@ def _playbook_and_step(path: tuple) -> tuple[str | None, int | None]:
 
 
 def _expression_items(before: str, cursor: Cursor, data: object, info: Outline | None) -> list | None:
+    field = re.search(r"(?<![\w.])steps\.[A-Za-z_][A-Za-z0-9_-]*\.([A-Za-z_]*)$", before)
+    if field is not None:
+        # what lint knows of a step's result (lang.checks.context); `outputs` is free-form
+        from opsdsl.lang.checks.context import _STEP_RESULT
+
+        return [
+            _item(name, lsp.CompletionItemKind.Field, spec.type) for name, spec in (_STEP_RESULT.fields or {}).items()
+        ]
     match = re.search(r"(?<![\w.])(steps|params|inputs)\.([A-Za-z0-9_-]*)$", before)
     if match is None:
         return None

@@ -233,6 +233,7 @@ def _session(client: Client, workspace: Path) -> dict:
     complete_after("steps. in escalate (ancestors only)", 'inputs: {why: "${{ ', "steps.")
     complete_after("steps. in scale (ancestors only)", "        when: ", "steps.")
     complete_after("steps. in a trigger (none)", "    when: ", "steps.")
+    complete_after("fields of steps.inspect.", "        when: ", "steps.inspect.")
     complete_after("keys of a new step", "        timeout: 10s", "\n      - ")
     complete_after("with: keys of playbook.call", "with: {playbook: page, ", "")
     complete_after("params.", "when: steps.inspect.outputs.json.p95_ms > ", "params.")
