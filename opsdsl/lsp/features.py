@@ -23,7 +23,7 @@ from opsdsl.lang.config import Config
 from opsdsl.lsp.structure import Cursor, Outline, Range, Symbol, block_keys, cursor_at, outline, test_outline
 
 SOURCE = "opsdsl"
-TEST_SUFFIXES = (".test.yaml", ".test.yml")
+TEST_SUFFIXES = (".test.yaml", ".test.yml", ".test.ops")
 
 
 @dataclass(frozen=True)
@@ -718,3 +718,99 @@ def format_ops(path: Path, text: str) -> str | None:
 
     formatted, _ = format_text(text, path.name)
     return formatted
+
+
+# ---------------------------------------------------------------- pack tests
+
+
+TEST_TIMEOUT = 120.0  # seconds for one `opsdsl test FILE` (cases run on a virtual clock: quick)
+
+
+def test_diagnostics(path: Path, text: str) -> list[lsp.Diagnostic]:
+    """A pack test checked by `opsdsl test FILE --format json`, in a subprocess (the
+    rehearsal stage is a peer of this one, so it is run, not imported): its file and case
+    diagnostics as they are, and each failed expectation as an error at its line. It runs
+    the saved file: the cases are rehearsed with mocked actions, no network, no processes."""
+    import subprocess
+    import sys
+
+    if not path.is_file():
+        return []
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "opsdsl", "test", str(path), "--format", "json"],
+            cwd=path.parent,
+            capture_output=True,
+            text=True,
+            timeout=TEST_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return [_test_note(f"opsdsl test took longer than {TEST_TIMEOUT:.0f} s; run it in a terminal")]
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        first = (result.stderr.strip().splitlines() or ["opsdsl test gave no report"])[-1]
+        return [_test_note(first)]
+    lines = text.splitlines()
+    out: list[lsp.Diagnostic] = []
+    for entry in report.get("files", []):
+        found = list(entry.get("diagnostics", []))
+        for case in entry.get("cases", []):
+            found += case.get("diagnostics", [])
+            for failure in case.get("failures", []):
+                out.append(_failure(failure, case.get("name", ""), lines))
+            if case.get("error") and not case.get("diagnostics"):
+                out.append(_at_line(case.get("line", 1), lines, f"case `{case.get('name')}`: {case['error']}", None))
+        for d in found:
+            if Path(str(d.get("file", ""))).name != path.name:
+                continue
+            start = lsp.Position(max(d["line"] - 1, 0), max(d["column"] - 1, 0))
+            end = lsp.Position(
+                max(d.get("end_line", d["line"]) - 1, 0), max(d.get("end_column", d["column"] + 1) - 1, 0)
+            )
+            if (end.line, end.character) <= (start.line, start.character):
+                end = lsp.Position(start.line, start.character + 1)
+            hint = d.get("hint")
+            out.append(
+                lsp.Diagnostic(
+                    range=lsp.Range(start, end),
+                    message=d["message"] + (f"\nhint: {hint}" if hint else ""),
+                    severity=lsp.DiagnosticSeverity.Error
+                    if d["severity"] == "error"
+                    else lsp.DiagnosticSeverity.Warning,
+                    code=d["code"],
+                    source=SOURCE,
+                    data={"hint": hint},
+                )
+            )
+    return sorted(out, key=lambda d: (d.range.start.line, d.range.start.character))
+
+
+def _failure(failure: dict, case: str, lines: list[str]) -> lsp.Diagnostic:
+    message = f"{failure.get('key')}: {failure.get('message')} (case `{case}`)"
+    if failure.get("diff"):
+        message += "\n" + failure["diff"]
+    return _at_line(failure.get("line", 1), lines, message, failure.get("column", 1))
+
+
+def _at_line(line: int, lines: list[str], message: str, column: int | None) -> lsp.Diagnostic:
+    index = max(line - 1, 0)
+    text = lines[index] if index < len(lines) else ""
+    start = (column - 1) if column else len(text) - len(text.lstrip())
+    end = max(len(text), start + 1)
+    return lsp.Diagnostic(
+        range=lsp.Range(lsp.Position(index, max(start, 0)), lsp.Position(index, end)),
+        message=message,
+        severity=lsp.DiagnosticSeverity.Error,
+        code="test-failure",
+        source="opsdsl test",
+    )
+
+
+def _test_note(message: str) -> lsp.Diagnostic:
+    return lsp.Diagnostic(
+        range=lsp.Range(lsp.Position(0, 0), lsp.Position(0, 1)),
+        message=message,
+        severity=lsp.DiagnosticSeverity.Error,
+        source="opsdsl test",
+    )

@@ -39,6 +39,7 @@ class OpsServer(LanguageServer):
         super().__init__("opsdsl", __version__, text_document_sync_kind=lsp.TextDocumentSyncKind.Incremental)
         self.pending: dict[str, asyncio.TimerHandle] = {}
         self.linted_at: dict[str, float] = {}  # when each document's last lint finished (loop time)
+        self.test_runs: dict[str, int] = {}  # pack tests: the latest `opsdsl test` started, per document
         self.last_good: dict[str, Outline] = {}
         self._scopes: dict[Path, features.Scope] = {}
 
@@ -119,6 +120,8 @@ class OpsServer(LanguageServer):
     def schedule(self, uri: str, delay: float | None = None) -> None:
         """Lint `uri` after `delay` seconds; by default at once after a quiet spell, else
         `DEBOUNCE` after this edit (replacing a lint already scheduled)."""
+        if features.is_test(self.path_of(uri)):
+            return  # pack tests are checked when opened and saved (check_test)
         loop = asyncio.get_running_loop()
         previous = self.pending.pop(uri, None)
         if previous is not None:
@@ -151,6 +154,28 @@ class OpsServer(LanguageServer):
             item.range = doc.range_to_client_units(item.range)
             out.append(item)
         return out
+
+    def check_test(self, uri: str) -> None:
+        """A pack test, as saved: `opsdsl test FILE` in a worker thread; only the latest
+        run's answer is published."""
+        run = self.test_runs.get(uri, 0) + 1
+        self.test_runs[uri] = run
+        path = self.path_of(uri)
+        text = self.text_of(uri)
+        version = self.workspace.get_text_document(uri).version
+        loop = asyncio.get_running_loop()
+
+        def done(future: asyncio.Future) -> None:
+            if self.test_runs.get(uri) != run or uri not in self.workspace.text_documents:
+                return
+            found = self.safely("pack test diagnostics", future.result, None)
+            if found is not None:
+                doc = self.workspace.get_text_document(uri)
+                for item in found:
+                    item.range = doc.range_to_client_units(item.range)
+                self.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri, found, version))
+
+        loop.run_in_executor(None, features.test_diagnostics, path, text).add_done_callback(done)
 
     def policy_changed(self, uri: str) -> None:
         """A policy pack changed: every open pack's risky-step rule may read differently."""
@@ -236,7 +261,11 @@ def _policy_text(text: str) -> bool:
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: OpsServer, params: lsp.DidOpenTextDocumentParams) -> None:
-    ls.schedule(params.text_document.uri, 0)
+    uri = params.text_document.uri
+    if features.is_test(ls.path_of(uri)):
+        ls.safely("pack test", lambda: ls.check_test(uri), None)
+        return
+    ls.schedule(uri, 0)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
@@ -249,7 +278,16 @@ def did_change(ls: OpsServer, params: lsp.DidChangeTextDocumentParams) -> None:
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_SAVE)
 def did_save(ls: OpsServer, params: lsp.DidSaveTextDocumentParams) -> None:
-    ls.schedule(params.text_document.uri, 0)
+    uri = params.text_document.uri
+    path = ls.path_of(uri)
+    if features.is_test(path):
+        ls.safely("pack test", lambda: ls.check_test(uri), None)
+        return
+    ls.schedule(uri, 0)
+    # a saved pack changes what its pack tests rehearse
+    for other in list(ls.workspace.text_documents):
+        if features.is_test(ls.path_of(other)):
+            ls.safely("pack test", lambda other=other: ls.check_test(other), None)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
@@ -260,6 +298,7 @@ def did_close(ls: OpsServer, params: lsp.DidCloseTextDocumentParams) -> None:
         pending.cancel()
     ls.last_good.pop(uri, None)
     ls.linted_at.pop(uri, None)
+    ls.test_runs.pop(uri, None)
     ls.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri, []))
 
 

@@ -566,3 +566,32 @@ def test_quick_fixes_in_an_ops_file_write_ops_syntax(tmp_path: Path):
         assert fixed.count("timeout 10s") == original.count("timeout 10s")
     finally:
         c.close()
+
+
+def test_pack_tests_are_checked_by_opsdsl_test_when_opened_and_saved(tmp_path: Path):
+    for name in ("pack.yaml", "pack.test.yaml"):
+        shutil.copy(FIXTURES / name, tmp_path / name)
+    test = (FIXTURES / "pack.test.yaml").read_text()
+    c = Client(tmp_path)
+    try:
+        c.open("pack.test.yaml")
+        assert c.diagnostics("pack.test.yaml", timeout=120) == []
+        # a mock for a step that does not exist, saved: the rehearsal's own finding
+        broken = test.replace("      inspect: {outputs", "      inspct: {outputs")
+        c.change("pack.test.yaml", broken)
+        (tmp_path / "pack.test.yaml").write_text(broken)
+        c.notify("textDocument/didSave", {"textDocument": {"uri": c.uri("pack.test.yaml")}})
+        (d,) = c.diagnostics("pack.test.yaml", timeout=120)
+        assert d["code"] == "OPS062" and "did you mean `inspect`" in d["message"]
+        line, col = position_of(broken, "inspct")
+        assert d["range"]["start"] == {"line": line, "character": col}
+        # an expectation that fails: an error at the expectation's line, with the diff
+        failing = test.replace("status: succeeded", "status: failed")
+        c.change("pack.test.yaml", failing)
+        (tmp_path / "pack.test.yaml").write_text(failing)
+        c.notify("textDocument/didSave", {"textDocument": {"uri": c.uri("pack.test.yaml")}})
+        (d,) = c.diagnostics("pack.test.yaml", timeout=120)
+        assert d["source"] == "opsdsl test" and d["range"]["start"]["line"] == position_of(failing, "status: failed")[0]
+        assert "expect.status: the run succeeded, not failed" in d["message"] and "+succeeded" in d["message"]
+    finally:
+        c.close()
