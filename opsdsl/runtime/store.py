@@ -64,7 +64,10 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     owner_pid INTEGER,
     dedupe_key TEXT,
-    event_id INTEGER
+    event_id INTEGER,
+    requested_by TEXT,
+    owner TEXT,
+    cancel_requested TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_hook ON runs(hook, dedupe_key, created_at);
@@ -486,7 +489,11 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for table, column, declaration in _LATER_COLUMNS:
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in present:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            except sqlite3.OperationalError as error:  # another process added it just now
+                if "duplicate column" not in str(error):
+                    raise
 
 
 def _run_row(conn: sqlite3.Connection, row: tuple) -> RunRow:

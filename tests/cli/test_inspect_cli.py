@@ -85,6 +85,9 @@ _SPANS = {"age_seconds", "duration_seconds"}
 _CUT = "more characters; --format json has all)"
 
 
+CUT_KEPT = 160  # characters of a cut line compared (normalised), see _normalise_line
+
+
 def normalise_text(text: str) -> str:
     return "\n".join(_normalise_line(line) for line in text.split("\n"))
 
@@ -98,8 +101,9 @@ def _normalise_line(line: str) -> str:
     normal = _DURATION.sub("DURATION", normal)
     normal = _YEAR.sub("/YEAR/INC-", normal)
     if _CUT in line and _EPOCH.search(line[: line.index(_CUT)]):
-        # cut where the raw text reached the limit: an epoch of another length moves the cut
-        normal = normal[: normal.index(_CUT) - 10] + "… (cut)"
+        # cut where the raw text reached the limit: epochs of other lengths move the cut, so
+        # compare a fixed length of the normalised text, well before any raw cut can fall
+        normal = normal[: min(normal.index(_CUT), CUT_KEPT)] + "… (cut)"
     return normal
 
 
