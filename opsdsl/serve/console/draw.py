@@ -26,16 +26,16 @@ STATUS_LOOK: dict[str, tuple[str, str, str]] = {
     B.SUCCEEDED: ("#009e73", "✓", "succeeded"),
     B.FAILED: ("#d55e00", "✗", "failed"),
     B.SKIPPED: ("#bbbbbb", "⤼", "skipped"),
-    B.AWAITING: ("#e69f00", "⏸", "awaiting approval"),
+    B.AWAITING: ("#e69f00", "‖", "awaiting approval"),
     B.IN_DOUBT: ("#cc79a7", "?", "in doubt"),
     B.INTERRUPTED: ("#f0e442", "■", "interrupted"),
 }
 RUN_LOOK: dict[str, tuple[str, str]] = {  # run status → (css class, icon)
     "running": ("running", "▶"),
-    "paused": ("paused", "⏸"),
+    "paused": ("paused", "‖"),
     "succeeded": ("succeeded", "✓"),
     "failed": ("failed", "✗"),
-    "refused": ("refused", "⛔"),
+    "refused": ("refused", "⊘"),
     "cancelled": ("cancelled", "■"),
     "interrupted": ("interrupted", "■"),
 }
@@ -180,14 +180,15 @@ def bar_chart(
     unit: str,
     show: Any,
 ) -> str:
-    """Horizontal bars, one per row `(label, value, target or None, caption)`, each target a
-    dashed tick on its own bar; a bar is blue when it meets its target, vermillion when it
-    misses it (and says so in words), grey when there is no target."""
+    """Horizontal bars, one per row `(label, value, target or None, caption)`. A row with a
+    time target is drawn to its own scale with the target (a dashed tick) half-way, so left
+    of the tick meets it; a bar is blue when it meets its target, vermillion when it misses
+    it (and says so in words, with the value), grey when there is no target. Rates run
+    0-100 %; times without a target share one scale."""
     label_w, bar_w, row_h, top = 70, 300, 34, 30
-    scale = max([v for _, v, _, _ in rows if v is not None] + [t for _, _, t, _ in rows if t is not None] + [1e-9])
-    scale *= 1.1
+    free = max([v for _, v, t, _ in rows if v is not None and t is None] + [1e-9]) * 1.1
     height = top + row_h * len(rows) + 10
-    width = label_w + bar_w + 190
+    width = label_w + bar_w + 250
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
         f' role="img" aria-label="{_text(title)}" font-size="13" font-family="DejaVu Sans, sans-serif">',
@@ -196,12 +197,15 @@ def bar_chart(
     ]
     for i, (label, value, target, caption) in enumerate(rows):
         y = top + i * row_h
+        # Each bar on its own scale, its target half-way: severities' targets differ a
+        # thousandfold (5 min to a day), and one scale would leave most bars invisible.
+        scale = 1.0 if unit == "rate" else 2 * target if target else free
         out.append(f'<text x="0" y="{y + 17}" fill="#1b1f24">{_text(label)}</text>')
         out.append(f'<rect x="{label_w}" y="{y + 4}" width="{bar_w}" height="18" fill="#f6f8fa" stroke="#d0d7de"/>')
         if value is not None:
             met = None if target is None else _meets(value, target, unit)
             colour = NONE if met is None else MET if met else MISSED
-            length = max(2.0, bar_w * value / scale)
+            length = min(bar_w, max(2.0, bar_w * value / scale))
             out.append(f'<rect x="{label_w}" y="{y + 4}" width="{length:.1f}" height="18" fill="{colour}"/>')
         if target is not None:
             tx = label_w + bar_w * target / scale
@@ -212,6 +216,8 @@ def bar_chart(
         words = "no data" if value is None else show(value)
         if value is not None and target is not None:
             words += " ✓ met" if _meets(value, target, unit) else " ✗ missed"
+        if target is not None:
+            words += f" (target {'≥' if unit == 'rate' else '<'} {show(target)})"
         out.append(f'<text x="{label_w + bar_w + 8}" y="{y + 12}" fill="#1b1f24">{_text(words)}</text>')
         if caption:
             out.append(

@@ -90,7 +90,12 @@ class Console:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            iso=runview.iso_time, when=when_text, ago=ago_text, duration=runview.duration_text, compact=_compact
+            iso=runview.iso_time,
+            when=when_text,
+            clock=clock_text,
+            ago=ago_text,
+            duration=runview.duration_text,
+            compact=_compact,
         )
         self.env.globals.update(
             prefix=PREFIX, run_look=draw.RUN_LOOK, step_class=draw.STEP_CLASS, step_look=draw.STATUS_LOOK
@@ -656,6 +661,11 @@ def when_text(ts: float | None) -> str:
     if ts is None:
         return "—"
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def clock_text(ts: float | None) -> str:
+    """The time of day, UTC, for rows of one run (the full time is the element's title)."""
+    return "—" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
 
 
 def ago_text(ts: float | None, now: float | None = None) -> str:
