@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -487,6 +487,11 @@ def hover(path: Path, text: str, line: int, col: int) -> tuple[str, Range] | Non
         return doc, Range(line, call[1], line, call[2])
     if is_ops(path):
         return None
+    if not is_test(path):
+        symbol = symbol_at(path, text, line, col)
+        doc = _symbol_doc(symbol, _safe_data(text)) if symbol is not None and not symbol.definition else None
+        if doc:
+            return doc, symbol.range
     key_match = re.match(r"^(\s*(?:-\s+)*)([\w.-]+)\s*:", current)
     if key_match and key_match.start(2) <= col <= key_match.end(2):
         return _key_hover(path, text, line, key_match)
@@ -494,6 +499,40 @@ def hover(path: Path, text: str, line: int, col: int) -> tuple[str, Range] | Non
     if value and value.start(1) <= col <= value.end(1):
         return action_doc(value.group(1)), Range(line, value.start(1), line, value.end(1))
     return None
+
+
+def _symbol_doc(symbol: Symbol, data: object) -> str | None:
+    """What a name used here stands for: the step, playbook, trigger, param or input."""
+    if not isinstance(data, dict):
+        return None
+    if symbol.kind == "step":
+        step = next((s for s in _steps_of(data, symbol.scope) if s.get("id") == symbol.name), None)
+        if step is None:
+            return None
+        title = f" — {step['name']}" if isinstance(step.get("name"), str) else ""
+        out = [f"**step `{symbol.name}`**{title}", f"`{step.get('action')}` in playbook `{symbol.scope}`"]
+        if isinstance(step.get("needs"), list):
+            out.append("needs: " + ", ".join(f"`{n}`" for n in step["needs"]))
+        return "\n\n".join(out)
+    section = {"playbook": "playbooks", "trigger": "triggers", "param": "params"}.get(symbol.kind)
+    if section is not None:
+        spec = (data.get(section) or {}).get(symbol.name) if isinstance(data.get(section), dict) else None
+    else:  # an input of the playbook
+        try:
+            spec = data["playbooks"][symbol.scope]["inputs"][symbol.name]
+        except (KeyError, TypeError):
+            spec = None
+    if not isinstance(spec, dict):
+        return None
+    facts = [f"**{symbol.kind} `{symbol.name}`**"]
+    for key in ("severity", "on", "type", "when", "from"):
+        if key in spec:
+            facts.append(f"{key}: `{spec[key]}`")
+    if "default" in spec:
+        facts.append("default: (secret)" if spec.get("secret") else f"default: `{json.dumps(spec['default'])}`")
+    if isinstance(spec.get("description"), str):
+        facts.append(spec["description"])
+    return "\n\n".join(facts)
 
 
 def _key_hover(path: Path, text: str, line: int, key_match: re.Match) -> tuple[str, Range] | None:
@@ -726,7 +765,7 @@ def format_ops(path: Path, text: str) -> str | None:
 TEST_TIMEOUT = 120.0  # seconds for one `opsdsl test FILE` (cases run on a virtual clock: quick)
 
 
-def test_diagnostics(path: Path, text: str) -> list[lsp.Diagnostic]:
+def test_diagnostics(path: Path, text: str, started: Callable | None = None) -> list[lsp.Diagnostic]:
     """A pack test checked by `opsdsl test FILE --format json`, in a subprocess (the
     rehearsal stage is a peer of this one, so it is run, not imported): its file and case
     diagnostics as they are, and each failed expectation as an error at its line. It runs
@@ -736,20 +775,26 @@ def test_diagnostics(path: Path, text: str) -> list[lsp.Diagnostic]:
 
     if not path.is_file():
         return []
+    process = subprocess.Popen(
+        [sys.executable, "-m", "opsdsl", "test", str(path), "--format", "json"],
+        cwd=path.parent,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if started is not None:
+        started(process)  # the server kills it when it exits
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "opsdsl", "test", str(path), "--format", "json"],
-            cwd=path.parent,
-            capture_output=True,
-            text=True,
-            timeout=TEST_TIMEOUT,
-        )
+        stdout, stderr = process.communicate(timeout=TEST_TIMEOUT)
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
         return [_test_note(f"opsdsl test took longer than {TEST_TIMEOUT:.0f} s; run it in a terminal")]
     try:
-        report = json.loads(result.stdout)
+        report = json.loads(stdout)
     except ValueError:
-        first = (result.stderr.strip().splitlines() or ["opsdsl test gave no report"])[-1]
+        first = (stderr.strip().splitlines() or ["opsdsl test gave no report"])[-1]
         return [_test_note(first)]
     lines = text.splitlines()
     out: list[lsp.Diagnostic] = []

@@ -13,8 +13,11 @@ take the server down.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
+import subprocess
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -40,10 +43,17 @@ class OpsServer(LanguageServer):
         self.pending: dict[str, asyncio.TimerHandle] = {}
         self.linted_at: dict[str, float] = {}  # when each document's last lint finished (loop time)
         self.test_runs: dict[str, int] = {}  # pack tests: the latest `opsdsl test` started, per document
+        self.children: list[subprocess.Popen] = []  # `opsdsl test` processes, killed at exit
+        atexit.register(self.kill_children)
         self.last_good: dict[str, Outline] = {}
         self._scopes: dict[Path, features.Scope] = {}
 
     # ------------------------------------------------------------ helpers
+
+    def kill_children(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.kill()
 
     def path_of(self, uri: str) -> Path:
         return Path(to_fs_path(uri) or uri)
@@ -156,26 +166,32 @@ class OpsServer(LanguageServer):
         return out
 
     def check_test(self, uri: str) -> None:
-        """A pack test, as saved: `opsdsl test FILE` in a worker thread; only the latest
-        run's answer is published."""
+        """A pack test, as saved: `opsdsl test FILE` in a daemon thread (an editor closing
+        the server never waits for a rehearsal; `exit` kills it); only the latest run's
+        answer is published."""
         run = self.test_runs.get(uri, 0) + 1
         self.test_runs[uri] = run
+        self.children = [child for child in self.children if child.poll() is None]
         path = self.path_of(uri)
         text = self.text_of(uri)
         version = self.workspace.get_text_document(uri).version
         loop = asyncio.get_running_loop()
 
-        def done(future: asyncio.Future) -> None:
-            if self.test_runs.get(uri) != run or uri not in self.workspace.text_documents:
+        def publish(found: list[lsp.Diagnostic] | None) -> None:
+            if found is None or self.test_runs.get(uri) != run or uri not in self.workspace.text_documents:
                 return
-            found = self.safely("pack test diagnostics", future.result, None)
-            if found is not None:
-                doc = self.workspace.get_text_document(uri)
-                for item in found:
-                    item.range = doc.range_to_client_units(item.range)
-                self.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri, found, version))
+            doc = self.workspace.get_text_document(uri)
+            for item in found:
+                item.range = doc.range_to_client_units(item.range)
+            self.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri, found, version))
 
-        loop.run_in_executor(None, features.test_diagnostics, path, text).add_done_callback(done)
+        def work() -> None:
+            found = self.safely(
+                "pack test diagnostics", lambda: features.test_diagnostics(path, text, self.children.append), None
+            )
+            loop.call_soon_threadsafe(publish, found)
+
+        threading.Thread(target=work, name=f"opsdsl-test-{run}", daemon=True).start()
 
     def policy_changed(self, uri: str) -> None:
         """A policy pack changed: every open pack's risky-step rule may read differently."""

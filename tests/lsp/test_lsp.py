@@ -256,6 +256,10 @@ def _session(client: Client, workspace: Path) -> dict:
     hover("action http.request", "action: http.request", 12)
     hover("key timeout with resolved defaults", "timeout: 10s", 2)
     hover("step id of escalate (resolved defaults)", "- id: escalate", 3)
+    hover("a step used in needs:", "needs: [inspect", 9)
+    hover("a param used in an expression", "params.limit", 8)
+    hover("a playbook run by a hook", "run: respond", 6)
+    hover("an input used in a template", "inputs.why", 8)
 
     def locations(method: str, label: str, needle: str, offset: int = 1, nth: int = 0, **extra) -> None:
         line, col = position_of(text, needle, nth, offset)
