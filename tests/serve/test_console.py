@@ -496,3 +496,26 @@ def test_static_files_are_the_vendored_bytes(world: World) -> None:
         assert hashlib.sha256(response.content).hexdigest() == entry["sha256"]
     for name in ("VENDORED.json", "..%2f..%2fapi.py", "nope.js"):
         assert anonymous.get(f"/console/static/{name}").status_code == 404
+
+
+def test_the_packs_page_shows_triggers_hooks_and_the_last_firings(world: World) -> None:
+    run = paused_change(world)
+    page = world.as_("carol").get("/console/packs")
+    assert page.status_code == 200
+    assert 'data-pack="api-fixture"' in page.text and "api-fixture 1.0.0" in page.text
+    assert "event.name == &#34;change&#34;" in page.text or "event.name == &quot;change&quot;" in page.text
+    assert "change → change" in page.text and "onChange" in page.text
+    assert f'href="/console/runs/{run}"' in page.text and 'data-kind="trigger.fired"' in page.text
+
+
+def test_resume_and_decide_forms_go_through_the_api_rules(world: World) -> None:
+    run = paused_change(world)
+    alice, carol = world.as_("alice"), world.as_("carol")
+    resumed = alice.post(f"/console/runs/{run}/resume", {})
+    assert resumed.status_code == 303 and resumed.headers["location"].endswith("?done=resumed")
+    # no step in doubt: the API's 409, readable on the run page
+    decided = alice.post(f"/console/runs/{run}/steps/two_person/decide", {"outcome": "succeeded"})
+    assert decided.status_code == 409 and "not waiting for a decision" in decided.text
+    bad = alice.post(f"/console/runs/{run}/steps/two_person/decide", {"outcome": "maybe"})
+    assert bad.status_code == 422 and "outcome" in bad.text
+    assert carol.post(f"/console/runs/{run}/resume", {}).status_code == 403

@@ -6,7 +6,8 @@ wakes the streams whose run (or, for the runs list, any run) has new entries. A 
 sends `event: changed` with the newest seq; the page (htmx's SSE extension) then fetches
 its own live part again, the same server-rendered HTML as a reload.
 
-Bounds: `MAX_PER_PERSON` open streams per person (more is 429), a comment line every
+A runs list (any run) is told at most every `LIST_EVERY` seconds, so a busy server does
+not have every open list reloading twice a second. Bounds: `MAX_PER_PERSON` open streams per person (more is 429), a comment line every
 `HEARTBEAT` seconds (proxies keep the connection; a dead peer is noticed), and every
 stream ends within a tick once the server starts draining, so the drain, which waits for
 requests in flight, never waits on a page left open. The poller stops when no page is open.
@@ -31,6 +32,7 @@ log = logging.getLogger("opsdsl.serve")
 TICK = 0.5  # seconds between looks at the ledger
 HEARTBEAT = 15.0
 MAX_PER_PERSON = 4  # a browser holds at most 6 connections per server over HTTP/1.1
+LIST_EVERY = 2.0  # seconds between refreshes of a runs list (any run's entry moves it)
 MAX_RUNS_PER_TICK = 2000  # distinct runs read from one tick's new entries
 
 
@@ -79,7 +81,7 @@ class Live:
         watcher = Watcher(run, self.seq)
         self.watchers.add(watcher)
         self._ensure_poller()
-        beat = time.monotonic()
+        beat = sent = time.monotonic()
         try:
             await response.write(b"retry: 2000\n: live\n\n")
             while not self._stopping():
@@ -87,8 +89,12 @@ class Live:
                     await asyncio.wait_for(watcher.moved.wait(), TICK)
                 if self._stopping():
                     break
+                if watcher.moved.is_set() and watcher.run is None and time.monotonic() - sent < LIST_EVERY:
+                    await asyncio.sleep(TICK)  # the runs list reloads at most every LIST_EVERY seconds
+                    continue
                 if watcher.moved.is_set():
                     watcher.moved.clear()
+                    sent = time.monotonic()
                     await response.write(f"event: changed\ndata: {watcher.seq}\n\n".encode())
                     beat = time.monotonic()
                 elif time.monotonic() - beat >= HEARTBEAT:

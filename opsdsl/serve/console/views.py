@@ -64,6 +64,7 @@ NOTES = {  # ?done= after a form: fixed words, never text from the request
 PAGE_RUNS = 50
 APPROVAL_RUNS = 100  # paused runs looked at for "waiting for me"
 SEVERITIES = ("SEV-1", "SEV-2", "SEV-3", "SEV-4")
+PACK_FIRINGS = 20  # a pack's last firings and suppressions shown
 
 
 class Refused(Exception):
@@ -119,6 +120,7 @@ class Console:
         get(PREFIX + "/approvals", self.page(self.approvals, "read"))
         get(PREFIX + "/ledger", self.page(self.ledger, "read"))
         get(PREFIX + "/report", self.page(self.report, "read"))
+        get(PREFIX + "/packs", self.page(self.packs, "read"))
         get(PREFIX + "/incidents/{incident}", self.page(self.incident, "read"))
         get(PREFIX + "/incidents/{incident}/export", self.page(self.incident_export, "read"))
         get(PREFIX + "/incidents/{incident}/evidence/{name:.+}", self.page(self.evidence_file, "read"))
@@ -450,6 +452,13 @@ class Console:
             "report.html", report=report.to_dict(), figures=rows, charts=charts, fmt=format_duration, **context
         )
 
+    async def packs(self, request: web.Request, person: P.Person, context: dict) -> web.Response:
+        loaded = [_pack_view(plan) for plan in getattr(self.server.service, "plans", [])]
+        firings = await self.api.heavy("console packs", _firings, self.state, cache=5.0)
+        for pack in loaded:
+            pack["firings"] = [e for e in firings if e["data"].get("pack") == pack["name"]][-PACK_FIRINGS:][::-1]
+        return self.render("packs.html", packs=loaded, now=time.time(), **context)
+
     async def incident(self, request: web.Request, person: P.Person, context: dict) -> web.Response:
         incident = _incident_id(request)
         found = await asyncio.get_running_loop().run_in_executor(self.api.readers, _incident_view, self.state, incident)
@@ -577,6 +586,39 @@ def _approvals_for(store: S.Store, person: P.Person) -> list[dict]:
                 continue
             out.append({"run": item, "wait": wait})
     return out
+
+
+def _pack_view(plan: Any) -> dict:
+    """A loaded pack as the packs page shows it: name, version, digest, how it was trusted,
+    its triggers, hooks and playbooks (from the verified plan the server runs)."""
+    payload = getattr(plan, "payload", {}) or {}
+    pack = payload.get("pack") or {}
+    playbooks = payload.get("playbooks") or {}
+    return {
+        "name": pack.get("name"),
+        "version": pack.get("version"),
+        "owner": pack.get("owner"),
+        "digest": getattr(plan, "digest", None) or pack.get("digest"),
+        "path": getattr(plan, "path", None),
+        "triggers": sorted((payload.get("triggers") or {}).items()),
+        "hooks": sorted((payload.get("hooks") or {}).items()),
+        "playbooks": sorted((name, (body or {}).get("severity")) for name, body in playbooks.items()),
+    }
+
+
+def _firings(state: Path) -> list[dict]:
+    """The newest trigger firings and hook suppressions, oldest first (one read connection)."""
+    import contextlib
+
+    from opsdsl.runtime.service import HOOK_SUPPRESSED, TRIGGER_FIRED
+
+    database = (state / S.DB_NAME).resolve().as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(database, uri=True, timeout=5)) as conn:
+        rows = conn.execute(
+            "SELECT seq, ts, kind, data FROM ledger WHERE kind IN (?, ?) ORDER BY seq DESC LIMIT ?",
+            (TRIGGER_FIRED, HOOK_SUPPRESSED, PACK_FIRINGS * 20),
+        ).fetchall()
+    return [{"seq": r[0], "ts": r[1], "kind": r[2], "data": json.loads(r[3])} for r in reversed(rows)]
 
 
 def _incident_view(state: Path, incident: str) -> dict | None:
