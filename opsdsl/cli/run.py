@@ -641,12 +641,34 @@ def incident_verify(
         click.echo(f"  {line}")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--since", help="Only runs created on or after this date (YYYY-MM-DD).")
+@click.option(
+    "--since", help="Only runs detected on or after this date (YYYY-MM-DD; with --compliance-pdf also a UTC time)."
+)
+@click.option(
+    "--until", help="Only runs detected before this date (YYYY-MM-DD; with --compliance-pdf also a UTC time)."
+)
+@click.option(
+    "--compliance-pdf",
+    type=_FILE,
+    metavar="FILE",
+    help="Write the signed compliance report of the period as a PDF (and FILE.sig.json) instead.",
+)
 @_state_option
-def report(fmt: str, since: str | None, state_dir: Path | None) -> None:
-    """MTTA, MTTR and auto-mitigation success per severity, against the seed's targets."""
+@click.pass_context
+def report(
+    ctx: click.Context,
+    fmt: str,
+    since: str | None,
+    until: str | None,
+    compliance_pdf: Path | None,
+    state_dir: Path | None,
+) -> None:
+    """MTTA, MTTR and auto-mitigation success per severity, against the seed's targets;
+    or, with --compliance-pdf, the signed compliance report of a period (docs/incidents.md)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from opsdsl.runtime.state_audit import compute_state_report
     from opsdsl.runtime.store import DB_NAME, StateError
     from opsdsl.runtime.store import state_dir as resolve_state
@@ -655,8 +677,64 @@ def report(fmt: str, since: str | None, state_dir: Path | None) -> None:
         raise StateError(
             f"no opsdsl state in {resolve_state(state_dir)} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME"
         )
-    result = compute_state_report(state_dir, since)
+    if compliance_pdf is not None:
+        _compliance_pdf(compliance_pdf, fmt, since, until, state_dir)
+        return
+    result = compute_state_report(state_dir, since, until)
     click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True) if fmt == "json" else result.to_text())
+
+
+def _compliance_pdf(out: Path, fmt: str, since: str | None, until: str | None, state_dir: Path | None) -> None:
+    from opsdsl.runtime.compliance import parse_when, write_state_compliance
+
+    start = parse_when(since, "--since") if since else None
+    end = parse_when(until, "--until") if until else None
+    written = write_state_compliance(state_dir, out, since=start, until=end)
+    body = json.loads(written.signature.read_text("utf-8"))["signed"]
+    if fmt == "json":
+        shown = {"pdf": str(written.pdf), "signature": str(written.signature), "sha256": written.sha256}
+        click.echo(json.dumps(shown | {k: body[k] for k in ("since", "until", "incidents")}, indent=2))
+        return
+    click.echo(
+        f"{written.pdf}: compliance report {body['since']} – {body['until']}, {body['incidents']} incident(s), "
+        f"{written.size} bytes, {written.sha256}"
+    )
+    signing = body["signing"]
+    click.echo(f"{written.signature}: signed by {str(signing.get('keyid'))[:16]} (the {signing.get('key')} key)")
+
+
+@report.command("verify-compliance")
+@click.argument("pdf", metavar="FILE", type=_EXISTING)
+@click.option("--signature", type=_EXISTING, help="The detached signature (default: FILE.sig.json).")
+@click.option(
+    "--key", "keys", multiple=True, type=_EXISTING, help="Trusted public key (default: the state directory's key)."
+)
+@click.option("--trust", type=_EXISTING, help="Trust file whose keys are trusted.")
+@click.option("--env", "environment", metavar="NAME", help="Environment of --trust (required when it has several).")
+@_state_option
+@click.pass_context
+def verify_compliance_command(
+    ctx: click.Context,
+    pdf: Path,
+    signature: Path | None,
+    keys: tuple[Path, ...],
+    trust: Path | None,
+    environment: str | None,
+    state_dir: Path | None,
+) -> None:
+    """Check a compliance report PDF against its detached signature: exit 0 intact and signed by a
+    trusted key, 1 not, 2 unreadable."""
+    from opsdsl.audit.compliance import verify_compliance
+    from opsdsl.runtime.state_audit import SELF_TRUST_WARNING, trusted_keys
+
+    if state_dir is None and ctx.parent is not None:  # `opsdsl report --state-dir DIR verify-compliance FILE`
+        state_dir = ctx.parent.params.get("state_dir")
+    trusted = trusted_keys(state_dir, list(keys), trust, environment)
+    result = verify_compliance(pdf, trusted, signature)
+    result.raise_for_problems()  # exit 1, every problem listed
+    click.echo(result.render())
+    if not keys and not trust:
+        click.echo("WARNING: " + SELF_TRUST_WARNING.format(source="the state directory"), err=True)
 
 
 def _add_ledger_show() -> None:

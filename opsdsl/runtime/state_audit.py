@@ -153,13 +153,13 @@ def ledger_entries(state: Path | None) -> list[dict[str, Any]]:
         conn.close()
 
 
-def compute_state_report(state: Path | None, since: str | None):
+def compute_state_report(state: Path | None, since: str | None, until: str | None = None):
     from opsdsl.audit.metrics import compute_report
 
-    start = None
-    if since:
+    bounds = []
+    for flag, text in (("--since", since), ("--until", until)):
         try:
-            start = date.fromisoformat(since)
+            bounds.append(date.fromisoformat(text) if text else None)
         except ValueError:
-            raise UsageError(f"--since {since!r}: write a date as YYYY-MM-DD") from None
-    return compute_report(ledger_entries(state), since=start)
+            raise UsageError(f"{flag} {text!r}: write a date as YYYY-MM-DD") from None
+    return compute_report(ledger_entries(state), since=bounds[0], until=bounds[1])

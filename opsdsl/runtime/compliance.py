@@ -1,0 +1,210 @@
+"""The compliance report of a state directory: its ledger, its verification, its signer.
+
+`opsdsl report --compliance-pdf FILE` calls `write_state_compliance`; a server whose
+incident reaches the last escalation level calls `write_last_level_report` on a worker
+thread (runtime/service.py), which writes STATE/reports/compliance-<UTC time>.pdf for the
+30 days up to the escalation. The report itself (figures, PDF, signature) is
+opsdsl.audit.compliance's; this module only reads the state directory for it.
+
+Everything comes from the data: the period's end when none is given is the midnight (UTC)
+after the ledger's last entry, never the clock, so the same ledger gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from opsdsl.errors import OpsdslError, UsageError
+from opsdsl.runtime.store import DB_NAME, state_dir
+
+REPORTS_DIR = "reports"  # STATE/reports/: what a server writes by itself
+WINDOW = 30 * 86400.0  # the period of a report a server writes: 30 days up to the escalation
+DAY = 86400.0
+
+
+def parse_when(text: str, flag: str) -> float:
+    """`2026-12-01` (midnight UTC) or `2026-12-01T10:00:00Z` (a UTC time) as epoch seconds."""
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            moment = date.fromisoformat(value)
+            return datetime(moment.year, moment.month, moment.day, tzinfo=UTC).timestamp()
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: write a date (YYYY-MM-DD) or a UTC time (YYYY-MM-DDTHH:MM:SSZ)") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def period(entries: Sequence[dict], since: float | None, until: float | None) -> tuple[float, float]:
+    """The period asked for, its ends filled from the data: `until` the midnight after the last
+    entry (today's when there is none: an empty ledger has no date), `since` 30 days before."""
+    if until is None:
+        last = max((float(entry["ts"]) for entry in entries), default=None)
+        if last is None and since is not None:
+            until = since + WINDOW
+        else:
+            import time
+
+            moment = last if last is not None else time.time()
+            until = math.floor(moment / DAY) * DAY + DAY
+    if since is None:
+        since = until - WINDOW
+    if until <= since:
+        raise UsageError("--until must come after --since")
+    return since, until
+
+
+def state_compliance(
+    state: Path | None,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    signer: Any = None,
+    levels: Sequence[str] | None = None,
+    extra: dict[str, Any] | None = None,
+):
+    """The ComplianceReport of a state directory for a period (see `period`)."""
+    from opsdsl.audit.compliance import compute_compliance
+    from opsdsl.audit.compliance.figures import DEFAULT_LEVEL_NAMES
+    from opsdsl.runtime.state_audit import ledger_entries
+
+    root = state_dir(state)
+    if not (root / DB_NAME).is_file():
+        raise UsageError(f"no opsdsl state in {root} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME")
+    entries = ledger_entries(root)
+    since, until = period(entries, since, until)
+    window = [entry for entry in entries if float(entry["ts"]) < until]
+    basis = _basis(root, window, signer)
+    return compute_compliance(
+        entries,
+        since=since,
+        until=until,
+        basis=basis,
+        levels=tuple(levels or DEFAULT_LEVEL_NAMES),
+        extra=extra,
+    )
+
+
+def _basis(root: Path, window: list[dict], signer: Any):
+    """The ledger's verification (chain and checkpoints, as `opsdsl ledger verify` checks them)
+    with the key that signs the report and the state directory's own, and its last checkpoint."""
+    from opsdsl.audit.compliance import ledger_basis
+    from opsdsl.audit.ledger import read_checkpoints, verify_path
+    from opsdsl.build.signing import keyid
+    from opsdsl.runtime.state_audit import incident_records
+    from opsdsl.runtime.state_config import state_public_key
+
+    trusted: dict[str, Any] = {}
+    if signer is not None:
+        trusted[keyid(signer.public_key())] = signer.public_key()
+    try:
+        own = state_public_key(root)
+    except OpsdslError:
+        own = None
+    if own is not None:
+        trusted[keyid(own[0])] = own[0]
+    checkpoint = _last_checkpoint(root / DB_NAME)
+    try:
+        external = []
+        for record in incident_records(root / "incidents"):
+            try:
+                external += read_checkpoints(record)
+            except OpsdslError:
+                continue  # `opsdsl ledger verify` reports a record it cannot read; the report rests on the chain
+        result = verify_path(root / DB_NAME, trusted, external)
+    except OpsdslError as error:
+        return ledger_basis(window, verified=None, verdict=f"not verified: {error}", checkpoint=checkpoint)
+    verdict = result.render().splitlines()[0]
+    warnings = [
+        "checked with the key that signs this report and the state directory's own; "
+        "an auditor checks again with a key from outside (opsdsl ledger verify --key PUB)"
+    ]
+    if checkpoint and window and int(checkpoint["seq"]) < int(window[-1]["seq"]):
+        warnings.append(
+            f"entries after seq {checkpoint['seq']} are not covered by a signed checkpoint yet "
+            "(the hash chain links them; a checkpoint signs the head)"
+        )
+    return ledger_basis(
+        window,
+        verified=result.ok,
+        verdict=verdict,
+        checkpoint=checkpoint,
+        problems=result.problems,
+        warnings=[*result.notes, *warnings],
+    )
+
+
+def _last_checkpoint(path: Path) -> dict[str, Any] | None:
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT seq, head, ts, keyid FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    head = row[1].hex() if isinstance(row[1], bytes) else str(row[1])
+    return {"seq": row[0], "head": "sha256:" + head, "ts": row[2], "keyid": row[3]}
+
+
+def write_state_compliance(
+    state: Path | None,
+    out: Path,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    levels: Sequence[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    chosen: Any = None,
+):
+    """Write the compliance report of `state` to `out` and its signature to OUT.sig.json, signed
+    by the state directory's signer (`chosen`: a state_config.Signer already loaded); Written."""
+    from opsdsl.audit.compliance import write_compliance
+    from opsdsl.runtime.state_config import signer as state_signer
+
+    root = state_dir(state)
+    if not (root / DB_NAME).is_file():
+        raise UsageError(f"no opsdsl state in {root} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME")
+    signing = chosen or state_signer(root)
+    report = state_compliance(root, since=since, until=until, signer=signing.key, levels=levels, extra=extra)
+    return write_compliance(Path(out), report, signing.key, signing.describe())
+
+
+def report_name(ts: float) -> str:
+    """`compliance-20261207T100412Z.pdf`: the file a server writes for an escalation at `ts`."""
+    return f"compliance-{datetime.fromtimestamp(ts, UTC):%Y%m%dT%H%M%SZ}.pdf"
+
+
+def write_last_level_report(
+    state: Path, escalated_at: float, *, incident: str, level: str, levels: Sequence[str] | None, chosen: Any = None
+):
+    """The report a server writes when an incident reaches the last escalation level: the 30 days
+    up to the escalation, into STATE/reports/ (a name already taken, by another incident in
+    the same second, gets -2, -3...). Runs on a worker thread: it reads the database through
+    its own read-only connections and appends nothing (the caller records the entry)."""
+    from opsdsl.files import make_private_dirs
+
+    folder = state / REPORTS_DIR
+    make_private_dirs(folder)
+    name = report_name(escalated_at)
+    out, number = folder / name, 1
+    while out.exists():
+        number += 1
+        out = folder / name.replace(".pdf", f"-{number}.pdf")
+    until = math.floor(escalated_at) + 1.0  # the escalation itself is inside the period
+    reason = f"Written by opsdsl serve when incident {incident} escalated to {level}, the last level."
+    return write_state_compliance(
+        state,
+        out,
+        since=until - WINDOW,
+        until=until,
+        levels=levels,
+        extra={"reason": reason, "incident": incident, "level": level},
+        chosen=chosen,
+    )
