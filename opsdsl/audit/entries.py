@@ -99,6 +99,12 @@ INCIDENT_FOLLOW_UP_OPENED = "incident.follow_up_opened"
 # Evidence written into the incident folder: data: step, name, files: [{path, sha256, size}]
 EVIDENCE_ADDED = "evidence.added"
 
+# The incident reached the last escalation level and the server wrote the compliance report
+# of the 30 days up to then (runtime/compliance.py): data: path and signature (relative to the
+# state directory), sha256 ("sha256:HEX" of the PDF), size, since, until (ISO UTC),
+# incident_id, level, escalation_seq (the incident.escalated entry it answers)
+COMPLIANCE_REPORT_WRITTEN = "compliance.report_written"
+
 RUN_KINDS = (
     RUN_CREATED,
     PLAN_VERIFIED,
@@ -124,4 +130,5 @@ RUN_KINDS = (
     EVIDENCE_ADDED,
     INCIDENT_REVIEWED,
     INCIDENT_FOLLOW_UP_OPENED,
+    COMPLIANCE_REPORT_WRITTEN,
 )

@@ -343,7 +343,8 @@ class Announcer:
             "ask": {
                 "message": clean_text(
                     f"Incident {run.incident_id} ({run.severity}, {run.pack}/{run.playbook}) escalated to "
-                    f"{level} ({data.get('who') or 'no one named'}): {data.get('reason')}. Acknowledge it.",
+                    f"{level} ({data.get('who') or 'no one named'}): {data.get('reason')}. Acknowledge it."
+                    + _report_note(data),
                     MESSAGE_LIMIT,
                 ),
                 "inputs": {},
@@ -677,6 +678,18 @@ class Announcer:
 
 
 # --- reading the run ------------------------------------------------------------------------------
+
+
+def _report_note(data: dict[str, Any]) -> str:
+    """The last level's escalation names the compliance report the server writes for it
+    (runtime/compliance.py; `compliance.report_written` in the ledger once it is there)."""
+    path = data.get("compliance_report")
+    if not isinstance(path, str):
+        return ""
+    return (
+        f" A compliance report of the 30 days up to now is being written to {clean_text(path, 120)}"
+        " in the state directory, signed (.sig.json beside it)."
+    )
 
 
 def _has_outcome(conn, run: str, step: str, topic: str) -> bool:

@@ -12,6 +12,7 @@ after the ledger's last entry, never the clock, so the same ledger gives the sam
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections.abc import Sequence
@@ -208,3 +209,100 @@ def write_last_level_report(
         extra={"reason": reason, "incident": incident, "level": level},
         chosen=chosen,
     )
+
+
+class LastLevelReports:
+    """A server's compliance reports, written off the event loop: one thread per report, one
+    report at a time (a render is about two seconds of CPU; two at once would only share it).
+
+    `schedule` is called on the event loop with the incident.escalated entry that reached the
+    last level (Escalator.fire names the file in it, `compliance_report`); the thread renders
+    and signs the report, then records `compliance.report_written` through a connection of its
+    own. Intake never waits for it. A report that cannot be written (WeasyPrint missing) is
+    logged; the escalation itself is in the ledger already.
+    """
+
+    def __init__(self, state: Path, levels: Sequence[str], clock: Any = None) -> None:
+        import threading
+        import time
+
+        self.state = state
+        self.levels = tuple(levels)
+        self.clock = clock or time.time
+        self.lock = threading.Lock()
+        self.threads: list[Any] = []
+
+    def schedule(self, entry: Any) -> Any:
+        import threading
+
+        data = dict(entry.data)
+        thread = threading.Thread(
+            target=self._write,
+            args=(entry.run, data, float(entry.ts), entry.seq),
+            name="opsdsl-compliance-report",
+            daemon=True,  # a report still rendering at exit is lost, never the server's shutdown
+        )
+        self.threads = [*(t for t in self.threads if t.is_alive()), thread]
+        thread.start()
+        return thread
+
+    def join(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds in all for the reports being written (a server's drain)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        for thread in list(self.threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _write(self, run: str, data: dict[str, Any], escalated_at: float, seq: int) -> None:
+        import logging
+        import time
+
+        from opsdsl.audit import entries as E
+        from opsdsl.audit.compliance.figures import iso
+        from opsdsl.runtime.store import Store
+
+        log = logging.getLogger("opsdsl.serve")
+        with self.lock:
+            started = time.monotonic()
+            try:
+                written = write_last_level_report(
+                    self.state,
+                    escalated_at,
+                    incident=str(data.get("incident_id") or run),
+                    level=str(data.get("level")),
+                    levels=self.levels,
+                )
+                body = json.loads(written.signature.read_text("utf-8"))["signed"]
+                store = Store(self.state)
+                try:
+                    with store.transaction():
+                        store.ledger.append(
+                            E.COMPLIANCE_REPORT_WRITTEN,
+                            run,
+                            {
+                                "path": written.pdf.relative_to(self.state).as_posix(),
+                                "signature": written.signature.relative_to(self.state).as_posix(),
+                                "sha256": written.sha256,
+                                "size": written.size,
+                                "since": body.get("since"),
+                                "until": body.get("until"),
+                                "incident_id": data.get("incident_id"),
+                                "level": data.get("level"),
+                                "escalation_seq": seq,
+                            },
+                            ts=self.clock(),
+                        )
+                finally:
+                    store.close()
+            except Exception as error:  # the escalation is recorded; a missing report is said, not fatal
+                log.error(
+                    "compliance report for incident %s: %s: %s", data.get("incident_id"), type(error).__name__, error
+                )
+                return
+            log.info(
+                "compliance report %s written in %.1fs (%s)",
+                written.pdf,
+                time.monotonic() - started,
+                iso(escalated_at),
+            )

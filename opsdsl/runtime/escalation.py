@@ -157,30 +157,39 @@ class Escalator:
         if response is not None and paged < len(self.policy.levels):
             self.store.set_timer(run.id, "", TIMER, run.created_at + response)
 
-    def fire(self, run_id: str) -> None:
+    def fire(self, run_id: str) -> Any:
         """The clock of `run_id` ran out: escalate one level, unless a person acknowledged it
-        or it needs nobody any more; then start the next level's clock."""
+        or it needs nobody any more; then start the next level's clock. Returns the
+        incident.escalated entry (None when it did not escalate). Reaching the last level
+        names the compliance report the server then writes (`compliance_report`, a path
+        under the state directory: runtime/compliance.py, service.py)."""
         try:
             run = self.store.run(run_id)
         except S.StateError:
-            return
+            return None
         entries = [e.to_dict() for e in self.store.ledger.entries(run=run.id)]
         if first_acknowledgement(entries) is not None or run.status == S.SUCCEEDED:
-            return
+            return None
         response = self.policy.response_time(run.severity)
         level = self._next_level(run.id)
         if response is None or level >= len(self.policy.levels):
-            return
+            return None
         now = self.clock()
         waited = format_duration(now - run.created_at)
+        last = level + 1 == len(self.policy.levels)
         with self.store.transaction():
-            self._escalate(
-                run, level, f"not acknowledged within {format_duration(response)} ({waited} since it opened)", now
+            entry = self._escalate(
+                run,
+                level,
+                f"not acknowledged within {format_duration(response)} ({waited} since it opened)",
+                now,
+                report=last,
             )
-            if level + 1 < len(self.policy.levels):
+            if not last:
                 self.store.set_timer(run.id, "", TIMER, now + response)
+        return entry
 
-    def _escalate(self, run: S.RunRow, index: int, reason: str, now: float) -> None:
+    def _escalate(self, run: S.RunRow, index: int, reason: str, now: float, report: bool = False) -> Any:
         level = self.policy.levels[index]
         data = {
             "level": level.name,
@@ -193,7 +202,11 @@ class Escalator:
             "incident_id": run.incident_id,
             "response_seconds": self.policy.response_time(run.severity),
         }
-        self.store.ledger.append(E.INCIDENT_ESCALATED, run.id, data, ts=now)
+        if report:
+            from opsdsl.runtime.compliance import REPORTS_DIR, report_name
+
+            data["compliance_report"] = f"{REPORTS_DIR}/{report_name(now)}"
+        return self.store.ledger.append(E.INCIDENT_ESCALATED, run.id, data, ts=now)
 
     def _next_level(self, run_id: str) -> int:
         """How far the incident has escalated: the index of the next level."""

@@ -60,6 +60,7 @@ EVENT_ERROR = "event.error"  # data: event_id, pack, trigger or hook, error
 REPLAY_BATCH_EVENTS, REPLAY_BATCH_BYTES = 500, 8 * 1024 * 1024  # queued at a time while replaying
 _NEXT_REPLAY_BATCH = (-1, 0.0, "")  # a queue item: queue the next batch of the replay
 PRUNE_EVERY = 60.0  # seconds between deletions of expired spent signatures
+REPORT_DRAIN = 30.0  # seconds a stopping server waits for a compliance report being written
 
 
 @dataclass
@@ -241,6 +242,7 @@ class Service:
         self.escalation_url = escalation_url
         self.escalation = escalation  # escalation.EscalationPolicy: response clocks of a server's incidents
         self.escalator: Any = None
+        self.reports: Any = None  # compliance.LastLevelReports: the report at the last escalation level
         self._worker: asyncio.Task | None = None
         self.lock = EngineLock(state)
         self._pruned = 0.0  # when expired spent signatures were last deleted
@@ -333,13 +335,17 @@ class Service:
 
             self.milestones = milestones = MilestoneLog(self.store)
             self.escalator = Escalator(self.store, self.escalation or EscalationPolicy(), clock=self.clock)
+            from opsdsl.runtime.compliance import LastLevelReports
+
+            levels = [level.name for level in self.escalator.policy.levels]
+            self.reports = LastLevelReports(self.store.root, levels, clock=self.clock)
             self.driver = Driver(
                 self.store,
                 self.drive_existing,
                 lambda: list(self.driving),
                 clock=self.clock,
                 after_look=milestones.tail,
-                handlers={TIMER: self.escalator.fire},
+                handlers={TIMER: self._escalation_due},
             )
             self._driver_task = asyncio.create_task(self.driver.run(), name="opsdsl-driver")
         self.queue = asyncio.Queue()
@@ -393,10 +399,22 @@ class Service:
         if self.milestones is not None:
             with contextlib.suppress(Exception):  # the last milestones, e.g. runs that ended in the drain
                 self.milestones.tail()
+        if self.reports is not None:  # a compliance report being written (a few seconds at most)
+            await asyncio.to_thread(self.reports.join, REPORT_DRAIN)
 
     def close(self) -> None:
         self.runtime.close()
         self.lock.release()
+
+    # ---- the compliance report at the last escalation level (issue 20 part 4) ---------
+
+    def _escalation_due(self, run_id: str) -> None:
+        """An incident's response clock ran out: escalate it (Escalator.fire, synchronous, in the
+        ledger before this returns); when that reached the last level, write the compliance
+        report on a thread (runtime/compliance.py), never on the event loop."""
+        entry = self.escalator.fire(run_id)
+        if entry is not None and entry.data.get("compliance_report") and self.reports is not None:
+            self.reports.schedule(entry)
 
     # ---- the worker --------------------------------------------------------------------
 
