@@ -422,6 +422,18 @@ def test_the_live_stream_says_when_a_runs_ledger_moves(world: World) -> None:
     time.sleep(1.0)
     alice.post(f"/console/runs/{run}/steps/two_person/approve", {})
     wait_until(lambda: "event: changed" in lines, 30, "a changed event")
+    # a page rendered before an entry landed, whose stream opens after it, is told at once
+    late: list[str] = []
+    cookie = alice.client.cookies["opsdsl_console"]
+    threading.Thread(
+        target=_stream_lines,
+        args=(world.server.url, cookie, late, stop, f"/console/live?run={run}&since=1"),
+        daemon=True,
+    ).start()
+    wait_until(lambda: "event: changed" in late, 10, "a changed event for a late stream")
+    page = alice.get(f"/console/runs/{run}")
+    since = re.search(r"since=(\d+)", page.text).group(1)
+    assert int(since) == world.server.query("SELECT MAX(seq) FROM ledger WHERE run = ?", run)[0][0]
     stop.set()
 
 

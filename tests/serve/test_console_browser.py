@@ -135,6 +135,7 @@ def test_two_people_approve_a_two_person_step_and_watch_it_finish_live(
     alice.page.evaluate("window.__notReloaded = true")
     alice.page.screenshot(path=str(artifacts / "console-run.png"), full_page=True)
 
+    bob.page.fill('[name="comment"]', "half-typed by bob")  # kept across the live update below
     alice.page.fill('[name="answer.nodes"]', "web-1")
     alice.page.fill('[name="comment"]', "drained first")
     alice.page.click("button.go")
@@ -142,6 +143,7 @@ def test_two_people_approve_a_two_person_step_and_watch_it_finish_live(
     # bob's page learns of alice's approval without a reload
     bob.page.wait_for_selector("text=approved by alice", timeout=15_000)
     assert bob.page.evaluate("window.__notReloaded === true")
+    assert bob.page.input_value('[name="comment"]') == "half-typed by bob"
 
     alice.page.evaluate("window.__notReloaded = true")  # alice's page was loaded again by her form's redirect
     bob.page.fill('[name="answer.nodes"]', "web-1")

@@ -53,8 +53,12 @@ class Live:
         self._closing = False
 
     async def stream(self, request: web.Request, person: Any, context: dict) -> web.StreamResponse:
-        """GET /console/live[?run=ID]: `changed` events for one run, or for any."""
+        """GET /console/live[?run=ID][&since=SEQ]: `changed` events for one run, or for any.
+        `since` is the ledger seq the page was rendered at: an entry that landed before the
+        stream opened is told at once, not missed."""
         run = request.query.get("run") or None
+        since_text = request.query.get("since", "")
+        since = int(since_text) if since_text.isascii() and since_text.isdigit() and len(since_text) < 19 else None
         if run is not None:
             run = await self.console._resolve(request, run)  # as a page's run: full id, prefix or latest
         if self.open[person.name] >= MAX_PER_PERSON:
@@ -65,13 +69,13 @@ class Live:
             )
         self.open[person.name] += 1
         try:
-            return await self._serve(request, run)
+            return await self._serve(request, run, since)
         finally:
             self.open[person.name] -= 1
             if self.open[person.name] <= 0:
                 del self.open[person.name]
 
-    async def _serve(self, request: web.Request, run: str | None) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, run: str | None, since: int | None) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         )
@@ -81,6 +85,11 @@ class Live:
         watcher = Watcher(run, self.seq)
         self.watchers.add(watcher)
         self._ensure_poller()
+        if since is not None:  # what moved between the page's rendering and this stream: tell at once
+            newest, runs = await self.console.api.read(_moved_since, since)
+            if newest > since and (run is None or runs is None or run in runs):
+                watcher.seq = max(watcher.seq, newest)
+                watcher.moved.set()
         beat = sent = time.monotonic()
         try:
             await response.write(b"retry: 2000\n: live\n\n")

@@ -33,7 +33,7 @@ from opsdsl.serve import auth
 from opsdsl.serve.api import INCIDENT_TEXT, RUN_TEXT, STEP_TEXT, Api, _evidence_files, _ledger_status
 from opsdsl.serve.console import draw
 from opsdsl.serve.console import session as SS
-from opsdsl.serve.console.live import Live
+from opsdsl.serve.console.live import Live, _newest_seq
 
 log = logging.getLogger("opsdsl.serve")
 
@@ -375,11 +375,12 @@ class Console:
         if cursor is not None and len(cursor) > 500:
             raise Refused(422, "That page of runs does not exist.")
 
-        def work(store: S.Store) -> tuple[list[dict], str | None]:
-            return runview.list_runs(store, limit=PAGE_RUNS, cursor=cursor, **filters)
+        def work(store: S.Store) -> tuple[list[dict], str | None, int]:
+            seq = _newest_seq(store)  # first: an entry landing meanwhile is told by the live stream
+            return (*runview.list_runs(store, limit=PAGE_RUNS, cursor=cursor, **filters), seq)
 
         try:
-            items, next_cursor = await self.api.read(work)
+            items, next_cursor, seq = await self.api.read(work)
         except UsageError as error:
             raise Refused(422, error.message) from None
         more = None
@@ -387,7 +388,7 @@ class Console:
             more = "?" + urlencode({**{k: v for k, v in filters.items() if v}, "cursor": next_cursor})
         return self.render(
             "runs.html", runs=items, filters=filters, statuses=runview.RUN_STATUSES, severities=SEVERITIES,
-            more=more, now=time.time(), note=NOTES.get(request.query.get("done", "")), **context,
+            more=more, now=time.time(), note=NOTES.get(request.query.get("done", "")), seq=seq, **context,
         )  # fmt: skip
 
     async def run(self, request: web.Request, person: P.Person, context: dict, **extra: Any) -> web.Response:
