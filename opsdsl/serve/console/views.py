@@ -393,25 +393,20 @@ class Console:
 
     async def run(self, request: web.Request, person: P.Person, context: dict, **extra: Any) -> web.Response:
         run_id = await self._resolve(request)
-        detail, playbook = await self.api.read(_run_and_plan, run_id)
-        statuses = {step["id"]: step["status"] for step in detail["steps"]}
-        svg = draw.dag_svg(playbook, statuses, f"{detail['playbook']} — run {run_id}")
-        nodes = {node.get("id"): node for node in playbook.get("nodes", []) if isinstance(node, dict)}
-        asks = []
-        for wait in detail["waiting_for"]:
-            if wait["kind"] != "approval":
-                continue
-            node = nodes.get(wait["step"], {})
-            inputs = (node.get("with") or {}).get("inputs") or {}
-            mine = P.may_approve(person, wait["approvers"] or []) and not any(
-                P.same_person_key(str(by)) == P.same_person_key(person.recorded) for by in wait["approved_by"]
-            )
-            asks.append({**wait, "inputs": inputs if isinstance(inputs, dict) else {}, "mine": mine})
-        return self.render(
-            "run.html", status=extra.pop("status", 200), run=detail, svg=svg, asks=asks, now=time.time(),
-            note=NOTES.get(request.query.get("done", "")), error=extra.pop("error", None), form=extra.pop("form", {}),
+        values = {
+            "note": NOTES.get(request.query.get("done", "")),
+            "error": extra.pop("error", None),
+            "form": extra.pop("form", {}),
             **context,
-        )  # fmt: skip
+        }
+        html = await self.api.read(self.run_html, run_id, person, values)  # off the loop: a page of 200 steps
+        return web.Response(text=html, status=extra.pop("status", 200), content_type="text/html", charset="utf-8")
+
+    def run_html(self, store: S.Store, run_id: str, person: P.Person, values: dict[str, Any]) -> str:
+        """A run's page (on a reader thread): `inspect.run_detail`, the DAG, what it asks of `person`."""
+        detail, playbook = _run_and_plan(store, run_id)
+        svg, asks = run_view(detail, playbook, person)
+        return self.env.get_template("run.html").render(run=detail, svg=svg, asks=asks, now=time.time(), **values)
 
     async def approvals(self, request: web.Request, person: P.Person, context: dict) -> web.Response:
         waiting = await self.api.read(_approvals_for, person)
@@ -567,6 +562,24 @@ def _run_and_plan(store: S.Store, run_id: str) -> tuple[dict, dict]:
     except Exception:  # a damaged row: the page without its drawing
         playbook = {}
     return detail, playbook
+
+
+def run_view(detail: dict, playbook: dict, person: P.Person) -> tuple[str, list[dict]]:
+    """(the DAG as SVG coloured by each step's live status, the approvals the run waits for
+    with each one's inputs and whether `person` may still give it)."""
+    statuses = {step["id"]: step["status"] for step in detail["steps"]}
+    svg = draw.dag_svg(playbook, statuses, f"{detail['playbook']} — run {detail['id']}")
+    nodes = {node.get("id"): node for node in playbook.get("nodes", []) if isinstance(node, dict)}
+    asks = []
+    for wait in detail["waiting_for"]:
+        if wait["kind"] != "approval":
+            continue
+        inputs = ((nodes.get(wait["step"]) or {}).get("with") or {}).get("inputs") or {}
+        mine = P.may_approve(person, wait["approvers"] or []) and not any(
+            P.same_person_key(str(by)) == P.same_person_key(person.recorded) for by in wait["approved_by"]
+        )
+        asks.append({**wait, "inputs": inputs if isinstance(inputs, dict) else {}, "mine": mine})
+    return svg, asks
 
 
 def _approvals_for(store: S.Store, person: P.Person) -> list[dict]:
