@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_incident_pdf import PROBLEM, needs_pdf
 
 from opsdsl.audit.compliance import compute_compliance, render_compliance_html, verify_compliance
+from opsdsl.audit.compliance.pdf import MAX_INCIDENTS
 from opsdsl.audit.metrics import compute_report
 from opsdsl.build.signing import keyid, write_public_key
 from opsdsl.runtime.compliance import parse_when, period, state_compliance, write_state_compliance
@@ -127,6 +128,29 @@ def test_hostile_text_is_escaped_in_the_html():
     html = render_compliance_html(report)
     assert "<script>" not in html and "<img" not in html
     assert "&lt;script&gt;" in html
+
+
+def test_a_long_month_lists_the_incidents_that_need_an_eye_first():
+    """Past MAX_INCIDENTS rows (each costs WeasyPrint time), the table keeps the late, unresolved
+    and last-level incidents and counts the rest; every figure still counts them all."""
+    items = []
+    for number in range(MAX_INCIDENTS + 30):
+        plain = number % 10 != 0  # one in ten is never acknowledged
+        items += incident(
+            f"r-{number}",
+            T0 + number * 60,
+            "SEV-2",
+            f"INC-{number:04d}",
+            ack=("local:bob", 60) if plain else None,
+            outcome=("succeeded", 600),
+        )
+    report = compute_compliance(as_entries(sorted(items, key=lambda item: item[0])), since=T0, until=T0 + 30 * DAY)
+    html = render_compliance_html(report)
+    assert report.report.overall.runs == MAX_INCIDENTS + 30
+    assert html.count('<tr><td class="code">INC-') == MAX_INCIDENTS
+    assert "INC-0260" in html and "INC-0270" in html  # never acknowledged: listed though late in the month
+    assert "INC-0279" not in html  # in time and resolved: counted, not listed
+    assert "… and 30 more incidents not listed, each acknowledged in time and resolved" in html
 
 
 def test_a_state_directory_verifies_and_names_its_checkpoint(state: Path):
