@@ -232,3 +232,17 @@ def test_the_report_page_draws_its_charts(world: World, browser: object, artifac
         assert box is not None and box["width"] > 200 and box["height"] > 50
     alice.page.screenshot(path=str(artifacts / "console-report.png"), full_page=True)
     alice.close()
+
+
+def test_the_runs_list_shows_a_new_run_without_a_reload(world: World, browser: object, artifacts: Path) -> None:
+    dave = Tab(browser, world)
+    dave.sign_in("dave", "/console/runs")
+    dave.page.wait_for_selector("table.runs")
+    dave.page.evaluate("window.__notReloaded = true")
+    run = world.fire({"name": "change", "labels": {"service": "list"}})
+    row = dave.page.wait_for_selector(f'tr[data-run="{run}"]', timeout=20_000)
+    dave.page.wait_for_selector(f'tr[data-run="{run}"][data-status="paused"]', timeout=20_000)
+    assert "two_person" in row.inner_text()
+    assert dave.page.evaluate("window.__notReloaded === true")
+    dave.page.screenshot(path=str(artifacts / "console-runs.png"), full_page=True)
+    dave.close()
