@@ -72,23 +72,49 @@ def state_compliance(
     """The ComplianceReport of a state directory for a period (see `period`)."""
     from opsdsl.audit.compliance import compute_compliance
     from opsdsl.audit.compliance.figures import DEFAULT_LEVEL_NAMES
-    from opsdsl.runtime.state_audit import ledger_entries
 
     root = state_dir(state)
     if not (root / DB_NAME).is_file():
         raise UsageError(f"no opsdsl state in {root} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME")
-    entries = ledger_entries(root)
-    since, until = period(entries, since, until)
-    window = [entry for entry in entries if float(entry["ts"]) < until]
+    since, until = period(_last_entry(root / DB_NAME), since, until)
+    window = period_entries(root / DB_NAME, since, until)
     basis = _basis(root, window, signer)
     return compute_compliance(
-        entries,
+        window,
         since=since,
         until=until,
         basis=basis,
         levels=tuple(levels or DEFAULT_LEVEL_NAMES),
         extra=extra,
     )
+
+
+def period_entries(database: Path, since: float, until: float) -> list[dict[str, Any]]:
+    """The entries of the runs created in [since, until), written before `until`, in ledger order.
+
+    A run detected in the period was created in it too (detection is never after creation),
+    and so were its child runs; the rest of the ledger is not loaded.
+    """
+    conn = sqlite3.connect(database.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT seq, ts, run, kind, data FROM ledger WHERE ts < :until AND run IN"
+            " (SELECT run FROM ledger WHERE kind = 'run.created' AND ts >= :since AND ts < :until) ORDER BY seq",
+            {"since": since, "until": until},
+        )
+        return [{"seq": r[0], "ts": r[1], "run": r[2], "kind": r[3], "data": json.loads(r[4])} for r in rows]
+    finally:
+        conn.close()
+
+
+def _last_entry(database: Path) -> list[dict[str, Any]]:
+    """The ledger's last entry's time, as `period` takes it (an empty list for an empty ledger)."""
+    conn = sqlite3.connect(database.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        (last,) = conn.execute("SELECT MAX(ts) FROM ledger").fetchone()
+    finally:
+        conn.close()
+    return [] if last is None else [{"ts": last}]
 
 
 def _basis(root: Path, window: list[dict], signer: Any):

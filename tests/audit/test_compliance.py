@@ -94,7 +94,7 @@ def test_the_figures_of_a_month():
     assert "missed 2 (MTTA SEV-1 < 5 min; RCA within 24 h, all incidents)" in summary[3]
     assert (
         summary[4]
-        == "These figures rest on ledger entries 1–44, which could not be verified, with no signed checkpoint."
+        == "These figures rest on 44 ledger entries (seq 1–44); the ledger could not be verified, with no signed checkpoint."
     )
 
 
@@ -159,7 +159,44 @@ def test_a_state_directory_verifies_and_names_its_checkpoint(state: Path):
     assert basis.verified is True, basis
     assert basis.verdict.startswith("ledger intact")
     assert basis.checkpoint is not None and basis.checkpoint["seq"] == basis.last_seq
-    assert "verified intact, and the last signed checkpoint is at seq" in report.summary_sentences()[-1]
+    assert "the ledger verified intact, and its last signed checkpoint is at seq" in report.summary_sentences()[-1]
+    assert basis.first_seq > 1  # October's run is not read
+
+
+def test_a_signature_file_that_is_no_signature_is_refused(tmp_path: Path):
+    """Verification reads hostile files: not JSON, deep JSON, another payload type, duplicate
+    keys, a FIFO instead of the PDF. Each is a listed problem or exit 2, never a traceback."""
+    from opsdsl.audit.compliance.signature import signature_body, signature_bytes
+    from opsdsl.audit.incident import IncidentFileError
+
+    key = Ed25519PrivateKey.generate()
+    trusted = {keyid(key.public_key()): key.public_key()}
+    report = compute_compliance(as_entries(month()), since=T0 - DAY, until=T0 + 30 * DAY)
+    pdf = tmp_path / "r.pdf"
+    pdf.write_bytes(b"%PDF-1.7 not really")
+    sig = tmp_path / "r.pdf.sig.json"
+    sig.write_bytes(signature_bytes(signature_body("r.pdf", pdf.read_bytes(), report, None), key))
+    assert verify_compliance(pdf, trusted).ok
+
+    good = json.loads(sig.read_text())
+    cases = {
+        "not JSON": b"{",
+        "deep": b"[" * 100_000 + b"]" * 100_000,
+        "manifest": json.dumps({**good, "payloadType": "application/vnd.opsdsl.manifest+json"}).encode(),
+        "duplicate": sig.read_bytes().replace(b'"signatures":', b'"signed": {}, "signatures":', 1),
+        "no signatures": json.dumps({**good, "signatures": []}).encode(),
+        "odd signature": json.dumps({**good, "signatures": [{"keyid": 1, "sig": None}]}).encode(),
+    }
+    for name, data in cases.items():
+        bad = tmp_path / f"{name}.json"
+        bad.write_bytes(data)
+        result = verify_compliance(pdf, trusted, bad)
+        assert not result.ok and result.problems, name
+
+    fifo = tmp_path / "fifo.pdf"
+    os.mkfifo(fifo)
+    with pytest.raises(IncidentFileError, match="FIFO"):
+        verify_compliance(fifo, trusted, sig)
 
 
 # --- the PDF ---------------------------------------------------------------------------
@@ -282,6 +319,13 @@ def test_the_cli_writes_and_verifies_a_report(state: Path, tmp_path: Path):
     assert bad.returncode == 1 and "content changed since it was signed" in bad.stderr
     missing = cli("report", "verify-compliance", str(tmp_path / "none.pdf"), "--key", str(public), cwd=tmp_path)
     assert missing.returncode == 2
+
+
+@needs_pdf
+def test_an_unwritable_file_is_an_error_not_a_traceback(state: Path, tmp_path: Path):
+    (tmp_path / "taken").write_text("a file where a folder should be")
+    made = cli("report", "--state-dir", str(state), "--compliance-pdf", str(tmp_path / "taken" / "x.pdf"), cwd=tmp_path)
+    assert made.returncode == 2 and "cannot write" in made.stderr and "Traceback" not in made.stderr
 
 
 def test_the_report_options_still_work(state: Path, tmp_path: Path):

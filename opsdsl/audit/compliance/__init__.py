@@ -54,13 +54,21 @@ def write_compliance(
 ) -> Written:
     """Render `report` and write it to `path`, then its signature to PATH.sig.json (atomically, 0644:
     a report is made to be handed out). Nothing is written when rendering fails."""
+    from opsdsl.audit.incident._common import IncidentFileError
+    from opsdsl.audit.incident.pdf import PdfUnavailable
     from opsdsl.files import write_atomic_bytes
 
-    data = render_compliance_pdf(report)
+    try:
+        data = render_compliance_pdf(report)
+    except PdfUnavailable as error:
+        raise PdfUnavailable(str(error).replace("the RCA", "the compliance report")) from None
     body = signature_body(path.name, data, report, signing)
     sig = signature_path(path)
-    write_atomic_bytes(path, data)
-    write_atomic_bytes(sig, signature_bytes(body, signer))
+    try:
+        write_atomic_bytes(path, data)
+        write_atomic_bytes(sig, signature_bytes(body, signer))
+    except OSError as error:  # exit 2, said plainly: a folder that is not there or not ours
+        raise IncidentFileError(f"cannot write {path}: {error.strerror or error}") from None
     return Written(path, sig, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
 
 

@@ -368,16 +368,20 @@ def executive_summary(report: ComplianceReport) -> list[str]:
 
 
 def basis_sentence(basis: LedgerBasis) -> str:
-    read = f"ledger entries {basis.first_seq}–{basis.last_seq}" if basis.entries else "an empty ledger (no entries yet)"
+    read = (
+        f"{basis.entries} ledger {'entry' if basis.entries == 1 else 'entries'} (seq {basis.first_seq}–{basis.last_seq})"
+        if basis.entries
+        else "no ledger entries"
+    )
     if basis.verified is True:
-        state = "which verified intact"
+        state = "the ledger verified intact"
     elif basis.verified is False:
-        state = "which did NOT verify (see the last page)"
+        state = "the ledger did NOT verify (see the last page)"
     else:
-        state = "which could not be verified"
+        state = "the ledger could not be verified"
     point = basis.checkpoint
-    anchor = f", and the last signed checkpoint is at seq {point['seq']}" if point else ", with no signed checkpoint"
-    return f"These figures rest on {read}, {state}{anchor}."
+    anchor = f", and its last signed checkpoint is at seq {point['seq']}" if point else ", with no signed checkpoint"
+    return f"These figures rest on {read}; {state}{anchor}."
 
 
 def _count(number: int, noun: str) -> str:
