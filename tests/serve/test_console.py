@@ -531,3 +531,20 @@ def test_resume_and_decide_forms_go_through_the_api_rules(world: World) -> None:
     bad = alice.post(f"/console/runs/{run}/steps/two_person/decide", {"outcome": "maybe"})
     assert bad.status_code == 422 and "outcome" in bad.text
     assert carol.post(f"/console/runs/{run}/resume", {}).status_code == 403
+
+
+def test_a_live_stream_ends_with_its_session(world: World) -> None:
+    token = add_user(world.server.state, "frank", "viewer")
+    frank = Person(world.server.url, token)
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=_stream_lines,
+        args=(world.server.url, frank.client.cookies["opsdsl_console"], lines, threading.Event(), "/console/live"),
+        daemon=True,
+    )
+    reader.start()
+    wait_until(lambda: "status 200" in lines, 30, "the stream to open")
+    assert frank.post("/console/sign-out", {}).status_code == 303
+    reader.join(timeout=40)  # the session is checked at each heartbeat (15 s)
+    assert not reader.is_alive(), "the stream outlived its session"
+    frank.close()

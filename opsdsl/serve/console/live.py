@@ -8,7 +8,8 @@ its own live part again, the same server-rendered HTML as a reload.
 
 A runs list (any run) is told at most every `LIST_EVERY` seconds, so a busy server does
 not have every open list reloading twice a second. Bounds: `MAX_PER_PERSON` open streams per person (more is 429), a comment line every
-`HEARTBEAT` seconds (proxies keep the connection; a dead peer is noticed), and every
+`HEARTBEAT` seconds (proxies keep the connection; a dead peer is noticed; the session is
+checked again, so a stream ends with its session), and every
 stream ends within a tick once the server starts draining, so the drain, which waits for
 requests in flight, never waits on a page left open. The poller stops when no page is open.
 """
@@ -107,6 +108,8 @@ class Live:
                     await response.write(f"event: changed\ndata: {watcher.seq}\n\n".encode())
                     beat = time.monotonic()
                 elif time.monotonic() - beat >= HEARTBEAT:
+                    if not await self._still_signed_in(request):
+                        break
                     await response.write(b": heartbeat\n\n")
                     beat = time.monotonic()
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
@@ -116,6 +119,14 @@ class Live:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await response.write_eof()
         return response
+
+    async def _still_signed_in(self, request: web.Request) -> bool:
+        """Whether the stream's person is still signed in (session not expired, signed out or
+        revoked), checked at each heartbeat: a stream does not outlive its session."""
+        try:
+            return await self.console.who(request) is not None
+        except Exception:  # a proxy header that no longer names an allowed person, a busy database
+            return False
 
     def _stopping(self) -> bool:
         return self._closing or bool(getattr(self.console.server, "stopping", False))
