@@ -149,12 +149,21 @@ def _severity_row(f) -> dict[str, Any]:
         "open": f.runs - f.finished,
         "mtta": "–" if f.mtta is None else format_duration(f.mtta),
         "mttr": "–" if f.mttr is None else format_duration(f.mttr),
-        "target": f"< {format_duration(target)}" if target is not None else "–",
+        "target": f"< {_as_runbook(target)}" if target is not None else "–",
         "in_time": f.ack_in_time,
         "late": late,
         "never": f.unacknowledged,
         "response": response,
     }
+
+
+def _as_runbook(seconds: float) -> str:
+    """`5 min`, `1 h`, `24 h`: a response time as seed section 3 writes it."""
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return format_duration(seconds)
 
 
 def _target_row(verdict: Verdict) -> dict[str, Any]:
