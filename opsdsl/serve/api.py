@@ -731,22 +731,10 @@ def _intake_paths() -> frozenset[str]:
     return frozenset(INTAKE_PATHS)
 
 
+@functools.cache
 def openapi_bytes() -> bytes:
-    """The OpenAPI 3.1 document shipped beside this module."""
-    return _openapi()
-
-
-_OPENAPI: list[bytes] = []
-
-
-def _openapi() -> bytes:
-    if not _OPENAPI:
-        _OPENAPI.append(resources.files("opsdsl.serve").joinpath("openapi.json").read_bytes())
-    return _OPENAPI[0]
-
-
-def openapi_document() -> dict[str, Any]:
-    return json.loads(openapi_bytes())
+    """The OpenAPI 3.1 document shipped beside this module (package data: it is in the wheel)."""
+    return resources.files("opsdsl.serve").joinpath("openapi.json").read_bytes()
 
 
 def _message(error: Exception) -> str:

@@ -249,6 +249,19 @@ def test_people_are_identified_and_roles_enforced(world: World) -> None:
     assert world.server.post("/v1/events", {"name": "job"}, token=world.tokens["root"]).status_code == 401
 
 
+def test_fire_with_an_idempotency_key_stores_the_events_once(world: World) -> None:
+    dave = world.as_("dave")
+    key = {"Idempotency-Key": "fire-0b9d"}
+    events = [{"name": "job", "labels": {"key": "once"}}, {"name": "other"}]
+    first = dave.post("/v1/fire", events, headers=key)
+    again = dave.post("/v1/fire", events, headers=key)
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json() and first.json()["accepted"] == 2
+    assert again.headers["idempotent-replayed"] == "true"
+    assert world.server.query("SELECT COUNT(*) FROM events")[0][0] == 2
+    problem(dave.post("/v1/fire", events[:1], headers=key), 422)
+
+
 # ---- runs ----------------------------------------------------------------------------------
 
 
