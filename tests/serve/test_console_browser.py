@@ -202,7 +202,9 @@ def test_on_a_phone_the_approval_question_is_shown_whole(world: World, browser: 
     phone.close()
 
 
-def test_an_incident_page_lists_its_evidence_and_downloads_its_export(world: World, browser: object) -> None:
+def test_an_incident_page_lists_its_evidence_and_downloads_its_export(
+    world: World, browser: object, artifacts: Path
+) -> None:
     run = world.fire({"name": "job", "labels": {"key": "k-2"}})
     world.wait_status(run, "succeeded")
     incident = world.server.query("SELECT incident_id FROM runs WHERE id = ?", run)[0][0]
@@ -211,6 +213,7 @@ def test_an_incident_page_lists_its_evidence_and_downloads_its_export(world: Wor
     carol.page.click(f"text={incident}")
     carol.page.wait_for_selector("#verdict")
     assert "Verified" in carol.page.locator("#verdict").inner_text()
+    carol.page.screenshot(path=str(artifacts / "console-incident.png"), full_page=True)
     rows = carol.page.locator("#evidence tbody tr")
     assert rows.count() >= 1 and "sha256:" in rows.first.inner_text()
     with carol.page.expect_download() as waiting:
