@@ -277,6 +277,10 @@ def test_a_viewer_sees_no_action_and_is_refused_if_they_post_anyway(world: World
 def test_deny_acknowledge_and_cancel_through_the_forms(world: World) -> None:
     alice, dave = world.as_("alice"), world.as_("dave")
     run = paused_change(world)
+    page = dave.get(f"/console/runs/{run}").text  # a responder: ack and cancel, no approval
+    assert f"/console/runs/{run}/ack" in page and f"/console/runs/{run}/cancel" in page
+    assert "/steps/two_person/approve" not in page and "does not approve" in page
+    assert dave.post(f"/console/runs/{run}/steps/two_person/approve", {}).status_code == 403
     assert dave.post(f"/console/runs/{run}/ack", {}).status_code == 303
     assert world.entries(run, "run.acknowledged")[0]["by"] == "dave"
     assert "Acknowledged" in dave.get(f"/console/runs/{run}").text
