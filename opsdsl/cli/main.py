@@ -350,11 +350,11 @@ def _register_more_commands() -> None:
 
     for command in cli_lsp.COMMANDS:
         cli.add_command(command)
-
     from opsdsl.cli import inspect as cli_inspect
 
     for command in cli_inspect.COMMANDS:
         cli.add_command(command)
+
 
 _register_signing_commands()
 _register_more_commands()

@@ -233,17 +233,20 @@ def _severity_of_exit(code: int) -> int:
 def _end_view(view, row, outcome, code: int, status: str | None = None, error: str | None = None) -> None:
     """Close the live view, also when the run crashed (so the terminal is given back).
     `status` and `error` say what became of a run this command did not drive to an outcome."""
-    view.end(
-        outcome.status if outcome else (status or "failed"),
-        {
-            "run": row.id,
-            "incident_folder": row.incident_dir,
-            "exit_code": code,
-            "pending_approvals": outcome.pending if outcome else [],
-            "in_doubt": outcome.in_doubt if outcome else [],
-            "error": outcome.error if outcome else (error or "internal error"),
-        },
-    )
+    import contextlib
+
+    with contextlib.suppress(OSError):  # stdout is gone (`| head`): the exit code still tells what happened
+        view.end(
+            outcome.status if outcome else (status or "failed"),
+            {
+                "run": row.id,
+                "incident_folder": row.incident_dir,
+                "exit_code": code,
+                "pending_approvals": outcome.pending if outcome else [],
+                "in_doubt": outcome.in_doubt if outcome else [],
+                "error": outcome.error if outcome else (error or "internal error"),
+            },
+        )
 
 
 @click.command()

@@ -38,6 +38,12 @@ from opsdsl.runtime.store import StateError
 
 POLL = 0.5  # seconds between two looks at the database when nothing nudges the driver
 SERVE = "serve"  # runs.owner of a run a server owns
+# Timers that are a person's act, written with it (runtime/runner.py): the reason a drive gives.
+NUDGES = ("approval", "decision", "cancel")
+# Seconds between two scans of every paused run for changes a writer left no nudge for. Every
+# act of opsdsl's own leaves one; the scan is O(paused runs), so it runs rarely.
+SCAN_EVERY = 30.0
+LOCK_TRIES = 10  # tries 20 ms apart to take the engine lock before saying who holds it
 RETRY_AFTER = 60.0  # seconds before a run that could not start (its secret params missing) is tried again
 
 log = logging.getLogger("opsdsl.serve")
@@ -73,11 +79,15 @@ class EngineLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as error:
             raise StateError(f"cannot open {self.path}: {error.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateBusy(self._busy_message()) from None
+        for attempt in range(LOCK_TRIES):  # `engine_holder` takes a shared lock for a moment
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == LOCK_TRIES - 1:
+                    os.close(fd)
+                    raise StateBusy(self._busy_message()) from None
+                time.sleep(0.02)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": holder, "since": time.time()}).encode(), 0)
         self._fd = fd
@@ -103,10 +113,24 @@ class EngineLock:
         found = self.holder()
         state = self.path.parent
         who = f"`opsdsl {found.get('command', '?')}` (pid {found['pid']})" if found else "another process"
+        if found and not _alive(found["pid"]):  # the file names a holder that is gone: not who holds it now
+            who = "another process"
         return (
             f"state directory {state} is in use by {who}: one `opsdsl serve`, `watch` or `fire` "
             f"at a time drives its events; stop it first, send the events to it, or use another --state-dir"
         )
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def engine_holder(state: Path) -> dict[str, Any] | None:
@@ -148,6 +172,7 @@ class Driver:
         self.handlers = dict(handlers or {})  # timer kind -> what to call with the run (not a drive)
         self.nudged = asyncio.Event()
         self._seen: dict[str, Waiting] = {}  # a paused run's waiting state when last looked at
+        self._scanned = float("-inf")  # when the paused runs were last scanned
 
     # ---- starting -------------------------------------------------------------------------
 
@@ -169,7 +194,9 @@ class Driver:
     async def run(self) -> None:
         """Drive what a stopped process left, then look for runs to drive until cancelled."""
         for run_id in self.adopt():
-            self.drive(run_id, "recover")
+            if self.drive(run_id, "recover") is None:  # it cannot start now (a secret is missing): try later
+                with self.store.transaction():
+                    self.store.set_timer(run_id, "", "retry", self.clock() + RETRY_AFTER)
         while True:
             try:
                 self.look()
@@ -229,9 +256,11 @@ class Driver:
             for run_id, _step, kind, _due in timers:
                 root = self.store.root_run(run_id)
                 if root in fired:
-                    found.setdefault(root, "cancel" if kind == "cancel" else "timer")
-        for root, reason in self._ready_paused(busy):
-            found.setdefault(root, reason)
+                    found.setdefault(root, kind if kind in NUDGES else "timer")
+        if now - self._scanned >= SCAN_EVERY:  # the fallback for a writer that left no nudge
+            self._scanned = now
+            for root, reason in self._ready_paused(busy):
+                found.setdefault(root, reason)
         return list(found.items())
 
     def _handle(self, timers: list[tuple[str, str, str, float]], now: float) -> None:

@@ -18,11 +18,29 @@ class RunEndings:
         for item in waiting:
             if item["reason"] == "timer":
                 item["until"] = self.steps[item["step"]].wake_at
-        self._commit([(E.RUN_PAUSED, {"waiting": waiting})], run_fields={"status": S.PAUSED}, checkpoint=True)
+        self._commit(
+            [(E.RUN_PAUSED, {"waiting": waiting})],
+            run_fields={"status": S.PAUSED},
+            checkpoint=True,
+            timers=self._wake_ups(pending),
+        )
         self._write_incident()
         approvals = [sid for sid in pending if self.steps[sid].status == S.AWAITING_APPROVAL]
         doubt = [sid for sid in pending if self.steps[sid].status == S.IN_DOUBT]
         return Outcome("paused", approvals, None, doubt)
+
+    def _wake_ups(self, pending: list[str]) -> list[tuple[str, str, float]]:
+        """The timers of what the paused run waits on, written again with every pause: a
+        server may have dropped one as due that turned out not to be (its clock went back)."""
+        timers = []
+        for sid in pending:
+            row, node = self.steps[sid], self.nodes[sid]
+            if row.status == S.WAITING and row.wake_at is not None:
+                timers.append((sid, "wait" if node["action"] == "wait" else "backoff", row.wake_at))
+            deadline = node["timeout"] if node["action"] == "approval" else None
+            if row.status == S.AWAITING_APPROVAL and deadline is not None and row.started_at is not None:
+                timers.append((sid, "approval_timeout", row.started_at + deadline / 1000))
+        return timers
 
     def _finish(self) -> Outcome:
         failed = sorted(

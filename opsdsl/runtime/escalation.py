@@ -13,7 +13,8 @@ The clock is a durable timer (`timers` row of kind `escalate`), so it fires with
 a shell and after a restart; the server's driver calls `Escalator.fire` when it is due.
 An incident whose run ended `succeeded` before anyone acknowledged it stops escalating: it
 was mitigated automatically, nobody needs to be woken for it (the report still counts it
-as never acknowledged).
+as never acknowledged). One a person cancelled stops too: someone looked, and decided. An
+acknowledgement anywhere in the run's family (an approval in a sub-run) counts.
 """
 
 from __future__ import annotations
@@ -167,8 +168,13 @@ class Escalator:
             run = self.store.run(run_id)
         except S.StateError:
             return None
-        entries = [e.to_dict() for e in self.store.ledger.entries(run=run.id)]
-        if first_acknowledgement(entries) is not None or run.status == S.SUCCEEDED:
+        family, queue = [], [run.id]  # an approval in a sub-run acknowledges the incident too
+        while queue:
+            member = queue.pop()
+            family.append(member)
+            queue += [child.id for child in self.store.children(member)]
+        entries = [e.to_dict() for member in family for e in self.store.ledger.entries(run=member)]
+        if first_acknowledgement(entries) is not None or run.status in (S.SUCCEEDED, S.CANCELLED):
             return None
         response = self.policy.response_time(run.severity)
         level = self._next_level(run.id)

@@ -430,10 +430,12 @@ class Runtime:
         data = {"step": step, "by": actor.recorded, "decision": decision, "answers": typed, "comment": comment}
         if person is not None:
             data["via"] = person.via
+        approved = len({same_person_key(v["by"]) for v in votes if v["decision"] == "approve"}) + (0 if deny else 1)
         with self.store.transaction():
             self.store.add_approval(run.id, step, name, decision, typed, comment, now)
             self.store.ledger.append(E.APPROVAL_RECORDED, run.id, data, ts=now)
-        approved = len({same_person_key(v["by"]) for v in votes if v["decision"] == "approve"}) + (0 if deny else 1)
+            if deny or approved >= max(1, row.approvals_needed):  # settled: whoever drives it may go on
+                self.store.set_timer(self.store.root_run(run.id), "", "approval", now)
         return {
             "decision": decision,
             "approved": approved,
@@ -474,6 +476,7 @@ class Runtime:
         with self.store.transaction():
             self.store.save_step(run.id, row)
             self.store.ledger.append(E.STEP_DECIDED, run.id, data, ts=now)
+            self.store.set_timer(self.store.root_run(run.id), "", "decision", now)  # a durable nudge
 
     def acknowledge(self, run_id: str, by: str, *, person: Person | None = None) -> dict[str, Any]:
         """Record a person's acknowledgement, unless a person already acknowledged the run
@@ -481,7 +484,7 @@ class Runtime:
         from opsdsl.audit.metrics import first_acknowledgement
 
         actor = _actor(by, person, "ack", "acknowledging")
-        run = self.store.run(run_id)
+        run = self.store.run(self.store.root_run(run_id))  # the incident is the top-level run's
         data = {"by": actor.recorded}
         if person is not None:
             data["via"] = person.via

@@ -38,6 +38,7 @@ SCHEDULER_ACTIONS = frozenset({"wait", "approval", "assert", "playbook.call", "r
 # No side effect at all: the decision, intent and result go to disk in one transaction.
 PURE_ACTIONS = frozenset({"assert", "report.rca"})
 
+HOLD_SLICE = 1.0  # seconds a process sleeps at a time through a wait, looking for a cancellation
 PHASE_STEPS, PHASE_COMPENSATING, PHASE_FINALLY, PHASE_DONE = "steps", "compensating", "finally", "done"
 FINISHED_OK = (S.SUCCEEDED, S.SKIPPED)
 
@@ -217,7 +218,9 @@ class Scheduler(ApprovalSteps, RunEndings):
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             raise
-        if section == "steps" and self._failing():
+        if section == "steps" and self._failing() and await self._stop_called_runs(members):
+            paused = True  # a sub-run asked to stop waits for a person (a step in doubt)
+        elif section == "steps" and self._failing():
             # The run is failing: a step still waiting for approval will never run. (A step in
             # doubt still needs a person: compensation must know whether it happened.)
             abandoned = [
@@ -239,6 +242,39 @@ class Scheduler(ApprovalSteps, RunEndings):
             paused = False
         if paused or any(self.steps[sid].status in (S.AWAITING_APPROVAL, S.IN_DOUBT, S.WAITING) for sid in members):
             raise Paused()
+
+    async def _stop_called_runs(self, members: list[str]) -> bool:
+        """A failing (or cancelled) run starts nothing new; a sub-run one of its steps called
+        that is still live is asked to stop too and driven to its end here (it compensates
+        what it did), and the calling step fails. Whether one of them still waits for a
+        person (then this run pauses too)."""
+        waiting = False
+        for sid in members:
+            row = self.steps[sid]
+            if self.nodes[sid]["action"] != "playbook.call" or row.status not in (S.PENDING, S.STARTED):
+                continue
+            live = [
+                child
+                for child in self.store.children(self.run.id)
+                if child.parent_step == sid and child.status not in S.FINAL_RUN_STATUSES
+            ]
+            if not live:
+                continue
+            child = live[-1]
+            if not child.cancel_requested:
+                why = self._cancelled_by or f"run {self.run.id}"
+                data = {"by": why, "via": "opsdsl", "reason": "the calling run stopped"}
+                with self.store.transaction():
+                    self.store.ledger.append(E.RUN_CANCEL_REQUESTED, child.id, data, ts=self.env.clock())
+                    self.store.update_run(child.id, cancel_requested=why)
+            assert self.env.start_child is not None
+            outcome = await self.env.start_child(self, sid, self._rendered_cache(sid))
+            if outcome.status == "paused":
+                row.status = S.STARTED  # it goes on with its sub-run when a person has decided
+                waiting = True
+                continue
+            self._fail(sid, f"the called playbook {outcome.status}: the calling run stopped", {}, None)
+        return waiting
 
     def _ready(self, sid: str, section: str) -> bool:
         row = self.steps[sid]
@@ -477,11 +513,16 @@ class Scheduler(ApprovalSteps, RunEndings):
             return
         if self.env.park_after is not None and remaining > self.env.park_after:
             raise Paused()
-        await self.env.sleep(remaining)
+        while remaining > 0:  # in slices: a cancellation (from any process) ends the wait
+            await self.env.sleep(min(remaining, HOLD_SLICE))
+            if self._cancel_seen():
+                raise Paused()  # the run stops: the section skips the waiting step
+            remaining = (self.steps[sid].wake_at or 0.0) - self.env.clock()
 
     async def _continue_waiting(self, sid: str) -> None:
         """A step that was waiting when the run paused or its process stopped: a `wait` ends
-        when due; an action between attempts tries again (the gate judged it already)."""
+        when due; an action between attempts tries again, rendered anew and so judged anew
+        by the taint check and the gate (its inputs may have changed: `now`, a secret)."""
         await self._hold(sid)
         if self.nodes[sid]["action"] == "wait":
             return self._succeed(sid, {})
@@ -489,7 +530,15 @@ class Scheduler(ApprovalSteps, RunEndings):
             rendered = self._render(sid)
         except (EvalError, SecretError) as error:
             return self._fail(sid, f"`with:` could not be rendered: {error.message}", {}, decision=None)
-        await self._execute(sid, rendered, [])
+        decision = self._taint_decision(sid, rendered) or self.gate.judge(self._policy_activation(sid, rendered))
+        entry = [(E.POLICY_DECISION, {"step": sid, "action": self.nodes[sid]["action"], **decision.to_dict()})]
+        if decision.decision == DENY:
+            return self._fail(sid, decision.reason, {}, decision=entry, denied_by=decision.deciding_policy)
+        approved = self._approval_verdict(sid) == "approve"
+        if decision.decision == REQUIRE_APPROVAL and not approved:
+            message = f"the retry's inputs now need an approval ({decision.reason}); it was not retried"
+            return self._fail(sid, message, {}, decision=entry)
+        await self._execute(sid, rendered, entry)
 
     def _pure(self, sid: str, rendered: dict[str, Any]) -> dict[str, Any]:
         node = self.nodes[sid]

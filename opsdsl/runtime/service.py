@@ -378,12 +378,17 @@ class Service:
         else:
             self._replaying = False
 
-    async def drain(self, timeout: float | None = None) -> None:
-        """Handle every queued event, then wait for the runs they started (up to `timeout`)."""
-        if self._driver_task is not None:  # no run starts driving from here on
+    async def stop_driving(self) -> None:
+        """No run starts (or continues) driving from here on: the first thing a shutdown does,
+        so that a drain never starts a step only to interrupt it. Idempotent."""
+        if self._driver_task is not None:
             self._driver_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._driver_task
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Handle every queued event, then wait for the runs they started (up to `timeout`)."""
+        await self.stop_driving()
         if self.queue is not None:
             await self.queue.join()
         if self._worker is not None:

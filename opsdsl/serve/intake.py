@@ -608,6 +608,7 @@ class Server:
     async def _shutdown(self) -> None:
         """Refuse new events; let requests in flight finish; handle the queue; wait for the runs."""
         self.stopping = True
+        await self.service.stop_driving()  # timers and approvals wait for the next start
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.drain_timeout
         await self._until(self.idle.wait(), deadline)

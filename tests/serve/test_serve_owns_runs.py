@@ -307,7 +307,7 @@ def test_a_closed_stdout_interrupts_a_cli_run_and_leaves_it_resumable(tmp_path, 
     os.close(writer)
     with os.fdopen(reader, "rb") as pipe:
         pipe.readline()  # the first line, then the reader is gone
-    process.wait(timeout=60)
+    assert process.wait(timeout=60) == 130  # interrupted, as on SIGTERM
     done = subprocess.run(
         [sys.executable, "-m", "opsdsl", "runs", "--format", "json", "--state-dir", str(state)],
         capture_output=True, text=True, timeout=60, check=True,

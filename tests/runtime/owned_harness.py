@@ -1,0 +1,62 @@
+"""Harness of the test_owned_* attacks on a server owning its runs: an in-process `serve` (Service with own_runs) over a temp state dir."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from opsdsl.runtime import service as svc
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runtime" / "owned"
+PACK = FIXTURES / "pack.yaml"
+
+
+class Counted:
+    def __init__(self, service):
+        self.service = service
+        self.looks = 0
+        self.drives: list[tuple[str, str]] = []
+        driver = service.driver
+        original_look, original_drive = driver.look, driver.drive
+
+        def look():
+            self.looks += 1
+            return original_look()
+
+        def drive(run_id, reason):
+            self.drives.append((run_id, reason))
+            return original_drive(run_id, reason)
+
+        driver.look, driver.drive = look, drive
+
+
+async def started(state: Path, pack: Path = PACK, **kw):
+    plans = svc.load_plans([pack], [], None, None, "dev", state)
+    service = svc.Service(state, plans, **kw)
+    await service.start("serve", own_runs=True)
+    return service, Counted(service)
+
+
+async def stop(service):
+    with contextlib.suppress(Exception):
+        await service.drain(timeout=5)
+    service.close()
+
+
+def statuses(service):
+    return service.store.conn.execute("SELECT id, status, parent_run FROM runs ORDER BY created_at").fetchall()
+
+
+def timers(service):
+    return service.store.conn.execute("SELECT run_id, step_id, kind, due_at FROM timers").fetchall()
+
+
+async def until(predicate, timeout=15.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
