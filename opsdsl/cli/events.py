@@ -400,6 +400,7 @@ def serve(ctx: click.Context, config_file: Path | None, **flags) -> None:
         token=token,
         hmac_secret=secret,
         notifiers=config.notifiers if config is not None else (),
+        follow_ups=config.follow_ups if config is not None else None,
         **{name: merged.pop(name) for name in _SERVE_SETTINGS},
         max_runs=merged["max_runs"],
         trusted_proxies=tuple(merged.pop("trusted_proxies")),

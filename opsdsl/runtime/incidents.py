@@ -355,3 +355,118 @@ def ensure_pdf(state: Path, folder: Path) -> str | None:
     finally:
         runtime.close()
     return None
+
+
+# --- follow-ups opened by the server --------------------------------------------------------------
+
+FOLLOW_UP_KEYS = ("to", "repo", "project", "url", "token_secret", "labels", "jira_issue_type", "jira_api", "jira_user")
+FOLLOW_UP_POLL = 5.0  # seconds between two reads of the ledger for incidents with follow-ups
+_FOLLOW_UP_DDL = (
+    "CREATE TABLE IF NOT EXISTS follow_up_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)"
+)
+
+
+def tracker_from_table(table: Mapping[str, Any]) -> Tracker:
+    """The `[follow_ups]` table of the service configuration (docs/serve.md) as a Tracker;
+    UsageError naming the key for anything wrong."""
+    unknown = sorted(set(table) - set(FOLLOW_UP_KEYS))
+    if unknown:
+        raise UsageError(f"follow_ups.{unknown[0]}: unknown key (expected {', '.join(FOLLOW_UP_KEYS)})")
+    kind = table.get("to")
+    if kind not in DEFAULT_TOKEN_SECRETS:
+        raise UsageError("follow_ups.to: one of github, gitlab, jira")
+    labels = table.get("labels", ["opsdsl", "incident"])
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise UsageError("follow_ups.labels: a list of labels")
+    for key in ("repo", "project", "url", "token_secret", "jira_issue_type", "jira_user"):
+        if key in table and not isinstance(table[key], str):
+            raise UsageError(f"follow_ups.{key}: text")
+    api = table.get("jira_api", 2)
+    if isinstance(api, bool) or api not in (2, 3):
+        raise UsageError("follow_ups.jira_api: 2 or 3")
+    try:
+        return tracker_from_options(
+            kind,
+            repo=table.get("repo"),
+            project=table.get("project"),
+            url=table.get("url"),
+            token_secret=table.get("token_secret"),
+            labels=labels,
+            jira_issue_type=table.get("jira_issue_type", "Task"),
+            jira_api=api,
+            jira_user=table.get("jira_user"),
+        )
+    except UsageError as error:  # the command-line words, as the file's keys
+        message = error.message.replace("--repo", "repo").replace("--project", "project").replace("--url", "url")
+        raise UsageError(f"follow_ups: {message.replace('--to', 'to').replace('--jira-api', 'jira_api')}") from None
+
+
+class FollowUpOpener:
+    """`opsdsl serve` with `[follow_ups]`: when an incident's run finishes, or a person reviews
+    it, its open follow-ups become issues in the tracker (open_follow_ups: idempotent, one
+    ledger entry per issue, a signed amendment). It reads the ledger from a durable cursor
+    (table `follow_up_cursor`) and does the tracker's HTTP on a thread, with a connection
+    of its own, so the event loop never waits on a tracker. A failure is logged and tried
+    again at the incident's next finishing or review entry, or with the CLI."""
+
+    KINDS = (E.RUN_FINISHED, E.INCIDENT_REVIEWED)
+
+    def __init__(self, state: Path, store: S.Store, tracker: Tracker, secrets: Any) -> None:
+        self.state = state
+        self.store = store
+        self.tracker = tracker
+        self.secrets = secrets
+
+    def pending(self) -> list[str]:
+        """The incidents (run ids) whose entries arrived since the cursor; moves the cursor."""
+        self.store.conn.execute(_FOLLOW_UP_DDL)
+        marks = ", ".join("?" for _ in self.KINDS)
+        with self.store.transaction() as conn:
+            row = conn.execute("SELECT seq FROM follow_up_cursor WHERE id = 1").fetchone()
+            head = self.store.ledger.head()[0]
+            if row is None:  # first use: from now on (the CLI opens older incidents' follow-ups)
+                conn.execute("INSERT INTO follow_up_cursor (id, seq) VALUES (1, ?)", (head,))
+                return []
+            rows = conn.execute(
+                f"SELECT r.id FROM ledger l JOIN runs r ON r.id = l.run WHERE l.seq > ? AND l.seq <= ?"
+                f" AND l.kind IN ({marks}) AND r.parent_run IS NULL ORDER BY l.seq",
+                (row[0], head, *self.KINDS),
+            ).fetchall()
+            conn.execute("UPDATE follow_up_cursor SET seq = ? WHERE id = 1", (head,))
+        return list(dict.fromkeys(run_id for (run_id,) in rows))
+
+    def open(self, run_id: str) -> list[Opened]:
+        """Open one incident's follow-ups (on the caller's thread, with a runtime of its own)."""
+        from opsdsl.runtime.runner import Runtime
+
+        def token() -> str:
+            value = (self.secrets.require(self.tracker.secret) or "").strip()
+            if not value:
+                raise TrackerError(f"secret `{self.tracker.secret}` is empty")
+            return value
+
+        runtime = Runtime(self.state, create=False)
+        try:
+            run = runtime.store.run(run_id)
+            return open_follow_ups(runtime, run.incident_id, self.tracker, token, by="opsdsl serve")
+        finally:
+            runtime.close()
+
+    async def run(self, stop: Any) -> None:
+        """Until `stop` (an asyncio.Event) is set: read, then open on a thread; never raises."""
+        import asyncio
+        import contextlib
+        import logging
+
+        log = logging.getLogger("opsdsl.serve")
+        while not stop.is_set():
+            try:
+                for run_id in self.pending():
+                    opened = await asyncio.to_thread(self.open, run_id)
+                    new = [item for item in opened if item.new]
+                    if new:
+                        log.info("follow-ups: %d issue(s) opened for run %s in %s", len(new), run_id, self.tracker.kind)
+            except Exception as error:  # a tracker down, a secret missing: the incident waits for the next entry
+                log.error("follow-ups: %s", getattr(error, "message", None) or f"{type(error).__name__}: {error}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FOLLOW_UP_POLL)

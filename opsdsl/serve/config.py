@@ -163,7 +163,13 @@ TABLES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "drain_timeout": _seconds(0),
     },
 }
-FREE_TABLES = ("params", "secrets", "notifiers", "escalation")  # tables whose keys are names the user chooses
+FREE_TABLES = (
+    "params",
+    "secrets",
+    "notifiers",
+    "escalation",
+    "follow_ups",
+)  # tables whose keys are names the user chooses
 TOP_LEVEL = sorted([k for k in TABLES[""]] + [t for t in TABLES if t] + list(FREE_TABLES))
 
 
@@ -197,6 +203,7 @@ class ServiceConfig:
     trusted_proxies: tuple[str, ...] | None = None
     notifiers: tuple[dict[str, Any], ...] = ()
     escalation: Any = None  # runtime.escalation.EscalationPolicy, from [escalation]; None: the seed's levels
+    follow_ups: Any = None  # runtime.incidents.Tracker, from [follow_ups]; None: follow-ups by the CLI only
     limits: dict[str, float] = field(default_factory=dict)
     text: str = field(default="", repr=False)  # the file, for positions of later errors
 
@@ -349,6 +356,7 @@ class _Checker:
             trusted_proxies=tuple(values["auth.trusted_proxies"]) if "auth.trusted_proxies" in values else None,
             notifiers=self.notifiers(),
             escalation=self.escalation(),
+            follow_ups=self.follow_ups(),
             limits=limits,
             text=self.text,
         )
@@ -465,6 +473,22 @@ class _Checker:
             kind, _, where = value.partition(":")
             references[name] = (kind, str(self.path(where)) if kind == "file" else where)
         return references
+
+    def follow_ups(self) -> Any:
+        """`[follow_ups]`: the tracker the server opens incidents' follow-ups in, or None."""
+        table = self.document.get("follow_ups")
+        if table is None:
+            return None
+        from opsdsl.runtime.incidents import tracker_from_table
+
+        if not isinstance(table, dict):
+            raise self.fail(("follow_ups",), "a table ([follow_ups])")
+        try:
+            return tracker_from_table(table)
+        except UsageError as error:  # "follow_ups.repo: …" or "follow_ups: repo …": point at the key
+            key, _, problem = error.message.partition(": ")
+            named = key.split(".", 1)[1] if "." in key else next((k for k in table if problem.startswith(k)), None)
+            raise self.fail(("follow_ups", named) if named in table else ("follow_ups",), problem) from None
 
     def escalation(self) -> Any:
         """`[escalation]`: response times and levels (runtime/escalation.py), or None."""

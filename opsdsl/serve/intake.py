@@ -94,6 +94,7 @@ class ServeOptions:
     trusted_proxies: tuple[str, ...] = ()
     public_url: str | None = None
     notifiers: tuple[dict, ...] = ()
+    follow_ups: Any = None  # runtime.incidents.Tracker: open incidents' follow-ups there ([follow_ups])
     log_format: str = "text"  # text | json
 
 
@@ -527,11 +528,18 @@ class Server:
         )
         self.parsers = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="opsdsl-parse")
         summaries = asyncio.create_task(_log_summaries(), name="opsdsl-log-summaries")
-        announcing, done_announcing = None, asyncio.Event()
+        announcing, opening, done_announcing = None, None, asyncio.Event()
         try:
             announcer = self._announcer()
             if announcer is not None:  # a bad notifier spec stops the start (exit 2), before listening
                 announcing = asyncio.create_task(announcer.run(done_announcing), name="opsdsl-announcer")
+            if self.options.follow_ups is not None:
+                from opsdsl.runtime.incidents import FollowUpOpener
+
+                opener = FollowUpOpener(
+                    self.service.runtime.state, self.service.store, self.options.follow_ups, self.service.secrets
+                )
+                opening = asyncio.create_task(opener.run(done_announcing), name="opsdsl-follow-ups")
             await self._start_worker()
             await runner.setup()
             assert runner.server is not None
@@ -548,8 +556,9 @@ class Server:
             await self.stop_requested.wait()
             await self._shutdown()
             done_announcing.set()  # after the drain: the outcomes of runs that ended in it go out
-            if announcing is not None:
-                await self._until(announcing, asyncio.get_running_loop().time() + ANNOUNCE_GRACE)
+            for task in (announcing, opening):
+                if task is not None:
+                    await self._until(task, asyncio.get_running_loop().time() + ANNOUNCE_GRACE)
         finally:
             for name in STOP_SIGNALS:
                 loop.remove_signal_handler(getattr(signal, name))
