@@ -13,6 +13,18 @@ from opsdsl.runtime.gate import REQUIRE_APPROVAL
 from opsdsl.runtime.outcome import TIMEOUT_VOTER, Paused
 
 
+def with_digest(rendered: dict) -> str:
+    """sha256 of a step's rendered `with:` (canonical JSON)."""
+    import json
+
+    from opsdsl.canonical import canonical_json, sha256_digest
+
+    try:
+        return sha256_digest(canonical_json(rendered))
+    except Exception:  # a value RFC 8785 refuses (an integer beyond 2^53): still one digest per value
+        return sha256_digest(json.dumps(rendered, sort_keys=True, default=repr).encode())
+
+
 def approval_verdict(votes: list[dict], needed: int) -> str | None:
     """approve | deny | None (not yet), from the votes on one step: an expired deadline's vote
     decides, then any denial, then enough distinct people (names normalised)."""
@@ -43,6 +55,9 @@ class ApprovalSteps:
             "min_approvals": needed,
             "policies": [p["id"] for p in decision.policies if p["effect"] == REQUIRE_APPROVAL],
             "inputs": rendered.get("inputs") or {} if by_action else {},
+            # What the approvers approve: the step as rendered now (secrets redacted). The step
+            # runs only if it renders the same when it is approved (`_changed_since_asked`).
+            "with_sha256": with_digest(self.redactor.data(rendered)),
         }
         timeout = node["timeout"] if by_action else None
         timers = [(sid, "approval_timeout", row.started_at + timeout / 1000)] if timeout is not None else []
@@ -63,6 +78,16 @@ class ApprovalSteps:
             self._commit([(E.APPROVAL_TIMED_OUT, {"step": sid, "outcome": outcome})], approvals=[vote])
             return outcome
         return None
+
+    def _changed_since_asked(self, sid: str, rendered: dict) -> bool:
+        """Whether the step renders differently now than when its approval was asked for
+        (an input that reads `now`, a param changed by a resume): the approvers did not
+        approve that. Runs asked before this check existed have no digest: not checked."""
+        asked = None
+        for entry in self.store.ledger.entries(run=self.run.id):
+            if entry.kind == E.APPROVAL_REQUESTED and entry.data.get("step") == sid:
+                asked = entry.data.get("with_sha256")
+        return asked is not None and asked != with_digest(self.redactor.data(rendered))
 
     def _approval_settled(self, sid: str) -> bool:
         return self._approval_verdict(sid) is not None

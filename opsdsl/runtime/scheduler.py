@@ -372,6 +372,9 @@ class Scheduler(ApprovalSteps, RunEndings):
                 rendered = self._render(sid)
             except (EvalError, SecretError) as error:
                 return self._fail(sid, f"`with:` could not be rendered: {error.message}", {}, decision=None)
+            if self._changed_since_asked(sid, rendered):
+                message = "the step's inputs changed since its approval was asked for; it was not run"
+                return self._fail(sid, message, {}, decision=None)
             decision_entry: list = []
         else:
             if node.get("when"):
