@@ -168,11 +168,7 @@ class Escalator:
             run = self.store.run(run_id)
         except S.StateError:
             return None
-        family, queue = [], [run.id]  # an approval in a sub-run acknowledges the incident too
-        while queue:
-            member = queue.pop()
-            family.append(member)
-            queue += [child.id for child in self.store.children(member)]
+        family = self.store.family(run.id)  # an approval in a sub-run acknowledges the incident too
         entries = [e.to_dict() for member in family for e in self.store.ledger.entries(run=member)]
         if first_acknowledgement(entries) is not None or run.status in (S.SUCCEEDED, S.CANCELLED):
             return None

@@ -509,11 +509,7 @@ class Runtime:
         if run.cancel_requested:
             return run
         now = self.clock()
-        family, queue = [], [run.id]
-        while queue:
-            current = queue.pop()
-            family.append(current)
-            queue.extend(child.id for child in self.store.children(current))
+        family = self.store.family(run.id)
         with self.store.transaction():
             self.store.ledger.append(E.RUN_CANCEL_REQUESTED, run.id, {"by": by, "via": via, "reason": reason}, ts=now)
             for member in family:

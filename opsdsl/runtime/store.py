@@ -433,12 +433,17 @@ class Store:
     def drop_timers(self, run_ids: list[str], now: float) -> None:
         """Forget the timers of these runs (and of their sub-runs) that are due: driving the
         run acts on them."""
-        family, queue = [], list(run_ids)
-        while queue:
-            run_id = queue.pop()
-            family.append(run_id)
-            queue += [row[0] for row in self.conn.execute("SELECT id FROM runs WHERE parent_run = ?", (run_id,))]
+        family = [member for run_id in run_ids for member in self.family(run_id)]
         self.conn.executemany("DELETE FROM timers WHERE run_id = ? AND due_at <= ?", [(r, now) for r in family])
+
+    def family(self, run_id: str) -> list[str]:
+        """The run and its sub-runs (`playbook.call`), at every depth."""
+        found, queue = [], [run_id]
+        while queue:
+            member = queue.pop()
+            found.append(member)
+            queue += [row[0] for row in self.conn.execute("SELECT id FROM runs WHERE parent_run = ?", (member,))]
+        return found
 
     def root_run(self, run_id: str) -> str:
         """The top-level run a sub-run belongs to (a sub-run is driven through its caller)."""

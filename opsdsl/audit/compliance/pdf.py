@@ -111,19 +111,9 @@ def _shown(incidents: tuple[Incident, ...]) -> list[Incident]:
 
 @cache
 def _template():
-    import jinja2
+    from opsdsl.audit.incident.pdf import jinja_environment
 
-    from opsdsl.audit.incident.pdf import _soft_breaks
-
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_HERE)),
-        autoescape=True,  # every value is text; only the template itself is markup
-        finalize=_soft_breaks,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return environment.get_template("compliance.html.jinja")
+    return jinja_environment(_HERE).get_template("compliance.html.jinja")
 
 
 def _mark(status: str) -> dict[str, str]:

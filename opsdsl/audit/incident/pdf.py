@@ -145,19 +145,24 @@ def render_rca_html(
     return _template().render(**context)
 
 
-@cache
-def _template():
+def jinja_environment(folder: Path):
+    """Where the PDFs' templates (the RCA's, the compliance report's) are rendered: every
+    value autoescaped, long words breakable, an undefined name an error."""
     import jinja2
 
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_HERE)),
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
         autoescape=True,  # every value is text; only the template itself is markup
         finalize=_soft_breaks,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return environment.get_template("rca.html.jinja")
+
+
+@cache
+def _template():
+    return jinja_environment(_HERE).get_template("rca.html.jinja")
 
 
 def _mark_row(mark: Mark) -> dict:
