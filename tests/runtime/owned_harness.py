@@ -60,3 +60,13 @@ async def until(predicate, timeout=15.0):
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+class ManualClock:
+    """A clock that moves only when a test moves it (`clock.now += 60`)."""
+
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -8,6 +8,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from owned_harness import ManualClock as Clock
+
 from opsdsl.runtime import runner
 from opsdsl.runtime.secrets import Secrets
 
@@ -40,14 +42,6 @@ policies:
     effect: require_approval
     message: high-risk steps need an approval
 """
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def drive(tmp_path: Path, later: float) -> tuple[str, dict]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from owned_harness import ManualClock as Clock
+
 from opsdsl.runtime import runner
 from opsdsl.runtime.driver import Driver
 from opsdsl.runtime.service import Service
@@ -57,14 +59,6 @@ playbooks:
         action: assert
         with: {that: "true"}
 """
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def service(tmp_path: Path, clock: Clock) -> Service:

@@ -3,6 +3,8 @@
 
 import asyncio
 
+from owned_harness import ManualClock as Clock
+
 from opsdsl.runtime import runner
 from opsdsl.runtime.service import Service
 
@@ -26,14 +28,6 @@ playbooks:
         action: assert
         with: {that: "true"}
 """
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_900_000_000.0
-
-    def __call__(self):
-        return self.now
 
 
 async def settle(svc):

@@ -2,6 +2,8 @@
 
 import asyncio
 
+from owned_harness import ManualClock as Clock
+
 from opsdsl.runtime import runner
 from opsdsl.runtime.people import Person
 from opsdsl.runtime.service import Service
@@ -33,14 +35,6 @@ playbooks:
         action: approval
         with: {message: "Switch?"}
 """
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_900_000_000.0
-
-    def __call__(self):
-        return self.now
 
 
 async def settle(svc):

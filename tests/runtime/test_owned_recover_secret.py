@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from kernel_api import KernelAPI
+from owned_harness import ManualClock as Clock
 
 from opsdsl.runtime import runner
 from opsdsl.runtime.service import Service
@@ -35,14 +36,6 @@ playbooks:
         action: assert
         with: {that: "size(params.token) > 0"}
 """
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_900_000_000.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_a_recovered_run_whose_secret_is_missing_is_retried(tmp_path, monkeypatch):
