@@ -15,7 +15,7 @@ from typing import Any
 from opsdsl import __version__
 from opsdsl.canonical import canonical_json, is_fast_path_exact, sha256_digest
 from opsdsl.errors import CompileError
-from opsdsl.lang.actions import ACTION_DEFAULTS, resolved_idempotent, resolved_timeout
+from opsdsl.lang.actions import ACTION_DEFAULTS, SCHEDULER_ACTIONS, resolved_idempotent, resolved_timeout
 from opsdsl.lang.model import Compensation, Pack, Playbook, PolicyPack, Retry, Step
 
 PLAN_API_VERSION = "opsdsl/v1"
@@ -60,6 +60,13 @@ def _retry(retry: Retry | None) -> dict[str, Any]:
     return dict(NO_RETRY) if retry is None else retry.model_dump(mode="json")
 
 
+def _runner(action: str, runner: str | None) -> dict[str, Any]:
+    """`{"runner": NAME}` for a node whose side effect runs in a pool; nothing otherwise, so
+    the plans of packs without `runner:` stay byte-identical. An action the scheduler runs
+    itself never gets one (OPS053 refuses `runner:` on such a step)."""
+    return {"runner": runner} if runner is not None and action not in SCHEDULER_ACTIONS else {}
+
+
 def _compensation_node(step: Step, comp: Compensation) -> dict[str, Any]:
     from opsdsl.build.graph import compensation_id
 
@@ -72,6 +79,8 @@ def _compensation_node(step: Step, comp: Compensation) -> dict[str, Any]:
         "timeout": resolved_timeout(comp.action, comp.timeout),
         "retry": _retry(comp.retry),
         "idempotent": resolved_idempotent(comp.action, comp.with_, None),
+        # The undo runs where the step ran: a pool inside another network is where it can reach.
+        **_runner(comp.action, step.runner),
     }
 
 
@@ -92,6 +101,7 @@ def _step_node(step: Step, section: str, index: int) -> dict[str, Any]:
         "idempotent": resolved_idempotent(step.action, step.with_, step.idempotent),
         "continue_on_error": step.continue_on_error,
         "compensation": compensation_id(step.id) if step.compensate is not None else None,
+        **_runner(step.action, step.runner),
     }
 
 

@@ -17,6 +17,10 @@ BUILTIN_ACTIONS = (
     "report.rca",
 )
 NETWORK_ACTIONS = frozenset({"http.request", "notify"})
+# Built-ins the scheduler runs itself, in the process that drives the run: they pause,
+# decide or recurse, with no side effect outside, so a runner pool has nothing to run
+# (as opsdsl.runtime.actions: every other built-in, and every plugin, is an executor action).
+SCHEDULER_ACTIONS = frozenset({"wait", "approval", "assert", "playbook.call", "report.rca"})
 
 # What an action does when a step leaves a setting out (timeouts in milliseconds).
 # `idempotent` decides whether a step interrupted mid-flight is re-run on resume.

@@ -109,6 +109,10 @@ class Step(Frozen):
     compensate: Compensation | None = None
     continue_on_error: bool = False
     idempotent: bool | None = None
+    # The runner pool that executes the step's side effect; None: the worker that drives
+    # the run. Left out of dumps when absent, so the plans and model digests of packs
+    # without it do not change.
+    runner: str | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class Input(_Defaulted):

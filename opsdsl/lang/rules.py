@@ -98,6 +98,13 @@ RULES: dict[str, Rule] = {
             W,
             "A trigger or hook reads an `event` field its `on:` kind never carries (e.g. `event.value` of an alert).",
         ),
+        Rule(
+            "OPS053",
+            "runner-without-side-effect",
+            E,
+            "A step the scheduler runs itself (`wait`, `approval`, `assert`, `playbook.call`, `report.rca`) names a "
+            "`runner:` pool.",
+        ),
         # pack tests (`opsdsl test`)
         Rule("OPS060", "no-tests", E, "`opsdsl test` found no pack tests (*.test.yaml, *.test.yml, *.test.ops)."),
         Rule("OPS061", "test-pack-unusable", E, "A test file's pack or policy pack is missing or does not compile."),

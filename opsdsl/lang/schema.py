@@ -86,6 +86,7 @@ _NOUNS = {
     "valueType": "type",
     "identifier": "identifier",
     "name": "name",
+    "poolName": "pool name",
 }
 _ARTICLE = {
     "string": "a string",

@@ -26,6 +26,7 @@ import generate  # noqa: E402
 
 BUNDLED = [load_file(p)[0].data for p in sorted((ROOT / "packs").glob("*.yaml")) if is_pack_file(p)]
 NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
+POOLS = st.one_of(st.from_regex(r"[a-z][a-z0-9_-]{0,62}", fullmatch=True), st.sampled_from(["step", "runner", "true"]))
 DURATIONS = st.builds(lambda n, u: f"{n}{u}", st.integers(1, 59), st.sampled_from(["s", "m"]))
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
 SCALARS = st.one_of(
@@ -69,6 +70,8 @@ def packs(draw) -> dict:
                 step["with"]["json"] = draw(WITH_VALUES)
             if draw(st.booleans()):
                 step["continue_on_error"] = draw(st.booleans())
+            if draw(st.booleans()):
+                step["runner"] = draw(POOLS)
     return data
 
 

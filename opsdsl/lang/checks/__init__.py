@@ -18,6 +18,7 @@ from opsdsl.lang.checks.review import (
     check_plaintext_secrets,
     check_retry_idempotency,
     check_risky_steps,
+    check_runner_pools,
     check_tainted_data,
     check_unused,
 )
@@ -59,6 +60,7 @@ REVIEW_CHECKS: tuple[Rule, ...] = (
     check_plaintext_secrets,
     check_unused,
     check_retry_idempotency,
+    check_runner_pools,
     check_untested_high_risk,
     check_event_fields,
 )

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 
 from opsdsl.errors import Diagnostic, EvalError
-from opsdsl.lang.actions import NETWORK_ACTIONS, policy_step_view
+from opsdsl.lang.actions import NETWORK_ACTIONS, SCHEDULER_ACTIONS, policy_step_view
 from opsdsl.lang.checks.context import Scope, Unit, ancestors, iter_steps, predecessors
 from opsdsl.lang.checks.semantic import call_graph
 from opsdsl.lang.expr import ExprSyntaxError, compile_expr, parse
@@ -342,4 +342,21 @@ def check_retry_idempotency(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
                 (*path, "retry"),
                 f"shell step `{step.id}` is retried but not marked `idempotent: true`",
                 "a retried command may repeat a side effect; mark the step `idempotent: true` if repeating it is safe",
+            )
+
+
+def check_runner_pools(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    """`runner:` on a step with no side effect: the scheduler runs it where the run is
+    driven, so the pool would never see it and the pack would say otherwise."""
+    pack = unit.model
+    if not isinstance(pack, Pack):
+        return
+    for path, _, _, step, _ in iter_steps(pack):
+        if step.runner is not None and step.action in SCHEDULER_ACTIONS:
+            yield unit.at(
+                "OPS053",
+                (*path, "runner"),
+                f"`runner:` only applies to steps with side effects: `{step.action}` step `{step.id}` runs in the "
+                "worker that drives the run",
+                "remove `runner:`; put it on the steps that act on the other network",
             )

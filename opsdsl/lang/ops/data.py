@@ -181,6 +181,11 @@ def _bounds(node: Any) -> tuple[int, int]:
 # -- statements ---------------------------------------------------------------------------
 
 
+# Statements whose one argument is a word, string or duration, kept as its text.
+_TEXT_STATEMENTS = ("description", "name", "message", "risk", "escalate", "timeout", "cooldown", "for", "pattern")
+_TEXT_STATEMENTS += ("runner",)
+
+
 def _trees(node: Any) -> list:
     return [c for c in node.children if hasattr(c, "data")]
 
@@ -340,7 +345,7 @@ class PackBuilder(DataBuilder):
         kind, keyword = stmt.data, stmt.children[0]
         path = (*here, kind)
         args = stmt.children[1:]
-        if kind in ("description", "name", "message", "risk", "escalate", "timeout", "cooldown", "for", "pattern"):
+        if kind in _TEXT_STATEMENTS:
             self.put(entry, path, self.text_of(args[0]), args[0], keyword)
         elif kind in ("when", "dedupe"):
             self.put(entry, path, self.expression(args[0], path), args[0], keyword)

@@ -21,7 +21,7 @@ class ConversionError(OpsdslError):
 
 
 _PACK_KEYS = ("apiVersion", "kind", "metadata", "params", "triggers", "hooks", "playbooks", "policies")
-_STEP_ORDER = ("name", "description", "needs", "when", "risk", "with", "timeout", "retry", "compensate")
+_STEP_ORDER = ("name", "description", "needs", "when", "risk", "runner", "with", "timeout", "retry", "compensate")
 _STEP_ORDER += ("continue_on_error", "idempotent")
 
 
@@ -216,8 +216,8 @@ def _step(step: Any, where: str) -> list[str]:
             out.append("when " + _expr(value, here + ".when"))
         elif name in ("needs", "with"):
             out.append(f"{name} {literal(value)}")
-        elif name == "risk":
-            out.append("risk " + word(_text(value, here)))
+        elif name in ("risk", "runner"):
+            out.append(f"{name} " + word(_text(value, here)))
         elif name == "timeout":
             out.append("timeout " + _duration(value, here))
         elif name == "retry":

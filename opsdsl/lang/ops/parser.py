@@ -44,6 +44,7 @@ SYNC = frozenset(
         "COMPENSATE",
         "CONTINUE_ON_ERROR",
         "IDEMPOTENT",
+        "RUNNER",
         "THRESHOLD",
         "FOR",
         "COOLDOWN",

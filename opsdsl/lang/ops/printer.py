@@ -65,6 +65,7 @@ KEYWORDS = frozenset(
         "compensate",
         "continue_on_error",
         "idempotent",
+        "runner",
         "policy",
         "message",
         "approvals",
