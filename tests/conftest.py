@@ -98,3 +98,49 @@ def _alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# --- PostgreSQL (issue 16): a real server of the session's own, one clean database per test ---
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server started for this test session (tests/pgserver.py); skips, saying
+    why, only where no server binary is installed."""
+    import pgserver
+
+    reason = pgserver.why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    with pgserver.temporary_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_migrated(pg_server) -> str:
+    """The URL of a database migrated to this opsdsl's schema (`opsdsl db migrate`)."""
+    from opsdsl.runtime.migrate import migrate
+
+    url = pg_server.create_database("opsdsl_tests")
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_migrated: str) -> str:
+    """A migrated database with no rows: every table emptied before the test."""
+    import psycopg
+
+    with psycopg.connect(pg_migrated, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'schema_migrations'"
+            )
+        ]
+        conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    return pg_migrated

@@ -290,8 +290,9 @@ class Result:
 
 
 def cli_env(secrets: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """Our environment without any OPSDSL_ setting, plus secrets as OPSDSL_SECRET_NAME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSDSL_")}
+    """Our environment without any OPSDSL_ setting but the state backend the test chose
+    ($OPSDSL_DATABASE, see tests/runtime/conftest.py), plus secrets as OPSDSL_SECRET_NAME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSDSL_") or k == "OPSDSL_DATABASE"}
     env.update({f"OPSDSL_SECRET_{name.upper()}": value for name, value in (secrets or {}).items()})
     env.update(extra)
     return env

@@ -228,39 +228,103 @@ _JSON_RUN_FIELDS = ("params", "inputs", "event")
 class Store:
     """The state database of one state directory."""
 
-    def __init__(self, root: Path, durable: bool = True, create: bool = True) -> None:
+    def __init__(self, root: Path, durable: bool = True, create: bool = True, database: str | None = None) -> None:
         """`durable=False` (rehearsals in `opsdsl test`) skips fsync: fast, and fine for a
         throwaway state directory, never for a real one. `create=False` (commands that only
         read or steer existing runs) refuses a state directory that does not exist yet, so a
-        mistyped `--state-dir` is an error rather than a new empty state."""
-        from opsdsl.audit.ledger import Ledger, LedgerError, open_database
+        mistyped `--state-dir` is an error rather than a new empty state.
+
+        `database`: a postgresql:// URL (else $OPSDSL_DATABASE; unset or `sqlite` is
+        state.db in `root`). On PostgreSQL the state directory still holds the keys, trust
+        file and incident folders; the runs, approvals and ledger are in the database,
+        whose schema `opsdsl db migrate` made (see opsdsl.runtime.database)."""
+        from opsdsl.audit.ledger import Ledger
+        from opsdsl.runtime.database import database_url
 
         self.root = root
+        url = database_url(database)
+        self.postgres = url is not None
+        if url is not None:
+            self.conn = self._open_postgres(root, url, durable, create)
+        else:
+            self.conn = self._open_sqlite(root, durable, create)
+        self.ledger = Ledger(self.conn)
+        # Set by a worker while it drives a run under a lease (opsdsl.runtime.lease): every
+        # transaction then checks that the lease is still ours before it writes.
+        self.fence: Any = None
+
+    @staticmethod
+    def _open_sqlite(root: Path, durable: bool, create: bool) -> Any:
+        from opsdsl.audit.ledger import LedgerError, open_database
+        from opsdsl.runtime.migrate import SQLITE_VERSION
+
         database = root / DB_NAME
         if not create and not database.is_file():
             raise StateError(f"no opsdsl state in {root} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME")
         try:
             new = not database.exists()
             prepare_state_dir(root)
-            self.conn: sqlite3.Connection = open_database(database)
+            conn = open_database(database)
             if not durable:
-                self.conn.execute("PRAGMA synchronous=OFF")
+                conn.execute("PRAGMA synchronous=OFF")
             if new:
                 os.chmod(database, 0o600)  # runs, params and events are nobody else's business
-            self.conn.executescript(_DDL)
-            _add_missing_columns(self.conn)
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SQLITE_VERSION:
+                conn.close()
+                raise StateError(
+                    f"{database} was written by a newer opsdsl (schema version {version}, this one knows"
+                    f" {SQLITE_VERSION}): upgrade opsdsl; a state database is never downgraded"
+                )
+            conn.executescript(_DDL)
+            _add_missing_columns(conn)
+            if version < SQLITE_VERSION:
+                conn.execute(f"PRAGMA user_version = {SQLITE_VERSION}")
         except (OSError, sqlite3.DatabaseError, LedgerError) as error:
             raise StateError(f"cannot open the state database in {root}: {error}") from None
-        self.ledger = Ledger(self.conn)
+        return conn
+
+    @staticmethod
+    def _open_postgres(root: Path, url: str, durable: bool, create: bool) -> Any:
+        from opsdsl.runtime.database import PgConnection, PgError
+        from opsdsl.runtime.migrate import check_version
+
+        if create:
+            prepare_state_dir(root)
+        try:
+            conn = PgConnection(url, durable=durable)
+        except PgError as error:
+            raise StateError(str(error)) from None
+        try:
+            check_version(conn)
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+    def now(self) -> float:
+        """The database's clock (seconds since the epoch): what leases are measured by, so
+        that processes on machines whose clocks disagree still agree on who holds what."""
+        if self.postgres:
+            (now,) = self.conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+            return float(now)
+        import time
+
+        return time.time()
 
     def close(self) -> None:
         self.conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT: other processes (approve, serve) wait, nobody interleaves."""
+    def transaction(self) -> Iterator[Any]:
+        """BEGIN IMMEDIATE … COMMIT: other processes (approve, serve) wait, nobody interleaves.
+
+        Under a worker's lease (`self.fence`), the lease is checked (and extended) first: a
+        worker presumed dead whose lease another took writes nothing (LeaseLost)."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            if self.fence is not None:
+                self.fence.check(self)
             yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")
