@@ -157,6 +157,15 @@ def _stdin_lines():
         yield line
 
 
+def use_database(url: str | None) -> None:
+    """`--database URL`: the state database of this process and of what it starts (it is
+    checked when the store opens)."""
+    if url is not None:
+        import os
+
+        os.environ["OPSDSL_DATABASE"] = url
+
+
 def _claim(service, command: str) -> None:
     """The engine lock, or exit 2 naming its holder (the service is closed first)."""
     try:
@@ -370,6 +379,12 @@ def watch(ctx: click.Context, **options) -> None:
     show_default=True,
     help="Log lines as text, or as JSON lines.",
 )
+@click.option(
+    "--no-drive",
+    is_flag=True,
+    help="Intake, operator API and console only: `opsdsl worker` processes evaluate the events and drive runs.",
+)
+@click.option("--database", metavar="URL", help="A postgresql:// URL (default: $OPSDSL_DATABASE, else SQLite).")
 @click.pass_context
 def serve(ctx: click.Context, config_file: Path | None, **flags) -> None:
     """Receive events over HTTP: Alertmanager webhooks on POST /v1/alertmanager, JSON events on
@@ -384,6 +399,8 @@ def serve(ctx: click.Context, config_file: Path | None, **flags) -> None:
     from opsdsl.serve import intake as server
     from opsdsl.serve.config import addresses_problem, load_config, merged_settings
 
+    no_drive = flags.pop("no_drive")
+    use_database(flags.pop("database"))
     config = load_config(config_file) if config_file is not None else None
     given = [name for name in flags if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
     merged = merged_settings(config, flags, given)
@@ -404,10 +421,12 @@ def serve(ctx: click.Context, config_file: Path | None, **flags) -> None:
         **{name: merged.pop(name) for name in _SERVE_SETTINGS},
         max_runs=merged["max_runs"],
         trusted_proxies=tuple(merged.pop("trusted_proxies")),
+        drive=not no_drive,
     )
     server.configure_logging(settings.log_format)
     service = build_service(**merged, config=config, queue_size=settings.queue_size)
-    _claim(service, "serve")  # before listening: a second server exits 2 at once
+    if not no_drive:  # `--no-drive` replays and drives nothing: any number may share a database
+        _claim(service, "serve")  # before listening: a second server exits 2 at once
     try:
         import asyncio
 

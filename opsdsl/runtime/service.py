@@ -235,6 +235,10 @@ class Service:
         self.runs: set[asyncio.Task] = set()
         self.driving: dict[str, asyncio.Task] = {}  # run id -> the task driving it
         self.driver: Any = None  # driver.Driver, when this service owns its runs (`serve`)
+        # worker.Worker when runs are driven under leases (`opsdsl worker`); `drives` False:
+        # this process drives no run at all (`serve --no-drive`: workers do).
+        self.leases: Any = None
+        self.drives = True
         self.announcer: Any = None  # announce.Announcer, when `serve` has notifiers
         self.milestones: MilestoneLog | None = None  # `serve`'s log of run milestones
         self._driver_task: asyncio.Task | None = None
@@ -581,6 +585,10 @@ class Service:
         """Drive a run now (one `interrupted`, or paused, which pauses again if it must still
         wait): the top-level run's id. Raises UsageError for a finished run."""
         run = self.runtime.resumable(run_id)
+        if not self.drives:  # a durable nudge: a worker drives it
+            with self.store.transaction():
+                self.store.set_timer(run.id, "", "resume", self.clock())
+            return run.id
         if run.id not in self.driving:
             self.drive_existing(run.id, "resume", by)
         return run.id
@@ -602,7 +610,10 @@ class Service:
         return self._spawn(run, reason, by)
 
     def _spawn(self, run, reason: str, by: str | None = None) -> asyncio.Task:
-        task = asyncio.create_task(self._drive(run, reason, by), name=run.id)
+        drive = self._drive(run, reason, by)
+        if self.leases is not None:  # a worker drives a run only under its lease
+            drive = self.leases.under_lease(run.id, drive)
+        task = asyncio.create_task(drive, name=run.id)
         self.runs.add(task)
         self.driving[run.id] = task
         task.add_done_callback(self.runs.discard)

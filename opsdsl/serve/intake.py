@@ -96,6 +96,7 @@ class ServeOptions:
     notifiers: tuple[dict, ...] = ()
     follow_ups: Any = None  # runtime.incidents.Tracker: open incidents' follow-ups there ([follow_ups])
     log_format: str = "text"  # text | json
+    drive: bool = True  # False (`--no-drive`): intake, API and console only; workers drive runs
 
 
 def read_credentials(
@@ -582,6 +583,10 @@ class Server:
 
     async def _start_worker(self) -> None:
         """Start the engine's worker (replaying events an earlier process left) and say what was left."""
+        if not self.options.drive:  # `--no-drive`: `opsdsl worker` processes evaluate the events and drive runs
+            self.service.drives = False
+            log.info("--no-drive: events are committed here; `opsdsl worker` processes drive the runs")
+            return
         (left,) = self.service.store.conn.execute(
             "SELECT COUNT(*) FROM runs WHERE status IN ('running', 'interrupted') AND parent_run IS NULL"
         ).fetchone()

@@ -1,0 +1,154 @@
+"""Leases and fencing epochs: a worker writes a run's state only while the run is its own.
+
+A worker claims a run (or a named duty, such as evaluating the accepted events) with one
+UPDATE that succeeds only when nobody holds a live lease: it bumps `lease_epoch`, names
+itself in `lease_owner` and sets `lease_until` to the database's clock (`Store.now()`)
+plus the TTL. Every transaction the worker then opens checks, right after BEGIN (which
+serializes writers on both backends), that the row still names it with its epoch, and
+extends the lease (`Store.transaction` calls `Fences.check`). A worker presumed dead
+whose lease another claimed writes nothing: its transaction raises `LeaseLost` and rolls
+back. A released lease (`lease_until` NULL: a paused or finished run) fails the check too.
+
+Which fence a transaction checks is the current asyncio task's (a context variable), since
+one worker drives many runs at once over one connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from opsdsl.errors import OpsdslError
+
+DEFAULT_TTL = 30.0  # seconds a lease lasts unless renewed
+EVENTS = "events"  # the named lease of the worker that evaluates accepted events
+
+# SQLite: the named leases' table (PostgreSQL: migration 0002_leases.sql), and the claim index.
+_DDL = """
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    lease_owner TEXT,
+    lease_epoch INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL
+);
+CREATE INDEX IF NOT EXISTS runs_lease ON runs(status, lease_until);
+"""
+
+# (table, key column) of what a lease is on.
+RUN, NAMED = ("runs", "id"), ("leases", "name")
+
+_current: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("opsdsl_fence", default=None)
+
+
+class LeaseLost(OpsdslError):
+    """Another worker holds the lease now (ours lapsed, or was released): write nothing more."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A lease held: (row, owner, epoch). `check` runs inside a write transaction."""
+
+    key: str
+    owner: str
+    epoch: int
+    ttl: float
+    table: tuple[str, str] = RUN
+
+    def check(self, store: Any) -> None:
+        """LeaseLost unless the row still names us with our epoch and a live (unreleased)
+        lease; else extend it to now + TTL. Called right after BEGIN."""
+        table, column = self.table
+        row = store.conn.execute(
+            f"SELECT lease_owner, lease_epoch, lease_until FROM {table} WHERE {column} = ?", (self.key,)
+        ).fetchone()
+        if row is None or row[0] != self.owner or int(row[1]) != self.epoch or row[2] is None:
+            holder = "nobody" if row is None or row[2] is None else f"{row[0]} (epoch {row[1]})"
+            raise LeaseLost(
+                f"lease on {self.key} lost: {self.owner} held epoch {self.epoch}, now {holder}; writing nothing"
+            )
+        store.conn.execute(f"UPDATE {table} SET lease_until = ? WHERE {column} = ?", (store.now() + self.ttl, self.key))
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[Fence]:
+        """Transactions in this context (and the tasks it starts) are fenced by this lease."""
+        token = _current.set(self)
+        try:
+            yield self
+        finally:
+            _current.reset(token)
+
+
+class Fences:
+    """`Store.fence` of a worker: checks the fence of the task that opened the transaction
+    (none: an unfenced write, e.g. recording an approval)."""
+
+    def check(self, store: Any) -> None:
+        fence = _current.get()
+        if fence is not None:
+            fence.check(store)
+
+
+@contextlib.contextmanager
+def unfenced() -> Iterator[None]:
+    """Write outside any lease (a claim, a release)."""
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def ensure_schema(store: Any) -> None:
+    """The named leases' table and the claim index on SQLite (PostgreSQL: `opsdsl db migrate`)."""
+    if not store.postgres:
+        store.conn.executescript(_DDL)
+
+
+def claim(store: Any, key: str, owner: str, ttl: float, table: tuple[str, str] = RUN) -> Fence | None:
+    """Take the lease on `key` when nobody holds a live one: the fence, else None.
+
+    A run is claimable while it is live; a named lease's row is made on first use."""
+    name, column = table
+    live = ""
+    args: list[Any] = []
+    if table == RUN:
+        from opsdsl.runtime.store import FINAL_RUN_STATUSES
+
+        live = f" AND status NOT IN ({', '.join('?' for _ in FINAL_RUN_STATUSES)})"
+        args = list(FINAL_RUN_STATUSES)
+    with unfenced(), store.transaction():
+        if table == NAMED:
+            store.conn.execute("INSERT OR IGNORE INTO leases (name, lease_epoch) VALUES (?, 0)", (key,))
+        now = store.now()
+        cursor = store.conn.execute(
+            f"UPDATE {name} SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_until = ?"
+            f" WHERE {column} = ? AND (lease_until IS NULL OR lease_until < ?){live}",
+            (owner, now + ttl, key, now, *args),
+        )
+        if cursor.rowcount != 1:
+            return None
+        (epoch,) = store.conn.execute(f"SELECT lease_epoch FROM {name} WHERE {column} = ?", (key,)).fetchone()
+    return Fence(key, owner, int(epoch), ttl, table)
+
+
+def release(store: Any, fence: Fence) -> bool:
+    """Give the lease up (`lease_until` NULL), if it is still ours; whether it was."""
+    name, column = fence.table
+    with unfenced(), store.transaction():
+        cursor = store.conn.execute(
+            f"UPDATE {name} SET lease_until = NULL WHERE {column} = ? AND lease_owner = ? AND lease_epoch = ?"
+            " AND lease_until IS NOT NULL",
+            (fence.key, fence.owner, fence.epoch),
+        )
+        return cursor.rowcount == 1
+
+
+def renew(store: Any, fence: Fence) -> None:
+    """Extend the lease now (a heartbeat): LeaseLost when it is no longer ours."""
+    with fence.current(), store.transaction():
+        pass

@@ -1,0 +1,336 @@
+"""`opsdsl worker`: the driving half of `opsdsl serve`, without HTTP, any number at once.
+
+A worker drives a run only under the run's lease (opsdsl.runtime.lease): it claims the run
+(epoch + 1, itself as owner, until the database's clock + TTL), drives it with the same
+Service and Scheduler `serve` uses, renews the lease every TTL/3 (a heartbeat) and with
+every write (the fence check in `Store.transaction`), and releases it when the drive ends:
+the run finished, paused (an approval, a decision, a parked wait or back-off) or was
+interrupted. A paused run holds no lease; the timers its approvals, decisions,
+cancellations and waits leave make it claimable again, as does a lapsed lease on a run
+left `running` or `interrupted` (its worker died or was cut off). A worker whose lease
+another claimed writes nothing more: its transaction raises LeaseLost, and the heartbeat
+cancels the drive.
+
+Accepted events (`serve --no-drive` only commits them) are evaluated by one worker at a
+time, in order, under the named lease `events`: the triggers' state is shared, so the
+worker that takes the lease reads it again first. Runs an event starts are claimed by
+the worker that created them; a run created by a worker that died before claiming it is
+`running` with no lease, and any worker claims it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+from opsdsl.runtime import lease as L
+from opsdsl.runtime import store as S
+from opsdsl.runtime.driver import NUDGES, POLL, SCAN_EVERY, SERVE, Driver
+
+log = logging.getLogger("opsdsl.worker")
+EVENT_BATCH = 100  # accepted events read at a time by the holder of the events lease
+
+
+def default_name() -> str:
+    """`HOST:PID`: unique among live workers, and says where to look."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Worker:
+    """Drives a Service's runs under leases, and evaluates its accepted events."""
+
+    def __init__(
+        self,
+        service: Any,
+        name: str | None = None,
+        ttl: float = L.DEFAULT_TTL,
+        poll: float = POLL,
+        max_runs: int = 64,
+    ) -> None:
+        """`max_runs`: runs claimed and driven at once (the Service's run slots)."""
+        self.service = service
+        self.max_runs = max_runs
+        self.store: S.Store = service.store
+        self.name = name or default_name()
+        self.ttl = ttl
+        self.poll = poll
+        self.claimed: dict[str, L.Fence] = {}  # claimed by the driver, not yet driving
+        self.held: dict[str, tuple[L.Fence, asyncio.Task]] = {}  # run -> its lease and drive
+        self.lost: set[str] = set()
+        self.stopping = False
+        self.events_fence: L.Fence | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # ---- starting and stopping -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Fence the store, set up what `serve` sets up to own runs, and start driving."""
+        from opsdsl.runtime.compliance import LastLevelReports
+        from opsdsl.runtime.escalation import TIMER, EscalationPolicy, Escalator
+        from opsdsl.runtime.service import PARK_AFTER
+
+        service = self.service
+        L.ensure_schema(self.store)
+        self.store.fence = L.Fences()
+        service.leases = self
+        service.runtime.park_after = PARK_AFTER
+        service.escalator = Escalator(self.store, service.escalation or EscalationPolicy(), clock=service.clock)
+        levels = [level.name for level in service.escalator.policy.levels]
+        service.reports = LastLevelReports(self.store.root, levels, clock=service.clock)
+        service.driver = LeaseDriver(
+            self,
+            self.store,
+            service.drive_existing,
+            lambda: list(service.driving),
+            clock=self.store.now,
+            poll=self.poll,
+            handlers={TIMER: service._escalation_due},
+        )
+        self._tasks = [
+            asyncio.create_task(service.driver.run(), name="opsdsl-driver"),
+            asyncio.create_task(self._events(), name="opsdsl-events"),
+            asyncio.create_task(self._heartbeat(), name="opsdsl-heartbeat"),
+        ]
+        log.info("worker %s: driving runs (lease %gs)", self.name, self.ttl)
+
+    async def stop(self, timeout: float) -> None:
+        """Claim nothing more; let the runs being driven finish (up to `timeout`), then
+        interrupt the rest (each records that and releases its lease)."""
+        self.stopping = True
+        driver, events, heartbeat = self._tasks
+        for task in (driver, events):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for run_id, fence in list(self.claimed.items()):
+            self._release(fence)
+            del self.claimed[run_id]
+        runs = set(self.service.runs)
+        if runs:
+            _, pending = await asyncio.wait(runs, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("drain timeout: interrupting %d runs; another worker continues them", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        if self.service.reports is not None:
+            from opsdsl.runtime.service import REPORT_DRAIN
+
+            await asyncio.to_thread(self.service.reports.join, REPORT_DRAIN)
+        log.info("worker %s: stopped", self.name)
+
+    async def run(self, stop: asyncio.Event, drain_timeout: float = 30.0) -> None:
+        await self.start()
+        done = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([done, *self._tasks[:2]], return_when=asyncio.FIRST_COMPLETED)
+        done.cancel()
+        await self.stop(drain_timeout)
+
+    # ---- driving under a lease -------------------------------------------------------
+
+    def claim(self, run_id: str) -> L.Fence | None:
+        return L.claim(self.store, run_id, self.name, self.ttl)
+
+    async def under_lease(self, run_id: str, drive: Coroutine[Any, Any, Any]) -> None:
+        """Drive (`Service._drive`) only under the run's lease; release it when the drive ends."""
+        fence = self.claimed.pop(run_id, None) or (None if self.stopping else self.claim(run_id))
+        if fence is None:  # another worker holds it: it goes on there
+            drive.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.held[run_id] = (fence, task)
+        try:
+            with fence.current():
+                await drive
+        except L.LeaseLost as error:
+            self.lost.add(run_id)
+            log.warning("run %s: %s", run_id, error.message)
+        except asyncio.CancelledError:
+            if run_id not in self.lost:
+                raise
+        finally:
+            del self.held[run_id]
+            if run_id in self.lost:
+                self.lost.discard(run_id)
+            else:
+                self._release(fence)
+
+    def _release(self, fence: L.Fence) -> None:
+        try:
+            L.release(self.store, fence)
+        except Exception as error:  # the lease lapses by itself
+            log.error("releasing the lease on %s: %s: %s", fence.key, type(error).__name__, error)
+
+    async def _heartbeat(self) -> None:
+        """Renew every lease held every TTL/3; a lease lost stops its drive at once."""
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            for run_id, (fence, task) in list(self.held.items()):
+                try:
+                    L.renew(self.store, fence)
+                except L.LeaseLost as error:
+                    log.warning("run %s: %s; stopping its drive", run_id, error.message)
+                    self.lost.add(run_id)
+                    task.cancel()
+                except Exception as error:  # the database is unreachable: the lease may lapse
+                    log.error("heartbeat of run %s: %s: %s", run_id, type(error).__name__, error)
+            for fence in list(self.claimed.values()):
+                with contextlib.suppress(Exception):
+                    L.renew(self.store, fence)
+
+    # ---- events ----------------------------------------------------------------------
+
+    async def _events(self) -> None:
+        """Evaluate accepted events, in order, while holding the `events` lease; give the
+        lease up when none are left, so that any worker may take the next ones."""
+        while True:
+            try:
+                await self._evaluate_pending()
+            except L.LeaseLost as error:
+                log.warning("events: %s", error.message)
+                self.events_fence = None
+            except Exception as error:  # a failing database: try again later
+                log.error("events: %s: %s", type(error).__name__, error)
+            await asyncio.sleep(self.poll)
+
+    async def _evaluate_pending(self) -> None:
+        service = self.service
+        pending = self._pending_events()
+        if not pending:
+            if self.events_fence is not None:
+                self._release(self.events_fence)
+                self.events_fence = None
+            return
+        if self.events_fence is None:
+            self.events_fence = L.claim(self.store, L.EVENTS, self.name, self.ttl, L.NAMED)
+            if self.events_fence is None:  # another worker evaluates them
+                return
+            service.engine.restore(self.store.trigger_states())  # as the last holder left it
+            pending = self._pending_events()
+        with self.events_fence.current():
+            for event_id, received, body in pending:
+                if self.stopping:
+                    return
+                try:
+                    await service.handle(event_id, received, json.loads(body))
+                except L.LeaseLost:
+                    raise
+                except Exception as error:  # one bad event must not stop the others
+                    service._record_failure(event_id, error)
+                await asyncio.sleep(0)
+            L.renew(self.store, self.events_fence)
+
+    def _pending_events(self) -> list[tuple[int, float, str]]:
+        return self.store.conn.execute(
+            "SELECT id, received_at, body FROM events WHERE status = 'accepted' ORDER BY id LIMIT ?", (EVENT_BATCH,)
+        ).fetchall()
+
+
+class LeaseDriver(Driver):
+    """The Driver of `serve`, for many workers: a run is driven only once claimed, and a
+    timer is dropped only by the worker that claimed its run."""
+
+    def __init__(self, worker: Worker, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker = worker
+
+    def adopt(self) -> list[str]:
+        """Own the unfinished runs nobody owns that no process drives (paused, interrupted):
+        e.g. `opsdsl run` paused for an approval. A `running` one may be a live CLI's."""
+        with L.unfenced(), self.store.transaction():
+            self.store.conn.execute(
+                "UPDATE runs SET owner = ? WHERE owner IS NULL AND parent_run IS NULL AND status IN (?, ?)",
+                (SERVE, S.PAUSED, S.INTERRUPTED),
+            )
+        return []
+
+    def look(self) -> list[str]:
+        busy = set(self.driving())
+        started = []
+        for run_id, reason in self.due(busy):
+            if self.drive(run_id, reason) is None:  # it cannot start now (a secret is missing): try later
+                fence = self.worker.claimed.pop(run_id, None)
+                with L.unfenced(), self.store.transaction():
+                    self.store.set_timer(run_id, "", "retry", self.clock() + 60.0)
+                if fence is not None:
+                    self.worker._release(fence)
+                continue
+            busy.add(run_id)
+            started.append(run_id)
+        return started
+
+    def due(self, busy: set[str]) -> list[tuple[str, str]]:
+        """(top-level run, why) for each run this worker claimed now: runs with a due timer,
+        runs left running or interrupted whose lease lapsed, paused runs ready to go on."""
+        if self.worker.stopping:
+            return []
+        now = self.clock()
+        candidates: dict[str, str] = {}
+        timers = self.store.due_timers(now)
+        handled = [timer for timer in timers if timer[2] in self.handlers]
+        if handled:
+            self._handle(handled, now)
+        for run_id, _step, kind, _due in timers:
+            if kind not in self.handlers:
+                candidates.setdefault(self.store.root_run(run_id), kind if kind in NUDGES else "timer")
+        over = self._over(set(candidates))  # finished (or gone): their timers have nothing left to wake
+        if over:
+            with L.unfenced(), self.store.transaction():
+                self.store.drop_timers(sorted(over), now)
+        owned = self._owned_live(set(candidates))  # not a run a CLI process drives
+        candidates = {run_id: why for run_id, why in candidates.items() if run_id in owned}
+        rows = self.store.conn.execute(
+            "SELECT id FROM runs WHERE parent_run IS NULL AND owner = ? AND status IN (?, ?)"
+            " AND (lease_until IS NULL OR lease_until < ?) ORDER BY created_at LIMIT 100",
+            (SERVE, S.RUNNING, S.INTERRUPTED, now),
+        ).fetchall()
+        for (run_id,) in rows:
+            candidates.setdefault(run_id, "recover")
+        if now - self._scanned >= SCAN_EVERY:
+            self._scanned = now
+            for root, reason in self._ready_paused(busy):
+                candidates.setdefault(root, reason)
+        free = self.worker.max_runs - len(busy) - len(self.worker.claimed)
+        found = []
+        for run_id, reason in candidates.items():
+            if run_id in busy or run_id in self.worker.claimed:
+                continue
+            if len(found) >= max(0, free):
+                break
+            fence = self.worker.claim(run_id)
+            if fence is None:  # another worker drives it (its timers stay for whoever drives next)
+                continue
+            self.worker.claimed[run_id] = fence
+            with L.unfenced(), self.store.transaction():
+                self.store.drop_timers([run_id], now)
+            found.append((run_id, reason))
+        return found
+
+    def _handle(self, timers: list[tuple[str, str, str, float]], now: float) -> None:
+        """A timer that is not a drive (an escalation clock) fires once across workers: the
+        worker whose DELETE removed it calls the handler."""
+        mine = []
+        for timer in timers:
+            run_id, step, kind, _due = timer
+            with L.unfenced(), self.store.transaction():
+                cursor = self.store.conn.execute(
+                    "DELETE FROM timers WHERE run_id = ? AND step_id = ? AND kind = ? AND due_at <= ?",
+                    (run_id, step, kind, now),
+                )
+            if cursor.rowcount > 0:
+                mine.append(timer)
+        for run_id, _step, kind, _due in mine:
+            try:
+                self.handlers[kind](run_id)
+            except Exception as error:
+                log.error("timer %s of run %s: %s: %s", kind, run_id, type(error).__name__, error)
