@@ -354,10 +354,6 @@ def _register_more_commands() -> None:
 
     for command in cli_inspect.COMMANDS:
         cli.add_command(command)
-    from opsdsl.cli import runner as cli_runner
-
-    for command in cli_runner.COMMANDS:
-        cli.add_command(command)
     from opsdsl.cli import sequencer as cli_sequencer
 
     for command in cli_sequencer.COMMANDS:
