@@ -16,7 +16,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -272,8 +272,17 @@ class Ledger:
     and the runtime's own state change commit together or not at all.
     """
 
+    journaled = False  # entries are chained as they are appended (see opsdsl.runtime.sequencer for the other way)
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+
+    def settle(self, run: str | None = None, timeout: float | None = None) -> None:
+        """Wait until the entries committed so far (of `run`, or all) are chained: they already are here."""
+
+    def pending(self, run: str | None = None) -> int:
+        """How many committed entries wait to be chained: none here."""
+        return 0
 
     def append(self, kind: str, run: str | None, data: Mapping[str, Any], ts: float | None = None) -> Entry:
         """Append one entry and return it; call inside BEGIN IMMEDIATE ... COMMIT.
@@ -585,6 +594,15 @@ def _walk_chain(conn: sqlite3.Connection, vouched: Mapping[int, list[Checkpoint]
     Text columns are read as bytes (the UTF-8 that was hashed), which saves decoding and
     re-encoding every row and turns text that is not UTF-8 into a hash mismatch, not a crash.
     """
+    if not hasattr(conn, "text_factory"):  # PostgreSQL (a PgConnection): text arrives as str
+        rows = conn.execute("SELECT seq, ts, run, kind, data, prev, hash FROM ledger ORDER BY seq")
+        return _walk_rows(
+            (
+                (seq, ts, _utf8(run), _utf8(kind), _utf8(data), prev, digest)
+                for seq, ts, run, kind, data, prev, digest in rows
+            ),
+            vouched,
+        )
     saved = conn.text_factory
     conn.text_factory = bytes
     try:
@@ -593,7 +611,11 @@ def _walk_chain(conn: sqlite3.Connection, vouched: Mapping[int, list[Checkpoint]
         conn.text_factory = saved
 
 
-def _walk_rows(rows: sqlite3.Cursor, vouched: Mapping[int, list[Checkpoint]]) -> _Chain:
+def _utf8(value: object) -> object:
+    return value.encode("utf-8") if type(value) is str else value
+
+
+def _walk_rows(rows: Iterable[tuple], vouched: Mapping[int, list[Checkpoint]]) -> _Chain:
     sha256, join, domain = hashlib.sha256, b"".join, ENTRY_DOMAIN
     expected = 1  # the seq the next row must have
     last = GENESIS  # hash of the previous row
