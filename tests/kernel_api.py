@@ -322,9 +322,48 @@ def shell_params(api: KernelAPI) -> dict[str, str]:
     return {"kernel_url": api.url, "python": sys.executable, "helper": str(HELPER)}
 
 
+def state_db(state: Path) -> Any:
+    """A connection to the state database the test's opsdsl processes use, in autocommit:
+    the PostgreSQL database $OPSDSL_DATABASE names (with sqlite3's surface, see
+    opsdsl.runtime.database), else `state`/state.db with sqlite3 itself."""
+    url = os.environ.get("OPSDSL_DATABASE")
+    if url:
+        from opsdsl.runtime.database import PgConnection
+
+        return PgConnection(url, application="opsdsl tests")
+    return sqlite3.connect(state / "state.db", isolation_level=None)
+
+
+def dump_state(state: Path) -> str:
+    """Every row of every table of the state database as text (SQLite's .dump, or the same
+    read table by table from PostgreSQL), to search for what must never be stored."""
+    conn = state_db(state)
+    try:
+        if not os.environ.get("OPSDSL_DATABASE"):
+            return "\n".join(conn.iterdump())
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+        lines = []
+        for table in tables:
+            for row in conn.execute(f"SELECT * FROM {table}"):
+                lines.append(
+                    repr([bytes(v).decode("utf-8", "replace") if isinstance(v, bytes | memoryview) else v for v in row])
+                )
+        return "\n".join(lines)
+    finally:
+        conn.close()
+
+
+def drop_ledger_guards(conn: Any) -> None:
+    """What an attacker with the database does first: drop the append-only triggers."""
+    from opsdsl.runtime.database import is_postgres
+
+    for name in ("ledger_no_update", "ledger_no_delete"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}" + (" ON ledger" if is_postgres(conn) else ""))
+
+
 def ledger_rows(state: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The ledger table as sqlite3 reads it: seq, ts, run, kind, data (parsed)."""
-    conn = sqlite3.connect(state / "state.db")
+    """The ledger table as the database reads it: seq, ts, run, kind, data (parsed)."""
+    conn = state_db(state)
     try:
         rows = conn.execute("SELECT seq, ts, run, kind, data FROM ledger ORDER BY seq").fetchall()
     finally:

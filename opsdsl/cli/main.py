@@ -20,8 +20,25 @@ from opsdsl.files import write_atomic
 INTERNAL_ERROR = 3
 
 
+def _choose_database(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """`opsdsl --database URL COMMAND`: the state backend for every command, as $OPSDSL_DATABASE."""
+    if value is not None:
+        from opsdsl.runtime.database import database_url
+
+        database_url(value)  # a bad URL is refused here, before the command runs
+        os.environ["OPSDSL_DATABASE"] = value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="opsdsl", message="%(prog)s %(version)s")
+@click.option(
+    "--database",
+    metavar="URL",
+    expose_value=False,
+    is_eager=True,
+    callback=_choose_database,
+    help="State database: a postgresql:// URL (default: $OPSDSL_DATABASE, else state.db in the state directory).",
+)
 def cli() -> None:
     """opsdsl: lint, compile and run incident-response packs."""
 
@@ -366,6 +383,10 @@ def _register_more_commands() -> None:
 
 _register_signing_commands()
 _register_more_commands()
+    from opsdsl.cli import db as cli_db
+
+    for command in cli_db.COMMANDS:
+        cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

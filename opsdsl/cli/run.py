@@ -673,13 +673,11 @@ def report(
     if ctx.invoked_subcommand is not None:
         return
     from opsdsl.runtime.state_audit import compute_state_report
-    from opsdsl.runtime.store import DB_NAME, StateError
+    from opsdsl.runtime.store import StateError, has_state, no_state_message
     from opsdsl.runtime.store import state_dir as resolve_state
 
-    if not (resolve_state(state_dir) / DB_NAME).is_file():  # like `runs`: a mistyped dir is not "no runs"
-        raise StateError(
-            f"no opsdsl state in {resolve_state(state_dir)} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME"
-        )
+    if not has_state(resolve_state(state_dir)):  # like `runs`: a mistyped dir is not "no runs"
+        raise StateError(no_state_message(resolve_state(state_dir)))
     if compliance_pdf is not None:
         _compliance_pdf(compliance_pdf, fmt, since, until, state_dir)
         return

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from opsdsl.errors import OpsdslError, UsageError
-from opsdsl.runtime.store import DB_NAME, state_dir
+from opsdsl.runtime.store import has_state, no_state_message, read_only, state_dir
 
 REPORTS_DIR = "reports"  # STATE/reports/: what a server writes by itself
 WINDOW = 30 * 86400.0  # the period of a report a server writes: 30 days up to the escalation
@@ -74,10 +74,10 @@ def state_compliance(
     from opsdsl.audit.compliance.figures import DEFAULT_LEVEL_NAMES
 
     root = state_dir(state)
-    if not (root / DB_NAME).is_file():
-        raise UsageError(f"no opsdsl state in {root} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME")
-    since, until = period(_last_entry(root / DB_NAME), since, until)
-    window = period_entries(root / DB_NAME, since, until)
+    if not has_state(root):
+        raise UsageError(no_state_message(root))
+    since, until = period(_last_entry(root), since, until)
+    window = period_entries(root, since, until)
     basis = _basis(root, window, signer)
     return compute_compliance(
         window,
@@ -89,31 +89,25 @@ def state_compliance(
     )
 
 
-def period_entries(database: Path, since: float, until: float) -> list[dict[str, Any]]:
+def period_entries(root: Path, since: float, until: float) -> list[dict[str, Any]]:
     """The entries of the runs created in [since, until), written before `until`, in ledger order.
 
     A run detected in the period was created in it too (detection is never after creation),
     and so were its child runs; the rest of the ledger is not loaded.
     """
-    conn = sqlite3.connect(database.resolve().as_uri() + "?mode=ro", uri=True)
-    try:
+    with read_only(root) as conn:
         rows = conn.execute(
             "SELECT seq, ts, run, kind, data FROM ledger WHERE ts < :until AND run IN"
             " (SELECT run FROM ledger WHERE kind = 'run.created' AND ts >= :since AND ts < :until) ORDER BY seq",
             {"since": since, "until": until},
         )
         return [{"seq": r[0], "ts": r[1], "run": r[2], "kind": r[3], "data": json.loads(r[4])} for r in rows]
-    finally:
-        conn.close()
 
 
-def _last_entry(database: Path) -> list[dict[str, Any]]:
+def _last_entry(root: Path) -> list[dict[str, Any]]:
     """The ledger's last entry's time, as `period` takes it (an empty list for an empty ledger)."""
-    conn = sqlite3.connect(database.resolve().as_uri() + "?mode=ro", uri=True)
-    try:
+    with read_only(root) as conn:
         (last,) = conn.execute("SELECT MAX(ts) FROM ledger").fetchone()
-    finally:
-        conn.close()
     return [] if last is None else [{"ts": last}]
 
 
@@ -121,9 +115,9 @@ def _basis(root: Path, window: list[dict], signer: Any):
     """The ledger's verification (chain and checkpoints, as `opsdsl ledger verify` checks them)
     with the key that signs the report and the state directory's own, and its last checkpoint."""
     from opsdsl.audit.compliance import ledger_basis
-    from opsdsl.audit.ledger import read_checkpoints, verify_path
+    from opsdsl.audit.ledger import read_checkpoints
     from opsdsl.build.signing import keyid
-    from opsdsl.runtime.state_audit import incident_records
+    from opsdsl.runtime.state_audit import incident_records, verify_state_ledger
     from opsdsl.runtime.state_config import state_public_key
 
     trusted: dict[str, Any] = {}
@@ -135,7 +129,7 @@ def _basis(root: Path, window: list[dict], signer: Any):
         own = None
     if own is not None:
         trusted[keyid(own[0])] = own[0]
-    checkpoint = _last_checkpoint(root / DB_NAME)
+    checkpoint = _last_checkpoint(root)
     try:
         external = []
         for record in incident_records(root / "incidents"):
@@ -143,7 +137,7 @@ def _basis(root: Path, window: list[dict], signer: Any):
                 external += read_checkpoints(record)
             except OpsdslError:
                 continue  # `opsdsl ledger verify` reports a record it cannot read; the report rests on the chain
-        result = verify_path(root / DB_NAME, trusted, external)
+        result = verify_state_ledger(root, trusted, external)
     except OpsdslError as error:
         return ledger_basis(window, verified=None, verdict=f"not verified: {error}", checkpoint=checkpoint)
     verdict = result.render().splitlines()[0]
@@ -166,14 +160,12 @@ def _basis(root: Path, window: list[dict], signer: Any):
     )
 
 
-def _last_checkpoint(path: Path) -> dict[str, Any] | None:
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+def _last_checkpoint(root: Path) -> dict[str, Any] | None:
     try:
-        row = conn.execute("SELECT seq, head, ts, keyid FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        with read_only(root) as conn:
+            row = conn.execute("SELECT seq, head, ts, keyid FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
     except sqlite3.DatabaseError:
         return None
-    finally:
-        conn.close()
     if row is None:
         return None
     head = row[1].hex() if isinstance(row[1], bytes) else str(row[1])
@@ -196,8 +188,8 @@ def write_state_compliance(
     from opsdsl.runtime.state_config import signer as state_signer
 
     root = state_dir(state)
-    if not (root / DB_NAME).is_file():
-        raise UsageError(f"no opsdsl state in {root} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME")
+    if not has_state(root):
+        raise UsageError(no_state_message(root))
     signing = chosen or state_signer(root)
     report = state_compliance(root, since=since, until=until, signer=signing.key, levels=levels, extra=extra)
     return write_compliance(Path(out), report, signing.key, signing.describe())

@@ -368,6 +368,15 @@ class PgConnection:
             self.execute(statement)
         return PgCursor(None, None, -1, None)
 
+    def commit(self) -> None:
+        """sqlite3's: commit an open transaction (statements outside one commit on their own)."""
+        if self.in_transaction:
+            self.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.in_transaction:
+            self.execute("ROLLBACK")
+
     def close(self) -> None:
         if self._raw is not None and not self._raw.closed:
             self._raw.close()

@@ -340,7 +340,7 @@ def ensure_pdf(state: Path, folder: Path) -> str | None:
 
     if (folder / "rca.pdf").is_file():
         return None
-    if not (state / S.DB_NAME).is_file():
+    if not S.has_state(state):
         return "exported without rca.pdf: no state directory to sign it with (render it there: opsdsl incident pdf)"
     runtime = runner.Runtime(state, create=False)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from opsdsl.errors import UsageError
-from opsdsl.runtime.store import DB_NAME, state_dir
+from opsdsl.runtime.store import DB_NAME, has_state, read_only, state_dir
 
 SELF_TRUST_WARNING = (
     "trusting the key found in the directory being checked ({source}); whoever can write it could have"
@@ -71,7 +71,7 @@ def verify_state(
     state directory's own key."""
     from dataclasses import replace
 
-    from opsdsl.audit.ledger import read_checkpoints, verify_path
+    from opsdsl.audit.ledger import read_checkpoints
 
     root = state_dir(state)
     external = []
@@ -80,15 +80,15 @@ def verify_state(
     if include_incidents:
         for record in incident_records(root / "incidents"):
             external += read_checkpoints(record)  # a record that cannot be read is a finding, not noise
-    has_checkpoints = bool(external) or _stored_checkpoints(root / DB_NAME)
+    has_checkpoints = bool(external) or _stored_checkpoints(root)
     trusted, source = {}, None
-    if keys or trust or has_checkpoints or _finished_runs(root / DB_NAME):
+    if keys or trust or has_checkpoints or _finished_runs(root):
         trusted, source = _trusted(state, keys, trust, environment)
-    report = verify_path(root / DB_NAME, trusted, external)
+    report = verify_state_ledger(root, trusted, external)
     if include_incidents:
         missing = [
             f"run {run} finished, but its incident record {folder}/record.json is gone"
-            for run, folder in _finished_runs(root / DB_NAME)
+            for run, folder in _finished_runs(root)
             if not (Path(folder) / "record.json").is_file()
         ]
         if missing:
@@ -103,32 +103,42 @@ def verify_state(
     return report
 
 
-def _finished_runs(path: Path) -> list[tuple[str, str]]:
+def verify_state_ledger(root: Path, trusted: dict, external: list) -> Any:
+    """`verify_ledger` on the state of `root`: its state.db read-only, or the PostgreSQL database."""
+    from opsdsl.audit.ledger import LedgerError, verify_ledger, verify_path
+    from opsdsl.runtime.database import database_url
+
+    if database_url() is None:
+        return verify_path(root / DB_NAME, trusted, external)
+    try:
+        with read_only(root) as conn:
+            return verify_ledger(conn, trusted, external)
+    except sqlite3.Error as error:
+        raise LedgerError(f"cannot read the ledger: {error}") from None
+
+
+def _finished_runs(root: Path) -> list[tuple[str, str]]:
     """(run id, incident folder) of the finished runs in the runs table, oldest first."""
-    if not path.is_file():
+    if not has_state(root):
         return []
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        rows = conn.execute(
-            "SELECT id, incident_dir FROM runs WHERE status IN ('succeeded', 'failed') ORDER BY created_at, id"
-        )
-        return [(row[0], row[1]) for row in rows]
+        with read_only(root) as conn:
+            rows = conn.execute(
+                "SELECT id, incident_dir FROM runs WHERE status IN ('succeeded', 'failed') ORDER BY created_at, id"
+            )
+            return [(row[0], row[1]) for row in rows]
     except sqlite3.DatabaseError:
         return []
-    finally:
-        conn.close()
 
 
-def _stored_checkpoints(path: Path) -> bool:
-    if not path.is_file():
+def _stored_checkpoints(root: Path) -> bool:
+    if not has_state(root):
         return False
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        return conn.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone() is not None
+        with read_only(root) as conn:
+            return conn.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone() is not None
     except sqlite3.DatabaseError:
         return False
-    finally:
-        conn.close()
 
 
 def find_incident(state: Path | None, incidents_dir: Path | None, incident_id: str) -> Path:
@@ -142,15 +152,12 @@ def find_incident(state: Path | None, incidents_dir: Path | None, incident_id: s
 
 
 def ledger_entries(state: Path | None) -> list[dict[str, Any]]:
-    path = state_dir(state) / DB_NAME
-    if not path.exists():
+    root = state_dir(state)
+    if not has_state(root):
         return []
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-    try:
+    with read_only(root) as conn:
         rows = conn.execute("SELECT seq, ts, run, kind, data FROM ledger ORDER BY seq")
         return [{"seq": r[0], "ts": r[1], "run": r[2], "kind": r[3], "data": json.loads(r[4])} for r in rows]
-    finally:
-        conn.close()
 
 
 def compute_state_report(state: Path | None, since: str | None, until: str | None = None):

@@ -173,6 +173,37 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def has_state(root: Path) -> bool:
+    """Whether there is opsdsl state to read for `root`: with $OPSDSL_DATABASE set, the
+    PostgreSQL database holds it (whether it is reachable is found when it is opened);
+    else `root`/state.db must exist, so that a mistyped --state-dir is an error, not "no runs"."""
+    from opsdsl.runtime.database import database_url
+
+    return database_url() is not None or (root / DB_NAME).is_file()
+
+
+def no_state_message(root: Path) -> str:
+    return f"no opsdsl state in {root} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME"
+
+
+@contextmanager
+def read_only(root: Path) -> Iterator[Any]:
+    """A connection that only reads the state of `root`: its state.db opened read-only
+    (`mode=ro`: a reader never creates, migrates or locks it for writing), or the PostgreSQL
+    database $OPSDSL_DATABASE names. sqlite3.Error when it cannot be read."""
+    from opsdsl.runtime.database import PgConnection, database_url
+
+    url = database_url()
+    if url is not None:
+        conn: Any = PgConnection(url, application="opsdsl (reader)")
+    else:
+        conn = sqlite3.connect((root / DB_NAME).resolve().as_uri() + "?mode=ro", uri=True, timeout=10)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 @dataclass
 class RunRow:
     id: str
@@ -204,6 +235,11 @@ class RunRow:
     requested_by: str | None = None  # who started the run: a person's recorded name, or None (an event)
     owner: str | None = None  # "serve" while a server owns the run (drives it, fires its timers)
     cancel_requested: str | None = None  # who asked to cancel the run (recorded name); it ends `cancelled`
+    # A worker's lease on the run (opsdsl.runtime.lease): who, the fencing epoch, until when
+    # (the database's clock; NULL: nobody holds it, e.g. a paused run).
+    lease_owner: str | None = None
+    lease_epoch: int = 0
+    lease_until: float | None = None
 
 
 @dataclass
@@ -228,7 +264,14 @@ _JSON_RUN_FIELDS = ("params", "inputs", "event")
 class Store:
     """The state database of one state directory."""
 
-    def __init__(self, root: Path, durable: bool = True, create: bool = True, database: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        durable: bool = True,
+        create: bool = True,
+        database: str | None = None,
+        ledger_mode: str | None = None,
+    ) -> None:
         """`durable=False` (rehearsals in `opsdsl test`) skips fsync: fast, and fine for a
         throwaway state directory, never for a real one. `create=False` (commands that only
         read or steer existing runs) refuses a state directory that does not exist yet, so a
@@ -237,7 +280,11 @@ class Store:
         `database`: a postgresql:// URL (else $OPSDSL_DATABASE; unset or `sqlite` is
         state.db in `root`). On PostgreSQL the state directory still holds the keys, trust
         file and incident folders; the runs, approvals and ledger are in the database,
-        whose schema `opsdsl db migrate` made (see opsdsl.runtime.database)."""
+        whose schema `opsdsl db migrate` made (see opsdsl.runtime.database).
+
+        `ledger_mode` (else $OPSDSL_LEDGER_MODE): `inline` (the default) chains each entry in
+        its transaction; `journal` (PostgreSQL only; SQLite always chains inline) journals
+        them for the sequencer to chain (opsdsl.runtime.sequencer)."""
         from opsdsl.audit.ledger import Ledger
         from opsdsl.runtime.database import database_url
 
@@ -249,6 +296,10 @@ class Store:
         else:
             self.conn = self._open_sqlite(root, durable, create)
         self.ledger = Ledger(self.conn)
+        if self.postgres and _ledger_mode(ledger_mode) == "journal":
+            from opsdsl.runtime.sequencer import JournalLedger
+
+            self.ledger = JournalLedger(self.conn)
         # Set by a worker while it drives a run under a lease (opsdsl.runtime.lease): every
         # transaction then checks that the lease is still ours before it writes.
         self.fence: Any = None
@@ -550,7 +601,19 @@ _LATER_COLUMNS = (
     ("runs", "requested_by", "TEXT"),
     ("runs", "owner", "TEXT"),
     ("runs", "cancel_requested", "TEXT"),
+    ("runs", "lease_owner", "TEXT"),  # opsdsl.runtime.lease (PostgreSQL: migration 0002_leases)
+    ("runs", "lease_epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("runs", "lease_until", "REAL"),
 )
+
+
+def _ledger_mode(explicit: str | None) -> str:
+    from opsdsl.runtime.sequencer import SequencerError, ledger_mode
+
+    try:
+        return ledger_mode(explicit)
+    except SequencerError as error:
+        raise StateError(error.message) from None
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

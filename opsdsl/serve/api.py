@@ -861,8 +861,7 @@ def _ledger_status(state: Path) -> dict[str, Any]:
         if found is not None:
             key = {"keyid": keyid(found[0]), "mode": read_config(state).mode}
     checkpoint = None
-    database = (state / S.DB_NAME).resolve().as_uri() + "?mode=ro"
-    with contextlib.closing(sqlite3.connect(database, uri=True)) as conn, contextlib.suppress(sqlite3.DatabaseError):
+    with contextlib.suppress(sqlite3.DatabaseError), S.read_only(state) as conn:
         row = conn.execute("SELECT seq, ts, keyid FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
         if row is not None:
             checkpoint = {"seq": row[0], "ts": row[1], "keyid": row[2]}

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from pathlib import Path
 
 import pytest
-from kernel_api import ledger_rows, opsdsl, run_status
+from kernel_api import ledger_rows, opsdsl, run_status, state_db
 
 from opsdsl.errors import UsageError
 from opsdsl.lang.names import same_person_key
@@ -24,9 +23,8 @@ def paused(state: Path, playbook: str, requested_by: str | None) -> str:
     started = opsdsl("run", "--pack", PACK, "--playbook", playbook, "--state-dir", state, "--log-format", "json")
     assert started.code == 4, started.stdout + started.stderr
     run = started.run_id
-    conn = sqlite3.connect(state / "state.db")
-    with conn:
-        conn.execute("UPDATE runs SET requested_by = ? WHERE id = ?", (requested_by, run))
+    conn = state_db(state)
+    conn.execute("UPDATE runs SET requested_by = ? WHERE id = ?", (requested_by, run))
     conn.close()
     return run
 

@@ -12,14 +12,13 @@ scheduler redacts report.rca's outputs) report.rca's title and summary.
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel_api import KernelAPI, Result, cli_env, ledger_rows, opsdsl, param_args
+from kernel_api import KernelAPI, Result, cli_env, dump_state, ledger_rows, opsdsl, param_args
 
 from opsdsl.runtime.secrets import fragment_floor
 
@@ -134,11 +133,7 @@ def run_playbook(api: KernelAPI, tmp_path: Path, playbook: str) -> tuple[Path, R
 def assert_nowhere(state: Path, result: Result) -> None:
     """No piece of the secret in any file under `state` nor in the output; the database is
     read through SQLite too, in case a page is only in the WAL."""
-    conn = sqlite3.connect(state / "state.db")
-    try:
-        dumped = "\n".join(conn.iterdump())
-    finally:
-        conn.close()
+    dumped = dump_state(state)
     assert [piece for piece in pieces(SECRET) if piece.decode() in dumped] == []
     assert leaks(state, result) == []
 

@@ -43,6 +43,7 @@ from kernel_api import (
     param_args,
     run_status,
     shell_params,
+    state_db,
 )
 
 pytestmark = pytest.mark.kills_runs  # SIGKILL at commit boundaries, then resume
@@ -152,9 +153,9 @@ class Trial:
 
     def query(self, sql: str, *args: object) -> list[tuple]:
         """Read the state database directly (no process is driving the run when we look)."""
-        if not (self.state / "state.db").exists():
+        if not os.environ.get("OPSDSL_DATABASE") and not (self.state / "state.db").exists():
             return []
-        conn = sqlite3.connect(self.state / "state.db")
+        conn = state_db(self.state)
         try:
             return conn.execute(sql, args).fetchall()
         finally:
@@ -175,7 +176,7 @@ class Trial:
         return self.api.keys()[f"{self.run_id}:{step}"]
 
     def check_after_kill(self, point: KillPoint) -> None:
-        if (self.state / "state.db").exists():
+        if os.environ.get("OPSDSL_DATABASE") or (self.state / "state.db").exists():
             verified = opsdsl("ledger", "verify", "--state-dir", self.state)
             assert verified.code == 0, f"{point.name}: {verified.stdout}{verified.stderr}"
         self.run_id = self.run_id or self.find_run()

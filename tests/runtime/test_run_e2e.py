@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +19,14 @@ from kernel_api import (
     KernelAPI,
     Result,
     cli_env,
+    drop_ledger_guards,
     ledger_rows,
     opsdsl,
     param_args,
     run_status,
     runs_json,
     shell_params,
+    state_db,
 )
 
 PLUGIN_SITE = FIXTURES / "plugin" / "site"
@@ -544,10 +545,9 @@ def _finished_run(api: KernelAPI, state: Path) -> Result:
 
 def _tamper(state: Path, *statements: tuple[str, tuple]) -> None:
     """What an attacker with the database file does: drop the guard triggers, then edit."""
-    conn = sqlite3.connect(state / "state.db", isolation_level=None)
+    conn = state_db(state)
     try:
-        conn.execute("DROP TRIGGER IF EXISTS ledger_no_update")
-        conn.execute("DROP TRIGGER IF EXISTS ledger_no_delete")
+        drop_ledger_guards(conn)
         for sql, args in statements:
             conn.execute(sql, args)
     finally:

@@ -5,11 +5,11 @@ approvals and crash recovery, with a scripted executor standing in for the outsi
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import textwrap
 from pathlib import Path
 
 import pytest
+from kernel_api import state_db
 
 from opsdsl.runtime import runner
 from opsdsl.runtime.actions.base import ActionFailed
@@ -212,7 +212,7 @@ def test_crash_recovery_reruns_idempotent_steps_and_doubts_the_others(tmp_path):
     runtime, run, outcome = start(tmp_path, body, executor)
     assert outcome.status == "succeeded"
     # Simulate a crash mid-flight: both steps were running when the process died.
-    db = sqlite3.connect(runtime.state / "state.db")
+    db = state_db(runtime.state)
     db.execute("UPDATE steps SET status = 'running' WHERE run_id = ?", (run.id,))
     db.execute("UPDATE runs SET status = 'running', phase = 'steps' WHERE id = ?", (run.id,))
     db.commit()

@@ -6,9 +6,9 @@ a bug of ours in `when:`, rendering or the gate.)"""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import pytest
+from kernel_api import state_db
 from test_scheduler import Scripted, kinds, start
 
 from opsdsl.runtime import runner
@@ -101,7 +101,7 @@ def test_an_exception_that_escapes_the_run_leaves_it_interrupted_not_running(tmp
     monkeypatch.setattr(Scheduler, "_compensate", _broken_compensation)
     with pytest.raises(RuntimeError):
         start(tmp_path, BODY, _failing())
-    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    db = state_db(tmp_path / "state")
     assert db.execute("SELECT status FROM runs").fetchall() == [("interrupted",)]
     (interrupted,) = [row for row in db.execute("SELECT kind, data FROM ledger") if row[0] == "run.interrupted"]
     db.close()

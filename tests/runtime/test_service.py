@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import textwrap
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from kernel_api import state_db
 
 from opsdsl.runtime import runner
 from opsdsl.runtime.service import Service, events_from_payload
@@ -136,7 +137,7 @@ def test_accepted_events_survive_a_crash_and_are_replayed(tmp_path):
     again = service(tmp_path)
     feed(again, [])
     assert [r.dedupe_key for r in again.store.runs()] == ["eu9"]
-    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    db = state_db(tmp_path / "state")
     assert db.execute("SELECT status FROM events").fetchall() == [("done",)]
 
 
@@ -193,7 +194,7 @@ def test_a_replayed_event_never_starts_a_second_run(tmp_path):
     svc = service(tmp_path)
     feed(svc, [metric("eu5")])
     svc.close()
-    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    db = state_db(tmp_path / "state")
     db.execute("UPDATE events SET status = 'accepted'")  # as if the process died before marking it
     db.commit()
     db.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel_api import FIXTURES, ROOT, KernelAPI, Result, cli_env, opsdsl, param_args
+from kernel_api import FIXTURES, ROOT, KernelAPI, Result, cli_env, opsdsl, param_args, state_db
 
 from opsdsl.build.signing import (
     add_signature,
@@ -76,7 +75,7 @@ def record_of(result: Result) -> dict:
 
 
 def checkpoint_keyids(state: Path) -> set[str]:
-    conn = sqlite3.connect(state / "state.db")
+    conn = state_db(state)
     try:
         return {row[0] for row in conn.execute("SELECT keyid FROM checkpoints")}
     finally:
@@ -214,13 +213,13 @@ def test_a_rewritten_chain_resigned_with_a_planted_key_fails_an_audit_with_the_r
     real = tmp_path / "real-dev.pub"
     real.write_bytes((state / "keys" / "dev.pub").read_bytes())
     # The attacker plants a key, re-signs the head and deletes the incident folders.
-    from opsdsl.audit.ledger import Ledger, open_database
+    from opsdsl.audit.ledger import Ledger
     from opsdsl.build.signing import generate_key, write_private_key, write_public_key
 
     planted = generate_key()
     write_private_key(state / "keys" / "dev.key", planted, None)
     write_public_key(state / "keys" / "dev.pub", planted.public_key())
-    conn = open_database(state / "state.db")
+    conn = state_db(state)
     conn.execute("DELETE FROM checkpoints")
     Ledger(conn).checkpoint(planted)
     conn.close()
@@ -238,7 +237,7 @@ def test_a_rewritten_chain_resigned_with_a_planted_key_fails_an_audit_with_the_r
 
 def test_a_finished_run_without_a_checkpoint_is_a_finding(api: KernelAPI, state: Path) -> None:
     assert run_pack(api, state).code == 0
-    conn = sqlite3.connect(state / "state.db", isolation_level=None)
+    conn = state_db(state)
     conn.execute("DELETE FROM checkpoints")
     conn.close()
 

@@ -622,12 +622,10 @@ def _pack_view(plan: Any) -> dict:
 
 def _firings(state: Path) -> list[dict]:
     """The newest trigger firings and hook suppressions, oldest first (one read connection)."""
-    import contextlib
 
     from opsdsl.runtime.service import HOOK_SUPPRESSED, TRIGGER_FIRED
 
-    database = (state / S.DB_NAME).resolve().as_uri() + "?mode=ro"
-    with contextlib.closing(sqlite3.connect(database, uri=True, timeout=5)) as conn:
+    with S.read_only(state) as conn:
         rows = conn.execute(
             "SELECT seq, ts, kind, data FROM ledger WHERE kind IN (?, ?) ORDER BY seq DESC LIMIT ?",
             (TRIGGER_FIRED, HOOK_SUPPRESSED, PACK_FIRINGS * 20),
