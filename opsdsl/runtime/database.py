@@ -289,7 +289,13 @@ class PgConnection:
         self._connect()
 
     def _connect(self) -> None:
-        import psycopg
+        try:
+            import psycopg
+        except ImportError:
+            raise PgError(
+                "the PostgreSQL backend needs psycopg: pip install 'opsdsl[postgres]'"
+                " (or leave --database / $OPSDSL_DATABASE unset for SQLite)"
+            ) from None
 
         try:
             raw = psycopg.connect(self.url, autocommit=True, application_name=self._application, connect_timeout=10)
