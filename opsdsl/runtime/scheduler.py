@@ -28,6 +28,7 @@ from opsdsl.lang.taint import url_keys
 from opsdsl.runtime import store as S
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
 from opsdsl.runtime.approvals import ApprovalSteps
+from opsdsl.runtime.dispatch import DeferredSecrets, Dispatcher, DispatchLost, secret_tag
 from opsdsl.runtime.endings import RunEndings
 from opsdsl.runtime.gate import ALLOW, DENY, REQUIRE_APPROVAL, TAINT_POLICY, Decision, Gate
 from opsdsl.runtime.outcome import TIMED_OUT, TIMEOUT_VOTER, Outcome, Paused  # noqa: F401  (re-exported)
@@ -96,6 +97,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         self._later_fields: dict[str, Any] = {}
         self._cancelled_by: str | None = run.cancel_requested
         self._drive_task: asyncio.Task | None = None  # cancelled (as by SIGTERM) when stdout is gone
+        self._adopted: set[str] = set()  # runner steps whose dispatch a crash left outstanding
 
     # ---- entry points ----------------------------------------------------------------
 
@@ -359,6 +361,8 @@ class Scheduler(ApprovalSteps, RunEndings):
     async def _run_step(self, sid: str) -> None:
         node = self.nodes[sid]
         row = self.steps[sid]
+        if sid in self._adopted:  # runner pools: its outstanding dispatch is awaited, not judged or sent again
+            return await self._execute(sid, self._rendered_cache(sid), [])
         if row.status == S.WAITING:
             return await self._continue_waiting(sid)
         gated = row.status == S.AWAITING_APPROVAL
@@ -444,12 +448,17 @@ class Scheduler(ApprovalSteps, RunEndings):
         # An action with effects outside: intent on disk first, then attempts.
         retry = node["retry"]
         timeout = node["timeout"] / 1000 if node["timeout"] is not None else None
+        # Runner pools (opsdsl.runtime.dispatch): a step with `runner:` is queued for its pool
+        # in its intent's transaction and its result awaited; its runner enforces the timeout.
+        remote = self._dispatcher(sid) if node.get("runner") else None
+        adopted = remote is not None and sid in self._adopted and remote.adopt(self.run.id, sid, row.attempts)
+        if sid in self._adopted and not adopted and not node["idempotent"]:
+            self._in_doubt(sid, "its dispatch was lost while the worker restarted")
+        self._adopted.discard(sid)
         first = True
         while True:
-            row.attempts += 1
+            row.attempts += 0 if adopted else 1
             row.status, row.started_at, row.wake_at = S.STARTED, row.started_at or self.env.clock(), None
-            self._commit([*(decision_entry if first else []), self._intent(sid, rendered, row.attempts)], steps=[row])
-            first = False
             request = ActionRequest(
                 run_id=self.run.id,
                 step_id=sid,
@@ -462,15 +471,23 @@ class Scheduler(ApprovalSteps, RunEndings):
                 playbook=self.run.playbook,
                 pack=self.run.pack,
             )
+            if not adopted:
+                enqueue = (lambda: remote.enqueue(request)) if remote is not None else None
+                intent = self._intent(sid, rendered, row.attempts)
+                self._commit([*(decision_entry if first else []), intent], steps=[row], within=enqueue)
+            first = adopted = False
+            executor = remote or self.env.executor
             try:
-                if timeout is None:
-                    outputs = await self.env.executor.execute(request, self._context())
+                if timeout is None or remote is not None:
+                    outputs = await executor.execute(request, self._context())
                 else:
-                    outputs = await asyncio.wait_for(self.env.executor.execute(request, self._context()), timeout)
+                    outputs = await asyncio.wait_for(executor.execute(request, self._context()), timeout)
             except TimeoutError:
                 failure = ActionFailed(f"timed out after {_seconds(timeout)}")
             except ActionFailed as error:
                 failure = error
+            except DispatchLost as lost:  # its runner vanished, and the step may not be repeated
+                self._in_doubt(sid, lost.message)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # an action's own bug must not take the run down
@@ -507,6 +524,13 @@ class Scheduler(ApprovalSteps, RunEndings):
                 timers=[(sid, "backoff", row.wake_at)],
             )
             await self._hold(sid)
+
+    def _in_doubt(self, sid: str, reason: str) -> None:
+        """A runner step whose runner vanished mid-action: in doubt, for a person to decide."""
+        row = self.steps[sid]
+        row.status = S.IN_DOUBT
+        self._commit([(E.STEP_IN_DOUBT, {"step": sid, "attempt": row.attempts, "reason": reason})], steps=[row])
+        raise Paused()
 
     async def _hold(self, sid: str) -> None:
         """Wait until the step's `wake_at`: asleep in this process, or, in a server and for
@@ -621,6 +645,10 @@ class Scheduler(ApprovalSteps, RunEndings):
         for sid, row in self.steps.items():
             if row.status != S.STARTED:
                 continue
+            if self.nodes[sid].get("runner") and self._dispatcher(sid).adopt(self.run.id, sid, row.attempts):
+                row.status = S.PENDING  # runner pools: the dispatch goes on; _run_step awaits it
+                self._adopted.add(sid)
+                continue
             if self.nodes[sid]["idempotent"] or self.nodes[sid]["action"] in ("wait", "playbook.call"):
                 row.status = S.PENDING
                 rerun.append(sid)
@@ -694,7 +722,13 @@ class Scheduler(ApprovalSteps, RunEndings):
 
     def _render(self, sid: str) -> dict[str, Any]:
         node = self.nodes[sid]
-        rendered = render_with(node["action"], node.get("with") or {}, self._activation(sid))
+        activation = self._activation(sid)
+        deferred = None
+        if node.get("runner"):  # runner pools: secrets stay references its runner resolves (dispatch.py)
+            activation["secrets"] = deferred = DeferredSecrets(self.run.id, sid)
+        rendered = render_with(node["action"], node.get("with") or {}, activation)
+        if deferred is not None:
+            deferred.check(rendered, self.redactor)
         self._rendered[sid] = rendered
         return rendered
 
@@ -719,6 +753,9 @@ class Scheduler(ApprovalSteps, RunEndings):
                 "timeout": _number(node["timeout"] / 1000) if node["timeout"] is not None else None,
             },
         )
+
+    def _dispatcher(self, sid: str) -> Dispatcher:
+        return Dispatcher(self.store, self.nodes[sid], secret_tag(self.run.id, sid))
 
     def _context(self) -> ActionContext:
         return ActionContext(
@@ -755,9 +792,11 @@ class Scheduler(ApprovalSteps, RunEndings):
         approvals: list[tuple] = (),
         checkpoint: bool = False,
         timers: list[tuple[str, str, float]] = (),
+        within: Callable[[], None] | None = None,
     ) -> None:
         """One transaction: ledger entries, step rows, run fields, votes (and a signed
-        checkpoint of the new head); then show the entries."""
+        checkpoint of the new head), and `within` (a runner step's dispatch row); then show
+        the entries."""
         now = self.env.clock()
         appended = []
         if self._later_fields:  # e.g. a phase change: it rides on the next commit
@@ -773,6 +812,8 @@ class Scheduler(ApprovalSteps, RunEndings):
                 self.store.save_step(self.run.id, row)
             for step_id, kind, due in timers:
                 self.store.set_timer(self.run.id, step_id, kind, due)
+            if within is not None:
+                within()
             fields = {"updated_at": now, **run_fields} if run_fields else {}
             if fields:
                 self.store.update_run(self.run.id, **fields)

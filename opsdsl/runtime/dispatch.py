@@ -1,0 +1,316 @@
+"""Runner pools, the worker's side: a step with `runner: NAME` is queued, not run here.
+
+In the same transaction as the step's `step.intent` entry, the worker writes a `dispatch`
+row (an outbox): the action, its rendered `with:`, the step's Idempotency-Key
+(`RUN:STEP`, as in process) and timeout, for any `opsdsl runner --pool NAME` to claim
+(opsdsl.runtime.pool_runner). The worker then waits for the row's result and returns the
+outputs, or raises ActionFailed, exactly as the in-process executor does.
+
+A row's states: `queued` → `claimed` (a runner holds it: `claimant`, `claim_epoch`,
+`lease_until` on the database clock, renewed by its heartbeat) → `done` | `failed`; or
+`lost`: withdrawn by the worker (the step timed out, was cancelled or interrupted), or its
+runner vanished (the lease lapsed with no result) and the step may not be repeated, so it
+waits in doubt for a person's decision. A lapsed lease of an idempotent step sends the row
+back to `queued` with the same key; the next claim raises the epoch, so the vanished
+runner's late result, fenced by (row, claimant, epoch), changes nothing.
+
+Secrets never enter the row. The worker renders a runner step's `${{ secrets.NAME }}` as a
+reference token (`DeferredSecrets`); the runner resolves it from its own environment,
+secrets folder or `--secret` references, and redacts the outputs before it writes them.
+A secret an expression transforms (`upper(secrets.X)`) cannot be deferred and fails the
+step unrun, as does a secret value the worker knows (a `secret: true` param) in the inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import weakref
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
+from opsdsl.runtime.secrets import Redactor, SecretError
+
+QUEUED, CLAIMED, DONE, FAILED, LOST = "queued", "claimed", "done", "failed", "lost"
+OUTSTANDING = (QUEUED, CLAIMED, DONE, FAILED)  # a row a restarted worker waits on, never sends again
+POLL = 0.2  # seconds between the worker's looks at a row it waits for
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS dispatch (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,              -- the step's attempt (the same across re-queues)
+    pool TEXT NOT NULL,
+    action TEXT NOT NULL,
+    inputs TEXT NOT NULL,                  -- JSON: the rendered with:, secrets as references
+    secrets TEXT NOT NULL,                 -- JSON: {"tag": T, "names": [...]} the references
+    request TEXT NOT NULL,                 -- JSON: severity, playbook, pack (ActionRequest)
+    idempotency_key TEXT NOT NULL,         -- RUN:STEP, as in process
+    idempotent INTEGER NOT NULL,
+    timeout REAL,                          -- seconds, enforced by the runner
+    state TEXT NOT NULL DEFAULT 'queued',  -- queued | claimed | done | failed | lost
+    claimant TEXT,
+    claim_epoch INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL,                      -- the database clock (Store.now)
+    created_at REAL NOT NULL,
+    claimed_at REAL,
+    finished_at REAL,
+    result TEXT,                           -- JSON outputs (redacted at the runner)
+    error TEXT,
+    retryable INTEGER
+);
+CREATE INDEX IF NOT EXISTS dispatch_queue ON dispatch(pool, state, id);
+CREATE INDEX IF NOT EXISTS dispatch_step ON dispatch(run_id, step_id, id);
+"""
+
+_prepared: weakref.WeakSet = weakref.WeakSet()
+
+
+def prepare(store: Any) -> None:
+    """Create the table on first use (SQLite; outside a transaction: executescript commits
+    one). On PostgreSQL it is migration 0003's and this does nothing."""
+    if store not in _prepared:
+        if not store.postgres:
+            store.conn.executescript(_DDL)
+        _prepared.add(store)
+
+
+# ---- secrets as references -----------------------------------------------------------------
+
+_NAME = re.compile(r"^[A-Za-z0-9_]{1,128}$")
+_TOKEN = re.compile(r"opsdsl-secret\.([A-Za-z0-9_]{1,128})\.([0-9a-f]{16})")
+
+
+def secret_tag(run_id: str, step_id: str) -> str:
+    """The tag of a step's secret references: the same at every render of the step (an
+    approval's digest of the rendered `with:` holds), unknown before its run exists."""
+    return hashlib.sha256(f"opsdsl-secret\x00{run_id}\x00{step_id}".encode()).hexdigest()[:16]
+
+
+class DeferredSecrets(Mapping[str, str]):
+    """`secrets` as a runner step's `with:` sees it: each read is a reference token made of
+    URL-unreserved characters (it survives percent-encoding), resolved at the runner."""
+
+    def __init__(self, run_id: str, step_id: str) -> None:
+        self.tag = secret_tag(run_id, step_id)
+        self.reads: dict[str, int] = {}
+
+    def token(self, name: str) -> str:
+        return f"opsdsl-secret.{name}.{self.tag}"
+
+    def __getitem__(self, name: str) -> str:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SecretError("a step with `runner:` can only read secrets named with letters, digits and `_`")
+        self.reads[name] = self.reads.get(name, 0) + 1
+        return self.token(name)
+
+    def __iter__(self):
+        return iter(self.reads)
+
+    def __len__(self) -> int:
+        return len(self.reads)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str)
+
+    def check(self, rendered: dict[str, Any], redactor: Redactor) -> None:
+        """SecretError unless every reference in `rendered` is one read, intact: a secret an
+        expression changed (the runner could not substitute it), or a token that came from
+        data (an event, an output) rather than a read, fails the step unrun. So does a
+        secret value the worker knows: it would cross to the runner in the row."""
+        text = json.dumps(rendered, sort_keys=True)
+        found: dict[str, int] = {}
+        for name, tag in _TOKEN.findall(text):
+            if tag == self.tag:
+                found[name] = found.get(name, 0) + 1
+        for name, count in self.reads.items():
+            if found.get(name, 0) < count:
+                raise SecretError(
+                    f"secret `{name}` is changed by an expression; a step with `runner:` sends a secret"
+                    " as a reference its runner resolves, so it can only be used as it is"
+                )
+        if any(found.get(name, 0) > self.reads.get(name, 0) for name in found):
+            raise SecretError("the step's inputs carry a secret reference that no expression of the step read")
+        if redactor and redactor.data(rendered) != rendered:
+            raise SecretError(
+                "the step's inputs carry a secret value (a `secret: true` param?); a step with `runner:`"
+                " may only pass secrets as `${{ secrets.NAME }}`, which its runner resolves"
+            )
+
+
+def resolve_references(action: str, inputs: Any, refs: Mapping[str, Any], secrets: Any) -> Any:
+    """The runner's side: `inputs` with each reference replaced by the secret's value (from
+    `secrets`, the runner's own), percent-encoded where its URL position encoded it."""
+    from opsdsl.lang.taint import ORIGIN, url_component, url_keys
+
+    tag, names = refs.get("tag"), set(refs.get("names") or ())
+    if not names:
+        return inputs
+    urls = url_keys(action)
+
+    def value(match: re.Match, prefix: str | None) -> str:
+        name = match.group(1)
+        if match.group(2) != tag or name not in names:
+            return match.group(0)
+        secret = secrets.require(name)
+        if prefix is None:
+            return secret
+        return secret if url_component(prefix) == ORIGIN else quote(secret, safe="")
+
+    def text(string: str, url: bool) -> str:
+        if not url:
+            return _TOKEN.sub(lambda m: value(m, None), string)
+        out, last = [], 0
+        for match in _TOKEN.finditer(string):
+            out.append(string[last : match.start()])
+            out.append(value(match, string[: match.start()]))
+            last = match.end()
+        return "".join(out) + string[last:]
+
+    def walk(item: Any, url: bool) -> Any:
+        if isinstance(item, str):
+            return text(item, url)
+        if isinstance(item, dict):
+            return {key: walk(v, url) for key, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v, url) for v in item]
+        return item
+
+    if not isinstance(inputs, dict):
+        return walk(inputs, False)
+    return {key: walk(v, key in urls) for key, v in inputs.items()}
+
+
+# ---- the worker's side ---------------------------------------------------------------------
+
+
+class DispatchLost(Exception):
+    """The runner holding a step that may not be repeated vanished (its lease lapsed with no
+    result): the step goes in doubt."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Dispatcher:
+    """Queues one runner step's attempts for its pool and awaits their results (an Executor)."""
+
+    def __init__(self, store: Any, node: Mapping[str, Any], tag: str) -> None:
+        self.store = store
+        self.pool = node["runner"]
+        self.idempotent = bool(node.get("idempotent"))
+        self.tag = tag
+        self.row_id: int | None = None
+        prepare(store)
+
+    def knows(self, action: str) -> bool:  # the runner decides: an unknown action fails there
+        return True
+
+    def enqueue(self, request: ActionRequest) -> None:
+        """Write the attempt's row; called inside the transaction of its `step.intent`."""
+        names = sorted(set(_reference_names(request.inputs, self.tag)))
+        extra = {"severity": request.severity, "playbook": request.playbook, "pack": request.pack}
+        cursor = self.store.conn.execute(
+            "INSERT INTO dispatch (run_id, step_id, attempt, pool, action, inputs, secrets, request,"
+            " idempotency_key, idempotent, timeout, state, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                request.run_id,
+                request.step_id,
+                request.attempt,
+                self.pool,
+                request.action,
+                json.dumps(request.inputs, sort_keys=True),
+                json.dumps({"tag": self.tag, "names": names}),
+                json.dumps(extra, sort_keys=True),
+                request.idempotency_key,
+                1 if self.idempotent else 0,
+                request.timeout,
+                QUEUED,
+                self.store.now(),
+            ),
+        )
+        self.row_id = cursor.lastrowid
+
+    def adopt(self, run_id: str, step_id: str, attempt: int) -> bool:
+        """Whether a row of this attempt is still outstanding (a crash left it): then the
+        worker waits on it rather than sending the step again."""
+        row = self.store.conn.execute(
+            "SELECT id, state FROM dispatch WHERE run_id = ? AND step_id = ? AND attempt = ? ORDER BY id DESC LIMIT 1",
+            (run_id, step_id, attempt),
+        ).fetchone()
+        if row is None or row[1] not in OUTSTANDING:
+            return False
+        self.row_id = int(row[0])
+        return True
+
+    async def execute(self, request: ActionRequest, context: ActionContext) -> dict[str, Any]:
+        """The row's outputs once a runner wrote them; ActionFailed as the action raised it;
+        DispatchLost when its runner vanished and the step may not be repeated."""
+        assert self.row_id is not None, "enqueue or adopt first"
+        try:
+            while True:
+                row = self.store.conn.execute(
+                    "SELECT state, claim_epoch, lease_until, result, error, retryable FROM dispatch WHERE id = ?",
+                    (self.row_id,),
+                ).fetchone()
+                if row is None:
+                    raise DispatchLost(f"dispatch {self.row_id} is gone")
+                state, epoch, lease_until, result, error, retryable = row
+                if state == DONE:
+                    return json.loads(result or "{}")
+                if state == FAILED:
+                    outputs = json.loads(result or "{}")
+                    raise ActionFailed(error or "the runner reported a failure", outputs, bool(retryable))
+                if state == LOST:
+                    raise DispatchLost(error or f"dispatch {self.row_id} was lost")
+                if state == CLAIMED and lease_until is not None and lease_until < self.store.now():
+                    self._lapsed(int(epoch))
+                    continue
+                await asyncio.sleep(POLL)
+        except asyncio.CancelledError:
+            self._withdraw("withdrawn by the worker: the step timed out, or its run was cancelled or interrupted")
+            raise
+
+    def _lapsed(self, epoch: int) -> None:
+        """Its runner's lease lapsed with no result: back to the queue (same row, same key)
+        if the step may be repeated, else lost (the step goes in doubt)."""
+        if self.idempotent:
+            self.store.conn.execute(
+                "UPDATE dispatch SET state = ?, claimant = NULL, lease_until = NULL"
+                " WHERE id = ? AND state = ? AND claim_epoch = ?",
+                (QUEUED, self.row_id, CLAIMED, epoch),
+            )
+        else:
+            self.store.conn.execute(
+                "UPDATE dispatch SET state = ?, error = ?, finished_at = ? WHERE id = ? AND state = ? AND claim_epoch = ?",
+                (LOST, "its runner's lease lapsed with no result", self.store.now(), self.row_id, CLAIMED, epoch),
+            )
+
+    def _withdraw(self, why: str) -> None:
+        """Nobody waits for the row any more: a queued one is never claimed, and a runner
+        holding it finds its heartbeat refused and stops the action."""
+        with contextlib.suppress(Exception):  # the database is unreachable: the runner's lease lapses instead
+            self.store.conn.execute(
+                "UPDATE dispatch SET state = ?, error = ?, finished_at = ? WHERE id = ? AND state IN (?, ?)",
+                (LOST, why, self.store.now(), self.row_id, QUEUED, CLAIMED),
+            )
+
+
+def _reference_names(value: Any, tag: str):
+    if isinstance(value, str):
+        for name, found in _TOKEN.findall(value):
+            if found == tag:
+                yield name
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _reference_names(item, tag)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _reference_names(item, tag)
