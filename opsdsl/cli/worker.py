@@ -79,9 +79,8 @@ def worker(
 
     async def main() -> None:
         from opsdsl.runtime.worker import Worker
-        from opsdsl.serve.intake import configure_logging
 
-        configure_logging("text")
+        _configure_logging()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
@@ -93,6 +92,20 @@ def worker(
         asyncio.run(main())
     finally:
         service.close()
+
+
+def _configure_logging() -> None:
+    """One line per message on stderr, `opsdsl worker: …` (the worker's and the engine's)."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("opsdsl worker: %(message)s"))
+    for name in ("opsdsl.worker", "opsdsl.serve"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 COMMANDS = (worker,)

@@ -546,6 +546,9 @@ class Service:
             if run.status in S.FINAL_RUN_STATUSES:
                 return run.id
         else:
+            within = self.escalator.start if self.escalator is not None else None
+            if self.leases is not None:  # a worker: the new run is its own from its first commit
+                within = self.leases.claiming(within)
             run = self.runtime.create_run(
                 plan,
                 selection,
@@ -556,7 +559,7 @@ class Service:
                 also=((TRIGGER_FIRED, data),),
                 owner=SERVE if self.driver is not None else None,
                 requested_by=self._requester(selection.event_id),
-                within=self.escalator.start if self.escalator is not None else None,
+                within=within,
             )
         self.metrics.inc("opsdsl_runs_started_total", hook=selection.hook or "")
         if run.id not in self.driving:

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from opsdsl.runtime import lease as L
@@ -139,6 +139,22 @@ class Worker:
 
     def claim(self, run_id: str) -> L.Fence | None:
         return L.claim(self.store, run_id, self.name, self.ttl)
+
+    def claiming(self, within: Callable[[S.RunRow], None] | None) -> Callable[[S.RunRow], None]:
+        """`create_run`'s `within`: the new run's lease, taken in the transaction that
+        creates it (no other worker can take a run for one left behind in between)."""
+
+        def claim_new(run: S.RunRow) -> None:
+            if within is not None:
+                within(run)
+            until = self.store.now() + self.ttl
+            self.store.conn.execute(
+                "UPDATE runs SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_until = ? WHERE id = ?",
+                (self.name, until, run.id),
+            )
+            self.claimed[run.id] = L.Fence(run.id, self.name, run.lease_epoch + 1, self.ttl)
+
+        return claim_new
 
     async def under_lease(self, run_id: str, drive: Coroutine[Any, Any, Any]) -> None:
         """Drive (`Service._drive`) only under the run's lease; release it when the drive ends."""
