@@ -81,15 +81,15 @@ class RunEndings:
     def _human_involved(self) -> bool:
         """Whether a person approved, denied, decided or acknowledged anything in this run."""
         conn = self.store.conn
+        kinds = (E.STEP_DECIDED, E.RUN_ACKNOWLEDGED)
         voted = conn.execute(
             "SELECT 1 FROM approvals WHERE run_id = ? AND by != ? LIMIT 1", (self.run.id, TIMEOUT_VOTER)
         )
         if voted.fetchone() is not None:
             return True
-        decided = conn.execute(
-            "SELECT 1 FROM ledger WHERE run = ? AND kind IN (?, ?) LIMIT 1",
-            (self.run.id, E.STEP_DECIDED, E.RUN_ACKNOWLEDGED),
-        )
+        if self.store.ledger.journaled:  # a decision or an ack may still wait in the journal
+            return any(entry.kind in kinds for entry in self.store.ledger.entries(run=self.run.id))
+        decided = conn.execute("SELECT 1 FROM ledger WHERE run = ? AND kind IN (?, ?) LIMIT 1", (self.run.id, *kinds))
         return decided.fetchone() is not None
 
     def _write_incident(self) -> None:
@@ -97,6 +97,8 @@ class RunEndings:
             return
         from opsdsl.audit.incident import write_incident
 
+        # Journal mode: the record's entries_digest and checkpoint need the run's entries chained.
+        self.store.ledger.settle(self.run.id)
         entries = [e.to_dict() for e in self.store.ledger.entries(run=self.run.id)]
         checkpoint = self.store.ledger.latest_checkpoint()
         rca = None

@@ -212,6 +212,9 @@ class Escalator:
 
     def _next_level(self, run_id: str) -> int:
         """How far the incident has escalated: the index of the next level."""
+        if self.store.ledger.journaled:  # the last escalation may still wait in the journal
+            found = [e.data for e in self.store.ledger.entries(run=run_id) if e.kind == E.INCIDENT_ESCALATED]
+            return max((int(data.get("index", 0)) for data in found), default=0)
         rows = self.store.conn.execute(
             "SELECT data FROM ledger WHERE run = ? AND kind = ?", (run_id, E.INCIDENT_ESCALATED)
         ).fetchall()

@@ -212,6 +212,7 @@ def open_follow_ups(
     if run.status not in S.FINAL_RUN_STATUSES:
         raise UsageError(f"incident {run.incident_id} (run {run.id}) is {run.status}; its follow-ups are not final yet")
     with runtime._lock(run.id):
+        store.ledger.settle(run.id)  # journal mode: the record is built from chained entries
         entries = [entry.to_dict() for entry in store.ledger.entries(run=run.id)]
         record = build_record(entries, checkpoint=None, evidence_dir=Path(run.incident_dir) / "evidence")
         links = follow_up_links(entries)

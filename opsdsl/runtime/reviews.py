@@ -78,6 +78,8 @@ def record_review(runtime: Any, incident: str, review: Review) -> Path:
         with store.transaction():
             store.ledger.append(E.INCIDENT_REVIEWED, run.id, review.to_data(), ts=runtime.clock())
             checkpoint = store.ledger.checkpoint(runtime.signer)
+        if store.ledger.journaled:  # the review is chained after the commit: sign a head that covers it
+            checkpoint = store.ledger.checkpoint(runtime.signer)
         return rewrite_incident(runtime, run, checkpoint.to_dict())
 
 
@@ -88,6 +90,7 @@ def rewrite_incident(runtime: Any, run: S.RunRow, checkpoint: dict | None, *, pd
     """
     from opsdsl.audit.incident import write_incident
 
+    runtime.store.ledger.settle(run.id)  # journal mode: the record needs every entry chained
     entries = [entry.to_dict() for entry in runtime.store.ledger.entries(run=run.id)]
     folder = Path(run.incident_dir)
     # Which key signs, as the run's own writes say it (a state directory that names its keys).

@@ -59,7 +59,8 @@ SEQUENCER_LOCK = 0x6F7073736571
 BATCH_ROWS = 2000
 INTERVAL = 0.02  # seconds between batches when the journal is drained
 STANDBY_POLL = 0.25  # seconds between a standby's attempts to take the lead
-SETTLE_TIMEOUT = 15.0
+SETTLE_TIMEOUT = 15.0  # seconds a reader waits for its entries to be chained
+NO_LEADER_GRACE = 2.0  # seconds without any leader before a reader gives up
 NO_SEQUENCER = "no sequencer is running: start `opsdsl serve`, `opsdsl worker` or `opsdsl sequencer`"
 
 log = logging.getLogger(__name__)
@@ -139,10 +140,7 @@ class JournalLedger(Ledger):
         commits, and the batch that chains them is signed by the sequencer anyway, so this
         returns the latest stored checkpoint (call again after the commit for one covering them)."""
         if self._conn.in_transaction:
-            latest = self.latest_checkpoint()
-            if latest is not None:
-                return latest
-            raise SequencerError("nothing chained yet to checkpoint: the sequencer signs each batch it chains")
+            return self.latest_checkpoint()  # type: ignore[return-value]  (None before the first batch)
         self.settle()
         return super().checkpoint(signer)
 
@@ -186,16 +184,22 @@ class JournalLedger(Ledger):
         (last,) = conn.execute(f"SELECT max(id) FROM journal {where}", args).fetchone()
         if last is None:
             return
-        deadline = time.monotonic() + (SETTLE_TIMEOUT if timeout is None else timeout)
-        pause = 0.002
+        start = time.monotonic()
+        deadline = start + (SETTLE_TIMEOUT if timeout is None else timeout)
+        pause, leader_seen, next_look = 0.002, start, start + 0.5
         check = f"SELECT 1 FROM journal {where} {'AND' if where else 'WHERE'} id <= ? LIMIT 1"
         while conn.execute(check, (*args, last)).fetchone() is not None:
-            if time.monotonic() > deadline:
-                if not sequencer_running(conn):
+            now = time.monotonic()
+            if now >= next_look:  # nobody leads for longer than a standby needs to take over: say so now
+                next_look = now + 0.5
+                if sequencer_running(conn):
+                    leader_seen = now
+                elif now - leader_seen > NO_LEADER_GRACE:
                     raise SequencerError(NO_SEQUENCER)
+            if now > deadline:
                 raise SequencerError(
-                    f"the sequencer has not chained journaled entries up to #{last} in time; is it stuck?"
-                    " (see `opsdsl sequencer`)"
+                    f"the sequencer has not chained journaled entries up to #{last} in {now - start:.0f} s;"
+                    " is it stuck? (see `opsdsl sequencer`)"
                 )
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
