@@ -275,7 +275,7 @@ class Dispatcher:
                     continue
                 await asyncio.sleep(POLL)
         except asyncio.CancelledError:
-            self._withdraw("withdrawn by the worker: the step timed out, or its run was cancelled or interrupted")
+            self.withdraw("withdrawn by the worker: the step timed out, or its run was cancelled or interrupted")
             raise
 
     def _lapsed(self, epoch: int) -> None:
@@ -293,7 +293,7 @@ class Dispatcher:
                 (LOST, "its runner's lease lapsed with no result", self.store.now(), self.row_id, CLAIMED, epoch),
             )
 
-    def _withdraw(self, why: str) -> None:
+    def withdraw(self, why: str) -> None:
         """Nobody waits for the row any more: a queued one is never claimed, and a runner
         holding it finds its heartbeat refused and stops the action."""
         with contextlib.suppress(Exception):  # the database is unreachable: the runner's lease lapses instead

@@ -645,10 +645,14 @@ class Scheduler(ApprovalSteps, RunEndings):
         for sid, row in self.steps.items():
             if row.status != S.STARTED:
                 continue
-            if self.nodes[sid].get("runner") and self._dispatcher(sid).adopt(self.run.id, sid, row.attempts):
-                row.status = S.PENDING  # runner pools: the dispatch goes on; _run_step awaits it
-                self._adopted.add(sid)
-                continue
+            if self.nodes[sid].get("runner"):  # runner pools: an outstanding dispatch goes on, awaited by _run_step
+                dispatcher = self._dispatcher(sid)
+                if dispatcher.adopt(self.run.id, sid, row.attempts):
+                    if not self._failed_main:
+                        row.status = S.PENDING
+                        self._adopted.add(sid)
+                        continue
+                    dispatcher.withdraw("the run is stopping")  # nothing will wait for it: as any step mid-flight
             if self.nodes[sid]["idempotent"] or self.nodes[sid]["action"] in ("wait", "playbook.call"):
                 row.status = S.PENDING
                 rerun.append(sid)
