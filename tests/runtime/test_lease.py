@@ -29,11 +29,16 @@ triggers:
   ask:
     on: event
     when: event.name == "ask"
+  nap:
+    on: event
+    when: event.name == "nap"
 hooks:
   # opsdsl: ignore[OPS042]: every event is meant to start a run
   onGo: {trigger: go, run: quick}
   # opsdsl: ignore[OPS042]: every event is meant to start a run
   onAsk: {trigger: ask, run: asking}
+  # opsdsl: ignore[OPS042]: every event is meant to start a run
+  onNap: {trigger: nap, run: napping}
 playbooks:
   quick:
     severity: SEV-3
@@ -49,6 +54,15 @@ playbooks:
         with: {message: "Go?"}
         timeout: 1h
       - id: done
+        action: assert
+        with: {that: "true"}
+  napping:
+    severity: SEV-3
+    steps:
+      - id: nap
+        action: wait
+        with: {duration: 2s}
+      - id: after
         action: assert
         with: {that: "true"}
 """
@@ -226,3 +240,38 @@ def test_a_worker_evaluates_accepted_events_drives_the_runs_and_holds_no_lease_a
     finally:
         svc.close()
         intake.close()
+
+
+@pytest.mark.kills_runs  # the run stays `running` under the lease the test took
+def test_a_worker_cut_off_from_its_lease_stops_its_drive_and_writes_nothing_more(tmp_path):
+    svc = worker_service(tmp_path)
+    worker = Worker(svc, "w1", ttl=3, poll=0.05)
+    thief = S.Store(tmp_path / "state")
+
+    def snapshot(run_id: str) -> tuple:
+        ledger = thief.conn.execute("SELECT COUNT(*) FROM ledger WHERE run = ?", (run_id,)).fetchone()
+        steps = thief.conn.execute("SELECT step_id, status FROM steps WHERE run_id = ? ORDER BY step_id", (run_id,))
+        run = thief.conn.execute("SELECT status, lease_owner, lease_epoch FROM runs WHERE id = ?", (run_id,))
+        return ledger, steps.fetchall(), run.fetchone()
+
+    async def main() -> None:
+        await worker.start()
+        svc.accept([{"name": "nap"}], "test")
+        await until(lambda: any(r.status == "running" for r in thief.runs()) and bool(svc.driving))
+        (run,) = thief.runs()
+        await until(lambda: thief.steps(run.id)["nap"].status in (S.STARTED, S.WAITING))
+        lapse(thief, run.id)  # the worker is presumed dead (it is only slow, or cut off)
+        assert L.claim(thief, run.id, "B", 60) is not None
+        taken = snapshot(run.id)
+        assert taken[2] == ("running", "B", 2)
+        await until(lambda: not svc.driving, timeout=10)  # the heartbeat (every 1 s) stopped the drive
+        await asyncio.sleep(2.5)  # past the end of the wait: nothing more comes from w1
+        assert snapshot(run.id) == taken
+        assert thief.steps(run.id)["after"].status == S.PENDING
+        await worker.stop(5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        svc.close()
+        thief.close()
