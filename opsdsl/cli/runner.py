@@ -20,6 +20,12 @@ _POOL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")  # as `runner:` in a pack (docs/l
 @click.option("--pool", required=True, help="The runner pool to serve (a step's `runner:`).")
 @state_option
 @click.option("--database", help="postgresql://… (default: $OPSDSL_DATABASE; unset: the state dir's SQLite).")
+@click.option("--server", metavar="URL", help="Reach the database only through `opsdsl serve` at URL (HTTPS).")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --server: the runner token (default: $OPSDSL_RUNNER_TOKEN).",
+)
 @click.option("--id", "runner_id", help="This runner's name in claims and logs (default: HOST-PID).")
 @click.option("--lease", default="30s", show_default=True, help="How long a claim holds without a heartbeat.")
 @click.option("--concurrency", type=click.IntRange(min=1, max=1000), default=4, show_default=True)
@@ -30,6 +36,8 @@ def runner(
     pool: str,
     state_dir: Path | None,
     database: str | None,
+    server: str | None,
+    token_file: Path | None,
     runner_id: str | None,
     lease: str,
     concurrency: int,
@@ -41,9 +49,12 @@ def runner(
     the step's Idempotency-Key and writes the result, unless the claim was taken from it.
     Secrets (`${{ secrets.X }}`) are resolved here: --secret, $OPSDSL_SECRET_X or
     STATE_DIR/secrets/X. SIGTERM drains: no new claims, running actions finish.
+
+    With --server URL the runner never touches the database: it makes the same calls to
+    `opsdsl serve` over HTTPS, outbound only, with a token of `opsdsl runner-token`.
     """
     from opsdsl.lang.durations import parse_duration
-    from opsdsl.runtime.pool_runner import PoolRunner, run_pool
+    from opsdsl.runtime.pool_runner import HttpQueue, PoolRunner, run_pool
     from opsdsl.runtime.secrets import Secrets, parse_references
     from opsdsl.runtime.store import Store
     from opsdsl.runtime.store import state_dir as resolve_state_dir
@@ -59,10 +70,18 @@ def runner(
     name = runner_id or f"{socket.gethostname()}-{os.getpid()}"
     state = resolve_state_dir(state_dir)
     secrets = Secrets(state, parse_references(secret_refs))
-    store = Store(state, database=database)
+    if server is not None:
+        if database is not None:
+            raise UsageError("--server and --database: a runner reaches the database one way")
+        if not server.startswith(("https://", "http://")):
+            raise UsageError(f"--server {server!r}: an https:// URL")
+        queue = HttpQueue(server, _token(token_file))
+        store = None
+    else:
+        store = queue = Store(state, database=database)
     try:
         worker = PoolRunner(
-            store,
+            queue,
             pool,
             name,
             seconds,
@@ -73,7 +92,56 @@ def runner(
         )
         run_pool(worker)
     finally:
+        if store is not None:
+            store.close()
+
+
+def _token(path: Path | None) -> str:
+    if path is None:
+        token = os.environ.get("OPSDSL_RUNNER_TOKEN", "").strip()
+        if not token:
+            raise UsageError("--server needs a runner token: --token-file FILE or $OPSDSL_RUNNER_TOKEN")
+        return token
+    from opsdsl.lang.untrusted import read_limited
+
+    data, problem = read_limited(path, 4096)
+    if data is None:
+        raise UsageError(f"--token-file {path}: {problem}")
+    token = data.decode("utf-8", "replace").strip()
+    if not token:
+        raise UsageError(f"--token-file {path}: empty")
+    return token
+
+
+@click.command("runner-token")
+@click.option("--pool", help="The pool the new token may claim from.")
+@click.option("--label", required=True, help="Who holds the token (a runner host, a region).")
+@click.option("--revoke", is_flag=True, help="Revoke the token with this label instead.")
+@state_option
+@click.option("--database", help="postgresql://… (default: $OPSDSL_DATABASE).")
+def runner_token(pool: str | None, label: str, revoke: bool, state_dir: Path | None, database: str | None) -> None:
+    """Make (or revoke) a token for `opsdsl runner --server`: good for one pool, printed once
+    on stdout; only its SHA-256 is kept."""
+    from opsdsl.runtime import dispatch
+    from opsdsl.runtime.store import Store
+    from opsdsl.runtime.store import state_dir as resolve_state_dir
+
+    store = Store(resolve_state_dir(state_dir), database=database)
+    try:
+        if revoke:
+            if not dispatch.revoke_runner_token(store, label):
+                raise UsageError(f"no live runner token labelled {label!r}")
+            click.echo(f"revoked runner token {label}", err=True)
+            return
+        if pool is None or not _POOL.match(pool):
+            raise UsageError("--pool NAME: lower-case letters, digits, `_` and `-`, starting with a letter")
+        try:
+            token = dispatch.add_runner_token(store, pool, label)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        click.echo(token)
+    finally:
         store.close()
 
 
-COMMANDS = (runner,)
+COMMANDS = (runner, runner_token)

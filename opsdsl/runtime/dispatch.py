@@ -67,6 +67,13 @@ CREATE TABLE IF NOT EXISTS dispatch (
 );
 CREATE INDEX IF NOT EXISTS dispatch_queue ON dispatch(pool, state, id);
 CREATE INDEX IF NOT EXISTS dispatch_step ON dispatch(run_id, step_id, id);
+CREATE TABLE IF NOT EXISTS runner_tokens (
+    label TEXT PRIMARY KEY,                -- who holds it, as `opsdsl runner-token` named it
+    pool TEXT NOT NULL,                    -- the one pool it may claim from
+    token_sha256 TEXT NOT NULL UNIQUE,     -- the token itself is shown once, never kept
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
 """
 
 _prepared: weakref.WeakSet = weakref.WeakSet()
@@ -314,3 +321,46 @@ def _reference_names(value: Any, tag: str):
     elif isinstance(value, list):
         for item in value:
             yield from _reference_names(item, tag)
+
+
+# ---- runner tokens (runners that reach the database only through `opsdsl serve`) -------------
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def add_runner_token(store: Any, pool: str, label: str) -> str:
+    """A new token for `pool`, held by `label`; only its SHA-256 is kept. ValueError for a
+    bad or taken label."""
+    import secrets as _random
+
+    if not _LABEL.match(label):
+        raise ValueError(f"token label {label!r}: letters, digits, `_`, `.` and `-` (at most 63)")
+    prepare(store)
+    token = "opsr_" + _random.token_urlsafe(32)
+    with store.transaction():
+        if store.conn.execute("SELECT 1 FROM runner_tokens WHERE label = ?", (label,)).fetchone():
+            raise ValueError(f"a runner token labelled {label!r} exists; revoke it or choose another label")
+        store.conn.execute(
+            "INSERT INTO runner_tokens (label, pool, token_sha256, created_at) VALUES (?, ?, ?, ?)",
+            (label, pool, hashlib.sha256(token.encode()).hexdigest(), store.now()),
+        )
+    return token
+
+
+def revoke_runner_token(store: Any, label: str) -> bool:
+    prepare(store)
+    with store.transaction():
+        cursor = store.conn.execute(
+            "UPDATE runner_tokens SET revoked_at = ? WHERE label = ? AND revoked_at IS NULL", (store.now(), label)
+        )
+    return cursor.rowcount > 0
+
+
+def runner_token(store: Any, token: str) -> tuple[str, str] | None:
+    """(label, pool) of a live token, else None."""
+    prepare(store)
+    digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+    row = store.conn.execute(
+        "SELECT label, pool FROM runner_tokens WHERE token_sha256 = ? AND revoked_at IS NULL", (digest,)
+    ).fetchone()
+    return (row[0], row[1]) if row else None

@@ -45,6 +45,102 @@ class Claim:
     request: dict[str, Any]
     key: str
     timeout: float | None
+    pool: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Claim:
+        """A claim as the server sent it (hostile until shown otherwise: ValueError)."""
+        try:
+            claim = cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"not a claim: {error}") from None
+        if not isinstance(claim.row_id, int) or not isinstance(claim.epoch, int) or not isinstance(claim.attempt, int):
+            raise ValueError("not a claim: row_id, epoch and attempt are integers")
+        if not all(isinstance(v, str) for v in (claim.run_id, claim.step_id, claim.action, claim.key)):
+            raise ValueError("not a claim: run_id, step_id, action and key are strings")
+        if not isinstance(claim.secrets, dict) or not isinstance(claim.request, dict):
+            raise ValueError("not a claim: secrets and request are objects")
+        return claim
+
+
+class DatabaseQueue:
+    """Claims, heartbeats and results straight in the state database."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        D.prepare(store)
+
+    async def claim(self, pool: str, name: str, limit: int, lease: float) -> list[Claim]:
+        return claim_rows(self.store, pool, name, limit, lease)
+
+    async def heartbeat(self, claim: Claim, name: str, lease: float) -> bool:
+        return renew_lease(self.store, claim.row_id, name, claim.epoch, lease)
+
+    async def finish(
+        self, claim: Claim, name: str, state: str, outputs: dict, error: str | None, retryable: bool
+    ) -> bool:
+        return write_result(self.store, claim.row_id, name, claim.epoch, state, outputs, error, retryable)
+
+
+class HttpQueue:
+    """The same calls over HTTPS to `opsdsl serve` (`/v1/runners/POOL/…`), for a runner that
+    cannot reach the database: outbound only, with a runner token for its pool."""
+
+    TIMEOUT = 10.0  # seconds for one call
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+
+    async def claim(self, pool: str, name: str, limit: int, lease: float) -> list[Claim]:
+        answer = await self._post(f"/v1/runners/{pool}/claim", {"runner": name, "limit": limit, "lease": lease})
+        claims = answer.get("claims")
+        if not isinstance(claims, list):
+            raise ValueError("the server's answer has no list of claims")
+        parsed = [Claim.from_dict(item) for item in claims]
+        for claim in parsed:
+            claim.pool = pool
+        return parsed
+
+    async def heartbeat(self, claim: Claim, name: str, lease: float) -> bool:
+        path = f"/v1/runners/{claim.pool}/dispatch/{claim.row_id}/heartbeat"
+        answer = await self._post(path, {"runner": name, "epoch": claim.epoch, "lease": lease})
+        return answer.get("ok") is True
+
+    async def finish(
+        self, claim: Claim, name: str, state: str, outputs: dict, error: str | None, retryable: bool
+    ) -> bool:
+        body = {
+            "runner": name,
+            "epoch": claim.epoch,
+            "state": state,
+            "outputs": outputs,
+            "error": error,
+            "retryable": retryable,
+        }
+        answer = await self._post(f"/v1/runners/{claim.pool}/dispatch/{claim.row_id}/result", body)
+        return answer.get("ok") is True
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await asyncio.to_thread(self._post_now, path, body)
+
+    def _post_now(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import urllib.request
+
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=self.TIMEOUT) as response:
+            data = json.loads(response.read(16 * 1024 * 1024))
+        if not isinstance(data, dict):
+            raise ValueError("the server's answer is not an object")
+        return data
 
 
 class PoolRunner:
@@ -52,7 +148,7 @@ class PoolRunner:
 
     def __init__(
         self,
-        store: Any,
+        queue: Any,
         pool: str,
         name: str,
         lease: float,
@@ -63,18 +159,18 @@ class PoolRunner:
     ) -> None:
         from opsdsl.runtime.executor import InProcessExecutor
 
-        self.store = store
+        self.queue = queue if not hasattr(queue, "conn") else DatabaseQueue(queue)  # a Store: the database
         self.pool = pool
         self.name = name
         self.lease = lease
         self.concurrency = concurrency
         self.secrets = secrets
         self.evidence_root = evidence_root
+        self.state_dir = evidence_root.parent  # no action may read it
         self.log = log
         self.executor = InProcessExecutor()
         self.running: set[asyncio.Task] = set()
         self.draining = asyncio.Event()
-        D.prepare(store)
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -86,7 +182,8 @@ class PoolRunner:
             claims: list[Claim] = []
             if free > 0:
                 try:
-                    claims = self.claim(free)
+                    claims = await self.queue.claim(self.pool, self.name, free, self.lease)
+                    self._claimed(claims)
                 except Exception as error:  # the database is away: try again shortly
                     self.log(f"runner {self.name}: cannot claim: {type(error).__name__}: {error}")
             for claim in claims:
@@ -102,50 +199,12 @@ class PoolRunner:
             await asyncio.gather(*self.running, return_exceptions=True)
         self.log(f"runner {self.name}: stopped")
 
-    def claim(self, limit: int) -> list[Claim]:
-        """Up to `limit` queued rows of the pool, now ours (epoch + 1, a fresh lease)."""
-        select = (
-            "SELECT id, claim_epoch, run_id, step_id, attempt, action, inputs, secrets, request, idempotency_key,"
-            " timeout FROM dispatch WHERE pool = ? AND state = ? ORDER BY id LIMIT ?"
-        )
-        conn = self.store.conn
-        if self.store.postgres:
-            # Only the rows: SKIP LOCKED lets runners claim side by side, without the writer lock.
-            conn.execute("BEGIN")
-            select += " FOR UPDATE SKIP LOCKED"
-            transaction: Any = _PgTransaction(conn)
-        else:
-            transaction = self.store.transaction()
-        claims = []
-        with transaction:
-            now = self.store.now()
-            for row in conn.execute(select, (self.pool, D.QUEUED, limit)).fetchall():
-                conn.execute(
-                    "UPDATE dispatch SET state = ?, claimant = ?, claim_epoch = claim_epoch + 1, lease_until = ?,"
-                    " claimed_at = ? WHERE id = ? AND state = ?",
-                    (D.CLAIMED, self.name, now + self.lease, now, row[0], D.QUEUED),
-                )
-                claims.append(
-                    Claim(
-                        row_id=int(row[0]),
-                        epoch=int(row[1]) + 1,
-                        run_id=row[2],
-                        step_id=row[3],
-                        attempt=int(row[4]),
-                        action=row[5],
-                        inputs=json.loads(row[6]),
-                        secrets=json.loads(row[7]),
-                        request=json.loads(row[8]),
-                        key=row[9],
-                        timeout=row[10],
-                    )
-                )
+    def _claimed(self, claims: list[Claim]) -> None:
         for claim in claims:
             self.log(
                 f"runner {self.name}: claimed dispatch {claim.row_id} (run {claim.run_id} step {claim.step_id}"
                 f" attempt {claim.attempt}, epoch {claim.epoch}, key {claim.key})"
             )
-        return claims
 
     # ---- one claimed row -------------------------------------------------------------------
 
@@ -168,7 +227,7 @@ class PoolRunner:
         if lost:
             self.log(f"runner {self.name}: dispatch {claim.row_id}: {lost}; its result is not written")
             return
-        self.finish(claim, state, outputs, error, retryable)
+        await self.finish(claim, state, outputs, error, retryable)
 
     async def heartbeat(self, claim: Claim, action: asyncio.Task) -> str | None:
         """Renew the lease every third of it until the action ends; cancel the action once the
@@ -180,12 +239,7 @@ class PoolRunner:
                 return None
             sent = time.monotonic()
             try:
-                now = self.store.now()
-                cursor = self.store.conn.execute(
-                    "UPDATE dispatch SET lease_until = ? WHERE id = ? AND claimant = ? AND claim_epoch = ? AND state = ?",
-                    (now + self.lease, claim.row_id, self.name, claim.epoch, D.CLAIMED),
-                )
-                if cursor.rowcount == 0:
+                if not await self.queue.heartbeat(claim, self.name, self.lease):
                     why = "the row is no longer ours (re-claimed or withdrawn)"
                     self.log(f"runner {self.name}: dispatch {claim.row_id}: {why}; cancelling the action")
                     action.cancel()
@@ -226,7 +280,7 @@ class PoolRunner:
             evidence_dir=self.evidence_root / claim.run_id / "evidence",
             redact=redactor.text,
             redact_bytes=redactor.bytes,
-            state_dir=self.store.root,
+            state_dir=self.state_dir,
         )
         try:
             if claim.timeout is None:
@@ -244,34 +298,107 @@ class PoolRunner:
             return D.FAILED, {}, redactor.text(message), False
         return D.DONE, redactor.data(outputs or {}), None, False
 
-    def finish(self, claim: Claim, state: str, outputs: dict[str, Any], error: str | None, retryable: bool) -> None:
+    async def finish(self, claim: Claim, state: str, outputs: dict, error: str | None, retryable: bool) -> None:
         """Write the result, fenced by (row, claimant, epoch): refused unless still ours."""
         try:
-            cursor = self.store.conn.execute(
-                "UPDATE dispatch SET state = ?, result = ?, error = ?, retryable = ?, finished_at = ?"
-                " WHERE id = ? AND claimant = ? AND claim_epoch = ? AND state = ?",
-                (
-                    state,
-                    json.dumps(outputs, sort_keys=True),
-                    error,
-                    1 if retryable else 0,
-                    self.store.now(),
-                    claim.row_id,
-                    self.name,
-                    claim.epoch,
-                    D.CLAIMED,
-                ),
-            )
+            written = await self.queue.finish(claim, self.name, state, outputs, error, retryable)
         except Exception as failure:  # its lease lapses; the worker re-queues it or puts it in doubt
             self.log(f"runner {self.name}: dispatch {claim.row_id}: cannot write the result: {failure}")
             return
-        if cursor.rowcount == 0:
+        if not written:
             self.log(
                 f"runner {self.name}: dispatch {claim.row_id}: result refused: epoch {claim.epoch} is no longer"
                 " the row's (its lease was taken); nothing changed"
             )
             return
         self.log(f"runner {self.name}: dispatch {claim.row_id}: {state}" + (f": {error}" if error else ""))
+
+
+# ---- the database side (a runner's own, or the server's for runners over HTTPS) ------------------
+
+
+def claim_rows(store: Any, pool: str, name: str, limit: int, lease: float) -> list[Claim]:
+    """Up to `limit` queued rows of `pool`, now `name`'s (epoch + 1, a lease on the database clock)."""
+    select = (
+        "SELECT id, claim_epoch, run_id, step_id, attempt, action, inputs, secrets, request, idempotency_key,"
+        " timeout FROM dispatch WHERE pool = ? AND state = ? ORDER BY id LIMIT ?"
+    )
+    conn = store.conn
+    if store.postgres:
+        # Only the rows: SKIP LOCKED lets runners claim side by side, without the writer lock.
+        conn.execute("BEGIN")
+        select += " FOR UPDATE SKIP LOCKED"
+        transaction: Any = _PgTransaction(conn)
+    else:
+        transaction = store.transaction()
+    claims = []
+    with transaction:
+        now = store.now()
+        for row in conn.execute(select, (pool, D.QUEUED, limit)).fetchall():
+            conn.execute(
+                "UPDATE dispatch SET state = ?, claimant = ?, claim_epoch = claim_epoch + 1, lease_until = ?,"
+                " claimed_at = ? WHERE id = ? AND state = ?",
+                (D.CLAIMED, name, now + lease, now, row[0], D.QUEUED),
+            )
+            claims.append(
+                Claim(
+                    row_id=int(row[0]),
+                    epoch=int(row[1]) + 1,
+                    run_id=row[2],
+                    step_id=row[3],
+                    attempt=int(row[4]),
+                    action=row[5],
+                    inputs=json.loads(row[6]),
+                    secrets=json.loads(row[7]),
+                    request=json.loads(row[8]),
+                    key=row[9],
+                    timeout=row[10],
+                    pool=pool,
+                )
+            )
+    return claims
+
+
+def renew_lease(store: Any, row_id: int, name: str, epoch: int, lease: float, pool: str | None = None) -> bool:
+    """Extend the claim's lease; False when the row is no longer this claim's."""
+    where = " AND pool = ?" if pool is not None else ""
+    cursor = store.conn.execute(
+        "UPDATE dispatch SET lease_until = ? WHERE id = ? AND claimant = ? AND claim_epoch = ? AND state = ?" + where,
+        (store.now() + lease, row_id, name, epoch, D.CLAIMED, *((pool,) if pool is not None else ())),
+    )
+    return cursor.rowcount > 0
+
+
+def write_result(
+    store: Any,
+    row_id: int,
+    name: str,
+    epoch: int,
+    state: str,
+    outputs: dict,
+    error: str | None,
+    retryable: bool,
+    pool: str | None = None,
+) -> bool:
+    """The claim's result, fenced by (row, claimant, epoch); False (nothing changed) when refused."""
+    where = " AND pool = ?" if pool is not None else ""
+    cursor = store.conn.execute(
+        "UPDATE dispatch SET state = ?, result = ?, error = ?, retryable = ?, finished_at = ?"
+        " WHERE id = ? AND claimant = ? AND claim_epoch = ? AND state = ?" + where,
+        (
+            state,
+            json.dumps(outputs, sort_keys=True),
+            error,
+            1 if retryable else 0,
+            store.now(),
+            row_id,
+            name,
+            epoch,
+            D.CLAIMED,
+            *((pool,) if pool is not None else ()),
+        ),
+    )
+    return cursor.rowcount > 0
 
 
 class _PgTransaction:

@@ -285,6 +285,7 @@ class Server:
         app.router.add_get("/metrics", self.metrics)
         __import__("opsdsl.serve.api").serve.api.add_routes(app, self)  # the operator API (docs/api.md)
         __import__("opsdsl.serve.console").serve.console.add_routes(app, self)  # the web console (docs/console.md)
+        __import__("opsdsl.serve.runner_api").serve.runner_api.add_routes(app, self)  # runners over HTTPS (docs/scaleout.md)
         return app
 
     @web.middleware

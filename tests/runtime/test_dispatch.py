@@ -14,6 +14,7 @@ the ledger.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -247,7 +248,7 @@ def test_a_restarted_worker_waits_on_its_outstanding_dispatch(tmp_path, procs, a
 def test_a_stale_epoch_changes_nothing(tmp_path):
     """The fence itself, in process: a result or heartbeat of an older claim is refused."""
     from opsdsl.runtime import dispatch as D
-    from opsdsl.runtime.pool_runner import PoolRunner
+    from opsdsl.runtime.pool_runner import PoolRunner, claim_rows
     from opsdsl.runtime.secrets import Secrets
     from opsdsl.runtime.store import Store
 
@@ -263,15 +264,15 @@ def test_a_stale_epoch_changes_nothing(tmp_path):
         logs: list[str] = []
         one = PoolRunner(store, "edge", "a", 30, 1, Secrets(tmp_path), tmp_path, logs.append)
         two = PoolRunner(store, "edge", "b", 30, 1, Secrets(tmp_path), tmp_path, logs.append)
-        (old,) = one.claim(5)
+        (old,) = claim_rows(store, "edge", "a", 5, 30)
         store.conn.execute("UPDATE dispatch SET state = ?, claimant = NULL WHERE id = ?", (D.QUEUED, old.row_id))
-        (new,) = two.claim(5)
+        (new,) = claim_rows(store, "edge", "b", 5, 30)
         assert (old.epoch, new.epoch) == (1, 2)
-        one.finish(old, D.DONE, {"late": True}, None, False)
+        asyncio.run(one.finish(old, D.DONE, {"late": True}, None, False))
         assert any("result refused" in line for line in logs)
         row = store.conn.execute("SELECT state, claimant, result FROM dispatch").fetchone()
         assert tuple(row) == (D.CLAIMED, "b", None)
-        two.finish(new, D.DONE, {"ok": True}, None, False)
+        asyncio.run(two.finish(new, D.DONE, {"ok": True}, None, False))
         assert store.conn.execute("SELECT state, result FROM dispatch").fetchone()[1] == '{"ok": true}'
     finally:
         with contextlib.suppress(Exception):

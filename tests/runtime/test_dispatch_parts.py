@@ -17,7 +17,7 @@ import pytest
 from kernel_api import HELPER
 
 from opsdsl.runtime import dispatch as D
-from opsdsl.runtime.pool_runner import PoolRunner
+from opsdsl.runtime.pool_runner import PoolRunner, claim_rows
 from opsdsl.runtime.secrets import Redactor, SecretError, Secrets
 from opsdsl.runtime.store import Store
 
@@ -111,7 +111,7 @@ def test_a_secret_the_runner_lacks_fails_the_step_unrun(tmp_path):
         tag = deferred().tag
         queue(store, "shell", {"argv": ["true", f"opsdsl-secret.nothere.{tag}"]}, {"tag": tag, "names": ["nothere"]})
         runner = PoolRunner(store, "edge", "a", 30, 1, Secrets(tmp_path / "state"), tmp_path, lambda m: None)
-        (claim,) = runner.claim(1)
+        (claim,) = claim_rows(store, "edge", "a", 1, runner.lease)
         state, _, error, retryable = asyncio.run(runner.perform(claim))
         assert (state, retryable) == (D.FAILED, False)
         assert "nothere" in error
@@ -128,7 +128,7 @@ def test_a_runner_cut_off_past_its_lease_stops_its_action(tmp_path):
         queue(store, "shell", {"argv": [sys.executable, str(HELPER), "sleep", "30", str(pid_file)]}, {})
         logs: list[str] = []
         runner = PoolRunner(store, "edge", "a", 1.2, 1, Secrets(tmp_path / "state"), tmp_path, logs.append)
-        (claim,) = runner.claim(1)
+        (claim,) = claim_rows(store, "edge", "a", 1, runner.lease)
         real = store.conn
 
         class Unreachable:

@@ -30,3 +30,13 @@ CREATE TABLE dispatch (
 );
 CREATE INDEX dispatch_queue ON dispatch(pool, state, id);
 CREATE INDEX dispatch_step ON dispatch(run_id, step_id, id);
+
+-- Runners that reach the database only through `opsdsl serve` (HTTPS, outbound) present a
+-- token for one pool; only its SHA-256 is kept.
+CREATE TABLE runner_tokens (
+    label TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at DOUBLE PRECISION NOT NULL,
+    revoked_at DOUBLE PRECISION
+);
