@@ -30,6 +30,7 @@ from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionReque
 from opsdsl.runtime.approvals import ApprovalSteps
 from opsdsl.runtime.dispatch import DeferredSecrets, Dispatcher, DispatchLost, secret_tag
 from opsdsl.runtime.endings import RunEndings
+from opsdsl.runtime.executor import InProcessExecutor
 from opsdsl.runtime.gate import ALLOW, DENY, REQUIRE_APPROVAL, TAINT_POLICY, Decision, Gate
 from opsdsl.runtime.outcome import TIMED_OUT, TIMEOUT_VOTER, Outcome, Paused  # noqa: F401  (re-exported)
 from opsdsl.runtime.secrets import SecretError, Secrets, SecretsView
@@ -98,6 +99,9 @@ class Scheduler(ApprovalSteps, RunEndings):
         self._cancelled_by: str | None = run.cancel_requested
         self._drive_task: asyncio.Task | None = None  # cancelled (as by SIGTERM) when stdout is gone
         self._adopted: set[str] = set()  # runner steps whose dispatch a crash left outstanding
+        # Runner pools are the default executor's: an executor the caller gave (a rehearsal's
+        # mocks) runs every step itself, `runner:` or not.
+        self._pools = isinstance(env.executor, InProcessExecutor)
 
     # ---- entry points ----------------------------------------------------------------
 
@@ -450,7 +454,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         timeout = node["timeout"] / 1000 if node["timeout"] is not None else None
         # Runner pools (opsdsl.runtime.dispatch): a step with `runner:` is queued for its pool
         # in its intent's transaction and its result awaited; its runner enforces the timeout.
-        remote = self._dispatcher(sid) if node.get("runner") else None
+        remote = self._dispatcher(sid) if self._remote(sid) else None
         adopted = remote is not None and sid in self._adopted and remote.adopt(self.run.id, sid, row.attempts)
         if sid in self._adopted and not adopted and not node["idempotent"]:
             self._in_doubt(sid, "its dispatch was lost while the worker restarted")
@@ -645,7 +649,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         for sid, row in self.steps.items():
             if row.status != S.STARTED:
                 continue
-            if self.nodes[sid].get("runner"):  # runner pools: an outstanding dispatch goes on, awaited by _run_step
+            if self._remote(sid):  # runner pools: an outstanding dispatch goes on, awaited by _run_step
                 dispatcher = self._dispatcher(sid)
                 if dispatcher.adopt(self.run.id, sid, row.attempts):
                     if not self._failed_main:
@@ -728,7 +732,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         node = self.nodes[sid]
         activation = self._activation(sid)
         deferred = None
-        if node.get("runner"):  # runner pools: secrets stay references its runner resolves (dispatch.py)
+        if self._remote(sid):  # runner pools: secrets stay references its runner resolves (dispatch.py)
             activation["secrets"] = deferred = DeferredSecrets(self.run.id, sid)
         rendered = render_with(node["action"], node.get("with") or {}, activation)
         if deferred is not None:
@@ -757,6 +761,9 @@ class Scheduler(ApprovalSteps, RunEndings):
                 "timeout": _number(node["timeout"] / 1000) if node["timeout"] is not None else None,
             },
         )
+
+    def _remote(self, sid: str) -> bool:
+        return self._pools and bool(self.nodes[sid].get("runner"))
 
     def _dispatcher(self, sid: str) -> Dispatcher:
         return Dispatcher(self.store, self.nodes[sid], secret_tag(self.run.id, sid))

@@ -175,3 +175,13 @@ def test_the_migration_and_the_sqlite_table_have_the_same_columns(tmp_path):
     columns = [row[1] for row in conn.execute("PRAGMA table_info(dispatch)")]
     body = text[text.index("CREATE TABLE dispatch") :]
     assert [c for c in columns if f"\n    {c} " in body] == columns
+
+
+def test_a_rehearsal_runs_runner_steps_with_its_mocks():
+    """`opsdsl test` gives its own executor (the mocks): nothing is dispatched, nothing waits
+    for a runner that a rehearsal never has."""
+    from kernel_api import FIXTURES, opsdsl
+
+    result = opsdsl("test", FIXTURES / "dispatch.test.yaml", timeout=60)
+    assert result.code == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
