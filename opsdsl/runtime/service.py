@@ -242,6 +242,7 @@ class Service:
         self.announcer: Any = None  # announce.Announcer, when `serve` has notifiers
         self.milestones: MilestoneLog | None = None  # `serve`'s log of run milestones
         self._driver_task: asyncio.Task | None = None
+        self.sequencer: Any = None  # journal mode: this process's sequencer thread (one process leads)
         self.run_slots = asyncio.Semaphore(max_runs)
         self.escalation_url = escalation_url
         self.escalation = escalation  # escalation.EscalationPolicy: response clocks of a server's incidents
@@ -331,6 +332,9 @@ class Service:
         a stopped process left, runs whose approvals or decisions arrive, timers as they fall
         due (runtime/driver.py) — and park long waits instead of sleeping through them."""
         self.claim(holder)
+        from opsdsl.runtime.sequencer import start_if_journal
+
+        self.sequencer = start_if_journal(self.store, self.runtime.signer)
         if own_runs:
             from opsdsl.runtime.driver import Driver
 
@@ -412,6 +416,8 @@ class Service:
             await asyncio.to_thread(self.reports.join, REPORT_DRAIN)
 
     def close(self) -> None:
+        if self.sequencer is not None:
+            self.sequencer.stop()
         self.runtime.close()
         self.lock.release()
 

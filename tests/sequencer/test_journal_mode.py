@@ -114,3 +114,30 @@ def test_a_run_in_journal_mode_signs_its_incident_with_a_checkpoint_covering_it(
     finally:
         sequencer.terminate()
         sequencer.wait(10)
+
+
+def test_serve_runs_a_sequencer_thread_in_journal_mode(
+    journal_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from opsdsl.runtime.service import Service
+
+    monkeypatch.setenv("OPSDSL_DATABASE", journal_url)
+    monkeypatch.setenv("OPSDSL_LEDGER_MODE", "journal")
+    service = Service(tmp_path / "state", [])
+
+    async def start_and_journal() -> None:
+        await service.start()
+        with service.store.transaction():
+            service.store.ledger.append("user.added", None, {"name": "ana"})
+        service.store.ledger.settle(timeout=10)  # chained by the service's own sequencer
+        await service.drain(1)
+
+    try:
+        asyncio.run(start_and_journal())
+        assert service.sequencer is not None and service.sequencer.leading
+        assert [entry.kind for entry in service.store.ledger.entries()] == ["user.added"]
+    finally:
+        service.close()
+    assert not service.sequencer._thread.is_alive()
