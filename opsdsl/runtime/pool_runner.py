@@ -324,6 +324,8 @@ def claim_rows(store: Any, pool: str, name: str, limit: int, lease: float) -> li
         " timeout FROM dispatch WHERE pool = ? AND state = ? ORDER BY id LIMIT ?"
     )
     conn = store.conn
+    if conn.execute("SELECT 1 FROM dispatch WHERE pool = ? AND state = ? LIMIT 1", (pool, D.QUEUED)).fetchone() is None:
+        return []  # nothing queued: no write transaction (the drivers' commits need the lock more)
     if store.postgres:
         # Only the rows: SKIP LOCKED lets runners claim side by side, without the writer lock.
         conn.execute("BEGIN")
