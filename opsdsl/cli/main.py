@@ -371,6 +371,10 @@ def _register_more_commands() -> None:
 
     for command in cli_inspect.COMMANDS:
         cli.add_command(command)
+    from opsdsl.cli import runner as cli_runner
+
+    for command in cli_runner.COMMANDS:
+        cli.add_command(command)
     from opsdsl.cli import sequencer as cli_sequencer
 
     for command in cli_sequencer.COMMANDS:
@@ -379,14 +383,14 @@ def _register_more_commands() -> None:
 
     for command in cli_worker.COMMANDS:
         cli.add_command(command)
-
-
-_register_signing_commands()
-_register_more_commands()
     from opsdsl.cli import db as cli_db
 
     for command in cli_db.COMMANDS:
         cli.add_command(command)
+
+
+_register_signing_commands()
+_register_more_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
