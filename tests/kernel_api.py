@@ -322,11 +322,11 @@ def shell_params(api: KernelAPI) -> dict[str, str]:
     return {"kernel_url": api.url, "python": sys.executable, "helper": str(HELPER)}
 
 
-def state_db(state: Path) -> Any:
+def state_db(state: Path, database: str | None = None) -> Any:
     """A connection to the state database the test's opsdsl processes use, in autocommit:
-    the PostgreSQL database $OPSDSL_DATABASE names (with sqlite3's surface, see
-    opsdsl.runtime.database), else `state`/state.db with sqlite3 itself."""
-    url = os.environ.get("OPSDSL_DATABASE")
+    the PostgreSQL database `database` or $OPSDSL_DATABASE names (with sqlite3's surface,
+    see opsdsl.runtime.database), else `state`/state.db with sqlite3 itself."""
+    url = database or os.environ.get("OPSDSL_DATABASE")
     if url:
         from opsdsl.runtime.database import PgConnection
 

@@ -416,10 +416,21 @@ class PgConnection:
 
 
 def _values(parameters: Any) -> Any:
-    """SQLite is lenient where PostgreSQL is typed: booleans go in as 0/1, as SQLite stores them."""
+    """Parameters as PostgreSQL takes them: booleans as 0/1, as SQLite stores them; a NUL in a
+    string (hostile text: a run reference typed as "\\x00abc", a process's stderr in an
+    error), which PostgreSQL's text cannot hold, as U+FFFD. Ledger data never has one (it
+    is canonical JSON, where NUL is escaped), so no hashed byte changes."""
     if isinstance(parameters, dict):
-        return {k: int(v) if isinstance(v, bool) else v for k, v in parameters.items()}
-    return [int(v) if isinstance(v, bool) else v for v in parameters]
+        return {k: _value(v) for k, v in parameters.items()}
+    return [_value(v) for v in parameters]
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and "\0" in value:
+        return value.replace("\0", "\ufffd")
+    return value
 
 
 def _first_line(error: BaseException) -> str:

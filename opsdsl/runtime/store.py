@@ -174,15 +174,22 @@ def _warn(message: str) -> None:
 
 
 def has_state(root: Path) -> bool:
-    """Whether there is opsdsl state to read for `root`: with $OPSDSL_DATABASE set, the
-    PostgreSQL database holds it (whether it is reachable is found when it is opened);
-    else `root`/state.db must exist, so that a mistyped --state-dir is an error, not "no runs"."""
+    """Whether there is opsdsl state to read for `root`, so that a mistyped --state-dir is an
+    error, not "no runs": `root`/state.db; with $OPSDSL_DATABASE set, the folder itself (its
+    keys, trust file and incidents; the database holds the rest, and whether it is reachable
+    is found when it is opened)."""
     from opsdsl.runtime.database import database_url
 
-    return database_url() is not None or (root / DB_NAME).is_file()
+    if database_url() is not None:
+        return root.is_dir()
+    return (root / DB_NAME).is_file()
 
 
 def no_state_message(root: Path) -> str:
+    from opsdsl.runtime.database import database_url
+
+    if database_url() is not None:
+        return f"no opsdsl state directory {root} (its keys and incidents); pass --state-dir DIR or set OPSDSL_HOME"
     return f"no opsdsl state in {root} (no {DB_NAME}); pass --state-dir DIR or set OPSDSL_HOME"
 
 
@@ -342,6 +349,8 @@ class Store:
 
         if create:
             prepare_state_dir(root)
+        elif not root.is_dir():
+            raise StateError(no_state_message(root))
         try:
             conn = PgConnection(url, durable=durable)
         except PgError as error:

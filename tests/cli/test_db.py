@@ -51,12 +51,12 @@ def test_a_database_migrated_by_a_newer_opsdsl_is_refused_never_downgraded(empty
     conn.close()
     migrate = opsdsl("db", "migrate", "--database", empty_db, env=sqlite_env())
     assert migrate.code == 2 and "refusing to downgrade" in migrate.stderr
-    runs = opsdsl("--database", empty_db, "runs", "--state-dir", tmp_path / "s", env=sqlite_env())
+    runs = opsdsl("--database", empty_db, "runs", "--state-dir", tmp_path, env=sqlite_env())
     assert runs.code == 2 and "newer than this opsdsl" in runs.stderr and "Traceback" not in runs.stderr
 
 
 def test_an_unmigrated_database_says_what_to_run(empty_db: str, tmp_path: Path) -> None:
-    runs = opsdsl("--database", empty_db, "runs", "--state-dir", tmp_path / "s", env=sqlite_env())
+    runs = opsdsl("--database", empty_db, "runs", "--state-dir", tmp_path, env=sqlite_env())
     assert runs.code == 2
     assert "no opsdsl schema yet: run `opsdsl db migrate" in runs.stderr
 

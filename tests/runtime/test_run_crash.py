@@ -100,9 +100,12 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 class Trial:
     """One state directory, one Kernel API, and the processes that drive one run through kills."""
 
-    def __init__(self, api: KernelAPI, state: Path, plan: Path, trust: Path) -> None:
+    def __init__(self, api: KernelAPI, state: Path, plan: Path, trust: Path, database: str | None = None) -> None:
+        """`database`: this trial's own PostgreSQL database (trials run side by side, and
+        each looks for the one run in its state), else the test's backend."""
         self.api = api
         self.state = state
+        self.env = cli_env() if database is None else {**cli_env(), "OPSDSL_DATABASE": database}
         self.plan = plan
         self.trust = trust
         self.marker = f"crash-trial-{uuid.uuid4().hex}"  # on the helper's command line
@@ -116,7 +119,7 @@ class Trial:
     def spawn(self, *args: str) -> subprocess.Popen:
         command = [sys.executable, "-m", "opsdsl", *args, "--state-dir", str(self.state), "--log-format", "quiet"]
         with open(self.log, "a") as log:
-            return subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            return subprocess.Popen(command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
     def start(self) -> subprocess.Popen:
         params = param_args(**shell_params(self.api), marker=self.marker)
@@ -153,9 +156,10 @@ class Trial:
 
     def query(self, sql: str, *args: object) -> list[tuple]:
         """Read the state database directly (no process is driving the run when we look)."""
-        if not os.environ.get("OPSDSL_DATABASE") and not (self.state / "state.db").exists():
+        database = self.env.get("OPSDSL_DATABASE")
+        if not database and not (self.state / "state.db").exists():
             return []
-        conn = state_db(self.state)
+        conn = state_db(self.state, database)
         try:
             return conn.execute(sql, args).fetchall()
         finally:
@@ -176,8 +180,8 @@ class Trial:
         return self.api.keys()[f"{self.run_id}:{step}"]
 
     def check_after_kill(self, point: KillPoint) -> None:
-        if os.environ.get("OPSDSL_DATABASE") or (self.state / "state.db").exists():
-            verified = opsdsl("ledger", "verify", "--state-dir", self.state)
+        if self.env.get("OPSDSL_DATABASE") or (self.state / "state.db").exists():
+            verified = opsdsl("ledger", "verify", "--state-dir", self.state, env=self.env)
             assert verified.code == 0, f"{point.name}: {verified.stdout}{verified.stderr}"
         self.run_id = self.run_id or self.find_run()
         if self.run_id is None:
@@ -199,7 +203,9 @@ class Trial:
                 continue
             assert step in NOT_IDEMPOTENT, f"{step} is idempotent, yet left in doubt"
             outcome = "succeeded" if self.seen(step) else "retry"
-            decided = opsdsl("decide", self.run_id, step, "--as", outcome, "--by", "oncall", "--state-dir", self.state)
+            decided = opsdsl(
+                "decide", self.run_id, step, "--as", outcome, "--by", "oncall", "--state-dir", self.state, env=self.env
+            )
             assert decided.code == 0, decided.stderr
 
     def finish(self, kills: tuple[KillPoint, ...]) -> None:
@@ -222,7 +228,7 @@ class Trial:
     def check_end(self) -> None:
         ((status,),) = self.query("SELECT status FROM runs WHERE id = ?", self.run_id)
         assert status == "succeeded"
-        verified = opsdsl("ledger", "verify", "--state-dir", self.state)
+        verified = opsdsl("ledger", "verify", "--state-dir", self.state, env=self.env)
         assert verified.code == 0, verified.stdout + verified.stderr
         counts = {step: self.seen(step) for step in STEPS}
         for step, count in counts.items():
@@ -245,11 +251,11 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def crash_and_recover(point: KillPoint, plan: Path, trust: Path, state: Path) -> str | None:
+def crash_and_recover(point: KillPoint, plan: Path, trust: Path, state: Path, database: str | None) -> str | None:
     """One trial; None if every invariant held, else what broke."""
     with KernelAPI() as api:
         api.slow_everything(SERVER_DELAY)
-        trial = Trial(api, state, plan, trust)
+        trial = Trial(api, state, plan, trust, database)
         try:
             if trial.kill_at(trial.start(), point):
                 trial.check_after_kill(point)
@@ -265,15 +271,28 @@ def crash_and_recover(point: KillPoint, plan: Path, trust: Path, state: Path) ->
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds helper programs through /proc")
-def test_sigkill_at_many_points_then_resume_runs_each_effect_once(signed: tuple[Path, Path], tmp_path: Path) -> None:
+def test_sigkill_at_many_points_then_resume_runs_each_effect_once(
+    signed: tuple[Path, Path], tmp_path: Path, state_backend: str, request: pytest.FixtureRequest
+) -> None:
     plan, trust = signed
     points = kill_points()
     assert len(points) >= 20
+    databases: list[str | None] = [None] * len(points)
+    if state_backend == "postgresql":  # one database per trial, as one state.db per trial
+        from opsdsl.runtime.migrate import migrate
+
+        server = request.getfixturevalue("pg_server")
+        for index in range(len(points)):
+            server.drop_database(f"crash_{index:02d}")
+            databases[index] = server.create_database(f"crash_{index:02d}")
+            migrate(databases[index])
 
     with ThreadPoolExecutor(WORKERS) as pool:
         failures = list(
             pool.map(
-                lambda numbered: crash_and_recover(numbered[1], plan, trust, tmp_path / f"state-{numbered[0]:02d}"),
+                lambda numbered: crash_and_recover(
+                    numbered[1], plan, trust, tmp_path / f"state-{numbered[0]:02d}", databases[numbered[0]]
+                ),
                 enumerate(points),
             )
         )
