@@ -284,6 +284,8 @@ class LastLevelReports:
         with self.lock:
             started = time.monotonic()
             try:
+                if not seq:  # journal mode: the escalation is chained a batch later (and the report reads the ledger)
+                    seq = _chained_seq(self.state, run, data)
                 written = write_last_level_report(
                     self.state,
                     escalated_at,
@@ -324,3 +326,17 @@ class LastLevelReports:
                 time.monotonic() - started,
                 iso(escalated_at),
             )
+
+
+def _chained_seq(state: Path, run: str, data: dict[str, Any]) -> int:
+    """The seq of the escalation entry `data` of `run` once the sequencer has chained it (journal mode)."""
+    from opsdsl.audit import entries as E
+    from opsdsl.runtime.store import Store
+
+    store = Store(state)
+    try:
+        store.ledger.settle(run)
+        found = [e.seq for e in store.ledger.entries(run=run) if e.kind == E.INCIDENT_ESCALATED and e.data == data]
+        return found[-1] if found else 0
+    finally:
+        store.close()

@@ -247,8 +247,11 @@ def open_follow_ups(
                 store.ledger.append(E.INCIDENT_FOLLOW_UP_OPENED, run.id, data, ts=runtime.clock())
             opened.append(Opened(item["key"], item["summary"], url, True))
         if opened:
-            with store.transaction():
+            if store.ledger.journaled:  # sign once the sequencer has chained the follow-ups (it waits)
                 checkpoint = store.ledger.checkpoint(runtime.signer)
+            else:
+                with store.transaction():
+                    checkpoint = store.ledger.checkpoint(runtime.signer)
             rewrite_incident(runtime, run, checkpoint.to_dict())
         if failure is not None:
             count = f"{len(opened)} opened and recorded before it; " if opened else ""
