@@ -349,6 +349,15 @@ class PgConnection:
         text, returning = plan
         return self._run(text, _values(parameters), returning)
 
+    def begin_run(self, run: str) -> None:
+        """BEGIN a transaction that writes one run's rows only: it takes the writer lock
+        SHARED (so it waits for, and is waited for by, every one-writer-at-a-time
+        transaction) and the run's own lock EXCLUSIVE (so two transactions of one run take
+        turns). Locks are always taken in that order: no deadlock between these two kinds."""
+        self._ensure()
+        self._run("BEGIN", ())
+        self._run("SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(%s)", (WRITER_LOCK, _run_lock(run)))
+
     def executemany(self, sql: str, seq_of_parameters: Any) -> PgCursor:
         self._ensure()
         kind, plan = self._plan(sql)
@@ -413,6 +422,15 @@ class PgConnection:
                 return PgCursor(None if returning else rows, description or None, cur.rowcount, lastrowid)
         except psycopg.Error as error:
             raise _error(error) from None
+
+
+def _run_lock(run: str) -> int:
+    """A run's advisory lock key: 63 bits of its id's SHA-256 (never WRITER_LOCK's value,
+    whose top bits are zero)."""
+    import hashlib
+
+    key = int.from_bytes(hashlib.sha256(b"opsdsl.run\0" + run.encode("utf-8")).digest()[:8], "big") >> 1
+    return key | (1 << 62)
 
 
 def _values(parameters: Any) -> Any:

@@ -92,6 +92,11 @@ class Fences:
         if fence is not None:
             fence.check(store)
 
+    def run(self) -> str | None:
+        """The run whose lease the current task writes under, if any (not a named lease)."""
+        fence = _current.get()
+        return fence.key if fence is not None and fence.table == RUN else None
+
 
 @contextlib.contextmanager
 def unfenced() -> Iterator[None]:

@@ -375,13 +375,31 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def _run_scope(self) -> str | None:
+        """The run this transaction may lock alone: only on PostgreSQL, only when the ledger
+        journals (inline chaining reads the one head, so every writer must take turns), and
+        only under a run's lease (what the transaction touches is that run's)."""
+        if not self.postgres or self.fence is None or not getattr(self.ledger, "journaled", False):
+            return None
+        scope = getattr(self.fence, "run", None)
+        return scope() if scope is not None else None
+
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         """BEGIN IMMEDIATE … COMMIT: other processes (approve, serve) wait, nobody interleaves.
 
         Under a worker's lease (`self.fence`), the lease is checked (and extended) first: a
-        worker presumed dead whose lease another took writes nothing (LeaseLost)."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        worker presumed dead whose lease another took writes nothing (LeaseLost).
+
+        On PostgreSQL with the journal ledger, a transaction a worker makes under a run's
+        lease locks only that run (its root: a sub-run is driven through its caller), beside
+        every other run's: see `PgConnection.begin_run`. Every other transaction (intake,
+        approvals, people, timers set from outside) is still the only writer."""
+        run = self._run_scope()
+        if run is None:
+            self.conn.execute("BEGIN IMMEDIATE")
+        else:
+            self.conn.begin_run(run)
         try:
             if self.fence is not None:
                 self.fence.check(self)

@@ -77,6 +77,10 @@ class Worker:
 
         service = self.service
         L.ensure_schema(self.store)
+        from opsdsl.runtime.sequencer import start_if_journal
+
+        # With the journal ledger every worker offers to chain it (one leads, the rest stand by).
+        service.sequencer = start_if_journal(self.store, service.runtime.signer)
         self.store.fence = L.Fences()
         service.leases = self
         service.runtime.park_after = PARK_AFTER
@@ -122,6 +126,9 @@ class Worker:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
+        sequencer = getattr(self.service, "sequencer", None)
+        if sequencer is not None:
+            await asyncio.to_thread(sequencer.stop)
         if self.service.reports is not None:
             from opsdsl.runtime.service import REPORT_DRAIN
 
