@@ -90,6 +90,8 @@ class Runtime:
 
         self.state = state
         self.store = S.Store(state, durable=durable, create=create)
+        if getattr(self.store.ledger, "journaled", False):  # journal mode: chain our own entries if need be
+            self.store.ledger.signer = lambda: self.signer
         self._signer = None
         self.incidents_root = incidents_dir or (state / "incidents")
         self.executor = executor or InProcessExecutor()
