@@ -212,9 +212,12 @@ class Driver:
 
     async def _sleep(self) -> None:
         timeout = self.poll
-        due = self.store.next_timer()
-        if due is not None and due > self.clock():  # one due already was seen by the look just done
-            timeout = min(timeout, due - self.clock())
+        try:
+            due = self.store.next_timer()
+            if due is not None and due > self.clock():  # one due already was seen by the look just done
+                timeout = min(timeout, due - self.clock())
+        except Exception:  # a failing database (a restart): the look that follows logs it; poll as usual
+            pass
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.nudged.wait(), timeout)
         self.nudged.clear()
