@@ -108,4 +108,29 @@ def copy_command(source: Path, target: str) -> None:
     )
 
 
+@db.command("ledger-mode")
+@click.argument("mode", type=click.Choice(["inline", "journal"]))
+@click.option("--database", metavar="URL", help=DATABASE_HELP)
+def ledger_mode_command(mode: str, database: str | None) -> None:
+    """Set how the database's ledger is chained: `inline` (each transaction chains its entries;
+    one writer at a time) or `journal` (transactions journal them, a sequencer chains; runs
+    commit side by side). Every process sharing the database follows it; change it while no
+    opsdsl process uses the database (docs/scaleout.md)."""
+    from opsdsl.runtime.database import PgConnection, PgError, redact_url
+    from opsdsl.runtime.migrate import MigrationError, check_version
+    from opsdsl.runtime.store import set_database_ledger_mode
+
+    url = _url(database)
+    try:
+        conn = PgConnection(url, application="opsdsl db ledger-mode")
+    except PgError as error:
+        raise MigrationError(str(error)) from None
+    try:
+        check_version(conn)
+        before = set_database_ledger_mode(conn, mode)
+    finally:
+        conn.close()
+    click.echo(f"{redact_url(url)}: ledger mode {mode}" + ("" if before == mode else f" (was {before})"))
+
+
 COMMANDS = [db]

@@ -393,6 +393,23 @@ _register_signing_commands()
 _register_more_commands()
 
 
+def _database_error(exc: BaseException) -> bool:
+    """A state database that failed under us (PostgreSQL restarted, the network dropped, a
+    disk full): say so, and what is safe, rather than call it a bug of ours."""
+    import sqlite3
+
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    click.echo(f"opsdsl: error: the state database failed: {exc}", err=True)
+    click.echo(
+        "Nothing of the transaction it was in was committed. A run this command was driving stays"
+        " resumable: see `opsdsl runs`, then `opsdsl resume RUN` (a worker or `opsdsl serve` continues"
+        " a run it owns by itself).",
+        err=True,
+    )
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every error into a message and an exit code."""
     # opsdsl uses no pydantic plugins; without this, building the first model scans the
@@ -418,11 +435,14 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         code = 0
     except Exception as exc:
-        click.echo(f"opsdsl: internal error: {type(exc).__name__}: {exc}", err=True)
-        click.echo("This is a bug in opsdsl; set OPSDSL_DEBUG=1 for the traceback and please report it.", err=True)
+        if _database_error(exc):
+            code = 2
+        else:
+            click.echo(f"opsdsl: internal error: {type(exc).__name__}: {exc}", err=True)
+            click.echo("This is a bug in opsdsl; set OPSDSL_DEBUG=1 for the traceback and please report it.", err=True)
+            code = INTERNAL_ERROR
         if os.environ.get("OPSDSL_DEBUG"):
             import traceback
 
             traceback.print_exc()
-        code = INTERNAL_ERROR
     sys.exit(code or 0)

@@ -217,7 +217,10 @@ def run(
                 outcome = runner.run_until_done(lambda row=row: runtime.drive(row, secrets))
                 code = runner.exit_code(outcome)
             finally:
-                _end_view(view, row, outcome, code)
+                if outcome is None:  # the drive raised: say what became of the run, if it can be read
+                    _end_view(view, row, None, code, *_left_as(runtime, row.id, sys.exc_info()[1]))
+                else:
+                    _end_view(view, row, outcome, code)
             worst = max(worst, code, key=_severity_of_exit)
             if code == runner.EXIT_INTERRUPTED:
                 break  # Ctrl-C stops the whole command, not just this playbook
@@ -228,6 +231,20 @@ def run(
 
 def _severity_of_exit(code: int) -> int:
     return {0: 0, 4: 1, 1: 2, 130: 3, 5: 4}.get(code, 2)
+
+
+def _left_as(runtime, run_id: str, error: BaseException | None) -> tuple[str | None, str | None]:
+    """(status, error) of a run whose drive raised `error`: its status as stored (None when
+    that cannot be read either), and "the state database failed" for a database error."""
+    import contextlib
+    import sqlite3
+
+    status = None
+    with contextlib.suppress(Exception):
+        status = runtime.store.run(run_id).status
+    if isinstance(error, sqlite3.OperationalError):
+        return status, "the state database failed; the run stays resumable"
+    return status, None
 
 
 def _end_view(view, row, outcome, code: int, status: str | None = None, error: str | None = None) -> None:
@@ -297,6 +314,9 @@ def _drive_here(ctx, runtime, view, secrets, run_id: str, params: tuple[str, ...
         for name in given_params:
             raise UsageError(f"--param {name}: a run's params are fixed when it starts; resume cannot change them")
         runtime.refuse_if_served(row)
+        if reason == "resume" and runtime.nudge_workers(row):
+            click.echo(f"{row.id}: `opsdsl worker` processes drive this run; a worker continues it now")
+            ctx.exit(0)
         row.params = runner.restore_params(plan, row.params, {}, secrets)
         runtime.ensure_not_driven(row.id)  # a run another process drives is not ours to show as failed
         try:
@@ -788,6 +808,9 @@ def cancel(
             runtime.refuse_if_served(row, "cancel")
         except UsageError:
             click.echo(f"{row.id}: cancellation recorded; `opsdsl serve` stops the run and compensates it now")
+            ctx.exit(0)
+        if row.lease_epoch > 0:  # workers drive it (the cancellation left them a nudge)
+            click.echo(f"{row.id}: cancellation recorded; an `opsdsl worker` stops the run and compensates it now")
             ctx.exit(0)
         if row.status == "running":  # another process drives it: it stops at its next step
             try:

@@ -286,6 +286,11 @@ class PgConnection:
         self._durable = durable
         self._application = application
         self._raw: Any = None
+        # A transaction we began (BEGIN …) and have not ended; `_lost`: its connection went
+        # away, so until ROLLBACK every statement fails (none may run, reconnected, in
+        # autocommit: half a transaction would commit) and COMMIT says it did not commit.
+        self._tx = False
+        self._lost = False
         self._connect()
 
     def _connect(self) -> None:
@@ -313,7 +318,11 @@ class PgConnection:
         return self._raw
 
     def _ensure(self) -> None:
-        if self._raw is None or self._raw.closed or (self._raw.broken and not self.in_transaction):
+        if self._lost:
+            raise PgError(
+                "the connection to PostgreSQL was lost in this transaction: nothing of it is committed", "08006"
+            )
+        if self._raw is None or self._raw.closed or self._raw.broken:
             if self._raw is not None:
                 self._raw.close()
             self._connect()
@@ -322,15 +331,18 @@ class PgConnection:
     def in_transaction(self) -> bool:
         from psycopg.pq import TransactionStatus
 
+        if self._tx:
+            return True
         if self._raw is None or self._raw.closed:
             return False
         return self._raw.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
     def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> PgCursor:
         upper = sql.lstrip()[:8].upper()
-        if upper.startswith(("COMMIT", "ROLLBACK")) and not self._alive():
+        ending = upper.startswith(("COMMIT", "ROLLBACK", "END"))
+        if ending and (self._lost or (self._tx and not self._alive())):
             # The server went away mid-transaction: nothing to commit or roll back any more.
-            self._raw = None
+            self._tx = self._lost = False
             if upper.startswith("ROLLBACK"):
                 return PgCursor(None, None, -1, None)
             raise PgError("the connection to PostgreSQL was lost; the transaction did not commit", "08006")
@@ -339,7 +351,7 @@ class PgConnection:
         if kind == _SKIP:
             return PgCursor(None, None, -1, None)
         if kind == _BEGIN_IMMEDIATE:
-            self._run("BEGIN", ())
+            self._begin()
             self._run("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
             return PgCursor(None, None, -1, None)
         if kind == _TABLE_INFO:
@@ -347,7 +359,17 @@ class PgConnection:
             rows = [(i, name, "", 0, None, int(name in keys)) for i, name in enumerate(columns)]
             return PgCursor(rows, None, -1, None)
         text, returning = plan
-        return self._run(text, _values(parameters), returning)
+        if text == "BEGIN":
+            self._begin()
+            return PgCursor(None, None, -1, None)
+        done = self._run(text, _values(parameters), returning)
+        if ending:
+            self._tx = False
+        return done
+
+    def _begin(self) -> None:
+        self._run("BEGIN", ())
+        self._tx = True
 
     def begin_run(self, run: str) -> None:
         """BEGIN a transaction that writes one run's rows only: it takes the writer lock
@@ -355,7 +377,7 @@ class PgConnection:
         transaction) and the run's own lock EXCLUSIVE (so two transactions of one run take
         turns). Locks are always taken in that order: no deadlock between these two kinds."""
         self._ensure()
-        self._run("BEGIN", ())
+        self._begin()
         self._run("SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(%s)", (WRITER_LOCK, _run_lock(run)))
 
     def executemany(self, sql: str, seq_of_parameters: Any) -> PgCursor:
@@ -376,6 +398,7 @@ class PgConnection:
                 cur.executemany(text, rows)
                 return PgCursor(None, None, cur.rowcount, None)
         except psycopg.Error as error:
+            self._note_loss()
             raise _error(error) from None
 
     def executescript(self, script: str) -> PgCursor:
@@ -421,7 +444,13 @@ class PgConnection:
                 lastrowid = rows[0][0] if returning and rows else None
                 return PgCursor(None if returning else rows, description or None, cur.rowcount, lastrowid)
         except psycopg.Error as error:
+            self._note_loss()
             raise _error(error) from None
+
+    def _note_loss(self) -> None:
+        """After a failed statement: a transaction whose connection is gone is lost."""
+        if self._tx and not self._alive():
+            self._lost = True
 
 
 def _run_lock(run: str) -> int:

@@ -80,15 +80,27 @@ def _copy(lite: sqlite3.Connection, pg: PgConnection, source: Path, url: str) ->
                     )
             for table in tables:
                 copied.counts[table] = _copy_table(lite, raw, table)
-            if "events" in tables:
-                raw.execute(
-                    "SELECT setval(pg_get_serial_sequence('events', 'id'), GREATEST(COALESCE(MAX(id), 0), 1),"
-                    " MAX(id) IS NOT NULL) FROM events"
-                )
+            for table in tables:
+                _advance_sequences(raw, table)
             copied.entries, copied.head = _verify(lite, pg, source)
     finally:
         lite.execute("ROLLBACK")
     return copied
+
+
+def _advance_sequences(raw, table: str) -> None:
+    """Identity and serial columns continue after the copied rows (`events.id`, `dispatch.id`, …)."""
+    columns = raw.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = %s AND (is_identity = 'YES' OR column_default LIKE 'nextval(%%')",
+        (table,),
+    ).fetchall()
+    for (column,) in columns:
+        raw.execute(
+            f"SELECT setval(pg_get_serial_sequence(%s, %s), GREATEST(COALESCE(MAX({column}), 0), 1),"
+            f" MAX({column}) IS NOT NULL) FROM {table}",
+            (table, column),
+        )
 
 
 def _copy_table(lite: sqlite3.Connection, raw, table: str) -> int:

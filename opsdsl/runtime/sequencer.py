@@ -341,19 +341,21 @@ class Sequencer:
         """Standby until leader, then chain batches until `stop`; survives a lost database connection."""
         import psycopg
 
-        while not stop.is_set():
-            try:
-                if not self.lead():
+        try:
+            while not stop.is_set():
+                try:
+                    if not self.lead():
+                        stop.wait(standby_poll)
+                        continue
+                    batch = self.chain_batch()
+                    if batch.count < self.batch_rows:
+                        stop.wait(interval)
+                except psycopg.Error as error:  # the server restarted or the session was cut: lead again
+                    log.warning("sequencer: %s; reconnecting", _first_line(error))
+                    self.close()
                     stop.wait(standby_poll)
-                    continue
-                batch = self.chain_batch()
-                if batch.count < self.batch_rows:
-                    stop.wait(interval)
-            except psycopg.Error as error:  # the server restarted or the session was cut: lead again
-                log.warning("sequencer: %s; reconnecting", str(error).strip().splitlines()[0] if str(error) else error)
-                self.close()
-                stop.wait(standby_poll)
-        self.close()
+        finally:
+            self.close()  # whatever stops it, its session (and the leader lock) goes: a standby takes over
 
 
 def _in_run_order(rows: list[tuple], chained: dict[str, int]) -> tuple[list[tuple], int]:
@@ -393,12 +395,21 @@ class BackgroundSequencer:
         self.sequencer = Sequencer(url, signer, application=application)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="opsdsl-sequencer", daemon=True)
+        self.last_error: str | None = None
 
     def _run(self) -> None:
-        try:
-            self.sequencer.run(self._stop)
-        except Exception:  # never take the process down; a standby elsewhere goes on
-            log.exception("sequencer thread stopped")
+        """Never takes the process down, and never stops for good: after an error (a bug, a
+        bad journal row, the signer) its session is closed — the leader lock with it, so a
+        standby elsewhere can lead — and it stands by again after a pause."""
+        pause = 1.0
+        while not self._stop.is_set():
+            try:
+                self.sequencer.run(self._stop)
+            except Exception as error:
+                self.last_error = f"{type(error).__name__}: {_first_line(error)}"
+                log.exception("sequencer stopped: %s; standing by again in %.0f s", self.last_error, pause)
+                self._stop.wait(pause)
+                pause = min(pause * 2, 60.0)
 
     def start(self) -> BackgroundSequencer:
         self._thread.start()
@@ -418,3 +429,8 @@ def start_if_journal(store: Any, signer: Any) -> BackgroundSequencer | None:
     if not getattr(store.ledger, "journaled", False):
         return None
     return BackgroundSequencer(store.conn.url, signer).start()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -303,10 +303,12 @@ class Store:
         else:
             self.conn = self._open_sqlite(root, durable, create)
         self.ledger = Ledger(self.conn)
-        if self.postgres and _ledger_mode(ledger_mode) == "journal":
+        if self.postgres and _database_ledger_mode(self.conn, ledger_mode) == "journal":
             from opsdsl.runtime.sequencer import JournalLedger
 
             self.ledger = JournalLedger(self.conn)
+        elif ledger_mode is not None or os.environ.get("OPSDSL_LEDGER_MODE"):
+            _ledger_mode(ledger_mode)  # an unknown mode is refused on SQLite too
         # Set by a worker while it drives a run under a lease (opsdsl.runtime.lease): every
         # transaction then checks that the lease is still ours before it writes.
         self.fence: Any = None
@@ -641,6 +643,50 @@ def _ledger_mode(explicit: str | None) -> str:
         return ledger_mode(explicit)
     except SequencerError as error:
         raise StateError(error.message) from None
+
+
+def _database_ledger_mode(conn: Any, explicit: str | None) -> str:
+    """The PostgreSQL database's ledger mode (its `settings` row), recorded by the first
+    process that opens it; a process asking for the other one is refused: every process
+    sharing a database must chain its ledger the same way."""
+    from opsdsl.runtime.sequencer import MODE_ENV
+
+    asked = _ledger_mode(explicit) if explicit is not None or os.environ.get(MODE_ENV) else None
+    row = conn.execute("SELECT value FROM settings WHERE name = 'ledger_mode'").fetchone()
+    if row is None:
+        conn.execute("INSERT OR IGNORE INTO settings (name, value) VALUES ('ledger_mode', ?)", (asked or "inline",))
+        row = conn.execute("SELECT value FROM settings WHERE name = 'ledger_mode'").fetchone()
+    mode = row[0]
+    if asked is not None and asked != mode:
+        raise StateError(
+            f"this database's ledger mode is {mode}, and this process asks for {asked} (${MODE_ENV}): every process"
+            f" sharing a database chains its ledger the same way; unset ${MODE_ENV}, or change the database's mode"
+            f" with `opsdsl db ledger-mode {asked}` while no opsdsl process uses it"
+        )
+    return mode
+
+
+def set_database_ledger_mode(conn: Any, mode: str) -> str:
+    """`opsdsl db ledger-mode MODE`: record the mode; the previous one. Going back to inline
+    needs an empty journal (its entries would otherwise be chained after newer ones)."""
+    mode = _ledger_mode(mode)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT value FROM settings WHERE name = 'ledger_mode'").fetchone()
+        before = row[0] if row else "inline"
+        if mode == "inline" and before == "journal":
+            (waiting,) = conn.execute("SELECT COUNT(*) FROM journal").fetchone()
+            if waiting:
+                raise StateError(
+                    f"{waiting} journaled entries wait for the sequencer: let it chain them (`opsdsl sequencer"
+                    " --once`) before going back to inline"
+                )
+        conn.execute("INSERT OR REPLACE INTO settings (name, value) VALUES ('ledger_mode', ?)", (mode,))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return before
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

@@ -126,3 +126,30 @@ def test_copy_moves_a_single_node_state_and_the_chain_verifies(empty_db: str, tm
 def test_copy_refuses_what_is_not_a_state(empty_db: str, tmp_path: Path) -> None:
     result = opsdsl("db", "copy", "--from", tmp_path, "--to", empty_db, env=sqlite_env())
     assert result.code == 2 and "no opsdsl state" in result.stderr
+
+
+def test_after_a_copy_new_rows_get_new_ids(empty_db: str, tmp_path: Path) -> None:
+    """Identity columns continue after the copied rows: events and the runner pools' outbox."""
+    from opsdsl.runtime import dispatch as D
+    from opsdsl.runtime.actions.base import ActionRequest
+    from opsdsl.runtime.dbcopy import copy_state
+    from opsdsl.runtime.store import Store
+
+    source = Store(tmp_path, database="sqlite")
+    D.prepare(source)  # the outbox's table, outside a transaction (SQLite)
+    request = ActionRequest("r1", "s", "shell", {"argv": ["true"]}, 1, "r1:s", None)
+    with source.transaction():
+        source.add_events(['{"n": 1}'], "test", 1.0)
+        D.Dispatcher(source, {"runner": "edge"}, "t" * 16).enqueue(request)
+    source.close()
+    copy_state(tmp_path, empty_db)
+
+    target = Store(tmp_path, database=empty_db)
+    with target.transaction():
+        (event,) = target.add_events(['{"n": 2}'], "test", 2.0)
+        D.Dispatcher(target, {"runner": "edge"}, "t" * 16).enqueue(
+            ActionRequest("r2", "s", "shell", {"argv": ["true"]}, 1, "r2:s", None)
+        )
+    assert event == 2
+    assert [row[0] for row in target.conn.execute("SELECT id FROM dispatch ORDER BY id")] == [1, 2]
+    target.close()

@@ -22,20 +22,33 @@ from opsdsl.runtime.store import StateError, Store
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_mode_is_inline_unless_journal_is_asked_for_on_postgresql(
+def test_the_mode_is_the_databases_recorded_by_its_first_opener(
     journal_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Inline unless journal is asked for, and then for every process: one process chaining
+    inline beside journaling ones would chain a run's entries out of commit order."""
+    from opsdsl.runtime.store import set_database_ledger_mode
+
     monkeypatch.delenv("OPSDSL_LEDGER_MODE", raising=False)
     monkeypatch.delenv("OPSDSL_DATABASE", raising=False)
     stores = [Store(tmp_path / "a", database=journal_url)]
-    assert type(stores[-1].ledger) is Ledger
-    stores.append(Store(tmp_path / "b", database=journal_url, ledger_mode="journal"))
-    assert type(stores[-1].ledger) is JournalLedger
+    assert type(stores[-1].ledger) is Ledger  # the first opener asked for nothing: inline, recorded
+    with pytest.raises(StateError, match="this database's ledger mode is inline, and this process asks for journal"):
+        Store(tmp_path / "b", database=journal_url, ledger_mode="journal")
+    set_database_ledger_mode(stores[0].conn, "journal")
+    stores.append(Store(tmp_path / "b", database=journal_url))
+    assert type(stores[-1].ledger) is JournalLedger  # the database's mode, asked for or not
     monkeypatch.setenv("OPSDSL_LEDGER_MODE", "journal")
     stores.append(Store(tmp_path / "c", database=journal_url))
     assert type(stores[-1].ledger) is JournalLedger
+    with pytest.raises(StateError, match="asks for inline"):
+        Store(tmp_path / "c", database=journal_url, ledger_mode="inline")
     stores.append(Store(tmp_path / "d"))  # SQLite: its file lock chains inline, always
     assert type(stores[-1].ledger) is Ledger
+    with stores[1].transaction():
+        stores[1].ledger.append("run.created", "run-1", {"pack": "p"})
+    with pytest.raises(StateError, match="1 journaled entries wait for the sequencer"):
+        set_database_ledger_mode(stores[0].conn, "inline")
     monkeypatch.setenv("OPSDSL_LEDGER_MODE", "sequenced")
     with pytest.raises(StateError, match="ledger mode 'sequenced' is not one of inline, journal"):
         Store(tmp_path / "e", database=journal_url)

@@ -183,3 +183,27 @@ def test_a_standby_takes_over_from_a_killed_leader_while_writers_go_on(journal_u
 def _count(url: str) -> int:
     with psycopg.connect(url) as conn:
         return conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
+
+
+def test_a_sequencer_thread_that_fails_lets_go_of_the_lead(journal_url: str, signing_key) -> None:
+    """A bad journal row (here: numbered before what its run already chained) makes a batch
+    raise something that is not a connection error: the thread closes its session, so the
+    leader lock is free for a standby, and stands by again instead of dying with it."""
+    from opsdsl.runtime.database import PgConnection
+    from opsdsl.runtime.sequencer import BackgroundSequencer, Sequencer, sequencer_running
+
+    with psycopg.connect(journal_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO journal_chained (run, chained) VALUES ('x', 1)")
+        conn.execute("INSERT INTO journal (run, run_order, ts, kind, data) VALUES ('x', 1, 1.0, 'k', '{}')")
+    background = BackgroundSequencer(journal_url, signing_key).start()
+    try:
+        _wait_for(lambda: background.last_error is not None, 10, "the batch to fail")
+        probe = PgConnection(journal_url)
+        _wait_for(lambda: not sequencer_running(probe), 5, "the failed sequencer to let go of the lock")
+        other = Sequencer(journal_url, signing_key)
+        assert other.lead() is True
+        other.close()
+        probe.close()
+        assert background._thread.is_alive()  # standing by again, not dead
+    finally:
+        background.stop()
