@@ -400,8 +400,9 @@ def serve(ctx: click.Context, config_file: Path | None, **flags) -> None:
     from opsdsl.serve.config import addresses_problem, load_config, merged_settings
 
     no_drive = flags.pop("no_drive")
-    use_database(flags.pop("database"))
+    database = flags.pop("database")
     config = load_config(config_file) if config_file is not None else None
+    use_database(database or (config.database if config is not None else None))
     given = [name for name in flags if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
     merged = merged_settings(config, flags, given)
     token, secret = server.read_credentials(

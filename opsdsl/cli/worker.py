@@ -71,8 +71,8 @@ def worker(
     drain_timeout = flags.pop("drain_timeout")
     if name is not None and not name.strip():
         raise UsageError("--id: give a non-empty name")
-    use_database(database)
     config = load_config(config_file) if config_file is not None else None
+    use_database(database or (config.database if config is not None else None))
     given = [key for key in flags if ctx.get_parameter_source(key) is click.core.ParameterSource.COMMANDLINE]
     merged = merged_settings(config, flags, given)
     service = build_service(**merged, config=config)

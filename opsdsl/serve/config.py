@@ -101,6 +101,12 @@ def _url(value: Any) -> str | None:
     return None
 
 
+def _database(value: Any) -> str | None:
+    if isinstance(value, str) and (value == "sqlite" or re.match(r"postgres(ql)?://", value)):
+        return None
+    return 'a postgresql:// URL, or "sqlite"'
+
+
 def _header_name(value: Any) -> str | None:
     token = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     if not isinstance(value, str) or not value or any(c not in token for c in value):
@@ -131,6 +137,7 @@ def _secret_source(value: Any) -> str | None:
 TABLES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "": {
         "state_dir": _string,
+        "database": _database,
         "public_url": _url,
         "log_format": _choice(*LOG_FORMATS),
         "escalation_url": _url,
@@ -179,6 +186,7 @@ class ServiceConfig:
 
     origin: Path
     state_dir: Path | None = None
+    database: str | None = None  # a postgresql:// URL or "sqlite"; --database overrides it, it overrides $OPSDSL_DATABASE
     public_url: str | None = None
     log_format: str | None = None
     escalation_url: str | None = None
@@ -332,6 +340,7 @@ class _Checker:
         return ServiceConfig(
             origin=self.origin,
             state_dir=state_dir,
+            database=values.get("database"),
             public_url=values.get("public_url"),
             log_format=values.get("log_format"),
             escalation_url=values.get("escalation_url"),

@@ -451,3 +451,36 @@ def test_a_params_file_with_yaml_aliases_is_refused(tmp_path):
     )
     with pytest.raises(UsageError, match="aliases"):
         read_params_file(write(tmp_path, bomb, "bomb.yaml"))
+
+
+@pytest.mark.parametrize("url", ["postgresql://opsdsl@db:5432/opsdsl", "postgres://db/x", "sqlite"])
+def test_the_database_may_be_named_in_the_file(tmp_path, url):
+    assert load_config(write(tmp_path, f'database = "{url}"\n')).database == url
+
+
+@pytest.mark.parametrize("value", ['"mysql://root@db/x"', '"/var/lib/opsdsl/state.db"', "5432"])
+def test_a_database_that_is_not_a_postgresql_url_is_an_error_at_its_line(tmp_path, value):
+    path = write(tmp_path, f'state_dir = "s"\ndatabase = {value}\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert ":2:" in str(raised.value.message) + "".join(d.render() for d in raised.value.diagnostics)
+
+
+def test_serve_takes_the_database_from_the_file_unless_the_flag_names_one(tmp_path, monkeypatch):
+    """Precedence: --database, then the file's `database`, then $OPSDSL_DATABASE."""
+    from click.testing import CliRunner
+    from conftest import MINIMAL_PACK
+
+    from opsdsl.cli.main import cli
+
+    monkeypatch.setenv("OPSDSL_DATABASE", "sqlite")
+    config = write(tmp_path, 'database = "postgresql://nobody@127.0.0.1:1/from_the_file"\n')
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(MINIMAL_PACK)
+    serve = ["serve", "--config", str(config), "--pack", str(pack), "--insecure-no-auth", "--port", "0"]
+    serve += ["--state-dir", str(tmp_path / "state")]
+    result = CliRunner().invoke(cli, serve)
+    assert "from_the_file" in str(result.exception) + result.output
+    assert os.environ["OPSDSL_DATABASE"] == "postgresql://nobody@127.0.0.1:1/from_the_file"
+    flagged = CliRunner().invoke(cli, [*serve, "--database", "postgresql://nobody@127.0.0.1:1/from_the_flag"])
+    assert "from_the_flag" in str(flagged.exception) + flagged.output
