@@ -289,10 +289,14 @@ class Result:
         return self.end["run"]
 
 
+# The state backend a test runs on (tests/runtime/conftest.py), passed to the CLI it starts.
+BACKEND_SETTINGS = ("OPSDSL_DATABASE", "OPSDSL_LEDGER_MODE")
+
+
 def cli_env(secrets: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
     """Our environment without any OPSDSL_ setting but the state backend the test chose
     ($OPSDSL_DATABASE, see tests/runtime/conftest.py), plus secrets as OPSDSL_SECRET_NAME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSDSL_") or k == "OPSDSL_DATABASE"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSDSL_") or k in BACKEND_SETTINGS}
     env.update({f"OPSDSL_SECRET_{name.upper()}": value for name, value in (secrets or {}).items()})
     env.update(extra)
     return env

@@ -15,6 +15,7 @@ import json
 import os
 import secrets as _random
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -121,6 +122,17 @@ class Runtime:
         return self._signer.describe()
 
     def close(self) -> None:
+        """Journal mode: what this process committed is chained before it goes (by the
+        sequencer, or by this process when none runs), so a command's entries are in the
+        ledger when it returns, as they are inline."""
+        ledger = self.store.ledger
+        if getattr(ledger, "journaled", False) and not self.store.conn.in_transaction:
+            import contextlib
+
+            from opsdsl.runtime.sequencer import SequencerError
+
+            with contextlib.suppress(SequencerError, sqlite3.Error):
+                ledger.settle(timeout=5.0)
         self.store.close()
 
     def env(self, secrets: Secrets, child: bool = False) -> RunEnv:
@@ -376,7 +388,27 @@ class Runtime:
             run = self.store.run(run.parent_run)
         if run.status in S.FINAL_RUN_STATUSES:
             raise UsageError(f"run {run.id} already {run.status}; there is nothing to resume")
+        self.refuse_if_leased(run)
         return run
+
+    def refuse_if_leased(self, run: S.RunRow, what: str = "resume") -> None:
+        """A run an `opsdsl worker` holds the lease of (by the database's clock) is driven
+        there, never by a second process: UsageError naming the worker."""
+        if run.lease_until is not None and run.lease_until > self.store.now():
+            raise UsageError(
+                f"run {run.id} is being driven by worker {run.lease_owner}, which continues it to its end"
+                f" (or its next pause); record what it waits for with `opsdsl approve`, `opsdsl decide` or"
+                f" `opsdsl cancel` and a worker goes on at once; a second process may not {what} it"
+            )
+
+    def nudge_workers(self, run: S.RunRow) -> bool:
+        """A run workers drove before (a lease was taken on it: `lease_epoch` > 0) is theirs to
+        continue: leave a durable `resume` nudge a worker claims it by, and say so (True)."""
+        if run.lease_epoch <= 0:
+            return False
+        with self.store.transaction():
+            self.store.set_timer(run.id, "", "resume", self.store.now())
+        return True
 
     # people -------------------------------------------------------------------------------
 
