@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +61,22 @@ EVENT_ERROR = "event.error"  # data: event_id, pack, trigger or hook, error
 REPLAY_BATCH_EVENTS, REPLAY_BATCH_BYTES = 500, 8 * 1024 * 1024  # queued at a time while replaying
 _NEXT_REPLAY_BATCH = (-1, 0.0, "")  # a queue item: queue the next batch of the replay
 PRUNE_EVERY = 60.0  # seconds between deletions of expired spent signatures
+# Seconds before an event is tried again while the database is unavailable (doubling up to the last).
+RETRY_FIRST, RETRY_MAX = 0.25, 10.0
 REPORT_DRAIN = 30.0  # seconds a stopping server waits for a compliance report being written
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database could not be used just now (a restart, a failover,
+    a lock held too long, a serialization failure), not that the event or the code is bad:
+    such an event is tried again later, never recorded as failed."""
+    if not isinstance(error, sqlite3.OperationalError):  # PgError is one; PgIntegrityError is not
+        return False
+    state = getattr(error, "sqlstate", None)
+    if state:  # connection exception, admin/crash shutdown, insufficient resources, retryable
+        return state.startswith(("08", "57P0", "53")) or state in ("40001", "40P01")
+    text = str(error).lower()  # SQLite's, and psycopg's client-side ones (no SQLSTATE)
+    return any(mark in text for mark in ("database is locked", "cannot connect", "connection", "server closed"))
 
 
 @dataclass
@@ -251,6 +267,11 @@ class Service:
         self._worker: asyncio.Task | None = None
         self.lock = EngineLock(state)
         self._pruned = 0.0  # when expired spent signatures were last deleted
+        # A handle() failed: the engine may have counted an event no commit kept; the next
+        # handle() reads the triggers' state again first.
+        self._triggers_stale = False
+        self._stopping = False  # drain() began: an event the database refuses stays accepted
+        self._held_back = False  # the events left in the queue stay accepted (order kept)
         self._dedupe = {}
         from opsdsl.lang.expr import compile_expr, parse
 
@@ -396,6 +417,7 @@ class Service:
 
     async def drain(self, timeout: float | None = None) -> None:
         """Handle every queued event, then wait for the runs they started (up to `timeout`)."""
+        self._stopping = True
         await self.stop_driving()
         if self.queue is not None:
             await self.queue.join()
@@ -444,15 +466,45 @@ class Service:
                     self.queue.task_done()
                 continue
             try:
-                await self.handle(event_id, received, json.loads(body))
-            except Exception as error:  # one bad event must not stop the intake of the others
-                self._record_failure(event_id, error)
+                if not self._held_back:
+                    await self._handle_patiently(event_id, received, body)
             finally:
                 self.queue.task_done()
                 self.waiting -= 1
                 self.waiting_bytes -= len(body)
                 self.metrics.set("opsdsl_queue_depth", self.waiting)
             await asyncio.sleep(0)  # let intake and health checks in between events
+
+    async def _handle_patiently(self, event_id: int, received: float, body: str) -> None:
+        """Handle one event. One the database cannot take now stays `accepted` and is tried
+        again, with back-off, before any later event (a stopping server leaves it and the rest
+        accepted, replayed at the next start); a bad event is recorded as failed."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                if delay == RETRY_FIRST or self._accepted(event_id):  # a retry: unless a commit we never heard of
+                    await self.handle(event_id, received, json.loads(body))
+                return
+            except Exception as error:
+                if not database_unavailable(error):  # one bad event must not stop the intake of the others
+                    self._record_failure(event_id, error)
+                    return
+                log.warning(
+                    "event %s: the database is unavailable (%s: %s); trying again in %gs",
+                    event_id,
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
+            if self._stopping:
+                self._held_back = True
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX)
+
+    def _accepted(self, event_id: int) -> bool:
+        row = self.store.conn.execute("SELECT status FROM events WHERE id = ?", (event_id,)).fetchone()
+        return row is not None and row[0] == "accepted"
 
     def _record_failure(self, event_id: int, error: Exception) -> None:
         message = f"{type(error).__name__}: {error}"
@@ -465,7 +517,20 @@ class Service:
             pass
 
     async def handle(self, event_id: int, received: float, event: dict) -> list[str]:
-        """Evaluate one event; start the runs it calls for. Returns the run ids started."""
+        """Evaluate one event; start the runs it calls for. Returns the run ids started.
+
+        The triggers' state (windows, counts) is kept only with the event's last commit: after
+        a failure it is read again, so an event tried again is not counted twice."""
+        if self._triggers_stale:
+            self.engine.restore(self.store.trigger_states())
+            self._triggers_stale = False
+        try:
+            return await self._evaluate(event_id, received, event)
+        except BaseException:
+            self._triggers_stale = True
+            raise
+
+    async def _evaluate(self, event_id: int, received: float, event: dict) -> list[str]:
         evaluation = self.engine.observe(event, received)
         notes: list[tuple[str, dict]] = []
         started: list[tuple[runner.VerifiedPlan, runner.Selection, dict]] = []
@@ -482,6 +547,8 @@ class Service:
                 base = {"pack": pack, "trigger": firing.trigger, "hook": hook_name, "event_id": event_id}
                 key, reason = self._admit(firing.plan, hook_name, hook, event, received)
                 base["dedupe_key"] = key
+                if reason is not None and self._run_of(event_id, hook_name) is not None:
+                    reason = None  # replayed: the run this event started holds the key (or the slot); continue it
                 if reason is not None:
                     self.metrics.inc("opsdsl_hooks_suppressed_total", hook=hook_name, reason=reason.split(":")[0])
                     notes.append((HOOK_SUPPRESSED, {**base, "reason": reason}))
@@ -533,6 +600,11 @@ class Service:
         from opsdsl.errors import OpsdslError
 
         index = self.plans.index(plan)
+        existing = self._run_of(selection.event_id, selection.hook)
+        if existing is not None:  # a replayed event: continue its run, never start a second one
+            if self.store.run(existing).status not in S.FINAL_RUN_STATUSES:
+                self.drive_existing(existing, "resume")  # its secret params looked up again
+            return existing
         book = plan.payload["playbooks"][selection.playbook]
         try:
             inputs = runner.resolve_inputs(book, selection.playbook, event, self.params[index], {})
@@ -543,18 +615,10 @@ class Service:
                 )
             self.metrics.inc("opsdsl_hooks_suppressed_total", hook=selection.hook or "", reason="inputs")
             return None
-        existing = self.store.conn.execute(
-            "SELECT id FROM runs WHERE event_id = ? AND hook = ? AND parent_run IS NULL",
-            (selection.event_id, selection.hook),
-        ).fetchone()
-        if existing is not None:  # a replayed event: continue its run, never start a second one
-            run = self.store.run(existing[0])
-            if run.status in S.FINAL_RUN_STATUSES:
-                return run.id
-        else:
-            within = self.escalator.start if self.escalator is not None else None
-            if self.leases is not None:  # a worker: the new run is its own from its first commit
-                within = self.leases.claiming(within)
+        within = self.escalator.start if self.escalator is not None else None
+        # A worker: the new run is its own from its first commit (claimed once that commits).
+        claiming = self.leases.claiming(within) if self.leases is not None else contextlib.nullcontext(within)
+        with claiming as within:
             run = self.runtime.create_run(
                 plan,
                 selection,
@@ -571,6 +635,15 @@ class Service:
         if run.id not in self.driving:
             self._spawn(run, "resume" if run.status != "running" else "start")
         return run.id
+
+    def _run_of(self, event_id: int | None, hook: str | None) -> str | None:
+        """The top-level run this event already started for this hook (it is replayed), or None."""
+        if event_id is None:
+            return None
+        row = self.store.conn.execute(
+            "SELECT id FROM runs WHERE event_id = ? AND hook = ? AND parent_run IS NULL", (event_id, hook)
+        ).fetchone()
+        return row[0] if row else None
 
     def _requester(self, event_id: int | None) -> str | None:
         """The person whose request brought the event (source `user:NAME`), or None."""

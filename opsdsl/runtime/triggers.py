@@ -148,11 +148,10 @@ class TriggerEngine:
         return changed
 
     def restore(self, states: Mapping[tuple[str, str], str]) -> None:
+        """Take the stored state as it is (a trigger with none stored starts empty)."""
         for trigger in self._stateful():
             text = states.get((trigger.pack, trigger.name))
-            if text is None:
-                continue
-            state = json.loads(text)
+            state = json.loads(text) if text is not None else {}
             trigger.window = deque((float(t), str(k)) for t, k in state.get("window", []))
             trigger.windows = {
                 str(group): deque((float(t), str(k)) for t, k in items)
@@ -160,6 +159,7 @@ class TriggerEngine:
             }
             trigger.since = {str(k): float(v) for k, v in state.get("since", {}).items()}
             trigger.fired = set(state.get("fired", []))
+        self.dirty.clear()
 
     def _stateful(self):
         for triggers in self._by_kind.values():

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from opsdsl.runtime import lease as L
@@ -147,9 +147,13 @@ class Worker:
     def claim(self, run_id: str) -> L.Fence | None:
         return L.claim(self.store, run_id, self.name, self.ttl)
 
-    def claiming(self, within: Callable[[S.RunRow], None] | None) -> Callable[[S.RunRow], None]:
+    @contextlib.contextmanager
+    def claiming(self, within: Callable[[S.RunRow], None] | None) -> Iterator[Callable[[S.RunRow], None]]:
         """`create_run`'s `within`: the new run's lease, taken in the transaction that
-        creates it (no other worker can take a run for one left behind in between)."""
+        creates it (no other worker can take a run for one left behind in between). The
+        claim counts (a run slot, the heartbeat) only once that transaction committed,
+        i.e. when `create_run` returns in this context."""
+        taken: list[L.Fence] = []
 
         def claim_new(run: S.RunRow) -> None:
             if within is not None:
@@ -159,9 +163,11 @@ class Worker:
                 "UPDATE runs SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_until = ? WHERE id = ?",
                 (self.name, until, run.id),
             )
-            self.claimed[run.id] = L.Fence(run.id, self.name, run.lease_epoch + 1, self.ttl)
+            taken.append(L.Fence(run.id, self.name, run.lease_epoch + 1, self.ttl))
 
-        return claim_new
+        yield claim_new
+        for fence in taken:
+            self.claimed[fence.key] = fence
 
     async def under_lease(self, run_id: str, drive: Coroutine[Any, Any, Any]) -> None:
         """Drive (`Service._drive`) only under the run's lease; release it when the drive ends."""
@@ -216,15 +222,31 @@ class Worker:
     async def _events(self) -> None:
         """Evaluate accepted events, in order, while holding the `events` lease; give the
         lease up when none are left, so that any worker may take the next ones."""
+        from opsdsl.runtime.service import RETRY_MAX
+
+        delay = self.poll
         while True:
             try:
                 await self._evaluate_pending()
+                delay = self.poll
             except L.LeaseLost as error:
                 log.warning("events: %s", error.message)
                 self.events_fence = None
-            except Exception as error:  # a failing database: try again later
-                log.error("events: %s: %s", type(error).__name__, error)
+            except Exception as error:  # a failing database: the events stay accepted; try again later
+                log.error("events: %s: %s; trying again in %gs", type(error).__name__, error, delay)
+                self._give_up_events()
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX)
+                continue
             await asyncio.sleep(self.poll)
+
+    def _give_up_events(self) -> None:
+        """Let the `events` lease go (the next holder, maybe us, reads the triggers' state
+        again); when the database cannot be told, the lease lapses by itself."""
+        fence, self.events_fence = self.events_fence, None
+        if fence is not None:
+            with contextlib.suppress(Exception):
+                L.release(self.store, fence)
 
     async def _evaluate_pending(self) -> None:
         service = self.service
@@ -240,6 +262,8 @@ class Worker:
                 return
             service.engine.restore(self.store.trigger_states())  # as the last holder left it
             pending = self._pending_events()
+        from opsdsl.runtime.service import database_unavailable
+
         with self.events_fence.current():
             for event_id, received, body in pending:
                 if self.stopping:
@@ -248,8 +272,11 @@ class Worker:
                     await service.handle(event_id, received, json.loads(body))
                 except L.LeaseLost:
                     raise
-                except Exception as error:  # one bad event must not stop the others
-                    service._record_failure(event_id, error)
+                except Exception as error:
+                    if database_unavailable(error):  # not a bad event: it stays accepted, tried again later
+                        self._give_up_events()
+                        raise
+                    service._record_failure(event_id, error)  # one bad event must not stop the others
                 await asyncio.sleep(0)
             L.renew(self.store, self.events_fence)
 
