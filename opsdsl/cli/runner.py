@@ -20,7 +20,11 @@ _POOL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")  # as `runner:` in a pack (docs/l
 @click.option("--pool", required=True, help="The runner pool to serve (a step's `runner:`).")
 @state_option
 @click.option("--database", help="postgresql://… (default: $OPSDSL_DATABASE; unset: the state dir's SQLite).")
-@click.option("--server", metavar="URL", help="Reach the database only through `opsdsl serve` at URL (HTTPS).")
+@click.option(
+    "--server",
+    metavar="URL",
+    help="Reach the database only through `opsdsl serve` at URL (https://; http:// only to loopback).",
+)
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -73,8 +77,7 @@ def runner(
     if server is not None:
         if database is not None:
             raise UsageError("--server and --database: a runner reaches the database one way")
-        if not server.startswith(("https://", "http://")):
-            raise UsageError(f"--server {server!r}: an https:// URL")
+        _check_server(server)
         queue = HttpQueue(server, _token(token_file))
         store = None
     else:
@@ -94,6 +97,30 @@ def runner(
     finally:
         if store is not None:
             store.close()
+
+
+def _check_server(url: str) -> None:
+    """An https:// URL; http:// only to this machine (tests, a TLS proxy beside it): the
+    token and the claims' inputs must not cross a network in clear."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        raise UsageError(f"--server {url!r}: not a URL") from None
+    if parts.scheme == "https" and host:
+        return
+    if parts.scheme == "http" and host:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if loopback:
+            return
+        raise UsageError(f"--server {url!r}: http:// only to this machine (127.0.0.1, ::1, localhost); use https://")
+    raise UsageError(f"--server {url!r}: an https:// URL")
 
 
 def _token(path: Path | None) -> str:

@@ -19,6 +19,12 @@ reference token (`DeferredSecrets`); the runner resolves it from its own environ
 secrets folder or `--secret` references, and redacts the outputs before it writes them.
 A secret an expression transforms (`upper(secrets.X)`) cannot be deferred and fails the
 step unrun, as does a secret value the worker knows (a `secret: true` param) in the inputs.
+Each token is one read's (its index), authenticated by an HMAC under a key only drivers hold
+(`STATE_DIR/dispatch-references.key`), so event data cannot forge one.
+
+The worker's writes to a row (withdrawing it, sending a lapsed claim back to the queue) are
+made in `store.transaction()`, under the run's lease: a worker whose lease another took
+changes nothing (LeaseLost), so it never cancels the new owner's dispatch.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
+import os
 import re
 import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -49,7 +58,7 @@ CREATE TABLE IF NOT EXISTS dispatch (
     pool TEXT NOT NULL,
     action TEXT NOT NULL,
     inputs TEXT NOT NULL,                  -- JSON: the rendered with:, secrets as references
-    secrets TEXT NOT NULL,                 -- JSON: {"tag": T, "names": [...]} the references
+    secrets TEXT NOT NULL,                 -- JSON: {"names": [...], "tokens": [...]} the references
     request TEXT NOT NULL,                 -- JSON: severity, playbook, pack (ActionRequest)
     idempotency_key TEXT NOT NULL,         -- RUN:STEP, as in process
     idempotent INTEGER NOT NULL,
@@ -91,31 +100,69 @@ def prepare(store: Any) -> None:
 # ---- secrets as references -----------------------------------------------------------------
 
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,128}$")
-_TOKEN = re.compile(r"opsdsl-secret\.([A-Za-z0-9_]{1,128})\.([0-9a-f]{16})")
+# opsdsl-secret.NAME.READ.MAC: the READth read of NAME in the step's render, MAC its HMAC.
+_TOKEN = re.compile(r"opsdsl-secret\.([A-Za-z0-9_]{1,128})\.([0-9]{1,6})\.([0-9a-f]{24})")
+_LOOKALIKE = re.compile(r"opsdsl-secret\.")  # anything shaped like a reference, intact or not
+KEY_FILE = "dispatch-references.key"
 
 
-def secret_tag(run_id: str, step_id: str) -> str:
-    """The tag of a step's secret references: the same at every render of the step (an
-    approval's digest of the rendered `with:` holds), unknown before its run exists."""
-    return hashlib.sha256(f"opsdsl-secret\x00{run_id}\x00{step_id}".encode()).hexdigest()[:16]
+def reference_key(root: Path) -> bytes:
+    """The key of the state directory's secret references (made on first use, 0600). Only
+    drivers need it, and every driver of one database needs the same one (copy it with the
+    signing key): a run resumed elsewhere then renders the same references."""
+    path = root / KEY_FILE
+    try:
+        return _key(path)
+    except FileNotFoundError:
+        pass
+    made = root / f".{KEY_FILE}.{os.getpid()}"
+    fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(os.urandom(32).hex())
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(made, path)  # atomic, and never over another process's key
+    except FileExistsError:
+        pass
+    finally:
+        made.unlink()
+    return _key(path)
+
+
+def _key(path: Path) -> bytes:
+    text = path.read_text().strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise SecretError(f"{path} is not a key (64 hex digits); restore it from another driver's state directory")
+    return bytes.fromhex(text)
+
+
+def reference_token(key: bytes, run_id: str, step_id: str, name: str, read: int) -> str:
+    """The reference of the `read`th read of secret `name` in the step's render: the same at
+    every render (an approval's digest of the rendered `with:` holds), unforgeable without
+    the key."""
+    message = f"opsdsl-secret-reference\x00{run_id}\x00{step_id}\x00{name}\x00{read}".encode()
+    mac = hmac.new(key, message, hashlib.sha256).hexdigest()[:24]
+    return f"opsdsl-secret.{name}.{read}.{mac}"
 
 
 class DeferredSecrets(Mapping[str, str]):
     """`secrets` as a runner step's `with:` sees it: each read is a reference token made of
     URL-unreserved characters (it survives percent-encoding), resolved at the runner."""
 
-    def __init__(self, run_id: str, step_id: str) -> None:
-        self.tag = secret_tag(run_id, step_id)
+    def __init__(self, run_id: str, step_id: str, key: bytes) -> None:
+        self.run_id, self.step_id, self.key = run_id, step_id, key
         self.reads: dict[str, int] = {}
-
-    def token(self, name: str) -> str:
-        return f"opsdsl-secret.{name}.{self.tag}"
+        self.issued: list[str] = []  # the tokens, in the order they were read
 
     def __getitem__(self, name: str) -> str:
         if not isinstance(name, str) or not _NAME.match(name):
             raise SecretError("a step with `runner:` can only read secrets named with letters, digits and `_`")
-        self.reads[name] = self.reads.get(name, 0) + 1
-        return self.token(name)
+        read = self.reads.get(name, 0)
+        self.reads[name] = read + 1
+        token = reference_token(self.key, self.run_id, self.step_id, name, read)
+        self.issued.append(token)
+        return token
 
     def __iter__(self):
         return iter(self.reads)
@@ -127,22 +174,26 @@ class DeferredSecrets(Mapping[str, str]):
         return isinstance(name, str)
 
     def check(self, rendered: dict[str, Any], redactor: Redactor) -> None:
-        """SecretError unless every reference in `rendered` is one read, intact: a secret an
-        expression changed (the runner could not substitute it), or a token that came from
-        data (an event, an output) rather than a read, fails the step unrun. So does a
+        """SecretError unless the references in `rendered` are exactly the reads, each once
+        and intact: a secret an expression changed or consumed (`upper(secrets.X)`,
+        `secrets.X != ''`: the runner could not substitute it), or any reference that came
+        from data (an event, an output) rather than a read, fails the step unrun. So does a
         secret value the worker knows: it would cross to the runner in the row."""
         text = json.dumps(rendered, sort_keys=True)
         found: dict[str, int] = {}
-        for name, tag in _TOKEN.findall(text):
-            if tag == self.tag:
-                found[name] = found.get(name, 0) + 1
-        for name, count in self.reads.items():
-            if found.get(name, 0) < count:
+        for match in _TOKEN.finditer(text):
+            found[match.group(0)] = found.get(match.group(0), 0) + 1
+        for token in self.issued:
+            if found.get(token, 0) == 0:
+                name = _TOKEN.fullmatch(token).group(1)  # type: ignore[union-attr]
                 raise SecretError(
                     f"secret `{name}` is changed by an expression; a step with `runner:` sends a secret"
                     " as a reference its runner resolves, so it can only be used as it is"
                 )
-        if any(found.get(name, 0) > self.reads.get(name, 0) for name in found):
+        issued = set(self.issued)
+        if any(token not in issued or count > 1 for token, count in found.items()) or len(
+            _LOOKALIKE.findall(text)
+        ) != sum(found.values()):
             raise SecretError("the step's inputs carry a secret reference that no expression of the step read")
         if redactor and redactor.data(rendered) != rendered:
             raise SecretError(
@@ -156,14 +207,14 @@ def resolve_references(action: str, inputs: Any, refs: Mapping[str, Any], secret
     `secrets`, the runner's own), percent-encoded where its URL position encoded it."""
     from opsdsl.lang.taint import ORIGIN, url_component, url_keys
 
-    tag, names = refs.get("tag"), set(refs.get("names") or ())
-    if not names:
+    tokens = set(refs.get("tokens") or ())  # the references the driver issued, and only those
+    if not tokens:
         return inputs
     urls = url_keys(action)
 
     def value(match: re.Match, prefix: str | None) -> str:
         name = match.group(1)
-        if match.group(2) != tag or name not in names:
+        if match.group(0) not in tokens:
             return match.group(0)
         secret = secrets.require(name)
         if prefix is None:
@@ -209,11 +260,11 @@ class DispatchLost(Exception):
 class Dispatcher:
     """Queues one runner step's attempts for its pool and awaits their results (an Executor)."""
 
-    def __init__(self, store: Any, node: Mapping[str, Any], tag: str) -> None:
+    def __init__(self, store: Any, node: Mapping[str, Any], tag: Any = None) -> None:
+        # `tag` is ignored: each reference carries its own MAC (accepted for older callers).
         self.store = store
         self.pool = node["runner"]
         self.idempotent = bool(node.get("idempotent"))
-        self.tag = tag
         self.row_id: int | None = None
         prepare(store)
 
@@ -222,7 +273,19 @@ class Dispatcher:
 
     def enqueue(self, request: ActionRequest) -> None:
         """Write the attempt's row; called inside the transaction of its `step.intent`."""
-        names = sorted(set(_reference_names(request.inputs, self.tag)))
+        found = list(_references(request.inputs))
+        key = reference_key(self.store.root) if found else b""
+        tokens = sorted(
+            {
+                match.group(0)
+                for match in found
+                if hmac.compare_digest(
+                    match.group(0),
+                    reference_token(key, request.run_id, request.step_id, match.group(1), int(match.group(2))),
+                )
+            }
+        )
+        names = sorted({_TOKEN.fullmatch(token).group(1) for token in tokens})  # type: ignore[union-attr]
         extra = {"severity": request.severity, "playbook": request.playbook, "pack": request.pack}
         cursor = self.store.conn.execute(
             "INSERT INTO dispatch (run_id, step_id, attempt, pool, action, inputs, secrets, request,"
@@ -234,7 +297,7 @@ class Dispatcher:
                 self.pool,
                 request.action,
                 json.dumps(request.inputs, sort_keys=True),
-                json.dumps({"tag": self.tag, "names": names}),
+                json.dumps({"names": names, "tokens": tokens}),
                 json.dumps(extra, sort_keys=True),
                 request.idempotency_key,
                 1 if self.idempotent else 0,
@@ -287,40 +350,51 @@ class Dispatcher:
 
     def _lapsed(self, epoch: int) -> None:
         """Its runner's lease lapsed with no result: back to the queue (same row, same key)
-        if the step may be repeated, else lost (the step goes in doubt)."""
+        if the step may be repeated, else lost (the step goes in doubt). Fenced: LeaseLost
+        when the run is no longer this worker's (the new owner decides)."""
         if self.idempotent:
-            self.store.conn.execute(
+            self._write(
                 "UPDATE dispatch SET state = ?, claimant = NULL, lease_until = NULL"
                 " WHERE id = ? AND state = ? AND claim_epoch = ?",
                 (QUEUED, self.row_id, CLAIMED, epoch),
             )
         else:
-            self.store.conn.execute(
+            self._write(
                 "UPDATE dispatch SET state = ?, error = ?, finished_at = ? WHERE id = ? AND state = ? AND claim_epoch = ?",
                 (LOST, "its runner's lease lapsed with no result", self.store.now(), self.row_id, CLAIMED, epoch),
             )
 
     def withdraw(self, why: str) -> None:
         """Nobody waits for the row any more: a queued one is never claimed, and a runner
-        holding it finds its heartbeat refused and stops the action."""
-        with contextlib.suppress(Exception):  # the database is unreachable: the runner's lease lapses instead
-            self.store.conn.execute(
+        holding it finds its heartbeat refused and stops the action. Not when the run's lease
+        was lost (the cancel may be the lease's): the new owner has adopted the row."""
+        # Unreachable database: the runner's lease lapses instead. LeaseLost: not ours to withdraw.
+        with contextlib.suppress(Exception):
+            self._write(
                 "UPDATE dispatch SET state = ?, error = ?, finished_at = ? WHERE id = ? AND state IN (?, ?)",
                 (LOST, why, self.store.now(), self.row_id, QUEUED, CLAIMED),
             )
 
+    def _write(self, sql: str, parameters: tuple) -> None:
+        """One write in `store.transaction()`, whose fence check (the run's lease, when a
+        worker drives it) comes first; inside the caller's transaction, a part of it."""
+        if self.store.conn.in_transaction:
+            self.store.conn.execute(sql, parameters)
+            return
+        with self.store.transaction():
+            self.store.conn.execute(sql, parameters)
 
-def _reference_names(value: Any, tag: str):
+
+def _references(value: Any):
+    """The reference tokens in a value, as matches."""
     if isinstance(value, str):
-        for name, found in _TOKEN.findall(value):
-            if found == tag:
-                yield name
+        yield from _TOKEN.finditer(value)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _reference_names(item, tag)
+            yield from _references(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _reference_names(item, tag)
+            yield from _references(item)
 
 
 # ---- runner tokens (runners that reach the database only through `opsdsl serve`) -------------

@@ -67,33 +67,91 @@ class Claim:
 
 
 class DatabaseQueue:
-    """Claims, heartbeats and results straight in the state database."""
+    """Claims, heartbeats and results straight in the state database, on a thread of their
+    own with a connection of their own: a call that hangs (packets dropped, not refused)
+    never blocks the event loop, so the heartbeat can still stop the action in time. On
+    PostgreSQL the connection gives up well within the lease (`runner_url`)."""
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        D.prepare(store)
+    def __init__(self, store: Any, lease: float = 30.0) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.root = store.root
+        self.database = runner_url(store.conn.url, lease) if store.postgres else "sqlite"
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="opsdsl-runner-db")
+        self._store: Any = None
+
+    def _in_store(self, work: Callable[..., Any], *args: Any) -> Any:
+        if self._store is None:
+            from opsdsl.runtime.store import Store
+
+            self._store = Store(self.root, create=False, database=self.database)
+            D.prepare(self._store)
+        return work(self._store, *args)
+
+    async def _call(self, work: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, self._in_store, work, *args)
 
     async def claim(self, pool: str, name: str, limit: int, lease: float) -> list[Claim]:
-        return claim_rows(self.store, pool, name, limit, lease)
+        return await self._call(claim_rows, pool, name, limit, lease)
 
     async def heartbeat(self, claim: Claim, name: str, lease: float) -> bool:
-        return renew_lease(self.store, claim.row_id, name, claim.epoch, lease)
+        return await self._call(renew_lease, claim.row_id, name, claim.epoch, lease)
 
     async def finish(
         self, claim: Claim, name: str, state: str, outputs: dict, error: str | None, retryable: bool
     ) -> bool:
-        return write_result(self.store, claim.row_id, name, claim.epoch, state, outputs, error, retryable)
+        return await self._call(write_result, claim.row_id, name, claim.epoch, state, outputs, error, retryable)
+
+    def close(self) -> None:
+        """Let go of the thread and its connection, closed on that thread (a call stuck on a
+        dead network is left to its socket timeouts: the process need not wait for it)."""
+        with contextlib.suppress(RuntimeError):
+            self.thread.submit(self._close_store)
+        self.thread.shutdown(wait=False)
+
+    def _close_store(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.close()
+
+
+def runner_url(url: str, lease: float) -> str:
+    """The database URL with what makes a runner's connection give up within its lease on a
+    network that drops packets: TCP keepalives, `tcp_user_timeout` (unacknowledged data) and
+    `statement_timeout`, each below the lease (libpq parameters; the URL's own win)."""
+    from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    below = max(0.5, lease / 3)  # seconds
+    defaults = {
+        "keepalives": "1",
+        "keepalives_idle": str(max(1, int(below))),
+        "keepalives_interval": "1",
+        "keepalives_count": "3",
+        "tcp_user_timeout": str(int(below * 1000)),
+    }
+    for name, value in defaults.items():
+        query.setdefault(name, value)
+    timeout = f"-c statement_timeout={int(below * 1000)}"
+    query["options"] = f"{query['options']} {timeout}" if query.get("options") else timeout
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
 class HttpQueue:
     """The same calls over HTTPS to `opsdsl serve` (`/v1/runners/POOL/…`), for a runner that
     cannot reach the database: outbound only, with a runner token for its pool."""
 
-    TIMEOUT = 10.0  # seconds for one call
+    TIMEOUT = 10.0  # seconds for one call (and never past the claim's lease: PoolRunner bounds it)
+    MAX_BODY = 16 * 1024 * 1024  # what serve takes from a runner (opsdsl.serve.runner_api.MAX_BODY)
 
     def __init__(self, url: str, token: str) -> None:
         self.url = url.rstrip("/")
         self.token = token
+
+    def close(self) -> None:
+        pass
 
     async def claim(self, pool: str, name: str, limit: int, lease: float) -> list[Claim]:
         answer = await self._post(f"/v1/runners/{pool}/claim", {"runner": name, "limit": limit, "lease": lease})
@@ -113,6 +171,10 @@ class HttpQueue:
     async def finish(
         self, claim: Claim, name: str, state: str, outputs: dict, error: str | None, retryable: bool
     ) -> bool:
+        """Post the result; one the server refuses as too large (413) is posted again as a
+        failure, with its outputs cut down, so the step neither loops nor goes in doubt."""
+        import urllib.error
+
         body = {
             "runner": name,
             "epoch": claim.epoch,
@@ -121,8 +183,20 @@ class HttpQueue:
             "error": error,
             "retryable": retryable,
         }
-        answer = await self._post(f"/v1/runners/{claim.pool}/dispatch/{claim.row_id}/result", body)
-        return answer.get("ok") is True
+        path = f"/v1/runners/{claim.pool}/dispatch/{claim.row_id}/result"
+        size = len(json.dumps(body).encode())
+        if size <= self.MAX_BODY:  # else the server would refuse it: say so instead
+            try:
+                return (await self._post(path, body)).get("ok") is True
+            except urllib.error.HTTPError as refused:
+                if refused.code != 413:
+                    raise
+        body.update(
+            state=D.FAILED, outputs=truncated(outputs), error=f"result too large ({size} bytes)", retryable=False
+        )
+        if len(json.dumps(body).encode()) > self.MAX_BODY // 2:
+            body["outputs"] = {}
+        return (await self._post(path, body)).get("ok") is True
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return await asyncio.to_thread(self._post_now, path, body)
@@ -143,6 +217,21 @@ class HttpQueue:
         return data
 
 
+TRUNCATED = 4096  # characters kept of each text output of a result too large to send
+
+
+def truncated(outputs: dict[str, Any]) -> dict[str, Any]:
+    """A too-large result's outputs: texts cut to their first TRUNCATED characters, other
+    values than numbers, booleans and null dropped."""
+    kept: dict[str, Any] = {}
+    for key, value in outputs.items():
+        if isinstance(value, str):
+            kept[key] = value[:TRUNCATED] + ("…" if len(value) > TRUNCATED else "")
+        elif value is None or isinstance(value, (bool, int, float)):
+            kept[key] = value
+    return kept
+
+
 class PoolRunner:
     """One runner process's loop over one pool."""
 
@@ -159,7 +248,7 @@ class PoolRunner:
     ) -> None:
         from opsdsl.runtime.executor import InProcessExecutor
 
-        self.queue = queue if not hasattr(queue, "conn") else DatabaseQueue(queue)  # a Store: the database
+        self.queue = queue if not hasattr(queue, "conn") else DatabaseQueue(queue, lease)  # a Store: the database
         self.pool = pool
         self.name = name
         self.lease = lease
@@ -181,13 +270,14 @@ class PoolRunner:
             free = self.concurrency - len(self.running)
             claims: list[Claim] = []
             if free > 0:
+                asked = time.monotonic()
                 try:
                     claims = await self.queue.claim(self.pool, self.name, free, self.lease)
                     self._claimed(claims)
                 except Exception as error:  # the database is away: try again shortly
                     self.log(f"runner {self.name}: cannot claim: {type(error).__name__}: {error}")
             for claim in claims:
-                task = asyncio.create_task(self.work(claim), name=f"dispatch-{claim.row_id}")
+                task = asyncio.create_task(self.work(claim, asked), name=f"dispatch-{claim.row_id}")
                 self.running.add(task)
                 task.add_done_callback(self.running.discard)
             if claims and len(self.running) < self.concurrency:
@@ -208,11 +298,12 @@ class PoolRunner:
 
     # ---- one claimed row -------------------------------------------------------------------
 
-    async def work(self, claim: Claim) -> None:
-        """Run the claimed action beside its heartbeat; write its result if the row is still ours."""
+    async def work(self, claim: Claim, asked: float | None = None) -> None:
+        """Run the claimed action beside its heartbeat; write its result if the row is still ours.
+        `asked`: when the claim was asked for (time.monotonic), where its lease may have begun."""
         action = asyncio.create_task(self.perform(claim))
         try:
-            lost = await self.heartbeat(claim, action)
+            lost = await self.heartbeat(claim, action, time.monotonic() if asked is None else asked)
         except asyncio.CancelledError:  # a second signal: stop now; the lease lapses, the worker decides
             action.cancel()
             await asyncio.gather(action, return_exceptions=True)
@@ -229,31 +320,40 @@ class PoolRunner:
             return
         await self.finish(claim, state, outputs, error, retryable)
 
-    async def heartbeat(self, claim: Claim, action: asyncio.Task) -> str | None:
+    async def heartbeat(self, claim: Claim, action: asyncio.Task, since: float) -> str | None:
         """Renew the lease every third of it until the action ends; cancel the action once the
-        lease cannot be renewed (the row is not ours, or its lease is past). Why, or None."""
-        renewed = time.monotonic()
+        lease cannot be renewed (the row is not ours), or once it is past, whether or not a
+        renewal is still on its way (each is bounded by what is left of the lease). Why, or None."""
+        until = since + self.lease  # the lease as this runner can be sure of it (monotonic clock)
+        failure: str | None = None
         while True:
-            done, _ = await asyncio.wait({action}, timeout=self.lease / 3)
+            done, _ = await asyncio.wait({action}, timeout=max(0.0, min(self.lease / 3, until - time.monotonic())))
             if done:
                 return None
+            left = until - time.monotonic()
+            if left <= 0:
+                why = (
+                    f"the lease could not be renewed for {self.lease:g}s ({failure})"
+                    if failure
+                    else f"the lease is past ({self.lease:g}s without a renewal: this process was held up)"
+                )
+                return await self._stop(claim, action, why)
             sent = time.monotonic()
             try:
-                if not await self.queue.heartbeat(claim, self.name, self.lease):
-                    why = "the row is no longer ours (re-claimed or withdrawn)"
-                    self.log(f"runner {self.name}: dispatch {claim.row_id}: {why}; cancelling the action")
-                    action.cancel()
-                    await asyncio.gather(action, return_exceptions=True)
-                    return why
-                renewed = sent
-            except Exception as error:
-                if time.monotonic() - renewed >= self.lease:
-                    why = f"the lease could not be renewed for {self.lease:g}s ({type(error).__name__})"
-                    self.log(f"runner {self.name}: dispatch {claim.row_id}: {why}; cancelling the action")
-                    action.cancel()
-                    await asyncio.gather(action, return_exceptions=True)
-                    return why
-                self.log(f"runner {self.name}: dispatch {claim.row_id}: heartbeat failed: {type(error).__name__}")
+                ours = await asyncio.wait_for(self.queue.heartbeat(claim, self.name, self.lease), left)
+            except Exception as error:  # TimeoutError too: the lease is past by now, the loop says so
+                failure = type(error).__name__
+                self.log(f"runner {self.name}: dispatch {claim.row_id}: heartbeat failed: {failure}")
+                continue
+            if not ours:
+                return await self._stop(claim, action, "the row is no longer ours (re-claimed or withdrawn)")
+            until = sent + self.lease
+
+    async def _stop(self, claim: Claim, action: asyncio.Task, why: str) -> str:
+        self.log(f"runner {self.name}: dispatch {claim.row_id}: {why}; cancelling the action")
+        action.cancel()
+        await asyncio.gather(action, return_exceptions=True)
+        return why
 
     async def perform(self, claim: Claim) -> tuple[str, dict[str, Any], str | None, bool]:
         """(state, outputs, error, retryable), every text redacted of the runner's secrets."""
@@ -301,9 +401,14 @@ class PoolRunner:
     async def finish(self, claim: Claim, state: str, outputs: dict, error: str | None, retryable: bool) -> None:
         """Write the result, fenced by (row, claimant, epoch): refused unless still ours."""
         try:
-            written = await self.queue.finish(claim, self.name, state, outputs, error, retryable)
+            written = await asyncio.wait_for(
+                self.queue.finish(claim, self.name, state, outputs, error, retryable),
+                max(self.lease, HttpQueue.TIMEOUT),
+            )
         except Exception as failure:  # its lease lapses; the worker re-queues it or puts it in doubt
-            self.log(f"runner {self.name}: dispatch {claim.row_id}: cannot write the result: {failure}")
+            self.log(
+                f"runner {self.name}: dispatch {claim.row_id}: cannot write the result: {type(failure).__name__}: {failure}"
+            )
             return
         if not written:
             self.log(
@@ -435,6 +540,11 @@ def run_pool(runner: PoolRunner) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop)
-        await runner.serve()
+        try:
+            await runner.serve()
+        finally:
+            close = getattr(runner.queue, "close", None)
+            if close is not None:
+                close()
 
     asyncio.run(main())

@@ -28,7 +28,7 @@ from opsdsl.lang.taint import url_keys
 from opsdsl.runtime import store as S
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
 from opsdsl.runtime.approvals import ApprovalSteps
-from opsdsl.runtime.dispatch import DeferredSecrets, Dispatcher, DispatchLost, secret_tag
+from opsdsl.runtime.dispatch import DeferredSecrets, Dispatcher, DispatchLost, reference_key
 from opsdsl.runtime.endings import RunEndings
 from opsdsl.runtime.executor import InProcessExecutor
 from opsdsl.runtime.gate import ALLOW, DENY, REQUIRE_APPROVAL, TAINT_POLICY, Decision, Gate
@@ -733,7 +733,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         activation = self._activation(sid)
         deferred = None
         if self._remote(sid):  # runner pools: secrets stay references its runner resolves (dispatch.py)
-            activation["secrets"] = deferred = DeferredSecrets(self.run.id, sid)
+            activation["secrets"] = deferred = DeferredSecrets(self.run.id, sid, reference_key(self.store.root))
         rendered = render_with(node["action"], node.get("with") or {}, activation)
         if deferred is not None:
             deferred.check(rendered, self.redactor)
@@ -766,7 +766,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         return self._pools and bool(self.nodes[sid].get("runner"))
 
     def _dispatcher(self, sid: str) -> Dispatcher:
-        return Dispatcher(self.store, self.nodes[sid], secret_tag(self.run.id, sid))
+        return Dispatcher(self.store, self.nodes[sid])
 
     def _context(self) -> ActionContext:
         return ActionContext(

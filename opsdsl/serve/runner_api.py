@@ -29,6 +29,10 @@ from opsdsl.serve.api import problem_response
 
 _RUNNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 MAX_ERROR = 64 * 1024  # characters of a result's error kept
+# The runner calls' own body limit, above `--max-body` (an event's): a result is a step's
+# outputs, up to 1 MiB of stdout and of stderr, each at most 6 bytes a character in JSON. A
+# runner whose result is still refused (413) posts `failed`: "result too large (N bytes)".
+MAX_BODY = 16 * 1024 * 1024
 MAX_LEASE = 3600.0
 
 
@@ -72,7 +76,7 @@ class RunnerApi:
         if request.match_info["pool"] != pool:
             return problem_response(403, f"this token is for pool {pool}")
         try:
-            body = json.loads(await request.read())
+            body = json.loads(await request.clone(client_max_size=MAX_BODY).read())
         except (ValueError, UnicodeDecodeError):
             return problem_response(400, "the body is not JSON")
         if not isinstance(body, dict):

@@ -146,3 +146,49 @@ def test_hostile_runner_calls_are_refused(tmp_path, serve):
     assert revoked.code == 0, revoked.stderr
     assert post(claim, good).status_code == 401
     assert os.environ.get("OPSDSL_DATABASE") or (state / "state.db").exists()
+
+
+def test_a_large_result_is_taken_and_one_too_large_fails_its_step(tmp_path, serve):
+    """A result is bigger than an event: 300 KiB of control characters (six bytes each in
+    JSON, over serve's --max-body) is taken; one past the runner calls' own limit is written
+    as a failure saying so, not dropped (which would re-run or doubt a finished step)."""
+    import asyncio
+
+    from opsdsl.runtime import dispatch as D
+    from opsdsl.runtime.pool_runner import TRUNCATED, HttpQueue, PoolRunner
+    from opsdsl.runtime.secrets import Secrets
+    from opsdsl.runtime.store import Store
+
+    state = tmp_path / "state"
+    token = new_token(state, "edge", "vpc-1")
+    store = Store(state)
+    try:
+        D.prepare(store)
+        with store.transaction():
+            for step in ("big", "huge"):
+                store.conn.execute(
+                    "INSERT INTO dispatch (run_id, step_id, attempt, pool, action, inputs, secrets, request,"
+                    " idempotency_key, idempotent, timeout, state, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    ("r1", step, 1, "edge", "shell", "{}", "{}", "{}", f"r1:{step}", 1, None, "queued", 0),
+                )
+        logs: list[str] = []
+        runner_state = tmp_path / "runner-state"
+        queue = HttpQueue(serve, token)
+        runner = PoolRunner(queue, "edge", "r1", 30, 2, Secrets(runner_state), runner_state / "e", logs.append)
+        big, huge = "\x01" * 300 * 1024, "\x02" * 3 * 1024 * 1024
+
+        async def scenario() -> None:
+            first, second = await queue.claim("edge", "r1", 2, 30)
+            await runner.finish(first, D.DONE, {"stdout": big, "exit_code": 0}, None, False)
+            await runner.finish(second, D.DONE, {"stdout": huge, "exit_code": 0}, None, False)
+
+        asyncio.run(scenario())
+        rows = store.conn.execute(
+            "SELECT step_id, state, result, error, retryable FROM dispatch ORDER BY id"
+        ).fetchall()
+    finally:
+        store.close()
+    (_, state1, result1, error1, _), (_, state2, result2, error2, retryable2) = rows
+    assert (state1, error1) == (D.DONE, None) and json.loads(result1)["stdout"] == big, logs
+    assert state2 == D.FAILED and re.fullmatch(r"result too large \(\d{8} bytes\)", error2) and not retryable2
+    assert json.loads(result2) == {"stdout": "\x02" * TRUNCATED + "…", "exit_code": 0}
