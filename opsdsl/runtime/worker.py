@@ -233,20 +233,13 @@ class Worker:
                 log.warning("events: %s", error.message)
                 self.events_fence = None
             except Exception as error:  # a failing database: the events stay accepted; try again later
+                # The lease is kept (a lapsed or taken one fails the next fenced write), and
+                # the Service reads the triggers' state again before its next event.
                 log.error("events: %s: %s; trying again in %gs", type(error).__name__, error, delay)
-                self._give_up_events()
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX)
                 continue
             await asyncio.sleep(self.poll)
-
-    def _give_up_events(self) -> None:
-        """Let the `events` lease go (the next holder, maybe us, reads the triggers' state
-        again); when the database cannot be told, the lease lapses by itself."""
-        fence, self.events_fence = self.events_fence, None
-        if fence is not None:
-            with contextlib.suppress(Exception):
-                L.release(self.store, fence)
 
     async def _evaluate_pending(self) -> None:
         service = self.service
@@ -274,7 +267,6 @@ class Worker:
                     raise
                 except Exception as error:
                     if database_unavailable(error):  # not a bad event: it stays accepted, tried again later
-                        self._give_up_events()
                         raise
                     service._record_failure(event_id, error)  # one bad event must not stop the others
                 await asyncio.sleep(0)
