@@ -73,7 +73,6 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_hook ON runs(hook, dedupe_key, created_at);
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at, id);
 CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run);
-CREATE INDEX IF NOT EXISTS runs_event ON runs(event_id);
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id),
     step_id TEXT NOT NULL,
@@ -339,6 +338,8 @@ class Store:
                 )
             conn.executescript(_DDL)
             _add_missing_columns(conn)
+            for statement in _LATER_INDEXES:  # on columns an older state.db gains just above
+                conn.execute(statement)
             if version < SQLITE_VERSION:
                 conn.execute(f"PRAGMA user_version = {SQLITE_VERSION}")
         except (OSError, sqlite3.DatabaseError, LedgerError) as error:
@@ -635,6 +636,10 @@ _LATER_COLUMNS = (
     ("runs", "lease_epoch", "INTEGER NOT NULL DEFAULT 0"),
     ("runs", "lease_until", "REAL"),
 )
+
+
+# Indexes on later columns (PostgreSQL: their migrations).
+_LATER_INDEXES = ("CREATE INDEX IF NOT EXISTS runs_event ON runs(event_id)",)
 
 
 def _ledger_mode(explicit: str | None) -> str:
