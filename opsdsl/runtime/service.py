@@ -296,17 +296,26 @@ class Service:
         return self.accept_serialized([json.dumps(e, sort_keys=True, separators=(",", ":")) for e in events], source)
 
     def accept_serialized(
-        self, bodies: Sequence[str], source: str, spent: Sequence[tuple[str, float]] = ()
+        self,
+        bodies: Sequence[str],
+        source: str,
+        spent: Sequence[tuple[str, float]] = (),
+        keys: Sequence[str | None] = (),
     ) -> list[int]:
         """`accept` for events already checked and serialised (`opsdsl serve` does both off the
         event loop). `spent`: (signature, expires_at) of the signed requests that brought them,
         recorded as spent in the same transaction, so that a signature is spent exactly when
-        its events are stored, and stays spent across restarts."""
+        its events are stored, and stays spent across restarts. `keys`: each body's
+        idempotency key (`event_key`) or None; an event already stored under its key is not
+        stored or queued again, and its id is the stored one's."""
         if self.queue_full(len(bodies)):
             raise QueueFull()
         now = self.clock()
         with self.store.transaction():
-            ids = self.store.add_events(list(bodies), source, now)
+            stored = self.store.add_keyed_events(list(bodies), source, now, list(keys) or [None] * len(bodies))
+            all_ids = [event_id for event_id, _ in stored]
+            ids = [event_id for event_id, new in stored if new]
+            bodies = [body for body, (_, new) in zip(bodies, stored, strict=True) if new]
             if spent:
                 self.store.conn.executemany(
                     "INSERT OR REPLACE INTO spent_signatures (signature, expires_at) VALUES (?, ?)", spent
@@ -326,7 +335,7 @@ class Service:
                 for event_id, body in zip(ids, bodies, strict=True):
                     self.queue.put_nowait((event_id, now, body))
             self.metrics.set("opsdsl_queue_depth", self.waiting)
-        return ids
+        return all_ids
 
     def signature_spent(self, signature: str, now: float) -> bool:
         """Whether a request with this signature was accepted and the signature has not expired."""
@@ -757,6 +766,11 @@ class Service:
                 },
                 ts=self.clock(),
             )
+
+
+def event_key(source: str, key: str, index: int) -> str:
+    """The stored key of the `index`th event of a request to `source` with `Idempotency-Key: key`."""
+    return f"{source}\0{key}\0{index}"
 
 
 def unrecordable(event: Any) -> str | None:

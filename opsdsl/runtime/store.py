@@ -13,7 +13,7 @@ import os
 import sqlite3
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +134,16 @@ CREATE TABLE IF NOT EXISTS timers (
 );
 CREATE INDEX IF NOT EXISTS timers_due ON timers(due_at);
 """
+
+
+class EventKeyReused(OpsdslError):
+    """An Idempotency-Key already stored with another body (exit 2; HTTP 422)."""
+
+    exit_code = 2
+
+    def __init__(self, key: str) -> None:
+        shown = key if len(key) <= 40 else key[:37] + "…"
+        super().__init__(f"Idempotency-Key {shown!r} was already used for other events")
 
 
 class StateError(OpsdslError):
@@ -465,13 +475,32 @@ class Store:
 
     def add_events(self, bodies: list[str], source: str, received_at: float) -> list[int]:
         """Persist accepted events (the caller commits); their ids, in order."""
-        ids = []
-        for body in bodies:
+        return [event_id for event_id, _ in self.add_keyed_events(bodies, source, received_at, [None] * len(bodies))]
+
+    def add_keyed_events(
+        self, bodies: Sequence[str], source: str, received_at: float, keys: Sequence[str | None]
+    ) -> list[tuple[int, bool]]:
+        """Persist accepted events (the caller commits): (id, whether it is new), in order.
+
+        An event whose key (the request's Idempotency-Key, with its source and place) is
+        already stored is not stored again: its id is the first one's and it is not new (a
+        client's retry after a lost answer, perhaps to another replica). The same key with
+        another body is EventKeyReused."""
+        out = []
+        for body, key in zip(bodies, keys, strict=True):
+            if key is not None:
+                found = self.conn.execute("SELECT id, body FROM events WHERE idem_key = ?", (key,)).fetchone()
+                if found is not None:
+                    if found[1] != body:
+                        raise EventKeyReused(key.split("\0")[1])
+                    out.append((found[0], False))
+                    continue
             cursor = self.conn.execute(
-                "INSERT INTO events (received_at, source, body) VALUES (?, ?, ?)", (received_at, source, body)
+                "INSERT INTO events (received_at, source, body, idem_key) VALUES (?, ?, ?, ?)",
+                (received_at, source, body, key),
             )
-            ids.append(cursor.lastrowid)
-        return ids
+            out.append((cursor.lastrowid, True))
+        return out
 
     def pending_events(self) -> list[tuple[int, float, str]]:
         rows = self.conn.execute("SELECT id, received_at, body FROM events WHERE status = 'accepted' ORDER BY id")
@@ -635,11 +664,15 @@ _LATER_COLUMNS = (
     ("runs", "lease_owner", "TEXT"),  # opsdsl.runtime.lease (PostgreSQL: migration 0002_leases)
     ("runs", "lease_epoch", "INTEGER NOT NULL DEFAULT 0"),
     ("runs", "lease_until", "REAL"),
+    ("events", "idem_key", "TEXT"),  # the Idempotency-Key of the request that brought it (PostgreSQL: 0007)
 )
 
 
 # Indexes on later columns (PostgreSQL: their migrations).
-_LATER_INDEXES = ("CREATE INDEX IF NOT EXISTS runs_event ON runs(event_id)",)
+_LATER_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS runs_event ON runs(event_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events(idem_key)",
+)
 
 
 def _ledger_mode(explicit: str | None) -> str:

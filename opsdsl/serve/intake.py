@@ -51,7 +51,8 @@ from typing import Any
 from aiohttp import web
 
 from opsdsl.errors import OpsdslError, UsageError
-from opsdsl.runtime.service import QueueFull, Service, events_from_payload
+from opsdsl.runtime.service import QueueFull, Service, event_key, events_from_payload
+from opsdsl.runtime.store import EventKeyReused
 from opsdsl.serve.guard import ConnectionGuard, LogLimiter
 
 log = logging.getLogger("opsdsl.serve")
@@ -125,6 +126,20 @@ def _secret_from_file(path: Path, option: str) -> bytes:
     if not value:
         raise UsageError(f"{option} {path} is empty")
     return value
+
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    """The request's Idempotency-Key (printable ASCII, at most 200 characters), or None; 400 otherwise."""
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " < c <= "~" for c in key):
+        raise Refusal(400, f"{IDEMPOTENCY_KEY} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    return key
 
 
 class Refusal(Exception):
@@ -210,7 +225,7 @@ class GroupCommit:
     def __init__(self, service: Service, room: Any) -> None:
         self.service = service
         self.room = room  # () -> events the backlog can still take
-        self._batch: list[tuple[list[str], str, tuple[str, float] | None, asyncio.Future[list[int]]]] = []
+        self._batch: list[tuple[list[str], str, tuple[str, float] | None, asyncio.Future[list[int]], str | None]] = []
         self._batched = 0
 
     async def accept(
@@ -219,10 +234,12 @@ class GroupCommit:
         source: str,
         spent: tuple[str, float] | None = None,
         settled: Callable[[], None] | None = None,
+        key: str | None = None,
     ) -> list[int]:
         """The ids of the persisted events; QueueFull when the backlog has no room for them all.
         `spent`: the request's (signature, expires_at), recorded with its events; `settled` is
-        called once its transaction is over (committed or not), even if the request was cancelled."""
+        called once its transaction is over (committed or not), even if the request was cancelled.
+        `key`: the request's Idempotency-Key (its events, already stored, are not stored again)."""
         if len(events) > self.room() - self._batched:
             if settled is not None:
                 settled()
@@ -232,28 +249,42 @@ class GroupCommit:
             future.add_done_callback(lambda _: settled())
         if not self._batch:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._batch.append((events, source, spent, future))
+        self._batch.append((events, source, spent, future, key))
         self._batched += len(events)
         return await future
 
     def _flush(self) -> None:
         batch, self._batch, self._batched = self._batch, [], 0
         for source in dict.fromkeys(item[1] for item in batch):
-            requests = [(events, future) for events, s, _, future in batch if s == source]
-            spent = [signature for _, s, signature, _ in batch if s == source and signature is not None]
+            requests = [(events, future, key, signature) for events, s, signature, future, key in batch if s == source]
             try:
-                bodies = [e for events, _ in requests for e in events]
-                ids = self.service.accept_serialized(bodies, source, spent)
-            except Exception as error:  # handed to every request of the batch; nothing was persisted
-                for _, future in requests:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            offset = 0
-            for events, future in requests:
+                self._persist(source, requests)
+            except EventKeyReused:  # one request reused a key: the others must not fail with it
+                for request in requests:
+                    with contextlib.suppress(Exception):
+                        self._persist(source, [request])
+
+    def _persist(self, source: str, requests: list) -> None:
+        """One transaction for the requests' events; each request's future gets its ids (or the error)."""
+        spent = [signature for _, _, _, signature in requests if signature is not None]
+        keys = [
+            event_key(source, key, index) if key is not None else None
+            for events, _, key, _ in requests
+            for index in range(len(events))
+        ]
+        try:
+            bodies = [e for events, _, _, _ in requests for e in events]
+            ids = self.service.accept_serialized(bodies, source, spent, keys)
+        except Exception as error:  # handed to every request of the batch; nothing was persisted
+            for _, future, _, _ in requests:
                 if not future.done():
-                    future.set_result(ids[offset : offset + len(events)])
-                offset += len(events)
+                    future.set_exception(error)
+            raise
+        offset = 0
+        for events, future, _, _ in requests:
+            if not future.done():
+                future.set_result(ids[offset : offset + len(events)])
+            offset += len(events)
 
 
 class Server:
@@ -285,7 +316,9 @@ class Server:
         app.router.add_get("/metrics", self.metrics)
         __import__("opsdsl.serve.api").serve.api.add_routes(app, self)  # the operator API (docs/api.md)
         __import__("opsdsl.serve.console").serve.console.add_routes(app, self)  # the web console (docs/console.md)
-        __import__("opsdsl.serve.runner_api").serve.runner_api.add_routes(app, self)  # runners over HTTPS (docs/scaleout.md)
+        __import__("opsdsl.serve.runner_api").serve.runner_api.add_routes(
+            app, self
+        )  # runners over HTTPS (docs/scaleout.md)
         return app
 
     @web.middleware
@@ -358,9 +391,11 @@ class Server:
                     raise Refusal(401, "signature already used (replay)", self._challenge())
                 settled = functools.partial(self.spent.release, signature[0])
             try:
-                ids = await self.intake.accept(events, source, signature, settled)
+                ids = await self.intake.accept(events, source, signature, settled, _idempotency_key(request))
             except QueueFull:
                 raise _busy(source) from None
+            except EventKeyReused as error:
+                raise Refusal(422, error.message) from None
             except (sqlite3.Error, OpsdslError) as error:
                 log.error("could not persist %d events: %s", len(events), error)
                 raise Refusal(503, "could not store the events", {"Retry-After": RETRY_AFTER_UNAVAILABLE}) from None

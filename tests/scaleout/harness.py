@@ -86,8 +86,10 @@ class Serve(Process):
         self.port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log()).group(1))
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def post(self, path: str, body: Any, timeout: float = 10) -> httpx.Response:
+    def post(self, path: str, body: Any, timeout: float = 10, key: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
         return httpx.post(self.url + path, content=json.dumps(body).encode(), headers=headers, timeout=timeout)
 
 
@@ -118,8 +120,8 @@ class Cluster:
         self.processes.append(found)
         return found
 
-    def post(self, server: Serve, *events: dict[str, Any]) -> list[int]:
-        response = server.post("/v1/events", list(events))
+    def post(self, server: Serve, *events: dict[str, Any], key: str | None = None) -> list[int]:
+        response = server.post("/v1/events", list(events), key=key)
         assert response.status_code == 202, response.text
         return response.json()["ids"]
 

@@ -49,7 +49,7 @@ def test_a_replica_killed_under_load_loses_no_accepted_event(cluster: Cluster):
             order = [replicas[first], replicas[1 - first]]
             for attempt, server in enumerate(order):
                 try:
-                    response = server.post("/v1/events", [{"name": "quick", "n": n}], timeout=10)
+                    response = server.post("/v1/events", [{"name": "quick", "n": n}], timeout=10, key=f"event-{n}")
                 except httpx.TransportError:
                     with lock:
                         retried.append(n)
@@ -95,24 +95,19 @@ def test_a_replica_killed_under_load_loses_no_accepted_event(cluster: Cluster):
     twice = {key for key, count in cluster.api.keys().items() if count > 1}
     assert {key.rpartition(":")[0] for key in twice} <= recovered, (twice, recovered)
     expected = set(range(EVENTS_PER_CLIENT)) | set(range(1000, 1000 + EVENTS_PER_CLIENT))
-    assert set(runs_per_event_n(cluster)) == expected  # every event reached a run
-    # A second run for an event is possible only when the kill fell between the dead replica's
-    # commit and its answer: the expected failure below shows it deterministically.
+    assert runs_per_event_n(cluster) == {n: 1 for n in expected}  # every event reached exactly one run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="intake cannot tell a retried event from a new one: POST /v1/events keeps no event id or"
-    " Idempotency-Key (Store.add_events), so a retry of an event the dead replica committed starts a"
-    " second run unless the hook has a dedupe: that still sees the first run live",
-)
 def test_a_retried_event_the_dead_replica_committed_starts_no_second_run(cluster: Cluster):
+    """A client that retries with the request's Idempotency-Key (to any replica) gets the
+    first request's event ids back; nothing is stored or run twice."""
     first, second = cluster.serve("serve-a"), cluster.serve("serve-b")
     cluster.worker("w1")
     event = {"name": "quick", "n": 7}
-    lost = cluster.post(first, event)  # committed; the client never reads this answer …
+    lost = cluster.post(first, event, key="alert-7")  # committed; the client never reads this answer …
     first.kill()  # … because the replica died (a connection error, to the client)
-    retried = cluster.post(second, event)  # so it sends the very same event again
+    retried = cluster.post(second, event, key="alert-7")  # so it sends the very same request again
+    assert retried == lost  # the same event, stored once
     wait_until(lambda: cluster.query("SELECT COUNT(*) FROM events WHERE status <> 'done'") == [(0,)], 30, "evaluated")
     time.sleep(0.5)
     check(cluster.url, [cluster.state], cluster.api, lost + retried)

@@ -601,3 +601,41 @@ def test_a_port_in_use_is_exit_1(start, tmp_path):
         [*command, "--port", str(server.port)], env=server.env, capture_output=True, text=True, timeout=60
     )
     assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{server.port}" in taken.stderr
+
+
+# ---- retries: Idempotency-Key ------------------------------------------------------------------
+
+
+def test_a_retried_request_with_its_idempotency_key_stores_and_runs_nothing_twice(start):
+    """A client whose answer was lost sends the request again with the same key (to this
+    replica or another on the same database): it gets the first request's ids back."""
+    server = start()
+    keyed = {"Idempotency-Key": "am-retry-1"}
+    first = server.post("/v1/alertmanager", alertmanager_body("web-1", "web-2"), headers=keyed)
+    again = server.post("/v1/alertmanager", alertmanager_body("web-1", "web-2"), headers=keyed)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["ids"] == first.json()["ids"]
+    assert server.query("SELECT COUNT(*) FROM events") == [(2,)]
+    wait_until(succeeded(server, 2), what="two runs")
+    time.sleep(0.5)
+    assert len(server.query("SELECT id FROM runs")) == 2
+    # The same key on the other intake path is another request; without a key, every POST counts.
+    other = server.post("/v1/events", job("k1"), headers={"Idempotency-Key": "am-retry-1"})
+    assert other.status_code == 202 and other.json()["ids"][0] not in first.json()["ids"]
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "tab\there", "two words"])
+def test_a_malformed_idempotency_key_is_400(start, key):
+    server = start()
+    response = server.post("/v1/events", job("k1"), headers={"Idempotency-Key": key})
+    assert response.status_code == 400 and "Idempotency-Key" in response.text
+    assert server.query("SELECT COUNT(*) FROM events") == [(0,)]
+
+
+def test_a_key_reused_for_other_events_is_422_and_spoils_no_other_request(start):
+    server = start()
+    assert server.post("/v1/events", job("k1"), headers={"Idempotency-Key": "k"}).status_code == 202
+    reused = server.post("/v1/events", job("k2"), headers={"Idempotency-Key": "k"})
+    assert reused.status_code == 422 and "already used" in reused.text
+    assert server.post("/v1/events", job("k3")).status_code == 202
+    assert server.query("SELECT COUNT(*) FROM events") == [(2,)]
