@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -187,6 +188,8 @@ class Worker:
         except asyncio.CancelledError:
             if run_id not in self.lost:
                 raise
+        except sqlite3.Error as error:  # the database went away mid-drive: the lease lapses, a worker recovers it
+            log.warning("run %s: the state database failed (%s); it is continued once the lease lapses", run_id, error)
         finally:
             del self.held[run_id]
             if run_id in self.lost:
