@@ -466,17 +466,16 @@ def test_a_database_that_is_not_a_postgresql_url_is_an_error_at_its_line(tmp_pat
     assert ":2:" in str(raised.value.message) + "".join(d.render() for d in raised.value.diagnostics)
 
 
-def test_serve_takes_the_database_from_the_file_unless_the_flag_names_one(tmp_path, monkeypatch):
+def test_serve_takes_the_database_from_the_file_unless_the_flag_names_one(tmp_path, monkeypatch, minimal_pack):
     """Precedence: --database, then the file's `database`, then $OPSDSL_DATABASE."""
     from click.testing import CliRunner
-    from conftest import MINIMAL_PACK
 
     from opsdsl.cli.main import cli
 
     monkeypatch.setenv("OPSDSL_DATABASE", "sqlite")
     config = write(tmp_path, 'database = "postgresql://nobody@127.0.0.1:1/from_the_file"\n')
     pack = tmp_path / "pack.yaml"
-    pack.write_text(MINIMAL_PACK)
+    pack.write_text(minimal_pack)
     serve = ["serve", "--config", str(config), "--pack", str(pack), "--insecure-no-auth", "--port", "0"]
     serve += ["--state-dir", str(tmp_path / "state")]
     result = CliRunner().invoke(cli, serve)
