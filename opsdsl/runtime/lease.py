@@ -63,15 +63,21 @@ class Fence:
         """LeaseLost unless the row still names us with our epoch and a live (unreleased)
         lease; else extend it to now + TTL. Called right after BEGIN."""
         table, column = self.table
+        # One statement (one round trip): extend the lease if it is still ours, on the database's clock.
+        extended = store.conn.execute(
+            f"UPDATE {table} SET lease_until = {store.now_sql()} + ? WHERE {column} = ? AND lease_owner = ?"
+            " AND lease_epoch = ? AND lease_until IS NOT NULL",
+            (self.ttl, self.key, self.owner, self.epoch),
+        )
+        if extended.rowcount == 1:
+            return
         row = store.conn.execute(
             f"SELECT lease_owner, lease_epoch, lease_until FROM {table} WHERE {column} = ?", (self.key,)
         ).fetchone()
-        if row is None or row[0] != self.owner or int(row[1]) != self.epoch or row[2] is None:
-            holder = "nobody" if row is None or row[2] is None else f"{row[0]} (epoch {row[1]})"
-            raise LeaseLost(
-                f"lease on {self.key} lost: {self.owner} held epoch {self.epoch}, now {holder}; writing nothing"
-            )
-        store.conn.execute(f"UPDATE {table} SET lease_until = ? WHERE {column} = ?", (store.now() + self.ttl, self.key))
+        holder = "nobody" if row is None or row[2] is None else f"{row[0]} (epoch {row[1]})"
+        raise LeaseLost(
+            f"lease on {self.key} lost: {self.owner} held epoch {self.epoch}, now {holder}; writing nothing"
+        )
 
     @contextlib.contextmanager
     def current(self) -> Iterator[Fence]:

@@ -376,6 +376,12 @@ class Store:
             raise
         return conn
 
+    def now_sql(self) -> str:
+        """`now()` as an SQL expression, to use the database's clock inside a statement."""
+        if self.postgres:
+            return "extract(epoch FROM clock_timestamp())::float8"
+        return "((julianday('now') - 2440587.5) * 86400.0)"
+
     def now(self) -> float:
         """The database's clock (seconds since the epoch): what leases are measured by, so
         that processes on machines whose clocks disagree still agree on who holds what."""

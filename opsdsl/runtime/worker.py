@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -66,6 +67,7 @@ class Worker:
         self.lost: set[str] = set()
         self.stopping = False
         self.events_fence: L.Fence | None = None
+        self._events_yielded_until = 0.0  # monotonic: not before then may this worker take the events lease again
         self._tasks: list[asyncio.Task] = []
 
     # ---- starting and stopping -------------------------------------------------------
@@ -252,6 +254,8 @@ class Worker:
                 self._release(self.events_fence)
                 self.events_fence = None
             return
+        if self.events_fence is None and time.monotonic() < self._events_yielded_until:
+            return  # this worker just created runs: let another take the next ones (and drive them)
         if self.events_fence is None:
             self.events_fence = L.claim(self.store, L.EVENTS, self.name, self.ttl, L.NAMED)
             if self.events_fence is None:  # another worker evaluates them
@@ -273,7 +277,12 @@ class Worker:
                         raise
                     service._record_failure(event_id, error)  # one bad event must not stop the others
                 await asyncio.sleep(0)
-            L.renew(self.store, self.events_fence)
+        # The worker that evaluates an event claims the runs it starts (in the same
+        # transaction), so the lease goes round: each batch is another worker's turn when
+        # one is waiting, and the runs spread over the workers.
+        self._release(self.events_fence)
+        self.events_fence = None
+        self._events_yielded_until = time.monotonic() + self.poll
 
     def _pending_events(self) -> list[tuple[int, float, str]]:
         return self.store.conn.execute(

@@ -257,15 +257,11 @@ class GroupCommit:
         batch, self._batch, self._batched = self._batch, [], 0
         for source in dict.fromkeys(item[1] for item in batch):
             requests = [(events, future, key, signature) for events, s, signature, future, key in batch if s == source]
-            try:
-                self._persist(source, requests)
-            except EventKeyReused:  # one request reused a key: the others must not fail with it
-                for request in requests:
-                    with contextlib.suppress(Exception):
-                        self._persist(source, [request])
+            self._persist(source, requests)
 
     def _persist(self, source: str, requests: list) -> None:
-        """One transaction for the requests' events; each request's future gets its ids (or the error)."""
+        """One transaction for the requests' events; each request's future gets its ids, or
+        the error (nothing of the transaction was persisted)."""
         spent = [signature for _, _, _, signature in requests if signature is not None]
         keys = [
             event_key(source, key, index) if key is not None else None
@@ -275,16 +271,27 @@ class GroupCommit:
         try:
             bodies = [e for events, _, _, _ in requests for e in events]
             ids = self.service.accept_serialized(bodies, source, spent, keys)
-        except Exception as error:  # handed to every request of the batch; nothing was persisted
-            for _, future, _, _ in requests:
-                if not future.done():
-                    future.set_exception(error)
-            raise
+        except EventKeyReused as error:
+            if len(requests) > 1:  # one request reused a key: the others must not fail with it
+                for request in requests:
+                    self._persist(source, [request])
+                return
+            self._fail(requests, error)
+            return
+        except Exception as error:
+            self._fail(requests, error)
+            return
         offset = 0
         for events, future, _, _ in requests:
             if not future.done():
                 future.set_result(ids[offset : offset + len(events)])
             offset += len(events)
+
+    @staticmethod
+    def _fail(requests: list, error: Exception) -> None:
+        for _, future, _, _ in requests:
+            if not future.done():
+                future.set_exception(error)
 
 
 class Server:
