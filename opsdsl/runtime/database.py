@@ -318,6 +318,8 @@ class PgConnection:
         return self._raw
 
     def _ensure(self) -> None:
+        if self._tx and not self._alive():
+            self._lost = True  # never a new connection in the middle of a transaction
         if self._lost:
             raise PgError(
                 "the connection to PostgreSQL was lost in this transaction: nothing of it is committed", "08006"
