@@ -1,4 +1,7 @@
-"""The PostgreSQL connection's guarantees beside its SQL translation (opsdsl.runtime.database)."""
+"""The PostgreSQL connection's guarantees beside its SQL translation (opsdsl.runtime.database).
+
+PostgreSQL only (a real server: the `pg_url` fixture); the runtime suite, which runs on
+both backends, is tests/runtime."""
 
 from __future__ import annotations
 
@@ -86,9 +89,7 @@ def test_parameters_are_values_never_sql(conn: PgConnection, text: str) -> None:
     assert conn.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
 
 
-def test_a_run_whose_database_connection_is_cut_says_so_and_stays_resumable(
-    pg_url: str, tmp_path, state_backend: str
-) -> None:
+def test_a_run_whose_database_connection_is_cut_says_so_and_stays_resumable(pg_url: str, tmp_path) -> None:
     """The first step cuts every other session to the database (as a PostgreSQL restart
     does): `opsdsl run` says what failed and what to do, never "internal error", and the run
     is left `interrupted` for `opsdsl resume`, which finishes it."""
@@ -96,8 +97,6 @@ def test_a_run_whose_database_connection_is_cut_says_so_and_stays_resumable(
 
     from kernel_api import FIXTURES, cli_env, opsdsl, param_args
 
-    if state_backend != "postgresql":
-        pytest.skip("cuts PostgreSQL sessions")
     env = {**cli_env(), "OPSDSL_DATABASE": pg_url}
     state = tmp_path / "state"
     pack = FIXTURES / "cut_connection.yaml"
