@@ -7,6 +7,7 @@ import contextlib
 from pathlib import Path
 
 from opsdsl.runtime import service as svc
+from opsdsl.runtime import store as S
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runtime" / "owned"
 PACK = FIXTURES / "pack.yaml"
@@ -70,3 +71,33 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def bare_run(run_id: str) -> S.RunRow:
+    """A run row with nothing behind it (no plan, no steps): for leases and dispatches."""
+    return S.RunRow(
+        id=run_id,
+        incident_id="INC-1",
+        pack="p",
+        playbook="b",
+        severity="SEV-3",
+        status=S.INTERRUPTED,  # live (a claim may take it), and no process left it running
+        phase="steps",
+        created_at=1.0,
+        updated_at=1.0,
+        finished_at=None,
+        envelope=b"{}",
+        plan_digest="d",
+        trust="dev",
+        params={},
+        inputs={},
+        event={},
+        hook=None,
+        trig=None,
+        escalate=None,
+        parent_run=None,
+        parent_step=None,
+        incident_dir="/nonexistent",
+        error=None,
+        owner_pid=None,
+    )

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from kernel_api import HELPER, ROOT, cli_env, opsdsl
+from owned_harness import bare_run
 
 from opsdsl.runtime import dispatch as D
 from opsdsl.runtime import lease as L
@@ -34,35 +35,6 @@ from opsdsl.runtime.secrets import Redactor, SecretError
 # ---- 1. a worker whose run lease was taken cannot cancel the new owner's dispatch ------------
 
 
-def _run_row(run_id: str) -> S.RunRow:
-    return S.RunRow(
-        id=run_id,
-        incident_id="INC-1",
-        pack="p",
-        playbook="b",
-        severity="SEV-3",
-        status=S.INTERRUPTED,
-        phase="steps",
-        created_at=1.0,
-        updated_at=1.0,
-        finished_at=None,
-        envelope=b"{}",
-        plan_digest="d",
-        trust="dev",
-        params={},
-        inputs={},
-        event={},
-        hook=None,
-        trig=None,
-        escalate=None,
-        parent_run=None,
-        parent_step=None,
-        incident_dir="/nonexistent",
-        error=None,
-        owner_pid=None,
-    )
-
-
 @pytest.fixture
 def workers(tmp_path: Path):
     """Worker A holding run-1's lease with a claimed dispatch of a non-idempotent step, and
@@ -72,7 +44,7 @@ def workers(tmp_path: Path):
     for store in (a, b):
         store.fence = L.Fences()
     with a.transaction():
-        a.insert_run(_run_row("run-1"))
+        a.insert_run(bare_run("run-1"))
     fence = L.claim(a, "run-1", "A", 30)
     assert fence is not None
     request = ActionRequest("run-1", "deploy", "http.request", {"url": "http://x"}, 1, "run-1:deploy", None)

@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from owned_harness import bare_run
 
 from opsdsl.runtime import lease as L
 from opsdsl.runtime import runner
@@ -68,35 +69,6 @@ playbooks:
 """
 
 
-def _row(run_id: str) -> S.RunRow:
-    return S.RunRow(
-        id=run_id,
-        incident_id="INC-1",
-        pack="p",
-        playbook="b",
-        severity="SEV-3",
-        status=S.INTERRUPTED,  # live (a claim may take it), and no process left it running
-        phase="steps",
-        created_at=1.0,
-        updated_at=1.0,
-        finished_at=None,
-        envelope=b"{}",
-        plan_digest="d",
-        trust="dev",
-        params={},
-        inputs={},
-        event={},
-        hook=None,
-        trig=None,
-        escalate=None,
-        parent_run=None,
-        parent_step=None,
-        incident_dir="/nonexistent",
-        error=None,
-        owner_pid=None,
-    )
-
-
 @pytest.fixture
 def stores(tmp_path: Path):
     """Two processes' views of one state database (worker A and worker B)."""
@@ -106,7 +78,7 @@ def stores(tmp_path: Path):
     for store in (first, second):
         store.fence = L.Fences()
     with first.transaction():
-        first.insert_run(_row("r1"))
+        first.insert_run(bare_run("r1"))
     yield first, second
     first.close()
     second.close()

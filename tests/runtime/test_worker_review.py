@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_lease import PACK, _row, until, worker_service
+from owned_harness import bare_run
+from test_lease import PACK, until, worker_service
 
 from opsdsl.cli.main import cli
 from opsdsl.errors import UsageError
@@ -232,7 +233,7 @@ def test_a_run_whose_lease_a_worker_holds_is_not_resumable_here(tmp_path):
     store = S.Store(state)
     L.ensure_schema(store)
     with store.transaction():
-        store.insert_run(_row("r1"))
+        store.insert_run(bare_run("r1"))
     fence = L.claim(store, "r1", "worker-A", 30)
     assert fence is not None
     runtime = runner.Runtime(state, create=False)
