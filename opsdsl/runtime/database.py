@@ -341,20 +341,26 @@ class PgConnection:
 
     def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> PgCursor:
         upper = sql.lstrip()[:8].upper()
-        ending = upper.startswith(("COMMIT", "ROLLBACK", "END"))
+        # COMMIT, END or ROLLBACK of the whole transaction; never ROLLBACK TO a savepoint
+        ending = upper.startswith(("COMMIT", "ROLLBACK", "END")) and " TO " not in f" {sql.upper()} "
         if ending and (self._lost or (self._tx and not self._alive())):
             # The server went away mid-transaction: nothing to commit or roll back any more.
             self._tx = self._lost = False
             if upper.startswith("ROLLBACK"):
                 return PgCursor(None, None, -1, None)
             raise PgError("the connection to PostgreSQL was lost; the transaction did not commit", "08006")
+        if ending and upper.startswith("ROLLBACK"):
+            return self._rollback()
+        if upper.startswith("BEGIN") and self._lost:
+            # A new transaction after a lost one nobody rolled back: the lost one is over
+            # (the server aborted it with its connection); this one starts on a new connection.
+            self._tx = self._lost = False
         self._ensure()
         kind, plan = self._plan(sql)
         if kind == _SKIP:
             return PgCursor(None, None, -1, None)
         if kind == _BEGIN_IMMEDIATE:
-            self._begin()
-            self._run("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+            self._begin("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
             return PgCursor(None, None, -1, None)
         if kind == _TABLE_INFO:
             columns, keys, _ = _SCHEMA.table(self._raw, plan)
@@ -369,9 +375,35 @@ class PgConnection:
             self._tx = False
         return done
 
-    def _begin(self) -> None:
+    def _begin(self, lock: str | None = None, keys: tuple[int, ...] = ()) -> None:
+        """BEGIN, then take `lock`. A BEGIN whose lock fails (the server went away while it
+        waited, a statement timeout) ends its transaction here: the caller's `with` never
+        started, so nobody else will roll it back, and a transaction left lost would fail
+        every later statement of this connection."""
         self._run("BEGIN", ())
         self._tx = True
+        if lock is None:
+            return
+        try:
+            self._run(lock, keys)
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> PgCursor:
+        """ROLLBACK, which always ends the transaction here: if it fails, the connection is
+        closed, and the server aborts whatever it still had open with it."""
+        if not self._alive():
+            self._tx = self._lost = False
+            return PgCursor(None, None, -1, None)
+        try:
+            return self._run("ROLLBACK", ())
+        except BaseException:
+            if self._raw is not None:
+                self._raw.close()
+            raise
+        finally:
+            self._tx = self._lost = False
 
     def begin_run(self, run: str) -> None:
         """BEGIN a transaction that writes one run's rows only: it takes the writer lock
@@ -379,8 +411,7 @@ class PgConnection:
         transaction) and the run's own lock EXCLUSIVE (so two transactions of one run take
         turns). Locks are always taken in that order: no deadlock between these two kinds."""
         self._ensure()
-        self._begin()
-        self._run("SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(%s)", (WRITER_LOCK, _run_lock(run)))
+        self._begin("SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(%s)", (WRITER_LOCK, _run_lock(run)))
 
     def executemany(self, sql: str, seq_of_parameters: Any) -> PgCursor:
         self._ensure()

@@ -6,11 +6,13 @@ both backends, is tests/runtime."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import psycopg
 import pytest
 
-from opsdsl.runtime.database import PgConnection, PgError
+from opsdsl.runtime.database import WRITER_LOCK, PgConnection, PgError
 
 INSERT = "INSERT INTO timers (run_id, step_id, kind, due_at) VALUES (?, ?, ?, ?)"
 
@@ -67,6 +69,77 @@ def test_a_connection_dropped_between_transactions_is_opened_again(pg_url: str, 
         conn.execute(INSERT, ("r", "b", "y", 1.0))
     conn.execute(INSERT, ("r", "c", "z", 1.0))
     assert _timers(pg_url) == ["a", "c"]
+
+
+def _begin_killed_while_it_waits(pg_url: str, conn: PgConnection, begin) -> None:
+    """`begin` waits for the writer lock another session holds; its connection is killed
+    while it waits, so BEGIN succeeded and the lock statement after it failed."""
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (WRITER_LOCK,))
+        failed: list[BaseException] = []
+
+        def attempt() -> None:
+            try:
+                begin()
+            except BaseException as error:
+                failed.append(error)
+
+        waiter = threading.Thread(target=attempt)
+        pid = conn.raw.info.backend_pid
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            waiting = holder.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)
+            ).fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.02)
+        holder.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        waiter.join(10)
+        assert failed and isinstance(failed[0], PgError), failed
+
+
+@pytest.mark.parametrize("how", ["BEGIN IMMEDIATE", "begin_run"])
+def test_a_begin_whose_lock_fails_leaves_the_connection_usable(pg_url: str, conn: PgConnection, how: str) -> None:
+    # CI once saw a worker fail every transaction after a PostgreSQL restart: its BEGIN had
+    # succeeded, the lock after it failed, and nobody rolled back a `with` that never began.
+    def begin() -> None:
+        if how == "begin_run":
+            conn.begin_run("run-1")
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+
+    _begin_killed_while_it_waits(pg_url, conn, begin)
+    assert not conn.in_transaction
+    begin()
+    conn.execute(INSERT, ("r", "a", "after", 1.0))
+    conn.execute("COMMIT")
+    assert _timers(pg_url) == ["a"]
+
+
+def test_a_begin_after_a_lost_transaction_nobody_rolled_back_starts_afresh(pg_url: str, conn: PgConnection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(INSERT, ("r", "a", "lost", 1.0))
+    _kill(pg_url, conn)
+    with pytest.raises(PgError):
+        conn.execute(INSERT, ("r", "b", "lost", 1.0))
+    conn.execute("BEGIN IMMEDIATE")  # no ROLLBACK before it
+    conn.execute(INSERT, ("r", "c", "kept", 1.0))
+    conn.execute("COMMIT")
+    assert _timers(pg_url) == ["c"]
+
+
+def test_a_rollback_to_a_savepoint_keeps_the_transaction(pg_url: str, conn: PgConnection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(INSERT, ("r", "a", "kept", 1.0))
+    conn.execute("SAVEPOINT one")
+    conn.execute(INSERT, ("r", "b", "undone", 1.0))
+    conn.execute("ROLLBACK TO one")
+    assert conn.in_transaction
+    conn.execute("RELEASE one")
+    conn.execute("COMMIT")
+    assert _timers(pg_url) == ["a"]
 
 
 @pytest.mark.parametrize(
