@@ -474,7 +474,7 @@ def measure(config: str, rate: float, args: argparse.Namespace, ctx: dict[str, A
             before = db.pg_counters()
             if args.profile:
                 profile_thread = threading.Thread(
-                    target=profile, args=(procs, work, args.duration / 2, args.profile), daemon=True
+                    target=profile, args=(procs, work, args.duration / 2, args.profile, not args.profile_cpu), daemon=True
                 )
                 profile_thread.start()
 
@@ -617,26 +617,27 @@ def cpu_by_role(procs: list[Proc], ctx: dict[str, Any]) -> dict[str, float]:
     return roles
 
 
-def profile(procs: list[Proc], work: Path, wait: float, seconds: float) -> None:
-    """py-spy dumps of the processes in the middle of the load (kept in the work folder)."""
+def profile(procs: list[Proc], work: Path, wait: float, seconds: float, idle: bool = True) -> None:
+    """py-spy records of the processes in the middle of the load (kept in the work folder):
+    wall time (`idle`: waiting counts) or CPU time only."""
     spy = Path(sys.executable).parent / "py-spy"
     if not spy.exists():
         print("no py-spy in the venv (pip install py-spy): not profiling", file=sys.stderr)
         return
     time.sleep(wait)
-    spies = [threading.Thread(target=_spy, args=(spy, proc, work, seconds)) for proc in procs]
+    spies = [threading.Thread(target=_spy, args=(spy, proc, work, seconds, idle)) for proc in procs]
     for thread in spies:
         thread.start()
     for thread in spies:
         thread.join()
 
 
-def _spy(spy: Path, proc: Proc, work: Path, seconds: float) -> None:
+def _spy(spy: Path, proc: Proc, work: Path, seconds: float, idle: bool) -> None:
     if proc.process.poll() is None:
         out = work.parent / f"profile-{work.name}-{proc.name}.txt"
         done = subprocess.run(
             [str(spy), "record", "--pid", str(proc.process.pid), "--duration", str(int(seconds)), "--format",
-             "raw", "--output", str(out), "--idle", "--rate", "50", "--nonblocking"],
+             "raw", "--output", str(out), *(["--idle"] if idle else []), "--rate", "100", "--nonblocking"],
             capture_output=True, text=True,
         )  # fmt: skip
         if done.returncode != 0:
@@ -830,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="--concurrency of each runner (default 16)")
     parser.add_argument("--pgbench", type=float, default=10, help="seconds per pgbench figure; 0 skips (default 10)")
     parser.add_argument("--profile", type=float, default=0, help="py-spy record SECONDS on each process (pg-*)")
+    parser.add_argument("--profile-cpu", action="store_true", help="with --profile: CPU time only, not waits")
     parser.add_argument("--keep", action="store_true", help="keep the work folders (logs, profiles)")
     parser.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--rev", help="run opsdsl from an export of this commit (e.g. HEAD), not the working tree")
