@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -29,7 +30,76 @@ def _choose_database(ctx: click.Context, param: click.Parameter, value: str | No
         os.environ["OPSDSL_DATABASE"] = value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands defined in other modules, in the order they were registered. A module is imported
+# when one of its commands is looked up (or for `--help`, which lists them all), so
+# `opsdsl lint` imports none of them; tests/cli/test_lazy_commands.py keeps this table true.
+ELSEWHERE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("opsdsl.cli.signing", ("keygen", "sign", "verify")),
+    ("opsdsl.cli.fmt", ("fmt",)),
+    (
+        "opsdsl.cli.run",
+        ("init", "run", "resume", "approve", "decide", "ack", "cancel", "runs", "ledger", "incident", "report"),
+    ),
+    ("opsdsl.cli.events", ("fire", "watch", "serve")),
+    ("opsdsl.cli.test", ("test",)),
+    ("opsdsl.cli.users", ("users",)),
+    ("opsdsl.cli.lsp", ("lsp",)),
+    ("opsdsl.cli.inspect", ("show",)),
+    ("opsdsl.cli.runner", ("runner", "runner-token")),
+    ("opsdsl.cli.sequencer", ("sequencer",)),
+    ("opsdsl.cli.worker", ("worker",)),
+    ("opsdsl.cli.db", ("db",)),
+)
+
+
+class LazyGroup(click.Group):
+    """A group whose commands from `ELSEWHERE` are imported on first look-up. `commands`
+    (click's mapping, which tests and plugins read and extend) imports them all first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._registered: dict[str, click.Command] = {}
+        self._unloaded = {name: module for module, names in ELSEWHERE for name in names}
+        super().__init__(*args, **kwargs)
+
+    @property
+    def commands(self) -> dict[str, click.Command]:  # type: ignore[override]
+        for name in list(self._unloaded):
+            self._load(name)
+        return self._registered
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        self._registered = dict(value)
+
+    def _load(self, name: str) -> None:
+        module_name = self._unloaded.get(name)
+        if module_name is None:
+            return
+        import importlib
+
+        module = importlib.import_module(module_name)
+        names = next(names for module, names in ELSEWHERE if module == module_name)
+        for command in getattr(module, "COMMANDS", None) or [getattr(module, n) for n in names]:
+            self.add_command(command)
+        for n in names:
+            self._unloaded.pop(n, None)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        name = name or cmd.name
+        if name is None:
+            raise TypeError("Command has no name.")
+        self._registered[name] = cmd
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self._registered:
+            self._load(cmd_name)
+        return self._registered.get(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self._registered, *self._unloaded})
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="opsdsl", message="%(prog)s %(version)s")
 @click.option(
     "--database",
@@ -343,54 +413,6 @@ def rules(code: str | None) -> None:
         return
     for item in RULES.values():
         click.echo(f"{item.code}  {item.severity.value:<7}  {item.name:<28} {item.summary}")
-
-
-def _register_signing_commands() -> None:
-    from opsdsl.cli.signing import keygen, sign, verify
-
-    for command in (keygen, sign, verify):
-        cli.add_command(command)
-
-
-def _register_more_commands() -> None:
-    from opsdsl.cli.fmt import fmt
-
-    cli.add_command(fmt)
-    from opsdsl.cli import events as cli_events
-    from opsdsl.cli import run as cli_run
-    from opsdsl.cli import test as cli_test
-    from opsdsl.cli import users as cli_users
-
-    for command in (*cli_run.COMMANDS, *cli_events.COMMANDS, *cli_test.COMMANDS, *cli_users.COMMANDS):
-        cli.add_command(command)
-    from opsdsl.cli import lsp as cli_lsp
-
-    for command in cli_lsp.COMMANDS:
-        cli.add_command(command)
-    from opsdsl.cli import inspect as cli_inspect
-
-    for command in cli_inspect.COMMANDS:
-        cli.add_command(command)
-    from opsdsl.cli import runner as cli_runner
-
-    for command in cli_runner.COMMANDS:
-        cli.add_command(command)
-    from opsdsl.cli import sequencer as cli_sequencer
-
-    for command in cli_sequencer.COMMANDS:
-        cli.add_command(command)
-    from opsdsl.cli import worker as cli_worker
-
-    for command in cli_worker.COMMANDS:
-        cli.add_command(command)
-    from opsdsl.cli import db as cli_db
-
-    for command in cli_db.COMMANDS:
-        cli.add_command(command)
-
-
-_register_signing_commands()
-_register_more_commands()
 
 
 def _database_error(exc: BaseException) -> bool:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opsdsl.lang.model import Pack, Playbook, PolicyPack, Step
+if TYPE_CHECKING:  # either model: pydantic's (compile) or the checked one (lint)
+    from opsdsl.lang.model import Pack, Playbook, PolicyPack, Step
+
 
 Path_ = tuple[str | int, ...]
 
@@ -35,7 +37,7 @@ class Site:
 def iter_sites(pack: Pack | PolicyPack) -> Iterator[Site]:
     for i, policy in enumerate(pack.policies):
         yield Site(("policies", i, "when"), policy.when, POLICY)
-    if isinstance(pack, PolicyPack):
+    if pack.kind == "PolicyPack":
         return
     for name, trigger in pack.triggers.items():
         if trigger.when is not None:

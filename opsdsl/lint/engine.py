@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from opsdsl.build.pipeline import analyse_file, empty_folders, looks_like_policy_pack, map_files, missing_paths
+from opsdsl.build.pipeline import (
+    Analysis,
+    analyse_file,
+    empty_folders,
+    looks_like_policy_pack,
+    map_files,
+    missing_paths,
+)
 from opsdsl.errors import Diagnostic, Severity, Span
 from opsdsl.lang.config import Config
 from opsdsl.lang.loader import discover, display_path
@@ -79,7 +86,7 @@ def finish(diagnostics: list[Diagnostic], text: str | None, config: Config) -> l
 def lint_one(path: Path, policies: tuple, config: Config, text: str | None = None) -> tuple[FileReport, tuple]:
     """Analyse one file; return its report and, for a policy pack, its policies. `text` is
     an editor's unsaved content of the file (`opsdsl lsp`), linted instead of the disk's."""
-    analysis = analyse_file(path, policies, config=config, text=text)
+    analysis = _analyse(path, policies, config, text)
     if analysis.document:
         text = analysis.document.source.text
     if text is None and analysis.diagnostics:
@@ -99,6 +106,22 @@ def lint_one(path: Path, policies: tuple, config: Config, text: str | None = Non
         display_path(path), tuple(diagnostics), name, name_span, model.kind if model is not None else None
     )
     return report, own_policies
+
+
+def _analyse(path: Path, policies: tuple, config: Config, text: str | None) -> Analysis:
+    """`analyse_file` up to the schema stage, then the checked model (plain records,
+    `opsdsl.lang.checked`) and the checks: the same findings without importing pydantic."""
+    analysis = analyse_file(path, policies, stop_after="schema", config=config, text=text)
+    if analysis.document is None or analysis.diagnostics:
+        return analysis  # where analyse_file stops too
+    from opsdsl.lang.checked import build_checked_model
+    from opsdsl.lang.checks import Scope, Unit, run_checks
+
+    analysis.model = build_checked_model(analysis.document.data)
+    analysis.diagnostics.extend(
+        run_checks(Unit(analysis.document, analysis.model), Scope(policies=policies, config=config))
+    )
+    return analysis
 
 
 def _lint_chunk(args: tuple) -> list[tuple[FileReport, tuple]]:

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opsdsl.errors import Diagnostic
+from opsdsl.lang.checked import build_checked_model
 from opsdsl.lang.checks import Scope, Unit, run_checks
 from opsdsl.lang.model import build_model
 from opsdsl.lang.rules import RULES
@@ -205,4 +206,7 @@ def test_random_values_at_random_paths_give_only_diagnostics(data):
     problems = validate_pack(value)
     if not problems:
         model = build_model(value)
-        assert_only_diagnostics(run_checks(Unit(document, model), Scope()), TEXTS[0])
+        diagnostics = run_checks(Unit(document, model), Scope())
+        assert_only_diagnostics(diagnostics, TEXTS[0])
+        # lint's checked model (no pydantic) finds exactly what the pydantic model does
+        assert run_checks(Unit(document, build_checked_model(value)), Scope()) == diagnostics

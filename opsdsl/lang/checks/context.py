@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from opsdsl.errors import Diagnostic, Span
 from opsdsl.lang.actions import BUILTIN_ACTIONS
 from opsdsl.lang.config import Config
 from opsdsl.lang.expr import ExprSyntaxError, RootSpec, parse, parse_template
-from opsdsl.lang.model import AnyPack, Pack, Playbook, Policy, PolicyPack, Step
 from opsdsl.lang.rules import rule
 from opsdsl.lang.sites import HOOK, INPUT, POLICY, TRIGGER, Site, iter_sites
 from opsdsl.lang.source import Document
+
+if TYPE_CHECKING:  # either model: pydantic's (compile) or the checked one (lint)
+    from opsdsl.lang.model import AnyPack, Pack, Playbook, Policy, Step
 
 Path_ = tuple[str | int, ...]
 
@@ -176,7 +179,7 @@ _POLICY_PLAYBOOK = RootSpec("map", fields={"name": _STRING, "severity": _STRING,
 
 
 def _params_spec(pack: AnyPack) -> RootSpec:
-    if isinstance(pack, PolicyPack):
+    if pack.kind == "PolicyPack":
         return _DYN  # organisation policies see each pack's own params
     return RootSpec("map", fields={k: _TYPE_SPECS[p.type] for k, p in pack.params.items()}, open=False)
 
@@ -196,7 +199,7 @@ def roots_for(site: Site, pack: AnyPack) -> dict[str, RootSpec]:
             "params": params,
             "now": _NUMBER,
         }
-    assert isinstance(pack, Pack) and site.playbook is not None
+    assert pack.kind == "Pack" and site.playbook is not None
     playbook = pack.playbooks[site.playbook]
     step_ids = [s.id for s in (*playbook.steps, *playbook.finally_)]
     return {

@@ -26,7 +26,6 @@ from typing import Any
 from opsdsl.canonical import sha256_digest
 from opsdsl.errors import Diagnostic
 from opsdsl.lang.checks.context import Scope, Unit, iter_steps
-from opsdsl.lang.model import Pack
 
 CODE = "OPS050"
 
@@ -61,7 +60,7 @@ class CoverageFile:
 def check_untested_high_risk(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     config = scope.config
     pack = unit.model
-    if config is None or not config.require_tested_high_risk or not isinstance(pack, Pack):
+    if config is None or not config.require_tested_high_risk or pack.kind != "Pack":
         return
     risky = [(path, name, step) for path, name, _, step, _ in iter_steps(pack) if step.risk == "high"]
     if not risky:

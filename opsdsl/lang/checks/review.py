@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from opsdsl.errors import Diagnostic, EvalError
 from opsdsl.lang.actions import NETWORK_ACTIONS, SCHEDULER_ACTIONS, policy_step_view
 from opsdsl.lang.checks.context import Scope, Unit, ancestors, iter_steps, predecessors
 from opsdsl.lang.checks.semantic import call_graph
 from opsdsl.lang.expr import ExprSyntaxError, compile_expr, parse
-from opsdsl.lang.model import Pack, Policy, Step
+
+if TYPE_CHECKING:  # either model: pydantic's (compile) or the checked one (lint)
+    from opsdsl.lang.model import Input, Pack, Policy, Step
 
 Path_ = tuple[str | int, ...]
 
@@ -37,7 +40,7 @@ _UNKNOWN = object()
 
 def check_conditions(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     for path, _, _, step, _ in iter_steps(pack):
         if step.when is None:
@@ -91,7 +94,7 @@ def approval_policy_covers(policy: Policy, pack: Pack, playbook_name: str, step:
 
 def check_risky_steps(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     policies = (*pack.policies, *scope.policies)
     for path, name, playbook, step, in_finally in iter_steps(pack):
@@ -114,7 +117,7 @@ def check_risky_steps(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
 
 def check_network_timeouts(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     for path, _, _, step, _ in iter_steps(pack):
         networked = step.action in NETWORK_ACTIONS or (step.action == "evidence.collect" and step.with_.get("urls"))
@@ -137,7 +140,7 @@ def check_network_timeouts(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
 
 def check_hook_cooldowns(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     for name, hook in pack.hooks.items():
         if hook.cooldown is None:
@@ -150,14 +153,17 @@ def check_hook_cooldowns(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
             )
 
 
+def _taint_spec(spec: Input) -> dict:
+    """What `tainted_inputs` reads of a declared input, from either model."""
+    return {"from": spec.from_, "pattern": spec.pattern, "enum": spec.enum}
+
+
 def pack_tainted_inputs(pack: Pack) -> dict[str, frozenset[str]]:
     """Per playbook, the inputs that carry event data: taken `from:` an event, or passed
     tainted data by a `playbook.call`, and validated by neither `pattern:` nor `enum:`."""
     from opsdsl.lang.taint import tainted_inputs, value_tainted
 
-    declared = {
-        name: {k: v.model_dump(by_alias=True) for k, v in pb.inputs.items()} for name, pb in pack.playbooks.items()
-    }
+    declared = {name: {k: _taint_spec(v) for k, v in pb.inputs.items()} for name, pb in pack.playbooks.items()}
     called: dict[str, dict[str, bool]] = {name: {} for name in pack.playbooks}
     result = {name: tainted_inputs(declared[name]) for name in pack.playbooks}
     changed = True
@@ -181,7 +187,7 @@ def check_tainted_data(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     from opsdsl.lang.taint import step_findings
 
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     tainted = pack_tainted_inputs(pack)
     from opsdsl.lang.taint import compile_pattern
@@ -253,7 +259,7 @@ def _secret_findings(value: object, path: Path_) -> Iterator[tuple[Path_, str]]:
 
 def check_plaintext_secrets(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     hint = "store it outside the pack and reference it as `${{ secrets.NAME }}`"
     for name, param in pack.params.items():
@@ -282,7 +288,7 @@ def check_plaintext_secrets(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
 
 def check_unused(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     used_triggers = {h.trigger for h in pack.hooks.values()}
     for name in pack.triggers:
@@ -333,7 +339,7 @@ def check_unused(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
 
 def check_retry_idempotency(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     for path, _, _, step, _ in iter_steps(pack):
         if step.action == "shell" and step.retry and step.retry.attempts > 1 and step.idempotent is not True:
@@ -349,7 +355,7 @@ def check_runner_pools(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     """`runner:` on a step with no side effect: the scheduler runs it where the run is
     driven, so the pool would never see it and the pack would say otherwise."""
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     for path, _, _, step, _ in iter_steps(pack):
         if step.runner is not None and step.action in SCHEDULER_ACTIONS:

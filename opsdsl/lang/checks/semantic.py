@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from opsdsl.errors import Diagnostic
 from opsdsl.lang.actions import BUILTIN_ACTIONS
@@ -11,9 +12,11 @@ from opsdsl.lang.durations import format_duration
 from opsdsl.lang.expr import RootSpec, check
 from opsdsl.lang.expr.functions import regex_error
 from opsdsl.lang.expr.nodes import Call, Expression, Literal, walk
-from opsdsl.lang.model import Pack
 from opsdsl.lang.schema import did_you_mean
 from opsdsl.lang.sites import STEP, Site
+
+if TYPE_CHECKING:  # either model: pydantic's (compile) or the checked one (lint)
+    from opsdsl.lang.model import Pack
 
 Path_ = tuple[str | int, ...]
 
@@ -70,7 +73,7 @@ def _check_patterns(unit: Unit, site: Site, expression: Expression, base: int) -
 
 
 def _check_step_order(unit: Unit, site: Site, expression, base: int, cache: dict) -> Iterator[Diagnostic]:
-    assert isinstance(unit.model, Pack) and site.playbook is not None and site.step is not None
+    assert unit.model.kind == "Pack" and site.playbook is not None and site.step is not None
     playbook = unit.model.playbooks[site.playbook]
     main_ids = {s.id for s in playbook.steps}
     section = playbook.finally_ if site.in_finally else playbook.steps
@@ -110,7 +113,7 @@ def check_duplicate_ids(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     seen_policies: dict[str, int] = {}
     organisation = {p.id for p in scope.policies}
     for i, policy in enumerate(pack.policies):
-        if isinstance(pack, Pack) and policy.id in organisation:
+        if pack.kind == "Pack" and policy.id in organisation:
             yield unit.at(
                 "OPS030",
                 ("policies", i, "id"),
@@ -127,7 +130,7 @@ def check_duplicate_ids(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
             )
         else:
             seen_policies[policy.id] = i
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     for name, playbook in pack.playbooks.items():
         seen: dict[str, Path_] = {}
@@ -148,7 +151,7 @@ def check_duplicate_ids(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
 
 def check_references(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     for name, hook in pack.hooks.items():
         if hook.trigger not in pack.triggers:
@@ -227,7 +230,7 @@ def call_graph(pack: Pack) -> dict[str, tuple[str, ...]]:
 
 def check_cycles(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     for name, playbook in pack.playbooks.items():
         for section, steps in (("steps", playbook.steps), ("finally", playbook.finally_)):
@@ -277,7 +280,7 @@ def check_durations(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
             )
 
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     for name, trigger in pack.triggers.items():
         if trigger.threshold:
@@ -313,7 +316,7 @@ def check_durations(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
 
 def check_defaults(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
     pack = unit.model
-    if not isinstance(pack, Pack):
+    if pack.kind != "Pack":
         return
     for name, param in pack.params.items():
         path = ("params", name)

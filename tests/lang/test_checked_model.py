@@ -1,0 +1,100 @@
+"""The checked model (plain records, what lint builds) holds what the pydantic model
+holds, field by field, on every schema-valid pack the repository has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from opsdsl.build.pipeline import analyse_file
+from opsdsl.lang.checked import build_checked_model
+from opsdsl.lang.loader import load_source
+from opsdsl.lang.model import build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+CANDIDATES = sorted(
+    p
+    for folder in (ROOT / "packs", ROOT / "tests" / "fixtures", ROOT / "bench")
+    for pattern in ("**/*.yaml", "**/*.yml", "**/*.ops")
+    for p in folder.glob(pattern)
+    if not p.name.endswith((".test.yaml", ".test.yml"))
+)
+
+
+def _schema_valid(path: Path) -> dict | None:
+    analysis = analyse_file(path, stop_after="schema")
+    if analysis.document is None or analysis.diagnostics:
+        return None
+    return analysis.document.data
+
+
+def assert_same(pydantic_value: Any, plain_value: Any, where: str = "model") -> None:
+    if isinstance(pydantic_value, BaseModel):
+        assert type(plain_value).__name__ == type(pydantic_value).__name__, where
+        names = set(type(pydantic_value).model_fields)
+        assert names == set(plain_value.__slots__), where
+        for name in sorted(names):
+            assert_same(getattr(pydantic_value, name), getattr(plain_value, name), f"{where}.{name}")
+    elif isinstance(pydantic_value, dict):
+        assert type(plain_value) is dict and list(pydantic_value) == list(plain_value), where
+        for key in pydantic_value:
+            assert_same(pydantic_value[key], plain_value[key], f"{where}[{key!r}]")
+    elif isinstance(pydantic_value, tuple | list):
+        assert type(plain_value) is type(pydantic_value) and len(plain_value) == len(pydantic_value), where
+        for i, (a, b) in enumerate(zip(pydantic_value, plain_value, strict=True)):
+            assert_same(a, b, f"{where}[{i}]")
+    else:
+        assert type(plain_value) is type(pydantic_value) and plain_value == pydantic_value, where
+
+
+def test_there_are_schema_valid_packs_to_compare():
+    assert sum(_schema_valid(p) is not None for p in CANDIDATES) >= 10
+
+
+@pytest.mark.parametrize("path", CANDIDATES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_checked_model_holds_what_the_pydantic_model_holds(path: Path):
+    data = _schema_valid(path)
+    if data is None:
+        pytest.skip("not schema-valid: no model")
+    assert_same(build_model(data), build_checked_model(data))
+
+
+def test_defaults_and_written_nulls_match():
+    text = """\
+apiVersion: opsdsl/v1
+kind: Pack
+metadata: {name: d, version: 1.0.0, owner: sre}
+params:
+  a: {type: string}
+  b: {type: string, default: null}
+  c: {type: integer, default: 3, enum: [1, 3]}
+playbooks:
+  respond:
+    severity: SEV-3
+    timeout: 1h
+    inputs:
+      x: {type: string, from: event.labels.x, pattern: "[a-z]+"}
+    steps:
+      - {id: a, action: shell, with: {argv: [echo]}, retry: {attempts: 2, initial: 2s}, needs: []}
+    finally:
+      - {id: z, action: shell, with: {argv: [echo]}, timeout: 30s}
+"""
+    document, diagnostics = load_source(text, Path("d.yaml"))
+    assert document is not None and not diagnostics
+    plain = build_checked_model(document.data)
+    assert_same(build_model(document.data), plain)
+    assert [plain.params[k].required for k in "abc"] == [True, False, False]
+    assert plain.playbooks["respond"].timeout == 3_600_000
+
+
+def test_checked_records_are_frozen_and_compare_by_value():
+    data = _schema_valid(ROOT / "packs" / "sev2.yaml")
+    a, b = build_checked_model(data), build_checked_model(data)
+    assert a == b and a is not b
+    step = next(iter(a.playbooks.values())).steps[0]
+    with pytest.raises(AttributeError):
+        step.id = "other"
+    assert hash(a.metadata.name) and repr(step).startswith("Step(id=")
