@@ -9,130 +9,224 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass
 from typing import Any
 
 
-@dataclass(frozen=True)
 class Node:
-    offset: int = field(compare=False, repr=False, kw_only=True, default=0)
-    end: int = field(compare=False, repr=False, kw_only=True, default=0)
+    """A frozen tree node. Each kind lists its fields in `_compared` (equality, hash) and
+    `_shown` (repr); positions (`offset`, `end`, and the `*_offset`s) take part in neither.
+    Written out rather than `@dataclass`: making fifteen dataclasses was a tenth of
+    `opsdsl lint`'s start-up."""
+
+    offset: int
+    end: int
+    _compared: tuple[str, ...] = ()
+    _shown: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, n) for n in self._compared)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self._shown)})"
 
     def children(self) -> tuple[Node, ...]:
         return ()
 
 
-@dataclass(frozen=True)
 class Literal(Node):
     """A constant. `kind` is int, double, string, bool, null or duration (a double of
     seconds); it keeps `1`, `1.0` and `true` apart, which Python's `==` would not."""
 
     kind: str
     value: Any
-    raw: str | None = field(compare=False, repr=False, default=None)
+    raw: str | None
+    _compared = ("kind", "value")
+    _shown = _compared
+
+    def __init__(self, kind: str, value: Any, raw: str | None = None, *, offset: int = 0, end: int = 0) -> None:
+        self.__dict__.update({"kind": kind, "value": value, "raw": raw, "offset": offset, "end": end})
 
 
-@dataclass(frozen=True)
 class Ident(Node):
     """A root name: `event`, `params`, `steps`."""
 
     name: str
+    _compared = ("name",)
+    _shown = _compared
+
+    def __init__(self, name: str, *, offset: int = 0, end: int = 0) -> None:
+        self.__dict__.update({"name": name, "offset": offset, "end": end})
 
 
-@dataclass(frozen=True)
 class Select(Node):
     """`operand.field`; `field_offset` locates the field name."""
 
     operand: Node
     field: str
-    field_offset: int = field(compare=False, repr=False, default=0)
+    field_offset: int
+    _compared = ("operand", "field")
+    _shown = _compared
+
+    def __init__(self, operand: Node, field: str, field_offset: int = 0, *, offset: int = 0, end: int = 0) -> None:
+        self.__dict__.update(
+            {"operand": operand, "field": field, "field_offset": field_offset, "offset": offset, "end": end}
+        )
 
     def children(self) -> tuple[Node, ...]:
         return (self.operand,)
 
 
-@dataclass(frozen=True)
 class Index(Node):
     """`operand[index]`."""
 
     operand: Node
     index: Node
+    _compared = ("operand", "index")
+    _shown = _compared
+
+    def __init__(self, operand: Node, index: Node, *, offset: int = 0, end: int = 0) -> None:
+        self.__dict__.update({"operand": operand, "index": index, "offset": offset, "end": end})
 
     def children(self) -> tuple[Node, ...]:
         return (self.operand, self.index)
 
 
-@dataclass(frozen=True)
 class Call(Node):
     """`function(args)`, or `target.function(args)` when `target` is set (a method)."""
 
     function: str
     args: tuple[Node, ...]
-    target: Node | None = None
-    name_offset: int = field(compare=False, repr=False, default=0)
+    target: Node | None
+    name_offset: int
+    _compared = ("function", "args", "target")
+    _shown = _compared
+
+    def __init__(
+        self,
+        function: str,
+        args: tuple[Node, ...],
+        target: Node | None = None,
+        name_offset: int = 0,
+        *,
+        offset: int = 0,
+        end: int = 0,
+    ) -> None:
+        self.__dict__.update(
+            {
+                "function": function,
+                "args": args,
+                "target": target,
+                "name_offset": name_offset,
+                "offset": offset,
+                "end": end,
+            }
+        )
 
     def children(self) -> tuple[Node, ...]:
         return self.args if self.target is None else (self.target, *self.args)
 
 
-@dataclass(frozen=True)
 class Has(Node):
     """The `has(operand.field)` macro: is the field present? Never a missing-key error."""
 
     operand: Node
     field: str
-    field_offset: int = field(compare=False, repr=False, default=0)
+    field_offset: int
+    _compared = ("operand", "field")
+    _shown = _compared
+
+    def __init__(self, operand: Node, field: str, field_offset: int = 0, *, offset: int = 0, end: int = 0) -> None:
+        self.__dict__.update(
+            {"operand": operand, "field": field, "field_offset": field_offset, "offset": offset, "end": end}
+        )
 
     def children(self) -> tuple[Node, ...]:
         return (self.operand,)
 
 
-@dataclass(frozen=True)
 class Unary(Node):
     """`!operand` or `-operand`."""
 
     op: str
     operand: Node
+    _compared = ("op", "operand")
+    _shown = _compared
+
+    def __init__(self, op: str, operand: Node, *, offset: int = 0, end: int = 0) -> None:
+        self.__dict__.update({"op": op, "operand": operand, "offset": offset, "end": end})
 
     def children(self) -> tuple[Node, ...]:
         return (self.operand,)
 
 
-@dataclass(frozen=True)
 class Binary(Node):
     """`left op right` for `||`, `&&`, comparisons, `in` and arithmetic."""
 
     op: str
     left: Node
     right: Node
+    _compared = ("op", "left", "right")
+    _shown = _compared
+
+    def __init__(self, op: str, left: Node, right: Node, *, offset: int = 0, end: int = 0) -> None:
+        self.__dict__.update({"op": op, "left": left, "right": right, "offset": offset, "end": end})
 
     def children(self) -> tuple[Node, ...]:
         return (self.left, self.right)
 
 
-@dataclass(frozen=True)
 class Conditional(Node):
     """`condition ? then : otherwise`."""
 
     condition: Node
     then: Node
     otherwise: Node
+    _compared = ("condition", "then", "otherwise")
+    _shown = _compared
+
+    def __init__(self, condition: Node, then: Node, otherwise: Node, *, offset: int = 0, end: int = 0) -> None:
+        self.__dict__.update(
+            {"condition": condition, "then": then, "otherwise": otherwise, "offset": offset, "end": end}
+        )
 
     def children(self) -> tuple[Node, ...]:
         return (self.condition, self.then, self.otherwise)
 
 
-@dataclass(frozen=True)
 class ListLit(Node):
     items: tuple[Node, ...]
+    _compared = ("items",)
+    _shown = _compared
+
+    def __init__(self, items: tuple[Node, ...], *, offset: int = 0, end: int = 0) -> None:
+        self.__dict__.update({"items": items, "offset": offset, "end": end})
 
     def children(self) -> tuple[Node, ...]:
         return self.items
 
 
-@dataclass(frozen=True)
 class MapLit(Node):
     entries: tuple[tuple[Node, Node], ...]
+    _compared = ("entries",)
+    _shown = _compared
+
+    def __init__(self, entries: tuple[tuple[Node, Node], ...], *, offset: int = 0, end: int = 0) -> None:
+        self.__dict__.update({"entries": entries, "offset": offset, "end": end})
 
     def children(self) -> tuple[Node, ...]:
         return tuple(part for entry in self.entries for part in entry)
@@ -154,7 +248,6 @@ MACROS: dict[str, dict[int, int]] = {
 PREDICATE_MACROS = frozenset(("all", "exists", "exists_one", "existsOne", "filter"))
 
 
-@dataclass(frozen=True)
 class Comprehension(Node):
     """A macro over a list or map: `range.macro(var, [filter,] body)`, or with two
     variables `range.macro(var, var2, [filter,] body)` (index and element of a list, key
@@ -165,9 +258,38 @@ class Comprehension(Node):
     range: Node
     variables: tuple[str, ...]
     body: Node
-    filter: Node | None = None
-    variable_offsets: tuple[int, ...] = field(compare=False, repr=False, default=())
-    name_offset: int = field(compare=False, repr=False, default=0)
+    filter: Node | None
+    variable_offsets: tuple[int, ...]
+    name_offset: int
+    _compared = ("macro", "range", "variables", "body", "filter")
+    _shown = _compared
+
+    def __init__(
+        self,
+        macro: str,
+        range: Node,
+        variables: tuple[str, ...],
+        body: Node,
+        filter: Node | None = None,
+        variable_offsets: tuple[int, ...] = (),
+        name_offset: int = 0,
+        *,
+        offset: int = 0,
+        end: int = 0,
+    ) -> None:
+        self.__dict__.update(
+            {
+                "macro": macro,
+                "range": range,
+                "variables": variables,
+                "body": body,
+                "filter": filter,
+                "variable_offsets": variable_offsets,
+                "name_offset": name_offset,
+                "offset": offset,
+                "end": end,
+            }
+        )
 
     def children(self) -> tuple[Node, ...]:
         if self.filter is None:
