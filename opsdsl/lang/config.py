@@ -11,7 +11,6 @@ coverage-file = ".opsdsl/coverage.json"   # where `opsdsl test --coverage-out` w
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,16 +48,28 @@ def find_config(start: Path) -> Path | None:
         pyproject = folder / "pyproject.toml"
         if pyproject.is_file():
             try:
-                if "opsdsl" in tomllib.loads(pyproject.read_text("utf-8")).get("tool", {}):
+                if _has_opsdsl_table(pyproject.read_text("utf-8")):
                     return pyproject
-            except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+            except (ValueError, OSError, UnicodeDecodeError):  # tomllib.TOMLDecodeError is a ValueError
                 continue
     return None
+
+
+def _has_opsdsl_table(text: str) -> bool:
+    """Whether a pyproject.toml has `[tool.opsdsl]`; one that never spells `opsdsl` (nor
+    escapes a key) has none, and is not parsed: importing and running tomllib costs start-up."""
+    if "opsdsl" not in text and "\\u" not in text and "\\U" not in text:
+        return False
+    import tomllib
+
+    return "opsdsl" in tomllib.loads(text).get("tool", {})
 
 
 def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
+    import tomllib
+
     try:
         document = tomllib.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
