@@ -13,14 +13,20 @@ _CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
 
 def read_text(relpath: str) -> str:
     """The text of a data file, e.g. `read_text("grammar/expr.lark")`."""
-    import importlib.resources  # here, not at import: it pulls in zipfile and more
+    package = Path(__file__).parent
+    if package.is_dir():  # the usual case: importlib.resources would find this same file
+        packaged_file = package / "_data" / relpath
+        if packaged_file.is_file():
+            return packaged_file.read_text(encoding="utf-8")
+    else:  # imported from a zip: ask importlib.resources (it pulls in zipfile and more)
+        import importlib.resources
 
-    try:
-        packaged = importlib.resources.files("opsdsl").joinpath("_data", *relpath.split("/"))
-        if packaged.is_file():
-            return packaged.read_text(encoding="utf-8")
-    except (ModuleNotFoundError, TypeError, OSError):
-        pass  # not installed as a package with data: fall back to the checkout
+        try:
+            packaged = importlib.resources.files("opsdsl").joinpath("_data", *relpath.split("/"))
+            if packaged.is_file():
+                return packaged.read_text(encoding="utf-8")
+        except (ModuleNotFoundError, TypeError, OSError):
+            pass  # not installed as a package with data: fall back to the checkout
     path = _CHECKOUT_ROOT / relpath
     try:
         return path.read_text(encoding="utf-8")
