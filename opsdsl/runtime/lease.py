@@ -2,12 +2,12 @@
 
 A worker claims a run (or a named duty, such as evaluating the accepted events) with one
 UPDATE that succeeds only when nobody holds a live lease: it bumps `lease_epoch`, names
-itself in `lease_owner` and sets `lease_until` to the database's clock (`Store.now()`)
-plus the TTL. Every transaction the worker then opens checks, right after BEGIN (which
-serializes writers on both backends), that the row still names it with its epoch, and
-extends the lease (`Store.transaction` calls `Fences.check`). A worker presumed dead
-whose lease another claimed writes nothing: its transaction raises `LeaseLost` and rolls
-back. A released lease (`lease_until` NULL: a paused or finished run) fails the check too.
+itself in `lease_owner` and sets `lease_until` to the database's clock (`Store.now_sql()`,
+read inside the statement) plus the TTL. Every transaction the worker then opens checks,
+right after BEGIN (which serializes writers on both backends), that the row still names
+it with its epoch, and extends the lease (`Store.transaction` calls `Fences.check`). A
+worker presumed dead whose lease another claimed writes nothing: its transaction raises
+`LeaseLost` and rolls back. A released lease (`lease_until` NULL: a paused or finished run) fails the check too.
 
 Which fence a transaction checks is the current asyncio task's (a context variable), since
 one worker drives many runs at once over one connection.
@@ -135,16 +135,16 @@ def claim(store: Any, key: str, owner: str, ttl: float, table: tuple[str, str] =
     with unfenced(), store.transaction():
         if table == NAMED:
             store.conn.execute("INSERT OR IGNORE INTO leases (name, lease_epoch) VALUES (?, 0)", (key,))
-        now = store.now()
-        cursor = store.conn.execute(
-            f"UPDATE {name} SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_until = ?"
-            f" WHERE {column} = ? AND (lease_until IS NULL OR lease_until < ?){live}",
-            (owner, now + ttl, key, now, *args),
-        )
-        if cursor.rowcount != 1:
+        # One statement: the database's clock read inside it, the new epoch returned by it.
+        now = store.now_sql()
+        taken = store.conn.execute(
+            f"UPDATE {name} SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_until = {now} + ?"
+            f" WHERE {column} = ? AND (lease_until IS NULL OR lease_until < {now}){live} RETURNING lease_epoch",
+            (owner, ttl, key, *args),
+        ).fetchone()
+        if taken is None:
             return None
-        (epoch,) = store.conn.execute(f"SELECT lease_epoch FROM {name} WHERE {column} = ?", (key,)).fetchone()
-    return Fence(key, owner, int(epoch), ttl, table)
+    return Fence(key, owner, int(taken[0]), ttl, table)
 
 
 def release(store: Any, fence: Fence) -> bool:

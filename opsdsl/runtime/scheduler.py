@@ -6,8 +6,13 @@ concurrently. A failure stops new steps, lets running ones finish, compensates t
 completed steps in reverse order of completion, then runs `finally`. Approvals and steps
 left in doubt by a crash pause the run; `resume` picks it up from the database.
 
-Every state change is one SQLite transaction that also appends its ledger entries, so the
-state tables and the ledger never disagree, and an intent is on disk before its side effect.
+Every state change is one transaction that also appends its ledger entries, so the state
+tables and the ledger never disagree, and an intent is on disk before its side effect.
+Group commit (docs/runtime.md "Group commit"): the changes of steps with no side effect
+outside the run (PURE_ACTIONS) ride, in order, on the run's next transaction (at most
+GROUP_MAX of them wait); the transaction that writes a side effect's intent carries them
+with it and commits before the side effect starts, and nothing is awaited with any of
+them uncommitted. A crash loses a whole group or none of it; its steps are re-run.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from opsdsl.runtime.secrets import SecretError, Secrets, SecretsView
 SCHEDULER_ACTIONS = frozenset({"wait", "approval", "assert", "playbook.call", "report.rca"})
 # No side effect at all: the decision, intent and result go to disk in one transaction.
 PURE_ACTIONS = frozenset({"assert", "report.rca"})
+# Changes of pure steps that may wait for the run's next transaction (group commit).
+GROUP_MAX = 64
 
 HOLD_SLICE = 1.0  # seconds a process sleeps at a time through a wait, looking for a cancellation
 PHASE_STEPS, PHASE_COMPENSATING, PHASE_FINALLY, PHASE_DONE = "steps", "compensating", "finally", "done"
@@ -102,6 +109,11 @@ class Scheduler(ApprovalSteps, RunEndings):
         # Runner pools are the default executor's: an executor the caller gave (a rehearsal's
         # mocks) runs every step itself, `runner:` or not.
         self._pools = isinstance(env.executor, InProcessExecutor)
+        # Group commit: changes that ride on the next transaction (see _commit); empty
+        # whenever the drive awaits anything.
+        self._group: list[dict[str, Any]] = []
+        self._commits = 0  # this drive's transactions so far
+        self._cancel_read = -1  # how many there were when the run's cancel_requested was last read
 
     # ---- entry points ----------------------------------------------------------------
 
@@ -118,9 +130,11 @@ class Scheduler(ApprovalSteps, RunEndings):
             self._failed_main = True
         self._drive_task = asyncio.current_task()
         recovered = self._recover_in_flight()
+        # Rides on the run's first transaction: nothing outside happens before that commits.
         self._commit(
             [(E.RUN_STARTED, {"reason": reason, "by": by, **recovered})],
             run_fields={"status": S.RUNNING, "owner_pid": _pid()},
+            defer=True,
         )
         if self.env.view_gone:  # nobody reads this run's progress any more: interrupted, resumable
             self._drive_task.cancel()
@@ -192,7 +206,9 @@ class Scheduler(ApprovalSteps, RunEndings):
                     batch = sorted(candidates, key=self.position.__getitem__)
                     candidates = set()
                     for sid in batch:
-                        if not self._ready(sid, section):
+                        # A step whose task has not run yet is still pending: never a second task
+                        # (it would send its side effect twice).
+                        if sid in running.values() or not self._ready(sid, section):
                             continue
                         if self.nodes[sid]["action"] in PURE_ACTIONS and self.steps[sid].status == S.PENDING:
                             # It never waits on anything: run it now rather than as a task.
@@ -202,10 +218,15 @@ class Scheduler(ApprovalSteps, RunEndings):
                                 paused = True
                             candidates.update(self.dependents[sid])
                             continue
+                        if self._group:  # what ran inline commits before anything is awaited
+                            self._flush()
+                            if section == "steps" and self._failing():  # a cancellation the flush let us see
+                                break
                         task = asyncio.create_task(self._guarded_step(sid), name=sid)
                         running[task] = sid
                 if not running:
                     break
+                self._flush()
                 timeout = None if deadline is None else max(0.0, deadline - self.env.clock())
                 done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if not done:  # the playbook's timeout
@@ -267,6 +288,7 @@ class Scheduler(ApprovalSteps, RunEndings):
             if not live:
                 continue
             child = live[-1]
+            self._flush()
             if not child.cancel_requested:
                 why = self._cancelled_by or f"run {self.run.id}"
                 data = {"by": why, "via": "opsdsl", "reason": "the calling run stopped"}
@@ -304,13 +326,19 @@ class Scheduler(ApprovalSteps, RunEndings):
             self._failed_main = True
         return self._failed_main
 
-    def _cancel_seen(self) -> bool:
-        if self._cancelled_by is None:
+    def _cancel_seen(self, fresh: bool = False) -> bool:
+        """Whether someone cancelled the run: asked of the database once per transaction of
+        this drive (a step's commit, a flushed group: every step start and every awaited
+        step's end follow one), not while pure steps' changes wait to commit; `fresh`: ask
+        now (after a sleep, which no commit of ours follows)."""
+        if self._cancelled_by is None and (fresh or (not self._group and self._cancel_read != self._commits)):
+            self._cancel_read = self._commits
             row = self.store.conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (self.run.id,)).fetchone()
             self._cancelled_by = row[0] if row else None
         return self._cancelled_by is not None
 
     async def _time_out(self, running: dict[asyncio.Task, str]) -> None:
+        self._flush()
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
@@ -425,8 +453,8 @@ class Scheduler(ApprovalSteps, RunEndings):
                 outputs = self._pure(sid, rendered)
             except ActionFailed as failure:
                 message, details = self.redactor.text(failure.message), self.redactor.data(failure.outputs)
-                return self._fail(sid, message, details, decision=[*decision_entry, intent])
-            return self._succeed(sid, self.redactor.data(outputs), before=[*decision_entry, intent])
+                return self._fail(sid, message, details, decision=[*decision_entry, intent], defer=True)
+            return self._succeed(sid, self.redactor.data(outputs), before=[*decision_entry, intent], defer=True)
         if action == "wait":
             if row.wake_at is None:
                 row.wake_at = now + _duration_seconds(rendered.get("duration", "0s"))
@@ -546,7 +574,7 @@ class Scheduler(ApprovalSteps, RunEndings):
             raise Paused()
         while remaining > 0:  # in slices: a cancellation (from any process) ends the wait
             await self.env.sleep(min(remaining, HOLD_SLICE))
-            if self._cancel_seen():
+            if self._cancel_seen(fresh=True):
                 raise Paused()  # the run stops: the section skips the waiting step
             remaining = (self.steps[sid].wake_at or 0.0) - self.env.clock()
 
@@ -592,7 +620,9 @@ class Scheduler(ApprovalSteps, RunEndings):
 
     # ---- results -----------------------------------------------------------------------
 
-    def _succeed(self, sid: str, outputs: dict[str, Any], before: list = (), after: list = ()) -> None:
+    def _succeed(
+        self, sid: str, outputs: dict[str, Any], before: list = (), after: list = (), defer: bool = False
+    ) -> None:
         row = self.steps[sid]
         self._completed += 1
         row.status, row.outputs, row.error = S.SUCCEEDED, outputs, None
@@ -601,11 +631,18 @@ class Scheduler(ApprovalSteps, RunEndings):
         self._commit(
             [*before, (E.STEP_SUCCEEDED, {"step": sid, "attempts": row.attempts, "outputs": outputs}), *after],
             steps=[row],
+            defer=defer,
         )
         self.results[sid] = self._result(row)
 
     def _fail(
-        self, sid: str, message: str, outputs: dict[str, Any], decision: list | None, denied_by: str | None = None
+        self,
+        sid: str,
+        message: str,
+        outputs: dict[str, Any],
+        decision: list | None,
+        denied_by: str | None = None,
+        defer: bool = False,
     ) -> None:
         row = self.steps[sid]
         row.status, row.error, row.outputs, row.finished_at = S.FAILED, message, outputs, self.env.clock()
@@ -613,6 +650,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         self._commit(
             [*(decision or []), (E.STEP_FAILED, self._failed_data(sid, message, outputs, denied_by))],
             steps=[row],
+            defer=defer,
         )
         self.results[sid] = self._result(row)
 
@@ -789,6 +827,11 @@ class Scheduler(ApprovalSteps, RunEndings):
 
     # ---- persistence -------------------------------------------------------------------
 
+    def _flush(self) -> None:
+        """Commit the pure steps' changes that wait for a transaction (group commit), if any."""
+        if self._group:
+            self._commit([])
+
     def _set_phase(self, phase: str) -> None:
         """Record the phase with the next commit: it needs no transaction of its own, since a
         resumed run derives the same phase from its steps (a failed step: compensating)."""
@@ -804,10 +847,27 @@ class Scheduler(ApprovalSteps, RunEndings):
         checkpoint: bool = False,
         timers: list[tuple[str, str, float]] = (),
         within: Callable[[], None] | None = None,
+        defer: bool = False,
     ) -> None:
         """One transaction: ledger entries, step rows, run fields, votes (and a signed
         checkpoint of the new head), and `within` (a runner step's dispatch row); then show
-        the entries."""
+        the entries.
+
+        `defer` (a pure step's changes, group commit): keep them for the run's next
+        transaction, which writes them first, in order; at most GROUP_MAX wait (_flush)."""
+        if defer:
+            self._group.append({"entries": new_entries, "steps": steps, "run_fields": run_fields})
+            if len(self._group) >= GROUP_MAX:
+                self._flush()
+            return
+        if self._group:
+            group, self._group = self._group, []  # taken before the transaction: a failed one loses them all
+            new_entries = [*(e for g in group for e in g["entries"]), *new_entries]
+            steps = [*(r for g in group for r in g["steps"]), *steps]
+            merged: dict[str, Any] = {}
+            for g in group:
+                merged.update(g["run_fields"] or {})
+            run_fields = {**merged, **(run_fields or {})} or None
         now = self.env.clock()
         appended = []
         if self._later_fields:  # e.g. a phase change: it rides on the next commit
@@ -819,8 +879,8 @@ class Scheduler(ApprovalSteps, RunEndings):
             if new_entries:
                 run_id = self.run.id
                 appended = self.store.ledger.append_many([(kind, run_id, data) for kind, data in new_entries], ts=now)
-            for row in steps:
-                self.store.save_step(self.run.id, row)
+            # One statement for them all; a row twice in a group is saved once.
+            self.store.save_steps(self.run.id, list({row.step_id: row for row in steps}.values()))
             for step_id, kind, due in timers:
                 self.store.set_timer(self.run.id, step_id, kind, due)
             if within is not None:
@@ -830,6 +890,7 @@ class Scheduler(ApprovalSteps, RunEndings):
                 self.store.update_run(self.run.id, **fields)
             if checkpoint and self.env.write_incidents:
                 self.store.ledger.checkpoint(self.env.signer)
+        self._commits += 1
         for name, value in fields.items():
             setattr(self.run, name, value)
         if self.env.view is not None:

@@ -547,26 +547,14 @@ class Store:
         )
 
     def save_step(self, run_id: str, step: StepRow) -> None:
-        self.conn.execute(
-            "UPDATE steps SET status = ?, attempts = ?, outputs = ?, error = ?, started_at = ?, finished_at = ?,"
-            " completed = ?, wake_at = ?, approvals_needed = ?, approval_reason = ?, approvers = ?"
-            " WHERE run_id = ? AND step_id = ?",
-            (
-                step.status,
-                step.attempts,
-                json.dumps(step.outputs or {}, sort_keys=True),
-                step.error,
-                step.started_at,
-                step.finished_at,
-                step.completed,
-                step.wake_at,
-                step.approvals_needed,
-                step.approval_reason,
-                json.dumps(step.approvers) if step.approvers is not None else None,
-                run_id,
-                step.step_id,
-            ),
-        )
+        self.conn.execute(_SAVE_STEP, _step_values(run_id, step))
+
+    def save_steps(self, run_id: str, steps: Sequence[StepRow]) -> None:
+        """Several step rows in one statement (a group commit's: one round trip on PostgreSQL)."""
+        if len(steps) == 1:
+            self.save_step(run_id, steps[0])
+        elif steps:
+            self.conn.executemany(_SAVE_STEP, [_step_values(run_id, step) for step in steps])
 
     def steps(self, run_id: str) -> dict[str, StepRow]:
         rows = self.conn.execute(
@@ -752,3 +740,28 @@ def _run_row(conn: sqlite3.Connection, row: tuple) -> RunRow:
     for name in _JSON_RUN_FIELDS:
         values[name] = json.loads(values[name])
     return RunRow(**values)
+
+
+_SAVE_STEP = (
+    "UPDATE steps SET status = ?, attempts = ?, outputs = ?, error = ?, started_at = ?, finished_at = ?,"
+    " completed = ?, wake_at = ?, approvals_needed = ?, approval_reason = ?, approvers = ?"
+    " WHERE run_id = ? AND step_id = ?"
+)
+
+
+def _step_values(run_id: str, step: StepRow) -> tuple:
+    return (
+        step.status,
+        step.attempts,
+        json.dumps(step.outputs or {}, sort_keys=True),
+        step.error,
+        step.started_at,
+        step.finished_at,
+        step.completed,
+        step.wake_at,
+        step.approvals_needed,
+        step.approval_reason,
+        json.dumps(step.approvers) if step.approvers is not None else None,
+        run_id,
+        step.step_id,
+    )

@@ -161,10 +161,10 @@ class Worker:
         def claim_new(run: S.RunRow) -> None:
             if within is not None:
                 within(run)
-            until = self.store.now() + self.ttl
-            self.store.conn.execute(
-                "UPDATE runs SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_until = ? WHERE id = ?",
-                (self.name, until, run.id),
+            self.store.conn.execute(  # on the database's clock, in the statement (no round trip to read it)
+                "UPDATE runs SET lease_owner = ?, lease_epoch = lease_epoch + 1,"
+                f" lease_until = {self.store.now_sql()} + ? WHERE id = ?",
+                (self.name, self.ttl, run.id),
             )
             taken.append(L.Fence(run.id, self.name, run.lease_epoch + 1, self.ttl))
 
