@@ -1093,16 +1093,14 @@ def bare_insert_rate(path: str | os.PathLike, n: int) -> float:
 RUN_STEPS = 1000
 
 
-def bench_run_steps(ctx: Ctx) -> Row:
+def bench_run_steps(ctx: Ctx) -> list[Row]:
     """A 1,000-step chain of no-op `assert` steps through the full runtime path (render, policy
     gate with the org policies in scope, hash-chained ledger, step state, incident record at
-    the end) vs the floor: bare single-row INSERT + COMMIT transactions, same pragmas, same file system."""
-    import asyncio
-    import sqlite3
-
+    the end) vs the floor: bare single-row INSERT + COMMIT transactions, same pragmas, same file
+    system. The same on PostgreSQL (a private server, tests/pgserver.py: fsync and
+    synchronous_commit on) vs bare INSERT + COMMIT there; n/a where no server binary exists."""
     try:
         from opsdsl.runtime import runner
-        from opsdsl.runtime.secrets import Secrets
     except ImportError as exc:
         raise Unavailable(f"opsdsl.runtime: {exc}") from exc
     folder = ctx.tmp / "run-steps"
@@ -1114,23 +1112,45 @@ def bench_run_steps(ctx: Ctx) -> Row:
         f"playbooks:\n  chain:\n    severity: SEV-4\n    steps:\n{steps}\n"
     )
     shutil.copy(REPO / "packs" / "org-policies.yaml", folder / "org-policies.yaml")
-    state = folder / "state"
-    plan = runner.plan_from_pack(pack, None, state)
-    if not plan.payload["policies"]:
-        raise Failed("the org policies were not in scope")
+    rows = [_run_steps_sqlite(ctx, folder, pack, runner)]
+    rows.append(_run_steps_postgres(ctx, folder, pack, runner))
+    return rows
 
-    def opsdsl() -> Rate:
+
+def _run_steps_opsdsl(folder: Path, pack: Path, runner: Any, state: Path, database: str | None, label: str) -> Rate:
+    import asyncio
+
+    from opsdsl.runtime.secrets import Secrets
+
+    saved = os.environ.get("OPSDSL_DATABASE")
+    if database is not None:
+        os.environ["OPSDSL_DATABASE"] = database
+    else:
+        os.environ.pop("OPSDSL_DATABASE", None)
+    try:
+        plan = runner.plan_from_pack(pack, None, state)
+        if not plan.payload["policies"]:
+            raise Failed("the org policies were not in scope")
         runtime = runner.Runtime(state)
-        secrets = Secrets(state)
+    finally:
+        if saved is None:
+            os.environ.pop("OPSDSL_DATABASE", None)
+        else:
+            os.environ["OPSDSL_DATABASE"] = saved
+    secrets = Secrets(state)
 
-        def loop(rounds: int) -> None:
-            for _ in range(rounds):
-                run = runtime.create_run(plan, runner.Selection("chain"), {}, {}, {}, secrets)
-                outcome = asyncio.run(runtime.drive(run, secrets))
-                if outcome.status != "succeeded":
-                    raise Failed(f"run {run.id} {outcome.status}: {outcome.error}")
+    def loop(rounds: int) -> None:
+        for _ in range(rounds):
+            run = runtime.create_run(plan, runner.Selection("chain"), {}, {}, {}, secrets)
+            outcome = asyncio.run(runtime.drive(run, secrets))
+            if outcome.status != "succeeded":
+                raise Failed(f"run {run.id} {outcome.status}: {outcome.error}")
 
-        return Rate(loop, RUN_STEPS, f"opsdsl runtime: {RUN_STEPS}-step assert chain, gate + ledger + state", 1.0)
+    return Rate(loop, RUN_STEPS, f"opsdsl runtime: {RUN_STEPS}-step assert chain, gate + ledger + state{label}", 1.0)
+
+
+def _run_steps_sqlite(ctx: Ctx, folder: Path, pack: Path, runner: Any) -> Row:
+    import sqlite3
 
     def floor() -> Rate:
         conn = sqlite3.connect(folder / "floor.db", isolation_level=None, timeout=10)
@@ -1149,10 +1169,58 @@ def bench_run_steps(ctx: Ctx) -> Row:
 
     return ctx.compare(
         Row(f"runtime {RUN_STEPS}-step playbook vs bare SQLite commits", RATE, ">=", 0.5, unit="steps/s"),
-        opsdsl=opsdsl,
+        opsdsl=lambda: _run_steps_opsdsl(folder, pack, runner, folder / "state", None, ""),
         baseline=floor,
         reps=3 if ctx.quick else 5,
     )
+
+
+def _run_steps_postgres(ctx: Ctx, folder: Path, pack: Path, runner: Any) -> Row:
+    row = Row(f"runtime {RUN_STEPS}-step playbook vs bare PostgreSQL commits", RATE, ">=", 0.5, unit="steps/s")
+    sys.path.insert(0, str(REPO / "tests"))  # pgserver: the tests' private PostgreSQL
+    try:
+        import pgserver
+    finally:
+        sys.path.remove(str(REPO / "tests"))
+    why = pgserver.why_not()
+    try:
+        import psycopg
+    except ImportError:
+        why = why or "psycopg is not installed (pip install 'opsdsl[postgres]')"
+    if why is not None:
+
+        def unavailable() -> Rate:
+            raise Unavailable(why)
+
+        return ctx.compare(row, opsdsl=unavailable, baseline=unavailable, reps=1)
+    from opsdsl.runtime.migrate import migrate
+
+    with pgserver.temporary_server() as server:
+        database = server.create_database("run_steps")
+        migrate(database)
+        floor_url = server.create_database("run_steps_floor")
+
+        def floor() -> Rate:
+            conn = psycopg.connect(floor_url, autocommit=True)
+            conn.execute("CREATE TABLE IF NOT EXISTS t (seq BIGSERIAL PRIMARY KEY, ts FLOAT8, kind TEXT, data TEXT)")
+            data = json.dumps({"step": "s1", "outputs": {}, "attempts": 1})
+
+            def loop(rounds: int) -> None:
+                for _ in range(rounds * RUN_STEPS):
+                    conn.execute("BEGIN")
+                    conn.execute(
+                        "INSERT INTO t (ts, kind, data) VALUES (%s, %s, %s)", (time.time(), "step.succeeded", data)
+                    )
+                    conn.execute("COMMIT")
+
+            return Rate(loop, RUN_STEPS, "bare BEGIN/INSERT/COMMIT over TCP, fsync + synchronous_commit on", 1.0)
+
+        return ctx.compare(
+            row,
+            opsdsl=lambda: _run_steps_opsdsl(folder, pack, runner, folder / "state-pg", database, " (PostgreSQL)"),
+            baseline=floor,
+            reps=3 if ctx.quick else 5,
+        )
 
 
 TRIGGER_PACKS, TRIGGER_EVENTS = 100, 5000
