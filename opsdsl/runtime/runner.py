@@ -103,6 +103,7 @@ class Runtime:
         self.write_incidents = write_incidents
         self.park_after = park_after  # a server's: see RunEnv.park_after
         self.view_gone = False  # the view's stdout was closed (RunEnv.view_gone)
+        self.incident_writer: Any = None  # a server's incident_writer.IncidentWriter (RunEnv gets it)
 
     @property
     def signer(self):
@@ -149,6 +150,8 @@ class Runtime:
             park_after=self.park_after,
             view_gone=self.view_gone,
         )
+        if self.incident_writer is not None:  # an attribute, not a RunEnv field: scheduler.py is shared
+            env.incident_writer = self.incident_writer
         if self.sleep is not None:
             env.sleep = self.sleep
         if self.jitter is not None:

@@ -144,6 +144,16 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+@dataclass(frozen=True)
+class StoredEvents:
+    """What `Service.persist_events` stored: when, each event's id, and whether it is new
+    (false: an Idempotency-Key retry of an event stored before, not queued again)."""
+
+    at: float
+    ids: list[int]
+    new: list[bool]
+
+
 class QueueFull(Exception):
     """The bounded queue is full: tell the sender to retry later (HTTP 429)."""
 
@@ -310,19 +320,40 @@ class Service:
         stored or queued again, and its id is the stored one's."""
         if self.queue_full(len(bodies)):
             raise QueueFull()
-        now = self.clock()
         with self.store.transaction():
-            stored = self.store.add_keyed_events(list(bodies), source, now, list(keys) or [None] * len(bodies))
-            all_ids = [event_id for event_id, _ in stored]
-            ids = [event_id for event_id, new in stored if new]
-            bodies = [body for body, (_, new) in zip(bodies, stored, strict=True) if new]
-            if spent:
-                self.store.conn.executemany(
-                    "INSERT OR REPLACE INTO spent_signatures (signature, expires_at) VALUES (?, ?)", spent
-                )
-                if now - self._pruned >= PRUNE_EVERY:
-                    self.store.conn.execute("DELETE FROM spent_signatures WHERE expires_at < ?", (now,))
-                    self._pruned = now
+            stored = self.persist_events(self.store, bodies, source, spent, keys)
+        self.queue_stored(stored, bodies, source)
+        return stored.ids
+
+    def persist_events(
+        self,
+        store: S.Store,
+        bodies: Sequence[str],
+        source: str,
+        spent: Sequence[tuple[str, float]] = (),
+        keys: Sequence[str | None] = (),
+    ) -> StoredEvents:
+        """The database half of `accept_serialized`, inside the caller's transaction on `store`:
+        this Service's own, or the intake writer's (`opsdsl serve` commits on a thread with its
+        own connection, so that the event loop never waits for the fsync). Touches nothing the
+        event loop owns; `queue_stored` does that once the transaction is committed."""
+        now = self.clock()
+        stored = store.add_keyed_events(list(bodies), source, now, list(keys) or [None] * len(bodies))
+        if spent:
+            store.conn.executemany(
+                "INSERT OR REPLACE INTO spent_signatures (signature, expires_at) VALUES (?, ?)", spent
+            )
+            if now - self._pruned >= PRUNE_EVERY:
+                store.conn.execute("DELETE FROM spent_signatures WHERE expires_at < ?", (now,))
+                self._pruned = now
+        return StoredEvents(now, [event_id for event_id, _ in stored], [new for _, new in stored])
+
+    def queue_stored(self, stored: StoredEvents, bodies: Sequence[str], source: str) -> None:
+        """The event loop's half of `accept_serialized`, after the commit: count, log and queue
+        the events that are new (in id order: call it in the order the commits happened)."""
+        now = stored.at
+        ids = [event_id for event_id, new in zip(stored.ids, stored.new, strict=True) if new]
+        bodies = [body for body, new in zip(bodies, stored.new, strict=True) if new]
         self.metrics.inc("opsdsl_events_received_total", len(ids), source=source)
         if lifecycle.isEnabledFor(logging.INFO):
             for event_id in ids:
@@ -335,7 +366,6 @@ class Service:
                 for event_id, body in zip(ids, bodies, strict=True):
                     self.queue.put_nowait((event_id, now, body))
             self.metrics.set("opsdsl_queue_depth", self.waiting)
-        return all_ids
 
     def signature_spent(self, signature: str, now: float) -> bool:
         """Whether a request with this signature was accepted and the signature has not expired."""
@@ -369,6 +399,10 @@ class Service:
             from opsdsl.runtime.driver import Driver
 
             self.runtime.park_after = PARK_AFTER
+            if self.runtime.write_incidents and self.runtime.incident_writer is None:
+                from opsdsl.runtime.incident_writer import IncidentWriter
+
+                self.runtime.incident_writer = IncidentWriter(self.runtime.state)  # folders off the loop
             from opsdsl.runtime.escalation import TIMER, EscalationPolicy, Escalator
 
             self.milestones = milestones = MilestoneLog(self.store)
@@ -445,10 +479,15 @@ class Service:
                 self.milestones.tail()
         if self.reports is not None:  # a compliance report being written (a few seconds at most)
             await asyncio.to_thread(self.reports.join, REPORT_DRAIN)
+        if self.runtime.incident_writer is not None:  # the folders of the runs that ended
+            await asyncio.to_thread(self.runtime.incident_writer.join)
 
     def close(self) -> None:
         if self.sequencer is not None:
             self.sequencer.stop()
+        if self.runtime.incident_writer is not None:
+            self.runtime.incident_writer.close()
+            self.runtime.incident_writer = None
         self.runtime.close()
         self.lock.release()
 

@@ -14,33 +14,39 @@ come in over HTTP. A request is checked in this order; the first check that fail
    it, even before a restart: spent signatures are in the state database (401);
 5. the JSON parses, has the endpoint's shape, and every event can go to the ledger (400),
    checked on a small thread pool, off the event loop, so health checks and signals are
-   answered while big bodies are parsed;
+   answered while big bodies are parsed (a body of at most 8 KiB is checked on the loop:
+   that takes microseconds, the trip through the pool a loop turn);
 6. the backlog has room for the events (429 with Retry-After; 503 on /v1/alertmanager,
    because Alertmanager retries a 5xx answer but gives up on a 4xx);
-7. `Service.accept_serialized` persists them (503 if the database refuses); only then the
-   answer is 202 with their ids.
+7. `Service.persist_events` commits them on the intake writer's thread (503 if the database
+   refuses); only then the answer is 202 with their ids.
 
 The backlog is bounded in events (`--queue-size`) and in bytes (`--max-backlog-bytes`:
 bodies being read and parsed, plus events waiting for the worker). Connections are
 bounded by `guard.ConnectionGuard` (header deadline, per-peer cap), the log by
 `guard.LogLimiter`.
 
-Requests that reach step 7 together are persisted in one `Service.accept_serialized`
-call, one transaction (group commit): under load, one fsync carries many requests. The
-signatures of signed requests are recorded as spent in that same transaction.
+Step 7 runs on the intake writer's thread, with its own database connection (`IntakeWriter`):
+the event loop never waits for an fsync, and the 202 leaves only once the commit is over.
+Requests that reach the writer while it commits go in its next transaction together (group
+commit): under load, one fsync carries many requests. The signatures of signed requests are
+recorded as spent in that same transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
 import hmac
 import json
 import logging
+import queue
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +72,7 @@ RETRY_AFTER_BUSY, RETRY_AFTER_UNAVAILABLE = "1", "5"
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")  # a closed terminal stops the server as SIGTERM does
 ANNOUNCE_GRACE = 5.0  # seconds the announcer gets at shutdown to send the last outcomes
 PARSE_THREADS = 2  # bodies parsed and checked at once, off the event loop
+PARSE_INLINE = 8 * 1024  # bytes: a body up to this size is parsed on the loop (tens of microseconds)
 LOG_LIMITER = LogLimiter(burst=20, window=10.0)  # on the handler configure_logging installs
 
 
@@ -219,14 +226,46 @@ class _BodyBudget:
         self.held = 0
 
 
+@dataclass
+class _Intake:
+    """One request's events on their way to the database."""
+
+    events: list[str]
+    source: str
+    spent: tuple[str, float] | None
+    keys: list[str | None]
+    future: asyncio.Future[list[int]]
+    settled: Callable[[], None] | None = None  # called once its transaction is over, committed or not
+
+
 class GroupCommit:
-    """Persists the events of requests that are ready in the same loop turn with one `Service.accept_serialized`."""
+    """Persists accepted events on the intake writer's thread, several requests per transaction.
+
+    The event loop never waits for a commit: a request's events go to `IntakeWriter`, whose
+    thread commits them with its own database connection, and the request is answered (202)
+    only when that commit is over. Requests that reach the writer while it commits are
+    committed together by its next transaction (group commit: one fsync for many requests).
+    Without a writer (`start` not called: tests that drive a Server by hand) the loop commits,
+    one transaction per loop turn."""
 
     def __init__(self, service: Service, room: Any) -> None:
         self.service = service
         self.room = room  # () -> events the backlog can still take
-        self._batch: list[tuple[list[str], str, tuple[str, float] | None, asyncio.Future[list[int]], str | None]] = []
-        self._batched = 0
+        self.writer: IntakeWriter | None = None
+        self._batch: list[_Intake] = []
+        self._pending = 0  # events batched or at the writer, not yet queued for the worker
+
+    async def start(self) -> None:
+        """Open the writer's connection on its thread (raises what opening it raised)."""
+        writer = IntakeWriter(self.service, asyncio.get_running_loop(), self._settle)
+        await writer.start()
+        self.writer = writer
+
+    async def stop(self) -> None:
+        """Commit what the writer holds, then close its connection (after the last request)."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            await writer.stop()
 
     async def accept(
         self,
@@ -240,58 +279,127 @@ class GroupCommit:
         `spent`: the request's (signature, expires_at), recorded with its events; `settled` is
         called once its transaction is over (committed or not), even if the request was cancelled.
         `key`: the request's Idempotency-Key (its events, already stored, are not stored again)."""
-        if len(events) > self.room() - self._batched:
+        if len(events) > self.room() - self._pending:
             if settled is not None:
                 settled()
             raise QueueFull()
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        if settled is not None:
-            future.add_done_callback(lambda _: settled())
-        if not self._batch:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._batch.append((events, source, spent, future, key))
-        self._batched += len(events)
+        keys = [event_key(source, key, index) if key is not None else None for index in range(len(events))]
+        request = _Intake(events, source, spent, keys, future, settled)
+        self._pending += len(events)
+        if self.writer is not None:  # straight to the writer: it takes all that waits when it is free
+            self.writer.submit([request])
+        else:
+            if not self._batch:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._batch.append(request)
+        # A request cancelled meanwhile leaves its commit going (`_settle` skips its answer);
+        # no asyncio.shield here: each layer would cost the answer a turn of the loop.
         return await future
 
     def _flush(self) -> None:
-        batch, self._batch, self._batched = self._batch, [], 0
-        for source in dict.fromkeys(item[1] for item in batch):
-            requests = [(events, future, key, signature) for events, s, signature, future, key in batch if s == source]
-            self._persist(source, requests)
+        batch, self._batch = self._batch, []
+        for source in dict.fromkeys(item.source for item in batch):
+            requests = [item for item in batch if item.source == source]
+            self._settle(requests, commit_requests(self.service, self.service.store, requests))
 
-    def _persist(self, source: str, requests: list) -> None:
-        """One transaction for the requests' events; each request's future gets its ids, or
-        the error (nothing of the transaction was persisted)."""
-        spent = [signature for _, _, _, signature in requests if signature is not None]
-        keys = [
-            event_key(source, key, index) if key is not None else None
-            for events, _, key, _ in requests
-            for index in range(len(events))
-        ]
+    def _settle(self, requests: list[_Intake], outcomes: list[Any]) -> None:
+        """On the loop, in commit order: queue the stored events, answer each request."""
+        for request, outcome in zip(requests, outcomes, strict=True):
+            self._pending -= len(request.events)
+            if request.settled is not None:
+                request.settled()
+            if isinstance(outcome, BaseException):
+                if not request.future.done():
+                    request.future.set_exception(outcome)
+                continue
+            self.service.queue_stored(outcome, request.events, request.source)
+            if not request.future.done():
+                request.future.set_result(outcome.ids)
+
+
+def commit_requests(service: Service, store: Any, requests: list[_Intake]) -> list[Any]:
+    """One transaction for the requests' events (any sources); each request's StoredEvents,
+    or the error that kept it out (then none of that transaction was persisted). A request
+    that reused an Idempotency-Key fails alone: the others are committed without it."""
+    try:
+        with store.transaction():
+            stored = [
+                service.persist_events(store, r.events, r.source, [r.spent] if r.spent else (), r.keys)
+                for r in requests
+            ]
+    except EventKeyReused as error:
+        if len(requests) == 1:
+            return [error]
+        return [outcome for request in requests for outcome in commit_requests(service, store, [request])]
+    except Exception as error:
+        return [error] * len(requests)
+    return stored
+
+
+class IntakeWriter:
+    """The thread that commits accepted events, with its own connection to the state database.
+
+    SQLite's one-writer rule holds: its transactions are BEGIN IMMEDIATE with the busy
+    timeout, like the engine's on the loop's connection (WAL lets both connections read).
+    It takes every batch waiting when it is free, so one transaction (one fsync) carries
+    the requests that arrived during the previous commit. Outcomes go back to the loop in
+    commit order (`settle`, through call_soon_threadsafe), after the COMMIT returned."""
+
+    def __init__(self, service: Service, loop: asyncio.AbstractEventLoop, settle: Callable) -> None:
+        self.service = service
+        self.loop = loop
+        self.settle = settle
+        self._jobs: queue.SimpleQueue[list[_Intake] | None] = queue.SimpleQueue()
+        self._opened: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._durable = _durable(service.store)  # read here: the engine's connection is the loop's
+        self._thread = threading.Thread(target=self._run, name="opsdsl-intake-writer", daemon=True)
+
+    async def start(self) -> None:
+        self._thread.start()
+        await asyncio.wrap_future(self._opened)
+
+    def submit(self, batch: list[_Intake]) -> None:
+        self._jobs.put(batch)
+
+    async def stop(self) -> None:
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        from opsdsl.runtime.store import Store
+
         try:
-            bodies = [e for events, _, _, _ in requests for e in events]
-            ids = self.service.accept_serialized(bodies, source, spent, keys)
-        except EventKeyReused as error:
-            if len(requests) > 1:  # one request reused a key: the others must not fail with it
-                for request in requests:
-                    self._persist(source, [request])
-                return
-            self._fail(requests, error)
+            store = Store(self.service.store.root, durable=self._durable, create=False)
+        except BaseException as error:
+            self._opened.set_exception(error)
             return
-        except Exception as error:
-            self._fail(requests, error)
-            return
-        offset = 0
-        for events, future, _, _ in requests:
-            if not future.done():
-                future.set_result(ids[offset : offset + len(events)])
-            offset += len(events)
+        self._opened.set_result(None)
+        try:
+            while True:
+                job = self._jobs.get()
+                stopping = job is None
+                requests = list(job or [])
+                while not self._jobs.empty():  # everything that arrived meanwhile: one transaction
+                    more = self._jobs.get()
+                    stopping = stopping or more is None
+                    requests += more or []
+                if requests:
+                    outcomes = commit_requests(self.service, store, requests)
+                    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for an answer
+                        self.loop.call_soon_threadsafe(self.settle, requests, outcomes)
+                if stopping:
+                    return
+        finally:
+            store.close()
 
-    @staticmethod
-    def _fail(requests: list, error: Exception) -> None:
-        for _, future, _, _ in requests:
-            if not future.done():
-                future.set_exception(error)
+
+def _durable(store: Any) -> bool:
+    """Whether the engine's connection syncs its commits (rehearsals' throwaway state does not)."""
+    if getattr(store, "postgres", False):
+        return bool(getattr(store.conn, "_durable", True))
+    (synchronous,) = store.conn.execute("PRAGMA synchronous").fetchone()
+    return synchronous != 0
 
 
 class Server:
@@ -390,7 +498,10 @@ class Server:
                 self.guard.authenticated(request.protocol)
             assert self.parsers is not None
             loop = asyncio.get_running_loop()
-            events = await loop.run_in_executor(self.parsers, checked_events, body, source, self.options.queue_size)
+            if len(body) <= PARSE_INLINE:  # microseconds: not worth a trip through the pool and a loop turn
+                events = checked_events(body, source, self.options.queue_size)
+            else:
+                events = await loop.run_in_executor(self.parsers, checked_events, body, source, self.options.queue_size)
             del body
             settled = None
             if signature is not None:
@@ -585,6 +696,7 @@ class Server:
                 )
                 opening = asyncio.create_task(opener.run(done_announcing), name="opsdsl-follow-ups")
             await self._start_worker()
+            await self.intake.start()  # the writer thread that commits accepted events
             await runner.setup()
             assert runner.server is not None
             self.guard.attach(runner.server)
@@ -607,6 +719,7 @@ class Server:
             for name in STOP_SIGNALS:
                 loop.remove_signal_handler(getattr(signal, name))
             await runner.cleanup()
+            await self.intake.stop()  # after the last request: commits what it holds, closes
             self.parsers.shutdown(wait=False, cancel_futures=True)
             summaries.cancel()
             LOG_LIMITER.flush(everything=True)

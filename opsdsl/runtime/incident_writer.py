@@ -1,0 +1,71 @@
+"""A server's incident folders, written on a thread of their own, never on the event loop.
+
+`opsdsl serve` ends runs all the time; writing a run's incident folder (several files, each
+fsync'd) on the event loop held up every other run and the HTTP intake (~10% of the loop's
+time under load). A run's end still commits its ledger entries and checkpoint on the loop,
+in the same order as before; only the folder, which is derived from them, is written here,
+in the order the runs ended (one thread: a folder rewritten by a later end of the same run
+is written after the earlier one). The thread reads the ledger excerpt of the evidence
+pack through its own connection to the state database.
+
+A crash can leave a folder unwritten (or stale) whose run's end is committed, as it could
+before between the commit and the write, only for longer: `opsdsl incident pdf ID` writes it
+again from the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("opsdsl.serve")
+
+
+class IncidentWriter:
+    """One thread that writes incident folders (`write_incident`) in the order they were submitted."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self._jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="opsdsl-incident-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, root: Path, entries: list[dict], **arguments: Any) -> None:
+        """Write this run's folder under `root` (the arguments of `write_incident`, without `ledger`)."""
+        self._jobs.put({"root": root, "entries": entries, **arguments})
+
+    def join(self) -> None:
+        """Until every folder submitted so far is written (or failed, logged)."""
+        self._jobs.join()
+
+    def close(self) -> None:
+        """Write what was submitted, then stop the thread."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        from opsdsl.audit.incident import write_incident
+
+        store = None
+        try:
+            while True:
+                job = self._jobs.get()
+                try:
+                    if job is None:
+                        return
+                    if store is None:
+                        from opsdsl.runtime.store import Store
+
+                        store = Store(self.state, create=False)  # reads the ledger only
+                    root = job.pop("root")
+                    write_incident(root, job.pop("entries"), ledger=store.ledger, **job)
+                except Exception as error:  # one folder that cannot be written must not stop the others
+                    log.error("incident folder not written: %s: %s", type(error).__name__, error)
+                finally:
+                    self._jobs.task_done()
+        finally:
+            if store is not None:
+                store.close()
