@@ -56,10 +56,18 @@ def find_config(start: Path) -> Path | None:
 
 
 def _has_opsdsl_table(text: str) -> bool:
-    """Whether a pyproject.toml has `[tool.opsdsl]`; one that never spells `opsdsl` (nor
-    escapes a key) has none, and is not parsed: importing and running tomllib costs start-up."""
-    if "opsdsl" not in text and "\\u" not in text and "\\U" not in text:
-        return False
+    """Whether a pyproject.toml has `[tool.opsdsl]`. Only a file that could spell it is
+    parsed (importing and running tomllib costs start-up): one with `tool.opsdsl` in any
+    quoting and spacing, a `[tool]` table or a `tool =` inline table, or an escaped key."""
+    if "\\u" not in text and "\\U" not in text:
+        if "opsdsl" not in text:
+            return False
+        import re
+
+        if not re.search(
+            r"""tool["']?\s*\.\s*["']?opsdsl|^\s*(\[\s*["']?tool["']?\s*\]|["']?tool["']?\s*=)""", text, re.M
+        ):
+            return False
     import tomllib
 
     return "opsdsl" in tomllib.loads(text).get("tool", {})

@@ -10,7 +10,6 @@ exactly what `jsonschema`'s Draft 2020-12 validator accepts.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Callable
@@ -147,6 +146,8 @@ def _where(path: Path_) -> str:
 
 
 def did_you_mean(word: str, choices: list[str]) -> str | None:
+    import difflib  # only when there is something to suggest
+
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else None
 
