@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -179,6 +179,18 @@ class Entry:
             "prev": self.prev.hex(),
             "hash": self.hash.hex(),
         }
+
+
+class RawEntry(NamedTuple):
+    """One ledger row as stored (`Ledger.rows`): `data` is its canonical JSON text, unparsed."""
+
+    seq: int
+    ts: float
+    run: str | None
+    kind: str
+    data: str
+    prev: bytes
+    hash: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +355,19 @@ class Ledger:
             rows = self._conn.execute(f"{columns} WHERE run = ? AND seq > ? ORDER BY seq", (run, after))
         for seq, ts, run_id, kind, data, prev, digest in rows:
             yield Entry(seq, ts, run_id, kind, json.loads(data), prev, digest)
+
+    def rows(self, after: int = 0, until: int | None = None, run: str | None = None) -> Iterator[RawEntry]:
+        """Chained rows with `after` < seq ≤ `until`, in order, as stored: `data` is the canonical
+        JSON text that was hashed, not parsed (what an excerpt or a digest copies byte for byte)."""
+        query = "SELECT seq, ts, run, kind, data, prev, hash FROM ledger WHERE seq > ?"
+        args: list[Any] = [after]
+        if until is not None:
+            query += " AND seq <= ?"
+            args.append(until)
+        if run is not None:
+            query += " AND run = ?"
+            args.append(run)
+        yield from map(RawEntry._make, self._conn.execute(query + " ORDER BY seq", tuple(args)))
 
     def checkpoint(self, signer: Ed25519PrivateKey) -> Checkpoint:
         """Sign the current head and store the checkpoint; returns it (to copy into an incident record).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from opsdsl.audit.incident.followups import (
     follow_up_links,
     follow_ups_amendment,
 )
-from opsdsl.audit.incident.pack import excerpt_bytes, iter_pack_files, ledger_excerpt
+from opsdsl.audit.incident.pack import iter_pack_files, ledger_excerpt_bytes
 from opsdsl.audit.incident.rca import (
     DEFAULT_SECTIONS,
     RCA_SECTIONS,
@@ -46,8 +46,8 @@ from opsdsl.audit.incident.record import (
     run_entries,
 )
 from opsdsl.build.signing import encode_base64, keyid, pae
-from opsdsl.canonical import canonical_json
-from opsdsl.files import make_private_dirs, write_atomic_bytes
+from opsdsl.canonical import canonical_json, sha256_digest
+from opsdsl.files import make_private_dirs, write_atomic_files
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -98,7 +98,7 @@ def write_incident(
     if folder.is_symlink():
         raise IncidentError(f"{folder} is a symlink; an incident folder must be a real directory")
     make_private_dirs(folder)
-    _regular_files(folder)  # refuse links before writing anything, not halfway
+    present = dict(_regular_files(folder))  # refuse links before writing anything, not halfway
     if signing is None:
         signing = {"keyid": keyid(signer.public_key()), "key": None, "mode": None}
     record = build_record(run, checkpoint=checkpoint, evidence_dir=folder / EVIDENCE_DIR, signing=signing)
@@ -132,26 +132,50 @@ def write_incident(
             # Keeping an existing PDF current must never cost the record (a run's end, a review):
             # the stale PDF goes, and `opsdsl incident pdf` says what is wrong when asked.
             rendered = None
-    for relpath, data in _pack_files(run, checkpoint, plan_envelope, ledger):
-        make_private_dirs((folder / relpath).parent)
-        write_atomic_bytes(folder / relpath, data, mode=0o600)
-    write_atomic_bytes(folder / RECORD_FILE, record_bytes, mode=0o600)
-    write_atomic_bytes(folder / RCA_FILE, markdown_bytes, mode=0o600)
+    # Every file is written to a temporary beside it and flushed, then all are renamed in
+    # order, the manifest last, and each folder is flushed once (opsdsl.files.write_atomic_files).
+    # The manifest hashes the bytes about to be written and the files already there.
+    written: dict[str, bytes] = dict(_pack_files(run, checkpoint, plan_envelope, ledger))
+    written[RECORD_FILE] = record_bytes
+    written[RCA_FILE] = markdown_bytes
     if rendered is not None:
-        write_atomic_bytes(pdf_path, rendered, mode=0o600)
+        written[PDF_FILE] = rendered
     elif pdf is False or (pdf is None and changed):
         pdf_path.unlink(missing_ok=True)  # a PDF of another version of the record would mislead
+        present.pop(PDF_FILE, None)
     if links:
         amendment = follow_ups_amendment(record, record_bytes, links)
-        write_atomic_bytes(
-            folder / FOLLOW_UPS_FILE,
-            signed_file_bytes(FOLLOW_UPS_PAYLOAD_TYPE, "amendment", amendment, [signer]),
-            mode=0o600,
-        )
-    manifest = {"files": digest_folder(folder)}
-    manifest_bytes = signed_file_bytes(MANIFEST_PAYLOAD_TYPE, "manifest", manifest, [signer])
-    write_atomic_bytes(folder / MANIFEST_FILE, manifest_bytes, mode=0o600)
+        written[FOLLOW_UPS_FILE] = signed_file_bytes(FOLLOW_UPS_PAYLOAD_TYPE, "amendment", amendment, [signer])
+    digests = {relpath: _file_digest(full) for relpath, full in present.items() if relpath not in written}
+    digests |= {relpath: sha256_digest(data) for relpath, data in written.items()}
+    digests.pop(MANIFEST_FILE, None)
+    manifest = {"files": dict(sorted(digests.items()))}
+    written[MANIFEST_FILE] = signed_file_bytes(MANIFEST_PAYLOAD_TYPE, "manifest", manifest, [signer])
+    for parent in {(folder / relpath).parent for relpath in written if "/" in relpath}:
+        make_private_dirs(parent)
+    write_atomic_files(_changed(folder, written), mode=0o600)
     return folder
+
+
+def _changed(folder: Path, files: Mapping[str, bytes]) -> list[tuple[Path, bytes]]:
+    """(path, bytes) of the files whose content on disk differs (or that are missing, or not 0600):
+    rewriting an unchanged incident flushes nothing to disk."""
+    changed = []
+    for relpath, data in files.items():
+        path = folder / relpath
+        try:
+            status = path.lstat()
+            same = (
+                stat.S_ISREG(status.st_mode)
+                and stat.S_IMODE(status.st_mode) == 0o600
+                and status.st_size == len(data)
+                and path.read_bytes() == data
+            )
+        except OSError:
+            same = False
+        if not same:
+            changed.append((path, data))
+    return changed
 
 
 def _read_or_none(path: Path) -> bytes | None:
@@ -167,7 +191,7 @@ def _pack_files(
     """The evidence pack's files: the plan and its packs, and the ledger excerpt, as far as given."""
     files = list(iter_pack_files(plan_envelope))
     if ledger is not None:
-        files.append((EXCERPT_FILE, excerpt_bytes(ledger_excerpt(ledger, run, checkpoint))))
+        files.append((EXCERPT_FILE, ledger_excerpt_bytes(ledger, run, checkpoint)))
     return files
 
 

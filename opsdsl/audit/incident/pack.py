@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from opsdsl.audit.incident._common import EXCERPT_FILE, _canonical
 from opsdsl.audit.incident.record import entries_digest
+from opsdsl.audit.ledger import ts_text
+from opsdsl.canonical import canonical_json
 
 PLAN_DIR = "plan"
 PLAN_FILE = "plan/plan.dsse.json"
@@ -33,7 +35,9 @@ EXCERPT_FORMAT = "opsdsl.ledger-excerpt/v1"
 MAX_EXCERPT_ENTRIES = 20_000  # entries of other runs interleaved under `serve` count too
 MAX_EXCERPT_BYTES = 32 * 1024 * 1024
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_MAX_SAFE_INT = 2**53 - 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_PLAIN = re.compile(r'[^"\\\x00-\x1f\ud800-\udfff]*')
 
 
 # --- the plan and its packs ----------------------------------------------------------------
@@ -133,38 +137,96 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def ledger_excerpt(ledger: Any, run_entries: list[dict], checkpoint: Mapping[str, Any] | None) -> dict:
-    """The excerpt of `ledger` (an opsdsl.audit.ledger.Ledger) for one run.
+    """The excerpt of `ledger` (an opsdsl.audit.ledger.Ledger) for one run, parsed: `ledger_excerpt_bytes`'s JSON."""
+    return json.loads(ledger_excerpt_bytes(ledger, run_entries, checkpoint))
 
-    Every entry from the run's first to the checkpoint's seq, in order: entries of other
-    runs that fall in between are included too, since a chain can only be recomputed
-    entry by entry. Past MAX_EXCERPT_ENTRIES or MAX_EXCERPT_BYTES the excerpt keeps the
-    run's own entries and says `complete: false` (checkable against the record's digest,
-    not against the checkpoint).
+
+def ledger_excerpt_bytes(ledger: Any, run_entries: list[dict], checkpoint: Mapping[str, Any] | None) -> bytes:
+    """ledger/excerpt.json of one run: every entry from the run's first to the checkpoint's seq, in order.
+
+    Entries of other runs that fall in between are included too, since a chain can only be
+    recomputed entry by entry. Past MAX_EXCERPT_ENTRIES or MAX_EXCERPT_BYTES the excerpt
+    keeps the run's own entries and says `complete: false` (checkable against the record's
+    digest, not against the checkpoint). Each entry is one line built from the ledger's row
+    as stored (`Ledger.rows`): its data is the canonical JSON text that was hashed, copied
+    as it is, never parsed and written again.
     """
     first, last = run_entries[0]["seq"], run_entries[-1]["seq"]
     anchored = checkpoint is not None and int(checkpoint["seq"]) >= last
     until = int(checkpoint["seq"]) if anchored else last
-    chain: list[dict] = []
+    lines: list[str] = []
+    before: str | None = None  # the link before the first entry
     size, complete = 0, True
-    for entry in ledger.entries(after=first - 1):
-        if entry.seq > until:
-            break
-        item = entry.to_dict()
-        size += len(_canonical(item))
-        if len(chain) >= MAX_EXCERPT_ENTRIES or size > MAX_EXCERPT_BYTES:
+    for row in _rows(ledger, first - 1, until):
+        line = entry_line(row)
+        size += len(line) if line.isascii() else len(line.encode("utf-8"))
+        if len(lines) >= MAX_EXCERPT_ENTRIES or size > MAX_EXCERPT_BYTES:
             complete = False
             break
-        chain.append(item)
+        before = before or row[5].hex()
+        lines.append(line)
     if not complete:
-        chain = [dict(entry) for entry in run_entries]
-    return {
-        "format": EXCERPT_FORMAT,
-        "run": run_entries[0]["run"],
-        "complete": complete,
-        "before": {"seq": first - 1, "hash": chain[0]["prev"] if chain else None},
-        "entries": chain,
-        "checkpoint": dict(checkpoint) if anchored else None,
-    }
+        own = list(_rows(ledger, first - 1, last, run_entries[0]["run"]))
+        lines, before = [entry_line(row) for row in own], own[0][5].hex() if own else None
+    return compose_excerpt(run_entries[0]["run"], complete, first - 1, before, lines, checkpoint if anchored else None)
+
+
+def _rows(ledger: Any, after: int, until: int, run: str | None = None) -> Iterable[tuple]:
+    """The ledger's stored rows (seq, ts, run, kind, data text, prev, hash); parsed entries
+    written back to canonical text for a ledger-like object without `rows`."""
+    if hasattr(ledger, "rows"):
+        return ledger.rows(after=after, until=until, run=run)
+    return (
+        (e.seq, e.ts, e.run, e.kind, _canonical(e.data).decode("utf-8"), e.prev, e.hash)
+        for e in ledger.entries(after=after)
+        if e.seq <= until and (run is None or e.run == run)
+    )
+
+
+def entry_line(row: Sequence[Any]) -> str:
+    """One excerpt entry from a stored row (seq, ts, run, kind, data text, prev, hash): the entry's
+    RFC 8785 canonical JSON, with `data` the stored text and `ts` written as it was hashed."""
+    seq, ts, run, kind, data, prev, digest = row
+    try:
+        ts_json = ts_text(ts)
+    except ValueError:  # not what the ledger writes; checking the excerpt will say so
+        ts_json = json.dumps(ts)
+    run_json = "null" if run is None else _json_string(run)
+    return (
+        f'{{"data":{data},"hash":"{digest.hex()}","kind":{_json_string(kind)},"prev":"{prev.hex()}",'
+        f'"run":{run_json},"seq":{seq},"ts":{ts_json}}}'
+    )
+
+
+def _json_string(text: str) -> str:
+    """`text` as a JSON string the way RFC 8785 writes it (json.dumps escapes exactly the same)."""
+    if _PLAIN.fullmatch(text):  # run ids and kinds: nothing to escape
+        return f'"{text}"'
+    return json.dumps(text, ensure_ascii=False)
+
+
+def compose_excerpt(
+    run: str,
+    complete: bool,
+    before_seq: int,
+    before_hash: str | None,
+    lines: Sequence[str],
+    checkpoint: Mapping[str, Any] | None,
+) -> bytes:
+    """The excerpt document around its entry lines: keys sorted, two-space indent, one entry a line."""
+    before = {"hash": before_hash, "seq": before_seq}
+    parts = [
+        "{",
+        f'  "before": {json.dumps(before, sort_keys=True, ensure_ascii=False)},',
+        f'  "checkpoint": {json.dumps(dict(checkpoint) if checkpoint else None, sort_keys=True, ensure_ascii=False)},',
+        f'  "complete": {"true" if complete else "false"},',
+        '  "entries": [' if lines else '  "entries": [],',
+    ]
+    if lines:
+        parts.append("    " + ",\n    ".join(lines))
+        parts.append("  ],")
+    parts += [f'  "format": "{EXCERPT_FORMAT}",', f'  "run": {json.dumps(run, ensure_ascii=False)}', "}", ""]
+    return "\n".join(parts).encode("utf-8")
 
 
 def check_excerpt(
@@ -204,11 +266,11 @@ def check_excerpt(
         if complete and entry["prev"] != prev:
             problems.append(f"{label}: its link to the entry before does not match (chain broken)")
         try:
-            text = _canonical(entry["data"]).decode("utf-8")
+            text = _hashed_text(entry["data"])
             recomputed = entry_hash(
                 bytes.fromhex(entry["prev"]), entry["seq"], float(entry["ts"]), entry["run"], entry["kind"], text
             ).hex()
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             problems.append(f"{label}: cannot be hashed ({exc})")
             recomputed = None
         if recomputed is not None and recomputed != entry["hash"]:
@@ -266,6 +328,30 @@ def check_excerpt(
     return problems, summary
 
 
+def _hashed_text(data: dict) -> str:
+    """The canonical text the ledger hashed for `data`, as read back from JSON.
+
+    RFC 8785 writes a float of 2^53 or more as its integer digits (1.7e18 as
+    1700000000000000000), which JSON reads back as an integer RFC 8785 refuses; the ledger
+    only ever stores such digits for a float (it refuses such integers), so they are read
+    as the float they were.
+    """
+    try:
+        return canonical_json(data).decode("utf-8")
+    except ValueError:  # rfc8785's IntegerDomainError
+        return canonical_json(_big_integers_as_floats(data)).decode("utf-8")
+
+
+def _big_integers_as_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _big_integers_as_floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_big_integers_as_floats(item) for item in value]
+    if type(value) is int and abs(value) > _MAX_SAFE_INT:
+        return float(value)
+    return value
+
+
 def _entry_shape(entry: object) -> bool:
     if not isinstance(entry, dict) or set(entry) != {"seq", "ts", "run", "kind", "data", "prev", "hash"}:
         return False
@@ -283,7 +369,26 @@ def _entry_shape(entry: object) -> bool:
 
 
 def excerpt_bytes(excerpt: Mapping[str, Any]) -> bytes:
-    return _json_bytes(excerpt)
+    """An excerpt given as parsed JSON (`ledger_excerpt`'s) written as ledger_excerpt_bytes writes it."""
+    entries = excerpt["entries"]
+    lines = [
+        entry_line(
+            (
+                e["seq"],
+                float(e["ts"]),
+                e["run"],
+                e["kind"],
+                _canonical(e["data"]).decode("utf-8"),
+                bytes.fromhex(e["prev"]),
+                bytes.fromhex(e["hash"]),
+            )
+        )
+        for e in entries
+    ]
+    before = excerpt["before"]
+    return compose_excerpt(
+        excerpt["run"], excerpt["complete"], before["seq"], before["hash"], lines, excerpt.get("checkpoint")
+    )
 
 
 def iter_pack_files(envelope: bytes | None) -> Iterable[tuple[str, bytes]]:
