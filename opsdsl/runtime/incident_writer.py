@@ -15,6 +15,7 @@ again from the ledger.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -37,6 +38,12 @@ class IncidentWriter:
         """Write this run's folder under `root` (the arguments of `write_incident`, without `ledger`)."""
         self._jobs.put({"root": root, "entries": entries, **arguments})
 
+    def written(self) -> concurrent.futures.Future[None]:
+        """Done once every folder submitted before this call is written (later ones may still wait)."""
+        marker: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._jobs.put({"marker": marker})
+        return marker
+
     def join(self) -> None:
         """Until every folder submitted so far is written (or failed, logged)."""
         self._jobs.join()
@@ -56,6 +63,9 @@ class IncidentWriter:
                 try:
                     if job is None:
                         return
+                    if "marker" in job:
+                        job["marker"].set_result(None)
+                        continue
                     if store is None:
                         from opsdsl.runtime.store import Store
 

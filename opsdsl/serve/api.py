@@ -575,6 +575,9 @@ class Api:
             )
         except UsageError:
             raise Problem(404, f"no incident {incident}") from None
+        writer = self.server.service.runtime.incident_writer
+        if writer is not None:  # the folders of runs that ended before this request, written off the loop
+            await asyncio.wrap_future(writer.written())
         if folder.is_symlink() or not folder.is_dir():
             raise Problem(404, f"no incident {incident}")
         return folder
