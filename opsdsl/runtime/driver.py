@@ -214,8 +214,9 @@ class Driver:
         timeout = self.poll
         try:
             due = self.store.next_timer()
-            if due is not None and due > self.clock():  # one due already was seen by the look just done
-                timeout = min(timeout, due - self.clock())
+            now = self.clock() if due is not None else 0.0  # one read (a round trip on a worker's clock)
+            if due is not None and due > now:  # one due already was seen by the look just done
+                timeout = min(timeout, due - now)
         except Exception:  # a failing database (a restart): the look that follows logs it; poll as usual
             pass
         with contextlib.suppress(TimeoutError):

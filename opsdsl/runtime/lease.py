@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,15 +61,21 @@ class Fence:
 
     def check(self, store: Any) -> None:
         """LeaseLost unless the row still names us with our epoch and a live (unreleased)
-        lease; else extend it to now + TTL. Called right after BEGIN."""
+        lease; else extend it to now + TTL. Called right after BEGIN. A run's lease also
+        reads, in the same statement, whether someone asked to cancel the run: it is left in
+        `store.fenced_cancel` as (run, cancel_requested) for the scheduler, which then need
+        not ask again in this transaction."""
         table, column = self.table
         # One statement (one round trip): extend the lease if it is still ours, on the database's clock.
+        returning = " RETURNING cancel_requested" if self.table == RUN else " RETURNING lease_epoch"
         extended = store.conn.execute(
             f"UPDATE {table} SET lease_until = {store.now_sql()} + ? WHERE {column} = ? AND lease_owner = ?"
-            " AND lease_epoch = ? AND lease_until IS NOT NULL",
+            f" AND lease_epoch = ? AND lease_until IS NOT NULL{returning}",
             (self.ttl, self.key, self.owner, self.epoch),
-        )
-        if extended.rowcount == 1:
+        ).fetchall()  # all: a statement left half-read on SQLite could hold up the COMMIT
+        if extended:
+            if self.table == RUN:
+                store.fenced_cancel = (self.key, extended[0][0])
             return
         row = store.conn.execute(
             f"SELECT lease_owner, lease_epoch, lease_until FROM {table} WHERE {column} = ?", (self.key,)
@@ -120,10 +126,18 @@ def ensure_schema(store: Any) -> None:
         store.conn.executescript(_DDL)
 
 
-def claim(store: Any, key: str, owner: str, ttl: float, table: tuple[str, str] = RUN) -> Fence | None:
+def claim(
+    store: Any,
+    key: str,
+    owner: str,
+    ttl: float,
+    table: tuple[str, str] = RUN,
+    within: Callable[[], None] | None = None,
+) -> Fence | None:
     """Take the lease on `key` when nobody holds a live one: the fence, else None.
 
-    A run is claimable while it is live; a named lease's row is made on first use."""
+    A run is claimable while it is live; a named lease's row is made on first use.
+    `within`: more writes in the claim's transaction, made only when the claim succeeds."""
     name, column = table
     live = ""
     args: list[Any] = []
@@ -141,10 +155,12 @@ def claim(store: Any, key: str, owner: str, ttl: float, table: tuple[str, str] =
             f"UPDATE {name} SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_until = {now} + ?"
             f" WHERE {column} = ? AND (lease_until IS NULL OR lease_until < {now}){live} RETURNING lease_epoch",
             (owner, ttl, key, *args),
-        ).fetchone()
-        if taken is None:
+        ).fetchall()
+        if not taken:
             return None
-    return Fence(key, owner, int(taken[0]), ttl, table)
+        if within is not None:
+            within()
+    return Fence(key, owner, int(taken[0][0]), ttl, table)
 
 
 def release(store: Any, fence: Fence) -> bool:

@@ -891,6 +891,11 @@ class Scheduler(ApprovalSteps, RunEndings):
             if checkpoint and self.env.write_incidents:
                 self.store.ledger.checkpoint(self.env.signer)
         self._commits += 1
+        # A worker's fence check read cancel_requested in this transaction: no need to ask again.
+        fenced = getattr(self.store, "fenced_cancel", None)
+        if fenced is not None and fenced[0] == self.run.id:
+            self._cancel_read = self._commits
+            self._cancelled_by = self._cancelled_by or fenced[1]
         for name, value in fields.items():
             setattr(self.run, name, value)
         if self.env.view is not None:

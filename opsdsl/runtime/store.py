@@ -322,6 +322,8 @@ class Store:
         # Set by a worker while it drives a run under a lease (opsdsl.runtime.lease): every
         # transaction then checks that the lease is still ours before it writes.
         self.fence: Any = None
+        # (run, cancel_requested) as the last transaction's fence check read it, else None.
+        self.fenced_cancel: tuple[str, str | None] | None = None
 
     @staticmethod
     def _open_sqlite(root: Path, durable: bool, create: bool) -> Any:
@@ -416,6 +418,7 @@ class Store:
         every other run's: see `PgConnection.begin_run`. Every other transaction (intake,
         approvals, people, timers set from outside) is still the only writer."""
         run = self._run_scope()
+        self.fenced_cancel = None
         if run is None:
             self.conn.execute("BEGIN IMMEDIATE")
         else:

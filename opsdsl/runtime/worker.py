@@ -147,8 +147,8 @@ class Worker:
 
     # ---- driving under a lease -------------------------------------------------------
 
-    def claim(self, run_id: str) -> L.Fence | None:
-        return L.claim(self.store, run_id, self.name, self.ttl)
+    def claim(self, run_id: str, within: Callable[[], None] | None = None) -> L.Fence | None:
+        return L.claim(self.store, run_id, self.name, self.ttl, within=within)
 
     @contextlib.contextmanager
     def claiming(self, within: Callable[[S.RunRow], None] | None) -> Iterator[Callable[[S.RunRow], None]]:
@@ -361,12 +361,11 @@ class LeaseDriver(Driver):
                 continue
             if len(found) >= max(0, free):
                 break
-            fence = self.worker.claim(run_id)
+            # Its due timers go in the claim's transaction (one write transaction, not two).
+            fence = self.worker.claim(run_id, within=lambda run_id=run_id: self.store.drop_timers([run_id], now))
             if fence is None:  # another worker drives it (its timers stay for whoever drives next)
                 continue
             self.worker.claimed[run_id] = fence
-            with L.unfenced(), self.store.transaction():
-                self.store.drop_timers([run_id], now)
             found.append((run_id, reason))
         return found
 
