@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 from click.testing import CliRunner
@@ -48,3 +49,17 @@ def test_lint_imports_no_other_command_module():
     root = importlib.import_module("opsdsl").__file__.rsplit("/opsdsl/", 1)[0]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
+def test_every_cli_modules_commands_are_reachable():
+    """A new module's COMMANDS must be in ELSEWHERE (or added to a group that is)."""
+    reachable, stack = set(), list(cli.commands.values())
+    while stack:
+        command = stack.pop()
+        reachable.add(id(command))
+        stack.extend(getattr(command, "commands", {}).values())
+    folder = Path(importlib.import_module("opsdsl.cli").__file__).parent
+    for source in sorted(folder.glob("*.py")):
+        module = importlib.import_module(f"opsdsl.cli.{source.stem}")
+        for command in getattr(module, "COMMANDS", ()):
+            assert id(command) in reachable, f"{source.name}: `{command.name}` is not registered; add it to ELSEWHERE"
