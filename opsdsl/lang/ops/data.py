@@ -20,6 +20,8 @@ from opsdsl.lang.source import Document
 from .printer import first_token, last_token
 
 Path_ = tuple[str | int, ...]
+# A string JSON decodes to its inside unchanged.
+_PLAIN_STRING = re.compile(r'"[^"\\\x00-\x1f]*"')
 _GAP = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|\s*#[^\n]*\n\s*|\s*\n\s*')
 
 
@@ -80,7 +82,12 @@ class DataBuilder:
     # -- positions ----------------------------------------------------------------------
 
     def at(self, node: Any) -> Span:
-        first, last = first_token(node), last_token(node)
+        # first_token/last_token inlined (the hottest call of a build): tokens are str, trees not
+        first = last = node
+        while not isinstance(first, str):
+            first = first.children[0]
+        while not isinstance(last, str):
+            last = last.children[-1]
         return Span(self.file, first.line, first.column, last.end_line, last.end_column)
 
     def mark(self, path: Path_, value_node: Any, key_node: Any = None) -> None:
@@ -116,6 +123,8 @@ class DataBuilder:
         return self.decode(token)
 
     def decode(self, token: Any) -> str:
+        if _PLAIN_STRING.fullmatch(token):  # no escapes, no control characters: what JSON decodes to
+            return token[1:-1]
         try:
             return json.loads(str(token))
         except ValueError:
@@ -133,7 +142,7 @@ class DataBuilder:
     def value(self, node: Any, path: Path_) -> Any:
         """A JSON-like literal; records a span for it and every element."""
         self.spans[path] = self.at(node)
-        kind = node.data
+        kind = str(node.data)  # a plain str: Lark's rule names are Tokens, slow to compare
         if kind == "string":
             return self.decode(node.children[0])
         if kind == "number":
@@ -144,10 +153,10 @@ class DataBuilder:
         if kind == "null":
             return None
         if kind == "list":
-            items = [c for c in node.children if hasattr(c, "data")]
+            items = [c for c in node.children if not isinstance(c, str)]
             return [self.value(item, (*path, i)) for i, item in enumerate(items)]
         out: dict[str, Any] = {}
-        for pair in (c for c in node.children if hasattr(c, "data")):
+        for pair in (c for c in node.children if not isinstance(c, str)):
             key_token, _, value_node = pair.children
             key = self.decode(key_token) if key_token.type == "STRING" else str(key_token)
             if key in out:
@@ -187,7 +196,7 @@ _TEXT_STATEMENTS += ("runner",)
 
 
 def _trees(node: Any) -> list:
-    return [c for c in node.children if hasattr(c, "data")]
+    return [c for c in node.children if not isinstance(c, str)]
 
 
 class PackBuilder(DataBuilder):
@@ -208,7 +217,7 @@ class PackBuilder(DataBuilder):
         self.put(metadata, ("metadata", "version"), self.text_of(version), version, top.children[2])
         self.put(metadata, ("metadata", "owner"), self.text_of(owner), owner, top.children[4])
         for stmt in _trees(top)[3:]:
-            kind_ = stmt.data
+            kind_ = str(stmt.data)
             if kind_ in ("description", "labels"):
                 self.statement(stmt, metadata, ("metadata",))
             elif kind_ == "policy":
@@ -291,14 +300,15 @@ class PackBuilder(DataBuilder):
         severity = stmt.children[3]
         self.put(entry, (*here, "severity"), self.text_of(severity), severity, stmt.children[2])
         for inner in _trees(stmt)[2:]:
-            if inner.data == "input":
+            inner_kind = str(inner.data)
+            if inner_kind == "input":
                 if "inputs" not in entry:
                     entry["inputs"] = {}
                     self.mark((*here, "inputs"), inner, inner.children[0])
                 self.input(inner, entry["inputs"], (*here, "inputs"))
-            elif inner.data == "step":
+            elif inner_kind == "step":
                 self.step(inner, entry.setdefault("steps", []), (*here, "steps"))
-            elif inner.data == "finally":
+            elif inner_kind == "finally":
                 steps: list = []
                 if self.put(entry, (*here, "finally"), steps, inner, inner.children[0]):
                     for step in _trees(inner):
@@ -342,7 +352,7 @@ class PackBuilder(DataBuilder):
                 self.statement(node, entry, here)
 
     def statement(self, stmt: Any, entry: dict, here: Path_) -> None:
-        kind, keyword = stmt.data, stmt.children[0]
+        kind, keyword = str(stmt.data), stmt.children[0]
         path = (*here, kind)
         args = stmt.children[1:]
         if kind in _TEXT_STATEMENTS:

@@ -105,6 +105,12 @@ def parse_ops(text: str, path: str) -> ParseResult:
 
     parser, comments = _lark_parser()
     comments.clear()
+    tree = _driver().parse(text)
+    if tree is not None:
+        found = list(comments)
+        comments.clear()
+        return ParseResult(tree, found, [])
+    comments.clear()  # Lark parses it again, with the error recovery, for the diagnostics
     recovery = _Recovery(path, text, parser)
     try:
         tree = parser.parse(text, on_error=recovery.on_error)
@@ -358,6 +364,13 @@ def _lark_parser() -> tuple[Any, list]:
         cache=lark_cache_file("pack", grammar + "\0" + expr_grammar),
     )
     return parser, comments
+
+
+@functools.cache
+def _driver() -> Any:
+    from .driver import Driver
+
+    return Driver(_lark_parser()[0])
 
 
 def _import_from_data(base_path: str, grammar_path: str) -> tuple[str, str]:
