@@ -1,4 +1,5 @@
-"""A playbook as a DAG: our small wrapper over a networkx DiGraph.
+"""A playbook as a DAG: a small graph of our own (plain dicts, no networkx: the import
+alone cost more than building and sorting every playbook of a big tree).
 
 Nodes are the playbook's steps (main and `finally:`) and one node per compensation;
 edges say why one node comes after another: `needs` (written), `sequence` (implicit: the
@@ -9,14 +10,14 @@ sorted, ready for canonical JSON.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
-
-import networkx as nx
 
 from opsdsl.errors import CompileError
 from opsdsl.lang.model import Playbook, Step
 
 MAIN, FINALLY = "steps", "finally"
+_ORDERING = ("needs", "sequence")
 
 
 def compensation_id(step_id: str) -> str:
@@ -35,22 +36,33 @@ class Edge:
 
 
 class PlaybookGraph:
-    """The step graph of one playbook."""
+    """The step graph of one playbook.
+
+    `kinds` holds every edge, `(source, target) → kind` (a second edge between the same
+    two nodes replaces the first's kind); `after` and `before` are the execution graph
+    (steps and the edges that order them, no compensations) as successor and predecessor
+    lists, every step a key, in document order (main before finally).
+    """
 
     def __init__(self, playbook: Playbook) -> None:
         self.playbook = playbook
-        self.graph = nx.DiGraph()
-        self.execution = nx.DiGraph()  # steps and the edges that order them, no compensations
+        self.kinds: dict[tuple[str, str], str] = {}
+        self.after: dict[str, list[str]] = {}
+        self.before: dict[str, list[str]] = {}
         self.index: dict[str, tuple[str, int]] = {}
         for section, steps in ((MAIN, playbook.steps), (FINALLY, playbook.finally_)):
             self._add_section(section, steps)
         self._link_finally()
 
+    def _add_node(self, node: str) -> None:
+        if node not in self.after:
+            self.after[node] = []
+            self.before[node] = []
+
     def _add_section(self, section: str, steps: tuple[Step, ...]) -> None:
         for i, step in enumerate(steps):
             self.index[step.id] = (section, i)
-            self.graph.add_node(step.id, section=section)
-            self.execution.add_node(step.id)
+            self._add_node(step.id)
         for i, step in enumerate(steps):
             if step.needs is not None:
                 for need in step.needs:
@@ -58,20 +70,25 @@ class PlaybookGraph:
             elif i:
                 self._order(steps[i - 1].id, step.id, "sequence")
             if step.compensate is not None:
-                comp = compensation_id(step.id)
-                self.graph.add_node(comp, section="compensation")
-                self.graph.add_edge(step.id, comp, kind="compensates")
+                self.kinds[step.id, compensation_id(step.id)] = "compensates"
 
     def _order(self, before: str, after: str, kind: str) -> None:
-        self.graph.add_edge(before, after, kind=kind)
-        self.execution.add_edge(before, after)
+        self._add_node(before)
+        self._add_node(after)
+        if after not in self.after[before]:
+            self.after[before].append(after)
+            self.before[after].append(before)
+        self.kinds[before, after] = kind
+
+    def _ordered_by(self, step_id: str) -> bool:
+        """Whether a step of the same section must end before `step_id` starts."""
+        return any(self.kinds[p, step_id] in _ORDERING for p in self.before.get(step_id, ()))
 
     def _link_finally(self) -> None:
-        main = [s.id for s in self.playbook.steps]
         sinks = [
-            s
-            for s in main
-            if not any(self.graph.edges[s, t]["kind"] in ("needs", "sequence") for t in self.graph.successors(s))
+            s.id
+            for s in self.playbook.steps
+            if not any(self.kinds[s.id, t] in _ORDERING for t in self.after.get(s.id, ()))
         ]
         for entry in self.entries(FINALLY):
             for sink in sinks:
@@ -80,16 +97,28 @@ class PlaybookGraph:
     def entries(self, section: str = MAIN) -> list[str]:
         """Steps of `section` that wait for no step of the same section, in document order."""
         steps = self.playbook.steps if section == MAIN else self.playbook.finally_
-        out = []
-        for step in steps:
-            preds = [
-                p
-                for p in self.graph.predecessors(step.id)
-                if self.graph.edges[p, step.id]["kind"] in ("needs", "sequence")
-            ]
-            if not preds:
-                out.append(step.id)
-        return out
+        return [step.id for step in steps if not self._ordered_by(step.id)]
+
+    def _cycle(self) -> list[str] | None:
+        """The nodes of one cycle of the execution graph, or None when it is a DAG."""
+        state: dict[str, int] = {}  # 1: on the current path, 2: done
+        for root in self.after:
+            if root in state:
+                continue
+            path, stack = [root], [iter(self.after[root])]
+            state[root] = 1
+            while stack:
+                child = next(stack[-1], None)
+                if child is None:
+                    state[path.pop()] = 2
+                    stack.pop()
+                elif state.get(child) == 1:
+                    return path[path.index(child) :]
+                elif child not in state:
+                    state[child] = 1
+                    path.append(child)
+                    stack.append(iter(self.after[child]))
+        return None
 
     def validate(self) -> None:
         """1. acyclic; 2. every step reachable from an entry step.
@@ -97,22 +126,34 @@ class PlaybookGraph:
         In a DAG every node is reachable from a node without predecessors, so (2) holds
         when the only such nodes are the main section's entry steps.
         """
-        if not nx.is_directed_acyclic_graph(self.execution):
-            cycle = nx.find_cycle(self.execution)
-            raise GraphError("dependency cycle: " + " → ".join([a for a, _ in cycle] + [cycle[0][0]]))
+        cycle = self._cycle()
+        if cycle is not None:
+            raise GraphError("dependency cycle: " + " → ".join([*cycle, cycle[0]]))
         entries = set(self.entries(MAIN))
-        unreached = sorted(n for n, degree in self.execution.in_degree() if degree == 0 and n not in entries)
+        unreached = sorted(n for n, preds in self.before.items() if not preds and n not in entries)
         if unreached:
             raise GraphError("steps not reachable from an entry step: " + ", ".join(unreached))
 
     def order(self) -> list[str]:
         """A topological order of the steps; ties go to document order (main before finally)."""
         rank = {sid: (0 if section == MAIN else 1, i) for sid, (section, i) in self.index.items()}
-        return list(nx.lexicographical_topological_sort(self.execution, key=lambda n: rank[n]))
+        waiting = {n: len(preds) for n, preds in self.before.items() if preds}
+        ready = [(rank[n], n) for n, preds in self.before.items() if not preds]
+        heapq.heapify(ready)
+        out = []
+        while ready:
+            _, node = heapq.heappop(ready)
+            out.append(node)
+            for child in self.after[node]:
+                waiting[child] -= 1
+                if not waiting[child]:
+                    del waiting[child]
+                    heapq.heappush(ready, (rank[child], child))
+        return out
 
     def edges(self) -> list[Edge]:
         return sorted(
-            (Edge(a, b, data["kind"]) for a, b, data in self.graph.edges(data=True)),
+            (Edge(a, b, kind) for (a, b), kind in self.kinds.items()),
             key=lambda e: (e.source, e.target, e.kind),
         )
 

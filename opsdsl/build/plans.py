@@ -15,6 +15,7 @@ payload with valid signatures by the requested keys, is not even parsed again.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,14 @@ class PackResult:
     plan_file: str | None = None
     entry: dict[str, Any] | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
-    payload: bytes | None = None
+    # The plan's canonical bytes, zlib-compressed (level 1) while the build waits for every
+    # pack: a big tree's plans need not all sit in memory in full at once.
+    packed_payload: bytes | None = None
+    keyids: list | None = None  # a reused plan's signers, read when it was found reusable
+
+    @property
+    def payload(self) -> bytes | None:
+        return None if self.packed_payload is None else zlib.decompress(self.packed_payload)
 
 
 @dataclass
@@ -99,23 +107,28 @@ def _read_envelope(path: Path) -> dict | None:
         return None
 
 
-def _reusable(previous: dict | None, source_digest: str, scope: str, out_dir: Path, public_keys: dict) -> bool:
-    """The prior plan still holds what this source would compile to, validly signed."""
+def _signers(envelope: dict) -> list:
+    return sorted({s.get("keyid") for s in envelope["signatures"]})
+
+
+def _reusable(previous: dict | None, source_digest: str, scope: str, out_dir: Path, public_keys: dict) -> list | None:
+    """The prior plan's signers when it still holds what this source would compile to,
+    validly signed; None otherwise."""
     if not previous or previous.get("sourceDigest") != source_digest or previous.get("scopeDigest") != scope:
-        return False
+        return None
     envelope = _read_envelope(out_dir / previous.get("plan", ""))
     if envelope is None:
-        return False
+        return None
     from opsdsl.build.signing import SignatureError, decode_base64, verify_envelope
 
     if sha256_digest(decode_base64(envelope["payload"])) != previous.get("payloadDigest"):
-        return False
+        return None
     if public_keys:
         try:
             verify_envelope(envelope, public_keys, len(public_keys))
         except SignatureError:
-            return False
-    return True
+            return None
+    return _signers(envelope)
 
 
 def plan_file(
@@ -127,8 +140,9 @@ def plan_file(
         source_digest = sha256_digest(path.read_bytes())
     except OSError:
         source_digest = None  # analyse_file reports why (OPS001)
-    if source_digest and _reusable(previous, source_digest, scope_dig, out_dir, public_keys):
-        return PackResult(shown, "reused", previous["name"], previous["plan"], previous)
+    signers = _reusable(previous, source_digest, scope_dig, out_dir, public_keys) if source_digest else None
+    if signers is not None:
+        return PackResult(shown, "reused", previous["name"], previous["plan"], previous, keyids=signers)
     policies = tuple(p for s in scope for p in s.pack.policies)
     analysis = analyse_file(path, policies)
     errors = [d for d in analysis.diagnostics if d.severity is Severity.ERROR]
@@ -155,7 +169,8 @@ def plan_file(
         "payloadDigest": sha256_digest(payload),
         "spans": _step_spans(analysis),
     }
-    return PackResult(shown, "planned", model.metadata.name, entry["plan"], entry, payload=payload)
+    packed = zlib.compress(payload, 1)
+    return PackResult(shown, "planned", model.metadata.name, entry["plan"], entry, packed_payload=packed)
 
 
 def _plan_chunk(args: tuple) -> list[PackResult]:
@@ -299,38 +314,66 @@ def compile_paths(
     if result.failed:
         return result  # all or nothing: no plan is written from a failed build
 
-    # 3. Sign and write, keeping signatures already on an identical payload.
+    # 3. Sign and write, keeping signatures already on an identical payload. Each plan is
+    #    written atomically and flushed to disk on its own; a few threads wait on those
+    #    flushes side by side (the disk groups them), and each payload is held in full
+    #    only while its plan is signed.
     out_dir.mkdir(parents=True, exist_ok=True)
+    planned = [pack for pack in results if pack.status == "planned"]
+    if planned:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(WRITERS, len(planned))) as pool:
+            done = list(pool.map(lambda pack: _sign_and_write(out_dir / pack.plan_file, pack.payload, keys), planned))
+        for pack, (status, signers) in zip(planned, done, strict=True):
+            pack.status, pack.keyids, pack.packed_payload = status, signers, None
     for pack in results:
-        if pack.status == "planned":
-            pack.status = _sign_and_write(out_dir / pack.plan_file, pack.payload, keys)
         if pack.entry is not None and pack.status in ("compiled", "unchanged", "reused"):
-            envelope = _read_envelope(out_dir / pack.plan_file)
-            pack.entry["keyids"] = sorted({s.get("keyid") for s in envelope["signatures"]}) if envelope else []
+            pack.entry["keyids"] = pack.keyids if pack.keyids is not None else []
     write_manifest(out_dir, result, manifest)
     return result
 
 
-def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> str:
+WRITERS = 8  # threads signing and writing plans (mostly waiting on the disk)
+
+
+def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list]:
+    """Sign `payload` into `target`: "unchanged" when the file already holds exactly
+    that envelope, else "compiled"; and the envelope's signers."""
     from opsdsl.build.signing import add_signature, decode_base64, envelope_bytes, sign_envelope
     from opsdsl.files import write_atomic_bytes
 
-    existing = _read_envelope(target)
-    envelope = (
-        existing
-        if existing is not None and decode_base64(existing["payload"]) == payload
-        else sign_envelope(payload, [])
-    )
-    for key in keys:
-        envelope = add_signature(envelope, key)  # deterministic: a valid signature comes out identical
-    data = envelope_bytes(envelope)
     try:
-        if target.read_bytes() == data:
-            return "unchanged"
+        current = target.read_bytes()
     except OSError:
-        pass
+        current = None
+    # Signing is deterministic: when the file holds only these keys' signatures on this
+    # payload, a fresh envelope comes out byte-identical and the file need not be read as JSON.
+    envelope = sign_envelope(payload, keys)
+    data = envelope_bytes(envelope)
+    if current == data:
+        return "unchanged", _signers(envelope)
+    existing = _read_bytes_envelope(current)
+    if existing is not None and decode_base64(existing["payload"]) == payload and existing["signatures"]:
+        envelope = existing
+        for key in keys:
+            envelope = add_signature(envelope, key)  # deterministic: a valid signature comes out identical
+        data = envelope_bytes(envelope)
+        if current == data:
+            return "unchanged", _signers(envelope)
     write_atomic_bytes(target, data)
-    return "compiled"
+    return "compiled", _signers(envelope)
+
+
+def _read_bytes_envelope(data: bytes | None) -> dict | None:
+    from opsdsl.build.signing import parse_envelope
+
+    if data is None:
+        return None
+    try:
+        return parse_envelope(data)
+    except Exception:  # a damaged plan file is simply rebuilt
+        return None
 
 
 def write_manifest(out_dir: Path, result: BuildResult, previous: dict[str, Any]) -> None:
