@@ -30,6 +30,8 @@ from opsdsl.runtime import dispatch as D
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
 
 IDLE_POLL = 0.2  # seconds between looks for queued rows
+RESULT_BATCH = 64  # most results written in one statement
+RESULT_BATCH_BYTES = 1024 * 1024  # and about this much of their outputs and errors at most
 
 
 @dataclass
@@ -79,6 +81,8 @@ class DatabaseQueue:
         self.database = runner_url(store.conn.url, lease) if store.postgres else "sqlite"
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="opsdsl-runner-db")
         self._store: Any = None
+        self._results: list[tuple[tuple, asyncio.Future]] = []  # results waiting for a write
+        self._writer: asyncio.Task | None = None
 
     def _in_store(self, work: Callable[..., Any], *args: Any) -> Any:
         if self._store is None:
@@ -100,7 +104,32 @@ class DatabaseQueue:
     async def finish(
         self, claim: Claim, name: str, state: str, outputs: dict, error: str | None, retryable: bool
     ) -> bool:
-        return await self._call(write_result, claim.row_id, name, claim.epoch, state, outputs, error, retryable)
+        """Write the result (fenced, as `write_result`), in one statement with the others that
+        are ready by then: results that end while a write is on its way go together in the
+        next (one round trip and one commit for all of them). Whether it was written."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._results.append(((claim.row_id, name, claim.epoch, state, outputs, error, retryable), waiter))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_results())
+        return await waiter
+
+    async def _write_results(self) -> None:
+        while self._results:
+            batch, size = [], 0
+            while self._results and len(batch) < RESULT_BATCH and size < RESULT_BATCH_BYTES:
+                item = self._results.pop(0)
+                batch.append(item)
+                size += len(json.dumps(item[0][4])) + len(item[0][5] or "")
+            try:
+                written = await self._call(write_results, [result for result, _ in batch])
+            except Exception as error:  # each waiter says so; their leases lapse
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(error)
+                continue
+            for result, waiter in batch:
+                if not waiter.done():
+                    waiter.set_result(result[0] in written)
 
     def close(self) -> None:
         """Let go of the thread and its connection, closed on that thread (a call stuck on a
@@ -260,12 +289,28 @@ class PoolRunner:
         self.executor = InProcessExecutor()
         self.running: set[asyncio.Task] = set()
         self.draining = asyncio.Event()
+        self.freed = asyncio.Event()  # a running action ended: a slot is free
 
     # ---- the loop ------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Claim and run until drained (`draining` set), then wait for what runs."""
+        """Claim and run until drained (`draining` set), then wait for what runs.
+
+        A claim asks for as many rows as there are free slots, in one round trip. When it
+        filled them all the queue may hold more: the next claim is made as soon as a quarter
+        of the slots are free again (actions ended; at most IDLE_POLL later), not after a
+        poll. Otherwise it looks again every IDLE_POLL."""
+        from opsdsl.runtime.actions.http import shared_clients
+
         self.log(f"runner {self.name}: pool {self.pool}, lease {self.lease:g}s, concurrency {self.concurrency}")
+        async with shared_clients():  # the steps' HTTP requests keep their connections open between steps
+            await self._serve()
+        self.log(f"runner {self.name}: stopped")
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch = max(1, self.concurrency // 4)  # slots a claim waits for while the queue holds more
+        more = False  # the last claim filled every free slot: the queue may hold more
         while not self.draining.is_set():
             free = self.concurrency - len(self.running)
             claims: list[Claim] = []
@@ -276,18 +321,32 @@ class PoolRunner:
                     self._claimed(claims)
                 except Exception as error:  # the database is away: try again shortly
                     self.log(f"runner {self.name}: cannot claim: {type(error).__name__}: {error}")
+                more = len(claims) >= free
             for claim in claims:
                 task = asyncio.create_task(self.work(claim, asked), name=f"dispatch-{claim.row_id}")
                 self.running.add(task)
-                task.add_done_callback(self.running.discard)
-            if claims and len(self.running) < self.concurrency:
-                continue  # there may be more queued
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.draining.wait(), IDLE_POLL)
+                task.add_done_callback(self._ended)
+            if not more:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.draining.wait(), IDLE_POLL)
+                continue
+            # Work is waiting: claim again once `batch` slots are free (one round trip for
+            # several rows), or IDLE_POLL from now, whichever comes first.
+            until = loop.time() + IDLE_POLL
+            while self.concurrency - len(self.running) < batch and not self.draining.is_set():
+                self.freed.clear()
+                left = until - loop.time()
+                if left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.freed.wait(), left)
         if self.running:
             self.log(f"runner {self.name}: draining {len(self.running)} running action(s)")
             await asyncio.gather(*self.running, return_exceptions=True)
-        self.log(f"runner {self.name}: stopped")
+
+    def _ended(self, task: asyncio.Task) -> None:
+        self.running.discard(task)
+        self.freed.set()
 
     def _claimed(self, claims: list[Claim]) -> None:
         for claim in claims:
@@ -423,7 +482,28 @@ class PoolRunner:
 
 
 def claim_rows(store: Any, pool: str, name: str, limit: int, lease: float) -> list[Claim]:
-    """Up to `limit` queued rows of `pool`, now `name`'s (epoch + 1, a lease on the database clock)."""
+    """Up to `limit` queued rows of `pool`, now `name`'s (epoch + 1, a lease on the database clock).
+
+    On PostgreSQL one statement, one round trip and one commit for all of them: an UPDATE of
+    the rows a `FOR UPDATE SKIP LOCKED` select picked (so runners claim side by side,
+    never waiting for each other or for the writer lock), the lease measured by the
+    database's clock inside it, RETURNING what the runner needs. Nothing queued: it changes
+    nothing and draws no transaction id."""
+    if store.postgres:
+        now = store.now_sql()
+        # The picked rows materialized first: `WHERE id IN (SELECT … LIMIT k …)` may be
+        # planned as a join that reads the sub-select more than once, claiming more than k.
+        rows = store.conn.execute(
+            "WITH picked AS MATERIALIZED (SELECT id FROM dispatch WHERE pool = ? AND state = ? ORDER BY id LIMIT ?"
+            " FOR UPDATE SKIP LOCKED)"
+            f" UPDATE dispatch SET state = ?, claimant = ?, claim_epoch = claim_epoch + 1,"
+            f" lease_until = {now} + ?, claimed_at = {now}"
+            " FROM picked WHERE dispatch.id = picked.id AND dispatch.state = ?"
+            " RETURNING dispatch.id, claim_epoch, run_id, step_id, attempt, action, inputs, secrets, request,"
+            " idempotency_key, timeout",
+            (pool, D.QUEUED, limit, D.CLAIMED, name, lease, D.QUEUED),
+        ).fetchall()
+        return [_claim(row, int(row[1]), pool) for row in sorted(rows, key=lambda row: int(row[0]))]
     select = (
         "SELECT id, claim_epoch, run_id, step_id, attempt, action, inputs, secrets, request, idempotency_key,"
         " timeout FROM dispatch WHERE pool = ? AND state = ? ORDER BY id LIMIT ?"
@@ -431,15 +511,8 @@ def claim_rows(store: Any, pool: str, name: str, limit: int, lease: float) -> li
     conn = store.conn
     if conn.execute("SELECT 1 FROM dispatch WHERE pool = ? AND state = ? LIMIT 1", (pool, D.QUEUED)).fetchone() is None:
         return []  # nothing queued: no write transaction (the drivers' commits need the lock more)
-    if store.postgres:
-        # Only the rows: SKIP LOCKED lets runners claim side by side, without the writer lock.
-        conn.execute("BEGIN")
-        select += " FOR UPDATE SKIP LOCKED"
-        transaction: Any = _PgTransaction(conn)
-    else:
-        transaction = store.transaction()
     claims = []
-    with transaction:
+    with store.transaction():
         now = store.now()
         for row in conn.execute(select, (pool, D.QUEUED, limit)).fetchall():
             conn.execute(
@@ -447,31 +520,34 @@ def claim_rows(store: Any, pool: str, name: str, limit: int, lease: float) -> li
                 " claimed_at = ? WHERE id = ? AND state = ?",
                 (D.CLAIMED, name, now + lease, now, row[0], D.QUEUED),
             )
-            claims.append(
-                Claim(
-                    row_id=int(row[0]),
-                    epoch=int(row[1]) + 1,
-                    run_id=row[2],
-                    step_id=row[3],
-                    attempt=int(row[4]),
-                    action=row[5],
-                    inputs=json.loads(row[6]),
-                    secrets=json.loads(row[7]),
-                    request=json.loads(row[8]),
-                    key=row[9],
-                    timeout=row[10],
-                    pool=pool,
-                )
-            )
+            claims.append(_claim(row, int(row[1]) + 1, pool))
     return claims
+
+
+def _claim(row: Any, epoch: int, pool: str) -> Claim:
+    return Claim(
+        row_id=int(row[0]),
+        epoch=epoch,
+        run_id=row[2],
+        step_id=row[3],
+        attempt=int(row[4]),
+        action=row[5],
+        inputs=json.loads(row[6]),
+        secrets=json.loads(row[7]),
+        request=json.loads(row[8]),
+        key=row[9],
+        timeout=row[10],
+        pool=pool,
+    )
 
 
 def renew_lease(store: Any, row_id: int, name: str, epoch: int, lease: float, pool: str | None = None) -> bool:
     """Extend the claim's lease; False when the row is no longer this claim's."""
     where = " AND pool = ?" if pool is not None else ""
     cursor = store.conn.execute(
-        "UPDATE dispatch SET lease_until = ? WHERE id = ? AND claimant = ? AND claim_epoch = ? AND state = ?" + where,
-        (store.now() + lease, row_id, name, epoch, D.CLAIMED, *((pool,) if pool is not None else ())),
+        f"UPDATE dispatch SET lease_until = {store.now_sql()} + ?"
+        " WHERE id = ? AND claimant = ? AND claim_epoch = ? AND state = ?" + where,
+        (lease, row_id, name, epoch, D.CLAIMED, *((pool,) if pool is not None else ())),
     )
     return cursor.rowcount > 0
 
@@ -490,14 +566,13 @@ def write_result(
     """The claim's result, fenced by (row, claimant, epoch); False (nothing changed) when refused."""
     where = " AND pool = ?" if pool is not None else ""
     cursor = store.conn.execute(
-        "UPDATE dispatch SET state = ?, result = ?, error = ?, retryable = ?, finished_at = ?"
+        f"UPDATE dispatch SET state = ?, result = ?, error = ?, retryable = ?, finished_at = {store.now_sql()}"
         " WHERE id = ? AND claimant = ? AND claim_epoch = ? AND state = ?" + where,
         (
             state,
             json.dumps(outputs, sort_keys=True),
             error,
             1 if retryable else 0,
-            store.now(),
             row_id,
             name,
             epoch,
@@ -508,17 +583,24 @@ def write_result(
     return cursor.rowcount > 0
 
 
-class _PgTransaction:
-    """COMMIT on success, ROLLBACK on error, of a transaction already BEGUN."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> Any:
-        return self.conn
-
-    def __exit__(self, kind: Any, *_: Any) -> None:
-        self.conn.execute("ROLLBACK" if kind is not None else "COMMIT")
+def write_results(store: Any, results: list[tuple]) -> set[int]:
+    """Several claims' results, each fenced by (row, claimant, epoch) as in `write_result`:
+    (row_id, name, epoch, state, outputs, error, retryable) each. The ids written; the
+    others were refused and changed nothing. On PostgreSQL one statement (one commit)."""
+    if not store.postgres or len(results) == 1:
+        return {result[0] for result in results if write_result(store, *result)}
+    values = ", ".join(["(?::bigint, ?, ?::bigint, ?, ?, ?, ?::bigint)"] * len(results))
+    parameters: list[Any] = []
+    for row_id, name, epoch, state, outputs, error, retryable in results:
+        parameters += [row_id, name, epoch, state, json.dumps(outputs, sort_keys=True), error, 1 if retryable else 0]
+    rows = store.conn.execute(
+        "UPDATE dispatch AS d SET state = r.state, result = r.result, error = r.error, retryable = r.retryable,"
+        f" finished_at = {store.now_sql()} FROM (VALUES {values})"
+        " AS r(id, claimant, epoch, state, result, error, retryable)"
+        " WHERE d.id = r.id AND d.claimant = r.claimant AND d.claim_epoch = r.epoch AND d.state = ? RETURNING d.id",
+        (*parameters, D.CLAIMED),
+    ).fetchall()
+    return {int(row[0]) for row in rows}
 
 
 def run_pool(runner: PoolRunner) -> None:
@@ -536,6 +618,7 @@ def run_pool(runner: PoolRunner) -> None:
                 return
             runner.log(f"runner {runner.name}: draining (a second signal cancels the running actions)")
             runner.draining.set()
+            runner.freed.set()  # stop waiting for a slot
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -7,11 +7,13 @@ the attempt, and httpx closes the connection mid-flight.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json as jsonlib
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +62,42 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
 
 
+# One client per TLS setting for every request of a task that set it (`shared_clients`):
+# a pool runner keeps its connections open between steps rather than making a client and a
+# connection for each. Nothing else is shared: the limits, timeout and redirect rule are
+# each request's, and the clients keep no cookies.
+_SHARED: contextvars.ContextVar[dict[bool, httpx.AsyncClient] | None] = contextvars.ContextVar(
+    "opsdsl_http_clients", default=None
+)
+
+
+def _client(verify: bool, shared: bool = False) -> httpx.AsyncClient:
+    if not shared:
+        return httpx.AsyncClient(verify=_tls_context() if verify else False)
+    from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+    return httpx.AsyncClient(
+        verify=_tls_context() if verify else False,
+        cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # one step's cookie is never another's
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=32, keepalive_expiry=5.0),
+    )
+
+
+@contextlib.asynccontextmanager
+async def shared_clients() -> AsyncIterator[None]:
+    """Within it (and the tasks started within it), `send` reuses one client per TLS
+    setting, with its pool of open connections; closed on the way out."""
+    clients: dict[bool, httpx.AsyncClient] = {}
+    token = _SHARED.set(clients)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+        for client in clients.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
 async def send(
     method: str,
     url: str,
@@ -94,9 +132,14 @@ async def send(
     if idempotency_key is not None and not any(name.lower() == "idempotency-key" for name in request_headers):
         request_headers["Idempotency-Key"] = idempotency_key
     body: dict[str, Any] = {"json": json} if json is not _NO_JSON else {"content": content}
+    shared = _SHARED.get()
     try:
-        async with httpx.AsyncClient(verify=_tls_context() if verify else False, timeout=timeout) as client:
-            outgoing = client.build_request(method, target, headers=request_headers, **body)
+        async with contextlib.AsyncExitStack() as stack:
+            if shared is None:
+                client = await stack.enter_async_context(_client(verify))
+            else:
+                client = shared.get(verify) or shared.setdefault(verify, _client(verify, shared=True))
+            outgoing = client.build_request(method, target, headers=request_headers, timeout=timeout, **body)
             hops = 0
             while True:
                 response = await client.send(outgoing, stream=True)
