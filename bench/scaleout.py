@@ -157,6 +157,7 @@ def target_main(port_queue: multiprocessing.Queue) -> None:
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+        request_queue_size = 1024  # socketserver's 5 resets connections when many open at once
 
         def handle_error(self, request: Any, client_address: Any) -> None:
             pass  # a client that hangs up (a serve stopping, a step's timeout) is no news here
