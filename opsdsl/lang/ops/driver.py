@@ -100,6 +100,7 @@ class Driver:
             if kind in callback:
                 token = callback[kind](token)
                 kind = token.type
+            shifted = token if kind not in terminal_callbacks else terminal_callbacks[kind](token)
             while True:
                 action = row.get(kind)
                 if action is None:
@@ -107,7 +108,7 @@ class Driver:
                 shift, arg = action
                 if shift:
                     state_stack.append(arg)
-                    value_stack.append(token if kind not in terminal_callbacks else terminal_callbacks[kind](token))
+                    value_stack.append(shifted)
                     row, scan, callback, ignore, newline = states[arg]  # the lexer of the new state
                     break
                 size, build, origin = arg
