@@ -46,6 +46,15 @@ class _Record:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
 
+    def __reduce__(self) -> tuple:
+        # pickle and copy rebuild through __init__ (the default would setattr each slot);
+        # lint's worker processes exchange policy packs' policies.
+        return (_rebuild, (type(self), {n: getattr(self, n) for n in self.__slots__}))
+
+
+def _rebuild(cls: type[_Record], fields: dict[str, Any]) -> _Record:
+    return cls(**fields)
+
 
 def _int(value: Any) -> Any:
     """pydantic's lax `int`: an integral float becomes an int."""

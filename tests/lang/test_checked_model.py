@@ -98,3 +98,13 @@ def test_checked_records_are_frozen_and_compare_by_value():
     with pytest.raises(AttributeError):
         step.id = "other"
     assert hash(a.metadata.name) and repr(step).startswith("Step(id=")
+
+
+def test_checked_records_pickle_and_copy():
+    import copy
+    import pickle
+
+    for name in ("org-policies.yaml", "sev1.yaml"):
+        model = build_checked_model(_schema_valid(ROOT / "packs" / name))
+        assert pickle.loads(pickle.dumps(model)) == model
+        assert copy.deepcopy(model) == model

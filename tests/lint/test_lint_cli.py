@@ -194,3 +194,23 @@ def test_the_engine_never_opens_a_fifo_named_as_a_pack(tmp_path: Path):
     os.mkfifo(fifo)
     result = lint_paths([fifo], Config())
     assert [d.code for d in result.diagnostics] == ["OPS001"]
+
+
+def test_worker_processes_exchange_policy_packs(tmp_path: Path):
+    """Enough packs for worker processes: the org policies go to them, and a policy pack
+    the quick guess misses comes back from them, as pickled checked-model records."""
+    import re
+    import shutil
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(root / "packs", tmp_path / "packs")
+    org = tmp_path / "packs" / "org-policies.yaml"
+    org.write_text(org.read_text().replace("kind: PolicyPack", "kind:\n  PolicyPack", 1))
+    sev2 = (root / "packs" / "sev2.yaml").read_text()
+    for i in range(18):
+        renamed = re.sub(r"(?m)^(  name: )\S+", rf"\g<1>copy-{i}", sev2, count=1)
+        (tmp_path / "packs" / f"copy{i:02}.yaml").write_text(renamed)
+    one, two = (run(["lint", "-j", jobs, "packs/"], cwd=tmp_path) for jobs in ("1", "2"))
+    assert (one.returncode, one.stdout) == (two.returncode, two.stdout)
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert "Traceback" not in two.stderr
