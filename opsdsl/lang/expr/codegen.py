@@ -507,11 +507,16 @@ def _is_none(node: ast.expr) -> bool:
     return isinstance(node, ast.Constant) and node.value is None
 
 
+# Displays whose kind Python's compiler knows: it warns on a str index into any of them.
+_DISPLAYS = (ast.List, ast.ListComp, ast.Tuple, ast.Set, ast.SetComp, ast.GeneratorExp, ast.JoinedStr, ast.Lambda)
+
+
 def _is_literal(node: ast.expr) -> bool:
     """Whether Python's compiler would look at this operand's value or kind: constants
     (after its constant folding, so anything that reads no data) and list displays. It warns
-    about `1["a"]`, `[1]["a"]` or `1 is None`, which CEL reports only when evaluated."""
-    if isinstance(node, ast.List):
+    about `1["a"]`, `[1]["a"]`, `[x for x in y]["a"]` or `1 is None`, which CEL reports only
+    when evaluated."""
+    if isinstance(node, _DISPLAYS):
         return True
     return not any(isinstance(child, ast.Name) for child in ast.walk(node))
 
