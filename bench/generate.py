@@ -282,7 +282,10 @@ def _triggers(rng: random.Random, svc: str, params: dict) -> dict:
         "latency_breach": {
             "on": "alert",
             "description": "The service is slower than its objective.",
-            "when": f'event.labels.alertname == "{alerts[0]}" && event.value > params.slo_p95_ms',
+            "when": (
+                f'event.labels.alertname == "{alerts[0]}" && has(event.annotations.p95_ms)'
+                " && double(event.annotations.p95_ms) > params.slo_p95_ms"
+            ),
             "for": rng.choice(["1m", "2m", "5m"]),
         },
         "prod_alert": {
@@ -305,14 +308,14 @@ def _triggers(rng: random.Random, svc: str, params: dict) -> dict:
             "on": "alert",
             "when": (
                 f'event.labels.severity in ["critical", "page"] && event.labels.service == "{svc}"'
-                f" && size(event.alerts) > {rng.randint(1, 3)}"
+                f" && size(event.annotations) > {rng.randint(1, 3)}"
             ),
         }
     if rng.random() < 0.4:
         triggers["error_logs"] = {
             "on": "log",
             "when": (
-                f'event.level == "error" && event.fields.service == "{svc}" && '
+                f'event.level == "error" && event.labels.service == "{svc}" && '
                 'size(event.message) > 0 && !event.message.startsWith("healthcheck")'
             ),
             "threshold": {"count": 100, "within": "1m"},
@@ -687,7 +690,8 @@ def _playbook(rng: random.Random, svc: str, n_steps: int, severity: str, sub: st
         "description": _sentence(rng, 8, 14),
         "timeout": rng.choice(["30m", "45m", "1h", "2h"]),
         "inputs": {
-            "cluster": {"type": "string", "from": "event.labels.cluster"},
+            # validated (pattern:), so the cluster may reach commands and URLs (OPS043/OPS051)
+            "cluster": {"type": "string", "from": "event.labels.cluster", "pattern": "^[a-z0-9-]+$"},
             "service": {"type": "string", "from": "event.labels.service", "default": svc},
         },
         "steps": steps,
