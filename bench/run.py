@@ -507,7 +507,7 @@ def bench_lint1_vs_python(ctx: Ctx) -> Row:
 def bench_lint1_vs_cjs(ctx: Ctx) -> Row:
     """`opsdsl lint FILE` on one small pack vs check-jsonschema on that file."""
     return ctx.compare(
-        Row("lint one small pack (process) vs check-jsonschema", TIME, "<=", 0.5),
+        Row("lint one small pack (process) vs check-jsonschema", TIME, "<=", 0.4),
         opsdsl=lambda: ctx.opsdsl("lint", str(ctx.small_pack), ok_codes=(0, 1)),
         baseline=lambda: ctx.check_jsonschema([str(ctx.small_pack)]),
         reps=ctx.reps_short,
@@ -832,7 +832,7 @@ def bench_compile500_memory(ctx: Ctx) -> Row:
     out = ctx.tmp / "build-memory"
     key = str(_signing_key(ctx))
     return ctx.compare(
-        Row(f"peak memory: compile {ctx.args.packs} packs vs lint", MEMORY, "<=", 2.0),
+        Row(f"peak memory: compile {ctx.args.packs} packs vs lint", MEMORY, "<=", 1.5),
         opsdsl=lambda: Memory(
             [*ctx.opsdsl_argv, "compile", str(ctx.packs_dir), "-o", str(out), "--key", key, "--rebuild"]
         ),
