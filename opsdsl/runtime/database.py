@@ -370,10 +370,12 @@ class PgConnection:
         if text == "BEGIN":
             self._begin()
             return PgCursor(None, None, -1, None)
-        done = self._run(text, _values(parameters), returning)
-        if ending:
-            self._tx = False
-        return done
+        if not ending:
+            return self._run(text, _values(parameters), returning)
+        try:
+            return self._run(text, _values(parameters), returning)
+        finally:  # a COMMIT that fails ends the transaction too (PostgreSQL rolls it back)
+            self._tx = self._lost = False
 
     def _begin(self, lock: str | None = None, keys: tuple[int, ...] = ()) -> None:
         """BEGIN, then take `lock`. A BEGIN whose lock fails (the server went away while it
@@ -410,6 +412,8 @@ class PgConnection:
         SHARED (so it waits for, and is waited for by, every one-writer-at-a-time
         transaction) and the run's own lock EXCLUSIVE (so two transactions of one run take
         turns). Locks are always taken in that order: no deadlock between these two kinds."""
+        if self._lost:  # as a BEGIN through execute(): a lost transaction nobody rolled back is over
+            self._tx = self._lost = False
         self._ensure()
         self._begin("SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(%s)", (WRITER_LOCK, _run_lock(run)))
 

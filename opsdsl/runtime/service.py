@@ -364,7 +364,10 @@ class Service:
             self.waiting_bytes += sum(len(body) for body in bodies)
             if not self._replaying:  # else the replay reads them from the database, in their turn
                 for event_id, body in zip(ids, bodies, strict=True):
-                    self.queue.put_nowait((event_id, now, body))
+                    # The commit happened on the intake's thread: a replay that ran meanwhile
+                    # may have read (and queued) this event already.
+                    if event_id > self._replayed:
+                        self.queue.put_nowait((event_id, now, body))
             self.metrics.set("opsdsl_queue_depth", self.waiting)
 
     def signature_spent(self, signature: str, now: float) -> bool:

@@ -118,16 +118,35 @@ def test_a_begin_whose_lock_fails_leaves_the_connection_usable(pg_url: str, conn
     assert _timers(pg_url) == ["a"]
 
 
-def test_a_begin_after_a_lost_transaction_nobody_rolled_back_starts_afresh(pg_url: str, conn: PgConnection) -> None:
+@pytest.mark.parametrize("how", ["BEGIN IMMEDIATE", "begin_run"])
+def test_a_begin_after_a_lost_transaction_nobody_rolled_back_starts_afresh(
+    pg_url: str, conn: PgConnection, how: str
+) -> None:
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(INSERT, ("r", "a", "lost", 1.0))
     _kill(pg_url, conn)
     with pytest.raises(PgError):
         conn.execute(INSERT, ("r", "b", "lost", 1.0))
-    conn.execute("BEGIN IMMEDIATE")  # no ROLLBACK before it
+    if how == "begin_run":  # a worker's next transaction of a run (the reviewer's case)
+        conn.begin_run("run-1")
+    else:
+        conn.execute("BEGIN IMMEDIATE")  # no ROLLBACK before it
     conn.execute(INSERT, ("r", "c", "kept", 1.0))
     conn.execute("COMMIT")
     assert _timers(pg_url) == ["c"]
+
+
+def test_a_commit_that_fails_ends_the_transaction(pg_url: str, conn: PgConnection) -> None:
+    # Store.transaction runs COMMIT outside its try: a COMMIT that fails must leave nothing
+    # open, or every later statement of the connection fails.
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(INSERT, ("r", "a", "lost", 1.0))
+    _kill(pg_url, conn)
+    with pytest.raises(PgError):
+        conn.execute("COMMIT")
+    assert not conn.in_transaction
+    conn.execute(INSERT, ("r", "b", "after", 1.0))
+    assert _timers(pg_url) == ["b"]
 
 
 def test_a_rollback_to_a_savepoint_keeps_the_transaction(pg_url: str, conn: PgConnection) -> None:
