@@ -415,11 +415,15 @@ class FollowUpOpener:
 
     KINDS = (E.RUN_FINISHED, E.INCIDENT_REVIEWED)
 
-    def __init__(self, state: Path, store: S.Store, tracker: Tracker, secrets: Any) -> None:
+    def __init__(self, state: Path, store: S.Store, tracker: Tracker, secrets: Any, runtime: Any = None) -> None:
         self.state = state
         self.store = store
         self.tracker = tracker
         self.secrets = secrets
+        # The server's Runtime: its incident_writer (if any) writes run-end folders on a
+        # thread; an incident's follow-ups rewrite its folder only after that write, never
+        # under it (a late run-end write would drop the follow-ups' links).
+        self.runtime = runtime
 
     def pending(self) -> list[str]:
         """The incidents (run ids) whose entries arrived since the cursor; moves the cursor."""
@@ -466,6 +470,9 @@ class FollowUpOpener:
         while not stop.is_set():
             try:
                 for run_id in self.pending():
+                    writer = getattr(self.runtime, "incident_writer", None)
+                    if writer is not None:  # the run's end folder first (queued before its entry was read)
+                        await asyncio.wrap_future(writer.written())
                     opened = await asyncio.to_thread(self.open, run_id)
                     new = [item for item in opened if item.new]
                     if new:

@@ -692,7 +692,11 @@ class Server:
                 from opsdsl.runtime.incidents import FollowUpOpener
 
                 opener = FollowUpOpener(
-                    self.service.runtime.state, self.service.store, self.options.follow_ups, self.service.secrets
+                    self.service.runtime.state,
+                    self.service.store,
+                    self.options.follow_ups,
+                    self.service.secrets,
+                    runtime=self.service.runtime,
                 )
                 opening = asyncio.create_task(opener.run(done_announcing), name="opsdsl-follow-ups")
             await self._start_worker()
