@@ -93,6 +93,9 @@ def create_tables(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
 
+SQLITE_MINIMUM = (3, 35)  # RETURNING
+
+
 def open_database(path: str | PathLike) -> sqlite3.Connection:
     """Open (creating if needed) the state database as the runtime uses it, with the ledger's tables.
 
@@ -100,6 +103,11 @@ def open_database(path: str | PathLike) -> sqlite3.Connection:
     makes each COMMIT durable before it returns, which a write-ahead step.intent relies on.
     Transactions are explicit (`isolation_level=None`): the caller says BEGIN IMMEDIATE.
     """
+    if sqlite3.sqlite_version_info < SQLITE_MINIMUM:  # UPDATE … RETURNING (leases, runner claims)
+        raise LedgerError(
+            f"the state database needs SQLite {'.'.join(map(str, SQLITE_MINIMUM))} or newer; this Python's"
+            f" sqlite3 module has {sqlite3.sqlite_version} (use a Python built against a newer SQLite)"
+        )
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error as exc:
