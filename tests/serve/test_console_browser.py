@@ -139,7 +139,12 @@ def test_two_people_approve_a_two_person_step_and_watch_it_finish_live(
     alice.page.fill('[name="answer.nodes"]', "web-1")
     alice.page.fill('[name="comment"]', "drained first")
     alice.page.click("button.go")
-    alice.page.wait_for_selector("text=Approval recorded.")
+    # Either the confirmation or the page's error: a refused approval says why in the failure.
+    alice.page.wait_for_function(
+        "document.body.innerText.includes('Approval recorded.') || document.querySelector('[role=alert]') !== null"
+    )
+    shown = alice.page.inner_text("body")
+    assert "Approval recorded." in shown, shown[:2000]
     # bob's page learns of alice's approval without a reload
     bob.page.wait_for_selector("text=approved by alice", timeout=15_000)
     assert bob.page.evaluate("window.__notReloaded === true")
