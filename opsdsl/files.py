@@ -4,7 +4,6 @@ folders only their owner can enter."""
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +23,8 @@ def write_atomic_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
 def write_atomic_stream(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
     """`write_atomic_bytes` for content written piece by piece (an archive larger than memory
     should hold): `write(handle)` fills a temporary file, which then replaces `path`."""
+    import secrets  # here, not at import: it costs `opsdsl lint` ~10 ms of start-up
+
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -49,6 +50,8 @@ def write_atomic_files(files: Sequence[tuple[Path, bytes]], mode: int = 0o644) -
     leaves each path with its old content or its new one, never part of either. The
     parent folders must exist.
     """
+    import secrets
+
     pending: list[tuple[Path, Path]] = []
     try:
         for path, data in files:

@@ -2,6 +2,8 @@
 
 The Lark parser is built on first use, not at import, and its grammar analysis is cached
 on disk, so `import opsdsl.lang.expr` and a cold start stay cheap. `parse` memoises by text.
+Well-formed text is read first by `fastparse` (the same tree, built by the same callbacks,
+without importing Lark); whatever it is unsure of, errors included, goes to Lark.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from opsdsl.errors import ExpressionError
 from opsdsl.resources import lark_cache_file, read_text
 
+from .fastparse import parse_fast
 from .functions import DurationOutOfRange, parse_duration
 from .nodes import (
     MACROS,
@@ -87,14 +90,16 @@ def _parse_memoised(text: str) -> Expression:
         )
     if not text.strip():
         raise ExprSyntaxError("empty expression", 0, "write an expression, e.g. `event.value > 5`", text)
-    from lark.exceptions import UnexpectedInput
+    root = parse_fast(text, _BUILDER)  # Lark's tree without Lark, or None: then Lark decides
+    if root is None:
+        from lark.exceptions import UnexpectedInput
 
-    try:
-        root = _lark_parser().parse(text)
-    except UnexpectedInput as error:
-        raise _syntax_error(error, text) from None
-    except _SyntaxProblem as problem:
-        raise ExprSyntaxError(problem.message, problem.offset, problem.hint, text) from None
+        try:
+            root = _lark_parser().parse(text)
+        except UnexpectedInput as error:
+            raise _syntax_error(error, text) from None
+        except _SyntaxProblem as problem:
+            raise ExprSyntaxError(problem.message, problem.offset, problem.hint, text) from None
     if len(text) > MAX_DEPTH:  # every level of nesting takes at least one character
         levels, deepest = depth(root)
         if levels > MAX_DEPTH:
@@ -128,7 +133,7 @@ def _lark_parser() -> Any:
         grammar,
         parser="lalr",
         lexer="contextual",
-        transformer=_NodeBuilder(),
+        transformer=_BUILDER,
         maybe_placeholders=False,
         cache=lark_cache_file("expr", grammar),
     )
@@ -262,6 +267,9 @@ class _NodeBuilder:
     def null_lit(self, children: list) -> Node:
         (token,) = children
         return _literal("null", None, token)
+
+
+_BUILDER = _NodeBuilder()
 
 
 def _comprehension(operand: Node, name: Any, args: tuple[Node, ...], count: int, end: int) -> Comprehension:
