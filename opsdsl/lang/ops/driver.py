@@ -9,18 +9,56 @@ one loop, so the grammar stays the only definition of the syntax and the tree, t
 and positions are exactly Lark's. It handles only the happy path: at the first
 character or token it cannot take it gives up (returns None) and the caller parses
 again with Lark and the error recovery, which produce the diagnostics.
+
+Three shortcuts keep the loop short, each derived from Lark's own objects:
+- each scanner's alternation is compiled again behind a possessive run of the ignored
+  terminals that have no callback (WS), so one match skips the blanks and takes a token;
+- a keyword re-typing (Lark's UnlessCallback: a WORD that spells `step` is a STEP) whose
+  literals are plain strings becomes a dict lookup;
+- a one-child reduction whose callback hands its child back (a `?rule` such as `?value`)
+  only moves the state.
+
+With `collapse_expressions` (what `load_text` uses: it needs an expression's extent, not
+its structure) every rule of grammar/expr.lark builds an `Extent` holding the first and
+last token instead of a subtree; the rest of the tree is Lark's.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+
+class Extent:
+    """A collapsed expression: `children` are its first and last token, so code that walks
+    to a node's first or last token (spans, source text) reads it as it reads a subtree."""
+
+    __slots__ = ("children",)
+    data = "expression"
+
+    def __init__(self, children: list) -> None:
+        self.children = children
+
+
+def _collapse(children: list) -> Extent:
+    first, last = children[0], children[-1]
+    if not isinstance(first, str):
+        first = first.children[0]
+    if not isinstance(last, str):
+        last = last.children[-1]
+    return Extent([first, last])
+
+
+def _is_expression_rule(origin: str) -> bool:
+    return origin == "expression" or origin.startswith("expr__")
 
 
 class Driver:
     """The tables of one loaded Lark (LALR, contextual lexer) in plain dicts and tuples."""
 
-    def __init__(self, lark: Any) -> None:
-        from lark import Token
+    def __init__(self, lark: Any, collapse_expressions: bool = False) -> None:
+        from lark import Token, Tree
+        from lark.lexer import PatternStr, UnlessCallback
         from lark.parsers.lalr_analysis import Shift
 
         frontend = lark.parser
@@ -30,7 +68,8 @@ class Driver:
         self.start_state = table.start_states["start"]
         self.end_state = table.end_states["start"]
         self.token_class = Token
-        # state -> {terminal: (shift?, next state) | (shift?, (size, callback, rule's name))}
+        probe = Tree("probe", [])
+        # state -> {terminal: (shift?, next state) | (shift?, (size, callback or None, rule's name))}
         self.actions: dict[int, dict[str, tuple]] = {}
         for state, row in table.states.items():
             actions = {}
@@ -38,23 +77,45 @@ class Driver:
                 # names as plain str: Lark's are often Tokens, whose __eq__ slows each lookup
                 if action is Shift:
                     actions[str(name)] = (True, arg)
-                else:
-                    actions[str(name)] = (False, (len(arg.expansion), callbacks[arg], str(arg.origin.name)))
+                    continue
+                size, build, origin = len(arg.expansion), callbacks[arg], str(arg.origin.name)
+                if collapse_expressions and _is_expression_rule(origin):
+                    # one Extent per expression; inside it, one-child rules only move the state
+                    build = None if size == 1 and origin != "expression" else _collapse
+                elif size == 1 and build([probe]) is probe:
+                    build = None  # Lark's callback returns its one child: nothing to build
+                actions[str(name)] = (False, (size, build, origin))
             self.actions[state] = actions
         self.terminal_callbacks = {str(name): f for name, f in callbacks.items() if isinstance(name, str)}
-        # state -> (its actions, its scanner's match, terminal callbacks, ignored terminals,
-        # terminals that may hold a newline)
+        ignored = {str(t.name): t for t in lark.terminals if t.name in lark.ignore_tokens}
+        # state -> (its actions, its scanner's match, terminal callbacks, keyword tables,
+        # ignored terminals, terminals that may hold a newline, skip-blanks-at-end match)
         self.states: dict[int, tuple] = {}
         built: dict[int, tuple] = {}
         for state, lexer in frontend.lexer.lexers.items():
             if id(lexer) not in built:
                 scanner = lexer.scanner  # builds lexer.callback too
-                mres = scanner._mres
+                ignore = frozenset(map(str, lexer.ignore_types))
+                callback, keywords = {}, {}
+                for name, f in lexer.callback.items():
+                    literals = _plain_literals(f, UnlessCallback, PatternStr)
+                    if literals is not None:
+                        keywords[str(name)] = literals
+                    else:
+                        callback[str(name)] = f
+                if collapse_expressions:
+                    callback = {n: f for n, f in callback.items() if n not in ignore}  # no comments kept
+                blank = _blanks(ignored, ignore - set(callback), scanner.terminals)
+                prefix = f"(?:{blank})*+" if blank else ""
+                mres = [re.compile(f"{prefix}(?:{m.pattern})", m.flags) for m in scanner._mres]
+                skip = re.compile(f"(?:{blank})*+\\Z").match if blank else _nothing
                 built[id(lexer)] = (
                     mres[0].match if len(mres) == 1 else _first_match(mres),
-                    {str(name): f for name, f in lexer.callback.items()},
-                    frozenset(map(str, lexer.ignore_types)),
+                    callback,
+                    keywords,
+                    ignore,
                     frozenset(map(str, lexer.newline_types)),
+                    skip,
                 )
             self.states[state] = (self.actions[state], *built[id(lexer)])
 
@@ -68,15 +129,28 @@ class Driver:
         state_stack = [self.start_state]
         value_stack: list[Any] = []
         pos, line, line_start, end = 0, 1, 0, len(text)
-        row, scan, callback, ignore, newline = states[self.start_state]
+        row, scan, callback, keywords, ignore, newline, skip = states[self.start_state]
+        count, rindex = text.count, text.rindex
         while pos < end:
             match = scan(text, pos)
             if match is None:
-                return None
-            value = match.group(0)
+                if skip(text, pos) is None:
+                    return None
+                newlines = count("\n", pos, end)  # only blanks left
+                if newlines:
+                    line += newlines
+                break
             kind = match.lastgroup
-            start, column = pos, pos - line_start + 1
-            pos = match.end()
+            value = match.group(kind)
+            after = match.end()
+            start = after - len(value)
+            if start != pos:  # blanks skipped before the token
+                newlines = count("\n", pos, start)
+                if newlines:
+                    line += newlines
+                    line_start = rindex("\n", pos, start) + 1
+            pos = after
+            column = start - line_start + 1
             if kind in newline:
                 newlines = value.count("\n")
                 if newlines:
@@ -92,6 +166,8 @@ class Driver:
                     callback[kind](comment)
                 line += newlines
                 continue
+            if kind in keywords:
+                kind = keywords[kind].get(value, kind)
             token = new_token(Token, value)
             token.type, token.value, token.start_pos = kind, value, start
             token.line, token.column = line, column
@@ -109,13 +185,13 @@ class Driver:
                 if shift:
                     state_stack.append(arg)
                     value_stack.append(shifted)
-                    row, scan, callback, ignore, newline = states[arg]  # the lexer of the new state
+                    row, scan, callback, keywords, ignore, newline, skip = states[arg]  # the new state's lexer
                     break
                 size, build, origin = arg
                 if size == 1:  # the most common reduction: replace the top in place
-                    value_stack[-1] = build([value_stack[-1]])
-                    row = actions[state_stack[-2]]
-                    state_stack[-1] = row[origin][1]
+                    if build is not None:
+                        value_stack[-1] = build([value_stack[-1]])
+                    state_stack[-1] = actions[state_stack[-2]][origin][1]
                 else:
                     if size:
                         children = value_stack[-size:]
@@ -124,7 +200,7 @@ class Driver:
                     else:
                         children = []
                     state_stack.append(actions[state_stack[-1]][origin][1])
-                    value_stack.append(build(children))
+                    value_stack.append(build(children) if build is not None else children[0])
                 row = actions[state_stack[-1]]
         while True:  # the end of the text: reduce until the start rule is complete
             action = actions[state_stack[-1]].get("$END")
@@ -138,9 +214,47 @@ class Driver:
             else:
                 children = []
             state_stack.append(actions[state_stack[-1]][origin][1])
-            value_stack.append(build(children))
+            value_stack.append(build(children) if build is not None else children[0])
             if state_stack[-1] == end_state:
                 return value_stack[-1]
+
+
+def _plain_literals(callback: Any, unless_class: type, pattern_str: type) -> dict[str, str] | None:
+    """Lark's keyword re-typing as {literal: terminal}, when every literal is a plain string
+    (no flags), so re-typing is an exact lookup; else None (the callback is kept)."""
+    if type(callback) is not unless_class:
+        return None
+    scanner = callback.scanner
+    if scanner.g_regex_flags & re.IGNORECASE:
+        return None
+    out: dict[str, str] = {}
+    for terminal in scanner.terminals:
+        pattern = terminal.pattern
+        if type(pattern) is not pattern_str or pattern.flags:
+            return None
+        out.setdefault(pattern.value, str(terminal.name))
+    return out
+
+
+def _blanks(ignored: dict, names: set, terminals: list) -> str:
+    """The alternation of the ignored terminals the scanner may skip without a token: those
+    no other terminal of the state could also match where they start (then the alternation's
+    order would decide, so they stay in it)."""
+    others = [re.compile(t.pattern.to_regexp()) for t in terminals if str(t.name) not in names]
+    out = []
+    for name in sorted(names):
+        terminal = ignored.get(name)
+        if terminal is None:
+            continue
+        own = re.compile(terminal.pattern.to_regexp())
+        probes = [c for c in " \t\r\n\f#;/" if own.match(c)]
+        if probes and not any(other.match(c + c) for other in others for c in probes):
+            out.append(terminal.pattern.to_regexp())
+    return "|".join(out)
+
+
+def _nothing(text: str, pos: int) -> None:
+    return None
 
 
 def _first_match(mres: list) -> Any:

@@ -373,6 +373,22 @@ def _driver() -> Any:
     return Driver(_lark_parser()[0])
 
 
+@functools.cache
+def _extent_driver() -> Any:
+    """The lean run for `load_text`: Lark's tree with each expression an `Extent`, no comments."""
+    from .driver import Driver
+
+    return Driver(_lark_parser()[0], collapse_expressions=True)
+
+
+def parse_for_data(text: str) -> Any:
+    """The tree `load_text` builds data from (expressions collapsed to their extent), or None
+    where `parse_ops` must run instead: too deep, or not parsed by the lean run (errors)."""
+    if _check_nesting(text, ""):
+        return None
+    return _extent_driver().parse(text)
+
+
 def _import_from_data(base_path: str, grammar_path: str) -> tuple[str, str]:
     """Lark import loader: `%import .expr...` reads grammar/expr.lark wherever it ships."""
     return f"grammar/{grammar_path}", read_text(f"grammar/{grammar_path}")
