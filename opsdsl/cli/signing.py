@@ -1,7 +1,7 @@
 """`opsdsl keygen`, `opsdsl sign` and `opsdsl verify`: keys and signed envelopes from the command line.
 
 Thin wrappers over `opsdsl.build.signing` and `opsdsl.build.trust`, registered on the main group by
-`opsdsl.cli.main` (`cli.add_command(...)`). They raise; `opsdsl.cli.main.main` turns errors into a
+`opsdsl.cli.app` (`cli.add_command(...)`). They raise; `opsdsl.cli.main.main` turns errors into a
 message and an exit code: 0 verified, 1 refused, 2 usage or configuration error.
 """
 
