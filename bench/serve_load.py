@@ -161,6 +161,30 @@ async def send_load(port: int, args: argparse.Namespace) -> Tally:
     return tally
 
 
+def loop_lag(port: int) -> str:
+    """The server's `opsdsl_loop_lag_seconds` so far: samples, mean, and the share over 50 / 250 ms."""
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+    except OSError as error:
+        return f"n/a ({error})"
+    name = "opsdsl_loop_lag_seconds"
+    buckets = {b: float(v) for b, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)}
+    total = re.search(rf"^{name}_sum (\S+)$", text, re.M)
+    count = re.search(rf"^{name}_count (\S+)$", text, re.M)
+    if not (buckets and total and count) or not float(count.group(1)):
+        return "n/a (no samples)"
+    n = float(count.group(1))
+    over = {bound: 100 * (n - buckets.get(bound, n)) / n for bound in ("0.05", "0.25")}
+    return (
+        f"{n:.0f} samples, mean {float(total.group(1)) / n * 1000:.1f} ms, "
+        f"{over['0.05']:.1f} % over 50 ms, {over['0.25']:.1f} % over 250 ms"
+    )
+
+
 def wait_for_runs(db: Path, expected_events: int, timeout: float) -> None:
     """Until every event is handled and no run is live (or the timeout)."""
     deadline = time.monotonic() + timeout
@@ -206,8 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     state = work / "state"
     process, port = start_server(state, args)
+    loads = [os.getloadavg()[0]]
+    lag = "n/a"
     try:
         tally = asyncio.run(send_load(port, args))
+        loads.append(os.getloadavg()[0])
+        lag = loop_lag(port)
         sending = tally.last - tally.first
         print(f"sent {tally.sent} requests in {sending:.1f} s; waiting for the runs", file=sys.stderr)
         wait_for_runs(state / "state.db", len(tally.ids), args.wait)
@@ -243,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| client errors | {tally.errors or 0} |",
                 f"| intake latency p50 / p99 / max (2xx, client side) | {ms(tally.latencies)} |",
                 f"| same, from the request's scheduled time | {ms(tally.delays)} |",
+                f"| server's event loop lag while sending (`opsdsl_loop_lag_seconds`) | {lag} |",
+                f"| load average (1 min) at the start / end of sending | {loads[0]:.2f} / {loads[-1]:.2f} |",
                 f"| runs succeeded | {succeeded} (other: {other or 'none'}) |",
                 f"| runs span (first created → last finished) | {span:.1f} s |",
                 f"| runs completed per minute | {succeeded / span * 60 if succeeded else 0:.0f} |",

@@ -20,7 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,8 @@ PURE_ACTIONS = frozenset({"assert", "report.rca"})
 # Changes of pure steps that may wait for the run's next transaction (group commit).
 GROUP_MAX = 64
 
+# Pacing (a server's: see Pacer): run continuations let through per turn of the event loop.
+PACE_PER_TURN = 2
 HOLD_SLICE = 1.0  # seconds a process sleeps at a time through a wait, looking for a cancellation
 PHASE_STEPS, PHASE_COMPENSATING, PHASE_FINALLY, PHASE_DONE = "steps", "compensating", "finally", "done"
 FINISHED_OK = (S.SUCCEEDED, S.SKIPPED)
@@ -119,6 +124,9 @@ class Scheduler(ApprovalSteps, RunEndings):
 
     async def drive(self, reason: str = "start", by: str | None = None) -> Outcome:
         """Run (or continue) the run until it finishes, pauses or is interrupted."""
+        # A server's turn (Pacer): cancelled here, the drive has done nothing yet, as when
+        # cancelled while it waited for a run slot.
+        await self._pace()
         self.steps = self.store.steps(self.run.id)
         self._completed = max((s.completed or 0 for s in self.steps.values()), default=0)
         for sid, row in self.steps.items():
@@ -183,6 +191,7 @@ class Scheduler(ApprovalSteps, RunEndings):
             except Paused:
                 return self._pause()
             self._set_phase(PHASE_DONE)
+        await self._pace()
         return self._finish()
 
     # ---- sections ----------------------------------------------------------------------
@@ -442,6 +451,8 @@ class Scheduler(ApprovalSteps, RunEndings):
     async def _execute(self, sid: str, rendered: dict[str, Any], decision_entry: list) -> None:
         node = self.nodes[sid]
         action = node["action"]
+        if action not in PURE_ACTIONS:
+            await self._pace()  # a transaction of its own follows (its intent)
         row = self.steps[sid]
         now = self.env.clock()
         if action in PURE_ACTIONS:
@@ -827,6 +838,24 @@ class Scheduler(ApprovalSteps, RunEndings):
 
     # ---- persistence -------------------------------------------------------------------
 
+    async def _pace(self) -> None:
+        """Wait for a server's turn (Pacer) before work that ends in a transaction of its own.
+        Never with pure steps' changes waiting (nothing is awaited with a group uncommitted):
+        then that work simply goes ahead."""
+        pacer = _PACERS.get(asyncio.get_running_loop())
+        if pacer is not None and not self._group:
+            await pacer.turn()
+
+    def _writing(self) -> contextlib.AbstractContextManager[Any]:
+        """A server's write turn (Pacer.writes) around a transaction; nothing elsewhere."""
+        try:
+            pacer = _PACERS.get(asyncio.get_running_loop())
+        except RuntimeError:
+            pacer = None
+        if pacer is None or pacer.writes is None or self.store.conn.in_transaction:
+            return contextlib.nullcontext()
+        return pacer.writes
+
     def _flush(self) -> None:
         """Commit the pure steps' changes that wait for a transaction (group commit), if any."""
         if self._group:
@@ -873,7 +902,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         if self._later_fields:  # e.g. a phase change: it rides on the next commit
             run_fields = {**self._later_fields, **(run_fields or {})}
             self._later_fields = {}
-        with self.store.transaction():
+        with self._writing(), self.store.transaction():
             for vote in approvals:
                 self.store.add_approval(self.run.id, *vote)
             if new_entries:
@@ -906,6 +935,122 @@ class Scheduler(ApprovalSteps, RunEndings):
                 self.env.view, self.env.view_gone = None, True
                 if self._drive_task is not None:
                     self._drive_task.cancel()
+
+
+class FairLock:
+    """A lock handed to its waiters in the order they asked (no barging).
+
+    A server's loop and its intake writer thread both write the one SQLite database. SQLite
+    makes a writer that finds the database locked sleep and try again, sleeping longer each
+    time (up to 100 ms); meanwhile the loop, committing run after run, takes the lock again
+    the moment it is free, so the intake's transaction (and every 202 waiting on it) could
+    wait through a whole turn of the loop. Taking this lock first, each waits exactly for
+    the transaction before it."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiters: deque[threading.Lock] = deque()
+
+    def acquire(self) -> None:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+        waiter.acquire()  # released by release(), which hands the lock over: still held
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+    def __enter__(self) -> FairLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Pacer:
+    """Run-driving work, a little per turn of the event loop, so the loop's other work (a
+    server's HTTP intake, health checks) never waits behind every live run's next step.
+
+    asyncio runs, in each turn of its loop, every callback that was ready when the turn
+    began, and only then polls its sockets again. A server with 64 live runs would drive
+    all 64 one step further (a transaction each, fsync'd) in one turn, while an HTTP request
+    needs three or four turns from its first byte to its 202: under a busy CPU those turns
+    took hundreds of milliseconds each. A run asks the pacer for a turn (`turn`) before each
+    piece of work that ends in a transaction of its own (its start, a step with an effect
+    outside, its end); at most `per_turn` pieces go ahead at once and more then wait for the
+    next turns, in the order they asked. The work is the same, in the same order per run;
+    only its spread over the loop's turns changes.
+
+    Only a server paces (`pace_loop`); the CLI's runs never wait for a turn."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, per_turn: int = PACE_PER_TURN) -> None:
+        self.loop = loop
+        self.per_turn = max(1, per_turn)
+        self._used = 0  # pieces let through since the last tick
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._ticking = False
+        # The server's SQLite writers in this process (the loop's runs, the intake writer)
+        # take turns through it (FairLock); None on PostgreSQL.
+        self.writes: FairLock | None = None
+
+    async def turn(self) -> None:
+        """Until this piece of work may go ahead: at once when this turn has room and nobody
+        waits, else after the pieces that asked before it."""
+        if self._used < self.per_turn and not self._waiting:
+            self._used += 1
+            self._tick_soon()
+            return
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._waiting.append(future)
+        self._tick_soon()
+        await future  # cancelled: _tick skips it
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _tick_soon(self) -> None:
+        if not self._ticking:
+            self._ticking = True
+            self.loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        """Once a turn while anything waits: a fresh allowance, given to the first in line."""
+        self._ticking = False
+        self._used = 0
+        while self._waiting and self._used < self.per_turn:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+                self._used += 1
+        if self._waiting or self._used:
+            self._tick_soon()
+
+
+_PACERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pacer] = weakref.WeakKeyDictionary()
+
+
+def pace_loop(loop: asyncio.AbstractEventLoop | None = None, per_turn: int = PACE_PER_TURN) -> Pacer:
+    """Pace the runs driven on this loop (a server calls it once, on its loop); the Pacer."""
+    loop = loop or asyncio.get_running_loop()
+    pacer = _PACERS.get(loop)
+    if pacer is None:
+        pacer = _PACERS[loop] = Pacer(loop, per_turn)
+    return pacer
+
+
+def unpace_loop(loop: asyncio.AbstractEventLoop | None = None) -> None:
+    _PACERS.pop(loop or asyncio.get_running_loop(), None)
 
 
 def render_with(action: str, with_: dict[str, Any], activation: dict[str, Any]) -> dict[str, Any]:

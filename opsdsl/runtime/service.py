@@ -97,6 +97,7 @@ class Metrics:
         "opsdsl_policy_denials_total": "Steps denied by the policy gate.",
         "opsdsl_step_duration_seconds": "Time from a step's intent to its result.",
         "opsdsl_intake_seconds": "Time to accept a request (parse, persist, enqueue).",
+        "opsdsl_loop_lag_seconds": "How late a 0.1 s sleep on the server's event loop ends.",
         "opsdsl_queue_depth": "Events accepted and waiting for the worker.",
     }
 

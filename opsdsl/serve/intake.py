@@ -252,12 +252,13 @@ class GroupCommit:
         self.service = service
         self.room = room  # () -> events the backlog can still take
         self.writer: IntakeWriter | None = None
+        self.writes: Any = None  # a FairLock the writer takes around its transactions (scheduler.FairLock)
         self._batch: list[_Intake] = []
         self._pending = 0  # events batched or at the writer, not yet queued for the worker
 
     async def start(self) -> None:
         """Open the writer's connection on its thread (raises what opening it raised)."""
-        writer = IntakeWriter(self.service, asyncio.get_running_loop(), self._settle)
+        writer = IntakeWriter(self.service, asyncio.get_running_loop(), self._settle, self.writes)
         await writer.start()
         self.writer = writer
 
@@ -346,10 +347,11 @@ class IntakeWriter:
     the requests that arrived during the previous commit. Outcomes go back to the loop in
     commit order (`settle`, through call_soon_threadsafe), after the COMMIT returned."""
 
-    def __init__(self, service: Service, loop: asyncio.AbstractEventLoop, settle: Callable) -> None:
+    def __init__(self, service: Service, loop: asyncio.AbstractEventLoop, settle: Callable, writes: Any = None) -> None:
         self.service = service
         self.loop = loop
         self.settle = settle
+        self.writes = writes if writes is not None else contextlib.nullcontext()
         self._jobs: queue.SimpleQueue[list[_Intake] | None] = queue.SimpleQueue()
         self._opened: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._durable = _durable(service.store)  # read here: the engine's connection is the loop's
@@ -385,7 +387,8 @@ class IntakeWriter:
                     stopping = stopping or more is None
                     requests += more or []
                 if requests:
-                    outcomes = commit_requests(self.service, store, requests)
+                    with self.writes:
+                        outcomes = commit_requests(self.service, store, requests)
                     with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for an answer
                         self.loop.call_soon_threadsafe(self.settle, requests, outcomes)
                 if stopping:
@@ -683,6 +686,17 @@ class Server:
         )
         self.parsers = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="opsdsl-parse")
         summaries = asyncio.create_task(_log_summaries(), name="opsdsl-log-summaries")
+        lag = asyncio.create_task(_sample_loop_lag(self.service.metrics), name="opsdsl-loop-lag")
+        # Run-driving work a little per turn of the loop, so the intake's turns come round
+        # quickly while many runs are live (runtime/scheduler.py Pacer).
+        from opsdsl.runtime.scheduler import pace_loop, unpace_loop
+
+        pacer = pace_loop(loop)
+        if not getattr(self.service.store, "postgres", False):
+            from opsdsl.runtime.scheduler import FairLock
+
+            pacer.writes = self.intake.writes = FairLock()  # the intake writer and the runs take turns
+        unwatch = _watch_children_by_pidfd(loop)
         announcing, opening, done_announcing = None, None, asyncio.Event()
         try:
             announcer = self._announcer()
@@ -726,6 +740,10 @@ class Server:
             await self.intake.stop()  # after the last request: commits what it holds, closes
             self.parsers.shutdown(wait=False, cancel_futures=True)
             summaries.cancel()
+            lag.cancel()
+            unpace_loop(loop)
+            if unwatch is not None:
+                unwatch()
             LOG_LIMITER.flush(everything=True)
         return self.exit_code
 
@@ -912,6 +930,52 @@ def _release(queue: asyncio.Queue) -> int:
             return count
         queue.task_done()
         count += 1
+
+
+def _watch_children_by_pidfd(loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
+    """Python 3.11 watches each child process (a `shell` step's) with a thread of its own,
+    started on the event loop, which waits for the thread to run: under a busy CPU that was
+    a tenth of the loop's time. A pidfd lets the loop itself see the child end (3.12's
+    default). Installed for the server's life; the function that puts the old watcher back,
+    or None where pidfds are not available (or already the default)."""
+    import os
+    import sys
+    import warnings
+
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # a kernel older than 5.3, or a sandbox that forbids it
+        return None
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        previous = policy.get_child_watcher()
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(loop)
+        policy.set_child_watcher(watcher)
+
+    def restore() -> None:
+        with warnings.catch_warnings():  # a child still running (an interrupted step) is left to the OS
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            policy.set_child_watcher(previous)
+
+    return restore
+
+
+LAG_SAMPLE = 0.1  # seconds between two looks at how late the event loop is
+
+
+async def _sample_loop_lag(metrics: Any) -> None:
+    """`opsdsl_loop_lag_seconds`: how much later than asked a short sleep on the event loop
+    ends, ten times a second; the intake's every answer waits that long per turn it needs."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time()
+        await asyncio.sleep(LAG_SAMPLE)
+        metrics.observe("opsdsl_loop_lag_seconds", max(0.0, loop.time() - asked - LAG_SAMPLE))
 
 
 async def _log_summaries() -> None:
