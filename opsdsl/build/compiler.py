@@ -4,19 +4,26 @@ A plan holds the pack's identity and model digest, the compiler version, params,
 triggers, hooks, every policy in scope, and per playbook the DAG's nodes and edges with
 every action's settings resolved (defaults filled in). Durations in a plan are integer
 milliseconds. The same model and scope give byte-identical plans on any machine.
+
+Either model compiles: the checked model (`opsdsl.lang.checked`, plain records, what
+`opsdsl compile` builds, so compiling never imports pydantic) or the pydantic model of the
+Python API (`opsdsl.lang.model`). Both dump to the same JSON data, so they give the same
+digests and plan bytes (tests compare them on every pack the repository has).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsdsl import __version__
 from opsdsl.canonical import canonical_json, is_fast_path_exact, sha256_digest
 from opsdsl.errors import CompileError
 from opsdsl.lang.actions import ACTION_DEFAULTS, SCHEDULER_ACTIONS, resolved_idempotent, resolved_timeout
-from opsdsl.lang.model import Compensation, Pack, Playbook, PolicyPack, Retry, Step
+
+if TYPE_CHECKING:  # either model (see the module doc)
+    from opsdsl.lang.model import Compensation, Pack, Playbook, PolicyPack, Retry, Step
 
 PLAN_API_VERSION = "opsdsl/v1"
 __all__ = [
@@ -49,7 +56,15 @@ def model_digest(model: Pack | PolicyPack) -> str:
 
 
 def model_dump_full(model: Pack | PolicyPack) -> dict:
-    return model.model_dump(mode="json", by_alias=True)
+    """The model as JSON data, by its field aliases: the same from either model."""
+    return _dump(model)
+
+
+def _dump(record: Any) -> dict[str, Any]:
+    dump = getattr(record, "model_dump", None)
+    if dump is not None:  # the pydantic model
+        return dump(mode="json", by_alias=True)
+    return record.dump()  # a checked record
 
 
 def scope_digest(scope: Sequence[ScopeEntry]) -> str:
@@ -57,7 +72,7 @@ def scope_digest(scope: Sequence[ScopeEntry]) -> str:
 
 
 def _retry(retry: Retry | None) -> dict[str, Any]:
-    return dict(NO_RETRY) if retry is None else retry.model_dump(mode="json")
+    return dict(NO_RETRY) if retry is None else _dump(retry)
 
 
 def _runner(action: str, runner: str | None) -> dict[str, Any]:
@@ -114,7 +129,7 @@ def compile_playbook(playbook: Playbook, dumped: dict[str, Any] | None = None) -
     nodes += [_step_node(s, FINALLY, i) for i, s in enumerate(playbook.finally_)]
     nodes += [_compensation_node(s, s.compensate) for s in (*playbook.steps, *playbook.finally_) if s.compensate]
     nodes.sort(key=lambda n: n["id"])
-    dumped = dumped if dumped is not None else playbook.model_dump(mode="json", by_alias=True)
+    dumped = dumped if dumped is not None else _dump(playbook)
     return {
         "severity": playbook.severity,
         "description": playbook.description,
@@ -138,14 +153,30 @@ def compile_pack(pack: Pack, scope: Sequence[ScopeEntry]) -> tuple[dict[str, Any
     return plan, canonical_json(plan, known_exact=exact)
 
 
+_SCOPE_DUMPS: dict[int, tuple[PolicyPack, list[dict[str, Any]], bool]] = {}
+
+
+def _scope_policies(entry: ScopeEntry) -> tuple[list[dict[str, Any]], bool]:
+    """A policy pack's policies as JSON data, and whether its dump takes canonical JSON's
+    fast path; worked out once per policy pack, not once per pack compiled with it."""
+    cached = _SCOPE_DUMPS.get(id(entry.pack))
+    if cached is None or cached[0] is not entry.pack:
+        dumped = _dump(entry.pack)
+        cached = (entry.pack, dumped["policies"], is_fast_path_exact(dumped))
+        if len(_SCOPE_DUMPS) > 64:
+            _SCOPE_DUMPS.clear()
+        _SCOPE_DUMPS[id(entry.pack)] = cached
+    return cached[1], cached[2]
+
+
 def _build(pack: Pack, scope: Sequence[ScopeEntry]) -> tuple[dict[str, Any], bool]:
     dumped = model_dump_full(pack)
-    exact = is_fast_path_exact(dumped) and all(is_fast_path_exact(s.pack.model_dump(mode="json")) for s in scope)
+    exact = is_fast_path_exact(dumped) and all(_scope_policies(s)[1] for s in scope)
     digest = sha256_digest(canonical_json(dumped, known_exact=exact))
     policies = [{**p, "origin": pack.metadata.name} for p in dumped["policies"]]
     ordered_scope = sorted(scope, key=lambda s: s.name)
     for entry in ordered_scope:
-        policies += [{**p.model_dump(mode="json"), "origin": entry.name} for p in entry.pack.policies]
+        policies += [{**p, "origin": entry.name} for p in _scope_policies(entry)[0]]
     plan = {
         "apiVersion": PLAN_API_VERSION,
         "kind": "Plan",

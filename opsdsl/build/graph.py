@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opsdsl.errors import CompileError
-from opsdsl.lang.model import Playbook, Step
+
+if TYPE_CHECKING:  # either model: the checked one (`opsdsl compile`) or pydantic's
+    from opsdsl.lang.model import Playbook, Step
 
 MAIN, FINALLY = "steps", "finally"
 _ORDERING = ("needs", "sequence")

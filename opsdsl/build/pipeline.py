@@ -29,7 +29,7 @@ class Analysis:
 
     path: Path
     document: Document | None = None
-    model: object | None = None  # opsdsl.lang.model.Pack | PolicyPack
+    model: object | None = None  # opsdsl.lang.model's Pack | PolicyPack, or opsdsl.lang.checked's
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     @property
@@ -43,9 +43,12 @@ def analyse_file(
     stop_after: Stage = "check",
     config: Config | None = None,
     text: str | None = None,
+    checked: bool = False,
 ) -> Analysis:
     """`text`, when given, is the file's content as an editor holds it (`opsdsl lsp`),
-    analysed instead of what is on disk."""
+    analysed instead of what is on disk. `checked` builds the checked model (plain records,
+    `opsdsl.lang.checked`: what lint and compile use, without importing pydantic) instead of
+    the pydantic model of the Python API; the checks and the compiler take either."""
     result = Analysis(path)
     document, diagnostics = load_file(path) if text is None else load_source(text, path)
     result.document = document
@@ -64,9 +67,14 @@ def analyse_file(
     if problems or stop_after == "schema":
         return result
 
-    from opsdsl.lang.model import build_model
+    if checked:
+        from opsdsl.lang.checked import build_checked_model
 
-    result.model = build_model(document.data)
+        result.model = build_checked_model(document.data)
+    else:
+        from opsdsl.lang.model import build_model
+
+        result.model = build_model(document.data)
     if stop_after == "model":
         return result
 

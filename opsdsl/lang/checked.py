@@ -12,6 +12,8 @@ and fixture, so neither can drift.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from opsdsl.lang.durations import parse_duration
@@ -50,6 +52,39 @@ class _Record:
         # pickle and copy rebuild through __init__ (the default would setattr each slot);
         # lint's worker processes exchange policy packs' policies.
         return (_rebuild, (type(self), {n: getattr(self, n) for n in self.__slots__}))
+
+    # Fields dumped under another name (pydantic's aliases), and fields left out of a dump
+    # when they hold the given value (pydantic's `exclude_if`): see `dump`.
+    _aliases: Mapping[str, str] = MappingProxyType({})
+    _omit_when: Mapping[str, Any] = MappingProxyType({})
+
+    def dump(self) -> dict[str, Any]:
+        """The record as JSON data: what `opsdsl.lang.model`'s `model_dump(mode="json",
+        by_alias=True)` gives for the same pack (tuples as lists, a non-finite float as
+        None), so model digests and plans come out byte-identical from either model."""
+        out = {}
+        aliases, omit = self._aliases, self._omit_when
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if name in omit and value is omit[name]:
+                continue
+            out[aliases.get(name, name)] = _json(value)
+        return out
+
+
+def _json(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {k: _json(v) for k, v in value.items()}
+    if kind is tuple or kind is list:
+        return [_json(v) for v in value]
+    if kind is float:
+        return value if value - value == 0 else None  # inf and nan: null, as pydantic's JSON mode
+    if isinstance(value, _Record):
+        return value.dump()
+    return value
 
 
 def _rebuild(cls: type[_Record], fields: dict[str, Any]) -> _Record:
@@ -125,6 +160,7 @@ class Threshold(_Record):
     within: int
     per: str | None
     __slots__ = tuple(__annotations__)
+    _omit_when = MappingProxyType({"per": None})
 
     @classmethod
     def of(cls, d: dict) -> Threshold:
@@ -138,6 +174,7 @@ class Trigger(_Record):
     for_: int | None
     description: str | None
     __slots__ = tuple(__annotations__)
+    _aliases = MappingProxyType({"for_": "for"})
 
     @classmethod
     def of(cls, d: dict) -> Trigger:
@@ -198,6 +235,7 @@ class Compensation(_Record):
     timeout: int | None
     retry: Retry | None
     __slots__ = tuple(__annotations__)
+    _aliases = MappingProxyType({"with_": "with"})
 
     @classmethod
     def of(cls, d: dict) -> Compensation:
@@ -225,6 +263,8 @@ class Step(_Record):
     idempotent: bool | None
     runner: str | None
     __slots__ = tuple(__annotations__)
+    _aliases = MappingProxyType({"with_": "with"})
+    _omit_when = MappingProxyType({"runner": None})
 
     @classmethod
     def of(cls, d: dict) -> Step:
@@ -256,6 +296,7 @@ class Input(_Record):
     enum: tuple[Any, ...] | None
     max_length: int | None
     __slots__ = tuple(__annotations__)
+    _aliases = MappingProxyType({"from_": "from"})
 
     @classmethod
     def of(cls, d: dict) -> Input:
@@ -279,6 +320,7 @@ class Playbook(_Record):
     steps: tuple[Step, ...]
     finally_: tuple[Step, ...]
     __slots__ = tuple(__annotations__)
+    _aliases = MappingProxyType({"finally_": "finally"})
 
     @classmethod
     def of(cls, d: dict) -> Playbook:
@@ -301,6 +343,7 @@ class Policy(_Record):
     approvals: int
     distinct_from_requester: bool
     __slots__ = tuple(__annotations__)
+    _omit_when = MappingProxyType({"distinct_from_requester": False})
 
     @classmethod
     def of(cls, d: dict) -> Policy:
@@ -325,6 +368,7 @@ class Pack(_Record):
     playbooks: dict[str, Playbook]
     policies: tuple[Policy, ...]
     __slots__ = tuple(__annotations__)
+    _aliases = MappingProxyType({"api_version": "apiVersion"})
 
     @classmethod
     def of(cls, d: dict) -> Pack:
@@ -346,6 +390,7 @@ class PolicyPack(_Record):
     metadata: Metadata
     policies: tuple[Policy, ...]
     __slots__ = tuple(__annotations__)
+    _aliases = MappingProxyType({"api_version": "apiVersion"})
 
     @classmethod
     def of(cls, d: dict) -> PolicyPack:
