@@ -242,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         process.send_signal(15)
         try:
-            code = process.wait(timeout=150)
+            # Long enough for the drain: a stopping server writes every incident folder its
+            # writer still holds, hundreds when the disk was the bottleneck.
+            code = process.wait(timeout=600)
         except subprocess.TimeoutExpired:
             process.kill()
             code = process.wait()
