@@ -15,7 +15,7 @@ import pytest
 from opsdsl.lang.ops import load_text
 from opsdsl.lang.ops.convert import yaml_to_ops
 from opsdsl.lang.ops.data import PackBuilder
-from opsdsl.lang.ops.parser import _check_nesting, _lark_parser, parse_for_data, parse_ops
+from opsdsl.lang.ops.parser import MAX_DEPTH, _check_nesting, _lark_parser, _shallow, parse_for_data, parse_ops
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -155,3 +155,38 @@ def test_lean_path_parses_the_bench_like_packs_and_refuses_errors():
     assert parse_for_data(text) is not None
     assert parse_for_data(text.replace("{", "", 1)) is None
     assert parse_for_data("pack a version 1 owner b { labels " + "[" * 70 + "]" * 70 + " }") is None
+
+
+def test_shallow_never_passes_a_text_the_nesting_check_refuses():
+    """parse_for_data skips _check_nesting when _shallow says the brackets balance within
+    MAX_DEPTH; on random bracket, quote and comment soup it is never wrong."""
+    rng = random.Random(5)
+    alphabet = ["{", "}", "[", "]", "(", ")", '"', "'", "#", "\n", "\\", "a", " "]
+    passed = 0
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        if rng.random() < 0.3:
+            depth = rng.randint(MAX_DEPTH - 4, MAX_DEPTH + 4)
+            text = text + rng.choice("{[(") * depth + text + rng.choice("}])") * depth
+        if _shallow(text):
+            passed += 1
+            assert not _check_nesting(text, "t.ops"), text
+    assert passed > 1000
+    assert _shallow("{" * MAX_DEPTH + "}" * MAX_DEPTH)
+    assert not _shallow("{" * (MAX_DEPTH + 1) + "}" * (MAX_DEPTH + 1))
+
+
+def test_spans_built_without_the_dataclass_init_are_spans():
+    import copy
+    import pickle
+
+    from opsdsl.errors import Span
+    from opsdsl.lang.ops.data import _span
+
+    made, plain = _span("f.ops", 1, 2, 3, 4), Span("f.ops", 1, 2, 3, 4)
+    assert type(made) is Span
+    assert made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
+    assert pickle.loads(pickle.dumps(made)) == plain and copy.deepcopy(made) == plain
+    assert sorted([Span("f.ops", 1, 3), made]) == [made, Span("f.ops", 1, 3)]
+    with pytest.raises(AttributeError):  # still frozen
+        made.line = 5

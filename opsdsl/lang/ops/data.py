@@ -25,6 +25,30 @@ _PLAIN_STRING = re.compile(r'"[^"\\\x00-\x1f]*"')
 _GAP = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|\s*#[^\n]*\n\s*|\s*\n\s*')
 
 
+def _fast_span() -> Any:
+    """`Span(file, line, col, end_line, end_col)` without the frozen dataclass's __init__ (five
+    object.__setattr__ calls, a fifth of a build): the same fields in the instance's __dict__,
+    so the object is equal, hashes, prints and pickles the same. Span itself when its shape is
+    not the plain one this relies on."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(Span)]
+    plain = names == ["file", "line", "col", "end_line", "end_col"] and not hasattr(Span, "__post_init__")
+    if not plain or hasattr(Span, "__slots__"):
+        return Span
+    new, set_dict = object.__new__, object.__setattr__
+
+    def span(file: str, line: int, col: int, end_line: int, end_col: int) -> Span:
+        made = new(Span)
+        set_dict(made, "__dict__", {"file": file, "line": line, "col": col, "end_line": end_line, "end_col": end_col})
+        return made
+
+    return span
+
+
+_span = _fast_span()
+
+
 @dataclass
 class OpsDocument(Document):
     """A loaded .ops document: plain data plus the positions recorded while building it."""
@@ -88,11 +112,12 @@ class DataBuilder:
             first = first.children[0]
         while not isinstance(last, str):
             last = last.children[-1]
-        return Span(self.file, first.line, first.column, last.end_line, last.end_column)
+        return _span(self.file, first.line, first.column, last.end_line, last.end_column)
 
     def mark(self, path: Path_, value_node: Any, key_node: Any = None) -> None:
-        self.spans[path] = self.at(value_node)
-        self.keys[path] = self.at(key_node if key_node is not None else value_node)
+        # one Span for both when the key is the value (spans are frozen: sharing is safe)
+        span = self.spans[path] = self.at(value_node)
+        self.keys[path] = span if key_node is None or key_node is value_node else self.at(key_node)
 
     def put(self, target: dict, path: Path_, value: Any, value_node: Any, key_node: Any, what: str = "") -> bool:
         key = path[-1]

@@ -69,14 +69,14 @@ class Driver:
         self.end_state = table.end_states["start"]
         self.token_class = Token
         probe = Tree("probe", [])
-        # state -> {terminal: (shift?, next state) | (shift?, (size, callback or None, rule's name))}
+        # state -> {terminal or rule: next state (a shift or a goto) | (size, callback or None, rule)}
         self.actions: dict[int, dict[str, tuple]] = {}
         for state, row in table.states.items():
             actions = {}
             for name, (action, arg) in row.items():
                 # names as plain str: Lark's are often Tokens, whose __eq__ slows each lookup
                 if action is Shift:
-                    actions[str(name)] = (True, arg)
+                    actions[str(name)] = arg
                     continue
                 size, build, origin = len(arg.expansion), callbacks[arg], str(arg.origin.name)
                 if collapse_expressions and _is_expression_rule(origin):
@@ -84,12 +84,13 @@ class Driver:
                     build = None if size == 1 and origin != "expression" else _collapse
                 elif size == 1 and build([probe]) is probe:
                     build = None  # Lark's callback returns its one child: nothing to build
-                actions[str(name)] = (False, (size, build, origin))
+                actions[str(name)] = (size, build, origin)
             self.actions[state] = actions
         self.terminal_callbacks = {str(name): f for name, f in callbacks.items() if isinstance(name, str)}
         ignored = {str(t.name): t for t in lark.terminals if t.name in lark.ignore_tokens}
-        # state -> (its actions, its scanner's match, terminal callbacks, keyword tables,
-        # ignored terminals, terminals that may hold a newline, skip-blanks-at-end match)
+        # state -> (its actions, its scanner's match, the terminals that need more than a token
+        # (any below), terminal callbacks, keyword tables, ignored terminals, terminals that may
+        # hold a newline, skip-blanks-at-end match)
         self.states: dict[int, tuple] = {}
         built: dict[int, tuple] = {}
         for state, lexer in frontend.lexer.lexers.items():
@@ -109,12 +110,14 @@ class Driver:
                 prefix = f"(?:{blank})*+" if blank else ""
                 mres = [re.compile(f"{prefix}(?:{m.pattern})", m.flags) for m in scanner._mres]
                 skip = re.compile(f"(?:{blank})*+\\Z").match if blank else _nothing
+                newline = frozenset(map(str, lexer.newline_types))
                 built[id(lexer)] = (
                     mres[0].match if len(mres) == 1 else _first_match(mres),
+                    frozenset(callback) | set(keywords) | ignore | newline | set(self.terminal_callbacks),
                     callback,
                     keywords,
                     ignore,
-                    frozenset(map(str, lexer.newline_types)),
+                    newline,
                     skip,
                 )
             self.states[state] = (self.actions[state], *built[id(lexer)])
@@ -129,16 +132,14 @@ class Driver:
         state_stack = [self.start_state]
         value_stack: list[Any] = []
         pos, line, line_start, end = 0, 1, 0, len(text)
-        row, scan, callback, keywords, ignore, newline, skip = states[self.start_state]
+        row, scan, fancy, callback, keywords, ignore, newline, skip = states[self.start_state]
         count, rindex = text.count, text.rindex
         while pos < end:
             match = scan(text, pos)
             if match is None:
                 if skip(text, pos) is None:
                     return None
-                newlines = count("\n", pos, end)  # only blanks left
-                if newlines:
-                    line += newlines
+                line += count("\n", pos, end)  # only blanks left
                 break
             kind = match.lastgroup
             value = match.group(kind)
@@ -150,48 +151,42 @@ class Driver:
                     line += newlines
                     line_start = rindex("\n", pos, start) + 1
             pos = after
-            column = start - line_start + 1
-            if kind in newline:
-                newlines = value.count("\n")
+            token = new_token(Token, value)
+            token.start_pos, token.line, token.column = start, line, start - line_start + 1
+            if kind in fancy:  # Lark's lexer: newlines, ignored tokens, callbacks by the matched kind
+                newlines = value.count("\n") if kind in newline else 0
                 if newlines:
                     line_start = start + value.rindex("\n") + 1
-            else:
-                newlines = 0
-            if kind in ignore:
-                if kind in callback:
-                    comment = new_token(Token, value)
-                    comment.type, comment.value, comment.start_pos = kind, value, start
-                    comment.line, comment.column = line, column
-                    comment.end_line, comment.end_column, comment.end_pos = line + newlines, pos - line_start + 1, pos
-                    callback[kind](comment)
+                token.type, token.value = kind, value
+                token.end_line, token.end_column, token.end_pos = line + newlines, pos - line_start + 1, pos
                 line += newlines
-                continue
-            if kind in keywords:
-                kind = keywords[kind].get(value, kind)
-            token = new_token(Token, value)
-            token.type, token.value, token.start_pos = kind, value, start
-            token.line, token.column = line, column
-            line += newlines
-            token.end_line, token.end_column, token.end_pos = line, pos - line_start + 1, pos
-            if kind in callback:
-                token = callback[kind](token)
+                if kind in keywords:
+                    token.type = keywords[kind].get(value, kind)
+                elif kind in callback:
+                    token = callback[kind](token)
+                if kind in ignore:
+                    continue
                 kind = token.type
-            shifted = token if kind not in terminal_callbacks else terminal_callbacks[kind](token)
+                if kind in terminal_callbacks:
+                    token = terminal_callbacks[kind](token)
+            else:
+                token.type, token.value = kind, value
+                token.end_line, token.end_column, token.end_pos = line, pos - line_start + 1, pos
             while True:
                 action = row.get(kind)
                 if action is None:
                     return None
-                shift, arg = action
-                if shift:
-                    state_stack.append(arg)
-                    value_stack.append(shifted)
-                    row, scan, callback, keywords, ignore, newline, skip = states[arg]  # the new state's lexer
+                if action.__class__ is int:  # shift, and the new state's lexer
+                    state_stack.append(action)
+                    value_stack.append(token)
+                    row, scan, fancy, callback, keywords, ignore, newline, skip = states[action]
                     break
-                size, build, origin = arg
+                size, build, origin = action
                 if size == 1:  # the most common reduction: replace the top in place
                     if build is not None:
                         value_stack[-1] = build([value_stack[-1]])
-                    state_stack[-1] = actions[state_stack[-2]][origin][1]
+                    goto = actions[state_stack[-2]][origin]
+                    state_stack[-1] = goto
                 else:
                     if size:
                         children = value_stack[-size:]
@@ -199,21 +194,22 @@ class Driver:
                         del value_stack[-size:]
                     else:
                         children = []
-                    state_stack.append(actions[state_stack[-1]][origin][1])
-                    value_stack.append(build(children) if build is not None else children[0])
-                row = actions[state_stack[-1]]
+                    goto = actions[state_stack[-1]][origin]
+                    state_stack.append(goto)
+                    value_stack.append(build(children))
+                row = actions[goto]
         while True:  # the end of the text: reduce until the start rule is complete
             action = actions[state_stack[-1]].get("$END")
-            if action is None or action[0]:
+            if action is None or action.__class__ is int:
                 return None
-            size, build, origin = action[1]
+            size, build, origin = action
             if size:
                 children = value_stack[-size:]
                 del state_stack[-size:]
                 del value_stack[-size:]
             else:
                 children = []
-            state_stack.append(actions[state_stack[-1]][origin][1])
+            state_stack.append(actions[state_stack[-1]][origin])
             value_stack.append(build(children) if build is not None else children[0])
             if state_stack[-1] == end_state:
                 return value_stack[-1]

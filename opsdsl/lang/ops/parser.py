@@ -144,6 +144,27 @@ def _check_nesting(text: str, path: str) -> list[Diagnostic]:
     return []
 
 
+# What _check_nesting's scan skips (strings, comments, any other text, a lone quote) and
+# what is left after it: brackets only, whose innermost pairs one substitution removes.
+_NOT_BRACKETS = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[^{}\[\]()"\'#]+|["\']')
+_INNERMOST = re.compile(r"[{\[(][}\])]")
+
+
+def _shallow(text: str) -> bool:
+    """True when the brackets of `text` (as _check_nesting counts them) balance and nest at
+    most MAX_DEPTH deep: each round removes the innermost pairs, so a balanced text is
+    empty after as many rounds as its depth. False means "ask _check_nesting"."""
+    brackets = _NOT_BRACKETS.sub("", text)
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            return True
+        inner = _INNERMOST.sub("", brackets)
+        if len(inner) == len(brackets):
+            return False
+        brackets = inner
+    return not brackets
+
+
 def _unclosed(text: str, before: int) -> int | None:
     """The line of the innermost bracket still open at offset `before`."""
     stack: list[int] = []
@@ -384,7 +405,7 @@ def _extent_driver() -> Any:
 def parse_for_data(text: str) -> Any:
     """The tree `load_text` builds data from (expressions collapsed to their extent), or None
     where `parse_ops` must run instead: too deep, or not parsed by the lean run (errors)."""
-    if _check_nesting(text, ""):
+    if not _shallow(text) and _check_nesting(text, ""):
         return None
     return _extent_driver().parse(text)
 
