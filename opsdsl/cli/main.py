@@ -136,8 +136,8 @@ def _fast_path(args: list[str]) -> Any:
     swapped = globals().get("cli")  # a group a test swapped in runs everything itself
     if swapped is not None and swapped is not getattr(sys.modules.get("opsdsl.cli.app"), "cli", None):
         return None
-    if os.environ.get("_OPSDSL_COMPLETE"):  # a shell-completion request: click answers it
-        return None
+    if os.environ.get("_OPSDSL_COMPLETE") or os.name == "nt":
+        return None  # a shell-completion request; Windows, where click.echo writes to the console itself
     if args in (["--version"], ["-V"]):
         return _version
     if len(args) >= 2 and args[0] == "lint" and all(_plain_input(a) for a in args[1:]):
