@@ -20,6 +20,8 @@ from opsdsl.lang.source import Document
 from .printer import first_token, last_token
 
 Path_ = tuple[str | int, ...]
+# Values of one token (the rule's only child).
+_SCALARS = frozenset(["string", "number", "boolean", "null"])
 # A string JSON decodes to its inside unchanged.
 _PLAIN_STRING = re.compile(r'"[^"\\\x00-\x1f]*"')
 _GAP = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|\s*#[^\n]*\n\s*|\s*\n\s*')
@@ -166,29 +168,36 @@ class DataBuilder:
 
     def value(self, node: Any, path: Path_) -> Any:
         """A JSON-like literal; records a span for it and every element."""
-        self.spans[path] = self.at(node)
         kind = str(node.data)  # a plain str: Lark's rule names are Tokens, slow to compare
-        if kind == "string":
-            return self.decode(node.children[0])
-        if kind == "number":
-            raw = str(node.children[0])
-            return float(raw) if any(c in raw for c in ".eE") else int(raw)
-        if kind == "boolean":
-            return node.children[0].type == "TRUE"
-        if kind == "null":
+        children = node.children
+        if kind in _SCALARS:  # one token: its span is the node's
+            token = children[0]
+            self.spans[path] = _span(self.file, token.line, token.column, token.end_line, token.end_column)
+            if kind == "string":
+                return self.decode(token)
+            if kind == "number":
+                raw = str(token)
+                return float(raw) if "." in raw or "e" in raw or "E" in raw else int(raw)
+            if kind == "boolean":
+                return token.type == "TRUE"
             return None
+        self.spans[path] = self.at(node)
         if kind == "list":
-            items = [c for c in node.children if not isinstance(c, str)]
+            items = [c for c in children if not isinstance(c, str)]
             return [self.value(item, (*path, i)) for i, item in enumerate(items)]
         out: dict[str, Any] = {}
-        for pair in (c for c in node.children if not isinstance(c, str)):
+        for pair in children:
+            if isinstance(pair, str):  # punctuation
+                continue
             key_token, _, value_node = pair.children
             key = self.decode(key_token) if key_token.type == "STRING" else str(key_token)
             if key in out:
                 self.put(out, (*path, key), None, value_node, key_token)
                 continue
             out[key] = self.value(value_node, (*path, key))
-            self.keys[(*path, key)] = self.at(key_token)
+            self.keys[(*path, key)] = _span(
+                self.file, key_token.line, key_token.column, key_token.end_line, key_token.end_column
+            )
         return out
 
     def expression(self, node: Any, path: Path_) -> str:

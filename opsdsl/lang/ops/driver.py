@@ -142,9 +142,8 @@ class Driver:
                 line += count("\n", pos, end)  # only blanks left
                 break
             kind = match.lastgroup
-            value = match.group(kind)
-            after = match.end()
-            start = after - len(value)
+            start, after = match.span(kind)
+            value = text[start:after]
             if start != pos:  # blanks skipped before the token
                 newlines = count("\n", pos, start)
                 if newlines:
