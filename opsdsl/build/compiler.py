@@ -169,9 +169,21 @@ def _scope_policies(entry: ScopeEntry) -> tuple[list[dict[str, Any]], bool]:
     return cached[1], cached[2]
 
 
-def _build(pack: Pack, scope: Sequence[ScopeEntry]) -> tuple[dict[str, Any], bool]:
+def _plan_dump(pack: Pack) -> tuple[dict[str, Any], bool]:
+    """The pack's dump for its plan, and whether it takes canonical JSON's fast path. A
+    checked pack is dumped without copying its own values first (`dump(deep=False)`),
+    which gives the same JSON text whenever that dump takes the fast path."""
+    if not hasattr(pack, "model_dump"):
+        dumped = pack.dump(deep=False)
+        if is_fast_path_exact(dumped):
+            return dumped, True
     dumped = model_dump_full(pack)
-    exact = is_fast_path_exact(dumped) and all(_scope_policies(s)[1] for s in scope)
+    return dumped, is_fast_path_exact(dumped)
+
+
+def _build(pack: Pack, scope: Sequence[ScopeEntry]) -> tuple[dict[str, Any], bool]:
+    dumped, exact = _plan_dump(pack)
+    exact = exact and all(_scope_policies(s)[1] for s in scope)
     digest = sha256_digest(canonical_json(dumped, known_exact=exact))
     policies = [{**p, "origin": pack.metadata.name} for p in dumped["policies"]]
     ordered_scope = sorted(scope, key=lambda s: s.name)

@@ -14,9 +14,12 @@ payload with valid signatures by the requested keys, is not even parsed again.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,12 @@ class PackResult:
     # pack: a big tree's plans need not all sit in memory in full at once.
     packed_payload: bytes | None = None
     keyids: list | None = None  # a reused plan's signers, read when it was found reusable
+    # Set when the planning worker signed the plan itself: "compiled" with the flushed
+    # temporary file beside the plan file that the build renames into place, or
+    # "unchanged" with none (see `_stage`).
+    staged: str | None = None
+    temp: str | None = None
+    raw_payload: bytes | None = None  # the plan's bytes as planned, when asked for uncompressed
 
     @property
     def payload(self) -> bytes | None:
@@ -86,6 +95,32 @@ def _error(source: str, code: str, message: str, span: Span | None = None, hint:
 def _with_lines(diagnostics: list[Diagnostic], analysis) -> list[Diagnostic]:
     source = analysis.document.source if analysis.document else None
     return [d.with_source_line(source.line(d.span.line) if source else None) for d in diagnostics]
+
+
+class Rendered:
+    """A manifest value rendered ahead of time, as `json.dumps(value, indent=2,
+    sort_keys=True)` (zlib-compressed), by the worker that planned the pack: a big
+    tree's step positions need not all sit in the build's memory as dicts at once.
+    `write_manifest` splices it in, byte for byte what rendering the value there gives."""
+
+    __slots__ = ("packed",)
+
+    def __init__(self, value: Any) -> None:
+        self.packed = zlib.compress(json.dumps(value, indent=2, sort_keys=True).encode("ascii"), 1)
+
+    def __getstate__(self) -> bytes:
+        return self.packed
+
+    def __setstate__(self, packed: bytes) -> None:
+        self.packed = packed
+
+    @property
+    def text(self) -> str:
+        return zlib.decompress(self.packed).decode("ascii")
+
+    @property
+    def value(self) -> Any:
+        return json.loads(self.text)
 
 
 def _step_spans(analysis) -> dict[str, dict[str, str]]:
@@ -132,9 +167,16 @@ def _reusable(previous: dict | None, source_digest: str, scope: str, out_dir: Pa
 
 
 def plan_file(
-    path: Path, scope: list, scope_dig: str, out_dir: Path, previous: dict | None, public_keys: dict
+    path: Path,
+    scope: list,
+    scope_dig: str,
+    out_dir: Path,
+    previous: dict | None,
+    public_keys: dict,
+    compress: bool = True,
 ) -> PackResult:
-    """Check and plan one pack (or find its prior plan reusable). Writes nothing."""
+    """Check and plan one pack (or find its prior plan reusable). Writes nothing. The plan's
+    bytes are kept compressed, or in `raw_payload` when not `compress`."""
     shown = display_path(path)
     try:
         source_digest = sha256_digest(path.read_bytes())
@@ -167,24 +209,73 @@ def plan_file(
         "scopeDigest": scope_dig,
         "plan": plan_path(out_dir, model.metadata.name).name,
         "payloadDigest": sha256_digest(payload),
-        "spans": _step_spans(analysis),
+        "spans": Rendered(_step_spans(analysis)),
     }
+    if not compress:
+        return PackResult(shown, "planned", model.metadata.name, entry["plan"], entry, raw_payload=payload)
     packed = zlib.compress(payload, 1)
     return PackResult(shown, "planned", model.metadata.name, entry["plan"], entry, packed_payload=packed)
 
 
+# The keys the planning workers sign with: set by compile_paths just before the workers
+# fork, which hands them over (a private key cannot be pickled, and need not travel).
+_SIGNING_KEYS: tuple = ()
+STAGERS = 4  # threads per planning worker signing plans and flushing them to disk
+
+
 def _plan_chunk(args: tuple) -> list[PackResult]:
-    paths, scope, scope_dig, out_dir, manifest, public_bytes = args
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    from opsdsl.build.signing import keyid
-
-    public_keys = {}
-    for raw in public_bytes:
-        key = Ed25519PublicKey.from_public_bytes(raw)
-        public_keys[keyid(key)] = key
+    paths, scope, scope_dig, out_dir, manifest, public_bytes, key_count = args
     by_source = {e.get("source"): e for e in manifest.get("packs", {}).values() if isinstance(e, dict)}
-    return [plan_file(p, scope, scope_dig, out_dir, by_source.get(display_path(p)), public_keys) for p in paths]
+    public_keys = {}
+    if by_source and public_bytes:  # only a prior plan's signatures need checking
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        from opsdsl.build.signing import keyid
+
+        for raw in public_bytes:
+            key = Ed25519PublicKey.from_public_bytes(raw)
+            public_keys[keyid(key)] = key
+    # A worker that did not fork from compile_paths (a spawn start) has no keys: the build
+    # signs and writes its plans afterwards instead.
+    keys = _SIGNING_KEYS if len(_SIGNING_KEYS) == key_count else None
+    if keys is None:
+        return [plan_file(p, scope, scope_dig, out_dir, by_source.get(display_path(p)), public_keys) for p in paths]
+    # Each plan is signed and flushed to a temporary file by a few threads while the next
+    # packs are planned; the build renames them into place only when every pack is clean.
+    from concurrent.futures import ThreadPoolExecutor
+
+    results, staging = [], []
+    ok = False
+    try:
+        with ThreadPoolExecutor(max_workers=STAGERS) as pool:
+            try:
+                for path in paths:
+                    previous = by_source.get(display_path(path))
+                    result = plan_file(path, scope, scope_dig, out_dir, previous, public_keys, compress=False)
+                    results.append(result)
+                    if result.status == "planned":
+                        payload, result.raw_payload = result.raw_payload, None
+                        staging.append((result, pool.submit(_stage, out_dir / result.plan_file, payload, keys)))
+            finally:
+                for result, future in staging:
+                    if future.exception() is None:
+                        result.staged, result.keyids, result.temp = future.result()
+        for _, future in staging:
+            if future.exception() is not None:
+                raise future.exception()
+        ok = True
+    finally:
+        if not ok:
+            discard_staged(results)
+    return results
+
+
+def discard_staged(results: list[PackResult]) -> None:
+    """Remove the temporary files of plans staged for a build that will not write them."""
+    for result in results:
+        if result.temp is not None:
+            Path(result.temp).unlink(missing_ok=True)
+            result.temp = None
 
 
 def _policy_scope(files: list[Path]) -> tuple[list, list[dict], list[PackResult], list[Path]]:
@@ -277,7 +368,7 @@ def compile_paths(
     exclude: Sequence[str] = (),
 ) -> BuildResult:
     """Compile every pack under `paths` into `out_dir`, with the policy packs among them in scope."""
-    from opsdsl.build.compiler import scope_digest
+    global _SIGNING_KEYS
 
     missing_paths(paths)
     files = discover(paths, exclude)
@@ -291,47 +382,88 @@ def compile_paths(
     results += failures
     rest = [f for f in files if f not in set(hinted) or f in set(hinted_packs)]
 
-    # 2. Plan every pack. A file that turns out to be a policy pack after all widens the
-    #    scope, and the packs are planned again with it.
-    while True:
-        scope.sort(key=lambda s: (s.name, s.digest))
-        scope_dig = scope_digest(scope)
-        planned = map_files(_plan_chunk, rest, (scope, scope_dig, out_dir, manifest, public_bytes), jobs)
-        late = [Path(r.source) for r in planned if r.status == "policy-pack"]
-        if not late:
-            break
-        more, entries, late_failures, _ = _policy_scope([p for p in rest if display_path(p) in {str(x) for x in late}])
-        scope += more
-        policy_entries += entries
-        results += late_failures
-        rest = [p for p in rest if display_path(p) not in {str(x) for x in late}]
-    results += planned
-    results += _scope_problems(policy_entries, scope)
-    results += _duplicate_names(results)
-    for entry in policy_entries:
-        entry.pop("nameSpan", None)
-    result = BuildResult(results, policy_entries)
-    if result.failed:
-        return result  # all or nothing: no plan is written from a failed build
-
-    # 3. Sign and write, keeping signatures already on an identical payload. Each plan is
-    #    written atomically and flushed to disk on its own; a few threads wait on those
-    #    flushes side by side (the disk groups them), and each payload is held in full
-    #    only while its plan is signed.
+    # 2. Plan every pack; the workers also sign each plan and stage it (see `_stage`). A
+    #    file that turns out to be a policy pack after all widens the scope, and the packs
+    #    are planned again with it.
+    created = not out_dir.is_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    planned = [pack for pack in results if pack.status == "planned"]
-    if planned:
-        from concurrent.futures import ThreadPoolExecutor
+    planned: list[PackResult] = []
+    written = False
+    _SIGNING_KEYS = tuple(keys)
+    try:
+        planned = _plan_packs(rest, scope, policy_entries, results, out_dir, manifest, public_bytes, len(keys), jobs)
+        results += planned
+        results += _scope_problems(policy_entries, scope)
+        results += _duplicate_names(results)
+        for entry in policy_entries:
+            entry.pop("nameSpan", None)
+        result = BuildResult(results, policy_entries)
+        if result.failed:
+            return result  # all or nothing: no plan is written from a failed build (finally: staged files go)
 
-        with ThreadPoolExecutor(max_workers=min(WRITERS, len(planned))) as pool:
-            done = list(pool.map(lambda pack: _sign_and_write(out_dir / pack.plan_file, pack.payload, keys), planned))
-        for pack, (status, signers) in zip(planned, done, strict=True):
-            pack.status, pack.keyids, pack.packed_payload = status, signers, None
+        # 3. Put the staged plans in place; sign and write any plan a worker did not stage,
+        #    keeping signatures already on an identical payload. Each plan is written
+        #    atomically and flushed to disk before it replaces the old one.
+        unstaged = []
+        for pack in planned:
+            if pack.status != "planned":
+                continue
+            if pack.staged is None:
+                unstaged.append(pack)
+                continue
+            if pack.temp is not None:
+                os.replace(pack.temp, out_dir / pack.plan_file)
+                pack.temp = None
+            pack.status = pack.staged
+        if unstaged:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(WRITERS, len(unstaged))) as pool:
+                done = list(pool.map(lambda p: _sign_and_write(out_dir / p.plan_file, p.payload, keys), unstaged))
+            for pack, (status, signers) in zip(unstaged, done, strict=True):
+                pack.status, pack.keyids, pack.packed_payload = status, signers, None
+        written = True
+    finally:
+        _SIGNING_KEYS = ()
+        discard_staged(planned)
+        if created and not written:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # a failed first build leaves no folder behind
     for pack in results:
         if pack.entry is not None and pack.status in ("compiled", "unchanged", "reused"):
             pack.entry["keyids"] = pack.keyids if pack.keyids is not None else []
     write_manifest(out_dir, result, manifest)
     return result
+
+
+def _plan_packs(
+    rest: list[Path],
+    scope: list,
+    policy_entries: list[dict],
+    results: list[PackResult],
+    out_dir: Path,
+    manifest: dict,
+    public_bytes: tuple,
+    key_count: int,
+    jobs: int | None,
+) -> list[PackResult]:
+    """Plan (and stage) `rest` until no file among them turns out to be a policy pack."""
+    from opsdsl.build.compiler import scope_digest
+
+    while True:
+        scope.sort(key=lambda s: (s.name, s.digest))
+        scope_dig = scope_digest(scope)
+        shared = (scope, scope_dig, out_dir, manifest, public_bytes, key_count)
+        planned = map_files(_plan_chunk, rest, shared, jobs)
+        late = {str(Path(r.source)) for r in planned if r.status == "policy-pack"}
+        if not late:
+            return planned
+        discard_staged(planned)
+        more, entries, late_failures, _ = _policy_scope([p for p in rest if display_path(p) in late])
+        scope += more
+        policy_entries += entries
+        results += late_failures
+        rest = [p for p in rest if display_path(p) not in late]
 
 
 WRITERS = 8  # threads signing and writing plans (mostly waiting on the disk)
@@ -340,8 +472,41 @@ WRITERS = 8  # threads signing and writing plans (mostly waiting on the disk)
 def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list]:
     """Sign `payload` into `target`: "unchanged" when the file already holds exactly
     that envelope, else "compiled"; and the envelope's signers."""
-    from opsdsl.build.signing import add_signature, decode_base64, envelope_bytes, sign_envelope
     from opsdsl.files import write_atomic_bytes
+
+    status, signers, data = _signed(target, payload, keys)
+    if data is not None:
+        write_atomic_bytes(target, data)
+    return status, signers
+
+
+def _stage(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list, str | None]:
+    """`_sign_and_write`, in a planning worker, except that a changed plan goes to a new
+    temporary file beside `target`, flushed to disk, for the build to rename into place
+    once every pack is clean: (status, signers, the temporary file or None)."""
+    status, signers, data = _signed(target, payload, keys)
+    if data is None:
+        return status, signers, None
+    import secrets
+
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL | O_NOFOLLOW: never write through a file or symlink someone planted there.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return status, signers, str(temp)
+
+
+def _signed(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list, bytes | None]:
+    """The envelope `target` should hold: ("unchanged", signers, None) when it already
+    holds exactly that, else ("compiled", signers, its bytes)."""
+    from opsdsl.build.signing import add_signature, decode_base64, envelope_bytes, sign_envelope
 
     try:
         current = target.read_bytes()
@@ -352,7 +517,7 @@ def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> tuple[str, 
     envelope = sign_envelope(payload, keys)
     data = envelope_bytes(envelope)
     if current == data:
-        return "unchanged", _signers(envelope)
+        return "unchanged", _signers(envelope), None
     existing = _read_bytes_envelope(current)
     if existing is not None and decode_base64(existing["payload"]) == payload and existing["signatures"]:
         envelope = existing
@@ -360,9 +525,8 @@ def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> tuple[str, 
             envelope = add_signature(envelope, key)  # deterministic: a valid signature comes out identical
         data = envelope_bytes(envelope)
         if current == data:
-            return "unchanged", _signers(envelope)
-    write_atomic_bytes(target, data)
-    return "compiled", _signers(envelope)
+            return "unchanged", _signers(envelope), None
+    return "compiled", _signers(envelope), data
 
 
 def _read_bytes_envelope(data: bytes | None) -> dict | None:
@@ -378,7 +542,7 @@ def _read_bytes_envelope(data: bytes | None) -> dict | None:
 
 def write_manifest(out_dir: Path, result: BuildResult, previous: dict[str, Any]) -> None:
     """Write the manifest last, and remove plans of packs that are no longer built here."""
-    from opsdsl.files import write_atomic
+    from opsdsl.files import write_atomic_stream
 
     packs = {r.name: r.entry for r in result.packs if r.entry is not None and r.name is not None}
     manifest = {
@@ -386,7 +550,7 @@ def write_manifest(out_dir: Path, result: BuildResult, previous: dict[str, Any])
         "packs": dict(sorted(packs.items())),
         "policyPacks": sorted(result.policy_packs, key=lambda e: e["name"]),
     }
-    write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_atomic_stream(out_dir / MANIFEST, lambda handle: handle.writelines(_manifest_parts(manifest)))
     current = {e["plan"] for e in packs.values()}
     for name, entry in previous.get("packs", {}).items():
         stale = entry.get("plan") if isinstance(entry, dict) else None
@@ -398,3 +562,26 @@ def write_manifest(out_dir: Path, result: BuildResult, previous: dict[str, Any])
             and name not in packs
         ):
             (out_dir / stale).unlink(missing_ok=True)
+
+
+def _manifest_parts(manifest: dict[str, Any]) -> Iterator[bytes]:
+    """`json.dumps(manifest, indent=2, sort_keys=True) + "\\n"`, piece by piece, with each
+    pack's `Rendered` values spliced in where rendering them in place would put them."""
+    import secrets
+
+    token = secrets.token_hex(8)
+    splices: list[Rendered] = []
+    packs = {}
+    for name, entry in manifest["packs"].items():
+        swapped = dict(entry)
+        for key, value in entry.items():
+            if isinstance(value, Rendered):
+                swapped[key] = f"\x00{token}:{len(splices)}\x00"  # rendered as "\u0000TOKEN:N\u0000"
+                splices.append(value)
+        packs[name] = swapped
+    text = json.dumps({**manifest, "packs": packs}, indent=2, sort_keys=True) + "\n"
+    # A value of a pack entry sits three levels deep: manifest → packs → name → value.
+    indent = "\n" + "  " * 3
+    pieces = re.split(f'"\\\\u0000{token}:([0-9]+)\\\\u0000"', text)
+    for i, piece in enumerate(pieces):
+        yield (splices[int(piece)].text.replace("\n", indent) if i % 2 else piece).encode("ascii")

@@ -58,18 +58,38 @@ class _Record:
     _aliases: Mapping[str, str] = MappingProxyType({})
     _omit_when: Mapping[str, Any] = MappingProxyType({})
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self, deep: bool = True) -> dict[str, Any]:
         """The record as JSON data: what `opsdsl.lang.model`'s `model_dump(mode="json",
         by_alias=True)` gives for the same pack (tuples as lists, a non-finite float as
-        None), so model digests and plans come out byte-identical from either model."""
+        None), so model digests and plans come out byte-identical from either model.
+
+        Not `deep`: the pack's own values (`with:`, defaults, enums) are passed through as
+        they are, not copied: the same JSON text whenever they hold no non-finite float
+        (which the compiler checks, and then dumps deep)."""
         out = {}
         aliases, omit = self._aliases, self._omit_when
+        convert = _json if deep else _shallow
         for name in self.__slots__:
             value = getattr(self, name)
             if name in omit and value is omit[name]:
                 continue
-            out[aliases.get(name, name)] = _json(value)
+            out[aliases.get(name, name)] = convert(value)
         return out
+
+
+def _shallow(value: Any) -> Any:
+    """`_json`, except for the pack's own data (dicts and lists of plain values, which
+    hold no record), passed through as they are."""
+    kind = type(value)
+    if kind is tuple:
+        return [_shallow(v) for v in value]
+    if kind is dict:
+        if value and isinstance(next(iter(value.values())), _Record):  # params, playbooks, ...
+            return {k: v.dump(False) for k, v in value.items()}
+        return value
+    if isinstance(value, _Record):
+        return value.dump(False)
+    return value
 
 
 def _json(value: Any) -> Any:

@@ -223,3 +223,39 @@ def test_parallel_and_serial_builds_agree(tree: Path):
     assert len(files) == 20
     for name in files:
         assert (tree / "serial" / name).read_bytes() == (tree / "parallel" / name).read_bytes()
+
+
+def test_a_failed_parallel_build_leaves_no_staged_file_and_keeps_the_old_plans(tree: Path):
+    """The workers sign and stage each plan in a temporary file as they go; a build that
+    fails afterwards must remove every one and leave the plans already there as they were."""
+    compile_tree(tree)
+    before = {p.name: p.read_bytes() for p in (tree / "build").iterdir()}
+    for i in range(16):
+        text = (tree / "packs" / "sev4.yaml").read_text().replace("name: sqlx-sev4", f"name: sqlx-extra-{i:02}", 1)
+        (tree / "packs" / f"extra-{i:02}.yaml").write_text(text)
+    sev3 = tree / "packs" / "sev3.yaml"
+    sev3.write_text(sev3.read_text().replace("name: sqlx-sev3", "name: sqlx-sev2", 1))  # a duplicate name
+    result = opsdsl("compile", "packs/", "-o", "build", "--key", "keys/ci.key", "-j", "2", "--rebuild", cwd=tree)
+    assert result.returncode == 1 and "already used by" in result.stderr
+    assert {p.name: p.read_bytes() for p in (tree / "build").iterdir()} == before
+    fresh = opsdsl("compile", "packs/", "-o", "fresh", "--key", "keys/ci.key", "-j", "2", cwd=tree)
+    assert fresh.returncode == 1 and not (tree / "fresh").exists()
+
+
+def test_the_manifest_is_what_json_dumps_gives(tree: Path):
+    """Step positions are rendered by the workers and spliced into the manifest: the file
+    must still be exactly `json.dumps(manifest, indent=2, sort_keys=True)`."""
+    for i in range(16):
+        text = (tree / "packs" / "sev4.yaml").read_text().replace("name: sqlx-sev4", f"name: sqlx-extra-{i:02}", 1)
+        (tree / "packs" / f"extra-{i:02}.yaml").write_text(text)
+    compile_tree(tree, "-j", "2")
+    data = (tree / "build" / "manifest.json").read_text()
+    manifest = json.loads(data)
+    assert data == json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    assert len(manifest["packs"]) == 20 and all(e["spans"] for e in manifest["packs"].values())
+    assert not [p for p in (tree / "build").iterdir() if p.name.endswith(".tmp")]
+    compile_tree(tree)  # reused entries (plain dicts) and a fresh one side by side
+    (tree / "packs" / "extra-00.yaml").write_text((tree / "packs" / "extra-00.yaml").read_text() + "\n# changed\n")
+    compile_tree(tree)
+    data = (tree / "build" / "manifest.json").read_text()
+    assert data == json.dumps(json.loads(data), indent=2, sort_keys=True) + "\n"

@@ -198,3 +198,7 @@ playbooks:
         "n": None,
         "m": [None, 1.5],
     }
+    # The compiler's quick dump (the pack's own values not copied) gives way to the full one.
+    from opsdsl.build.compiler import _plan_dump
+
+    assert _plan_dump(plain) == (model_dump_full(plain), True)
