@@ -88,9 +88,9 @@ class Driver:
             self.actions[state] = actions
         self.terminal_callbacks = {str(name): f for name, f in callbacks.items() if isinstance(name, str)}
         ignored = {str(t.name): t for t in lark.terminals if t.name in lark.ignore_tokens}
-        # state -> (its actions, its scanner's match, the terminals that need more than a token
-        # (any below), terminal callbacks, keyword tables, ignored terminals, terminals that may
-        # hold a newline, skip-blanks-at-end match)
+        # state -> (its actions, its scanner's match, words to re-type as keywords, the other
+        # terminals that need more than a token (any below), terminal callbacks, keyword
+        # tables, ignored terminals, terminals that may hold a newline, skip-blanks-at-end match)
         self.states: dict[int, tuple] = {}
         built: dict[int, tuple] = {}
         for state, lexer in frontend.lexer.lexers.items():
@@ -111,9 +111,15 @@ class Driver:
                 mres = [re.compile(f"{prefix}(?:{m.pattern})", m.flags) for m in scanner._mres]
                 skip = re.compile(f"(?:{blank})*+\\Z").match if blank else _nothing
                 newline = frozenset(map(str, lexer.newline_types))
+                # words that may spell a keyword and need nothing else: re-typed by a lookup
+                words = {n: t for n, t in keywords.items() if n not in newline | ignore | set(callback)}
+                if self.terminal_callbacks:
+                    words = {}
+                fancy = frozenset(callback) | set(keywords) | ignore | newline | set(self.terminal_callbacks)
                 built[id(lexer)] = (
                     mres[0].match if len(mres) == 1 else _first_match(mres),
-                    frozenset(callback) | set(keywords) | ignore | newline | set(self.terminal_callbacks),
+                    words,
+                    fancy - set(words),
                     callback,
                     keywords,
                     ignore,
@@ -132,7 +138,7 @@ class Driver:
         state_stack = [self.start_state]
         value_stack: list[Any] = []
         pos, line, line_start, end = 0, 1, 0, len(text)
-        row, scan, fancy, callback, keywords, ignore, newline, skip = states[self.start_state]
+        row, scan, words, fancy, callback, keywords, ignore, newline, skip = states[self.start_state]
         count, rindex = text.count, text.rindex
         while pos < end:
             match = scan(text, pos)
@@ -152,7 +158,11 @@ class Driver:
             pos = after
             token = new_token(Token, value)
             token.start_pos, token.line, token.column = start, line, start - line_start + 1
-            if kind in fancy:  # Lark's lexer: newlines, ignored tokens, callbacks by the matched kind
+            if kind in words:  # a WORD that spells `step` is a STEP
+                kind = words[kind].get(value, kind)
+                token.type, token.value = kind, value
+                token.end_line, token.end_column, token.end_pos = line, pos - line_start + 1, pos
+            elif kind in fancy:  # Lark's lexer: newlines, ignored tokens, callbacks by the matched kind
                 newlines = value.count("\n") if kind in newline else 0
                 if newlines:
                     line_start = start + value.rindex("\n") + 1
@@ -178,7 +188,7 @@ class Driver:
                 if action.__class__ is int:  # shift, and the new state's lexer
                     state_stack.append(action)
                     value_stack.append(token)
-                    row, scan, fancy, callback, keywords, ignore, newline, skip = states[action]
+                    row, scan, words, fancy, callback, keywords, ignore, newline, skip = states[action]
                     break
                 size, build, origin = action
                 if size == 1:  # the most common reduction: replace the top in place
