@@ -140,18 +140,29 @@ def empty_folders(paths: Sequence[Path], files: Sequence[Path]) -> list[Diagnost
     return [no_packs(p, display_path(p)) for p in paths if p.is_dir() and not any(under(f, p) for f in files)]
 
 
-def map_files(work: Callable[[tuple], list], files: Sequence[Path], shared: tuple, jobs: int | None) -> list:
+def map_files(
+    work: Callable[[tuple], list],
+    files: Sequence[Path],
+    shared: tuple,
+    jobs: int | None,
+    warm_in_workers: bool = False,
+) -> list:
     """`work((chunk, *shared))` over `files`, in worker processes for big trees (forked
-    after `warm_up`, so they inherit imported modules); results in `files` order."""
+    after `warm_up`, so they inherit imported modules); results in `files` order.
+
+    `warm_in_workers`: each worker warms up after the fork instead, side by side, and
+    the calling process (which then has no pack to check) never holds the validator and
+    parser (`opsdsl compile`: its process also holds the signing keys and the results)."""
     jobs = min(jobs or os.cpu_count() or 1, max(1, len(files)))
     if jobs <= 1 or len(files) < PARALLEL_MIN_FILES:
         return work((list(files), *shared))
     import multiprocessing
 
-    warm_up()
+    if not warm_in_workers:
+        warm_up()
     context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
     chunks = [list(files[i::jobs]) for i in range(jobs)]
-    with context.Pool(jobs) as pool:
+    with context.Pool(jobs, initializer=warm_up if warm_in_workers else None) as pool:
         parts = pool.map(work, [(chunk, *shared) for chunk in chunks])
     order = {f: i for i, f in enumerate(files)}
     pairs = [

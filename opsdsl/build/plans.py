@@ -454,7 +454,7 @@ def _plan_packs(
         scope.sort(key=lambda s: (s.name, s.digest))
         scope_dig = scope_digest(scope)
         shared = (scope, scope_dig, out_dir, manifest, public_bytes, key_count)
-        planned = map_files(_plan_chunk, rest, shared, jobs)
+        planned = map_files(_plan_chunk, rest, shared, jobs, warm_in_workers=True)
         late = {str(Path(r.source)) for r in planned if r.status == "policy-pack"}
         if not late:
             return planned
