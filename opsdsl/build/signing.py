@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from opsdsl.errors import OpsdslError
+
+# cryptography's `serialization` (PEM and PKCS#8 in general, SSH keys, bcrypt, every key
+# type) is imported where it is needed, not above: `opsdsl compile` signing with a plain
+# PKCS#8 Ed25519 key (`_plain_ed25519_key`) never needs it.
 
 PLAN_PAYLOAD_TYPE = "application/vnd.opsdsl.plan+json"
 PASSPHRASE_ENV = "OPSDSL_KEY_PASSPHRASE"
@@ -62,12 +65,13 @@ def generate_key() -> Ed25519PrivateKey:
 
 def keyid(public_key: Ed25519PublicKey) -> str:
     """Lowercase hex SHA-256 of the 32-byte raw public key: the same key has the same id everywhere."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(public_key.public_bytes_raw()).hexdigest()
 
 
 def write_private_key(path: str | os.PathLike, key: Ed25519PrivateKey, passphrase: bytes | None) -> None:
     """Write `key` as PKCS#8 PEM, encrypted when a passphrase is given; the file is mode 0600 from birth."""
+    from cryptography.hazmat.primitives import serialization
+
     if passphrase is not None and not passphrase:
         raise KeyFileError("an empty passphrase would not protect the key; give a real one or none")
     if passphrase is None:
@@ -80,6 +84,8 @@ def write_private_key(path: str | os.PathLike, key: Ed25519PrivateKey, passphras
 
 def write_public_key(path: str | os.PathLike, public_key: Ed25519PublicKey) -> None:
     """Write `public_key` as SubjectPublicKeyInfo PEM: what trust files and `verify --key` read."""
+    from cryptography.hazmat.primitives import serialization
+
     pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     _write_file_atomic(Path(path), pem, private=False)
 
@@ -94,6 +100,8 @@ def create_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
     path = Path(path)
     if path.exists() or path.is_symlink():
         return load_private_key(path)
+    from cryptography.hazmat.primitives import serialization
+
     key = generate_key()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
@@ -135,6 +143,12 @@ def load_private_key(path: str | os.PathLike, passphrase: bytes | None = None) -
     if b"PRIVATE KEY-----" not in data and b"PUBLIC KEY-----" in data:
         raise KeyFileError(f"{path} holds a public key; signing needs the private key (the file without .pub)")
     encrypted = b"ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+    if not encrypted:
+        plain = _plain_ed25519_key(data)
+        if plain is not None:
+            return plain
+    from cryptography.hazmat.primitives import serialization
+
     if encrypted and passphrase is None:
         raise KeyFileError(
             f"{path} is encrypted: pass --passphrase-env VAR (VAR holding the passphrase) or set {PASSPHRASE_ENV}"
@@ -164,6 +178,8 @@ def load_public_key(source: str | bytes | os.PathLike) -> Ed25519PublicKey:
         raise KeyFileError(f"{where} holds a private key; give its public half (the .pub file) instead")
     if b"-----BEGIN" not in data:
         raise KeyFileError(f"{where} is not a PEM public key")
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -171,6 +187,28 @@ def load_public_key(source: str | bytes | os.PathLike) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"{where} holds {_describe_key(key)}; opsdsl verifies Ed25519 signatures only")
     return key
+
+
+# An unencrypted PKCS#8 Ed25519 private key (RFC 8410) is these 16 DER bytes, then the
+# 32-byte seed: what `opsdsl keygen` writes without a passphrase.
+_PKCS8_ED25519_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_PLAIN_PEM = re.compile(rb"\A-----BEGIN PRIVATE KEY-----\r?\n([A-Za-z0-9+/=\r\n]+?)\r?\n-----END PRIVATE KEY-----\s*\Z")
+
+
+def _plain_ed25519_key(data: bytes) -> Ed25519PrivateKey | None:
+    """The key of a file that holds exactly one unencrypted PKCS#8 Ed25519 PEM block and
+    nothing else; None for anything else (which cryptography's PEM loader then reads,
+    and words its errors)."""
+    match = _PLAIN_PEM.match(data)
+    if match is None:
+        return None
+    try:
+        der = base64.b64decode(b"".join(match.group(1).split()), validate=True)
+    except ValueError:
+        return None
+    if len(der) != 48 or not der.startswith(_PKCS8_ED25519_PREFIX):
+        return None
+    return Ed25519PrivateKey.from_private_bytes(der[16:])
 
 
 def _read_key_file(path: str | os.PathLike) -> bytes:

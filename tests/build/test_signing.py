@@ -600,3 +600,52 @@ def test_trust_file_duplicate_keys_under_two_names(trust_dir: Path):
 def test_missing_trust_file(tmp_path: Path):
     with pytest.raises(TrustError, match="does not exist"):
         load_trust(tmp_path / "trust.yaml")
+
+
+def _plain_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def test_a_plain_ed25519_key_loads_without_cryptographys_pem_loader(tmp_path: Path):
+    """`load_private_key` reads an unencrypted PKCS#8 Ed25519 key itself (compile need not
+    import cryptography's serialization); it must be the very key cryptography reads."""
+    for i in range(20):
+        key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"%d" % i).digest())
+        pem = _plain_pem(key)
+        for variant in (pem, pem.replace(b"\n", b"\r\n"), pem + b"\n\n"):
+            path = tmp_path / f"k{i}.key"
+            path.write_bytes(variant)
+            os.chmod(path, 0o600)
+            assert signing._plain_ed25519_key(variant) is not None
+            loaded = load_private_key(path)
+            expected = serialization.load_pem_private_key(variant, None)
+            assert loaded.private_bytes_raw() == expected.private_bytes_raw() == key.private_bytes_raw()
+    # Anything else is left to cryptography's loader (and its error messages).
+    pem = _plain_pem(ALICE)
+    for other in (
+        b"junk\n" + pem,
+        pem + b"-----BEGIN PRIVATE KEY-----\n",
+        pem.replace(b"MC4CAQAw", b"MC4CAQEw"),  # another DER version
+        rsa.generate_private_key(65537, 2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    ):
+        assert signing._plain_ed25519_key(other) is None
+
+
+def test_compile_signing_imports_no_serialization(tmp_path: Path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "k.key"
+    path.write_bytes(_plain_pem(ALICE))
+    os.chmod(path, 0o600)
+    code = (
+        "import sys; from opsdsl.build.signing import load_private_key, sign_envelope, keyid; "
+        f"k = load_private_key({str(path)!r}); sign_envelope(b'x', [k]); keyid(k.public_key()); "
+        "print('cryptography.hazmat.primitives.serialization' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
