@@ -375,6 +375,40 @@ class Db:
         }
 
 
+def sample_waits(url: str, stop: threading.Event, every: float = 0.1) -> dict[str, Any]:
+    """What the opsdsl sessions are doing, sampled every `every` seconds during the load
+    (pg_stat_activity): per sample, each non-idle session's wait event (or `CPU`, running)
+    and the statement; and who waits on whom (pg_locks, lock type). The shares say what
+    contends: a session counts as waiting in a sample when it is not running."""
+    import psycopg
+
+    states: dict[str, int] = {}
+    statements: dict[str, int] = {}
+    samples = 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        while not stop.wait(every):
+            rows = conn.execute(
+                "SELECT state, wait_event_type, wait_event, left(regexp_replace(query, '\\s+', ' ', 'g'), 90)"
+                " FROM pg_stat_activity WHERE datname = current_database() AND pid != pg_backend_pid()"
+                " AND backend_type = 'client backend'"
+            ).fetchall()
+            samples += 1
+            for state, wtype, wevent, query in rows:
+                if state == "idle":
+                    continue
+                key = f"{state}: {wtype}/{wevent}" if wtype else f"{state}: CPU"
+                states[key] = states.get(key, 0) + 1
+                if state == "active" and wtype == "Lock":
+                    statements[f"{wevent}: {query}"] = statements.get(f"{wevent}: {query}", 0) + 1
+    return {
+        "samples": samples,
+        "states": {k: round(n / max(samples, 1), 2) for k, n in sorted(states.items(), key=lambda kv: -kv[1])[:12]},
+        "lock_waits": {
+            k: round(n / max(samples, 1), 2) for k, n in sorted(statements.items(), key=lambda kv: -kv[1])[:10]
+        },
+    }
+
+
 def wait_drained(db: Db, accepted: int, limit: float) -> tuple[float, dict[str, int]]:
     began = time.monotonic()
     left = db.backlog()
@@ -475,14 +509,28 @@ def measure(config: str, rate: float, args: argparse.Namespace, ctx: dict[str, A
             before = db.pg_counters()
             if args.profile:
                 profile_thread = threading.Thread(
-                    target=profile, args=(procs, work, args.duration / 2, args.profile, not args.profile_cpu), daemon=True
+                    target=profile,
+                    args=(procs, work, args.duration / 2, args.profile, not args.profile_cpu),
+                    daemon=True,
                 )
                 profile_thread.start()
 
         target_get(ctx["target_port"], "/reset")
         uptime_before = os.getloadavg()[0]
         cpu_before = cpu_by_role(procs, ctx)
+        waits: dict[str, Any] = {}
+        sampling = threading.Event()
+        sampler = None
+        if db.url and args.waits:
+            sampler = threading.Thread(
+                target=lambda: waits.update(sample_waits(db.url, sampling)), name="waits", daemon=True
+            )
+            sampler.start()
         tally = asyncio.run(send_load(ports, rate, args.duration, args.connections))
+        if sampler is not None:
+            sampling.set()
+            sampler.join(timeout=10)
+            result["waits"] = waits
         backlog_at_end = db.backlog()
         drain_s, left = wait_drained(db, len(tally.ids), args.drain)
         time.sleep(1.5)  # pg_stat_database is flushed by the backends at most once a second
@@ -833,6 +881,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pgbench", type=float, default=10, help="seconds per pgbench figure; 0 skips (default 10)")
     parser.add_argument("--profile", type=float, default=0, help="py-spy record SECONDS on each process (pg-*)")
     parser.add_argument("--profile-cpu", action="store_true", help="with --profile: CPU time only, not waits")
+    parser.add_argument(
+        "--waits", action="store_true", help="sample pg_stat_activity during the load (wait events, lock waits)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folders (logs, profiles)")
     parser.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--rev", help="run opsdsl from an export of this commit (e.g. HEAD), not the working tree")
@@ -896,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
                         found = measure(config, rate, args, ctx)
                         results.append(found)
                         brief = {k: found.get(k) for k in ("accepted_s", "p50_ms", "p99_ms", "runs_min", "steps_s",
-                                                           "backlog_at_end", "drain_s", "xids_per_run", "exit_codes", "runs_by_worker", "cpu_ms_per_run")}  # fmt: skip
+                                                           "backlog_at_end", "drain_s", "xids_per_run", "exit_codes", "runs_by_worker", "cpu_ms_per_run", "waits")}  # fmt: skip
                         print(f"  {json.dumps(brief, default=str)}", file=sys.stderr, flush=True)
     finally:
         target.terminate()

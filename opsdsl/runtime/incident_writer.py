@@ -19,10 +19,13 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("opsdsl.serve")
+# Back-offs (s) before writing a folder again while the database is unavailable (~60 s in all), then give up.
+RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, None)
 
 
 class IncidentWriter:
@@ -70,8 +73,18 @@ class IncidentWriter:
                         from opsdsl.runtime.store import Store
 
                         store = Store(self.state, create=False)  # reads the ledger only
-                    root = job.pop("root")
-                    write_incident(root, job.pop("entries"), ledger=store.ledger, **job)
+                    root, entries = job.pop("root"), job.pop("entries")
+                    for delay in RETRIES:  # a database that is down for a moment: write it once it is back
+                        try:
+                            write_incident(root, entries, ledger=store.ledger, **job)
+                            break
+                        except Exception as error:
+                            from opsdsl.runtime.service import database_unavailable
+
+                            if delay is None or not database_unavailable(error):
+                                raise
+                            log.warning("incident folder waits for the database (%s); again in %gs", error, delay)
+                            time.sleep(delay)
                 except Exception as error:  # one folder that cannot be written must not stop the others
                     log.error("incident folder not written: %s: %s", type(error).__name__, error)
                 finally:

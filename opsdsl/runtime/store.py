@@ -324,6 +324,7 @@ class Store:
         self.fence: Any = None
         # (run, cancel_requested) as the last transaction's fence check read it, else None.
         self.fenced_cancel: tuple[str, str | None] | None = None
+        self._grouped = 0  # inside Store.group(): transaction() joins the group's transaction
 
     @staticmethod
     def _open_sqlite(root: Path, durable: bool, create: bool) -> Any:
@@ -398,10 +399,11 @@ class Store:
         self.conn.close()
 
     def _run_scope(self) -> str | None:
-        """The run this transaction may lock alone: only on PostgreSQL, only when the ledger
-        journals (inline chaining reads the one head, so every writer must take turns), and
-        only under a run's lease (what the transaction touches is that run's)."""
-        if not self.postgres or self.fence is None or not getattr(self.ledger, "journaled", False):
+        """The run this transaction may lock alone: only on PostgreSQL, and only under a
+        run's lease (what the transaction touches is that run's). With the inline ledger the
+        transaction also takes the chain's lock before its first entry (`begin_run`'s
+        `chain`): run transactions take turns from their first entry, not from BEGIN."""
+        if not self.postgres or self.fence is None:
             return None
         scope = getattr(self.fence, "run", None)
         return scope() if scope is not None else None
@@ -417,12 +419,15 @@ class Store:
         lease locks only that run (its root: a sub-run is driven through its caller), beside
         every other run's: see `PgConnection.begin_run`. Every other transaction (intake,
         approvals, people, timers set from outside) is still the only writer."""
+        if self._grouped:  # Store.group: commits (or rolls back) with the group's transaction
+            yield self.conn
+            return
         run = self._run_scope()
         self.fenced_cancel = None
         if run is None:
             self.conn.execute("BEGIN IMMEDIATE")
         else:
-            self.conn.begin_run(run)
+            self.conn.begin_run(run, chain=not getattr(self.ledger, "journaled", False))
         try:
             if self.fence is not None:
                 self.fence.check(self)
@@ -431,6 +436,19 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    @contextmanager
+    def group(self) -> Iterator[Any]:
+        """One transaction that every `transaction()` opened inside it joins: they commit
+        together, once, or not at all (an error in any rolls the whole group back). The
+        caller must not give the event loop a turn inside (nothing else may write on this
+        connection meanwhile); a worker evaluates a few accepted events this way."""
+        with self.transaction() as conn:
+            self._grouped += 1
+            try:
+                yield conn
+            finally:
+                self._grouped -= 1
 
     # runs ---------------------------------------------------------------------------------
 
