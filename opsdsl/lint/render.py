@@ -4,7 +4,6 @@ requests. Every format is deterministic."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from opsdsl import __version__
@@ -171,6 +170,8 @@ def to_gitlab(result: LintResult) -> str:
     leaves out the line (a finding that only moved is not new) and counts repeats of the
     same finding in one file instead (two identical findings stay two issues).
     """
+    import hashlib  # only this format hashes; the other lint formats skip the import
+
     seen: dict[tuple[str, str, str], int] = {}
     issues = []
     for d in result.diagnostics:
