@@ -10,7 +10,7 @@ from opsdsl.errors import Diagnostic, EvalError
 from opsdsl.lang.actions import NETWORK_ACTIONS, SCHEDULER_ACTIONS, policy_step_view
 from opsdsl.lang.checks.context import Scope, Unit, ancestors, iter_steps, predecessors
 from opsdsl.lang.checks.semantic import call_graph
-from opsdsl.lang.expr import ExprSyntaxError, compile_expr, parse
+from opsdsl.lang.expr import ExprSyntaxError, parse
 
 if TYPE_CHECKING:  # either model: pydantic's (compile) or the checked one (lint)
     from opsdsl.lang.model import Input, Pack, Policy, Step
@@ -29,6 +29,8 @@ def _constant(text: str) -> object:
         return _UNKNOWN
     if expression.references():
         return _UNKNOWN
+    from opsdsl.lang.expr import compile_expr  # the code generator loads only when needed
+
     try:
         return compile_expr(expression)({})
     except EvalError:
@@ -86,6 +88,8 @@ def approval_policy_covers(policy: Policy, pack: Pack, playbook_name: str, step:
     if run_refs - {"severity", "playbook", "pack"}:
         return True
     activation["run"] = {"severity": playbook.severity, "playbook": playbook_name, "pack": pack.metadata.name}
+    from opsdsl.lang.expr import compile_expr
+
     try:
         return compile_expr(expression)(activation) is True
     except EvalError:

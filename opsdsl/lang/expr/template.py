@@ -15,7 +15,6 @@ from typing import Any
 from opsdsl.errors import EvalError
 
 from . import values
-from .codegen import compile_expr
 from .nodes import Expression
 from .parser import ExprSyntaxError, parse
 
@@ -86,6 +85,8 @@ def _plain(value: Any) -> Any:
 
 
 def _evaluate(expr: Expression, activation: Mapping[str, Any]) -> Any:
+    from .codegen import compile_expr  # loaded on first render, not by lint
+
     try:
         return compile_expr(expr)(activation)
     except EvalError as error:
