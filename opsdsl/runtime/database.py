@@ -39,12 +39,6 @@ from opsdsl.errors import OpsdslError
 ENV = "OPSDSL_DATABASE"
 # pg_advisory_xact_lock key every writing transaction holds (BEGIN IMMEDIATE): "opsdsl" in ASCII.
 WRITER_LOCK = 0x6F7073646D6C
-# pg_advisory_xact_lock key of the ledger chain's head ("opschn"): a run's transaction on the
-# inline ledger (`begin_run(run, chain=True)`) takes it right before it first reads the head,
-# and holds it to its commit, so appends extend the chain one transaction at a time.
-CHAIN_LOCK = 0x6F7073636E68
-_HEAD_READ = "SELECT SEQ, HASH FROM LEDGER ORDER BY SEQ DESC"
-_LEDGER_INSERT = "INSERT INTO LEDGER "
 
 
 class DatabaseUrlError(OpsdslError):
@@ -297,7 +291,6 @@ class PgConnection:
         # autocommit: half a transaction would commit) and COMMIT says it did not commit.
         self._tx = False
         self._lost = False
-        self._chain = False  # CHAIN_LOCK is still to take before this transaction's first ledger entry
         self._connect()
 
     def _connect(self) -> None:
@@ -363,9 +356,6 @@ class PgConnection:
             # (the server aborted it with its connection); this one starts on a new connection.
             self._tx = self._lost = False
         self._ensure()
-        if self._chain and self._tx and sql.lstrip().upper().startswith((_HEAD_READ, _LEDGER_INSERT)):
-            self._chain = False  # the chain's head from here to COMMIT is this transaction's
-            self._run("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
         kind, plan = self._plan(sql)
         if kind == _SKIP:
             return PgCursor(None, None, -1, None)
@@ -385,7 +375,7 @@ class PgConnection:
         try:
             return self._run(text, _values(parameters), returning)
         finally:  # a COMMIT that fails ends the transaction too (PostgreSQL rolls it back)
-            self._tx = self._lost = self._chain = False
+            self._tx = self._lost = False
 
     def _begin(self, lock: str | None = None, keys: tuple[int, ...] = ()) -> None:
         """BEGIN, then take `lock`. A BEGIN whose lock fails (the server went away while it
@@ -394,7 +384,6 @@ class PgConnection:
         every later statement of this connection."""
         self._run("BEGIN", ())
         self._tx = True
-        self._chain = False
         if lock is None:
             return
         try:
@@ -416,24 +405,17 @@ class PgConnection:
                 self._raw.close()
             raise
         finally:
-            self._tx = self._lost = self._chain = False
+            self._tx = self._lost = False
 
-    def begin_run(self, run: str, chain: bool = False) -> None:
+    def begin_run(self, run: str) -> None:
         """BEGIN a transaction that writes one run's rows only: it takes the writer lock
         SHARED (so it waits for, and is waited for by, every one-writer-at-a-time
         transaction) and the run's own lock EXCLUSIVE (so two transactions of one run take
-        turns). Locks are always taken in that order: no deadlock between these two kinds.
-
-        `chain` (the inline ledger): the transaction also chains entries onto the one head,
-        so it takes CHAIN_LOCK exclusively, third, right before its first read of the head
-        (or its first ledger INSERT), and keeps it to its end: run transactions take turns
-        only from their first entry to their commit, not from BEGIN, and entries still
-        commit in seq order."""
+        turns). Locks are always taken in that order: no deadlock between these two kinds."""
         if self._lost:  # as a BEGIN through execute(): a lost transaction nobody rolled back is over
             self._tx = self._lost = False
         self._ensure()
         self._begin("SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(%s)", (WRITER_LOCK, _run_lock(run)))
-        self._chain = chain
 
     def executemany(self, sql: str, seq_of_parameters: Any) -> PgCursor:
         self._ensure()

@@ -399,11 +399,10 @@ class Store:
         self.conn.close()
 
     def _run_scope(self) -> str | None:
-        """The run this transaction may lock alone: only on PostgreSQL, and only under a
-        run's lease (what the transaction touches is that run's). With the inline ledger the
-        transaction also takes the chain's lock before its first entry (`begin_run`'s
-        `chain`): run transactions take turns from their first entry, not from BEGIN."""
-        if not self.postgres or self.fence is None:
+        """The run this transaction may lock alone: only on PostgreSQL, only when the ledger
+        journals (inline chaining reads the one head, so every writer must take turns), and
+        only under a run's lease (what the transaction touches is that run's)."""
+        if not self.postgres or self.fence is None or not getattr(self.ledger, "journaled", False):
             return None
         scope = getattr(self.fence, "run", None)
         return scope() if scope is not None else None
@@ -427,7 +426,7 @@ class Store:
         if run is None:
             self.conn.execute("BEGIN IMMEDIATE")
         else:
-            self.conn.begin_run(run, chain=not getattr(self.ledger, "journaled", False))
+            self.conn.begin_run(run)
         try:
             if self.fence is not None:
                 self.fence.check(self)
