@@ -7,9 +7,10 @@ pack wrong; `REVIEW_CHECKS` find what a careful reviewer would flag.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from opsdsl.errors import Diagnostic
 from opsdsl.lang.checks.context import Rule, Scope, Unit, ancestors, find_cycle, predecessors, roots_for
-from opsdsl.lang.checks.coverage import check_untested_high_risk
 from opsdsl.lang.checks.events import check_event_fields
 from opsdsl.lang.checks.review import (
     check_conditions,
@@ -30,6 +31,18 @@ from opsdsl.lang.checks.semantic import (
     check_expressions,
     check_references,
 )
+
+
+def check_untested_high_risk(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
+    """OPS050 (opsdsl.lang.checks.coverage), loaded only when the configuration turns it on:
+    lint without `require-tested-high-risk` never imports the module."""
+    config = scope.config
+    if config is None or not config.require_tested_high_risk:
+        return iter(())
+    from opsdsl.lang.checks.coverage import check_untested_high_risk as rule
+
+    return rule(unit, scope)
+
 
 __all__ = [
     "REVIEW_CHECKS",
