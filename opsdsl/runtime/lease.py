@@ -164,38 +164,15 @@ def claim(
 
 
 def release(store: Any, fence: Fence) -> bool:
-    """Give the lease up (`lease_until` NULL), if it is still ours; whether it was.
-
-    One statement, in the caller's transaction if one is open, else its own: it changes
-    one row's lease columns only, and a row's UPDATE is atomic against a claim's (the
-    claim's condition is evaluated again on the row as this left it), so it needs no
-    writer lock — it waited for it, and made others wait, at every run's end."""
+    """Give the lease up (`lease_until` NULL), if it is still ours; whether it was."""
     name, column = fence.table
-    cursor = store.conn.execute(
-        f"UPDATE {name} SET lease_until = NULL WHERE {column} = ? AND lease_owner = ? AND lease_epoch = ?"
-        " AND lease_until IS NOT NULL",
-        (fence.key, fence.owner, fence.epoch),
-    )
-    return cursor.rowcount == 1
-
-
-RENEW_BATCH = 200  # run leases renewed by one statement
-
-
-def renew_many(store: Any, owner: str, ttl: float, fences: list[Fence]) -> set[str]:
-    """Extend these run leases (all `owner`'s) to now + `ttl`, in one statement per
-    RENEW_BATCH, with no writer lock (as `release`): the keys that are no longer ours."""
-    renewed: set[str] = set()
-    for start in range(0, len(fences), RENEW_BATCH):
-        batch = fences[start : start + RENEW_BATCH]
-        which = " OR ".join("(id = ? AND lease_epoch = ?)" for _ in batch)
-        rows = store.conn.execute(
-            f"UPDATE runs SET lease_until = {store.now_sql()} + ? WHERE lease_owner = ? AND lease_until IS NOT NULL"
-            f" AND ({which}) RETURNING id",
-            (ttl, owner, *(value for fence in batch for value in (fence.key, fence.epoch))),
-        ).fetchall()
-        renewed.update(row[0] for row in rows)
-    return {fence.key for fence in fences} - renewed
+    with unfenced(), store.transaction():
+        cursor = store.conn.execute(
+            f"UPDATE {name} SET lease_until = NULL WHERE {column} = ? AND lease_owner = ? AND lease_epoch = ?"
+            " AND lease_until IS NOT NULL",
+            (fence.key, fence.owner, fence.epoch),
+        )
+        return cursor.rowcount == 1
 
 
 def renew(store: Any, fence: Fence) -> None:

@@ -324,7 +324,6 @@ class Store:
         self.fence: Any = None
         # (run, cancel_requested) as the last transaction's fence check read it, else None.
         self.fenced_cancel: tuple[str, str | None] | None = None
-        self._grouped = 0  # inside Store.group(): transaction() joins the group's transaction
 
     @staticmethod
     def _open_sqlite(root: Path, durable: bool, create: bool) -> Any:
@@ -418,9 +417,6 @@ class Store:
         lease locks only that run (its root: a sub-run is driven through its caller), beside
         every other run's: see `PgConnection.begin_run`. Every other transaction (intake,
         approvals, people, timers set from outside) is still the only writer."""
-        if self._grouped:  # Store.group: commits (or rolls back) with the group's transaction
-            yield self.conn
-            return
         run = self._run_scope()
         self.fenced_cancel = None
         if run is None:
@@ -435,19 +431,6 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
-
-    @contextmanager
-    def group(self) -> Iterator[Any]:
-        """One transaction that every `transaction()` opened inside it joins: they commit
-        together, once, or not at all (an error in any rolls the whole group back). The
-        caller must not give the event loop a turn inside (nothing else may write on this
-        connection meanwhile); a worker evaluates a few accepted events this way."""
-        with self.transaction() as conn:
-            self._grouped += 1
-            try:
-                yield conn
-            finally:
-                self._grouped -= 1
 
     # runs ---------------------------------------------------------------------------------
 

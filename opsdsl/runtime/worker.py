@@ -37,10 +37,6 @@ from opsdsl.runtime.driver import NUDGES, POLL, SCAN_EVERY, SERVE, Driver
 
 log = logging.getLogger("opsdsl.worker")
 EVENT_BATCH = 100  # accepted events read at a time by the holder of the events lease
-EVENT_LOOK = 0.05  # seconds between looks while events wait and another worker holds (or was handed) the lease
-EVENT_YIELD = 0.15  # after its batch, a worker leaves the events lease this long to the others
-EVENT_SLICE = 0.01  # seconds of evaluating events before the loop's other tasks get a turn
-EVENT_GROUP = 10  # accepted events evaluated in one transaction (their runs created, their notes kept)
 
 
 def default_name() -> str:
@@ -91,12 +87,6 @@ class Worker:
         self.store.fence = L.Fences()
         service.leases = self
         service.runtime.park_after = PARK_AFTER
-        if service.runtime.write_incidents and service.runtime.incident_writer is None:
-            from opsdsl.runtime.incident_writer import IncidentWriter
-
-            # Incident folders (several fsync'd files a run) on a thread, not on the loop
-            # every run shares: as `serve` writes them (~10 % of a worker's loop under load).
-            service.runtime.incident_writer = IncidentWriter(service.runtime.state)
         service.escalator = Escalator(self.store, service.escalation or EscalationPolicy(), clock=service.clock)
         levels = [level.name for level in service.escalator.policy.levels]
         service.reports = LastLevelReports(self.store.root, levels, clock=service.clock)
@@ -146,8 +136,6 @@ class Worker:
             from opsdsl.runtime.service import REPORT_DRAIN
 
             await asyncio.to_thread(self.service.reports.join, REPORT_DRAIN)
-        if self.service.runtime.incident_writer is not None:  # the folders of the runs that ended
-            await asyncio.to_thread(self.service.runtime.incident_writer.join)
         log.info("worker %s: stopped", self.name)
 
     async def run(self, stop: asyncio.Event, drain_timeout: float = 30.0) -> None:
@@ -221,21 +209,18 @@ class Worker:
         """Renew every lease held every TTL/3; a lease lost stops its drive at once."""
         while True:
             await asyncio.sleep(self.ttl / 3)
-            # One statement for every lease held, not a transaction each (64 runs held made
-            # 64 transactions in a row, each waiting for the writer lock, every TTL/3).
-            held = [(run_id, fence) for run_id, (fence, _task) in self.held.items() if fence.owner == self.name]
-            try:
-                gone = L.renew_many(self.store, self.name, self.ttl, [fence for _, fence in held])
-            except Exception as error:  # the database is unreachable: the leases may lapse
-                log.error("heartbeat: %s: %s", type(error).__name__, error)
-                gone = set()
-            for run_id, fence in held:
-                if run_id in gone and run_id in self.held and self.held[run_id][0] is fence:
-                    log.warning("run %s: lease lost (epoch %d); stopping its drive", run_id, fence.epoch)
+            for run_id, (fence, task) in list(self.held.items()):
+                try:
+                    L.renew(self.store, fence)
+                except L.LeaseLost as error:
+                    log.warning("run %s: %s; stopping its drive", run_id, error.message)
                     self.lost.add(run_id)
-                    self.held[run_id][1].cancel()
-            with contextlib.suppress(Exception):
-                L.renew_many(self.store, self.name, self.ttl, list(self.claimed.values()))
+                    task.cancel()
+                except Exception as error:  # the database is unreachable: the lease may lapse
+                    log.error("heartbeat of run %s: %s: %s", run_id, type(error).__name__, error)
+            for fence in list(self.claimed.values()):
+                with contextlib.suppress(Exception):
+                    L.renew(self.store, fence)
 
     # ---- events ----------------------------------------------------------------------
 
@@ -247,7 +232,7 @@ class Worker:
         delay = self.poll
         while True:
             try:
-                waiting = await self._evaluate_pending()
+                await self._evaluate_pending()
                 delay = self.poll
             except L.LeaseLost as error:
                 log.warning("events: %s", error.message)
@@ -259,125 +244,50 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX)
                 continue
-            # Events wait for another worker's turn: look again soon, so that the lease
-            # changes hands within EVENT_LOOK of its release (not a whole poll later, which
-            # under overload left the events unevaluated a third of the time).
-            await asyncio.sleep(EVENT_LOOK if waiting else self.poll)
+            await asyncio.sleep(self.poll)
 
-    async def _evaluate_pending(self) -> bool:
-        """Evaluate a batch of accepted events under the `events` lease. Returns whether
-        events wait that this worker left to another (or could not take the lease for)."""
+    async def _evaluate_pending(self) -> None:
         service = self.service
-        if self.events_fence is None:
-            if not self._events_waiting():
-                return False
-            if time.monotonic() < self._events_yielded_until:
-                return True  # this worker just created runs: let another take the next ones (and drive them)
-            if self._events_lease_held():  # a claim would wait for the writer lock only to fail
-                return True
-            self.events_fence = L.claim(self.store, L.EVENTS, self.name, self.ttl, L.NAMED)
-            if self.events_fence is None:  # another worker evaluates them
-                return True
-            service.engine.restore(self.store.trigger_states())  # as the last holder left it
         pending = self._pending_events()
         if not pending:
-            self._release(self.events_fence)
-            self.events_fence = None
-            return False
+            if self.events_fence is not None:
+                self._release(self.events_fence)
+                self.events_fence = None
+            return
+        if self.events_fence is None and time.monotonic() < self._events_yielded_until:
+            return  # this worker just created runs: let another take the next ones (and drive them)
+        if self.events_fence is None:
+            self.events_fence = L.claim(self.store, L.EVENTS, self.name, self.ttl, L.NAMED)
+            if self.events_fence is None:  # another worker evaluates them
+                return
+            service.engine.restore(self.store.trigger_states())  # as the last holder left it
+            pending = self._pending_events()
+        from opsdsl.runtime.service import database_unavailable
 
         with self.events_fence.current():
-            slice_began = time.monotonic()
-            for start in range(0, len(pending), EVENT_GROUP):
+            for event_id, received, body in pending:
                 if self.stopping:
-                    return False
-                self._evaluate_group(pending[start : start + EVENT_GROUP])
-                # The runs' drives get the loop every EVENT_SLICE, not after every group: a
-                # turn of the loop runs every ready drive (each with its round trips), so a
-                # turn per event slowed the intake down as runs piled up.
-                if time.monotonic() - slice_began >= EVENT_SLICE:
-                    await asyncio.sleep(0)
-                    slice_began = time.monotonic()
+                    return
+                try:
+                    await service.handle(event_id, received, json.loads(body))
+                except L.LeaseLost:
+                    raise
+                except Exception as error:
+                    if database_unavailable(error):  # not a bad event: it stays accepted, tried again later
+                        raise
+                    service._record_failure(event_id, error)  # one bad event must not stop the others
+                await asyncio.sleep(0)
         # The worker that evaluates an event claims the runs it starts (in the same
         # transaction), so the lease goes round: each batch is another worker's turn when
         # one is waiting, and the runs spread over the workers.
         self._release(self.events_fence)
         self.events_fence = None
-        self._events_yielded_until = time.monotonic() + EVENT_YIELD
-        return True
-
-    def _evaluate_group(self, group: list[tuple[int, float, str]]) -> None:
-        """Evaluate these events in one transaction (Store.group): their runs, claims, notes
-        and trigger state commit together, with one fsync instead of two per event, and the
-        writer lock is taken once. Nothing awaits inside (an evaluation that would is
-        refused), so no drive starts before the commit: the runs start driving after it.
-
-        Each event has a savepoint: a bad event (an error that is not the database's) is
-        rolled back alone, the runs it started are not driven, and it is recorded as failed
-        (`event.error`) in the group, as one at a time. LeaseLost and an unavailable
-        database roll the whole group back (its events stay accepted) and are raised."""
-        from opsdsl.runtime.service import database_unavailable
-
-        service = self.service
-        began = set(service.driving), set(self.claimed)
-        try:
-            with self.store.group() as conn:
-                for event_id, received, body in group:
-                    if self.stopping:
-                        break
-                    before = set(service.driving), set(self.claimed)
-                    conn.execute("SAVEPOINT opsdsl_event")
-                    try:
-                        _complete(service.handle(event_id, received, json.loads(body)))
-                    except Exception as error:
-                        if isinstance(error, L.LeaseLost) or database_unavailable(error):
-                            raise
-                        conn.execute("ROLLBACK TO SAVEPOINT opsdsl_event")
-                        self._forget(*before)
-                        service._triggers_stale = True  # read again, as this savepoint left them
-                        service._record_failure(event_id, error)  # one bad event must not stop the others
-        except BaseException:
-            self._forget(*began)
-            service._triggers_stale = True
-            raise
-
-    def _forget(self, driving: set[str], claimed: set[str]) -> None:
-        """Undo the drives and claims of runs whose creation rolled back (not driven: the
-        tasks have not had a turn yet)."""
-        for run_id, task in list(self.service.driving.items()):
-            if run_id not in driving:
-                task.cancel()
-                self.service.driving.pop(run_id, None)
-        for run_id in set(self.claimed) - claimed:
-            del self.claimed[run_id]
-
-    def _events_lease_held(self) -> bool:
-        """Whether another worker holds the `events` lease now (a read: no writer lock)."""
-        held = self.store.conn.execute(
-            f"SELECT 1 FROM leases WHERE name = ? AND lease_until IS NOT NULL AND lease_until >= {self.store.now_sql()}",
-            (L.EVENTS,),
-        )
-        return held.fetchone() is not None
-
-    def _events_waiting(self) -> bool:
-        """Whether any event is accepted (a cheap look, without reading the bodies)."""
-        return self.store.conn.execute("SELECT 1 FROM events WHERE status = 'accepted' LIMIT 1").fetchone() is not None
+        self._events_yielded_until = time.monotonic() + self.poll
 
     def _pending_events(self) -> list[tuple[int, float, str]]:
         return self.store.conn.execute(
             "SELECT id, received_at, body FROM events WHERE status = 'accepted' ORDER BY id LIMIT ?", (EVENT_BATCH,)
         ).fetchall()
-
-
-def _complete(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine that never awaits (an event's evaluation) to its end, here; one that
-    would give the loop a turn is stopped (RuntimeError) rather than let other tasks write
-    inside a group's transaction."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value
-    coroutine.close()
-    raise RuntimeError("an event's evaluation awaited inside a transaction group")
 
 
 class LeaseDriver(Driver):
