@@ -98,3 +98,31 @@ def test_error_count_is_capped():
     text = "pack a version 1.0.0 owner b {\n" + "  timeout 1\n  param\n" * 200 + "}\n"
     _, diagnostics = load_text(text, "many.ops")
     assert 1 < len(diagnostics) <= 20
+
+
+@pytest.mark.parametrize(
+    ("literal", "message"),
+    [
+        ("1e999", "`1e999` is not a finite number"),
+        ("-1e999", "`-1e999` is not a finite number"),
+        ("9007199254740992", "integer `9007199254740992` is too large for JSON"),
+        ("-99999999999999999999", "integer `-99999999999999999999` is too large for JSON"),
+        ("9" * 5000, "integer `99999999999999999999…` is too large for JSON"),  # past int()'s 4,300-digit limit
+    ],
+)
+def test_a_number_a_plan_cannot_hold_is_ops006_not_a_crash(literal: str, message: str):
+    # a plan is canonical JSON: an infinity or an integer beyond ±2^53 would crash the compile later
+    text = f"pack p version 1.0.0 owner sre {{\n  labels {{big: {literal}}}\n}}\n"
+    _document, diagnostics = load_text(text, "p.ops")
+    found = [d for d in diagnostics if d.code == "OPS006"]
+    assert len(found) == 1, diagnostics
+    assert message in found[0].message
+    assert (found[0].span.line, found[0].span.col) == (2, 16)
+
+
+def test_the_largest_safe_integer_and_ordinary_floats_load_as_numbers():
+    text = "pack p version 1.0.0 owner sre {\n  labels {a: 9007199254740991, b: -9007199254740991, c: 1.5e3}\n}\n"
+    document, diagnostics = load_text(text, "p.ops")
+    assert diagnostics == []
+    assert document is not None
+    assert document.data["metadata"]["labels"] == {"a": 2**53 - 1, "b": -(2**53 - 1), "c": 1500.0}

@@ -22,6 +22,8 @@ from .printer import first_token, last_token
 Path_ = tuple[str | int, ...]
 # Values of one token (the rule's only child).
 _SCALARS = frozenset(["string", "number", "boolean", "null"])
+_INF = float("inf")
+_MAX_SAFE_INT = 2**53 - 1  # RFC 8785 holds no larger integer exactly, as in the YAML reader
 # A string JSON decodes to its inside unchanged.
 _PLAIN_STRING = re.compile(r'"[^"\\\x00-\x1f]*"')
 _GAP = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|\s*#[^\n]*\n\s*|\s*\n\s*')
@@ -149,6 +151,25 @@ class DataBuilder:
             return str(token)
         return self.decode(token)
 
+    def number(self, token: Any) -> int | float:
+        """A number literal; one that JSON (and so a plan) cannot hold exactly is OPS006, as in YAML."""
+        raw = str(token)
+        if "." in raw or "e" in raw or "E" in raw:
+            value: int | float = float(raw)
+            if value in (_INF, -_INF):
+                self.unjsonable(token, f"`{raw}` is not a finite number; plans are JSON and cannot hold it")
+            return value
+        # more digits than 2^53 has are too large before int() is asked (it refuses past 4,300 digits)
+        value = int(raw) if len(raw.lstrip("-+")) <= 16 else _MAX_SAFE_INT + 1
+        if abs(value) > _MAX_SAFE_INT:
+            shown = raw if len(raw) <= 24 else raw[:20] + "…"
+            self.unjsonable(token, f"integer `{shown}` is too large for JSON (beyond ±2^53)")
+        return value
+
+    def unjsonable(self, token: Any, message: str) -> None:
+        hint = "quote it if you meant the text, or use a smaller number"
+        self.diagnostics.append(Diagnostic("OPS006", Severity.ERROR, message, self.at(token), hint))
+
     def decode(self, token: Any) -> str:
         if _PLAIN_STRING.fullmatch(token):  # no escapes, no control characters: what JSON decodes to
             return token[1:-1]
@@ -176,8 +197,7 @@ class DataBuilder:
             if kind == "string":
                 return self.decode(token)
             if kind == "number":
-                raw = str(token)
-                return float(raw) if "." in raw or "e" in raw or "E" in raw else int(raw)
+                return self.number(token)
             if kind == "boolean":
                 return token.type == "TRUE"
             return None
