@@ -165,6 +165,9 @@ def _check_label(what: str, value: object, *, optional: bool) -> None:
 # --- entries and checkpoints ------------------------------------------------------------
 
 
+_INSERT = "INSERT INTO ledger (seq, ts, run, kind, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One ledger row: `data` is the entry's JSON object, `prev` and `hash` its links in the chain."""
@@ -316,19 +319,34 @@ class Ledger:
         self, items: Sequence[tuple[str, str | None, Mapping[str, Any]]], ts: float | None = None
     ) -> list[Entry]:
         """Append several entries in order, reading the head once; inside the caller's transaction."""
+        if len(items) < 2:
+            return [self._append(kind, run, data, ts, None) for kind, run, data in items]
+        # All rows are chained first, then inserted in one executemany: on PostgreSQL one round
+        # trip (a pipeline) instead of one per entry. A failed insert fails the caller's
+        # transaction, which then rolls back every row of it, as before.
         entries: list[Entry] = []
+        rows: list[tuple[Any, ...]] = []
         head = None
         for kind, run, data in items:
-            entry = self._append(kind, run, data, ts, head)
+            entry, row = self._entry(kind, run, data, ts, head)
             head = (entry.seq, entry.hash)
             entries.append(entry)
+            rows.append(row)
+        self._conn.executemany(_INSERT, rows)
         return entries
 
     def _append(
         self, kind: str, run: str | None, data: Mapping[str, Any], ts: float | None, head: tuple[int, bytes] | None
     ) -> Entry:
-        conn = self._conn
-        if not conn.in_transaction:
+        entry, row = self._entry(kind, run, data, ts, head)
+        self._conn.execute(_INSERT, row)
+        return entry
+
+    def _entry(
+        self, kind: str, run: str | None, data: Mapping[str, Any], ts: float | None, head: tuple[int, bytes] | None
+    ) -> tuple[Entry, tuple[Any, ...]]:
+        """The next entry after `head` (or the stored head), chained, and its row, not yet inserted."""
+        if not self._conn.in_transaction:
             raise RuntimeError("Ledger.append must run inside the caller's transaction (BEGIN IMMEDIATE ... COMMIT)")
         _check_label("kind", kind, optional=False)
         _check_label("run", run, optional=True)
@@ -340,11 +358,7 @@ class Ledger:
         seq, prev = self._read_head() if head is None else head  # `head`: what this transaction just appended
         seq += 1
         digest = entry_hash(prev, seq, ts, run, kind, text)
-        conn.execute(
-            "INSERT INTO ledger (seq, ts, run, kind, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (seq, ts, run, kind, text, prev, digest),
-        )
-        return Entry(seq, ts, run, kind, data, prev, digest)
+        return Entry(seq, ts, run, kind, data, prev, digest), (seq, ts, run, kind, text, prev, digest)
 
     def head(self) -> tuple[int, bytes]:
         """(seq, hash) of the last entry; (0, 32 zero bytes) for an empty ledger."""
