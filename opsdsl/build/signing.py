@@ -22,6 +22,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from opsdsl.canonical import indented_json
 from opsdsl.errors import OpsdslError
 
 # cryptography's `serialization` (PEM and PKCS#8 in general, SSH keys, bcrypt, every key
@@ -350,7 +351,7 @@ def envelope_bytes(envelope: dict) -> bytes:
     """The envelope as a file: JSON, sorted keys, 2-space indent, trailing newline; same envelope, same bytes."""
     _check_envelope(envelope)
     ordered = {**envelope, "signatures": sorted(envelope["signatures"], key=_signature_order)}
-    return (json.dumps(ordered, sort_keys=True, indent=2) + "\n").encode("ascii")
+    return (indented_json(ordered, ensure_ascii=True) + "\n").encode("ascii")
 
 
 def parse_envelope(data: bytes | str) -> dict:

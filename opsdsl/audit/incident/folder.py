@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,7 +45,7 @@ from opsdsl.audit.incident.record import (
     run_entries,
 )
 from opsdsl.build.signing import encode_base64, keyid, pae
-from opsdsl.canonical import canonical_json, sha256_digest
+from opsdsl.canonical import canonical_json, indented_json, sha256_digest
 from opsdsl.files import make_private_dirs, write_atomic_files
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -203,7 +202,7 @@ def signed_file_bytes(payload_type: str, field: str, body: dict, signers: Sequen
         key=lambda item: item["keyid"],
     )
     document = {"payloadType": payload_type, field: body, "signatures": signatures}
-    return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    return (indented_json(document) + "\n").encode("utf-8")
 
 
 def digest_folder(folder: Path) -> dict[str, str]:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from opsdsl.audit.incident._common import EXCERPT_FILE, _canonical
 from opsdsl.audit.incident.record import entries_digest
 from opsdsl.audit.ledger import ts_text
-from opsdsl.canonical import canonical_json
+from opsdsl.canonical import canonical_json, indented_json
 
 PLAN_DIR = "plan"
 PLAN_FILE = "plan/plan.dsse.json"
@@ -130,7 +130,7 @@ def _file_name(name: object, digest: object) -> str:
 
 
 def _json_bytes(value: Any) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    return (indented_json(value) + "\n").encode("utf-8")
 
 
 # --- the ledger excerpt ----------------------------------------------------------------------

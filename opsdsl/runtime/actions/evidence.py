@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from opsdsl.canonical import indented_json
 from opsdsl.files import make_private_dirs, not_regular, write_atomic_bytes
 from opsdsl.runtime.actions import builtin_schema, check_inputs
 from opsdsl.runtime.actions.base import ActionContext, ActionFailed, ActionRequest
@@ -429,4 +430,4 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _json_bytes(value: Any) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    return (indented_json(value) + "\n").encode("utf-8")
