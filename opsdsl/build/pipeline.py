@@ -140,6 +140,16 @@ def empty_folders(paths: Sequence[Path], files: Sequence[Path]) -> list[Diagnost
     return [no_packs(p, display_path(p)) for p in paths if p.is_dir() and not any(under(f, p) for f in files)]
 
 
+def _worker_start(warm: bool) -> None:
+    """A worker's start: SIGTERM back to its default (the caller may have made it raise,
+    see `compile_paths`), so the pool's terminate ends a worker at once; then `warm_up`."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if warm:
+        warm_up()
+
+
 def map_files(
     work: Callable[[tuple], list],
     files: Sequence[Path],
@@ -162,7 +172,7 @@ def map_files(
         warm_up()
     context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
     chunks = [list(files[i::jobs]) for i in range(jobs)]
-    with context.Pool(jobs, initializer=warm_up if warm_in_workers else None) as pool:
+    with context.Pool(jobs, initializer=_worker_start, initargs=(warm_in_workers,)) as pool:
         parts = pool.map(work, [(chunk, *shared) for chunk in chunks])
     order = {f: i for i, f in enumerate(files)}
     pairs = [

@@ -26,7 +26,7 @@ from typing import Any
 
 from opsdsl import __version__
 from opsdsl.build.pipeline import analyse_file, empty_folders, looks_like_policy_pack, map_files, missing_paths
-from opsdsl.canonical import sha256_digest
+from opsdsl.canonical import indented_json, sha256_digest
 from opsdsl.errors import Diagnostic, Severity, Span
 from opsdsl.lang.loader import discover, display_path
 from opsdsl.lang.rules import rule
@@ -106,7 +106,7 @@ class Rendered:
     __slots__ = ("packed",)
 
     def __init__(self, value: Any) -> None:
-        self.packed = zlib.compress(json.dumps(value, indent=2, sort_keys=True).encode("ascii"), 1)
+        self.packed = zlib.compress(indented_json(value, ensure_ascii=True).encode("ascii"), 1)
 
     def __getstate__(self) -> bytes:
         return self.packed
@@ -224,7 +224,7 @@ STAGERS = 4  # threads per planning worker signing plans and flushing them to di
 
 
 def _plan_chunk(args: tuple) -> list[PackResult]:
-    paths, scope, scope_dig, out_dir, manifest, public_bytes, key_count = args
+    paths, scope, scope_dig, out_dir, manifest, public_bytes, key_count, nonce, owner = args
     by_source = {e.get("source"): e for e in manifest.get("packs", {}).values() if isinstance(e, dict)}
     public_keys = {}
     if by_source and public_bytes:  # only a prior plan's signatures need checking
@@ -239,7 +239,11 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
     # signs and writes its plans afterwards instead.
     keys = _SIGNING_KEYS if len(_SIGNING_KEYS) == key_count else None
     if keys is None:
-        return [plan_file(p, scope, scope_dig, out_dir, by_source.get(display_path(p)), public_keys) for p in paths]
+        results = []
+        for path in paths:
+            _check_owner(owner)
+            results.append(plan_file(path, scope, scope_dig, out_dir, by_source.get(display_path(path)), public_keys))
+        return results
     # Each plan is signed and flushed to a temporary file by a few threads while the next
     # packs are planned; the build renames them into place only when every pack is clean.
     from concurrent.futures import ThreadPoolExecutor
@@ -250,12 +254,13 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
         with ThreadPoolExecutor(max_workers=STAGERS) as pool:
             try:
                 for path in paths:
+                    _check_owner(owner)
                     previous = by_source.get(display_path(path))
                     result = plan_file(path, scope, scope_dig, out_dir, previous, public_keys, compress=False)
                     results.append(result)
                     if result.status == "planned":
                         payload, result.raw_payload = result.raw_payload, None
-                        staging.append((result, pool.submit(_stage, out_dir / result.plan_file, payload, keys)))
+                        staging.append((result, pool.submit(_stage, out_dir / result.plan_file, payload, keys, nonce)))
             finally:
                 for result, future in staging:
                     if future.exception() is None:
@@ -268,6 +273,59 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
         if not ok:
             discard_staged(results)
     return results
+
+
+def _check_owner(owner: int) -> None:
+    """Stop a planning worker whose build has gone (killed outright, so it could neither
+    stop the worker nor remove what it staged): the worker then removes its own staged
+    files on the way out instead of staging the rest of its packs for no one."""
+    if os.getpid() != owner and os.getppid() != owner:
+        raise SystemExit(1)
+
+
+# A staged plan's name: `.NAME.plan.dsse.json.PID.TOKEN.NONCE.tmp`, NONCE being the build's
+# (see `_stage`). Also matched: `.NAME.plan.dsse.json.PID.TOKEN.tmp`, as d2e296c staged them.
+_STAGED = re.compile(r"\.[^/]+\.plan\.dsse\.json\.([0-9]{1,10})\.[0-9a-f]{8}(?:\.[0-9a-f]{16})?\.tmp")
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs (it may be another user's); a zombie (killed, its exit not
+    yet collected, as under a container's init that reaps late or never) does not."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:
+        pass  # EPERM: another user's
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True  # no /proc: exists is all one can tell
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
+def _remove_staged(out_dir: Path, nonce: str | None = None) -> None:
+    """Remove the staged plans in `out_dir`: the build's own (`nonce`), whichever worker
+    staged them, or else those an earlier build left behind (killed before it could remove
+    them), unless the worker that staged one still runs (another build into `out_dir`).
+    Only regular files named as `_stage` names them; links are not followed."""
+    try:
+        entries = list(os.scandir(out_dir))
+    except OSError:
+        return
+    for entry in entries:
+        match = _STAGED.fullmatch(entry.name)
+        if match is None:
+            continue
+        if nonce is not None and not entry.name.endswith(f".{nonce}.tmp"):
+            continue
+        if nonce is None and _running(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
 
 
 def discard_staged(results: list[PackResult]) -> None:
@@ -385,13 +443,23 @@ def compile_paths(
     # 2. Plan every pack; the workers also sign each plan and stage it (see `_stage`). A
     #    file that turns out to be a policy pack after all widens the scope, and the packs
     #    are planned again with it.
-    created = not out_dir.is_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    #    A build removes every file it staged unless it completes, whatever stops it: a
+    #    failed pack, an exception in a worker, Ctrl-C, or SIGTERM (see `_terminate_as_exit`);
+    #    a build killed outright leaves them to the next build, which removes them first.
+    import secrets
+
+    created = _make_folder(out_dir)
+    if not created:
+        _remove_staged(out_dir)
+    nonce = secrets.token_hex(8)
     planned: list[PackResult] = []
     written = False
     _SIGNING_KEYS = tuple(keys)
+    restore = _terminate_as_exit()
     try:
-        planned = _plan_packs(rest, scope, policy_entries, results, out_dir, manifest, public_bytes, len(keys), jobs)
+        planned = _plan_packs(
+            rest, scope, policy_entries, results, out_dir, manifest, public_bytes, len(keys), jobs, nonce
+        )
         results += planned
         results += _scope_problems(policy_entries, scope)
         results += _duplicate_names(results)
@@ -424,11 +492,14 @@ def compile_paths(
                 pack.status, pack.keyids, pack.packed_payload = status, signers, None
         written = True
     finally:
+        restore()
         _SIGNING_KEYS = ()
         discard_staged(planned)
-        if created and not written:
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()  # a failed first build leaves no folder behind
+        if not written:
+            _remove_staged(out_dir, nonce)  # also what workers staged that never reported back
+            for folder in created:  # innermost first: a failed first build leaves no folder behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     for pack in results:
         if pack.entry is not None and pack.status in ("compiled", "unchanged", "reused"):
             pack.entry["keyids"] = pack.keyids if pack.keyids is not None else []
@@ -446,6 +517,7 @@ def _plan_packs(
     public_bytes: tuple,
     key_count: int,
     jobs: int | None,
+    nonce: str,
 ) -> list[PackResult]:
     """Plan (and stage) `rest` until no file among them turns out to be a policy pack."""
     from opsdsl.build.compiler import scope_digest
@@ -453,7 +525,7 @@ def _plan_packs(
     while True:
         scope.sort(key=lambda s: (s.name, s.digest))
         scope_dig = scope_digest(scope)
-        shared = (scope, scope_dig, out_dir, manifest, public_bytes, key_count)
+        shared = (scope, scope_dig, out_dir, manifest, public_bytes, key_count, nonce, os.getpid())
         planned = map_files(_plan_chunk, rest, shared, jobs, warm_in_workers=True)
         late = {str(Path(r.source)) for r in planned if r.status == "policy-pack"}
         if not late:
@@ -464,6 +536,44 @@ def _plan_packs(
         policy_entries += entries
         results += late_failures
         rest = [p for p in rest if display_path(p) not in late]
+
+
+def _make_folder(out_dir: Path) -> list[Path]:
+    """Make `out_dir` and any missing parent; the folders made, innermost first."""
+    made, folder = [], out_dir
+    while not folder.is_dir() and folder.parent != folder:
+        made.append(folder)
+        folder = folder.parent
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return made
+
+
+def _terminate_as_exit():
+    """While a build runs, SIGTERM (`timeout`, a CI runner, a supervisor) raises SystemExit
+    in it, so its clean-up runs as for Ctrl-C: a function restoring the handler before.
+    Only the main thread can, and only when no one else set a handler for SIGTERM."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return lambda: None
+    except (AttributeError, ValueError):
+        return lambda: None
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 WRITERS = 8  # threads signing and writing plans (mostly waiting on the disk)
@@ -480,7 +590,7 @@ def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> tuple[str, 
     return status, signers
 
 
-def _stage(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list, str | None]:
+def _stage(target: Path, payload: bytes, keys: Sequence, nonce: str) -> tuple[str, list, str | None]:
     """`_sign_and_write`, in a planning worker, except that a changed plan goes to a new
     temporary file beside `target`, flushed to disk, for the build to rename into place
     once every pack is clean: (status, signers, the temporary file or None)."""
@@ -489,7 +599,9 @@ def _stage(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list, str
         return status, signers, None
     import secrets
 
-    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # The build's `nonce` in the name: the build removes every file it staged, even one
+    # whose worker it never heard back from, and no other build's (see `_remove_staged`).
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.{nonce}.tmp")
     # O_EXCL | O_NOFOLLOW: never write through a file or symlink someone planted there.
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
@@ -579,7 +691,7 @@ def _manifest_parts(manifest: dict[str, Any]) -> Iterator[bytes]:
                 swapped[key] = f"\x00{token}:{len(splices)}\x00"  # rendered as "\u0000TOKEN:N\u0000"
                 splices.append(value)
         packs[name] = swapped
-    text = json.dumps({**manifest, "packs": packs}, indent=2, sort_keys=True) + "\n"
+    text = indented_json({**manifest, "packs": packs}, ensure_ascii=True) + "\n"
     # A value of a pack entry sits three levels deep: manifest → packs → name → value.
     indent = "\n" + "  " * 3
     pieces = re.split(f'"\\\\u0000{token}:([0-9]+)\\\\u0000"', text)
