@@ -261,3 +261,24 @@ def test_a_pack_name_that_is_no_file_name_becomes_its_digest() -> None:
         "plan/plan.dsse.json",
         "plan/policy-packs/" + "44" * 32 + ".json",
     ]
+
+
+def test_plan_files_are_rendered_once_per_plan_and_handed_out_as_copies() -> None:
+    # A server writes the same plan's files into every incident folder: they are cached by the
+    # envelope's bytes, and no caller can change what the next incident gets.
+    from opsdsl.audit.incident import pack
+
+    envelope, _ = plan_envelope()
+    first = pack.plan_files(envelope)
+    first["plan/plan.dsse.json"] = b"tampered"
+    first.clear()
+    again = pack.plan_files(bytearray(envelope))  # the same bytes, another object (and type)
+    assert again["plan/plan.dsse.json"] == envelope
+    assert again == pack.plan_files(bytes(envelope))
+    other = dict(PLAN, pack=PLAN["pack"] | {"version": "9.9.9"})
+    other_files = pack.plan_files(envelope_bytes(sign_envelope(canonical_json(other), [SIGNER])))
+    assert other_files != again
+    with pytest.raises(ValueError):  # a bad envelope is refused each time, never cached as good
+        pack.plan_files(b"{}")
+    with pytest.raises(ValueError):
+        pack.plan_files(b"{}")

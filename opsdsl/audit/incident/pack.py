@@ -17,6 +17,7 @@ are `evidence/` (written by evidence.collect steps); this module adds
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,6 +46,13 @@ _PLAIN = re.compile(r'[^"\\\x00-\x1f\ud800-\udfff]*')
 
 def plan_files(envelope: bytes) -> dict[str, bytes]:
     """`{relative path: bytes}` of the plan envelope and one file per pack and policy pack in it."""
+    return dict(_plan_files(bytes(envelope)))
+
+
+@functools.lru_cache(maxsize=4)
+def _plan_files(envelope: bytes) -> tuple[tuple[str, bytes], ...]:
+    # A pure function of the envelope's bytes, and a server runs the same few plans again and
+    # again: each of their incident folders gets the same files without rendering them anew.
     payload = _payload(envelope)
     files = {PLAN_FILE: envelope}
     pack = payload.get("pack") or {}
@@ -74,7 +82,7 @@ def plan_files(envelope: bytes) -> dict[str, bytes]:
                 "policies": [p for p in policies if isinstance(p, dict) and p.get("origin") == name],
             }
         )
-    return files
+    return tuple(files.items())
 
 
 def check_plan_files(files: Mapping[str, bytes | None], record: Mapping[str, Any]) -> list[str]:
