@@ -36,6 +36,20 @@ from typing import Any
 
 from opsdsl.errors import OpsdslError
 
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database could not be used just now (a restart, a failover,
+    a lock held too long, a serialization failure), not that the event or the code is bad:
+    such an event is tried again later, never recorded as failed."""
+    if not isinstance(error, sqlite3.OperationalError):  # PgError is one; PgIntegrityError is not
+        return False
+    state = getattr(error, "sqlstate", None)
+    if state:  # connection exception, admin/crash shutdown, insufficient resources, retryable
+        return state.startswith(("08", "57P0", "53")) or state in ("40001", "40P01")
+    text = str(error).lower()  # SQLite's, and psycopg's client-side ones (no SQLSTATE)
+    return any(mark in text for mark in ("database is locked", "cannot connect", "connection", "server closed"))
+
+
 ENV = "OPSDSL_DATABASE"
 # pg_advisory_xact_lock key every writing transaction holds (BEGIN IMMEDIATE): "opsdsl" in ASCII.
 WRITER_LOCK = 0x6F7073646D6C

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("opsdsl.serve")
-# Back-offs (s) before writing a folder again while the database is unavailable (~60 s in all), then give up.
+# Back-offs (s) before writing a folder again while the database is unavailable, then give up.
 RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, None)
+# One outage costs at most this much waiting in all, however many folders are queued behind it:
+# a stopping server waits for the queue, and its process manager will not wait a minute a folder.
+OUTAGE_BUDGET = 60.0
 
 
 class IncidentWriter:
@@ -60,6 +63,10 @@ class IncidentWriter:
         from opsdsl.audit.incident import write_incident
 
         store = None
+        # When the current outage began (None: no outage), and the back-off slept in it; the
+        # sleeps are counted too, so that a clock that does not move in tests still ends it.
+        outage: float | None = None
+        waited = 0.0
         try:
             while True:
                 job = self._jobs.get()
@@ -77,14 +84,23 @@ class IncidentWriter:
                     for delay in RETRIES:  # a database that is down for a moment: write it once it is back
                         try:
                             write_incident(root, entries, ledger=store.ledger, **job)
+                            outage = None  # the database is back: a later outage has its own budget
                             break
                         except Exception as error:
-                            from opsdsl.runtime.service import database_unavailable
+                            from opsdsl.runtime.database import database_unavailable
 
-                            if delay is None or not database_unavailable(error):
+                            if not database_unavailable(error):
                                 raise
+                            now = time.monotonic()
+                            if outage is None:
+                                outage, waited = now, 0.0
+                            left = OUTAGE_BUDGET - max(now - outage, waited)
+                            if delay is None or left <= 0:  # this outage's budget is spent: give up
+                                raise
+                            delay = min(delay, left)
                             log.warning("incident folder waits for the database (%s); again in %gs", error, delay)
                             time.sleep(delay)
+                            waited += delay
                 except Exception as error:  # one folder that cannot be written must not stop the others
                     log.error("incident folder not written: %s: %s", type(error).__name__, error)
                 finally:

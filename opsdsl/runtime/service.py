@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, ClassVar
 from opsdsl.errors import EvalError
 from opsdsl.runtime import runner
 from opsdsl.runtime import store as S
+from opsdsl.runtime.database import database_unavailable
 from opsdsl.runtime.driver import SERVE, EngineLock, StateBusy, engine_holder  # noqa: F401 (re-exported)
 from opsdsl.runtime.secrets import Secrets
 from opsdsl.runtime.triggers import TriggerEngine
@@ -64,19 +64,6 @@ PRUNE_EVERY = 60.0  # seconds between deletions of expired spent signatures
 # Seconds before an event is tried again while the database is unavailable (doubling up to the last).
 RETRY_FIRST, RETRY_MAX = 0.25, 10.0
 REPORT_DRAIN = 30.0  # seconds a stopping server waits for a compliance report being written
-
-
-def database_unavailable(error: BaseException) -> bool:
-    """Whether `error` says the database could not be used just now (a restart, a failover,
-    a lock held too long, a serialization failure), not that the event or the code is bad:
-    such an event is tried again later, never recorded as failed."""
-    if not isinstance(error, sqlite3.OperationalError):  # PgError is one; PgIntegrityError is not
-        return False
-    state = getattr(error, "sqlstate", None)
-    if state:  # connection exception, admin/crash shutdown, insufficient resources, retryable
-        return state.startswith(("08", "57P0", "53")) or state in ("40001", "40P01")
-    text = str(error).lower()  # SQLite's, and psycopg's client-side ones (no SQLSTATE)
-    return any(mark in text for mark in ("database is locked", "cannot connect", "connection", "server closed"))
 
 
 @dataclass
