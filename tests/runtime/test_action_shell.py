@@ -219,3 +219,23 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) 
     pid, took = asyncio.run(scenario())
     assert process_gone(pid, within=0.5)
     assert 0.3 <= took < 10
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"argv": [PY, "-c", "pass", "db\x00; touch pwned"]}, "argument 3 contains a NUL character"),
+        ({"argv": ["echo\x00", "x"]}, "the program name contains a NUL character"),
+        ({"argv": [PY, "-c", "pass"], "env": {"LABEL": "a\x00b"}}, "environment variable 'LABEL' has a NUL"),
+        ({"argv": [PY, "-c", "pass"], "cwd": "/tmp\x00/x"}, "cwd contains a NUL character"),
+    ],
+)
+def test_a_nul_from_event_data_fails_the_step_clearly_and_starts_nothing(
+    tmp_path: Path, inputs: dict[str, Any], message: str
+) -> None:
+    # an alert label rendered into argv/env/cwd may hold a NUL: exec cannot pass it on
+    with pytest.raises(ActionFailed) as caught:
+        run_shell(tmp_path, {**inputs, "cwd": inputs.get("cwd", str(tmp_path))})
+    assert not caught.value.retryable
+    assert message in caught.value.message
+    assert not (tmp_path / "pwned").exists()

@@ -49,6 +49,23 @@ def child_env(request: ActionRequest, extra: Mapping[str, str] | None = None) ->
     return env
 
 
+def _refuse_nul(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> None:
+    """A NUL cannot reach a program (exec takes C strings): say which part holds one, as a
+    step failure, before anything starts. It comes from data, e.g. an alert label."""
+    for index, arg in enumerate(argv):
+        if "\0" in arg:
+            what = "the program name" if index == 0 else f"argument {index}"
+            raise ActionFailed(f"{what} contains a NUL character, which no program can receive", retryable=False)
+    for name, value in env.items():
+        if "\0" in name or "\0" in value or "=" in name:
+            raise ActionFailed(
+                f"environment variable {name!r} has a NUL character (or `=` in its name), which no program can receive",
+                retryable=False,
+            )
+    if cwd is not None and "\0" in cwd:
+        raise ActionFailed("cwd contains a NUL character", retryable=False)
+
+
 async def run_command(
     argv: Sequence[str],
     *,
@@ -60,6 +77,7 @@ async def run_command(
 ) -> CommandResult:
     """Run `argv` to completion in a new process group; on cancellation stop the whole group
     (SIGTERM, `term_grace` seconds, SIGKILL), reap the child, and re-raise."""
+    _refuse_nul(argv, env, cwd)
     if cwd is not None and not Path(cwd).is_dir():
         raise ActionFailed(f"cwd {cwd!r} is not a directory", retryable=False)
     try:
