@@ -124,9 +124,13 @@ class Scheduler(ApprovalSteps, RunEndings):
 
     async def drive(self, reason: str = "start", by: str | None = None) -> Outcome:
         """Run (or continue) the run until it finishes, pauses or is interrupted."""
-        # A server's turn (Pacer): cancelled here, the drive has done nothing yet, as when
-        # cancelled while it waited for a run slot.
-        await self._pace()
+        # A server's turn (Pacer). Cancelled here, the drive has done nothing yet, but the run
+        # says so (run.interrupted), as when cancelled later or while it waited for a run slot.
+        try:
+            await self._pace()
+        except asyncio.CancelledError:
+            self.steps = self.store.steps(self.run.id)
+            return self._interrupted()
         self.steps = self.store.steps(self.run.id)
         self._completed = max((s.completed or 0 for s in self.steps.values()), default=0)
         for sid, row in self.steps.items():
@@ -149,12 +153,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         try:
             outcome = await self._drive_phases()
         except asyncio.CancelledError:
-            running = sorted(sid for sid, row in self.steps.items() if row.status == S.STARTED)
-            self._commit(
-                [(E.RUN_INTERRUPTED, {"running": running})], run_fields={"status": S.INTERRUPTED}, checkpoint=True
-            )
-            self._write_incident()
-            return Outcome(S.INTERRUPTED, [], f"interrupted; continue with `opsdsl resume {self.run.id}`")
+            return self._interrupted()
         except Exception as error:
             # Not a state the run can be left in: record the interruption (if the store still
             # takes writes), so no run stays `running` without an owner, then let it surface.
@@ -167,6 +166,13 @@ class Scheduler(ApprovalSteps, RunEndings):
                 )
             raise
         return outcome
+
+    def _interrupted(self) -> Outcome:
+        """The drive was cancelled (SIGTERM, a server's drain): the run is interrupted, resumable."""
+        running = sorted(sid for sid, row in self.steps.items() if row.status == S.STARTED)
+        self._commit([(E.RUN_INTERRUPTED, {"running": running})], run_fields={"status": S.INTERRUPTED}, checkpoint=True)
+        self._write_incident()
+        return Outcome(S.INTERRUPTED, [], f"interrupted; continue with `opsdsl resume {self.run.id}`")
 
     async def _drive_phases(self) -> Outcome:
         deadline = self._deadline()
@@ -960,7 +966,21 @@ class FairLock:
             waiter = threading.Lock()
             waiter.acquire()
             self._waiters.append(waiter)
-        waiter.acquire()  # released by release(), which hands the lock over: still held
+        try:
+            waiter.acquire()  # released by release(), which hands the lock over: still held
+        except BaseException:
+            # Interrupted (a signal handler's exception, KeyboardInterrupt): a waiter that is
+            # gone must not be handed the lock, nor keep it if it already was.
+            with self._mutex:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:  # release() handed it over: pass it on
+                    handed = True
+                else:
+                    handed = False
+            if handed:
+                self.release()
+            raise
 
     def release(self) -> None:
         with self._mutex:

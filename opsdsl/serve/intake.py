@@ -952,7 +952,7 @@ def _watch_children_by_pidfd(loop: asyncio.AbstractEventLoop) -> Callable[[], No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         previous = policy.get_child_watcher()
-        watcher = asyncio.PidfdChildWatcher()
+        watcher = _pidfd_or_thread_watcher()
         watcher.attach_loop(loop)
         policy.set_child_watcher(watcher)
 
@@ -963,6 +963,42 @@ def _watch_children_by_pidfd(loop: asyncio.AbstractEventLoop) -> Callable[[], No
             policy.set_child_watcher(previous)
 
     return restore
+
+
+def _pidfd_or_thread_watcher() -> Any:
+    """3.11's PidfdChildWatcher, but a child whose pidfd cannot be opened (EMFILE: the
+    server's last descriptor went elsewhere) is waited for by a thread of its own, as the
+    thread watcher did. The watch is set up after the fork and exec: the program already
+    runs, so a failure there must not report it as not started, nor leave it unreaped."""
+    import os
+
+    def wait_in_thread(loop: asyncio.AbstractEventLoop, pid: int, callback: Any, args: tuple) -> None:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped elsewhere: as asyncio's own watchers say
+            returncode = 255
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+            loop.call_soon_threadsafe(callback, pid, returncode, *args)
+
+    class Watcher(asyncio.PidfdChildWatcher):
+        def add_child_handler(self, pid: int, callback: Any, *args: Any) -> None:
+            existing = self._callbacks.get(pid)
+            if existing is not None:  # as PidfdChildWatcher (3.11) does
+                self._callbacks[pid] = existing[0], callback, args
+                return
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                threading.Thread(
+                    target=wait_in_thread, args=(self._loop, pid, callback, args), name=f"waitpid-{pid}", daemon=True
+                ).start()
+                return
+            self._loop._add_reader(pidfd, self._do_wait, pid)
+            self._callbacks[pid] = pidfd, callback, args
+
+    return Watcher()
 
 
 LAG_SAMPLE = 0.1  # seconds between two looks at how late the event loop is

@@ -1,0 +1,186 @@
+"""Review of 7bbf76e (serve under a busy CPU): a drive cancelled while it waits for its
+first Pacer turn, a shell step's child whose pidfd cannot be opened, and a FairLock wait
+that is interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+import types
+
+import pytest
+
+from opsdsl.runtime import scheduler as sched
+from opsdsl.runtime.actions.base import ActionFailed
+from opsdsl.runtime.actions.shell import run_command
+from tests.runtime.test_scheduler_pacing import _runs
+
+
+def test_a_drive_cancelled_waiting_for_its_turn_is_recorded_interrupted(tmp_path):
+    """A server draining under load (SIGTERM, drain timeout, `service.drain` cancels the
+    run tasks) while drives wait for their first Pacer turn."""
+    runtime, secrets, runs = _runs(tmp_path, 4)
+
+    async def main() -> None:
+        sched.pace_loop(per_turn=1)
+        try:
+            tasks = [asyncio.create_task(runtime.drive(run, secrets)) for run in runs]
+            await asyncio.sleep(0)  # each drive has asked for its turn; one went ahead
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            sched.unpace_loop()
+
+    asyncio.run(main())
+    statuses = [runtime.store.run(run.id).status for run in runs]
+    kinds = [[e.kind for e in runtime.store.ledger.entries(run=run.id)] for run in runs]
+    # Cancelled mid-drive, a run says so (run.interrupted, status interrupted), as the
+    # Service does for one cancelled while it waited for a run slot.
+    assert "running" not in statuses, (statuses, kinds)
+    # The one that went ahead may have finished before the cancellation reached it.
+    assert statuses.count("interrupted") >= len(runs) - 1, (statuses, kinds)
+    for status, entries in zip(statuses, kinds, strict=True):
+        if status == "interrupted":
+            assert entries[-1] == "run.interrupted", kinds
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"), reason="the 3.11 pidfd watcher")
+def test_a_child_whose_pidfd_cannot_be_opened_is_awaited_and_reaped(tmp_path, monkeypatch):
+    """The pidfd watch is set up *after* the fork/exec: a pidfd_open that fails (EMFILE) must
+    not report a program that runs as "cannot start" (not retryable), nor leave it unreaped."""
+    from opsdsl.serve.intake import _watch_children_by_pidfd
+
+    marker = tmp_path / "ran"
+    real = os.pidfd_open
+    calls: list[int] = []
+
+    async def main() -> object:
+        unwatch = _watch_children_by_pidfd(asyncio.get_running_loop())
+        assert unwatch is not None
+
+        def flaky(pid: int, flags: int = 0) -> int:
+            calls.append(pid)
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(os, "pidfd_open", flaky)
+        try:
+            return await run_command(["sh", "-c", f"touch {marker}; exit 3"], env={"PATH": os.environ["PATH"]})
+        except ActionFailed as failure:
+            return failure.message
+        finally:
+            monkeypatch.setattr(os, "pidfd_open", real)
+            unwatch()
+
+    result = asyncio.run(main())
+    assert calls, "the pidfd watcher was not used"
+    assert marker.exists()
+    assert not (isinstance(result, str) and result.startswith("cannot start")), result
+    # awaited: its exit status is the program's, and it was reaped (no zombie left)
+    assert "3" in repr(result), result
+    with pytest.raises(ChildProcessError):
+        os.waitpid(calls[0], os.WNOHANG)
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="POSIX timers")
+def test_an_interrupted_fair_lock_wait_does_not_keep_the_lock():
+    """A waiter whose acquire() raises (a signal handler's exception) must leave the queue:
+    else the holder's release() hands the lock to that dead waiter, held forever."""
+
+    class Interrupted(Exception):
+        pass
+
+    lock = sched.FairLock()
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock:
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(5)
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            lock.acquire()  # the main thread's wait, interrupted
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    release.set()
+    thread.join(5)
+
+    got = threading.Event()
+
+    def later() -> None:
+        with lock:
+            got.set()
+
+    other = threading.Thread(target=later, daemon=True)
+    other.start()
+    assert got.wait(2), "the lock went to the interrupted waiter and is held forever"
+
+
+def test_a_fair_lock_handed_to_an_interrupted_waiter_is_passed_on(monkeypatch):
+    """The lock handed over just as the waiter's wait raised: it goes on to the next."""
+    lock = sched.FairLock()
+    lock.acquire()
+    first_waiting = threading.Event()
+
+    class Interrupted(BaseException):
+        pass
+
+    real_lock = threading.Lock
+
+    class Waiter:
+        """A waiter lock whose blocking acquire succeeds, then raises (handed, then interrupted)."""
+
+        def __init__(self) -> None:
+            self._lock = real_lock()
+
+        def acquire(self, *args: object, **kwargs: object) -> bool:
+            if not args and not kwargs and self._lock.locked():
+                first_waiting.set()
+                self._lock.acquire()
+                raise Interrupted()
+            return self._lock.acquire(*args, **kwargs)
+
+        def release(self) -> None:
+            self._lock.release()
+
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            lock.acquire()
+        except Interrupted as error:
+            errors.append(error)
+
+    monkeypatch.setattr(sched, "threading", types.SimpleNamespace(Lock=Waiter))  # the waiter's lock only
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert first_waiting.wait(5)
+    monkeypatch.setattr(sched, "threading", threading)
+    time.sleep(0.05)
+    lock.release()  # handed to the waiter, whose wait then raises
+    thread.join(5)
+    assert errors
+    got = threading.Event()
+
+    def later() -> None:
+        with lock:
+            got.set()
+
+    threading.Thread(target=later, daemon=True).start()
+    assert got.wait(2), "the lock was handed to a waiter that was interrupted, and kept"
