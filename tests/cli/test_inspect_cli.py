@@ -282,16 +282,17 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 def test_every_command_that_takes_a_run_accepts_a_prefix_and_latest(hostile: tuple[Path, list[str]]):
     folder, ids = hostile
-    newest = max(ids)
-    for text in ("latest", newest, newest[:16]):
+    newest = ids[-1]  # the one created last: both may start in the same second, so not max(ids)
+    prefix = newest[:20]  # the time and 4 hex digits of its own (16 characters may name both runs)
+    for text in ("latest", newest, prefix):
         result = opsdsl(folder, "show", text, "--format", "json")
         assert result.code == 0 and json.loads(result.stdout)["id"] == newest, (text, result)
     # ack and resume resolve the same way: ack records against the full id; resume names it
-    acked = opsdsl(folder, "ack", newest[:16], "--by", "carol")
+    acked = opsdsl(folder, "ack", prefix, "--by", "carol")
     assert acked.code == 0 and newest in acked.stdout, acked
     resumed = opsdsl(folder, "resume", "latest", "--log-format", "quiet")
     assert resumed.code == 2 and newest in resumed.stderr, resumed
-    decided = opsdsl(folder, "decide", newest[:16], "shout", "--as", "retry", "--by", "carol")
+    decided = opsdsl(folder, "decide", prefix, "shout", "--as", "retry", "--by", "carol")
     assert decided.code == 2 and newest in decided.stderr, decided
 
 

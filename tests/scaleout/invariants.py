@@ -74,6 +74,20 @@ def ledger_verifies(url: str | None, state: Path) -> str | None:
     return None if done.returncode == 0 else f"exit {done.returncode}: {done.stdout}{done.stderr}"
 
 
+def _wait_for_incident_records(url: str | None, state: Path, timeout: float = 30.0) -> None:
+    """Until every finished run's record.json exists, or `timeout` passed (verify then says which is gone)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _query(url, state, "SELECT incident_dir FROM runs WHERE status IN ('succeeded', 'failed')")
+        if all(folder and (Path(folder) / "record.json").is_file() for (folder,) in rows):
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
 def check(
     url: str | None,
     states: Sequence[Path],
@@ -155,8 +169,10 @@ def check(
         if status != "paused" or not waiting:
             problems.append(f"run {run_id}: {status}, neither ended nor waiting for a person")
 
-    # 6. the ledger verifies
+    # 6. the ledger verifies, once the incident folders of the runs that ended are written:
+    # a worker writes a run's folder on a thread of its own after the run's end commits
     if verify:
+        _wait_for_incident_records(url, state)
         for folder in states:
             failed = ledger_verifies(url, folder)
             if failed:
