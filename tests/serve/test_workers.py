@@ -140,6 +140,12 @@ def check_invariants(cluster: Cluster, event_ids: list[int]) -> None:
         (len(event_ids),)
     ]
     assert cluster.query("SELECT id FROM runs WHERE status = 'running' AND lease_until IS NULL") == []
+
+    def folders_written() -> bool:  # a worker writes a run's incident folder on its own thread after the end
+        ended = cluster.query("SELECT incident_dir FROM runs WHERE status IN ('succeeded', 'failed')")
+        return all((Path(folder) / "record.json").is_file() for (folder,) in ended)
+
+    wait_until(folders_written, 30, "the incident folders of the runs that ended")
     verify = cluster.cli("ledger", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
