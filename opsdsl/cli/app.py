@@ -201,45 +201,17 @@ def compile_command(
 
         click.echo(emit_stage(list(paths), emit), nl=False)
         return
-    from opsdsl.build.plans import compile_paths
-    from opsdsl.build.signing import load_private_key
-    from opsdsl.cli.signing import _passphrase
-    from opsdsl.lang.config import find_config, load_config
+    from opsdsl.cli.compilecmd import run_compile
 
-    passphrase = _passphrase(passphrase_env)
-    keys = [load_private_key(path, passphrase) for path in key_files]
-    config = load_config(find_config(Path.cwd()))
-    result = compile_paths(list(paths), out_dir, keys, jobs=jobs, rebuild=rebuild, exclude=config.exclude)
-    for diagnostic in result.diagnostics:
-        click.echo(diagnostic.render() + "\n", err=True)
-    if result.failed:
-        click.echo("build failed: no plan was written", err=True)
-        sys.exit(1)
-    words = {"compiled": "compiled", "unchanged": "unchanged, kept", "reused": "unchanged, reused"}
-    counts: dict[str, int] = {}
-    for pack in sorted(result.packs, key=lambda p: p.source):
-        if pack.entry is None or pack.status not in words:
-            continue
-        counts[pack.status] = counts.get(pack.status, 0) + 1
-        signers = len(pack.entry.get("keyids", ()))
-        signed = f"signed by {signers} key{'s' if signers != 1 else ''}" if signers else "UNSIGNED"
-        click.echo(
-            f"{words[pack.status]:<16} {pack.name} → {out_dir / pack.plan_file} ({pack.entry['payloadDigest'][:19]}…, {signed})"
-        )
-    for policy_pack in result.policy_packs:
-        click.echo(
-            f"{'in scope':<16} {policy_pack['name']} {policy_pack['version']} ({policy_pack['modelDigest'][:19]}…, policy pack)"
-        )
-    parts = [f"{n} {status}" for status, n in sorted(counts.items())]
-    if result.policy_packs:
-        n = len(result.policy_packs)
-        parts.append(f"{n} policy pack{'s' if n != 1 else ''} in scope")
-    total = sum(counts.values()) + len(result.policy_packs)
-    click.echo(f"{total} pack{'s' if total != 1 else ''}: {', '.join(parts)}")
-    if not keys:
-        click.echo(
-            "warning: plans are unsigned; `opsdsl run` refuses them until signed (--key, or `opsdsl sign`)", err=True
-        )
+    run_compile(
+        paths,
+        out_dir,
+        key_files,
+        passphrase_env,
+        rebuild,
+        jobs,
+        lambda text, err=False: click.echo(text, nl=False, err=err),
+    )
 
 
 @cli.command()

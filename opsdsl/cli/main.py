@@ -4,10 +4,13 @@ Exit codes: 0 success, 1 findings or a refused input, 2 usage error, 3 internal 
 
 The click group lives in `opsdsl.cli.app` (its names, `cli` first, are reachable here as
 before). A plain `opsdsl lint PATH...` (no options, every path an existing, readable file
-or folder) and `opsdsl --version` take a path without click: importing click is a
-quarter of a one-pack lint's start-up. They print the same bytes and exit with the same
-codes as the click command (tests/lint/test_lint_fast_path.py compares them); anything
-else, a usage error or `--help` included, goes through click.
+or folder), a plain `opsdsl compile PATH...` (only `-o/--out`, `--key`, `--rebuild`,
+`-j/--jobs` and `--passphrase-env`, each value one click would take as it is) and
+`opsdsl --version` take a path without click: importing click is a quarter of a one-pack
+lint's start-up, and 4-5 MiB of a compile's largest process. They print the same bytes and
+exit with the same codes as the click commands (tests/lint/test_lint_fast_path.py and
+tests/cli/test_compile_fast_path.py compare them); anything else, a usage error or
+`--help` included, goes through click.
 """
 
 from __future__ import annotations
@@ -142,12 +145,81 @@ def _fast_path(args: list[str]) -> Any:
         return _version
     if len(args) >= 2 and args[0] == "lint" and all(_plain_input(a) for a in args[1:]):
         return lambda: _lint(args[1:])
+    if args and args[0] == "compile":
+        options = _plain_compile(args[1:])
+        if options is not None:
+            return lambda: _compile(*options)
     return None
 
 
-def _plain_input(arg: str) -> bool:
-    """What the lint command's PATHS accept without a word: an existing, readable regular
-    file or folder, not spelt like an option."""
+# `opsdsl compile`'s options the click-free path takes (spelt as click spells them; a value
+# may also follow `--long=`); anything else (`--emit`, `--help`, `--`, `-oOUT`) goes to click.
+_COMPILE_OPTIONS = {
+    "-o": "out",
+    "--out": "out",
+    "--key": "key",
+    "-j": "jobs",
+    "--jobs": "jobs",
+    "--passphrase-env": "passphrase_env",
+}
+
+
+def _plain_compile(args: list[str]) -> tuple | None:
+    """`opsdsl compile ARGS` as (paths, out, keys, passphrase_env, rebuild, jobs), when click
+    would take every argument as it is and none can fail its checks; None otherwise."""
+    import re
+
+    paths: list[str] = []
+    keys: list[str] = []
+    values: dict[str, str] = {}
+    rebuild = False
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--rebuild":
+            rebuild = True
+            continue
+        if not arg.startswith("-"):
+            if not _plain_input(arg):
+                return None
+            paths.append(arg)
+            continue
+        name, equals, value = arg.partition("=")
+        option = _COMPILE_OPTIONS.get(name)
+        if option is None or (equals and not name.startswith("--")):
+            return None
+        if not equals:
+            value = next(rest, "")
+        if not value or value.startswith("-"):
+            return None
+        if option == "key":
+            keys.append(value)
+        else:
+            values[option] = value  # the last one counts, as with click
+    out = values.get("out", "build")
+    jobs = values.get("jobs")
+    if not paths or not all(_plain_input(k, folder=False) for k in keys) or not _plain_output(out):
+        return None
+    if jobs is not None and not re.fullmatch("[1-9][0-9]{0,5}", jobs):
+        return None
+    return paths, out, keys, values.get("passphrase_env"), rebuild, None if jobs is None else int(jobs)
+
+
+def _plain_output(arg: str) -> bool:
+    """What `-o/--out` takes without a word: a folder that is readable, or nothing yet."""
+    import stat
+
+    try:
+        mode = os.stat(arg).st_mode
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISDIR(mode) and os.access(arg, os.R_OK)
+
+
+def _plain_input(arg: str, folder: bool = True) -> bool:
+    """What the lint and compile commands' PATHS (and `--key`, not `folder`) accept without
+    a word: an existing, readable regular file or folder, not spelt like an option."""
     import stat
 
     if not arg or arg.startswith("-"):
@@ -156,7 +228,7 @@ def _plain_input(arg: str) -> bool:
         mode = os.stat(arg).st_mode
     except (OSError, ValueError):
         return False
-    return (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) and os.access(arg, os.R_OK)
+    return (stat.S_ISREG(mode) or (folder and stat.S_ISDIR(mode))) and os.access(arg, os.R_OK)
 
 
 def _version() -> int:
@@ -167,15 +239,35 @@ def _version() -> int:
 
 
 def _lint(paths: list[str]) -> int:
-    """`opsdsl lint PATHS` with every option at its default, as the click command runs it,
-    interrupts and a closed pipe included."""
-    import errno
+    """`opsdsl lint PATHS` with every option at its default, as the click command runs it."""
     from pathlib import Path
 
     from opsdsl.cli.lintcmd import run_lint
 
+    return _as_click_runs(lambda: run_lint([Path(p) for p in paths], "text", None, None, None, None, _echo))
+
+
+def _compile(
+    paths: list[str], out: str, keys: list[str], passphrase_env: str | None, rebuild: bool, jobs: int | None
+) -> int:
+    """`opsdsl compile` with the options `_plain_compile` read, as the click command runs it."""
+    from pathlib import Path
+
+    from opsdsl.cli.compilecmd import run_compile
+
+    return _as_click_runs(
+        lambda: run_compile(
+            [Path(p) for p in paths], Path(out), [Path(k) for k in keys], passphrase_env, rebuild, jobs, _echo
+        )
+    )
+
+
+def _as_click_runs(command: Any) -> int:
+    """Run `command()` as click runs a command: interrupts and a closed pipe included."""
+    import errno
+
     try:
-        run_lint([Path(p) for p in paths], "text", None, None, None, None, _echo)
+        command()
     except (EOFError, KeyboardInterrupt):
         _echo("\n", err=True)  # click closes the terminal's ^C echo, then aborts
         _echo("Aborted.\n", err=True)
@@ -188,4 +280,4 @@ def _lint(paths: list[str]) -> int:
         sys.stdout = _PacifyFlushWrapper(sys.stdout)  # type: ignore[assignment]
         sys.stderr = _PacifyFlushWrapper(sys.stderr)  # type: ignore[assignment]
         sys.exit(1)
-    return 0  # run_lint exits
+    return 0

@@ -7,11 +7,11 @@ message and an exit code: 0 verified, 1 refused, 2 usage or configuration error.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
+from opsdsl.cli.compilecmd import key_passphrase as _passphrase
 from opsdsl.cli.paths import input_file
 from opsdsl.errors import UsageError
 
@@ -129,19 +129,6 @@ def verify(
     click.echo(
         f"verified: {len(verified.keyids)} of {len(document['signatures'])} signatures from trusted keys ({signers})"
     )
-
-
-def _passphrase(env_var: str | None) -> bytes | None:
-    """The passphrase from --passphrase-env VAR, else from OPSDSL_KEY_PASSPHRASE if set, else none."""
-    from opsdsl.build.signing import PASSPHRASE_ENV
-
-    if env_var:
-        value = os.environ.get(env_var)
-        if not value:
-            raise UsageError(f"--passphrase-env {env_var}: that environment variable is not set, or empty")
-        return os.fsencode(value)
-    value = os.environ.get(PASSPHRASE_ENV)
-    return os.fsencode(value) if value else None
 
 
 def _read(path: Path) -> bytes:
