@@ -44,11 +44,13 @@ def analyse_file(
     config: Config | None = None,
     text: str | None = None,
     checked: bool = False,
+    errors_only: bool = False,
 ) -> Analysis:
     """`text`, when given, is the file's content as an editor holds it (`opsdsl lsp`),
     analysed instead of what is on disk. `checked` builds the checked model (plain records,
     `opsdsl.lang.checked`: what lint and compile use, without importing pydantic) instead of
-    the pydantic model of the Python API; the checks and the compiler take either."""
+    the pydantic model of the Python API; the checks and the compiler take either.
+    `errors_only` leaves out the rules that can only warn (see `run_checks`)."""
     result = Analysis(path)
     document, diagnostics = load_file(path) if text is None else load_source(text, path)
     result.document = document
@@ -80,7 +82,8 @@ def analyse_file(
 
     from opsdsl.lang.checks import Scope, Unit, run_checks
 
-    result.diagnostics.extend(run_checks(Unit(document, result.model), Scope(policies=policies, config=config)))
+    unit, scope = Unit(document, result.model), Scope(policies=policies, config=config)
+    result.diagnostics.extend(run_checks(unit, scope, errors_only))
     return result
 
 

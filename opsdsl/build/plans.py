@@ -186,7 +186,7 @@ def plan_file(
     if signers is not None:
         return PackResult(shown, "reused", previous["name"], previous["plan"], previous, keyids=signers)
     policies = tuple(p for s in scope for p in s.pack.policies)
-    analysis = analyse_file(path, policies, checked=True)
+    analysis = analyse_file(path, policies, checked=True, errors_only=True)  # warnings are not reported
     errors = [d for d in analysis.diagnostics if d.severity is Severity.ERROR]
     if errors or analysis.model is None:
         return PackResult(shown, "failed", diagnostics=_with_lines(errors, analysis))
@@ -342,7 +342,7 @@ def _policy_scope(files: list[Path]) -> tuple[list, list[dict], list[PackResult]
 
     scope, entries, failures, packs = [], [], [], []
     for path in files:
-        analysis = analyse_file(path, checked=True)
+        analysis = analyse_file(path, checked=True, errors_only=True)
         errors = [d for d in analysis.diagnostics if d.severity is Severity.ERROR]
         if errors or analysis.model is None:
             failures.append(PackResult(display_path(path), "failed", diagnostics=_with_lines(errors, analysis)))

@@ -47,6 +47,7 @@ def check_untested_high_risk(unit: Unit, scope: Scope) -> Iterator[Diagnostic]:
 __all__ = [
     "REVIEW_CHECKS",
     "SEMANTIC_CHECKS",
+    "WARNING_CHECKS",
     "Scope",
     "Unit",
     "ancestors",
@@ -79,8 +80,27 @@ REVIEW_CHECKS: tuple[Rule, ...] = (
 )
 
 
-def run_checks(unit: Unit, scope: Scope) -> list[Diagnostic]:
+# The rules whose every finding is a warning (tests/lang/test_warning_checks.py holds them to it).
+WARNING_CHECKS: frozenset[Rule] = frozenset(
+    {
+        check_conditions,
+        check_risky_steps,
+        check_network_timeouts,
+        check_hook_cooldowns,
+        check_unused,
+        check_retry_idempotency,
+        check_untested_high_risk,
+        check_event_fields,
+    }
+)
+
+
+def run_checks(unit: Unit, scope: Scope, errors_only: bool = False) -> list[Diagnostic]:
+    """Every rule's findings. `errors_only` (`opsdsl compile`, which reports errors only)
+    leaves out `WARNING_CHECKS`, unless a configuration could make a warning an error."""
+    skip = WARNING_CHECKS if errors_only and scope.config is None else frozenset()
     out: list[Diagnostic] = []
     for check_rule in (*SEMANTIC_CHECKS, *REVIEW_CHECKS):
-        out.extend(check_rule(unit, scope))
+        if check_rule not in skip:
+            out.extend(check_rule(unit, scope))
     return out
