@@ -282,3 +282,78 @@ def test_plan_files_are_rendered_once_per_plan_and_handed_out_as_copies() -> Non
         pack.plan_files(b"{}")
     with pytest.raises(ValueError):
         pack.plan_files(b"{}")
+
+
+def signed_record(folder: Path) -> dict:
+    return json.loads((folder / "record.json").read_text())["record"]
+
+
+def test_the_record_digests_the_ledger_hashes_a_third_party_can_recompute(served) -> None:
+    """docs/incidents.md's bytes: sha256("opsdsl.incident.entry-hashes.v1" NUL || each hash of the run, in order)."""
+    import hashlib
+
+    from test_incident import SCHEMA
+
+    folder, _ = served
+    record = signed_record(folder)
+    SCHEMA.validate(record)
+    own = [entry for entry in excerpt_of(folder)["entries"] if entry["run"] == record["run"]]
+    expected = hashlib.sha256(b"opsdsl.incident.entry-hashes.v1\0" + b"".join(bytes.fromhex(e["hash"]) for e in own))
+    assert record["ledger"]["entries_digest_of"] == "hashes"
+    assert record["ledger"]["entries_digest"] == "sha256:" + expected.hexdigest()
+    assert verify_folder(folder, TRUSTED) == []
+
+
+def rehash_entry(entry: dict) -> None:
+    """Recompute an edited entry's own hash, as someone rewriting the ledger row would."""
+    from opsdsl.audit.ledger import entry_hash
+
+    text = canonical_json(entry["data"]).decode()
+    prev = bytes.fromhex(entry["prev"])
+    entry["hash"] = entry_hash(prev, entry["seq"], float(entry["ts"]), entry["run"], entry["kind"], text).hex()
+
+
+@pytest.mark.parametrize("rehash", [False, True], ids=["hash-left", "hash-recomputed"])
+def test_an_entry_edited_in_an_incomplete_excerpt_fails_the_records_digest(tmp_path: Path, monkeypatch, rehash) -> None:
+    # Without the whole chain to the checkpoint, the signed record's digest is what catches an
+    # edited entry, whether or not its own hash was recomputed to match.
+    import opsdsl.audit.incident.pack as pack
+    from opsdsl.audit.incident import build_record
+
+    monkeypatch.setattr(pack, "MAX_EXCERPT_ENTRIES", 10)
+    ledger = ledger_with([sev2_run(run="r-0001"), sev2_run(run="r-0002")], tmp_path)
+    entries = run_of(ledger, "r-0001")
+    checkpoint = ledger.latest_checkpoint().to_dict()
+    record = build_record(entries, checkpoint=checkpoint, evidence_dir=None)
+    excerpt = ledger_excerpt(ledger, entries, checkpoint)
+    assert check_excerpt(excerpt, record, TRUSTED)[0] == []
+    edited = next(entry for entry in excerpt["entries"] if entry["kind"] == "step.succeeded")
+    edited["data"]["outputs"] = {"rows": 0}
+    if rehash:
+        rehash_entry(edited)
+    problems, _ = check_excerpt(excerpt, record, TRUSTED)
+    assert any("the run's entries digest to" in problem for problem in problems), problems
+    assert any("content does not match its hash" in problem for problem in problems) is not rehash
+
+
+def test_a_record_digest_of_an_unknown_kind_is_a_problem(served) -> None:
+    folder, _ = served
+    record = signed_record(folder)
+    record["ledger"]["entries_digest_of"] = "content-v9"
+    problems, _ = check_excerpt(excerpt_of(folder), record, TRUSTED)
+    assert any("digests its entries as 'content-v9'" in problem for problem in problems), problems
+
+
+def test_a_record_without_entries_digest_of_is_checked_by_content(served) -> None:
+    # Records written before the hashes digest (and rehearsals) digest the entries' content.
+    from opsdsl.audit.incident import entries_digest
+
+    folder, _ = served
+    record = signed_record(folder)
+    own = [entry for entry in excerpt_of(folder)["entries"] if entry["run"] == record["run"]]
+    del record["ledger"]["entries_digest_of"]
+    assert any(
+        "the run's entries digest to" in problem for problem in check_excerpt(excerpt_of(folder), record, TRUSTED)[0]
+    )
+    record["ledger"]["entries_digest"] = entries_digest(own)
+    assert check_excerpt(excerpt_of(folder), record, TRUSTED)[0] == []

@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from opsdsl.audit.incident._common import EXCERPT_FILE, _canonical
-from opsdsl.audit.incident.record import entries_digest
+from opsdsl.audit.incident.record import HASHES, entries_digest, entry_hashes_digest
 from opsdsl.audit.ledger import ts_text
 from opsdsl.canonical import canonical_json, indented_json
 
@@ -237,6 +237,25 @@ def compose_excerpt(
     return "\n".join(parts).encode("utf-8")
 
 
+def _own_digest(own: list[dict], hashes: list[str | None], digest_of: object) -> str | None:
+    """The run's entries digested as the record says it digested them (None: cannot be).
+
+    `entries_digest_of: "hashes"`: over the hashes recomputed from the entries' content, so
+    an entry changed (whether or not its stored hash was changed with it) changes the digest.
+    Absent: over the entries' content (records before December 2026, rehearsals).
+    """
+    try:
+        if digest_of == HASHES:
+            if any(value is None for value in hashes):
+                return None
+            return entry_hashes_digest(bytes.fromhex(value) for value in hashes if value is not None)
+        if digest_of is None:
+            return entries_digest(own)
+    except (ValueError, TypeError):
+        return None
+    return None  # a definition this opsdsl does not know
+
+
 def check_excerpt(
     excerpt: object, record: Mapping[str, Any], trusted: Mapping[str, Ed25519PublicKey]
 ) -> tuple[list[str], str]:
@@ -262,6 +281,7 @@ def check_excerpt(
     expected_seq = before.get("seq")
     run = record.get("run")
     own: list[dict] = []
+    own_hashes: list[str | None] = []  # recomputed from content: what a hashes digest is taken over
     for index, entry in enumerate(entries):
         label = f"{where}: entry {index + 1}"
         if not _entry_shape(entry):
@@ -286,6 +306,7 @@ def check_excerpt(
         prev = entry["hash"]
         if entry["run"] == run:
             own.append(entry)
+            own_hashes.append(recomputed)
     # 3. The run's entries are the ones the signed record summarises.
     ledger = record.get("ledger") if isinstance(record.get("ledger"), dict) else {}
     if not own:
@@ -300,11 +321,13 @@ def check_excerpt(
                 f"{where}: run entries {own[0]['seq']}–{own[-1]['seq']} ({len(own)}), the record says "
                 f"{ledger.get('first_seq')}–{ledger.get('last_seq')} ({ledger.get('entries')})"
             )
-        try:
-            digest = entries_digest(own)
-        except (ValueError, TypeError):
-            digest = None
-        if digest != ledger.get("entries_digest"):
+        digest_of = ledger.get("entries_digest_of")
+        digest = _own_digest(own, own_hashes, digest_of)
+        if digest_of not in (None, HASHES):
+            problems.append(
+                f"{where}: the record digests its entries as {digest_of!r}, which this opsdsl does not know"
+            )
+        elif digest != ledger.get("entries_digest"):
             problems.append(
                 f"{where}: the run's entries digest to {digest}, the record says {ledger.get('entries_digest')}"
             )

@@ -23,6 +23,8 @@ from opsdsl.audit.incident.record_builder import _RecordBuilder
 from opsdsl.audit.metrics import summarize_run
 
 _ENTRY_FIELDS = ("seq", "ts", "run", "kind", "data")
+ENTRY_HASHES_DOMAIN = b"opsdsl.incident.entry-hashes.v1\0"
+HASHES = "hashes"  # ledger.entries_digest_of: the digest is over the ledger's entry hashes
 
 
 def run_entries(entries: Iterable[dict]) -> list[dict]:
@@ -45,6 +47,58 @@ def entries_digest(entries: Sequence[dict]) -> str:
         digest.update(_canonical({field: entry.get(field) for field in _ENTRY_FIELDS}))
         digest.update(b"\n")
     return "sha256:" + digest.hexdigest()
+
+
+def entry_hashes_digest(hashes: Iterable[bytes]) -> str:
+    """sha256 over a domain tag and the entries' ledger hashes (32 bytes each), in ledger order.
+
+    Each ledger hash already covers its entry's seq, ts, run, kind and canonical data (and
+    its link to the entry before), so this anchors the same facts as `entries_digest`
+    without canonicalising every entry again.
+    """
+    digest = hashlib.sha256(ENTRY_HASHES_DOMAIN)
+    for value in hashes:
+        if len(value) != 32:
+            raise ValueError("a ledger entry hash is 32 bytes")
+        digest.update(value)
+    return "sha256:" + digest.hexdigest()
+
+
+def _stored_hashes(run: Sequence[dict]) -> list[bytes] | None:
+    """The ledger hashes the entries carry (Entry.to_dict()'s `hash`), or None if any lacks one."""
+    hashes = []
+    for entry in run:
+        value = entry.get("hash")
+        if type(value) is not str or len(value) != 64:
+            return None
+        try:
+            hashes.append(bytes.fromhex(value))
+        except ValueError:
+            return None
+    return hashes
+
+
+def ledger_anchor(run: Sequence[dict], checkpoint: dict | None) -> dict:
+    """The record's `ledger` field: where the run's entries sit and a digest of them.
+
+    Entries read from the ledger carry their hashes, and the digest is taken over those
+    (`entries_digest_of: "hashes"`); entries without them (a rehearsal, a test) are
+    digested by content (`entries_digest`), the field then absent as in records before it.
+    """
+    anchor = {
+        "first_seq": run[0]["seq"],
+        "last_seq": run[-1]["seq"],
+        "entries": len(run),
+        "entries_digest": "",
+        "checkpoint": _checkpoint(checkpoint),
+    }
+    hashes = _stored_hashes(run)
+    if hashes is None:
+        anchor["entries_digest"] = entries_digest(run)
+    else:
+        anchor["entries_digest"] = entry_hashes_digest(hashes)
+        anchor["entries_digest_of"] = HASHES
+    return anchor
 
 
 def build_record(
@@ -125,13 +179,7 @@ def build_record(
         "follow_ups": [],
         "signing": None if signing is None else _pick(signing, "keyid", "key", "mode"),
         "review": _review(summary.review),
-        "ledger": {
-            "first_seq": run[0]["seq"],
-            "last_seq": run[-1]["seq"],
-            "entries": len(run),
-            "entries_digest": entries_digest(run),
-            "checkpoint": _checkpoint(checkpoint),
-        },
+        "ledger": ledger_anchor(run, checkpoint),
     }
     record["follow_ups"] = _follow_ups(record)
     return json_safe(record)
