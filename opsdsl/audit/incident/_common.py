@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterator, Mapping
@@ -43,8 +44,13 @@ def kept_in_memory(relpath: str) -> bool:
     return relpath in (RECORD_FILE, MANIFEST_FILE, FOLLOW_UPS_FILE, EXCERPT_FILE) or relpath.startswith("plan/")
 
 
+@functools.lru_cache(maxsize=1024)
 def iso_time(ts: float | None) -> str | None:
-    """ISO 8601 UTC with milliseconds and `Z`: `2025-03-01T10:04:12.250Z`."""
+    """ISO 8601 UTC with milliseconds and `Z`: `2025-03-01T10:04:12.250Z`.
+
+    Cached: a run's entries share few timestamps (a group commit stamps its batch with one),
+    and a record writes each several times.
+    """
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -54,15 +60,25 @@ def json_safe(value: Any) -> Any:
     """`value` with integers beyond ±2^53 as decimal strings, which RFC 8785 (so a signature) cannot carry.
 
     Plans refuse such numbers at load time; events cannot be refused, and a nanosecond
-    timestamp in an alert is enough to need this.
+    timestamp in an alert is enough to need this. Always a new tree: every dict and list is
+    copied (tuples become lists), so the result shares no container with `value` (a record
+    edited later never edits the ledger entries it was built from).
     """
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is dict:
+        return {key: item if type(item) in _LEAVES else json_safe(item) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [item if type(item) in _LEAVES else json_safe(item) for item in value]
+    if kind is int:
+        return value if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT else str(value)
+    if isinstance(value, dict):  # subclasses: as plain dicts, like the types above
         return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
-    if type(value) is int and abs(value) > _MAX_SAFE_INT:
-        return str(value)
     return value
+
+
+_LEAVES = frozenset({str, float, bool, type(None)})  # what json_safe returns as it is, without a call
 
 
 def _canonical(value: Any) -> bytes:

@@ -13,6 +13,13 @@ from opsdsl.audit.incident._common import (
 from opsdsl.audit.metrics import RunSummary
 from opsdsl.canonical import sha256_digest
 
+_NO_OUTPUTS_DIGEST = sha256_digest(_canonical({}))
+
+
+def _outputs_digest(outputs: object) -> str:
+    """sha256 of a step's outputs (RFC 8785); most steps have none, and their digest is one constant."""
+    return sha256_digest(_canonical(outputs)) if outputs else _NO_OUTPUTS_DIGEST
+
 
 @dataclass
 class _StepState:
@@ -188,7 +195,7 @@ class _RecordBuilder:
         state = self.step(entry)
         state.status, state.finished, state.error = "succeeded", float(entry["ts"]), None
         state.attempts = max(state.attempts, int(data.get("attempts") or 0))
-        state.outputs_digest = sha256_digest(_canonical(data.get("outputs") or {}))
+        state.outputs_digest = _outputs_digest(data.get("outputs"))
         plural = "s" if state.attempts != 1 else ""
         self.line(entry, f"{data['step']} succeeded after {state.attempts} attempt{plural}")
 
@@ -199,7 +206,7 @@ class _RecordBuilder:
         state.denied_by = data.get("denied_by")
         state.status = "denied" if state.denied_by else "failed"
         state.continue_on_error = bool(data.get("continue_on_error"))
-        state.outputs_digest = sha256_digest(_canonical(data.get("outputs") or {}))
+        state.outputs_digest = _outputs_digest(data.get("outputs"))
         self.failures.append(self._failure(entry, data, final=True))
         if state.denied_by:
             self.line(entry, f"{data['step']} denied by policy {state.denied_by}")
