@@ -67,10 +67,13 @@ def _integral_floats_as_ints(value: Any) -> Any:
     if kind is float:
         return int(value) if value.is_integer() else value
     if kind is dict:
-        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+        return {k: v if type(v) in _KEPT else _integral_floats_as_ints(v) for k, v in value.items()}
     if kind is list or kind is tuple:
-        return [_integral_floats_as_ints(v) for v in value]
+        return [v if type(v) in _KEPT else _integral_floats_as_ints(v) for v in value]
     return value
+
+
+_KEPT = frozenset({str, int, bool, type(None)})  # what _integral_floats_as_ints returns as it is
 
 
 def _fast_path_exact(value: Any) -> bool:
@@ -150,10 +153,22 @@ def _indented(value: Any, newline: str, quote: Any, out: list[str]) -> None:
         keys.sort()
         separator = "{" + inner
         for key in keys:
-            out.append(separator)
-            out.append(quote(key))
-            out.append(": ")
-            _indented(value[key], inner, quote, out)
+            item = value[key]
+            # Scalars (most of a record) are written here, without a call.
+            item_kind = type(item)
+            if item_kind is str:
+                out.append(f"{separator}{quote(key)}: {quote(item)}")
+            elif item_kind is int:
+                out.append(f"{separator}{quote(key)}: {_INT_REPR(item)}")
+            elif item is None:
+                out.append(f"{separator}{quote(key)}: null")
+            elif item_kind is bool:
+                out.append(f"{separator}{quote(key)}: {'true' if item else 'false'}")
+            elif item_kind is float and item == item and item not in (_INF, -_INF):
+                out.append(f"{separator}{quote(key)}: {_FLOAT_REPR(item)}")
+            else:
+                out.append(f"{separator}{quote(key)}: ")
+                _indented(item, inner, quote, out)
             separator = "," + inner
         out.append(newline + "}")
     elif kind is list or kind is tuple:
@@ -163,8 +178,11 @@ def _indented(value: Any, newline: str, quote: Any, out: list[str]) -> None:
         inner = newline + "  "
         separator = "[" + inner
         for item in value:
-            out.append(separator)
-            _indented(item, inner, quote, out)
+            if type(item) is str:
+                out.append(separator + quote(item))
+            else:
+                out.append(separator)
+                _indented(item, inner, quote, out)
             separator = "," + inner
         out.append(newline + "]")
     elif kind is int:
