@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ OUTAGE_BUDGET = 60.0
 class IncidentWriter:
     """One thread that writes incident folders (`write_incident`) in the order they were submitted."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, durable: Callable[[], None] | None = None) -> None:
         self.state = state
+        self.durable = durable  # until the runs' commits are on disk (a server's WalSyncer.sync)
         self._jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="opsdsl-incident-writer", daemon=True)
         self._thread.start()
@@ -81,6 +83,8 @@ class IncidentWriter:
 
                         store = Store(self.state, create=False)  # reads the ledger only
                     root, entries = job.pop("root"), job.pop("entries")
+                    if self.durable is not None:  # a folder never tells of a run end a power cut could undo
+                        self.durable()
                     for delay in RETRIES:  # a database that is down for a moment: write it once it is back
                         try:
                             write_incident(root, entries, ledger=store.ledger, **job)

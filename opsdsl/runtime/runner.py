@@ -174,9 +174,11 @@ class Runtime:
         owner: str | None = None,
         requested_by: str | None = None,
         within: Callable[[S.RunRow], None] | None = None,
+        relaxed: bool = False,
     ) -> S.RunRow:
         """Create a run (its row, its steps, run.created and plan.verified) in one transaction;
-        `also` adds more of the run's ledger entries to it (their data gets `run`)."""
+        `also` adds more of the run's ledger entries to it (their data gets `run`). `relaxed`:
+        a server's commit that leaves its fsync to the syncer (Store.transaction)."""
         payload = plan.payload
         playbook = payload["playbooks"][selection.playbook]
         now = self.clock()
@@ -243,7 +245,7 @@ class Runtime:
             "parent_run": run.parent_run,
             "parent_step": run.parent_step,
         }
-        with self.store.transaction():
+        with self.store.transaction(relaxed=relaxed):
             if plan.path == "plan" and parent is None:
                 self._refuse_older_plan(payload["pack"], plan.digest, now)
             self.store.insert_run(run)

@@ -13,6 +13,10 @@ outside the run (PURE_ACTIONS) ride, in order, on the run's next transaction (at
 GROUP_MAX of them wait); the transaction that writes a side effect's intent carries them
 with it and commits before the side effect starts, and nothing is awaited with any of
 them uncommitted. A crash loses a whole group or none of it; its steps are re-run.
+In a server on SQLite the run's transactions commit without an fsync, which one thread
+makes for many runs' commits at once (runtime/walsync.py); a step with an effect outside
+awaits `Store.durable()` after its intent's commit, so the intent is on disk before the
+action starts.
 """
 
 from __future__ import annotations
@@ -524,6 +528,8 @@ class Scheduler(ApprovalSteps, RunEndings):
                 enqueue = (lambda: remote.enqueue(request)) if remote is not None else None
                 intent = self._intent(sid, rendered, row.attempts)
                 self._commit([*(decision_entry if first else []), intent], steps=[row], within=enqueue)
+                if remote is None:  # a server's relaxed commit: the intent is on disk before the action starts
+                    await self.store.durable()
             first = adopted = False
             executor = remote or self.env.executor
             try:
@@ -908,7 +914,10 @@ class Scheduler(ApprovalSteps, RunEndings):
         if self._later_fields:  # e.g. a phase change: it rides on the next commit
             run_fields = {**self._later_fields, **(run_fields or {})}
             self._later_fields = {}
-        with self._writing(), self.store.transaction():
+        # Relaxed (a server's group commit, runtime/walsync.py) unless another process acts on
+        # the transaction's rows (`within`: a runner pool's dispatch row): what must be on disk
+        # before something outside happens is awaited (Store.durable) where that happens.
+        with self._writing(), self.store.transaction(relaxed=within is None):
             for vote in approvals:
                 self.store.add_approval(self.run.id, *vote)
             if new_entries:

@@ -390,10 +390,17 @@ class Service:
             from opsdsl.runtime.driver import Driver
 
             self.runtime.park_after = PARK_AFTER
+            if self.store.syncer is None:  # run commits fsync'd off the loop, many at once (SQLite)
+                from opsdsl.runtime.walsync import attach
+
+                attach(self.store)
             if self.runtime.write_incidents and self.runtime.incident_writer is None:
                 from opsdsl.runtime.incident_writer import IncidentWriter
 
-                self.runtime.incident_writer = IncidentWriter(self.runtime.state)  # folders off the loop
+                syncer = self.store.syncer  # a folder describes only what is on disk
+                self.runtime.incident_writer = IncidentWriter(  # folders off the loop
+                    self.runtime.state, durable=syncer.sync if syncer is not None else None
+                )
             from opsdsl.runtime.escalation import TIMER, EscalationPolicy, Escalator
 
             self.milestones = milestones = MilestoneLog(self.store)
@@ -479,6 +486,9 @@ class Service:
         if self.runtime.incident_writer is not None:
             self.runtime.incident_writer.close()
             self.runtime.incident_writer = None
+        syncer, self.store.syncer = self.store.syncer, None
+        if syncer is not None:  # every relaxed commit on disk before the process goes
+            syncer.close()
         self.runtime.close()
         self.lock.release()
 
@@ -604,7 +614,7 @@ class Service:
             run_id = self._start_run(plan, selection, event, data)
             if run_id:
                 run_ids.append(run_id)
-        with self.store.transaction():
+        with self.store.transaction(relaxed=True):  # nothing outside depends on it (walsync.py)
             for kind, data in notes:
                 self.store.ledger.append(kind, None, data, ts=self.clock())
             for (pack, trig), text in self.engine.take_dirty().items():
@@ -669,6 +679,7 @@ class Service:
                 owner=SERVE if self.driver is not None else None,
                 requested_by=self._requester(selection.event_id),
                 within=within,
+                relaxed=True,
             )
         self.metrics.inc("opsdsl_runs_started_total", hook=selection.hook or "")
         if run.id not in self.driving:
@@ -766,6 +777,8 @@ class Service:
         delivered, detail = False, "no escalation URL configured; recorded only"
         if self.escalation_url:
             import httpx
+
+            await self.store.durable()  # the run's failure is on disk before anyone hears of it
 
             payload = {
                 "escalate": run.escalate,

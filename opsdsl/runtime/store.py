@@ -324,6 +324,8 @@ class Store:
         self.fence: Any = None
         # (run, cancel_requested) as the last transaction's fence check read it, else None.
         self.fenced_cancel: tuple[str, str | None] | None = None
+        # A server's WalSyncer (runtime/walsync.py): relaxed transactions leave their fsync to it.
+        self.syncer: Any = None
 
     @staticmethod
     def _open_sqlite(root: Path, durable: bool, create: bool) -> Any:
@@ -407,8 +409,13 @@ class Store:
         return scope() if scope is not None else None
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, relaxed: bool = False) -> Iterator[Any]:
         """BEGIN IMMEDIATE … COMMIT: other processes (approve, serve) wait, nobody interleaves.
+
+        `relaxed` (a server's run transactions, on SQLite with a `syncer`): COMMIT without an
+        fsync, which the syncer's thread makes for several commits at once; before anything
+        outside depends on the transaction, the caller awaits `durable()` (runtime/walsync.py).
+        Elsewhere (PostgreSQL, the CLI) it is an ordinary, synced transaction.
 
         Under a worker's lease (`self.fence`), the lease is checked (and extended) first: a
         worker presumed dead whose lease another took writes nothing (LeaseLost).
@@ -419,18 +426,35 @@ class Store:
         approvals, people, timers set from outside) is still the only writer."""
         run = self._run_scope()
         self.fenced_cancel = None
-        if run is None:
-            self.conn.execute("BEGIN IMMEDIATE")
-        else:
-            self.conn.begin_run(run)
+        syncer = self.syncer if relaxed else None
+        if syncer is not None:
+            self.conn.execute("PRAGMA synchronous=NORMAL")  # only between transactions
         try:
-            if self.fence is not None:
-                self.fence.check(self)
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            if run is None:
+                self.conn.execute("BEGIN IMMEDIATE")
+            else:
+                self.conn.begin_run(run)
+            try:
+                if self.fence is not None:
+                    self.fence.check(self)
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        finally:
+            if syncer is not None:  # never left relaxed, even after a COMMIT that failed
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                self.conn.execute("PRAGMA synchronous=FULL")
+        if syncer is not None:
+            syncer.note_commit()
+
+    async def durable(self) -> None:
+        """Until every transaction this store committed so far is on disk: at once, unless
+        relaxed commits wait for the syncer's next fsync."""
+        if self.syncer is not None:
+            await self.syncer.durable()
 
     # runs ---------------------------------------------------------------------------------
 

@@ -319,12 +319,14 @@ class GroupCommit:
                 request.future.set_result(outcome.ids)
 
 
-def commit_requests(service: Service, store: Any, requests: list[_Intake]) -> list[Any]:
+def commit_requests(service: Service, store: Any, requests: list[_Intake], relaxed: bool = False) -> list[Any]:
     """One transaction for the requests' events (any sources); each request's StoredEvents,
     or the error that kept it out (then none of that transaction was persisted). A request
-    that reused an Idempotency-Key fails alone: the others are committed without it."""
+    that reused an Idempotency-Key fails alone: the others are committed without it.
+    `relaxed`: the commit leaves its fsync to the store's syncer (the caller syncs before
+    answering: runtime/walsync.py)."""
     try:
-        with store.transaction():
+        with store.transaction(relaxed=relaxed):
             stored = [
                 service.persist_events(store, r.events, r.source, [r.spent] if r.spent else (), r.keys)
                 for r in requests
@@ -332,7 +334,7 @@ def commit_requests(service: Service, store: Any, requests: list[_Intake]) -> li
     except EventKeyReused as error:
         if len(requests) == 1:
             return [error]
-        return [outcome for request in requests for outcome in commit_requests(service, store, [request])]
+        return [outcome for request in requests for outcome in commit_requests(service, store, [request], relaxed)]
     except Exception as error:
         return [error] * len(requests)
     return stored
@@ -376,6 +378,11 @@ class IntakeWriter:
         except BaseException as error:
             self._opened.set_exception(error)
             return
+        syncer = getattr(self.service.store, "syncer", None)
+        if syncer is not None:  # its commits, too, leave their fsync to the server's syncer
+            from opsdsl.runtime.walsync import relax
+
+            relax(store, syncer)
         self._opened.set_result(None)
         try:
             while True:
@@ -388,7 +395,12 @@ class IntakeWriter:
                     requests += more or []
                 if requests:
                     with self.writes:
-                        outcomes = commit_requests(self.service, store, requests)
+                        outcomes = commit_requests(self.service, store, requests, relaxed=syncer is not None)
+                    if syncer is not None:  # 202 only once the events are on disk (one fsync for many)
+                        try:
+                            syncer.sync()
+                        except Exception as error:
+                            outcomes = [error] * len(requests)
                     with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for an answer
                         self.loop.call_soon_threadsafe(self.settle, requests, outcomes)
                 if stopping:

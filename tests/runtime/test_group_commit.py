@@ -74,9 +74,9 @@ def transactions(monkeypatch: pytest.MonkeyPatch, crash_at: int | None = None):
     count = [0]
 
     @contextlib.contextmanager
-    def counted(self):
+    def counted(self, *args, **kwargs):
         count[0] += 1
-        with original(self) as conn:
+        with original(self, *args, **kwargs) as conn:
             yield conn
             if count[0] == crash_at:
                 raise Crash()
