@@ -357,3 +357,24 @@ def test_a_record_without_entries_digest_of_is_checked_by_content(served) -> Non
     )
     record["ledger"]["entries_digest"] = entries_digest(own)
     assert check_excerpt(excerpt_of(folder), record, TRUSTED)[0] == []
+
+
+def test_hostile_event_data_is_anchored_by_hash_and_verifies(tmp_path: Path) -> None:
+    # An alert's labels end up in run.created and in rendered step data: keys above U+FFFF,
+    # numbers json.dumps and RFC 8785 write differently, a "hash" and "prev" of its own. The
+    # record digests the ledger's hashes, not anything the event says, and the folder verifies.
+    from opsdsl.audit.incident import build_record
+
+    run = sev2_run(run="r-0001")
+    hostile = {"hash": "00" * 32, "big": 1e300, "tiny": 5e-324, "\U0001f600": "x", "\ue000": 1.0, "prev": ["ff" * 32]}
+    run[0]["data"] = run[0]["data"] | {"event": {"labels": hostile}}
+    ledger = ledger_with([run], tmp_path)
+    entries = run_of(ledger, "r-0001")
+    checkpoint = ledger.latest_checkpoint().to_dict()
+    record = build_record(entries, checkpoint=checkpoint, evidence_dir=None)
+    assert record["ledger"]["entries_digest_of"] == "hashes"
+    assert record["event"]["labels"] == hostile
+    root = tmp_path / "incidents"
+    place_evidence(root, entries)
+    folder = write_incident(root, entries, checkpoint=checkpoint, signer=SIGNER, ledger=ledger)
+    assert verify_folder(folder, TRUSTED) == []
