@@ -26,6 +26,8 @@ _INF = float("inf")
 _MAX_SAFE_INT = 2**53 - 1  # RFC 8785 holds no larger integer exactly, as in the YAML reader
 # A string JSON decodes to its inside unchanged.
 _PLAIN_STRING = re.compile(r'"[^"\\\x00-\x1f]*"')
+_NEWLINE = re.compile("\n")
+_bisect = bisect.bisect_right
 _GAP = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|\s*#[^\n]*\n\s*|\s*\n\s*')
 
 
@@ -102,6 +104,10 @@ class DataBuilder:
 
     def __init__(self, path: str, text: str) -> None:
         self.file, self.text = path, text
+        # offsets where lines start: a token's line and column come from its offsets, as
+        # Lark's line counter gives them (so the lean run's tokens need carry no positions)
+        self.line_starts = [0]
+        self.line_starts += [m.end() for m in _NEWLINE.finditer(text)]
         self.spans: dict[Path_, Span] = {}
         self.keys: dict[Path_, Span] = {}
         self.expressions: dict[Path_, list[tuple[int, int]]] = {}
@@ -116,7 +122,14 @@ class DataBuilder:
             first = first.children[0]
         while not isinstance(last, str):
             last = last.children[-1]
-        return _span(self.file, first.line, first.column, last.end_line, last.end_column)
+        return self.between(first.start_pos, last.end_pos)
+
+    def between(self, start: int, end: int) -> Span:
+        """The span from offset `start` to `end`: lines and columns from 1, end exclusive."""
+        starts = self.line_starts
+        line = _bisect(starts, start)
+        end_line = line if line == len(starts) or end < starts[line] else _bisect(starts, end)
+        return _span(self.file, line, start - starts[line - 1] + 1, end_line, end - starts[end_line - 1] + 1)
 
     def mark(self, path: Path_, value_node: Any, key_node: Any = None) -> None:
         # one Span for both when the key is the value (spans are frozen: sharing is safe)
@@ -193,7 +206,7 @@ class DataBuilder:
         children = node.children
         if kind in _SCALARS:  # one token: its span is the node's
             token = children[0]
-            self.spans[path] = _span(self.file, token.line, token.column, token.end_line, token.end_column)
+            self.spans[path] = self.between(token.start_pos, token.end_pos)
             if kind == "string":
                 return self.decode(token)
             if kind == "number":
@@ -215,9 +228,7 @@ class DataBuilder:
                 self.put(out, (*path, key), None, value_node, key_token)
                 continue
             out[key] = self.value(value_node, (*path, key))
-            self.keys[(*path, key)] = _span(
-                self.file, key_token.line, key_token.column, key_token.end_line, key_token.end_column
-            )
+            self.keys[(*path, key)] = self.between(key_token.start_pos, key_token.end_pos)
         return out
 
     def expression(self, node: Any, path: Path_) -> str:

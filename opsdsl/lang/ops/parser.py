@@ -396,7 +396,8 @@ def _driver() -> Any:
 
 @functools.cache
 def _extent_driver() -> Any:
-    """The lean run for `load_text`: Lark's tree with each expression an `Extent`, no comments."""
+    """The lean run for `load_text` (`Driver.parse_lean`): Lark's tree shapes in lighter
+    objects, each expression collapsed to its extent, no comments, literals read whole."""
     from .driver import Driver
 
     return Driver(_lark_parser()[0], collapse_expressions=True)
@@ -407,7 +408,7 @@ def parse_for_data(text: str) -> Any:
     where `parse_ops` must run instead: too deep, or not parsed by the lean run (errors)."""
     if not _shallow(text) and _check_nesting(text, ""):
         return None
-    return _extent_driver().parse(text)
+    return _extent_driver().parse_lean(text)
 
 
 def _import_from_data(base_path: str, grammar_path: str) -> tuple[str, str]:
