@@ -85,6 +85,12 @@ def verify_state(
     if keys or trust or has_checkpoints or _finished_runs(root):
         trusted, source = _trusted(state, keys, trust, environment)
     report = verify_state_ledger(root, trusted, external)
+    records = [*checkpoint_files, *(incident_records(root / "incidents") if include_incidents else [])]
+    disagree = record_anchor_problems(root, records)
+    if disagree:
+        report = replace(
+            report, ok=False, problem=report.problem or disagree[0], problems=(*report.problems, *disagree)
+        )
     if include_incidents:
         missing = [
             f"run {run} finished, but its incident record {folder}/record.json is gone"
@@ -101,6 +107,59 @@ def verify_state(
     if source is not None:
         report = replace(report, warnings=(*report.warnings, SELF_TRUST_WARNING.format(source=source)))
     return report
+
+
+def record_anchor_problems(root: Path, paths: list[Path]) -> list[str]:
+    """Each incident record's `ledger` anchor checked against the ledger: its run's entries
+    from first_seq to last_seq, their count and `entries_digest` (over the stored hashes,
+    which the chain walk has recomputed, or over the entries' content for older records).
+    Files that are checkpoints rather than records are skipped."""
+    from opsdsl.audit.incident.record import HASHES, entries_digest, entry_hashes_digest
+
+    anchors = [(path, anchor) for path in paths if (anchor := _record_anchor(path)) is not None]
+    if not anchors or not has_state(root):
+        return []
+    problems = []
+    with read_only(root) as conn:
+        for path, (run, ledger) in anchors:
+            first, last = ledger.get("first_seq"), ledger.get("last_seq")
+            rows = conn.execute(
+                "SELECT seq, ts, run, kind, data, hash FROM ledger WHERE run = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+                (run, first, last),
+            ).fetchall()
+            digest_of = ledger.get("entries_digest_of")
+            if digest_of == HASHES:
+                try:
+                    digest = entry_hashes_digest(bytes(row[5]) for row in rows) if rows else None
+                except (TypeError, ValueError):  # a row not chained (yet), or not 32 bytes
+                    digest = None
+            elif digest_of is None:
+                entries = [{"seq": r[0], "ts": r[1], "run": r[2], "kind": r[3], "data": json.loads(r[4])} for r in rows]
+                digest = entries_digest(entries)
+            else:
+                problems.append(f"{path}: digests its entries as {digest_of!r}, which this opsdsl does not know")
+                continue
+            held = (rows[0][0], rows[-1][0], len(rows)) if rows else (None, None, 0)
+            if held != (first, last, ledger.get("entries")) or digest != ledger.get("entries_digest"):
+                problems.append(
+                    f"{path}: the record anchors run {run}'s entries {first}–{last} ({ledger.get('entries')}, "
+                    f"{ledger.get('entries_digest')}), the ledger holds {held[0]}–{held[1]} ({held[2]}, {digest}): "
+                    "the ledger or the record changed"
+                )
+    return problems
+
+
+def _record_anchor(path: Path) -> tuple[str, dict] | None:
+    """(run, the record's `ledger` field) of an incident record.json (signed or bare); None for other files."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None  # read_checkpoints has reported it
+    record = document.get("record") if isinstance(document, dict) else None
+    record = record if isinstance(record, dict) else document
+    if not isinstance(record, dict) or not isinstance(record.get("ledger"), dict) or "run" not in record:
+        return None
+    return record["run"], record["ledger"]
 
 
 def verify_state_ledger(root: Path, trusted: dict, external: list) -> Any:
