@@ -357,3 +357,13 @@ def test_generated_literals(literal: str, where: str):
         text = f"pack a version 1 owner b {{ playbook p severity SEV-1 {{ step s: http {{ {where} {literal} }} }} }}"
     same_tree(text)
     same(text)
+
+
+def test_without_lean_plans_loading_takes_lark_s_tokens_and_trees(monkeypatch):
+    """Should Lark's builders ever not match the lean plans, `parse_lean` is `parse`, and
+    loading gives the same documents and diagnostics."""
+    monkeypatch.setattr(_extent_driver(), "lean", None)
+    for text in SOURCES[:4]:
+        assert parse_for_data(text) is not None
+        same(text)
+    same("pack a version 1 owner b { labels {a: 1, a: 2} }")

@@ -249,10 +249,10 @@ class Driver:
 
     def parse_lean(self, text: str) -> Any:
         """`parse`'s tree in `Leaf`s and `Node`s (an expression a Node "expression" holding its
-        first and last token), or None where Lark would raise, or where this run is not sure
-        (a plan did not match Lark's builder, a lexer callback)."""
-        if self.lean is None:
-            return None
+        first and last token), or None where Lark would raise or a lexer callback needs Lark's
+        tokens; `parse` itself where a plan did not match Lark's builder."""
+        if self.lean is None:  # Lark's builders changed shape: its tokens and trees, as before
+            return self.parse(text)
         actions, lexers = self.lean, self.lean_lexers
         literals, literal_gotos, openers = self.literals, self.literal_gotos, self.openers
         end_state = self.end_state
