@@ -149,8 +149,6 @@ class Driver:
         if self.lean:
             self.literals, self.literal_gotos = _literal_gotos(lark, self.lean, self.states, self.lean_lexers)
         self.openers = frozenset(kind for _, kind in self.literal_gotos)
-        if self.lean:
-            _fold_default_reductions(self.lean, {str(rule.origin.name) for rule in lark.rules})
 
     def parse(self, text: str) -> Any:
         """The tree Lark's `parse(text)` gives, or None where Lark would raise."""
@@ -302,16 +300,6 @@ class Driver:
                     value_stack.append(leaf)
                     row = actions[action]
                     scan, words, fancy, callback, keywords, ignore, skip = lexers[action]
-                    break
-                if action.__class__ is list:  # shift, then the default reductions that follow
-                    shifted, goto, names = action
-                    node = leaf
-                    for name in names:
-                        node = new_node(Node, (name, [node]))
-                    state_stack.append(goto)
-                    value_stack.append(node)
-                    row = actions[goto]
-                    scan, words, fancy, callback, keywords, ignore, skip = lexers[shifted]
                     break
                 if action.__class__ is str:  # one-child rules handing their child back: the gotos
                     below = state_stack[-2]
@@ -483,34 +471,6 @@ def _literal_gotos(lark: Any, actions: dict, states: dict, lexers: dict) -> tupl
             if len(closing) == 1 and None not in closing:
                 gotos[(state, opener)] = (goto, *closing.values())
     return reader, gotos
-
-
-def _fold_default_reductions(actions: dict, rules: set) -> None:
-    """A shift into a state whose only action is a one-child reduction (`word: WORD .`, then
-    maybe `value: string .`) becomes [shifted state, state after the reductions, names of
-    the nodes they build]: the one below is known when shifting, so the gotos are too. The
-    next token is still lexed in the shifted state, as Lark does; a token that state would
-    refuse, the goto's state refuses too (its terminals are among the reductions' lookaheads)."""
-    for row in actions.values():
-        for kind, action in list(row.items()):
-            if action.__class__ is not int or kind in rules:  # a shift, not a goto
-                continue
-            below, top, names = row, action, []
-            while True:
-                reductions = {id(a): a for a in actions[top].values()}
-                if len(reductions) != 1:
-                    break
-                (reduction,) = reductions.values()
-                if reduction.__class__ is str:  # hands its child back
-                    origin = reduction
-                elif reduction.__class__ is tuple and reduction[0] == 1 and reduction[1] == _NODE:
-                    origin = reduction[2]
-                    names.append(reduction[3])
-                else:
-                    break
-                top = below[origin]
-            if top != action:
-                row[kind] = [action, top, tuple(names)]
 
 
 def _run(actions: dict, stack: list, kinds: list) -> list | None:
