@@ -51,7 +51,7 @@ class PackResult:
     keyids: list | None = None  # a reused plan's signers, read when it was found reusable
     # Set when the planning worker signed the plan itself: "compiled" with the flushed
     # temporary file beside the plan file that the build renames into place, or
-    # "unchanged" with none (see `_stage`).
+    # "unchanged" with none (see `_write_staged`).
     staged: str | None = None
     temp: str | None = None
     raw_payload: bytes | None = None  # the plan's bytes as planned, when asked for uncompressed
@@ -220,7 +220,7 @@ def plan_file(
 # The keys the planning workers sign with: set by compile_paths just before the workers
 # fork, which hands them over (a private key cannot be pickled, and need not travel).
 _SIGNING_KEYS: tuple = ()
-STAGERS = 4  # threads per planning worker signing plans and flushing them to disk
+STAGERS = 4  # threads per planning worker writing signed plans and flushing them to disk
 
 
 def _plan_chunk(args: tuple) -> list[PackResult]:
@@ -244,8 +244,11 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
             _check_owner(owner)
             results.append(plan_file(path, scope, scope_dig, out_dir, by_source.get(display_path(path)), public_keys))
         return results
-    # Each plan is signed and flushed to a temporary file by a few threads while the next
-    # packs are planned; the build renames them into place only when every pack is clean.
+    # Each plan is signed here, as it is planned: signing is quick and holds the GIL, so
+    # threads would only take turns with the planning. A plan that changed goes to a few
+    # threads that write it to a temporary file and flush it to disk (the GIL is free while
+    # they wait on the disk) while the next packs are planned; the build renames them into
+    # place only when every pack is clean.
     from concurrent.futures import ThreadPoolExecutor
 
     results, staging = [], []
@@ -258,14 +261,20 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
                     previous = by_source.get(display_path(path))
                     result = plan_file(path, scope, scope_dig, out_dir, previous, public_keys, compress=False)
                     results.append(result)
-                    if result.status == "planned":
-                        payload, result.raw_payload = result.raw_payload, None
-                        staging.append((result, pool.submit(_stage, out_dir / result.plan_file, payload, keys, nonce)))
+                    if result.status != "planned":
+                        continue
+                    payload, result.raw_payload = result.raw_payload, None
+                    target = out_dir / result.plan_file
+                    status, result.keyids, data = _signed(target, payload, keys)
+                    if data is None:
+                        result.staged = status
+                    else:
+                        staging.append((result, status, pool.submit(_write_staged, target, data, nonce)))
             finally:
-                for result, future in staging:
+                for result, status, future in staging:
                     if future.exception() is None:
-                        result.staged, result.keyids, result.temp = future.result()
-        for _, future in staging:
+                        result.staged, result.temp = status, future.result()
+        for _, _, future in staging:
             if future.exception() is not None:
                 raise future.exception()
         ok = True
@@ -284,7 +293,7 @@ def _check_owner(owner: int) -> None:
 
 
 # A staged plan's name: `.NAME.plan.dsse.json.PID.TOKEN.NONCE.tmp`, NONCE being the build's
-# (see `_stage`). Also matched: `.NAME.plan.dsse.json.PID.TOKEN.tmp`, as d2e296c staged them.
+# (see `_write_staged`). Also matched: `.NAME.plan.dsse.json.PID.TOKEN.tmp`, as d2e296c staged them.
 _STAGED = re.compile(r"\.[^/]+\.plan\.dsse\.json\.([0-9]{1,10})\.[0-9a-f]{8}(?:\.[0-9a-f]{16})?\.tmp")
 
 
@@ -310,7 +319,7 @@ def _remove_staged(out_dir: Path, nonce: str | None = None) -> None:
     """Remove the staged plans in `out_dir`: the build's own (`nonce`), whichever worker
     staged them, or else those an earlier build left behind (killed before it could remove
     them), unless the worker that staged one still runs (another build into `out_dir`).
-    Only regular files named as `_stage` names them; links are not followed."""
+    Only regular files named as `_write_staged` names them; links are not followed."""
     try:
         entries = list(os.scandir(out_dir))
     except OSError:
@@ -440,7 +449,7 @@ def compile_paths(
     results += failures
     rest = [f for f in files if f not in set(hinted) or f in set(hinted_packs)]
 
-    # 2. Plan every pack; the workers also sign each plan and stage it (see `_stage`). A
+    # 2. Plan every pack; the workers also sign each plan and stage it (see `_write_staged`). A
     #    file that turns out to be a policy pack after all widens the scope, and the packs
     #    are planned again with it.
     #    A build removes every file it staged unless it completes, whatever stops it: a
@@ -590,13 +599,10 @@ def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> tuple[str, 
     return status, signers
 
 
-def _stage(target: Path, payload: bytes, keys: Sequence, nonce: str) -> tuple[str, list, str | None]:
-    """`_sign_and_write`, in a planning worker, except that a changed plan goes to a new
-    temporary file beside `target`, flushed to disk, for the build to rename into place
-    once every pack is clean: (status, signers, the temporary file or None)."""
-    status, signers, data = _signed(target, payload, keys)
-    if data is None:
-        return status, signers, None
+def _write_staged(target: Path, data: bytes, nonce: str) -> str:
+    """Write a planning worker's signed plan `data` to a new temporary file beside `target`,
+    flushed to disk, for the build to rename into place once every pack is clean: the
+    temporary file's name."""
     import secrets
 
     # The build's `nonce` in the name: the build removes every file it staged, even one
@@ -612,7 +618,7 @@ def _stage(target: Path, payload: bytes, keys: Sequence, nonce: str) -> tuple[st
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    return status, signers, str(temp)
+    return str(temp)
 
 
 def _signed(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list, bytes | None]:
