@@ -428,6 +428,7 @@ class Store:
         self.fenced_cancel = None
         syncer = self.syncer if relaxed else None
         if syncer is not None:
+            syncer.check()  # after a failed fsync nothing relaxed commits: its caller could not be told it is durable
             self.conn.execute("PRAGMA synchronous=NORMAL")  # only between transactions
         try:
             if run is None:

@@ -96,6 +96,7 @@ def test_an_intent_is_on_disk_before_its_side_effect_starts(tmp_path, monkeypatc
     assert opsdsl("ledger", "verify", "--state-dir", runtime.state).code == 0
 
 
+@pytest.mark.kills_runs  # a failed fsync is a crash: the run is left for the next start to recover
 def test_a_failed_fsync_keeps_the_side_effect_from_starting(tmp_path, monkeypatch, state_backend):
     if state_backend == "postgresql":
         pytest.skip("no syncer on PostgreSQL")
@@ -113,6 +114,9 @@ def test_a_failed_fsync_keeps_the_side_effect_from_starting(tmp_path, monkeypatc
     assert recording.started == []
     with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):  # and nothing later is trusted
         syncer.sync()
+    # nor committed: the run is not marked anything by this process; the next start recovers it
+    status = runtime.store.conn.execute("SELECT status FROM runs WHERE id = ?", (run.id,)).fetchone()[0]
+    assert status == "running"
     syncer.close()
     runtime.close()
 
