@@ -123,6 +123,12 @@ def record_anchor_problems(root: Path, paths: list[Path]) -> list[str]:
     with read_only(root) as conn:
         for path, (run, ledger) in anchors:
             first, last = ledger.get("first_seq"), ledger.get("last_seq")
+            if not _well_formed_anchor(run, first, last, ledger.get("entries")):
+                problems.append(
+                    f"{path}: its ledger anchor is malformed (run {_short(run)}, first_seq {_short(first)}, "
+                    f"last_seq {_short(last)}, entries {_short(ledger.get('entries'))}): the record changed"
+                )
+                continue
             rows = conn.execute(
                 "SELECT seq, ts, run, kind, data, hash FROM ledger WHERE run = ? AND seq >= ? AND seq <= ? ORDER BY seq",
                 (run, first, last),
@@ -147,6 +153,32 @@ def record_anchor_problems(root: Path, paths: list[Path]) -> list[str]:
                     "the ledger or the record changed"
                 )
     return problems
+
+
+_MAX_SEQ = (1 << 63) - 1  # what a ledger's seq column holds (SQLite INTEGER, PostgreSQL bigint)
+
+
+def _well_formed_anchor(run: object, first: object, last: object, entries: object) -> bool:
+    """Whether a record's anchor can be looked up at all: a hostile record.json must give a
+    finding, not a database error that ends `ledger verify` with none of its findings."""
+
+    def seq(value: object) -> bool:
+        return type(value) is int and 1 <= value <= _MAX_SEQ
+
+    return (
+        isinstance(run, str)
+        and 0 < len(run) <= 200
+        and seq(first)
+        and seq(last)
+        and first <= last  # type: ignore[operator]
+        and type(entries) is int
+        and 0 < entries <= _MAX_SEQ
+    )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _record_anchor(path: Path) -> tuple[str, dict] | None:

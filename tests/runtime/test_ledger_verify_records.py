@@ -81,3 +81,26 @@ def test_an_older_record_digested_by_content_still_verifies(finished) -> None:
     edit_record(record, as_before)
     result = opsdsl("ledger", "verify", "--state-dir", state)
     assert result.code == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda ledger: ledger.update(first_seq=[1]),
+        lambda ledger: ledger.update(last_seq=2**64),
+        lambda ledger: ledger.update(first_seq={"a": 1}),
+        lambda ledger: ledger.update(entries="3"),
+        lambda ledger: ledger.update(first_seq=True),
+    ],
+    ids=["list-seq", "huge-seq", "dict-seq", "text-count", "bool-seq"],
+)
+def test_a_malformed_record_anchor_is_a_finding_not_a_crash(finished, change) -> None:
+    # Whoever can write STATE_DIR/incidents must not turn `ledger verify` (exit 1: not intact,
+    # every problem named) into an internal error (exit 3) that hides the ledger's findings
+    # (found in review: a list or 2**64 went straight into the SQL).
+    state, record = finished
+    edit_record(record, change)
+    result = opsdsl("ledger", "verify", "--state-dir", state)
+    assert result.code == 1, result.stdout + result.stderr
+    assert "internal error" not in result.stderr
+    assert "ledger anchor is malformed" in result.stdout, result.stdout
