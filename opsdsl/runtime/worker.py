@@ -37,6 +37,11 @@ from opsdsl.runtime.driver import NUDGES, POLL, SCAN_EVERY, SERVE, Driver
 
 log = logging.getLogger("opsdsl.worker")
 EVENT_BATCH = 100  # accepted events read at a time by the holder of the events lease
+EVENT_LOOK = 0.05  # seconds between looks at the accepted events while some wait
+EVENT_TURN = 0.25  # seconds a worker keeps the events lease before it offers it to the others
+EVENT_YIELD = 0.1  # after its turn, a worker leaves the events lease this long to the others
+ADMIT = 24  # runs in flight (driving or claimed) past which a worker evaluates no more events
+ADMIT_AGE = 10.0  # seconds after which a run in flight no longer counts against ADMIT (a long step)
 
 
 def default_name() -> str:
@@ -54,10 +59,13 @@ class Worker:
         ttl: float = L.DEFAULT_TTL,
         poll: float = POLL,
         max_runs: int = 64,
+        admit: int = ADMIT,
     ) -> None:
-        """`max_runs`: runs claimed and driven at once (the Service's run slots)."""
+        """`max_runs`: runs claimed and driven at once (the Service's run slots). `admit`:
+        the runs in flight past which this worker starts no more (admission control)."""
         self.service = service
         self.max_runs = max_runs
+        self.admit = max(1, min(admit, max_runs))
         self.store: S.Store = service.store
         self.name = name or default_name()
         self.ttl = ttl
@@ -68,6 +76,8 @@ class Worker:
         self.stopping = False
         self.events_fence: L.Fence | None = None
         self._events_yielded_until = 0.0  # monotonic: not before then may this worker take the events lease again
+        self._events_turn_ends = 0.0  # monotonic: when this worker's turn with the events lease ends
+        self._flight_seen: dict[str, float] = {}  # run in flight -> monotonic time it was first counted
         self._tasks: list[asyncio.Task] = []
 
     # ---- starting and stopping -------------------------------------------------------
@@ -115,6 +125,9 @@ class Worker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.events_fence is not None:  # another worker takes the events now, not once it lapses
+            self._release(self.events_fence)
+            self.events_fence = None
         for run_id, fence in list(self.claimed.items()):
             self._release(fence)
             del self.claimed[run_id]
@@ -232,7 +245,7 @@ class Worker:
         delay = self.poll
         while True:
             try:
-                await self._evaluate_pending()
+                waiting = await self._evaluate_pending()
                 delay = self.poll
             except L.LeaseLost as error:
                 log.warning("events: %s", error.message)
@@ -244,30 +257,56 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX)
                 continue
-            await asyncio.sleep(self.poll)
+            # While events wait, look again soon: the lease changes hands within EVENT_LOOK
+            # of its release, and a full worker sees its runs end (not a whole poll later).
+            await asyncio.sleep(EVENT_LOOK if waiting else self.poll)
 
-    async def _evaluate_pending(self) -> None:
+    def in_flight(self) -> int:
+        """Runs this worker drives or has claimed to drive, for admission control: a run
+        counts for its first ADMIT_AGE seconds only. A run that is slow because its step is
+        (a long action, a wait) holds no writer lock meanwhile, and runs such as these must
+        not stop the intake; runs slowed down by the writer lock still count while young."""
+        now = time.monotonic()
+        runs = set(self.service.driving) | set(self.claimed)
+        seen = {run_id: self._flight_seen.get(run_id, now) for run_id in runs}
+        self._flight_seen = seen
+        return sum(1 for since in seen.values() if now - since < ADMIT_AGE)
+
+    async def _evaluate_pending(self) -> bool:
+        """Evaluate accepted events, in order, under the `events` lease, while this worker
+        has fewer than `admit` runs in flight. Returns whether accepted events wait.
+
+        Admission control: the runs an event starts are driven by the worker that
+        evaluated it, so a worker with `admit` runs in flight leaves the events accepted
+        (to another worker, or to itself once runs end) rather than start runs that would
+        only queue for the writer lock and slow every run down. Accepted events are
+        durable: waiting costs them latency, never their run."""
         service = self.service
-        pending = self._pending_events()
-        if not pending:
-            if self.events_fence is not None:
-                self._release(self.events_fence)
-                self.events_fence = None
-            return
-        if self.events_fence is None and time.monotonic() < self._events_yielded_until:
-            return  # this worker just created runs: let another take the next ones (and drive them)
         if self.events_fence is None:
+            if time.monotonic() < self._events_yielded_until:
+                return True  # this worker just created runs: let another take the next ones (and drive them)
+            if self.in_flight() >= self.admit:
+                return self._events_waiting()
+            if not self._events_waiting():
+                return False
             self.events_fence = L.claim(self.store, L.EVENTS, self.name, self.ttl, L.NAMED)
             if self.events_fence is None:  # another worker evaluates them
-                return
+                return True
+            self._events_turn_ends = time.monotonic() + EVENT_TURN
             service.engine.restore(self.store.trigger_states())  # as the last holder left it
-            pending = self._pending_events()
+        pending = self._pending_events()
+        if not pending:
+            self._release(self.events_fence)
+            self.events_fence = None
+            return False
         from opsdsl.runtime.service import database_unavailable
 
         with self.events_fence.current():
             for event_id, received, body in pending:
                 if self.stopping:
-                    return
+                    return False
+                if self.in_flight() >= self.admit:
+                    break
                 try:
                     await service.handle(event_id, received, json.loads(body))
                 except L.LeaseLost:
@@ -278,11 +317,18 @@ class Worker:
                     service._record_failure(event_id, error)  # one bad event must not stop the others
                 await asyncio.sleep(0)
         # The worker that evaluates an event claims the runs it starts (in the same
-        # transaction), so the lease goes round: each batch is another worker's turn when
-        # one is waiting, and the runs spread over the workers.
+        # transaction), so the lease goes round: after a turn (or once this worker is full)
+        # another worker may take it, and the runs spread over the workers.
+        if time.monotonic() < self._events_turn_ends and self.in_flight() < self.admit:
+            return True  # its turn goes on: the next look takes the events accepted meanwhile
         self._release(self.events_fence)
         self.events_fence = None
-        self._events_yielded_until = time.monotonic() + self.poll
+        self._events_yielded_until = time.monotonic() + EVENT_YIELD
+        return True
+
+    def _events_waiting(self) -> bool:
+        """Whether any event is accepted (a cheap look, without reading the bodies)."""
+        return self.store.conn.execute("SELECT 1 FROM events WHERE status = 'accepted' LIMIT 1").fetchone() is not None
 
     def _pending_events(self) -> list[tuple[int, float, str]]:
         return self.store.conn.execute(
