@@ -10,6 +10,13 @@ file's sha256, the model digest, the digest of its policy scope, the plan payloa
 digest, the signers' key ids and each step's source position. A pack whose source,
 scope and compiler version are unchanged, and whose plan file still holds the recorded
 payload with valid signatures by the requested keys, is not even parsed again.
+
+Compile is never looser than lint about errors: a warning whose code the configuration
+makes an error (`severity`, `Config.raised`) fails the build, unless an inline
+`# opsdsl: ignore[CODE]` suppresses it (as lint honours it) or `ignore` names the code.
+An error stays an error whatever the configuration says. A manifest entry built under
+raised codes records their digest (`raisedDigest`), so a plan is reused only under the
+same ones.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from opsdsl import __version__
 from opsdsl.build.pipeline import analyse_file, empty_folders, looks_like_policy_pack, map_files, missing_paths
 from opsdsl.canonical import indented_json, sha256_digest
 from opsdsl.errors import Diagnostic, Severity, Span
+from opsdsl.lang.config import Config
 from opsdsl.lang.loader import discover, display_path
 from opsdsl.lang.rules import rule
 
@@ -97,6 +105,31 @@ def _with_lines(diagnostics: list[Diagnostic], analysis) -> list[Diagnostic]:
     return [d.with_source_line(source.line(d.span.line) if source else None) for d in diagnostics]
 
 
+def _errors(analysis, raised: frozenset[str]) -> list[Diagnostic]:
+    """The findings that fail a build: every error (the configuration never lowers one, nor
+    does a suppression hide one), and each warning whose code is in `raised`, as an error,
+    unless an inline `# opsdsl: ignore[...]` covers it (lint's suppressions)."""
+    errors = [d for d in analysis.diagnostics if d.severity is Severity.ERROR]
+    candidates = [d for d in analysis.diagnostics if d.severity is not Severity.ERROR and d.code in raised]
+    if candidates and analysis.document is not None:
+        from opsdsl.lang.suppress import suppressions
+
+        whole, per_line = suppressions(analysis.document.source.text)
+        errors += [
+            d.with_severity(Severity.ERROR)
+            for d in candidates
+            if d.code not in whole and d.code not in per_line.get(d.span.line, ())
+        ]
+    return errors
+
+
+def raised_digest(config: Config | None) -> str | None:
+    """The digest of the warning codes `config` makes errors, or None when it raises none
+    (the manifest entry then has no `raisedDigest`: its bytes are as before)."""
+    raised = config.raised if config is not None else frozenset()
+    return sha256_digest(",".join(sorted(raised)).encode("ascii")) if raised else None
+
+
 class Rendered:
     """A manifest value rendered ahead of time, as `json.dumps(value, indent=2,
     sort_keys=True)` (zlib-compressed), by the worker that planned the pack: a big
@@ -146,10 +179,14 @@ def _signers(envelope: dict) -> list:
     return sorted({s.get("keyid") for s in envelope["signatures"]})
 
 
-def _reusable(previous: dict | None, source_digest: str, scope: str, out_dir: Path, public_keys: dict) -> list | None:
+def _reusable(
+    previous: dict | None, source_digest: str, scope: str, out_dir: Path, public_keys: dict, raised: str | None = None
+) -> list | None:
     """The prior plan's signers when it still holds what this source would compile to,
-    validly signed; None otherwise."""
+    validly signed, and was checked under the same raised codes; None otherwise."""
     if not previous or previous.get("sourceDigest") != source_digest or previous.get("scopeDigest") != scope:
+        return None
+    if previous.get("raisedDigest") != raised:
         return None
     envelope = _read_envelope(out_dir / previous.get("plan", ""))
     if envelope is None:
@@ -174,6 +211,7 @@ def plan_file(
     previous: dict | None,
     public_keys: dict,
     compress: bool = True,
+    config: Config | None = None,
 ) -> PackResult:
     """Check and plan one pack (or find its prior plan reusable). Writes nothing. The plan's
     bytes are kept compressed, or in `raw_payload` when not `compress`."""
@@ -182,12 +220,14 @@ def plan_file(
         source_digest = sha256_digest(path.read_bytes())
     except OSError:
         source_digest = None  # analyse_file reports why (OPS001)
-    signers = _reusable(previous, source_digest, scope_dig, out_dir, public_keys) if source_digest else None
+    raised = raised_digest(config)
+    signers = _reusable(previous, source_digest, scope_dig, out_dir, public_keys, raised) if source_digest else None
     if signers is not None:
         return PackResult(shown, "reused", previous["name"], previous["plan"], previous, keyids=signers)
     policies = tuple(p for s in scope for p in s.pack.policies)
-    analysis = analyse_file(path, policies, checked=True, errors_only=True)  # warnings are not reported
-    errors = [d for d in analysis.diagnostics if d.severity is Severity.ERROR]
+    # Warnings are not reported; the rules that can only warn run only when `config` raises a code.
+    analysis = analyse_file(path, policies, checked=True, errors_only=True, config=config if raised else None)
+    errors = _errors(analysis, config.raised if raised else frozenset())
     if errors or analysis.model is None:
         return PackResult(shown, "failed", diagnostics=_with_lines(errors, analysis))
     model = analysis.model
@@ -211,6 +251,8 @@ def plan_file(
         "payloadDigest": sha256_digest(payload),
         "spans": Rendered(_step_spans(analysis)),
     }
+    if raised is not None:
+        entry["raisedDigest"] = raised
     if not compress:
         return PackResult(shown, "planned", model.metadata.name, entry["plan"], entry, raw_payload=payload)
     packed = zlib.compress(payload, 1)
@@ -224,7 +266,8 @@ STAGERS = 4  # threads per planning worker writing signed plans and flushing the
 
 
 def _plan_chunk(args: tuple) -> list[PackResult]:
-    paths, scope, scope_dig, out_dir, manifest, public_bytes, key_count, nonce, owner = args
+    paths, scope, scope_dig, out_dir, manifest, public_bytes, key_count, nonce, owner, *more = args
+    config = more[0] if more else None  # the configuration (`compile_paths`), when there is one
     by_source = {e.get("source"): e for e in manifest.get("packs", {}).values() if isinstance(e, dict)}
     public_keys = {}
     if by_source and public_bytes:  # only a prior plan's signatures need checking
@@ -242,7 +285,8 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
         results = []
         for path in paths:
             _check_owner(owner)
-            results.append(plan_file(path, scope, scope_dig, out_dir, by_source.get(display_path(path)), public_keys))
+            previous = by_source.get(display_path(path))
+            results.append(plan_file(path, scope, scope_dig, out_dir, previous, public_keys, config=config))
         return results
     # Each plan is signed here, as it is planned: signing is quick and holds the GIL, so
     # threads would only take turns with the planning. A plan that changed goes to a few
@@ -259,7 +303,9 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
                 for path in paths:
                     _check_owner(owner)
                     previous = by_source.get(display_path(path))
-                    result = plan_file(path, scope, scope_dig, out_dir, previous, public_keys, compress=False)
+                    result = plan_file(
+                        path, scope, scope_dig, out_dir, previous, public_keys, compress=False, config=config
+                    )
                     results.append(result)
                     if result.status != "planned":
                         continue
@@ -345,14 +391,17 @@ def discard_staged(results: list[PackResult]) -> None:
             result.temp = None
 
 
-def _policy_scope(files: list[Path]) -> tuple[list, list[dict], list[PackResult], list[Path]]:
+def _policy_scope(
+    files: list[Path], config: Config | None = None
+) -> tuple[list, list[dict], list[PackResult], list[Path]]:
     """Analyse the files that look like policy packs: the real ones form the scope."""
     from opsdsl.build.compiler import ScopeEntry, model_digest
 
+    raised = config.raised if config is not None else frozenset()
     scope, entries, failures, packs = [], [], [], []
     for path in files:
-        analysis = analyse_file(path, checked=True, errors_only=True)
-        errors = [d for d in analysis.diagnostics if d.severity is Severity.ERROR]
+        analysis = analyse_file(path, checked=True, errors_only=True, config=config if raised else None)
+        errors = _errors(analysis, raised)
         if errors or analysis.model is None:
             failures.append(PackResult(display_path(path), "failed", diagnostics=_with_lines(errors, analysis)))
             continue
@@ -432,12 +481,17 @@ def compile_paths(
     keys: Sequence = (),
     jobs: int | None = None,
     rebuild: bool = False,
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] | None = None,
+    config: Config | None = None,
 ) -> BuildResult:
-    """Compile every pack under `paths` into `out_dir`, with the policy packs among them in scope."""
+    """Compile every pack under `paths` into `out_dir`, with the policy packs among them in
+    scope. `config` (lint's configuration) gives the `exclude` globs unless `exclude` is
+    given, and the warning codes it makes errors fail the build too (`Config.raised`)."""
     global _SIGNING_KEYS
 
     missing_paths(paths)
+    if exclude is None:
+        exclude = config.exclude if config is not None else ()
     files = discover(paths, exclude)
     results = [PackResult(d.span.file, "failed", diagnostics=[d]) for d in empty_folders(paths, files)]
     manifest = {} if rebuild else load_manifest(out_dir)
@@ -445,7 +499,7 @@ def compile_paths(
 
     # 1. The policy scope: files that look like policy packs, confirmed by their model.
     hinted = [f for f in files if looks_like_policy_pack(f)]
-    scope, policy_entries, failures, hinted_packs = _policy_scope(hinted)
+    scope, policy_entries, failures, hinted_packs = _policy_scope(hinted, config)
     results += failures
     rest = [f for f in files if f not in set(hinted) or f in set(hinted_packs)]
 
@@ -467,7 +521,7 @@ def compile_paths(
     restore = _terminate_as_exit()
     try:
         planned = _plan_packs(
-            rest, scope, policy_entries, results, out_dir, manifest, public_bytes, len(keys), jobs, nonce
+            rest, scope, policy_entries, results, out_dir, manifest, public_bytes, len(keys), jobs, nonce, config
         )
         results += planned
         results += _scope_problems(policy_entries, scope)
@@ -527,6 +581,7 @@ def _plan_packs(
     key_count: int,
     jobs: int | None,
     nonce: str,
+    config: Config | None = None,
 ) -> list[PackResult]:
     """Plan (and stage) `rest` until no file among them turns out to be a policy pack."""
     from opsdsl.build.compiler import scope_digest
@@ -534,13 +589,13 @@ def _plan_packs(
     while True:
         scope.sort(key=lambda s: (s.name, s.digest))
         scope_dig = scope_digest(scope)
-        shared = (scope, scope_dig, out_dir, manifest, public_bytes, key_count, nonce, os.getpid())
+        shared = (scope, scope_dig, out_dir, manifest, public_bytes, key_count, nonce, os.getpid(), config)
         planned = map_files(_plan_chunk, rest, shared, jobs, warm_in_workers=True)
         late = {str(Path(r.source)) for r in planned if r.status == "policy-pack"}
         if not late:
             return planned
         discard_staged(planned)
-        more, entries, late_failures, _ = _policy_scope([p for p in rest if display_path(p) in late])
+        more, entries, late_failures, _ = _policy_scope([p for p in rest if display_path(p) in late], config)
         scope += more
         policy_entries += entries
         results += late_failures

@@ -46,7 +46,7 @@ def run_compile(
     passphrase = key_passphrase(passphrase_env)
     keys = [load_private_key(path, passphrase) for path in key_files]
     config = load_config(find_config(Path.cwd()))
-    result = compile_paths(list(paths), out_dir, keys, jobs=jobs, rebuild=rebuild, exclude=config.exclude)
+    result = compile_paths(list(paths), out_dir, keys, jobs=jobs, rebuild=rebuild, config=config)
     for diagnostic in result.diagnostics:
         echo(diagnostic.render() + "\n\n", err=True)
     if result.failed:

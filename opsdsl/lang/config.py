@@ -37,6 +37,16 @@ class Config:
         folder = Path(self.origin).parent if self.origin else Path(".")
         return folder / self.coverage_file
 
+    @property
+    def raised(self) -> frozenset[str]:
+        """The warning codes `severity` makes errors (and `ignore` does not drop): what
+        `opsdsl compile` must fail on too, as lint does (docs/compile.md)."""
+        return frozenset(
+            code
+            for code, level in self.severity.items()
+            if level is Severity.ERROR and RULES[code].severity is Severity.WARNING and code not in self.ignore
+        )
+
 
 def find_config(start: Path) -> Path | None:
     """The nearest `.opsdsl.toml`, or pyproject.toml with `[tool.opsdsl]`, at or above `start`."""

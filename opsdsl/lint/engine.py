@@ -7,7 +7,6 @@ rule needs their policies. Output is sorted, so it is byte-identical from run to
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,7 @@ from opsdsl.errors import Diagnostic, Severity, Span
 from opsdsl.lang.config import Config
 from opsdsl.lang.loader import discover, display_path
 from opsdsl.lang.rules import rule
-
-_SUPPRESS = re.compile(r"#\s*opsdsl:\s*ignore(-file)?\[\s*([A-Za-z0-9, ]+?)\s*\]")
+from opsdsl.lang.suppress import suppressions
 
 
 @dataclass(frozen=True)
@@ -47,25 +45,6 @@ class LintResult:
 
     def failed(self, fail_on: Severity) -> bool:
         return any(d.severity.rank >= fail_on.rank for d in self.diagnostics)
-
-
-def suppressions(text: str) -> tuple[set[str], dict[int, set[str]]]:
-    """Codes ignored in the whole file, and per line (a comment alone on its line also
-    covers the next line)."""
-    whole: set[str] = set()
-    per_line: dict[int, set[str]] = {}
-    if "opsdsl:" not in text:
-        return whole, per_line
-    for number, line in enumerate(text.splitlines(), start=1):
-        for match in _SUPPRESS.finditer(line):
-            codes = {c.strip().upper() for c in match.group(2).split(",") if c.strip()}
-            if match.group(1):
-                whole |= codes
-                continue
-            per_line.setdefault(number, set()).update(codes)
-            if line.lstrip().startswith("#"):
-                per_line.setdefault(number + 1, set()).update(codes)
-    return whole, per_line
 
 
 def finish(diagnostics: list[Diagnostic], text: str | None, config: Config) -> list[Diagnostic]:
