@@ -459,8 +459,6 @@ class Scheduler(ApprovalSteps, RunEndings):
     async def _execute(self, sid: str, rendered: dict[str, Any], decision_entry: list) -> None:
         node = self.nodes[sid]
         action = node["action"]
-        if action not in PURE_ACTIONS:
-            await self._pace()  # a transaction of its own follows (its intent)
         row = self.steps[sid]
         now = self.env.clock()
         if action in PURE_ACTIONS:
@@ -528,6 +526,7 @@ class Scheduler(ApprovalSteps, RunEndings):
                 self._commit([*(decision_entry if first else []), intent], steps=[row], within=enqueue)
                 if remote is None:  # a server's relaxed commit: the intent is on disk before the action starts
                     await self.store.durable()
+                    await self._pace()  # then a turn of the loop's: starting the action is the costly part
             first = adopted = False
             executor = remote or self.env.executor
             try:

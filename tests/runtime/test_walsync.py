@@ -184,3 +184,47 @@ def test_a_commit_after_the_syncer_closed_is_synced_by_its_caller(tmp_path, stat
     asyncio.run(asyncio.wait_for(store.durable(), 5))
     assert len(syncs) == 2
     store.close()
+
+
+def test_a_server_paces_an_action_after_its_intent_is_durable(tmp_path, monkeypatch, state_backend):
+    # The costly piece of an outside step on the loop is starting its action (a program's
+    # fork), not its intent's commit: the pacer's turn is taken between the two.
+    if state_backend == "postgresql":
+        pytest.skip("no syncer on PostgreSQL")
+    from opsdsl.runtime import scheduler
+
+    order: list[str] = []
+    holder: list = [None]
+
+    class Noting(Recording):
+        async def execute(self, request, context):
+            order.append("action")
+            return await super().execute(request, context)
+
+    runtime, run, secrets = prepare(tmp_path, BODY, executor=Noting(holder))
+    syncer = holder[0] = walsync.attach(runtime.store)
+    original_fsync, original_turn = syncer._fsync, scheduler.Pacer.turn
+
+    def noted_fsync() -> None:
+        original_fsync()
+        order.append("fsync")
+
+    async def noted_turn(self) -> None:
+        order.append("turn")
+        await original_turn(self)
+
+    monkeypatch.setattr(syncer, "_fsync", noted_fsync)
+    monkeypatch.setattr(scheduler.Pacer, "turn", noted_turn)
+
+    async def paced() -> str:
+        scheduler.pace_loop()
+        try:
+            return (await runtime.drive(run, secrets)).status
+        finally:
+            scheduler.unpace_loop()
+
+    assert asyncio.run(paced()) == "succeeded"
+    first_action = order.index("action")
+    assert order[first_action - 2 : first_action] == ["fsync", "turn"], order
+    syncer.close()
+    runtime.close()
