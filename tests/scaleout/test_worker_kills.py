@@ -96,7 +96,10 @@ def test_killed_after_a_steps_intent_the_other_worker_sends_it_again_with_its_ke
 
 
 def test_killed_before_a_steps_result_the_step_is_not_sent_twice(cluster: Cluster):
-    run_id, event = start_and_kill_at(cluster, "/v1/writes/freeze", answered=True, freeze=0.5)
+    # `finally` is slow (3 s) so that the run cannot end before the kill lands: the owner
+    # commits the freeze's result, fails verify and compensates within the test's polling
+    # interval, and a run that ended before its owner was killed is not the case aimed at.
+    run_id, event = start_and_kill_at(cluster, "/v1/writes/freeze", answered=True, freeze=0.5, tell=3)
     finish(cluster, run_id)
     common_checks(cluster, run_id, event)
     assert len(cluster.api.seen("POST", "/v1/writes/freeze")) == 1
