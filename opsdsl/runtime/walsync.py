@@ -50,6 +50,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,9 @@ class WalSyncer:
         # callers are told, and a later sync tries again (nothing was synced, nothing lost).
         self._missed: tuple[int, OSError] | None = None
         self.syncs = 0  # fsyncs made (tests, metrics)
+        # Called once, on the syncer's thread, when a failure became final (a server stops on it:
+        # its supervisor restarts it, and SQLite's recovery reads what the log really holds).
+        self.on_failure: Callable[[OSError], None] | None = None
         self._thread = threading.Thread(target=self._run, name="opsdsl-wal-sync", daemon=True)
         self._thread.start()
 
@@ -188,7 +192,8 @@ class WalSyncer:
     def _fail(self, error: OSError) -> None:
         """Final: settle every waiter with `error`, and never call a later commit durable."""
         with self._cond:
-            if self._failed is None:
+            first = self._failed is None
+            if first:
                 self._failed = error
             waiters, self._waiters = self._waiters, []
             self._stopping = True
@@ -196,6 +201,11 @@ class WalSyncer:
             self._cond.notify_all()
         for _, loop, future in waiters:
             _settle(loop, future, error)
+        if first and self.on_failure is not None:
+            try:
+                self.on_failure(error)
+            except Exception:  # the failure is final whatever the callback does
+                log.exception("the log syncer's failure callback failed")
 
     def _loop(self) -> None:
         checkpointer: sqlite3.Connection | None = None

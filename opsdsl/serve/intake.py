@@ -726,6 +726,9 @@ class Server:
                 )
                 opening = asyncio.create_task(opener.run(done_announcing), name="opsdsl-follow-ups")
             await self._start_worker()
+            syncer = getattr(self.service.store, "syncer", None)
+            if syncer is not None:  # a failed fsync is final: stop, so that a restart recovers
+                syncer.on_failure = lambda error: loop.call_soon_threadsafe(self._sync_failed, error)
             await self.intake.start()  # the writer thread that commits accepted events
             await runner.setup()
             assert runner.server is not None
@@ -804,6 +807,18 @@ class Server:
         log.error(
             "the event worker stopped (%s: %s); shutting down so that a restart replays the pending events",
             type(error).__name__,
+            error,
+        )
+        self.exit_code = 1
+        self.stop_requested.set()
+
+    def _sync_failed(self, error: OSError) -> None:
+        """The state database's log could not be synced: nothing later can be called durable,
+        and every run commit is refused; stop with exit code 1 so that the process manager
+        restarts the server and SQLite's recovery reads what the log really holds."""
+        log.critical(
+            "cannot sync the state database (%s): no commit can be made durable any more;"
+            " stopping (exit 1) so that a restart recovers it",
             error,
         )
         self.exit_code = 1

@@ -62,3 +62,48 @@ def test_a_kill_9_under_load_loses_no_committed_run_and_the_ledger_verifies(star
     # again by the restarted server (as before this change: `opsdsl incident pdf` rewrites one).
     verified = opsdsl("ledger", "verify", "--no-incidents", "--state-dir", state)
     assert verified.code == 0, verified.stdout + verified.stderr
+
+
+# A server whose fsync of the state database's log fails with EIO once the file FAIL_FSYNC
+# names exists (only the log's: atomic file writes elsewhere go on as before).
+FAILING_DISK = """
+import errno, os, sys
+
+real_fsync = os.fsync
+trigger = os.environ["FAIL_FSYNC"]
+
+def fsync(fd):
+    if os.path.exists(trigger) and os.readlink(f"/proc/self/fd/{fd}").endswith("-wal"):
+        raise OSError(errno.EIO, "Input/output error")
+    return real_fsync(fd)
+
+os.fsync = fsync
+from opsdsl.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_failed_fsync_stops_the_server_with_exit_1_and_a_restart_recovers(start, tmp_path):
+    # After a failed fsync nothing later can be called durable and every run commit is
+    # refused: a server that went on listening would answer every event with an error
+    # until someone noticed. It stops instead, so that its process manager restarts it.
+    state, trigger = tmp_path / "state", tmp_path / "fail-fsync"
+    server = start(state=state, python=("-c", FAILING_DISK), env={"FAIL_FSYNC": str(trigger)})
+    before = server.post("/v1/events", test_serve.job("before"))
+    assert before.status_code == 202, before.text
+    wait_until(server.all_events_done, 60, "the first event handled")
+
+    trigger.touch()
+    server.post("/v1/events", test_serve.job("after"))  # its sync fails: an error, never a 202
+    exit_code = server.process.wait(timeout=60)
+    assert exit_code == 1, server.log()
+    assert "cannot sync the state database" in server.log()
+
+    trigger.unlink()
+    again = start(state=state)
+    assert again.post("/v1/events", test_serve.job("again")).status_code == 202
+    wait_until(again.all_events_done, 60, "every event handled after the restart")
+    assert set(before.json()["ids"]) <= again.event_ids()
+    assert again.stop() == 0
+    verified = opsdsl("ledger", "verify", "--state-dir", str(state))
+    assert verified.code == 0, verified.stdout + verified.stderr
