@@ -135,6 +135,10 @@ class Board:
                 row = self._row(step, "")
                 _move(row, E.RUN_INTERRUPTED, ts)
                 row.set_note(kind, "cancelled")
+            for step in data.get("not_started", []):  # its intent written, its action never started
+                row = self._row(step, "")
+                _move(row, E.RUN_INTERRUPTED, ts)
+                row.set_note(kind, "interrupted before it started")
         elif kind == E.RUN_FINISHED:
             self.status = data.get("status", "finished")
         elif kind == E.RUN_ACKNOWLEDGED:

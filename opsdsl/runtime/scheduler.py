@@ -121,6 +121,7 @@ class Scheduler(ApprovalSteps, RunEndings):
         self._group: list[dict[str, Any]] = []
         self._commits = 0  # this drive's transactions so far
         self._cancel_read = -1  # how many there were when the run's cancel_requested was last read
+        self._not_started: list[str] = []  # steps whose intent was written, then the drive cancelled
 
     # ---- entry points ----------------------------------------------------------------
 
@@ -172,7 +173,11 @@ class Scheduler(ApprovalSteps, RunEndings):
     def _interrupted(self) -> Outcome:
         """The drive was cancelled (SIGTERM, a server's drain): the run is interrupted, resumable."""
         running = sorted(sid for sid, row in self.steps.items() if row.status == S.STARTED)
-        self._commit([(E.RUN_INTERRUPTED, {"running": running})], run_fields={"status": S.INTERRUPTED}, checkpoint=True)
+        data: dict[str, Any] = {"running": running}
+        if self._not_started:  # their intents are in the ledger, their actions never started
+            data["not_started"] = sorted(self._not_started)
+        changed = [self.steps[sid] for sid in self._not_started]
+        self._commit([(E.RUN_INTERRUPTED, data)], steps=changed, run_fields={"status": S.INTERRUPTED}, checkpoint=True)
         self._write_incident()
         return Outcome(S.INTERRUPTED, [], f"interrupted; continue with `opsdsl resume {self.run.id}`")
 
@@ -525,8 +530,15 @@ class Scheduler(ApprovalSteps, RunEndings):
                 intent = self._intent(sid, rendered, row.attempts)
                 self._commit([*(decision_entry if first else []), intent], steps=[row], within=enqueue)
                 if remote is None:  # a server's relaxed commit: the intent is on disk before the action starts
-                    await self.store.durable()
-                    await self._pace()  # then a turn of the loop's: starting the action is the costly part
+                    try:
+                        await self.store.durable()
+                        await self._pace()  # then a turn of the loop's: starting the action is the costly part
+                    except asyncio.CancelledError:
+                        # Interrupted before the action started: nothing was sent, so the step
+                        # is not in flight (never in doubt), and the attempt is not spent.
+                        row.status, row.attempts = S.PENDING, row.attempts - 1
+                        self._not_started.append(sid)
+                        raise
             first = adopted = False
             executor = remote or self.env.executor
             try:

@@ -15,9 +15,11 @@ import types
 
 import pytest
 
+from opsdsl.runtime import runner as sched_runner
 from opsdsl.runtime import scheduler as sched
 from opsdsl.runtime.actions.base import ActionFailed
 from opsdsl.runtime.actions.shell import run_command
+from opsdsl.runtime.secrets import Secrets
 from tests.runtime.test_scheduler_pacing import _runs
 
 
@@ -184,3 +186,67 @@ def test_a_fair_lock_handed_to_an_interrupted_waiter_is_passed_on(monkeypatch):
 
     threading.Thread(target=later, daemon=True).start()
     assert got.wait(2), "the lock was handed to a waiter that was interrupted, and kept"
+
+
+NOT_IDEMPOTENT_PACK = """\
+apiVersion: opsdsl/v1
+kind: Pack
+metadata: {name: once, version: 1.0.0, owner: sre}
+playbooks:
+  p:
+    severity: SEV-4
+    steps:
+      - id: touch
+        action: shell
+        with: {argv: [%s, -c, "import sys; open(sys.argv[1], 'a').write('x')", %s]}
+"""
+
+
+def test_a_drive_cancelled_after_an_intent_but_before_its_action_leaves_the_step_pending(tmp_path):
+    """A server's step waits for its intent's fsync and then a Pacer turn before its action
+    starts; a drain that cancels the run there has sent nothing. The step is not in flight:
+    resumed, it runs (once), and a non-idempotent step is not put in doubt for a person."""
+    import json
+
+    marker = tmp_path / "sent"
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(NOT_IDEMPOTENT_PACK % (json.dumps(sys.executable), json.dumps(str(marker))))
+    state = tmp_path / "state"
+    plan = sched_runner.plan_from_pack(pack, [], state)
+    runtime = sched_runner.Runtime(state)
+    secrets = Secrets(state)
+    run = runtime.create_run(plan, sched_runner.Selection("p"), {}, {}, {}, secrets)
+    reached = asyncio.Event()
+
+    async def never_durable() -> None:  # the intent's fsync, still in progress when the drain cancels
+        reached.set()
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        runtime.store.durable = never_durable
+        task = asyncio.create_task(runtime.drive(run, secrets))
+        await reached.wait()
+        task.cancel()
+        outcome = await task
+        assert outcome.status == "interrupted"
+
+    asyncio.run(main())
+    row = runtime.store.steps(run.id)["touch"]
+    assert (row.status, row.attempts) == ("pending", 0)
+    entries = [(e.kind, e.data) for e in runtime.store.ledger.entries(run=run.id)]
+    assert entries[-1] == ("run.interrupted", {"running": [], "not_started": ["touch"]}), entries
+    assert not marker.exists()
+    from opsdsl.runtime.board import Board
+
+    board = Board({"id": run.id}, [{"id": "touch", "action": "shell"}])  # what `opsdsl inspect` shows
+    for entry in runtime.store.ledger.entries(run=run.id):
+        board.apply(entry.to_dict())
+    assert board.rows["touch"].status == "interrupted", board.rows["touch"]
+
+    del runtime.store.durable
+    outcome = asyncio.run(runtime.drive(runtime.store.run(run.id), secrets, reason="resume"))
+    assert outcome.status == "succeeded", outcome
+    assert marker.read_text() == "x"  # sent once, after the resume
+    kinds = [e.kind for e in runtime.store.ledger.entries(run=run.id)]
+    assert "step.in_doubt" not in kinds
+    runtime.close()
