@@ -53,6 +53,15 @@ def policy_scope(pack: Path, policies: Sequence[Path] | None) -> list[Path]:
     ]
 
 
+def lint_config() -> Any:
+    """The lint configuration `opsdsl compile` would use here (the nearest `.opsdsl.toml` or
+    `[tool.opsdsl]` from the working directory): a pack run with --pack fails on what its
+    `severity` table makes an error, as `opsdsl lint` and `opsdsl compile` fail it."""
+    from opsdsl.lang.config import find_config, load_config
+
+    return load_config(find_config(Path.cwd()))
+
+
 def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> VerifiedPlan:
     """Compile and sign `pack` with the dev key; policy packs beside it are in scope unless
     `policies` names them explicitly."""
@@ -66,7 +75,7 @@ def plan_from_pack(pack: Path, policies: Sequence[Path] | None, state: Path) -> 
     policies = policy_scope(pack, policies)
     key = dev_key(state)
     out = state / "plans" / pack.stem  # one build folder per pack: builds of other packs never prune it
-    result = compile_paths([pack, *policies], out, keys=[key])
+    result = compile_paths([pack, *policies], out, keys=[key], config=lint_config())
     if result.failed:
         raise RunRefused(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
     entry = next(p for p in result.packs if p.plan_file and p.status in ("compiled", "unchanged", "reused"))
@@ -121,7 +130,7 @@ def plan_for_dry_run(
     assert pack is not None
     policies = policy_scope(pack, policies)
     with tempfile.TemporaryDirectory(prefix="opsdsl-dry-run-") as scratch:
-        result = compile_paths([pack, *policies], Path(scratch))
+        result = compile_paths([pack, *policies], Path(scratch), config=lint_config())
         if result.failed:
             raise RunRefused(f"{pack} has errors; nothing was run", tuple(result.diagnostics))
         entry = next(p for p in result.packs if p.plan_file and p.status in ("compiled", "unchanged", "reused"))

@@ -171,3 +171,22 @@ def test_the_fast_path_and_click_agree(tmp_path: Path, minimal_pack: str, config
     assert outcomes[0][0] == (1 if config.startswith("severity") else 0), outcomes[0][2]
     if config.startswith("severity"):
         assert outcomes[0][2].count(b"error[OPS047]") == 2 and not outcomes[0][3]
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_run_with_a_pack_fails_it_as_lint_does(tmp_path: Path, minimal_pack: str, dry_run: bool):
+    # `opsdsl run --pack` compiles the pack itself: it must not run what lint and compile fail.
+    (tmp_path / "p.yaml").write_text(_unused_param(minimal_pack))
+    (tmp_path / ".opsdsl.toml").write_text('severity = { OPS047 = "error" }\n')
+    args = ["run", "--pack", "p.yaml", "--state-dir", "state", *(["--dry-run"] if dry_run else [])]
+    refused = _opsdsl(tmp_path, *args)
+    assert refused.returncode != 0, refused.stdout + refused.stderr
+    assert "OPS047" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "state" / "incidents").exists()  # nothing was run
+
+    (tmp_path / ".opsdsl.toml").write_text("")  # the warning is a warning again: the pack compiles
+    planned = _opsdsl(
+        tmp_path, "run", "--pack", "p.yaml", "--state-dir", "state", "--dry-run", "--input", "cluster=eu1"
+    )
+    assert planned.returncode == 0, planned.stdout + planned.stderr
