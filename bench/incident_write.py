@@ -127,7 +127,7 @@ def compare(before: Path, after: Path, rounds: int, reps: int) -> None:
         samples = sides[side]
         first = samples[0]
         print(
-            f"{side:6} {str(tree):28} wall {statistics.median(s['wall'] for s in samples) * 1000:6.2f} ms  "
+            f"{side:6} {tree!s:28} wall {statistics.median(s['wall'] for s in samples) * 1000:6.2f} ms  "
             f"cpu {statistics.median(s['cpu'] for s in samples) * 1000:6.2f} ms  "
             f"(excerpt {first['entries']} entries, {first['excerpt_bytes']} bytes; "
             f"verify: {'ok' if not first['problems'] else first['problems']})"

@@ -186,7 +186,9 @@ class ServiceConfig:
 
     origin: Path
     state_dir: Path | None = None
-    database: str | None = None  # a postgresql:// URL or "sqlite"; --database overrides it, it overrides $OPSDSL_DATABASE
+    database: str | None = (
+        None  # a postgresql:// URL or "sqlite"; --database overrides it, it overrides $OPSDSL_DATABASE
+    )
     public_url: str | None = None
     log_format: str | None = None
     escalation_url: str | None = None

@@ -110,6 +110,7 @@ def test_copy_moves_a_single_node_state_and_the_chain_verifies(empty_db: str, tm
 
     on_pg = {**sqlite_env(), "OPSDSL_DATABASE": empty_db}
     after = opsdsl("runs", "--format", "json", "--state-dir", state, env=on_pg)
+
     def steady(rows: list[dict]) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "age_seconds"} for row in rows]
 
