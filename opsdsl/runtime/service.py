@@ -606,21 +606,31 @@ class Service:
                     hook["run"], firing.trigger, hook_name, hook.get("escalate"), key, event_id
                 )
                 started.append((plan, selection, {**base, "reason": firing.reason}))
-        # Runs first (each with its trigger.fired entry, in one transaction), then the event is
-        # marked handled: a crash in between replays the event, and a run that already
-        # exists for (event, hook) is continued rather than started twice.
-        run_ids = []
-        for plan, selection, data in started:
-            run_id = self._start_run(plan, selection, event, data)
-            if run_id:
-                run_ids.append(run_id)
-        with self.store.transaction(relaxed=True):  # nothing outside depends on it (walsync.py)
+
+        def close_event() -> None:
+            """The event's notes, its triggers' state and its `done` mark (the caller's transaction)."""
             for kind, data in notes:
                 self.store.ledger.append(kind, None, data, ts=self.clock())
             for (pack, trig), text in self.engine.take_dirty().items():
                 self.store.save_trigger_state(pack, trig, text)
             summary = f"{len(evaluation.firings)} firing(s), {len(started)} run(s)"
             self.store.finish_event(event_id, summary)
+
+        # Runs first (each with its trigger.fired entry, in one transaction); the event is
+        # marked handled in the transaction of the last one, or in one of its own when that
+        # one started nothing (an existing run continued). A crash before then replays the
+        # event, and a run that already exists for (event, hook) is continued rather than
+        # started twice.
+        run_ids = []
+        closed = False
+        for index, (plan, selection, data) in enumerate(started):
+            last = index == len(started) - 1
+            run_id, closed = self._start_run(plan, selection, event, data, close_event if last else None)
+            if run_id:
+                run_ids.append(run_id)
+        if not closed:
+            with self.store.transaction(relaxed=True):  # nothing outside depends on it (walsync.py)
+                close_event()
         return run_ids
 
     def _admit(self, plan: int, name: str, hook: dict, event: dict, now: float) -> tuple[str | None, str | None]:
@@ -645,7 +655,17 @@ class Service:
             return key, f"max_concurrent: {cap} runs live"
         return key, None
 
-    def _start_run(self, plan: runner.VerifiedPlan, selection: runner.Selection, event: dict, data: dict) -> str | None:
+    def _start_run(
+        self,
+        plan: runner.VerifiedPlan,
+        selection: runner.Selection,
+        event: dict,
+        data: dict,
+        then: Callable[[], None] | None = None,
+    ) -> tuple[str | None, bool]:
+        """(the run's id, or None when its inputs suppressed it; whether `then` was called).
+        `then`: more writes for the transaction that starts the run or records its
+        suppression (the event's handled mark); not called when the run already existed."""
         from opsdsl.errors import OpsdslError
 
         index = self.plans.index(plan)
@@ -653,7 +673,7 @@ class Service:
         if existing is not None:  # a replayed event: continue its run, never start a second one
             if self.store.run(existing).status not in S.FINAL_RUN_STATUSES:
                 self.drive_existing(existing, "resume")  # its secret params looked up again
-            return existing
+            return existing, False
         book = plan.payload["playbooks"][selection.playbook]
         try:
             inputs = runner.resolve_inputs(book, selection.playbook, event, self.params[index], {})
@@ -662,9 +682,19 @@ class Service:
                 self.store.ledger.append(
                     HOOK_SUPPRESSED, None, {**data, "reason": f"inputs: {error.message}"}, ts=self.clock()
                 )
+                if then is not None:
+                    then()
             self.metrics.inc("opsdsl_hooks_suppressed_total", hook=selection.hook or "", reason="inputs")
-            return None
+            return None, then is not None
         within = self.escalator.start if self.escalator is not None else None
+        if then is not None:
+            first = within
+
+            def within(run: S.RunRow) -> None:
+                if first is not None:
+                    first(run)
+                then()
+
         # A worker: the new run is its own from its first commit (claimed once that commits).
         claiming = self.leases.claiming(within) if self.leases is not None else contextlib.nullcontext(within)
         with claiming as within:
@@ -684,7 +714,7 @@ class Service:
         self.metrics.inc("opsdsl_runs_started_total", hook=selection.hook or "")
         if run.id not in self.driving:
             self._spawn(run, "resume" if run.status != "running" else "start")
-        return run.id
+        return run.id, then is not None
 
     def _run_of(self, event_id: int | None, hook: str | None) -> str | None:
         """The top-level run this event already started for this hook (it is replayed), or None."""
