@@ -287,9 +287,11 @@ class Dispatcher:
         )
         names = sorted({_TOKEN.fullmatch(token).group(1) for token in tokens})  # type: ignore[union-attr]
         extra = {"severity": request.severity, "playbook": request.playbook, "pack": request.pack}
+        # The database's clock inside the statement: no round trip of its own in the intent's transaction.
         cursor = self.store.conn.execute(
             "INSERT INTO dispatch (run_id, step_id, attempt, pool, action, inputs, secrets, request,"
-            " idempotency_key, idempotent, timeout, state, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " idempotency_key, idempotent, timeout, state, created_at)"
+            f" VALUES (?,?,?,?,?,?,?,?,?,?,?,?,{self.store.now_sql()})",
             (
                 request.run_id,
                 request.step_id,
@@ -303,7 +305,6 @@ class Dispatcher:
                 1 if self.idempotent else 0,
                 request.timeout,
                 QUEUED,
-                self.store.now(),
             ),
         )
         self.row_id = cursor.lastrowid
@@ -326,13 +327,15 @@ class Dispatcher:
         assert self.row_id is not None, "enqueue or adopt first"
         try:
             while True:
+                # Whether the runner's lease is past, by the database's clock, in the same statement.
                 row = self.store.conn.execute(
-                    "SELECT state, claim_epoch, lease_until, result, error, retryable FROM dispatch WHERE id = ?",
+                    "SELECT state, claim_epoch, lease_until, result, error, retryable,"
+                    f" CASE WHEN lease_until < {self.store.now_sql()} THEN 1 ELSE 0 END FROM dispatch WHERE id = ?",
                     (self.row_id,),
                 ).fetchone()
                 if row is None:
                     raise DispatchLost(f"dispatch {self.row_id} is gone")
-                state, epoch, lease_until, result, error, retryable = row
+                state, epoch, lease_until, result, error, retryable, lapsed = row
                 if state == DONE:
                     return json.loads(result or "{}")
                 if state == FAILED:
@@ -340,7 +343,7 @@ class Dispatcher:
                     raise ActionFailed(error or "the runner reported a failure", outputs, bool(retryable))
                 if state == LOST:
                     raise DispatchLost(error or f"dispatch {self.row_id} was lost")
-                if state == CLAIMED and lease_until is not None and lease_until < self.store.now():
+                if state == CLAIMED and lease_until is not None and lapsed:
                     self._lapsed(int(epoch))
                     continue
                 await asyncio.sleep(POLL)

@@ -164,15 +164,19 @@ def claim(
 
 
 def release(store: Any, fence: Fence) -> bool:
-    """Give the lease up (`lease_until` NULL), if it is still ours; whether it was."""
+    """Give the lease up (`lease_until` NULL), if it is still ours; whether it was.
+
+    One statement, committed by itself (a part of the caller's transaction if one is
+    open): not a writer's transaction, so on PostgreSQL it does not queue for the writer
+    lock (it writes no ledger entry). The row's own lock orders it with a claim or a
+    fenced write of the same row, each of which reads the lease again after waiting."""
     name, column = fence.table
-    with unfenced(), store.transaction():
-        cursor = store.conn.execute(
-            f"UPDATE {name} SET lease_until = NULL WHERE {column} = ? AND lease_owner = ? AND lease_epoch = ?"
-            " AND lease_until IS NOT NULL",
-            (fence.key, fence.owner, fence.epoch),
-        )
-        return cursor.rowcount == 1
+    cursor = store.conn.execute(
+        f"UPDATE {name} SET lease_until = NULL WHERE {column} = ? AND lease_owner = ? AND lease_epoch = ?"
+        " AND lease_until IS NOT NULL",
+        (fence.key, fence.owner, fence.epoch),
+    )
+    return cursor.rowcount == 1
 
 
 def renew(store: Any, fence: Fence) -> None:
