@@ -679,7 +679,7 @@ def _write_staged(target: Path, data: bytes, nonce: str) -> str:
 def _signed(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list, bytes | None]:
     """The envelope `target` should hold: ("unchanged", signers, None) when it already
     holds exactly that, else ("compiled", signers, its bytes)."""
-    from opsdsl.build.signing import add_signature, decode_base64, envelope_bytes, sign_envelope
+    from opsdsl.build.signing import add_signature, decode_base64, envelope_bytes, sign_envelope_bytes
 
     try:
         current = target.read_bytes()
@@ -687,8 +687,7 @@ def _signed(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list, by
         current = None
     # Signing is deterministic: when the file holds only these keys' signatures on this
     # payload, a fresh envelope comes out byte-identical and the file need not be read as JSON.
-    envelope = sign_envelope(payload, keys)
-    data = envelope_bytes(envelope)
+    envelope, data = sign_envelope_bytes(payload, keys)
     if current == data:
         return "unchanged", _signers(envelope), None
     existing = _read_bytes_envelope(current)

@@ -347,6 +347,37 @@ def add_signature(envelope: dict, key: Ed25519PrivateKey) -> dict:
     }
 
 
+def sign_envelope_bytes(
+    payload: bytes, keys: Sequence[Ed25519PrivateKey], payload_type: str = PLAN_PAYLOAD_TYPE
+) -> tuple[dict, bytes]:
+    """`sign_envelope(payload, keys)` and its `envelope_bytes`, the same envelope and the
+    same bytes, built directly: the payload is encoded once, not decoded again per key,
+    and the file's text is assembled around the base64 (which JSON never escapes) instead
+    of being scanned. `opsdsl compile` signs every plan it builds this way."""
+    if not isinstance(payload, bytes):
+        raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+    if not isinstance(payload_type, str):
+        raise TypeError(f"payload_type must be str, not {type(payload_type).__name__}")
+    signed = pae(payload_type, payload)
+    sigs: dict[str, str] = {}  # a key given twice signs once (add_signature replaces its own)
+    for key in keys:
+        sigs[keyid(key.public_key())] = encode_base64(key.sign(signed))
+    signatures = sorted(({"keyid": k, "sig": s} for k, s in sigs.items()), key=_signature_order)
+    envelope = {"payload": encode_base64(payload), "payloadType": payload_type, "signatures": signatures}
+    from json.encoder import encode_basestring_ascii
+
+    # indented_json(envelope, ensure_ascii=True) + "\n", spelled out (base64 and hex need no escapes).
+    parts = ['{\n  "payload": "', envelope["payload"], '",\n  "payloadType": ', encode_basestring_ascii(payload_type)]
+    if signatures:
+        entries = ",\n    ".join(
+            f'{{\n      "keyid": "{s["keyid"]}",\n      "sig": "{s["sig"]}"\n    }}' for s in signatures
+        )
+        parts.append(f',\n  "signatures": [\n    {entries}\n  ]\n}}\n')
+    else:
+        parts.append(',\n  "signatures": []\n}\n')
+    return envelope, "".join(parts).encode("ascii")
+
+
 def envelope_bytes(envelope: dict) -> bytes:
     """The envelope as a file: JSON, sorted keys, 2-space indent, trailing newline; same envelope, same bytes."""
     _check_envelope(envelope)

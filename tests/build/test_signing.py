@@ -35,6 +35,7 @@ from opsdsl.build.signing import (
     pae,
     parse_envelope,
     sign_envelope,
+    sign_envelope_bytes,
     verify_envelope,
     write_private_key,
     write_public_key,
@@ -180,6 +181,17 @@ def test_envelope_file_is_sorted_indented_and_ends_with_a_newline():
     assert list(document) == ["payload", "payloadType", "signatures"]
     assert base64.b64decode(document["payload"]) == PLAN
     assert document["signatures"][0]["keyid"] == ALICE_ID
+
+
+@pytest.mark.parametrize(
+    "keys", [[], [ALICE], [BOB, ALICE], [ALICE, BOB, ALICE]], ids=["unsigned", "one", "two", "one-twice"]
+)
+@pytest.mark.parametrize("payload", [b"", PLAN, bytes(range(256)) * 40], ids=["empty", "plan", "binary"])
+@pytest.mark.parametrize("payload_type", [PLAN_PAYLOAD_TYPE, 'application/x-"\u00e9\u2028'])
+def test_sign_envelope_bytes_is_sign_envelope_then_envelope_bytes(keys, payload: bytes, payload_type: str):
+    envelope, data = sign_envelope_bytes(payload, keys, payload_type)
+    assert envelope == sign_envelope(payload, keys, payload_type)
+    assert data == envelope_bytes(sign_envelope(payload, keys, payload_type))
 
 
 def test_signing_order_does_not_change_the_file():
