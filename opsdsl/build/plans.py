@@ -159,10 +159,14 @@ class Rendered:
 def _step_spans(analysis) -> dict[str, dict[str, str]]:
     """Each step's source position, so run-time errors can point at source lines."""
     spans: dict[str, dict[str, str]] = {}
+    document = analysis.document
     for name, playbook in analysis.model.playbooks.items():
         for section, steps in (("steps", playbook.steps), ("finally", playbook.finally_)):
-            for i, step in enumerate(steps):
-                spans.setdefault(name, {})[step.id] = str(analysis.document.span(("playbooks", name, section, i)))
+            if not steps:
+                continue
+            located = document.item_spans(("playbooks", name, section), len(steps))
+            for step, span in zip(steps, located, strict=True):
+                spans.setdefault(name, {})[step.id] = str(span)
     return spans
 
 

@@ -79,6 +79,16 @@ class Document:
         node, _, _ = self._nodes(path)
         return node_span(self.source.path, node) if node is not None else Span(self.source.path, 1, 1)
 
+    def item_spans(self, path: Path_, count: int) -> list[Span]:
+        """`span((*path, i))` for each i below `count`, with the sequence at `path` looked up
+        once (the compiler records every step's position)."""
+        node, _, found = self._nodes(path)
+        # A subclass that places spans its own way (the .ops reader's) answers item by item.
+        if type(self).span is not Document.span or found != len(path) or not isinstance(node, yaml.SequenceNode):
+            return [self.span((*path, i)) for i in range(count)]
+        items, file = node.value, self.source.path
+        return [node_span(file, items[i]) if i < len(items) else self.span((*path, i)) for i in range(count)]
+
     def key_span(self, path: Path_) -> Span:
         """The span of the mapping key that holds `path` (the value's span if it has none)."""
         node, key_node, found = self._nodes(path)

@@ -201,3 +201,12 @@ def test_invalid_utf8_points_at_its_column(tmp_path: Path):
     _, diagnostics = read_source(path)
     (diagnostic,) = diagnostics
     assert (diagnostic.span.line, diagnostic.span.col) == (2, 10)
+
+
+def test_item_spans_are_the_spans_of_each_item_found_in_one_lookup():
+    text = "a:\n  - x: 1\n  - y: 2\n  -   z\nb: [1, 2]\n"
+    document, diagnostics = load_text(text, "f.yaml")
+    assert not diagnostics
+    for path, count in ((("a",), 3), (("a",), 5), (("b",), 2), (("missing",), 2), (("a", 0), 1), ((), 0)):
+        assert document.item_spans(path, count) == [document.span((*path, i)) for i in range(count)]
+    assert document.item_spans(("a",), 3)[2] == Span("f.yaml", 4, 7, 4, 8)
