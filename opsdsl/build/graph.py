@@ -161,8 +161,9 @@ class PlaybookGraph:
         )
 
     def serialize(self) -> dict:
+        # `edges()`'s order: (source, target) pairs are unique, so sorting them sorts by kind too.
         return {
             "entry": self.entries(MAIN),
             "order": self.order(),
-            "edges": [{"from": e.source, "to": e.target, "kind": e.kind} for e in self.edges()],
+            "edges": [{"from": a, "to": b, "kind": kind} for (a, b), kind in sorted(self.kinds.items())],
         }

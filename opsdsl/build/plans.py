@@ -289,7 +289,7 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
         results = []
         for path in paths:
             _check_owner(owner)
-            previous = by_source.get(display_path(path))
+            previous = by_source.get(display_path(path)) if by_source else None
             results.append(plan_file(path, scope, scope_dig, out_dir, previous, public_keys, config=config))
         return results
     # Each plan is signed here, as it is planned: signing is quick and holds the GIL, so
@@ -306,7 +306,7 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
             try:
                 for path in paths:
                     _check_owner(owner)
-                    previous = by_source.get(display_path(path))
+                    previous = by_source.get(display_path(path)) if by_source else None
                     result = plan_file(
                         path, scope, scope_dig, out_dir, previous, public_keys, compress=False, config=config
                     )

@@ -67,14 +67,28 @@ class _Record:
         they are, not copied: the same JSON text whenever they hold no non-finite float
         (which the compiler checks, and then dumps deep)."""
         out = {}
-        aliases, omit = self._aliases, self._omit_when
         convert = _json if deep else _shallow
-        for name in self.__slots__:
+        fields = type(self).__dict__.get("_dumped_fields") or type(self)._dump_plan()
+        for name, key, omitted in fields:
             value = getattr(self, name)
-            if name in omit and value is omit[name]:
+            if value is omitted:
                 continue
-            out[aliases.get(name, name)] = convert(value)
+            kind = type(value)
+            # Plain scalars (most fields) come out as they are either way, without a call.
+            out[key] = value if kind is str or kind is int or kind is bool or value is None else convert(value)
         return out
+
+    @classmethod
+    def _dump_plan(cls) -> tuple[tuple[str, str, Any], ...]:
+        """Per field, in slot order: its name, its key in a dump, and the value that leaves it
+        out (`_omit_when`; a fresh object, which no field holds, when none does). Worked out
+        once per class."""
+        fields = tuple(
+            (name, cls._aliases.get(name, name), cls._omit_when[name] if name in cls._omit_when else object())
+            for name in cls.__slots__
+        )
+        cls._dumped_fields = fields
+        return fields
 
 
 def _shallow(value: Any) -> Any:
