@@ -296,34 +296,39 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
     # threads would only take turns with the planning. A plan that changed goes to a few
     # threads that write it to a temporary file and flush it to disk (the GIL is free while
     # they wait on the disk) while the next packs are planned; the build renames them into
-    # place only when every pack is clean.
-    from concurrent.futures import ThreadPoolExecutor
-
+    # place only when every pack is clean. The threads start with the first changed plan:
+    # a rebuild that changes nothing starts none (nor imports concurrent.futures).
     results, staging = [], []
+    pool = None
     ok = False
     try:
-        with ThreadPoolExecutor(max_workers=STAGERS) as pool:
-            try:
-                for path in paths:
-                    _check_owner(owner)
-                    previous = by_source.get(display_path(path)) if by_source else None
-                    result = plan_file(
-                        path, scope, scope_dig, out_dir, previous, public_keys, compress=False, config=config
-                    )
-                    results.append(result)
-                    if result.status != "planned":
-                        continue
-                    payload, result.raw_payload = result.raw_payload, None
-                    target = out_dir / result.plan_file
-                    status, result.keyids, data = _signed(target, payload, keys)
-                    if data is None:
-                        result.staged = status
-                    else:
-                        staging.append((result, status, pool.submit(_write_staged, target, data, nonce)))
-            finally:
-                for result, status, future in staging:
-                    if future.exception() is None:
-                        result.staged, result.temp = status, future.result()
+        try:
+            for path in paths:
+                _check_owner(owner)
+                previous = by_source.get(display_path(path)) if by_source else None
+                result = plan_file(
+                    path, scope, scope_dig, out_dir, previous, public_keys, compress=False, config=config
+                )
+                results.append(result)
+                if result.status != "planned":
+                    continue
+                payload, result.raw_payload = result.raw_payload, None
+                target = out_dir / result.plan_file
+                status, result.keyids, data = _signed(target, payload, keys)
+                if data is None:
+                    result.staged = status
+                    continue
+                if pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    pool = ThreadPoolExecutor(max_workers=STAGERS)
+                staging.append((result, status, pool.submit(_write_staged, target, data, nonce)))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            for result, status, future in staging:
+                if future.exception() is None:
+                    result.staged, result.temp = status, future.result()
         for _, _, future in staging:
             if future.exception() is not None:
                 raise future.exception()
