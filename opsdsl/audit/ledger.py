@@ -441,6 +441,14 @@ class Ledger:
         ).fetchone()
         return None if row is None else Checkpoint(*row)
 
+    def first_checkpoint_from(self, seq: int) -> Checkpoint | None:
+        """The stored checkpoint with the lowest seq at or after `seq` (the first that covers
+        entry `seq`), if any."""
+        row = self._conn.execute(
+            "SELECT seq, head, ts, keyid, sig FROM checkpoints WHERE seq >= ? ORDER BY seq LIMIT 1", (seq,)
+        ).fetchone()
+        return None if row is None else Checkpoint(*row)
+
     def _checkpoint_at(self, seq: int) -> Checkpoint | None:
         row = self._conn.execute("SELECT seq, head, ts, keyid, sig FROM checkpoints WHERE seq = ?", (seq,)).fetchone()
         return None if row is None else Checkpoint(*row)

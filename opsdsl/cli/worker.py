@@ -28,6 +28,17 @@ def _lease_seconds(ctx: click.Context, param: click.Parameter, value: str) -> fl
     return seconds
 
 
+def _sweep_seconds(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    from opsdsl.lang.durations import parse_duration
+
+    if value == "off":
+        return None
+    try:
+        return parse_duration(value) / 1000
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 @click.command()
 @click.option(
     "--config",
@@ -46,6 +57,17 @@ def _lease_seconds(ctx: click.Context, param: click.Parameter, value: str) -> fl
     callback=_lease_seconds,
     metavar="DURATION",
     help="How long a run's lease lasts unless renewed; a dead worker's runs are taken over after it.",
+)
+@click.option(
+    "--incident-sweep",
+    "incident_sweep",
+    default="60s",
+    show_default=True,
+    callback=_sweep_seconds,
+    metavar="DURATION",
+    help="How often to write the incident folders of runs that ended that long ago or more but have none"
+    " (their worker died between the run's end and the folder); 0s: only at start-up; off: never"
+    " (each machine keeps its own folders at the same path).",
 )
 @click.option(
     "--drain-timeout",
@@ -69,6 +91,7 @@ def worker(
     from opsdsl.serve.config import load_config, merged_settings
 
     drain_timeout = flags.pop("drain_timeout")
+    incident_sweep = flags.pop("incident_sweep")
     if name is not None and not name.strip():
         raise UsageError("--id: give a non-empty name")
     config = load_config(config_file) if config_file is not None else None
@@ -85,7 +108,7 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(getattr(signal, sig), stop.set)
-        driver = Worker(service, name, ttl=ttl, max_runs=merged["max_runs"])
+        driver = Worker(service, name, ttl=ttl, max_runs=merged["max_runs"], incident_sweep=incident_sweep)
         await driver.run(stop, drain_timeout)
 
     try:

@@ -118,5 +118,9 @@ class RunEndings:
         if writer is not None:  # off the event loop, in the order the runs ended
             writer.submit(root, entries, **arguments)
             return
-        # The evidence pack: the ledger excerpt to the checkpoint.
-        write_incident(root, entries, ledger=self.store.ledger, **arguments)
+        from opsdsl.runtime.incident_sweep import folder_lock
+
+        # The evidence pack: the ledger excerpt to the checkpoint. On PostgreSQL under the
+        # folder's lock: a worker's sweep never writes it at the same time (incident_sweep.py).
+        with folder_lock(self.store, self.run.id):
+            write_incident(root, entries, ledger=self.store.ledger, **arguments)

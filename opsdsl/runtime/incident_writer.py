@@ -9,8 +9,12 @@ is written after the earlier one). The thread reads the ledger excerpt of the ev
 pack through its own connection to the state database.
 
 A crash can leave a folder unwritten (or stale) whose run's end is committed, as it could
-before between the commit and the write, only for longer: `opsdsl incident pdf ID` writes it
-again from the ledger.
+before between the commit and the write, only for longer. The next start writes it: `serve`
+queues a sweep (runtime/incident_sweep.py) here first, so it is ordered with this
+process's own folders, and it writes, from the ledger, the folder of every run ended in
+the last week whose record.json is missing (`opsdsl incident pdf ID` does the same for one
+run). On PostgreSQL each folder is written under its advisory lock (`folder_lock`), which
+a worker's sweep takes too: never two writers of one folder at once.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ class IncidentWriter:
         """Write this run's folder under `root` (the arguments of `write_incident`, without `ledger`)."""
         self._jobs.put({"root": root, "entries": entries, **arguments})
 
+    def sweep(self, incidents_root: Path) -> concurrent.futures.Future[Any]:
+        """Queue a start-up pass over `incidents_root` (IncidentSweep.startup); its report."""
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put({"sweep": incidents_root, "done": done})
+        return done
+
     def written(self) -> concurrent.futures.Future[None]:
         """Done once every folder submitted before this call is written (later ones may still wait)."""
         marker: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -63,6 +73,7 @@ class IncidentWriter:
 
     def _run(self) -> None:
         from opsdsl.audit.incident import write_incident
+        from opsdsl.runtime.incident_sweep import folder_lock
 
         store = None
         # When the current outage began (None: no outage), and the back-off slept in it; the
@@ -78,6 +89,9 @@ class IncidentWriter:
                     if "marker" in job:
                         job["marker"].set_result(None)
                         continue
+                    if "sweep" in job:
+                        self._sweep(job["sweep"], job["done"])
+                        continue
                     if store is None:
                         from opsdsl.runtime.store import Store
 
@@ -87,7 +101,8 @@ class IncidentWriter:
                         self.durable()
                     for delay in RETRIES:  # a database that is down for a moment: write it once it is back
                         try:
-                            write_incident(root, entries, ledger=store.ledger, **job)
+                            with folder_lock(store, entries[0].get("run") if entries else None):
+                                write_incident(root, entries, ledger=store.ledger, **job)
                             outage = None  # the database is back: a later outage has its own budget
                             break
                         except Exception as error:
@@ -112,3 +127,12 @@ class IncidentWriter:
         finally:
             if store is not None:
                 store.close()
+
+    def _sweep(self, incidents_root: Path, done: concurrent.futures.Future[Any]) -> None:
+        from opsdsl.runtime.incident_sweep import IncidentSweep
+
+        try:
+            done.set_result(IncidentSweep(self.state, incidents_root).startup())
+        except Exception as error:  # e.g. the database down at start: the folders wait for the next start
+            log.error("incident folders: the start-up sweep failed: %s: %s", type(error).__name__, error)
+            done.set_exception(error)

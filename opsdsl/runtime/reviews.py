@@ -87,10 +87,20 @@ def rewrite_incident(runtime: Any, run: S.RunRow, checkpoint: dict | None, *, pd
     """Write the run's incident folder again from its ledger entries (as the run itself does).
 
     `pdf` as write_incident takes it: True renders rca.pdf, None keeps an existing one current.
+    On PostgreSQL the folder's lock is held meanwhile (incident_sweep.folder_lock): a sweep
+    in another process never writes the same folder at the same time.
     """
-    from opsdsl.audit.incident import write_incident
+    from opsdsl.runtime.incident_sweep import folder_lock
 
     runtime.store.ledger.settle(run.id)  # journal mode: the record needs every entry chained
+    with folder_lock(runtime.store, run.id):
+        return write_from_ledger(runtime, run, checkpoint, pdf=pdf)
+
+
+def write_from_ledger(runtime: Any, run: S.RunRow, checkpoint: dict | None, *, pdf: bool | None = None) -> Path:
+    """rewrite_incident's write, for a caller that settled the ledger and holds the folder's lock."""
+    from opsdsl.audit.incident import write_incident
+
     entries = [entry.to_dict() for entry in runtime.store.ledger.entries(run=run.id)]
     folder = Path(run.incident_dir)
     # Which key signs, as the run's own writes say it (a state directory that names its keys).

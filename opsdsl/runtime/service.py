@@ -401,6 +401,8 @@ class Service:
                 self.runtime.incident_writer = IncidentWriter(  # folders off the loop
                     self.runtime.state, durable=syncer.sync if syncer is not None else None
                 )
+                # The folders a killed process left unwritten, before (and in order with) ours.
+                self.runtime.incident_writer.sweep(self.runtime.incidents_root)
             from opsdsl.runtime.escalation import TIMER, EscalationPolicy, Escalator
 
             self.milestones = milestones = MilestoneLog(self.store)

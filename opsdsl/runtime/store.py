@@ -73,6 +73,7 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_hook ON runs(hook, dedupe_key, created_at);
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at, id);
 CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run);
+CREATE INDEX IF NOT EXISTS runs_finished ON runs(finished_at);
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id),
     step_id TEXT NOT NULL,

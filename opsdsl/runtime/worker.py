@@ -42,6 +42,7 @@ EVENT_TURN = 0.25  # seconds a worker keeps the events lease before it offers it
 EVENT_YIELD = 0.1  # after its turn, a worker leaves the events lease this long to the others
 ADMIT = 24  # runs in flight (driving or claimed) past which a worker evaluates no more events
 ADMIT_AGE = 10.0  # seconds after which a run in flight no longer counts against ADMIT (a long step)
+INCIDENT_SWEEP = 60.0  # seconds between looks for incident folders a dead worker left unwritten
 
 
 def default_name() -> str:
@@ -60,9 +61,13 @@ class Worker:
         poll: float = POLL,
         max_runs: int = 64,
         admit: int = ADMIT,
+        incident_sweep: float | None = INCIDENT_SWEEP,
     ) -> None:
         """`max_runs`: runs claimed and driven at once (the Service's run slots). `admit`:
-        the runs in flight past which this worker starts no more (admission control)."""
+        the runs in flight past which this worker starts no more (admission control).
+        `incident_sweep`: seconds between two looks for finished runs whose incident folder
+        a dead process left unwritten (runtime/incident_sweep.py), and how long ago such a
+        run must have ended; 0: none after the one at start-up; None: no sweep at all."""
         self.service = service
         self.max_runs = max_runs
         self.admit = max(1, min(admit, max_runs))
@@ -79,6 +84,8 @@ class Worker:
         self._events_turn_ends = 0.0  # monotonic: when this worker's turn with the events lease ends
         self._flight_seen: dict[str, float] = {}  # run in flight -> monotonic time it was first counted
         self._tasks: list[asyncio.Task] = []
+        self.incident_sweep = incident_sweep
+        self._sweeper: asyncio.Task | None = None
 
     # ---- starting and stopping -------------------------------------------------------
 
@@ -114,6 +121,8 @@ class Worker:
             asyncio.create_task(self._events(), name="opsdsl-events"),
             asyncio.create_task(self._heartbeat(), name="opsdsl-heartbeat"),
         ]
+        if service.runtime.write_incidents and self.incident_sweep is not None:
+            self._sweeper = asyncio.create_task(self._incidents(), name="opsdsl-incident-sweep")
         log.info("worker %s: driving runs (lease %gs)", self.name, self.ttl)
 
     async def stop(self, timeout: float) -> None:
@@ -121,6 +130,10 @@ class Worker:
         interrupt the rest (each records that and releases its lease)."""
         self.stopping = True
         driver, events, heartbeat = self._tasks
+        if self._sweeper is not None:  # a pass under way ends on its thread; the loop waits for it at exit
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for task in (driver, events):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -234,6 +247,27 @@ class Worker:
             for fence in list(self.claimed.values()):
                 with contextlib.suppress(Exception):
                     L.renew(self.store, fence)
+
+    # ---- incident folders a dead process left unwritten ------------------------------
+
+    async def _incidents(self) -> None:
+        """A start-up pass, then one every `incident_sweep` seconds (another worker may die
+        while this one lives), each on a thread with a connection of its own."""
+        from opsdsl.runtime.incident_sweep import IncidentSweep
+
+        runtime = self.service.runtime
+        every = self.incident_sweep or 0.0
+        sweep = IncidentSweep(runtime.state, runtime.incidents_root, grace=every)
+        look = sweep.startup
+        while True:
+            try:
+                await asyncio.to_thread(look)
+                look = sweep.periodic
+            except Exception as error:  # the database down: the next pass looks again (a start-up one if need be)
+                log.error("incident folders: the sweep failed: %s: %s", type(error).__name__, error)
+            if every <= 0:
+                return
+            await asyncio.sleep(every)
 
     # ---- events ----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ PACK = Path(__file__).resolve().parent / "scaleout.yaml"
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "scaleout-token-3c9e1f"
 LEASE = "2s"
+SWEEP = "2s"  # a worker's incident sweep: a folder a killed worker left is written within ~4 s
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
@@ -106,8 +107,9 @@ class Cluster:
         self.processes.append(server)
         return server
 
-    def worker(self, name: str, lease: str = LEASE) -> Process:
+    def worker(self, name: str, lease: str = LEASE, *extra: str) -> Process:
         args = ["worker", "--pack", str(PACK), "--state-dir", str(self.state), "--id", name, "--lease", lease]
+        args += ["--incident-sweep", SWEEP, *extra]  # a later --incident-sweep in `extra` wins
         found = Process(self, name, *args, "--param", f"kernel_url={self.api.url}", ready="driving runs")
         self.processes.append(found)
         return found
