@@ -12,7 +12,8 @@ again with Lark and the error recovery, which produce the diagnostics.
 
 Three shortcuts keep the loop short, each derived from Lark's own objects:
 - each scanner's alternation is compiled again behind a possessive run of the ignored
-  terminals that have no callback (WS), so one match skips the blanks and takes a token;
+  terminals that have no callback (WS), so one match skips the blanks and takes a token,
+  with each terminal's group at the end of its branch (`_token_scanners`);
 - a keyword re-typing (Lark's UnlessCallback: a WORD that spells `step` is a STEP) whose
   literals are plain strings becomes a dict lookup;
 - a one-child reduction whose callback hands its child back (a `?rule` such as `?value`)
@@ -119,8 +120,7 @@ class Driver:
                 if collapse_expressions:
                     callback = {n: f for n, f in callback.items() if n not in ignore}  # no comments kept
                 blank = _blanks(ignored, ignore - set(callback), scanner.terminals)
-                prefix = f"(?:{blank})*+" if blank else ""
-                mres = [re.compile(f"{prefix}(?:{m.pattern})", m.flags) for m in scanner._mres]
+                mres = _token_scanners(scanner, f"(?:{blank})*+" if blank else "")
                 skip = re.compile(f"(?:{blank})*+\\Z").match if blank else _nothing
                 newline = frozenset(map(str, lexer.newline_types))
                 # words that may spell a keyword and need nothing else: re-typed by a lookup
@@ -170,7 +170,7 @@ class Driver:
                 line += count("\n", pos, end)  # only blanks left
                 break
             kind = match.lastgroup
-            start, after = match.span(kind)
+            start, after = match.start(1), match.end()
             value = text[start:after]
             if start != pos:  # blanks skipped before the token
                 newlines = count("\n", pos, start)
@@ -267,7 +267,7 @@ class Driver:
                     return None
                 break
             kind = match.lastgroup
-            start, pos = match.span(kind)
+            start, pos = match.start(1), match.end()
             value = text[start:pos]
             if kind in fancy:  # ignored terminals, keywords by their text (Lark's UnlessCallback)
                 if kind in ignore:
@@ -556,6 +556,28 @@ def _blanks(ignored: dict, names: set, terminals: list) -> str:
         if probes and not any(other.match(c + c) for other in others for c in probes):
             out.append(terminal.pattern.to_regexp())
     return "|".join(out)
+
+
+def _token_scanners(scanner: Any, prefix: str) -> list:
+    """A state's scanner as regexes that match the blanks to skip (`prefix`), an empty group 1
+    where the token starts, then the token, named by the terminal's group (`lastgroup`).
+
+    Where Lark's alternation is one regex of its terminals in order, `(?P<NAME>regex)`, each
+    terminal's group moves to the end of its branch, `(?:regex)(?P<NAME>)`: the same branches
+    in the same order match the same text, and the last group closed is still the terminal's.
+    A branch that opens with a group is entered whatever the character; one that opens with
+    a literal or a character set is passed over on its first character by the regex engine,
+    and most of a state's branches are keywords that do. Otherwise Lark's own regexes."""
+    terminals = scanner.terminals
+    own = [m.pattern for m in scanner._mres]
+    lark_s = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals)
+    if not scanner.use_bytes and own == [lark_s]:
+        tagged = "|".join(f"(?:{t.pattern.to_regexp()})(?P<{t.name}>)" for t in terminals)
+        try:
+            return [re.compile(f"{prefix}()(?:{tagged})", scanner._mres[0].flags)]
+        except (re.error, AssertionError, OverflowError):
+            pass
+    return [re.compile(f"{prefix}()(?:{m.pattern})", m.flags) for m in scanner._mres]
 
 
 def _nothing(text: str, pos: int) -> None:
