@@ -57,8 +57,11 @@ class LiteralReader:
             (bare, terminals[bare].pattern.to_regexp()),
             ("P", "[" + re.escape("".join(self.punctuation)) + "]"),
         ]
-        alternation = "|".join(f"(?P<{name}>{regex})" for name, regex in groups)
-        self.scan = re.compile(f"(?:{blank})*+(?:{alternation})").match
+        # group 1 (empty) where the token starts, each terminal's group at the end of its
+        # branch, so the regex engine passes over a branch on its first character (as in
+        # driver.py's `_token_scanners`)
+        alternation = "|".join(f"(?:{regex})(?P<{name}>)" for name, regex in groups)
+        self.scan = re.compile(f"(?:{blank})*+()(?:{alternation})").match
 
     def read(self, text: str, opening: Leaf) -> tuple[Any, int] | None:
         """The `map` or `list` that `opening` (its `{` or `[`) starts, as the LALR loop builds it,
@@ -79,7 +82,7 @@ class LiteralReader:
             if match is None:
                 return None
             kind = match.lastgroup
-            start, pos = match.span(kind)
+            start, pos = match.start(1), match.end()
             value = text[start:pos]
             if kind == "P":
                 kind = punctuation[value]
