@@ -22,7 +22,9 @@ from opsdsl.lang.ops import load_text
 from opsdsl.lang.ops.convert import yaml_to_ops
 from opsdsl.lang.ops.data import DataBuilder, PackBuilder
 from opsdsl.lang.ops.parser import (
+    _NOT_BRACKETS,
     MAX_DEPTH,
+    _brackets,
     _check_nesting,
     _extent_driver,
     _lark_parser,
@@ -195,6 +197,19 @@ def test_shallow_never_passes_a_text_the_nesting_check_refuses():
     assert passed > 1000
     assert _shallow("{" * MAX_DEPTH + "}" * MAX_DEPTH)
     assert not _shallow("{" * (MAX_DEPTH + 1) + "}" * (MAX_DEPTH + 1))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["{", "}", "[", "]", "(", ")", '"', "'", "#", "\n", "\r", "a", " ", '"a{"', "é"]), max_size=60
+    )
+)
+def test_brackets_of_escape_free_ascii_text_are_the_scan_s(pieces: list[str]):
+    """_shallow's shortcut for ASCII text without a backslash (characters dropped, then strings
+    and comments) leaves the very brackets the general scan leaves."""
+    text = "".join(pieces)
+    assert _brackets(text) == _NOT_BRACKETS.sub("", text)
 
 
 def test_spans_built_without_the_dataclass_init_are_spans():
