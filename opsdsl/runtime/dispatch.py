@@ -47,7 +47,8 @@ from opsdsl.runtime.secrets import Redactor, SecretError
 
 QUEUED, CLAIMED, DONE, FAILED, LOST = "queued", "claimed", "done", "failed", "lost"
 OUTSTANDING = (QUEUED, CLAIMED, DONE, FAILED)  # a row a restarted worker waits on, never sends again
-POLL = 0.2  # seconds between the worker's looks at a row it waits for
+POLL = 1.0  # seconds between a waiting step's own looks at its row (a runner's lapsed lease is seen there)
+ANSWER_LOOK = 0.05  # seconds between a worker's looks, in one query, for answers to every row it waits for
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS dispatch (
@@ -326,13 +327,8 @@ class Dispatcher:
         DispatchLost when its runner vanished and the step may not be repeated."""
         assert self.row_id is not None, "enqueue or adopt first"
         try:
+            row = self._look()
             while True:
-                # Whether the runner's lease is past, by the database's clock, in the same statement.
-                row = self.store.conn.execute(
-                    "SELECT state, claim_epoch, lease_until, result, error, retryable,"
-                    f" CASE WHEN lease_until < {self.store.now_sql()} THEN 1 ELSE 0 END FROM dispatch WHERE id = ?",
-                    (self.row_id,),
-                ).fetchone()
                 if row is None:
                     raise DispatchLost(f"dispatch {self.row_id} is gone")
                 state, epoch, lease_until, result, error, retryable, lapsed = row
@@ -345,11 +341,23 @@ class Dispatcher:
                     raise DispatchLost(error or f"dispatch {self.row_id} was lost")
                 if state == CLAIMED and lease_until is not None and lapsed:
                     self._lapsed(int(epoch))
+                    row = self._look()
                     continue
-                await asyncio.sleep(POLL)
+                # The worker's one look for every waiting step's answer brings this row's when
+                # it comes; else the step looks itself after POLL.
+                row = await _answers(self.store).wait(self.row_id, POLL) or self._look()
         except asyncio.CancelledError:
             self.withdraw("withdrawn by the worker: the step timed out, or its run was cancelled or interrupted")
             raise
+
+    def _look(self) -> tuple | None:
+        """The row as the step needs it, with whether the runner's lease is past (by the
+        database's clock, in the same statement)."""
+        return self.store.conn.execute(
+            "SELECT state, claim_epoch, lease_until, result, error, retryable,"
+            f" CASE WHEN lease_until < {self.store.now_sql()} THEN 1 ELSE 0 END FROM dispatch WHERE id = ?",
+            (self.row_id,),
+        ).fetchone()
 
     def _lapsed(self, epoch: int) -> None:
         """Its runner's lease lapsed with no result: back to the queue (same row, same key)
@@ -386,6 +394,74 @@ class Dispatcher:
             return
         with self.store.transaction():
             self.store.conn.execute(sql, parameters)
+
+
+class _Answers:
+    """A worker's looks for the answers its steps wait for: one query every ANSWER_LOOK for
+    all the rows waited on, handing each step whose row is answered (done, failed or lost)
+    that row. Reads only: no transaction, however many steps wait, and no second read of
+    the row by its step. A step also looks at its row itself every POLL (a lapsed runner
+    lease is seen there)."""
+
+    def __init__(self, store: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self.loop = loop
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.task: asyncio.Task | None = None
+
+    async def wait(self, row_id: int, timeout: float) -> tuple | None:
+        """The answered row (as `Dispatcher._look` reads it), or None after `timeout` seconds."""
+        answer = self.waiting[row_id] = self.loop.create_future()
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._look(), name="opsdsl-dispatch-answers")
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), timeout)
+        except TimeoutError:
+            return None
+        finally:
+            if self.waiting.get(row_id) is answer:
+                del self.waiting[row_id]
+
+    async def _look(self) -> None:
+        while self.waiting:
+            await asyncio.sleep(ANSWER_LOOK)
+            ids = sorted(self.waiting)
+            if not ids:
+                return
+            try:
+                answered = self._answered(ids)
+            except Exception:  # e.g. the database is away: each step's own look says so
+                continue
+            for row in answered:
+                answer = self.waiting.get(int(row[0]))
+                if answer is not None and not answer.done():
+                    answer.set_result(tuple(row[1:]))
+
+    def _answered(self, ids: list[int]) -> list[Any]:
+        columns = "id, state, claim_epoch, lease_until, result, error, retryable, 0"
+        if self.store.postgres:
+            rows = self.store.conn.execute(
+                f"SELECT {columns} FROM dispatch WHERE id = ANY(?) AND state IN (?, ?, ?)", (ids, DONE, FAILED, LOST)
+            )
+        else:
+            marks = ", ".join("?" * len(ids))
+            rows = self.store.conn.execute(
+                f"SELECT {columns} FROM dispatch WHERE id IN ({marks}) AND state IN (?, ?, ?)",
+                (*ids, DONE, FAILED, LOST),
+            )
+        return rows.fetchall()
+
+
+_watchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _answers(store: Any) -> _Answers:
+    """The store's answer watcher on the running loop (one per worker process)."""
+    loop = asyncio.get_running_loop()
+    found = _watchers.get(store)
+    if found is None or found.loop is not loop:
+        found = _watchers[store] = _Answers(store, loop)
+    return found
 
 
 def _references(value: Any):
