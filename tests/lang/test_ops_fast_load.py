@@ -228,6 +228,20 @@ def test_spans_built_without_the_dataclass_init_are_spans():
         made.line = 5
 
 
+def test_the_builder_s_spans_are_spans():
+    """`DataBuilder.between` makes its Spans as `_span` does, inline: the same objects."""
+    import pickle
+
+    from opsdsl.errors import Span
+
+    made = DataBuilder("f.ops", "ab\ncd\n").between(1, 4)
+    plain = Span("f.ops", 1, 2, 2, 2)
+    assert type(made) is Span and made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
+    assert pickle.dumps(made) == pickle.dumps(plain)
+    with pytest.raises(AttributeError):
+        made.col = 5
+
+
 # -- the lean tree against Lark's builders ---------------------------------------------------
 
 LITERAL_NOISE = ["{", "}", "[", "]", ":", ",", ",,", "{}", "[]", '"', '"a": ', "a-b:", "_k:", "true", "tru", "null"]
