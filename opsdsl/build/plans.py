@@ -294,10 +294,11 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
         return results
     # Each plan is signed here, as it is planned: signing is quick and holds the GIL, so
     # threads would only take turns with the planning. A plan that changed goes to a few
-    # threads that write it to a temporary file and flush it to disk (the GIL is free while
-    # they wait on the disk) while the next packs are planned; the build renames them into
-    # place only when every pack is clean. The threads start with the first changed plan:
-    # a rebuild that changes nothing starts none (nor imports concurrent.futures).
+    # threads that write it to a temporary file while the next packs are planned; once the
+    # chunk is planned, every temporary file is flushed to disk at once (`_sync_staged`),
+    # and only then reported, so the build renames into place only files whose bytes are on
+    # disk, and only when every pack is clean. The threads start with the first changed
+    # plan: a rebuild that changes nothing starts none (nor imports concurrent.futures).
     results, staging = [], []
     pool = None
     ok = False
@@ -332,6 +333,7 @@ def _plan_chunk(args: tuple) -> list[PackResult]:
         for _, _, future in staging:
             if future.exception() is not None:
                 raise future.exception()
+        _sync_staged([result.temp for result, _, _ in staging])
         ok = True
     finally:
         if not ok:
@@ -576,6 +578,7 @@ def compile_paths(
         if pack.entry is not None and pack.status in ("compiled", "unchanged", "reused"):
             pack.entry["keyids"] = pack.keyids if pack.keyids is not None else []
     write_manifest(out_dir, result, manifest)
+    _sync_folder(out_dir)  # the renames (plans, then the manifest) durable: one flush for them all
     return result
 
 
@@ -665,8 +668,8 @@ def _sign_and_write(target: Path, payload: bytes, keys: Sequence) -> tuple[str, 
 
 def _write_staged(target: Path, data: bytes, nonce: str) -> str:
     """Write a planning worker's signed plan `data` to a new temporary file beside `target`,
-    flushed to disk, for the build to rename into place once every pack is clean: the
-    temporary file's name."""
+    for the build to rename into place once every pack is clean (and `_sync_staged` has
+    flushed it to disk): the temporary file's name."""
     import secrets
 
     # The build's `nonce` in the name: the build removes every file it staged, even one
@@ -677,12 +680,41 @@ def _write_staged(target: Path, data: bytes, nonce: str) -> str:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     return str(temp)
+
+
+SYNCERS = 16  # threads flushing a worker's staged plans to disk together (see `_sync_staged`)
+
+
+def _sync_staged(temps: list[str]) -> None:
+    """Flush the staged plans `temps` to disk, many at a time: concurrent fsyncs share the
+    file system's journal commits, where one per plan, spread over the planning, each
+    waited for a commit of its own."""
+    if not temps:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(SYNCERS, len(temps))) as pool:
+        list(pool.map(_fsync_file, temps))
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _signed(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list, bytes | None]:

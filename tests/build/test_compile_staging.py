@@ -224,3 +224,34 @@ def test_a_failed_build_keeps_parent_folders_it_did_not_make(tmp_path: Path):
     assert result.failed
     assert _left(tmp_path / "nest") == []
     assert (tmp_path / "nest").is_dir()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name a descriptor's file")
+def test_a_worker_reports_staged_plans_only_once_each_is_flushed_to_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The build renames what a worker reports into place: by then each staged file must be
+    on disk in full (the worker flushes them together once its chunk is planned)."""
+    tree = _tree(tmp_path, count=6)
+    out = tree / "build"
+    out.mkdir()
+    synced: list[tuple[str, int]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((path, os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    plans._SIGNING_KEYS = (Ed25519PrivateKey.generate(),)
+    try:
+        files = sorted((tree / "packs").glob("extra-*.yaml"))
+        done = plans._plan_chunk((files, [], "", out, {}, (), 1, "0123456789abcdef", os.getpid()))
+    finally:
+        plans._SIGNING_KEYS = ()
+    temps = [r.temp for r in done]
+    assert len(temps) == 6 and all(temps)
+    assert {path for path, _ in synced} >= set(temps)
+    for path, size in synced:
+        assert size == os.path.getsize(path) > 0
