@@ -364,6 +364,10 @@ class Scheduler(ApprovalSteps, RunEndings):
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        for sid in running.values():  # cancelled by the timeout, not by an interruption: failed, attempt spent
+            if sid in self._not_started:
+                self._not_started.remove(sid)
+                self.steps[sid].attempts += 1
         message = "the playbook's timeout passed; the step was cancelled"
         self._failed_main = True  # no new steps; compensation, then finally
         self._commit([], run_fields={"error": TIMED_OUT})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from opsdsl.runtime import runner as sched_runner
 from opsdsl.runtime import scheduler as sched
 from opsdsl.runtime.actions.base import ActionFailed
 from opsdsl.runtime.actions.shell import run_command
+from opsdsl.runtime.board import Board
 from opsdsl.runtime.secrets import Secrets
 from tests.runtime.test_scheduler_pacing import _runs
 
@@ -236,7 +238,6 @@ def test_a_drive_cancelled_after_an_intent_but_before_its_action_leaves_the_step
     entries = [(e.kind, e.data) for e in runtime.store.ledger.entries(run=run.id)]
     assert entries[-1] == ("run.interrupted", {"running": [], "not_started": ["touch"]}), entries
     assert not marker.exists()
-    from opsdsl.runtime.board import Board
 
     board = Board({"id": run.id}, [{"id": "touch", "action": "shell"}])  # what `opsdsl inspect` shows
     for entry in runtime.store.ledger.entries(run=run.id):
@@ -250,3 +251,69 @@ def test_a_drive_cancelled_after_an_intent_but_before_its_action_leaves_the_step
     kinds = [e.kind for e in runtime.store.ledger.entries(run=run.id)]
     assert "step.in_doubt" not in kinds
     runtime.close()
+
+
+# Review of 841cc44: the handler between a step's intent and its action also caught the
+# cancellation the playbook's timeout sends (_time_out): the step, failed by the timeout,
+# stayed `not_started` with its attempt taken back, so a later drain listed a failed step
+# as not started and its row said attempt 0 though its step.intent said attempt 1.
+TIMED_OUT_PACK = """\
+apiVersion: opsdsl/v1
+kind: Pack
+metadata: {name: once, version: 1.0.0, owner: sre}
+playbooks:
+  p:
+    severity: SEV-4
+    timeout: 1s
+    steps:
+      - id: touch
+        action: shell
+        with: {argv: [%s, -c, "import sys; open(sys.argv[1], 'a').write('x')", %s]}
+    finally:
+      - id: tidy
+        action: shell
+        with: {argv: [%s, -c, "import time; time.sleep(30)"]}
+"""
+
+
+def test_a_step_the_playbook_timeout_failed_is_not_listed_as_not_started(tmp_path):
+    marker = tmp_path / "sent"
+    py = json.dumps(sys.executable)
+    (tmp_path / "pack.yaml").write_text(TIMED_OUT_PACK % (py, json.dumps(str(marker)), py))
+    state = tmp_path / "state"
+    plan = sched_runner.plan_from_pack(tmp_path / "pack.yaml", [], state)
+    runtime = sched_runner.Runtime(state)
+    secrets = Secrets(state)
+    run = runtime.create_run(plan, sched_runner.Selection("p"), {}, {}, {}, secrets)
+    calls = 0
+
+    async def slow_first_durable() -> None:  # the first intent's fsync outlasts the playbook's timeout
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(5)
+
+    async def main() -> None:
+        runtime.store.durable = slow_first_durable
+        task = asyncio.create_task(runtime.drive(run, secrets))
+        for _ in range(100):  # until `tidy` (finally) is running
+            await asyncio.sleep(0.1)
+            if runtime.store.steps(run.id)["tidy"].status == "running":
+                break
+        task.cancel()  # a drain
+        assert (await task).status == "interrupted"
+
+    asyncio.run(main())
+    touch = runtime.store.steps(run.id)["touch"]
+    entries = [e.to_dict() for e in runtime.store.ledger.entries(run=run.id)]
+    interrupted = [e["data"] for e in entries if e["kind"] == "run.interrupted"]
+    intents = [e["data"].get("attempt") for e in entries if e["kind"] == "step.intent" and e["data"]["step"] == "touch"]
+    board = Board({"id": run.id}, [{"id": "touch", "action": "shell"}, {"id": "tidy", "action": "shell"}])
+    for entry in entries:
+        board.apply(entry)
+    runtime.close()
+    assert not marker.exists()
+    assert touch.status == "failed", touch
+    assert interrupted == [{"running": ["tidy"]}], interrupted
+    assert board.rows["touch"].status == "failed", board.rows["touch"]
+    assert touch.attempts == intents[-1], (touch.attempts, intents)
