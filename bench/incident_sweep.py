@@ -5,7 +5,8 @@
 
 The state: `--runs` finished runs (run rows only), ended one per `--spacing` seconds up to
 now, each with a folder holding a record.json (the steady state: nothing to write). Timed,
-`--rounds` times each, alternating:
+`--rounds` times each, alternating (`--history N` adds N runs that ended a month ago, rows
+only: outside every window, as a long-lived state's older runs are):
 
 - `startup`: IncidentSweep.startup(), a new sweep, the last 7 days (every run here);
 - `periodic`: IncidentSweep.periodic() 60 s after a pass, the runs ended in that minute
@@ -31,21 +32,23 @@ HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
 
-def build(state: Path, runs: int, spacing: float, now: float) -> None:
+def build(state: Path, runs: int, spacing: float, now: float, history: int = 0) -> None:
     from opsdsl.runtime import store as S
 
     store = S.Store(state)
     rows = []
     root = state / "incidents" / "2026"
-    for index in range(runs):
-        incident = f"INC-bench-{index:06d}"
+    for index in range(-history, runs):
+        incident = f"INC-bench-{index:07d}"
         folder = root / incident
-        folder.mkdir(parents=True)
-        (folder / "record.json").write_text("{}\n")
-        ended = now - (runs - index) * spacing
+        if index >= 0:
+            folder.mkdir(parents=True)
+            (folder / "record.json").write_text("{}\n")
+        # the history: runs that ended a month ago and more (outside every window), no folder
+        ended = now - (runs - index) * spacing if index >= 0 else now - 30 * 86400 + index
         rows.append(
             S.RunRow(
-                id=f"run-{index:06d}",
+                id=f"run-{index:07d}",
                 incident_id=incident,
                 pack="p",
                 playbook="b",
@@ -87,8 +90,8 @@ def window_query(state: Path, indexed: bool) -> int:
     hint = "" if indexed else " NOT INDEXED"
     high = time.time() - EVERY
     rows = conn.execute(
-        f"SELECT id, incident_dir, finished_at, lease_until FROM runs{hint}"
-        " WHERE finished_at >= ? AND finished_at <= ? AND status IN ('succeeded', 'failed', 'cancelled')",
+        f"SELECT id, incident_dir, finished_at, lease_until, status FROM runs{hint}"
+        " WHERE finished_at >= ? AND finished_at <= ?",
         (high - EVERY - MARGIN, high),
     ).fetchall()
     conn.close()
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--database", default=None)
     parser.add_argument("--ab-index", action="store_true")
+    parser.add_argument("--history", type=int, default=0, help="runs ended a month ago and more, without folders")
     args = parser.parse_args()
     if args.database:
         os.environ["OPSDSL_DATABASE"] = args.database
@@ -119,7 +123,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
         state = Path(tmp) / "state"
         now = time.time()
-        build(state, args.runs, args.spacing, now)
+        build(state, args.runs, args.spacing, now, args.history)
         times: dict[str, list[float]] = {"startup": [], "periodic": []}
         if args.ab_index and not args.database:
             times |= {"query-index": [], "query-noindex": []}

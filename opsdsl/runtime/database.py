@@ -47,7 +47,8 @@ def database_unavailable(error: BaseException) -> bool:
     if state:  # connection exception, admin/crash shutdown, insufficient resources, retryable
         return state.startswith(("08", "57P0", "53")) or state in ("40001", "40P01")
     text = str(error).lower()  # SQLite's, and psycopg's client-side ones (no SQLSTATE)
-    return any(mark in text for mark in ("database is locked", "cannot connect", "connection", "server closed"))
+    marks = ("database is locked", "cannot connect", "connection", "server closed", "could not be synced")
+    return any(mark in text for mark in marks)  # the last: a server's failed fsync (walsync), until a restart
 
 
 ENV = "OPSDSL_DATABASE"

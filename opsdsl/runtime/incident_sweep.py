@@ -126,11 +126,14 @@ class IncidentSweep:
             low, high = window(now)
             report = SweepReport(low, high)
             marks = ", ".join("?" for _ in FINISHED)
-            rows = store.conn.execute(
-                "SELECT id, incident_dir, finished_at, lease_until FROM runs"
-                f" WHERE finished_at >= ? AND finished_at <= ? AND status IN ({marks})",
-                (low, high, *FINISHED),
+            # On finished_at alone, the status checked here: with `status IN` beside it SQLite
+            # takes the status index, and walks every finished run ever (80 ms at 500,000).
+            found = store.conn.execute(
+                "SELECT id, incident_dir, finished_at, lease_until, status FROM runs"
+                " WHERE finished_at >= ? AND finished_at <= ?",
+                (low, high),
             ).fetchall()
+            rows = [row[:4] for row in found if row[4] in FINISHED]
             seen = {row[0] for row in rows}
             for run_id in sorted(self.again - seen):
                 rows += store.conn.execute(

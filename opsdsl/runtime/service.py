@@ -450,6 +450,11 @@ class Service:
         else:
             self._replaying = False
 
+    def hold_events(self) -> None:
+        """From now on an event the database refuses stays accepted, and so do the events
+        queued behind it, for the next start to replay (a stopping server's rule)."""
+        self._stopping = True
+
     async def stop_driving(self) -> None:
         """No run starts (or continues) driving from here on: the first thing a shutdown does,
         so that a drain never starts a step only to interrupt it. Idempotent."""
@@ -460,7 +465,7 @@ class Service:
 
     async def drain(self, timeout: float | None = None) -> None:
         """Handle every queued event, then wait for the runs they started (up to `timeout`)."""
-        self._stopping = True
+        self.hold_events()
         await self.stop_driving()
         if self.queue is not None:
             await self.queue.join()

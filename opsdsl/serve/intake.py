@@ -822,6 +822,7 @@ class Server:
             error,
         )
         self.exit_code = 1
+        self.service.hold_events()  # the queued events were answered 202: the restart replays them
         self.stop_requested.set()
 
     async def _shutdown(self) -> None:

@@ -107,3 +107,29 @@ def test_a_failed_fsync_stops_the_server_with_exit_1_and_a_restart_recovers(star
     assert again.stop() == 0
     verified = opsdsl("ledger", "verify", "--state-dir", str(state))
     assert verified.code == 0, verified.stdout + verified.stderr
+
+
+# Review of 95bb301: the drain before the exit handled the queued events while every run
+# commit was refused, and marked each `done` with an error, so the restart never replayed
+# them: 202'd events that reached no run.
+def test_events_202d_before_a_failed_fsync_still_reach_a_run_after_the_restart(start, tmp_path):
+    state, trigger = tmp_path / "state", tmp_path / "fail-fsync"
+    server = start(state=state, python=("-c", FAILING_DISK), env={"FAIL_FSYNC": str(trigger)})
+    first = server.post("/v1/events", test_serve.job("warm"))
+    assert first.status_code == 202, first.text
+    wait_until(server.all_events_done, 60, "the first event handled")
+
+    batch = server.post("/v1/events", [test_serve.job(f"k{i}") for i in range(200)])
+    assert batch.status_code == 202, batch.text  # durable: every one of them must reach a run
+    trigger.touch()  # the disk fails while most of them still wait in the queue
+    accepted = set(first.json()["ids"]) | set(batch.json()["ids"])
+    assert server.process.wait(timeout=60) == 1, server.log()
+
+    trigger.unlink()
+    again = start(state=state)
+    wait_until(again.all_events_done, 120, "every event handled after the restart")
+    with_run = {row[0] for row in again.query("SELECT event_id FROM runs WHERE parent_run IS NULL")}
+    errored = again.query("SELECT id, note FROM events WHERE note LIKE 'error:%'")
+    assert again.stop() == 0
+    missing = accepted - with_run
+    assert not missing, f"{len(missing)} of {len(accepted)} 202'd events reached no run; e.g. {errored[:2]}"
