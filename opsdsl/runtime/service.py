@@ -632,7 +632,7 @@ class Service:
         closed = False
         for index, (plan, selection, data) in enumerate(started):
             last = index == len(started) - 1
-            run_id, closed = self._start_run(plan, selection, event, data, close_event if last else None)
+            run_id, closed = self._start_run(plan, selection, event, data, close_event if last else None, notes)
             if run_id:
                 run_ids.append(run_id)
         if not closed:
@@ -669,10 +669,13 @@ class Service:
         event: dict,
         data: dict,
         then: Callable[[], None] | None = None,
+        notes: list[tuple[str, dict]] | None = None,
     ) -> tuple[str | None, bool]:
         """(the run's id, or None when its inputs suppressed it; whether `then` was called).
         `then`: more writes for the transaction that starts the run or records its
-        suppression (the event's handled mark); not called when the run already existed."""
+        suppression (the event's handled mark); not called when the run already existed.
+        `notes` (with no `then`): where a suppression goes, to be written with the event's
+        handled mark, so that a replayed event does not record it twice."""
         from opsdsl.errors import OpsdslError
 
         index = self.plans.index(plan)
@@ -685,13 +688,15 @@ class Service:
         try:
             inputs = runner.resolve_inputs(book, selection.playbook, event, self.params[index], {})
         except OpsdslError as error:
+            suppressed = (HOOK_SUPPRESSED, {**data, "reason": f"inputs: {error.message}"})
+            self.metrics.inc("opsdsl_hooks_suppressed_total", hook=selection.hook or "", reason="inputs")
+            if then is None and notes is not None:  # not the event's last hook: with its handled mark
+                notes.append(suppressed)
+                return None, False
             with self.store.transaction():
-                self.store.ledger.append(
-                    HOOK_SUPPRESSED, None, {**data, "reason": f"inputs: {error.message}"}, ts=self.clock()
-                )
+                self.store.ledger.append(*suppressed[:1], None, suppressed[1], ts=self.clock())
                 if then is not None:
                     then()
-            self.metrics.inc("opsdsl_hooks_suppressed_total", hook=selection.hook or "", reason="inputs")
             return None, then is not None
         within = self.escalator.start if self.escalator is not None else None
         if then is not None:

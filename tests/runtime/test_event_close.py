@@ -4,7 +4,9 @@ one write transaction per event, and no moment at which a run exists for an even
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,67 @@ def test_an_event_that_starts_nothing_still_gets_its_mark(tmp_path):
 
 def statuses(svc: Service) -> list[str]:
     return [row[0] for row in svc.store.conn.execute("SELECT status FROM events ORDER BY id")]
+
+
+# Review of ead1c3e's area (older than it): the suppression of an event's non-last hook by
+# its inputs was committed in a transaction of its own, so an event tried again (the last
+# hook's run transaction failed for a moment, or a kill -9 between the two) recorded it twice.
+TWO_HOOKS_PACK = """\
+apiVersion: opsdsl/v1
+kind: Pack
+metadata: {name: two, version: 1.0.0, owner: sre}
+triggers:
+  errors:
+    on: metric
+    when: event.name == "errors" && event.value > 10
+hooks:
+  # opsdsl: ignore[OPS042]: every event is meant to start a run
+  aByRegion: {trigger: errors, run: by-region}
+  # opsdsl: ignore[OPS042]: every event is meant to start a run
+  bByCluster: {trigger: errors, run: by-cluster}
+playbooks:
+  by-region:
+    severity: SEV-3
+    inputs:
+      region: {type: string, from: event.labels.region}
+    steps:
+      - {id: a, action: assert, with: {that: 'true'}}
+  by-cluster:
+    severity: SEV-3
+    inputs:
+      cluster: {type: string, from: event.labels.cluster}
+    steps:
+      - {id: a, action: assert, with: {that: 'true'}}
+"""
+
+
+def test_a_replayed_event_records_its_inputs_suppression_once(tmp_path: Path):
+    pack = tmp_path / "two.yaml"
+    pack.write_text(TWO_HOOKS_PACK)
+    state = tmp_path / "state"
+    svc = Service(state, [runner.plan_from_pack(pack, [], state)])
+    create_run, failed = svc.runtime.create_run, []
+
+    def flaky_create_run(*args, **kwargs):
+        if not failed:  # the database is busy for a moment (or: kill -9 here, then a restart)
+            failed.append(1)
+            raise sqlite3.OperationalError("database is locked")
+        return create_run(*args, **kwargs)
+
+    svc.runtime.create_run = flaky_create_run
+
+    async def main() -> None:
+        await svc.start()
+        svc.accept([metric("eu1")], "test")  # no `region` label: aByRegion is suppressed, bByCluster runs
+        for _ in range(50):  # until the event is handled (it is tried again after 0.25 s)
+            await asyncio.sleep(0.1)
+            if not svc.store.pending_events():
+                break
+        await svc.drain()
+
+    asyncio.run(main())
+    runs = svc.store.runs()
+    suppressed = ledger(svc, "hook.suppressed")
+    svc.close()
+    assert failed and [r.hook for r in runs] == ["bByCluster"]
+    assert [s["hook"] for s in suppressed] == ["aByRegion"], suppressed
