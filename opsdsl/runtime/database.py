@@ -27,6 +27,7 @@ fails and the caller's transaction is lost, as with any database error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -565,3 +566,32 @@ def _register_loaders(raw: Any) -> None:
 
 def is_postgres(conn: Any) -> bool:
     return getattr(conn, "postgres", False) is True
+
+
+def folder_lock_key(run_id: str) -> int:
+    """The advisory lock key of a run's incident folder: 63 bits of SHA-256 over its own
+    domain, so it is never a run's transaction lock (_run_lock) nor WRITER_LOCK."""
+    import hashlib
+
+    digest = hashlib.sha256(b"opsdsl.incident\0" + run_id.encode("utf-8")).digest()
+    return (int.from_bytes(digest[:8], "big") >> 1) | (1 << 62)
+
+
+@contextlib.contextmanager
+def folder_lock(store: Any, run_id: str | None) -> Iterator[None]:
+    """Write `run_id`'s incident folder alone, across processes and machines: on PostgreSQL
+    a transaction-scoped advisory lock (in a transaction of its own that writes nothing,
+    or in the caller's); nothing on SQLite, where one process drives the runs."""
+    if not getattr(store, "postgres", False) or not run_id:
+        yield
+        return
+    conn = store.conn
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (folder_lock_key(run_id),))
+        yield
+    finally:
+        if own:  # nothing was written in it: ending it lets the lock go
+            conn.execute("ROLLBACK")

@@ -118,7 +118,7 @@ class RunEndings:
         if writer is not None:  # off the event loop, in the order the runs ended
             writer.submit(root, entries, **arguments)
             return
-        from opsdsl.runtime.incident_sweep import folder_lock
+        from opsdsl.runtime.database import folder_lock
 
         # The evidence pack: the ledger excerpt to the checkpoint. On PostgreSQL under the
         # folder's lock: a worker's sweep never writes it at the same time (incident_sweep.py).

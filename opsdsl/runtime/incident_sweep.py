@@ -27,17 +27,15 @@ the run's own end signed, so the ledger excerpt stays the run's size). docs/inci
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opsdsl.runtime import store as S
+from opsdsl.runtime.database import folder_lock, folder_lock_key  # noqa: F401  (folder_lock_key: tests)
 
 log = logging.getLogger("opsdsl.serve")
 
@@ -45,35 +43,7 @@ FINISHED = (S.SUCCEEDED, S.FAILED, S.CANCELLED)  # the statuses whose end writes
 STARTUP_WINDOW = 7 * 86400.0  # a start-up pass looks at the runs ended in the last 7 days
 EVERY = 60.0  # a worker's periodic pass, and how long ago a run must have ended for it (grace)
 MARGIN = 60.0  # periodic windows overlap by this much: clocks that disagree, commits that lag
-_LOCK_DOMAIN = b"opsdsl.incident\0"
 _RECORD = "record.json"
-
-
-def folder_lock_key(run_id: str) -> int:
-    """The advisory lock key of a run's incident folder: 63 bits of SHA-256 over its own
-    domain, so it is never a run's transaction lock (database._run_lock) nor WRITER_LOCK."""
-    digest = hashlib.sha256(_LOCK_DOMAIN + run_id.encode("utf-8")).digest()
-    return (int.from_bytes(digest[:8], "big") >> 1) | (1 << 62)
-
-
-@contextlib.contextmanager
-def folder_lock(store: Any, run_id: str | None) -> Iterator[None]:
-    """Write `run_id`'s incident folder alone, across processes and machines: on PostgreSQL
-    a transaction-scoped advisory lock (in a transaction of its own that writes nothing,
-    or in the caller's); nothing on SQLite, where one process drives the runs."""
-    if not getattr(store, "postgres", False) or not run_id:
-        yield
-        return
-    conn = store.conn
-    own = not conn.in_transaction
-    if own:
-        conn.execute("BEGIN")
-    try:
-        conn.execute("SELECT pg_advisory_xact_lock(?)", (folder_lock_key(run_id),))
-        yield
-    finally:
-        if own:  # nothing was written in it: ending it lets the lock go
-            conn.execute("ROLLBACK")
 
 
 @dataclass

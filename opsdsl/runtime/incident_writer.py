@@ -73,7 +73,7 @@ class IncidentWriter:
 
     def _run(self) -> None:
         from opsdsl.audit.incident import write_incident
-        from opsdsl.runtime.incident_sweep import folder_lock
+        from opsdsl.runtime.database import folder_lock
 
         store = None
         # When the current outage began (None: no outage), and the back-off slept in it; the

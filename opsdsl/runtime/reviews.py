@@ -87,10 +87,10 @@ def rewrite_incident(runtime: Any, run: S.RunRow, checkpoint: dict | None, *, pd
     """Write the run's incident folder again from its ledger entries (as the run itself does).
 
     `pdf` as write_incident takes it: True renders rca.pdf, None keeps an existing one current.
-    On PostgreSQL the folder's lock is held meanwhile (incident_sweep.folder_lock): a sweep
+    On PostgreSQL the folder's lock is held meanwhile (database.folder_lock): a sweep
     in another process never writes the same folder at the same time.
     """
-    from opsdsl.runtime.incident_sweep import folder_lock
+    from opsdsl.runtime.database import folder_lock
 
     runtime.store.ledger.settle(run.id)  # journal mode: the record needs every entry chained
     with folder_lock(runtime.store, run.id):
