@@ -19,7 +19,9 @@ the run's own end signed, so the ledger excerpt stays the run's size). docs/inci
    incident_dir is that folder; a year directory that is a symlink is refused, as
    write_incident refuses a folder that is one. A run whose incident_dir is not under the
    root (`opsdsl run --incidents-dir`, `..`) is not looked at: `opsdsl incident pdf`.
-3. Never touched: a folder holding a record.json (anything by that name, even a link).
+3. Never touched: a folder holding a record.json written after the run ended or saying
+   it ended (anything by that name but a regular file, too); an older one that tells of a
+   pause or an interruption is the run's earlier stop's, and the folder is written again.
 4. One writer at a time: the run's lock file (as `incident review` and `incident pdf` take
    it) and, on PostgreSQL, the folder's advisory lock (folder_lock), which every writer of
    an incident folder takes; record.json is looked for again once both are held.
@@ -28,8 +30,10 @@ the run's own end signed, so the ledger excerpt stays the run's size). docs/inci
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ STARTUP_WINDOW = 7 * 86400.0  # a start-up pass looks at the runs ended in the l
 EVERY = 60.0  # a worker's periodic pass, and how long ago a run must have ended for it (grace)
 MARGIN = 60.0  # periodic windows overlap by this much: clocks that disagree, commits that lag
 _RECORD = "record.json"
+MAX_RECORD_READ = 64 << 20  # a record.json read to tell whether it is the run's end's
 
 
 @dataclass
@@ -120,7 +125,9 @@ class IncidentSweep:
                     report.busy.append(run_id)
                     continue
                 outcome = (
-                    self._one(runtime, run_id, str(incident_dir)) if self._ours(str(incident_dir)) else "elsewhere"
+                    self._one(runtime, run_id, str(incident_dir), finished_at)
+                    if self._ours(str(incident_dir))
+                    else "elsewhere"
                 )
                 if outcome == "busy":
                     self.again.add(run_id)
@@ -147,14 +154,14 @@ class IncidentSweep:
             )
         return report
 
-    def _one(self, runtime: Any, run_id: str, incident_dir: str) -> str:
+    def _one(self, runtime: Any, run_id: str, incident_dir: str, finished_at: float | None = None) -> str:
         """'present', 'written', 'busy' (try again later) or 'refused' (a sweep never writes it)."""
         from opsdsl.audit.incident import IncidentError, incident_folder
         from opsdsl.runtime.database import database_unavailable
         from opsdsl.runtime.reviews import write_from_ledger
         from opsdsl.runtime.runner import RunBusy
 
-        if os.path.lexists(os.path.join(incident_dir, _RECORD)):  # the common case: one stat, nothing read
+        if _written(os.path.join(incident_dir, _RECORD), finished_at):  # the common case: one stat, nothing read
             return "present"
         store = runtime.store
         try:
@@ -170,7 +177,7 @@ class IncidentSweep:
                     log.error("incident folder of run %s not written by the sweep: %s", run_id, problem)
                     return "refused"
                 with folder_lock(store, run_id):
-                    if os.path.lexists(folder / _RECORD):  # its owner (or another sweep) wrote it meanwhile
+                    if _written(str(folder / _RECORD), finished_at):  # its owner (or another sweep) wrote it meanwhile
                         return "present"
                     checkpoint = store.ledger.first_checkpoint_from(int(entries[-1]["seq"]))
                     run = dataclasses.replace(store.run(run_id), incident_dir=str(folder))
@@ -205,6 +212,28 @@ class IncidentSweep:
         if folder.is_symlink():
             return f"{folder} is a symlink; an incident folder must be a real directory"
         return None
+
+
+def _written(record: str, finished_at: float | None) -> bool:
+    """Whether `record` tells of the run's end: it exists (a link counts: never touched), and
+    it was written after the run ended, or says the run ended. A record of the run's pause
+    or interruption is left when the process that ended the run died before its folder:
+    the sweep writes it again. Only a record older than the run's end is read (the file's
+    time and finished_at are this machine's clock)."""
+    try:
+        info = os.lstat(record)
+    except FileNotFoundError:
+        return False
+    except OSError:  # cannot tell (permissions, a bad path): never touched
+        return True
+    if finished_at is None or not stat.S_ISREG(info.st_mode) or info.st_mtime >= float(finished_at):
+        return True
+    try:
+        with open(record, "rb") as file:
+            status = json.loads(file.read(MAX_RECORD_READ))["record"]["status"]
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable or torn: a new one is written
+        return False
+    return status in FINISHED
 
 
 def _when(ts: float) -> str:
