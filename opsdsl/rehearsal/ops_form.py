@@ -101,7 +101,7 @@ class _TestBuilder(DataBuilder):
 
     def value(self, node: Any, path: Path_) -> Any:
         if node.data == "word":
-            self.spans[path] = self.at(node)
+            self.spans[path] = self.offsets(node)
             return str(node.children[0])
         return super().value(node, path)
 
@@ -109,7 +109,7 @@ class _TestBuilder(DataBuilder):
         (top,) = start.children
         keyword = top.children[0]
         data: dict[str, Any] = {"apiVersion": "opsdsl/v1", "kind": "PackTest"}
-        self.spans[()] = self.at(top)
+        self.spans[()] = self.offsets(top)
         self.mark(("apiVersion",), keyword)
         self.mark(("kind",), keyword)
         pack = top.children[1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,25 +65,102 @@ _PLAIN_SPAN = _span is not Span  # `between` makes its Spans as `_span` does, wi
 _new = object.__new__
 
 
+class _Lines:
+    """Offsets to lines and columns for one document: the line-start table is built on the
+    first lookup (a clean pack makes none), then each position is a bisect."""
+
+    __slots__ = ("_starts", "file", "text")
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file, self.text, self._starts = file, text, None
+
+    @property
+    def starts(self) -> list[int]:
+        if self._starts is None:
+            self._starts = [0] + [m.end() for m in _NEWLINE.finditer(self.text)]
+        return self._starts
+
+    def span(self, raw: Any) -> Span:
+        """The Span of what a builder recorded: `(start, end)` offsets, or a Span as it is."""
+        if type(raw) is not tuple:
+            return raw
+        start, end = raw
+        starts = self.starts
+        line = _bisect(starts, start)
+        end_line = line if line == len(starts) or end < starts[line] else _bisect(starts, end)
+        return Span(self.file, line, start - starts[line - 1] + 1, end_line, end - starts[end_line - 1] + 1)
+
+    def __getstate__(self) -> tuple:
+        return self.file, self.text, self._starts
+
+    def __setstate__(self, state: tuple) -> None:
+        self.file, self.text, self._starts = state
+
+
+class Spans(Mapping):
+    """Data path → Span, read from the offsets the builder recorded: a Span is made only when
+    one is asked for (a bench pack records about 1,200; a diagnostic reads one). Equal to
+    the dict of Spans the builder made before, as a Mapping."""
+
+    __slots__ = ("lines", "raw")
+
+    def __init__(self, raw: dict, lines: _Lines) -> None:
+        self.raw, self.lines = raw, lines
+
+    def __getitem__(self, path: Path_) -> Span:
+        return self.lines.span(self.raw[path])
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.raw
+
+    def __iter__(self) -> Iterator[Path_]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def __getstate__(self) -> tuple:
+        return self.raw, self.lines
+
+    def __setstate__(self, state: tuple) -> None:
+        self.raw, self.lines = state
+
+
 @dataclass
 class OpsDocument(Document):
-    """A loaded .ops document: plain data plus the positions recorded while building it."""
+    """A loaded .ops document: plain data plus the positions recorded while building it.
 
-    spans: dict = field(default_factory=dict, repr=False)
-    keys: dict = field(default_factory=dict, repr=False)
+    `spans` and `keys` may be given as dicts of `(start, end)` offsets (or Spans): they are
+    kept as `Spans` mappings, which make each Span when it is read."""
+
+    spans: Mapping = field(default_factory=dict, repr=False)
+    keys: Mapping = field(default_factory=dict, repr=False)
     expressions: dict = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        lines = _Lines(self.source.path, self.source.text)
+        if not isinstance(self.spans, Spans):
+            self.spans = Spans(self.spans if type(self.spans) is dict else dict(self.spans), lines)
+        if not isinstance(self.keys, Spans):
+            self.keys = Spans(self.keys if type(self.keys) is dict else dict(self.keys), lines)
+
     def _located(self, path: Path_) -> Path_:
-        while path and path not in self.spans:
+        raw = self.spans.raw
+        while path and path not in raw:
             path = path[:-1]
         return path
 
     def span(self, path: Path_) -> Span:
-        return self.spans.get(self._located(tuple(path)), Span(self.source.path, 1, 1))
+        raw = self.spans.raw.get(self._located(tuple(path)))
+        return self.spans.lines.span(raw) if raw is not None else Span(self.source.path, 1, 1)
 
     def key_span(self, path: Path_) -> Span:
         path = tuple(path)
-        return self.keys[path] if path in self.keys else self.span(path)
+        raw = self.keys.raw.get(path)
+        return self.keys.lines.span(raw) if raw is not None else self.span(path)
 
     def expression_span(self, path: Path_, offset: int, end: int | None = None) -> Span:
         path = tuple(path)
@@ -100,10 +178,7 @@ class OpsDocument(Document):
         index = max(0, bisect.bisect_right([s[0] for s in segments], offset) - 1)
         text_offset, source_offset = segments[index]
         absolute = source_offset + (offset - text_offset)
-        starts = self.__dict__.get("_line_starts")
-        if starts is None:
-            starts = [0] + [m.end() for m in re.finditer("\n", self.source.text)]
-            self.__dict__["_line_starts"] = starts
+        starts = self.spans.lines.starts
         line = bisect.bisect_right(starts, absolute)
         return line, absolute - starts[line - 1] + 1
 
@@ -117,8 +192,9 @@ class DataBuilder:
         # Lark's line counter gives them (so the lean run's tokens need carry no positions)
         self.line_starts = [0]
         self.line_starts += [m.end() for m in _NEWLINE.finditer(text)]
-        self.spans: dict[Path_, Span] = {}
-        self.keys: dict[Path_, Span] = {}
+        # data path → (start, end) offsets (or a Span): OpsDocument makes the Spans when read
+        self.spans: dict[Path_, Any] = {}
+        self.keys: dict[Path_, Any] = {}
         self.expressions: dict[Path_, list[tuple[int, int]]] = {}
         self.diagnostics: list[Diagnostic] = []
 
@@ -132,6 +208,15 @@ class DataBuilder:
         while not isinstance(last, str):
             last = last.children[-1]
         return self.between(first.start_pos, last.end_pos)
+
+    def offsets(self, node: Any) -> tuple[int, int]:
+        """What `spans` and `keys` record for a node: its first token's start and last token's end."""
+        first = last = node
+        while not isinstance(first, str):
+            first = first.children[0]
+        while not isinstance(last, str):
+            last = last.children[-1]
+        return first.start_pos, last.end_pos
 
     def between(self, start: int, end: int) -> Span:
         """The span from offset `start` to `end`: lines and columns from 1, end exclusive."""
@@ -150,14 +235,16 @@ class DataBuilder:
         return made
 
     def mark(self, path: Path_, value_node: Any, key_node: Any = None) -> None:
-        # one Span for both when the key is the value (spans are frozen: sharing is safe)
-        span = self.spans[path] = self.at(value_node)
-        self.keys[path] = span if key_node is None or key_node is value_node else self.at(key_node)
+        # the same offsets for both when the key is the value
+        span = self.spans[path] = self.offsets(value_node)
+        self.keys[path] = span if key_node is None or key_node is value_node else self.offsets(key_node)
 
     def put(self, target: dict, path: Path_, value: Any, value_node: Any, key_node: Any, what: str = "") -> bool:
         key = path[-1]
         if key in target:
             first = self.keys[path]
+            if type(first) is tuple:
+                first = self.between(*first)
             label = what or f"`{key}`"
             self.diagnostics.append(
                 Diagnostic(
@@ -222,10 +309,10 @@ class DataBuilder:
         """A JSON-like literal; records a span for it and every element."""
         kind = str(node.data)  # a plain str: Lark's rule names are Tokens, slow to compare
         children = node.children
-        spans, between = self.spans, self.between
+        spans = self.spans
         if kind in _SCALARS:  # one token: its span is the node's
             token = children[0]
-            spans[path] = between(token.start_pos, token.end_pos)
+            spans[path] = (token.start_pos, token.end_pos)
             if kind == "string":
                 return self.decode(token)
             if kind == "number":
@@ -233,7 +320,7 @@ class DataBuilder:
             if kind == "boolean":
                 return token.type == "TRUE"
             return None
-        spans[path] = self.at(node)
+        spans[path] = self.offsets(node)
         if kind == "list":
             items = [c for c in children if not isinstance(c, str)]
             return [self.value(item, (*path, i)) for i, item in enumerate(items)]
@@ -249,7 +336,7 @@ class DataBuilder:
                 self.put(out, here, None, value_node, key_token)
                 continue
             out[key] = self.value(value_node, here)
-            keys[here] = between(key_token.start_pos, key_token.end_pos)
+            keys[here] = (key_token.start_pos, key_token.end_pos)
         return out
 
     def expression(self, node: Any, path: Path_) -> str:
@@ -293,7 +380,7 @@ class PackBuilder(DataBuilder):
         keyword, name, _, version, _, owner = top.children[:6]
         kind = "PolicyPack" if top.data == "policypack" else "Pack"
         data: dict[str, Any] = {"apiVersion": "opsdsl/v1", "kind": kind}
-        self.spans[()] = self.at(top)
+        self.spans[()] = self.offsets(top)
         self.mark(("apiVersion",), keyword)
         self.mark(("kind",), keyword)
         metadata: dict[str, Any] = {}
@@ -454,7 +541,7 @@ class PackBuilder(DataBuilder):
             threshold: dict[str, Any] = {}
             if self.put(entry, path, threshold, stmt, keyword):
                 threshold["count"] = self.value(args[0], (*path, "count"))
-                self.keys[(*path, "count")] = self.at(args[0])
+                self.keys[(*path, "count")] = self.offsets(args[0])
                 self.put(threshold, (*path, "within"), self.text_of(args[2]), args[2], args[1])
                 if len(args) > 3:  # per EXPR
                     per = (*path, "per")
@@ -474,7 +561,7 @@ class PackBuilder(DataBuilder):
             return
         children = stmt.children
         retry["attempts"] = self.value(children[1], (*path, "attempts"))
-        self.keys[(*path, "attempts")] = self.at(children[1])
+        self.keys[(*path, "attempts")] = self.offsets(children[1])
         i = 2
         while i < len(children):
             child = children[i]
