@@ -104,13 +104,6 @@ class Worker:
         self.store.fence = L.Fences()
         service.leases = self
         service.runtime.park_after = PARK_AFTER
-        if service.runtime.write_incidents and service.runtime.incident_writer is None:
-            from opsdsl.runtime.incident_writer import IncidentWriter
-
-            # Folders off the loop, as `serve` writes them (a folder is several fsync'd files:
-            # on the loop they held up every run this worker drives). A worker killed before
-            # its thread wrote one leaves it to the incident sweep (runtime/incident_sweep.py).
-            service.runtime.incident_writer = IncidentWriter(service.runtime.state)
         service.escalator = Escalator(self.store, service.escalation or EscalationPolicy(), clock=service.clock)
         levels = [level.name for level in service.escalator.policy.levels]
         service.reports = LastLevelReports(self.store.root, levels, clock=service.clock)
