@@ -73,11 +73,17 @@ def write_atomic_files(files: Sequence[tuple[Path, bytes]], mode: int = 0o644) -
             if os.path.lexists(temp):
                 os.unlink(temp)
     for folder in dict.fromkeys(path.parent for _, path in pending):
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(folder, directory=True)
+
+
+def fsync_path(path: str | Path, directory: bool = False) -> None:
+    """Flush a file (never through a symlink) or a folder (its entries: renames into it) to disk."""
+    flags = getattr(os, "O_DIRECTORY", 0) if directory else getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync

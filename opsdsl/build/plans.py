@@ -35,6 +35,7 @@ from opsdsl import __version__
 from opsdsl.build.pipeline import analyse_file, empty_folders, looks_like_policy_pack, map_files, missing_paths
 from opsdsl.canonical import indented_json, sha256_digest
 from opsdsl.errors import Diagnostic, Severity, Span
+from opsdsl.files import fsync_path
 from opsdsl.lang.config import Config
 from opsdsl.lang.loader import discover, display_path
 from opsdsl.lang.rules import rule
@@ -578,7 +579,7 @@ def compile_paths(
         if pack.entry is not None and pack.status in ("compiled", "unchanged", "reused"):
             pack.entry["keyids"] = pack.keyids if pack.keyids is not None else []
     write_manifest(out_dir, result, manifest)
-    _sync_folder(out_dir)  # the renames (plans, then the manifest) durable: one flush for them all
+    fsync_path(out_dir, directory=True)  # the renames (plans, then the manifest) durable: one flush for them all
     return result
 
 
@@ -698,23 +699,7 @@ def _sync_staged(temps: list[str]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(SYNCERS, len(temps))) as pool:
-        list(pool.map(_fsync_file, temps))
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        list(pool.map(fsync_path, temps))
 
 
 def _signed(target: Path, payload: bytes, keys: Sequence) -> tuple[str, list, bytes | None]:
